@@ -1,0 +1,49 @@
+//! Per-CPU counters. The datapath only ever increments; user space sums over CPUs.
+
+use crate::conduit::MAX_CONDUITS;
+use crate::reason::REASON_COUNT;
+
+/// What happened to a packet, for accounting.
+pub const VERDICT_PASS: u32 = 0;
+pub const VERDICT_DROP: u32 = 1;
+/// Would have been dropped, passed because the deciding conduit (or default) is in monitor mode.
+pub const VERDICT_MONITOR: u32 = 2;
+/// Dropped and answered with a TCP reset.
+pub const VERDICT_RESET: u32 = 3;
+pub const VERDICT_COUNT: u32 = 4;
+pub const VERDICT_NAMES: [&str; VERDICT_COUNT as usize] = ["pass", "drop", "monitor", "reset"];
+
+/// Map `REASON_STATS` (per-CPU u64), indexed by `reason * VERDICT_COUNT + verdict`.
+pub const REASON_STATS_LEN: u32 = REASON_COUNT * VERDICT_COUNT;
+
+#[inline(always)]
+pub const fn reason_index(reason: u8, verdict: u32) -> u32 {
+    reason as u32 * VERDICT_COUNT + verdict
+}
+
+/// Map `CONDUIT_STATS` (per-CPU `Traffic`), indexed by
+/// `(slot * MAX_CONDUITS + conduit) * VERDICT_COUNT + verdict`.
+pub const CONDUIT_STATS_LEN: u32 = crate::SLOTS * MAX_CONDUITS * VERDICT_COUNT;
+
+#[inline(always)]
+pub const fn conduit_stats_index(slot: u32, conduit: u16, verdict: u32) -> u32 {
+    (slot * MAX_CONDUITS + conduit as u32) * VERDICT_COUNT + verdict
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Map `FLOW_STATS` (per-CPU u64) indexes.
+pub const FLOW_CREATED: u32 = 0;
+pub const FLOW_ADOPTED: u32 = 1;
+pub const FLOW_INSERT_FAILED: u32 = 2;
+pub const FLOW_EXPIRED: u32 = 3;
+pub const FLOW_REVOKED: u32 = 4;
+pub const FLOW_REVALIDATED: u32 = 5;
+pub const FLOW_STATS_LEN: u32 = 6;
+pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] =
+    ["created", "adopted", "insert_failed", "expired", "revoked", "revalidated"];

@@ -1,0 +1,16 @@
+//! User-space only: `aya::Pod` for every map type.
+
+use crate::{conduit::*, config::*, counters::*, flow::*, zone::*};
+
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        // SAFETY: each type is repr(C), Copy, made only of integers and byte arrays, and has no
+        // implicit padding, so every bit pattern is valid and no byte is uninitialised.
+        $(unsafe impl aya::Pod for $t {})*
+    };
+}
+
+pod!(
+    Config, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZoneInfo, ZonePortKey, ConduitKey, PortRule, RuleSet,
+    ConduitInfo, FlowKey, FlowState, Traffic,
+);

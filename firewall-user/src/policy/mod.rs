@@ -1,0 +1,3 @@
+//! Policies: YAML source -> validated model -> compiled map contents. Pure: no kernel needed.
+
+pub mod compiled;
