@@ -47,3 +47,13 @@ pub const FLOW_REVALIDATED: u32 = 5;
 pub const FLOW_STATS_LEN: u32 = 6;
 pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] =
     ["created", "adopted", "insert_failed", "expired", "revoked", "revalidated"];
+
+/// Map `TRACE` (per-CPU, one entry): the last decision, written only when `FLAG_TRACE` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub reason: u8,
+    pub verdict: u8,
+    pub conduit: u16,
+    pub epoch: u32,
+}

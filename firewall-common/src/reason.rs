@@ -51,10 +51,13 @@ pub enum Reason {
     NdBadHopLimit = 21,
     /// Flow table full: the flow could not be tracked, so it is not opened.
     FlowTableFull = 22,
+    /// A TCP segment of a connection opened before tracking began, with `defaults.midstream`
+    /// set to deny.
+    MidstreamDenied = 23,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 23;
+pub const REASON_COUNT: u32 = 24;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -82,6 +85,7 @@ impl Reason {
         "reverse_syn",
         "nd_bad_hop_limit",
         "flow_table_full",
+        "midstream_denied",
     ];
 
     pub const fn name(self) -> &'static str {

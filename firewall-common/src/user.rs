@@ -12,5 +12,5 @@ macro_rules! pod {
 
 pod!(
     Config, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZoneInfo, ZonePortKey, ConduitKey, PortRule, RuleSet,
-    ConduitInfo, FlowKey, FlowState, Traffic,
+    ConduitInfo, FlowKey, FlowState, Traffic, Trace,
 );

@@ -1,1 +1,51 @@
-fn main(){}
+//! The otfw XDP program: one object, attached to every member port of the gateway bridge.
+//!
+//! Reading order (see docs/ARCHITECTURE.md): `eth` -> `ip` -> `l4` -> `zone` -> `flow` (with
+//! `conduit` for admission) -> verdict, accounted in `stats`, answered by `reset` where a conduit
+//! says `on_deny: reset`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod bpf {
+    pub mod conduit;
+    pub mod eth;
+    pub mod flow;
+    pub mod ip;
+    pub mod l4;
+    pub mod maps;
+    pub mod packet;
+    pub mod reset;
+    pub mod stats;
+    pub mod verdict;
+    pub mod zone;
+}
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+    use crate::bpf::{reset, stats, verdict};
+
+    #[xdp]
+    pub fn otfw(ctx: XdpContext) -> u32 {
+        let decision = verdict::decide(&ctx);
+        stats::account(&ctx, &decision);
+        match decision.action {
+            verdict::Action::Pass => xdp_action::XDP_PASS,
+            verdict::Action::Drop => xdp_action::XDP_DROP,
+            verdict::Action::Reset => reset::answer(&ctx),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // The verifier rejects any reachable panic, so this is never called.
+        loop {}
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("firewall-ebpf is an eBPF object; firewall-user's build script builds it for bpf");
+}

@@ -1,1 +1,4 @@
+//! otfw: the user-space controller of the OT segmentation firewall.
+
+pub mod datapath;
 pub mod policy;

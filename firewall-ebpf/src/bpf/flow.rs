@@ -1,0 +1,228 @@
+//! Stateful flows: a conduit admits new flows in its direction only; packets of tracked flows
+//! (both directions) pass; TCP flows already running when tracking began are adopted per
+//! `defaults.midstream`; flows admitted under an older policy are re-checked against the new one.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
+use firewall_common::{
+    conduit::{CONDUIT_NONE, FIRST_CONDUIT},
+    config::{Config, FLAG_MIDSTREAM_ADOPT},
+    counters::{FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_REVALIDATED,
+        FLOW_REVOKED},
+    flow::{FlowKey, FlowState, FLOW_ADOPTED as ADOPTED, TCP_CLOSING, TCP_ESTABLISHED,
+        TCP_SYN_SENT},
+    reason::Reason,
+    zone::ZoneMatch,
+};
+
+use super::{
+    conduit,
+    ip::Ip,
+    l4::{L4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN},
+    maps::FLOWS,
+    stats,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// What flow tracking decided: `reason` is `Reason::None` for a pass; the conduit is the one to
+/// account the packet to. A plain struct, not an enum with payloads: LLVM leaves the unused
+/// payload bytes of such enums undefined, and the verifier rejects reads of undefined registers.
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    pub conduit: u16,
+    pub reason: Reason,
+}
+
+impl Outcome {
+    #[inline(always)]
+    pub const fn pass(conduit: u16) -> Outcome {
+        Outcome { conduit, reason: Reason::None }
+    }
+
+    #[inline(always)]
+    pub const fn deny(conduit: u16, reason: Reason) -> Outcome {
+        Outcome { conduit, reason }
+    }
+}
+
+/// The packet's view needed to track it.
+pub struct Packet<'a> {
+    pub ip: &'a Ip,
+    pub l4: &'a L4,
+    pub src: ZoneMatch,
+    pub dst: ZoneMatch,
+}
+
+#[inline(always)]
+pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
+    let proto = pkt.ip.proto;
+    let key = FlowKey {
+        src: pkt.ip.src,
+        dst: pkt.ip.dst,
+        sport: pkt.l4.sport,
+        dport: pkt.l4.dport,
+        proto,
+        _pad: [0; 3],
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if is_stateful(proto, pkt.l4) {
+        if let Some(state) = FLOWS.get_ptr_mut(&key) {
+            // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
+            // CPUs only race on plain integer fields, which is harmless for this state.
+            if let Some(out) = existing(slot, epoch, cfg, pkt, &key, unsafe { &mut *state }, true, now) {
+                return out;
+            }
+        } else {
+            let reversed = key.reversed();
+            if let Some(state) = FLOWS.get_ptr_mut(&reversed) {
+                // SAFETY: as above.
+                if let Some(out) = existing(slot, epoch, cfg, pkt, &reversed, unsafe { &mut *state }, false, now) {
+                    return out;
+                }
+            }
+        }
+    }
+    admit(slot, epoch, cfg, pkt, &key, now)
+}
+
+/// TCP, UDP and ICMP echo are tracked; other packets are decided one by one.
+#[inline(always)]
+fn is_stateful(proto: u8, l4: &L4) -> bool {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => true,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => l4.is_echo_request(proto) || l4.is_echo_reply(proto),
+        _ => false,
+    }
+}
+
+/// A packet of a tracked flow; `forward` is true in the initiator's direction. `None` means the
+/// flow had expired and was forgotten: decide the packet as new.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn existing(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    key: &FlowKey,
+    flow: &mut FlowState,
+    forward: bool,
+    now: u64,
+) -> Option<Outcome> {
+    let proto = pkt.ip.proto;
+    let idle = if proto == IPPROTO_TCP { cfg.tcp_idle_secs } else { cfg.udp_idle_secs };
+    if now.saturating_sub(flow.last_seen_ns) > idle as u64 * NS_PER_SEC {
+        let _ = FLOWS.remove(key);
+        stats::flow_event(FLOW_EXPIRED);
+        return None;
+    }
+    let flags = pkt.l4.tcp_flags;
+    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
+    }
+    if flow.epoch != epoch {
+        // Re-check in the initiator's direction: the key holds it.
+        let (src, dst, service) = if forward {
+            (pkt.src, pkt.dst, pkt.l4.service(proto))
+        } else {
+            (pkt.dst, pkt.src, key.dport)
+        };
+        match conduit::admit(slot, cfg, proto, &src, &dst, service) {
+            Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
+                flow.conduit = rule.conduit;
+                flow.inspect = rule.inspect;
+                flow.epoch = epoch;
+                stats::flow_event(FLOW_REVALIDATED);
+            }
+            // Now decided by a default: no longer a tracked flow of any conduit.
+            Ok(rule) => {
+                let _ = FLOWS.remove(key);
+                return Some(Outcome::pass(rule.conduit));
+            }
+            Err(_) => {
+                let _ = FLOWS.remove(key);
+                stats::flow_event(FLOW_REVOKED);
+                return Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked));
+            }
+        }
+    }
+    flow.last_seen_ns = now;
+    let conduit = flow.conduit;
+    if proto == IPPROTO_TCP {
+        if flags & TCP_RST != 0 {
+            let _ = FLOWS.remove(key);
+        } else if flags & TCP_FIN != 0 {
+            flow.tcp_state = TCP_CLOSING;
+        } else if !forward && flags & TCP_SYN != 0 {
+            flow.tcp_state = TCP_ESTABLISHED;
+        }
+    }
+    Some(Outcome::pass(conduit))
+}
+
+/// A packet that belongs to no tracked flow.
+#[inline(always)]
+fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, key: &FlowKey, now: u64) -> Outcome {
+    let proto = pkt.ip.proto;
+    let l4 = pkt.l4;
+    let flags = l4.tcp_flags;
+    let syn = proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    let midstream = proto == IPPROTO_TCP && !syn;
+    match conduit::admit(slot, cfg, proto, &pkt.src, &pkt.dst, l4.service(proto)) {
+        // Decided by a default (intra-zone, unzoned, action): nothing to track.
+        Ok(rule) if rule.conduit < FIRST_CONDUIT => Outcome::pass(rule.conduit),
+        Ok(rule) => {
+            if midstream {
+                if flags & TCP_RST != 0 {
+                    return Outcome::deny(rule.conduit, Reason::NotTracked);
+                }
+                if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
+                    return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
+                }
+                return open(key, epoch, rule.conduit, rule.inspect, TCP_ESTABLISHED, ADOPTED, now);
+            }
+            if !is_stateful(proto, l4) {
+                return Outcome::pass(rule.conduit);
+            }
+            let state = if syn { TCP_SYN_SENT } else { 0 };
+            open(key, epoch, rule.conduit, rule.inspect, state, 0, now)
+        }
+        Err(reason) => {
+            // A segment of a connection the responder side is sending, opened before tracking
+            // began: adopt it in the initiator's direction if a conduit allows that.
+            if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
+                if let Ok(rule) = conduit::admit(slot, cfg, proto, &pkt.dst, &pkt.src, l4.sport) {
+                    if rule.conduit >= FIRST_CONDUIT {
+                        return open(&key.reversed(), epoch, rule.conduit, rule.inspect,
+                            TCP_ESTABLISHED, ADOPTED, now);
+                    }
+                }
+            }
+            // Looks like the answer to something never asked: say so rather than "no conduit".
+            let reply = midstream || l4.is_echo_reply(proto);
+            let reason = if reply && reason == Reason::NoConduit { Reason::NotTracked } else { reason };
+            Outcome::deny(CONDUIT_NONE, reason)
+        }
+    }
+}
+
+#[inline(always)]
+fn open(key: &FlowKey, epoch: u32, conduit: u16, inspect: u8, tcp_state: u8, flags: u8, now: u64) -> Outcome {
+    let state = FlowState {
+        last_seen_ns: now,
+        epoch,
+        conduit,
+        tcp_state,
+        flags,
+        inspect,
+        _pad: [0; 7],
+    };
+    if FLOWS.insert(key, &state, 0).is_err() {
+        stats::flow_event(FLOW_INSERT_FAILED);
+        return Outcome::deny(conduit, Reason::FlowTableFull);
+    }
+    stats::flow_event(if flags & ADOPTED != 0 { FLOW_ADOPTED } else { FLOW_CREATED });
+    Outcome::pass(conduit)
+}

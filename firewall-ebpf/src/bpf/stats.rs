@@ -1,0 +1,47 @@
+//! Accounting in per-CPU maps: the datapath only increments, user space sums over CPUs.
+
+use aya_ebpf::programs::XdpContext;
+
+use firewall_common::counters::{conduit_stats_index, reason_index, Trace};
+
+use super::{
+    maps::{CONDUIT_STATS, FLOW_STATS, REASON_STATS, TRACE},
+    packet::frame_len,
+    verdict::Decision,
+};
+
+#[inline(always)]
+pub fn account(ctx: &XdpContext, d: &Decision) {
+    if let Some(n) = REASON_STATS.get_ptr_mut(reason_index(d.reason as u8, d.verdict)) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *n += 1 };
+    }
+    if let Some(t) = CONDUIT_STATS.get_ptr_mut(conduit_stats_index(d.slot, d.conduit, d.verdict)) {
+        // SAFETY: as above.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += frame_len(ctx) as u64;
+        }
+    }
+    if d.trace {
+        if let Some(t) = TRACE.get_ptr_mut(0) {
+            // SAFETY: as above.
+            unsafe {
+                *t = Trace {
+                    reason: d.reason as u8,
+                    verdict: d.verdict as u8,
+                    conduit: d.conduit,
+                    epoch: d.epoch,
+                }
+            };
+        }
+    }
+}
+
+#[inline(always)]
+pub fn flow_event(index: u32) {
+    if let Some(n) = FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe { *n += 1 };
+    }
+}

@@ -1,0 +1,163 @@
+//! One decision per packet: parse, resolve zones, track the flow, then apply the deciding
+//! conduit's mode (`enforce`/`monitor`) and deny behaviour (`drop`/`reset`).
+
+use aya_ebpf::programs::XdpContext;
+
+use firewall_common::{
+    conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
+    config::{Config, ACTIVE_INDEX, NON_IP_LLC},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
+    reason::Reason,
+    slot_of,
+};
+
+use super::{
+    eth::{Eth, ETH_P_IP, ETH_P_IPV6},
+    flow::{self, Outcome, Packet},
+    ip::Ip,
+    l4::{L4, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_RST},
+    maps::{ACTIVE, CONDUITS, CONFIG},
+    zone,
+};
+
+pub enum Action {
+    Pass,
+    Drop,
+    Reset,
+}
+
+pub struct Decision {
+    pub action: Action,
+    pub verdict: u32,
+    pub reason: Reason,
+    pub conduit: u16,
+    pub slot: u32,
+    pub epoch: u32,
+    pub trace: bool,
+}
+
+/// What the policy says before modes are applied.
+struct Judgement {
+    outcome: Outcome,
+    /// A TCP segment that may be answered with a reset (not itself a reset).
+    resettable: bool,
+}
+
+#[inline(always)]
+pub fn decide(ctx: &XdpContext) -> Decision {
+    let epoch = ACTIVE.get(ACTIVE_INDEX).copied().unwrap_or(0);
+    let slot = slot_of(epoch);
+    let cfg = match CONFIG.get(slot) {
+        Some(cfg) if epoch != 0 => cfg,
+        _ => {
+            return Decision {
+                action: Action::Drop,
+                verdict: VERDICT_DROP,
+                reason: Reason::NoPolicy,
+                conduit: CONDUIT_NONE,
+                slot,
+                epoch,
+                trace: false,
+            }
+        }
+    };
+    let judgement = match judge(ctx, slot, epoch, cfg) {
+        Ok(j) => j,
+        Err(reason) => Judgement {
+            outcome: Outcome::deny(CONDUIT_NONE, reason),
+            resettable: false,
+        },
+    };
+    let trace = cfg.flags & firewall_common::config::FLAG_TRACE != 0;
+    let Outcome { conduit, reason } = judgement.outcome;
+    if reason == Reason::None {
+        return Decision {
+            action: Action::Pass,
+            verdict: VERDICT_PASS,
+            reason,
+            conduit,
+            slot,
+            epoch,
+            trace,
+        };
+    }
+    let info = CONDUITS.get(conduit_index(slot, conduit)).copied().unwrap_or_default();
+    let (action, verdict) = if info.mode == MODE_MONITOR {
+        (Action::Pass, VERDICT_MONITOR)
+    } else if info.on_deny == ON_DENY_RESET && judgement.resettable {
+        (Action::Reset, VERDICT_RESET)
+    } else {
+        (Action::Drop, VERDICT_DROP)
+    };
+    Decision { action, verdict, reason, conduit, slot, epoch, trace }
+}
+
+#[inline(always)]
+fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgement, Reason> {
+    let eth = Eth::parse(ctx)?;
+    let ip = match eth.ethertype {
+        ETH_P_IP => Ip::parse_v4(ctx, eth.l3)?,
+        ETH_P_IPV6 => Ip::parse_v6(ctx, eth.l3)?,
+        ethertype => return non_ip(cfg, ethertype),
+    };
+    let l4 = L4::parse(ctx, &ip)?;
+    if ip.proto == IPPROTO_ICMPV6 {
+        if let Some(j) = link_local_control(&ip, &l4)? {
+            return Ok(j);
+        }
+    }
+    let src = zone::lookup(slot, ip.v6, &ip.src);
+    let dst = zone::lookup(slot, ip.v6, &ip.dst);
+    // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    zone::check_ingress(slot, &src, ifindex)?;
+    let pkt = Packet { ip: &ip, l4: &l4, src, dst };
+    let outcome = flow::track(slot, epoch, cfg, &pkt);
+    let resettable = ip.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST == 0;
+    Ok(Judgement { outcome, resettable })
+}
+
+#[inline(always)]
+fn non_ip(cfg: &Config, ethertype: u16) -> Result<Judgement, Reason> {
+    // 802.3 frames carry a length, not a type: they all match the LLC entry.
+    let wanted = if ethertype < 0x0600 { NON_IP_LLC } else { ethertype };
+    let count = cfg.non_ip_count as usize;
+    for i in 0..cfg.non_ip.len() {
+        if i >= count {
+            break;
+        }
+        if cfg.non_ip[i] == wanted {
+            return Ok(Judgement {
+                outcome: Outcome::pass(CONDUIT_NONE),
+                resettable: false,
+            });
+        }
+    }
+    Err(Reason::NonIpDenied)
+}
+
+const ND_ROUTER_SOLICIT: u8 = 133;
+const ND_REDIRECT: u8 = 137;
+const MLD_QUERY: u8 = 130;
+const MLD_DONE: u8 = 132;
+const MLDV2_REPORT: u8 = 143;
+
+/// IPv6 cannot work without neighbour discovery and multicast listener reports, which stay on
+/// the link: they pass without a conduit, but only in the form no router would forward (hop
+/// limit 255 for ND, a link-local source for MLD), so they cannot come from another network.
+#[inline(always)]
+fn link_local_control(ip: &Ip, l4: &L4) -> Result<Option<Judgement>, Reason> {
+    let t = l4.icmp_type;
+    let pass = Judgement { outcome: Outcome::pass(CONDUIT_NONE), resettable: false };
+    if (ND_ROUTER_SOLICIT..=ND_REDIRECT).contains(&t) {
+        if ip.hop_limit != 255 {
+            return Err(Reason::NdBadHopLimit);
+        }
+        return Ok(Some(pass));
+    }
+    let link_local = ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80;
+    if ((MLD_QUERY..=MLD_DONE).contains(&t) || t == MLDV2_REPORT) && link_local {
+        return Ok(Some(pass));
+    }
+    Ok(None)
+}

@@ -1,0 +1,69 @@
+//! Typed handles on every map of the object, taken out of the `Ebpf` once at load.
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    Ebpf,
+};
+use firewall_common::{
+    conduit::{ConduitInfo, ConduitKey, RuleSet},
+    config::{Config, ACTIVE_INDEX},
+    counters::{Trace, Traffic},
+    flow::{FlowKey, FlowState},
+    zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
+};
+
+pub struct Maps {
+    pub active: Array<MapData, u32>,
+    pub config: Array<MapData, Config>,
+    pub zones_v4: LpmTrie<MapData, ZoneKeyV4, ZoneMatch>,
+    pub zones_v6: LpmTrie<MapData, ZoneKeyV6, ZoneMatch>,
+    pub zone_info: Array<MapData, ZoneInfo>,
+    pub zone_ports: HashMap<MapData, ZonePortKey, u8>,
+    pub conduit_rules: HashMap<MapData, ConduitKey, RuleSet>,
+    pub conduits: Array<MapData, ConduitInfo>,
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub reason_stats: PerCpuArray<MapData, u64>,
+    pub conduit_stats: PerCpuArray<MapData, Traffic>,
+    pub flow_stats: PerCpuArray<MapData, u64>,
+    pub trace: PerCpuArray<MapData, Trace>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:literal) => {
+        take($ebpf, $name)?
+            .try_into()
+            .with_context(|| format!("map {} has an unexpected type or layout", $name))?
+    };
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        Ok(Maps {
+            active: typed!(ebpf, "ACTIVE"),
+            config: typed!(ebpf, "CONFIG"),
+            zones_v4: typed!(ebpf, "ZONES_V4"),
+            zones_v6: typed!(ebpf, "ZONES_V6"),
+            zone_info: typed!(ebpf, "ZONE_INFO"),
+            zone_ports: typed!(ebpf, "ZONE_PORTS"),
+            conduit_rules: typed!(ebpf, "CONDUIT_RULES"),
+            conduits: typed!(ebpf, "CONDUITS"),
+            flows: typed!(ebpf, "FLOWS"),
+            reason_stats: typed!(ebpf, "REASON_STATS"),
+            conduit_stats: typed!(ebpf, "CONDUIT_STATS"),
+            flow_stats: typed!(ebpf, "FLOW_STATS"),
+            trace: typed!(ebpf, "TRACE"),
+        })
+    }
+
+    pub fn active_epoch(&self) -> Result<u32> {
+        self.active
+            .get(&ACTIVE_INDEX, 0)
+            .context("reading the active policy epoch")
+    }
+}

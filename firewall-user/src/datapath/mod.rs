@@ -1,0 +1,91 @@
+//! The kernel side, seen from user space: load the XDP object, own its maps, install policy
+//! generations, attach to bridge ports, read counters, and run frames through the real program.
+
+mod attach;
+mod counters;
+mod generation;
+mod maps;
+mod test_run;
+
+use anyhow::{Context as _, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+
+pub use attach::{bridge_ports, ifindex, Attached, PortMode};
+pub use counters::{ConduitTraffic, Counters};
+pub use generation::Generation;
+pub use test_run::Decision;
+
+use maps::Maps;
+
+/// The compiled XDP object, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otfw"));
+
+/// Name of the XDP program in the object.
+const PROGRAM: &str = "otfw";
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    /// What each slot holds, so counters and decisions can be named and stale entries removed.
+    slots: [Option<Generation>; 2],
+}
+
+impl Datapath {
+    /// Loads the object into the kernel (verifier included). Nothing is attached yet.
+    pub fn load() -> Result<Datapath> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+            anyhow::anyhow!(
+                "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN) and \
+                 a kernel with BPF and XDP support"
+            )
+        })?;
+        let maps = Maps::take(&mut ebpf)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .context("the XDP program is missing from the object")?
+            .try_into()
+            .context("the program in the object is not an XDP program")?;
+        program.load().context("the kernel verifier rejected the XDP program")?;
+        Ok(Datapath {
+            ebpf,
+            maps,
+            slots: [None, None],
+        })
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("the XDP program was checked at load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("the XDP program was checked at load")
+    }
+
+    /// The generation now in force, if any.
+    pub fn active(&self) -> Option<&Generation> {
+        let epoch = self.maps.active_epoch().ok()?;
+        self.slots[firewall_common::slot_of(epoch) as usize]
+            .as_ref()
+            .filter(|g| g.epoch == epoch)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised rlimit.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
