@@ -1,4 +1,8 @@
 //! otfw: the user-space controller of the OT segmentation firewall.
 
+pub mod capture;
+pub mod controller;
 pub mod datapath;
+pub mod events;
 pub mod policy;
+pub mod replay;

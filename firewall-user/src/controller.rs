@@ -1,0 +1,150 @@
+//! `otfw run`: load a policy, attach to the bridge ports, enforce; reload on SIGHUP and when the
+//! policy file changes; detach cleanly on SIGINT/SIGTERM. A policy that fails to load is
+//! reported and the generation in force stays.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash as _, Hasher as _},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    datapath::{bridge_ports, Datapath},
+    events::{self, Event},
+    policy::compiled::{Attachment, CompiledPolicy},
+};
+
+pub struct RunOptions {
+    pub policy: PathBuf,
+    /// Attach to every port of this bridge (overrides the policy's `gateway`).
+    pub bridge: Option<String>,
+    /// Attach to these interfaces (overrides the policy's `gateway`).
+    pub interfaces: Vec<String>,
+    /// How often the policy file is checked for changes.
+    pub watch_interval: Duration,
+}
+
+/// Reads and compiles a policy file; `Err` holds one message per problem (`file:line:col: ...`).
+pub type PolicyLoader = fn(&std::path::Path) -> std::result::Result<CompiledPolicy, Vec<String>>;
+
+pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
+    let file = opts.policy.display().to_string();
+    let policy = match load(&opts.policy) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                log::error!("{e}");
+            }
+            events::emit(&Event::PolicyRejected { file: &file, errors: &errors, kept_epoch: None });
+            bail!("policy {file} has errors; nothing was attached");
+        }
+    };
+    let ports = match (&opts.bridge, opts.interfaces.is_empty(), &policy.attachment) {
+        (Some(bridge), _, _) => bridge_ports(bridge)?,
+        (None, false, _) => opts.interfaces.clone(),
+        (None, true, Attachment::Bridge(bridge)) => bridge_ports(bridge)?,
+        (None, true, Attachment::Interfaces(ifaces)) => ifaces.clone(),
+    };
+
+    let mut datapath = Datapath::load()?;
+    let epoch = datapath.install(&policy)?.epoch;
+    log::info!("policy {file} in force (epoch {epoch})");
+    events::emit(&loaded_event(&file, epoch, &policy));
+    let attached = datapath.attach(&ports)?;
+    for port in &attached.ports {
+        log::info!("attached to {} ({} XDP)", port.name, port.mode);
+        events::emit(&Event::Attached {
+            port: &port.name,
+            ifindex: port.ifindex,
+            mode: port.mode.to_string(),
+        });
+    }
+    events::emit(&Event::Ready { ports: attached.ports.len() });
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut watch = tokio::time::interval(opts.watch_interval);
+    let mut fingerprint = file_fingerprint(&opts.policy);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                log::info!("SIGHUP: reloading {file}");
+                fingerprint = file_fingerprint(&opts.policy);
+                reload(&mut datapath, &opts.policy, &file, load);
+            }
+            _ = watch.tick() => {
+                let now = file_fingerprint(&opts.policy);
+                if now != fingerprint {
+                    fingerprint = now;
+                    if fingerprint.is_some() {
+                        log::info!("{file} changed: reloading");
+                        reload(&mut datapath, &opts.policy, &file, load);
+                    } else {
+                        log::warn!("{file} cannot be read; the policy in force stays");
+                    }
+                }
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    let names: Vec<String> = attached.ports.iter().map(|p| p.name.clone()).collect();
+    datapath.detach(attached);
+    for port in &names {
+        log::info!("detached from {port}");
+        events::emit(&Event::Detached { port });
+    }
+    Ok(())
+}
+
+fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: PolicyLoader) {
+    let kept = datapath.active().map(|g| g.epoch);
+    match load(path) {
+        Ok(policy) => match datapath.install(&policy) {
+            Ok(generation) => {
+                let epoch = generation.epoch;
+                log::info!("policy {file} in force (epoch {epoch})");
+                events::emit(&loaded_event(file, epoch, &policy));
+            }
+            Err(e) => {
+                let errors = vec![format!("{e:#}")];
+                log::error!("installing {file} failed, the previous policy stays: {e:#}");
+                events::emit(&Event::PolicyRejected { file, errors: &errors, kept_epoch: kept });
+            }
+        },
+        Err(errors) => {
+            for e in &errors {
+                log::error!("{e}");
+            }
+            log::error!("{file} rejected; the policy in force (epoch {kept:?}) stays");
+            events::emit(&Event::PolicyRejected { file, errors: &errors, kept_epoch: kept });
+        }
+    }
+}
+
+fn loaded_event<'a>(file: &'a str, epoch: u32, policy: &CompiledPolicy) -> Event<'a> {
+    Event::PolicyLoaded {
+        file,
+        epoch,
+        zones: policy.zone_info.len(),
+        conduits: policy
+            .names
+            .conduits
+            .len()
+            .saturating_sub(firewall_common::conduit::FIRST_CONDUIT as usize),
+    }
+}
+
+/// A hash of the file's contents (None if unreadable): editors replace files in ways mtime
+/// alone does not reliably show, and a touch without change should not reload.
+fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
