@@ -38,6 +38,11 @@ pub const INSPECT_MODBUS: u8 = 1;
 pub const INSPECT_ENIP: u8 = 2;
 pub const INSPECT_ENIP_IO: u8 = 3;
 
+/// Protocol rules (a conduit's `modbus:` or `enip:` item) are numbered across the policy from 1;
+/// 0 means "no protocol rule". Their contents live in the inspector's own maps.
+pub const MAX_PROTOCOL_RULES: u32 = 4096;
+pub const NO_PROTOCOL_RULE: u16 = 0;
+
 /// One port range (destination port for TCP/UDP, message type for ICMP) of a conduit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,8 +50,10 @@ pub struct PortRule {
     pub lo: u16,
     pub hi: u16,
     pub conduit: u16,
+    /// The protocol rule that inspects flows admitted by this port rule.
+    pub rule: u16,
     pub inspect: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of map `CONDUIT_RULES`: rules in policy order, first match wins.

@@ -30,6 +30,15 @@ impl FlowKey {
     }
 }
 
+/// Per-CPU scratch space for the keys of the packet in hand (map `FLOW_KEYS`): they would take
+/// 80 of the program's 512 stack bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKeys {
+    pub forward: FlowKey,
+    pub reverse: FlowKey,
+}
+
 /// TCP flow states as far as a middlebox needs them.
 pub const TCP_SYN_SENT: u8 = 1;
 pub const TCP_ESTABLISHED: u8 = 2;
@@ -49,6 +58,9 @@ pub struct FlowState {
     pub conduit: u16,
     pub tcp_state: u8,
     pub flags: u8,
+    /// `INSPECT_*` and protocol rule id of the admitting port rule.
     pub inspect: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    pub rule: u16,
+    pub _pad2: [u8; 4],
 }

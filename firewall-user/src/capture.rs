@@ -21,7 +21,9 @@ pub fn frames(path: &Path) -> Result<Vec<Vec<u8>>> {
         File::open(path)
             .with_context(|| format!("opening capture {}", path.display()))?
             .read_exact(&mut magic)
-            .with_context(|| format!("{}: not a pcap or pcapng file (too short)", path.display()))?;
+            .with_context(|| {
+                format!("{}: not a pcap or pcapng file (too short)", path.display())
+            })?;
     }
     let file = BufReader::new(File::open(path)?);
     if magic == PCAPNG_MAGIC {
@@ -36,11 +38,15 @@ fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Vec<u8>>> {
         .with_context(|| format!("{}: not a pcap or pcapng file", path.display()))?;
     let link = reader.header().datalink;
     if link != DataLink::ETHERNET {
-        bail!("{}: link type {link:?} is not supported; otfw replays Ethernet captures", path.display());
+        bail!(
+            "{}: link type {link:?} is not supported; otfw replays Ethernet captures",
+            path.display()
+        );
     }
     let mut frames = Vec::new();
     while let Some(packet) = reader.next_packet() {
-        let packet = packet.with_context(|| format!("{}: frame {}", path.display(), frames.len() + 1))?;
+        let packet =
+            packet.with_context(|| format!("{}: frame {}", path.display(), frames.len() + 1))?;
         frames.push(packet.data.into_owned());
     }
     Ok(frames)
@@ -51,7 +57,8 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Vec<u8>>> {
         .with_context(|| format!("{}: not a valid pcapng file", path.display()))?;
     let mut frames = Vec::new();
     while let Some(block) = reader.next_block() {
-        let block = block.with_context(|| format!("{}: block after frame {}", path.display(), frames.len()))?;
+        let block = block
+            .with_context(|| format!("{}: block after frame {}", path.display(), frames.len()))?;
         let (interface, data) = match block {
             Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned()),
             Block::SimplePacket(p) => (0, p.data.into_owned()),
@@ -62,9 +69,17 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Vec<u8>>> {
             .interfaces()
             .get(interface as usize)
             .map(|i| i.linktype)
-            .with_context(|| format!("{}: frame on undeclared interface {interface}", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: frame on undeclared interface {interface}",
+                    path.display()
+                )
+            })?;
         if link != DataLink::ETHERNET {
-            bail!("{}: link type {link:?} is not supported; otfw replays Ethernet captures", path.display());
+            bail!(
+                "{}: link type {link:?} is not supported; otfw replays Ethernet captures",
+                path.display()
+            );
         }
         frames.push(data);
     }

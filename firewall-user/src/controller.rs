@@ -39,7 +39,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             for e in &errors {
                 log::error!("{e}");
             }
-            events::emit(&Event::PolicyRejected { file: &file, errors: &errors, kept_epoch: None });
+            events::emit(&Event::PolicyRejected {
+                file: &file,
+                errors: &errors,
+                kept_epoch: None,
+            });
             bail!("policy {file} has errors; nothing was attached");
         }
     };
@@ -63,7 +67,9 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             mode: port.mode.to_string(),
         });
     }
-    events::emit(&Event::Ready { ports: attached.ports.len() });
+    events::emit(&Event::Ready {
+        ports: attached.ports.len(),
+    });
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -114,7 +120,11 @@ fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: Pol
             Err(e) => {
                 let errors = vec![format!("{e:#}")];
                 log::error!("installing {file} failed, the previous policy stays: {e:#}");
-                events::emit(&Event::PolicyRejected { file, errors: &errors, kept_epoch: kept });
+                events::emit(&Event::PolicyRejected {
+                    file,
+                    errors: &errors,
+                    kept_epoch: kept,
+                });
             }
         },
         Err(errors) => {
@@ -122,7 +132,11 @@ fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: Pol
                 log::error!("{e}");
             }
             log::error!("{file} rejected; the policy in force (epoch {kept:?}) stays");
-            events::emit(&Event::PolicyRejected { file, errors: &errors, kept_epoch: kept });
+            events::emit(&Event::PolicyRejected {
+                file,
+                errors: &errors,
+                kept_epoch: kept,
+            });
         }
     }
 }

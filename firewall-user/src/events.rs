@@ -1,10 +1,7 @@
 //! Operator-facing events as JSON lines on stdout (journald and SIEM friendly); human logs go
 //! to stderr. Every line carries `timestamp` and `event`; the other fields depend on the event.
 
-use std::{
-    io::Write as _,
-    time::SystemTime,
-};
+use std::{io::Write as _, time::SystemTime};
 
 use serde::Serialize;
 

@@ -45,7 +45,11 @@ pub struct Summary {
 }
 
 /// Replays `captures` under `policy`, writing JSON lines to `out`.
-pub fn replay(policy: &CompiledPolicy, captures: &[PathBuf], out: &mut impl Write) -> Result<Summary> {
+pub fn replay(
+    policy: &CompiledPolicy,
+    captures: &[PathBuf],
+    out: &mut impl Write,
+) -> Result<Summary> {
     let mut datapath = Datapath::load()?;
     let mut policy = policy.clone();
     // The ingress port is unknown in a capture (see the module comment).
@@ -65,7 +69,10 @@ pub fn replay(policy: &CompiledPolicy, captures: &[PathBuf], out: &mut impl Writ
             let d = datapath
                 .run_frame(frame)
                 .with_context(|| format!("{file}: frame {}", i + 1))?;
-            let action = VERDICT_NAMES.get(d.verdict as usize).copied().unwrap_or("unknown");
+            let action = VERDICT_NAMES
+                .get(d.verdict as usize)
+                .copied()
+                .unwrap_or("unknown");
             let conduit = generation.names.conduit(d.conduit_id);
             let record = FrameRecord {
                 file: &file,
@@ -132,7 +139,13 @@ pub fn describe(frame: &[u8]) -> String {
     match &p.transport {
         Some(TransportSlice::Tcp(t)) => {
             let mut flags = String::new();
-            for (set, c) in [(t.syn(), 'S'), (t.ack(), '.'), (t.fin(), 'F'), (t.rst(), 'R'), (t.psh(), 'P')] {
+            for (set, c) in [
+                (t.syn(), 'S'),
+                (t.ack(), '.'),
+                (t.fin(), 'F'),
+                (t.rst(), 'R'),
+                (t.psh(), 'P'),
+            ] {
                 if set {
                     flags.push(c);
                 }

@@ -5,12 +5,16 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use firewall_common::{
-    conduit::{CONDUIT_NONE, FIRST_CONDUIT},
+    conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT},
     config::{Config, FLAG_MIDSTREAM_ADOPT},
-    counters::{FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_REVALIDATED,
-        FLOW_REVOKED},
-    flow::{FlowKey, FlowState, FLOW_ADOPTED as ADOPTED, TCP_CLOSING, TCP_ESTABLISHED,
-        TCP_SYN_SENT},
+    counters::{
+        FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_REVALIDATED,
+        FLOW_REVOKED,
+    },
+    flow::{
+        FlowKey, FlowKeys, FlowState, FLOW_ADOPTED as ADOPTED, TCP_CLOSING, TCP_ESTABLISHED,
+        TCP_SYN_SENT,
+    },
     reason::Reason,
     zone::ZoneMatch,
 };
@@ -18,9 +22,11 @@ use firewall_common::{
 use super::{
     conduit,
     ip::Ip,
-    l4::{L4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN},
-    maps::FLOWS,
+    l4::{
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
+    maps::{FLOWS, FLOW_KEYS},
     stats,
 };
 
@@ -38,7 +44,10 @@ pub struct Outcome {
 impl Outcome {
     #[inline(always)]
     pub const fn pass(conduit: u16) -> Outcome {
-        Outcome { conduit, reason: Reason::None }
+        Outcome {
+            conduit,
+            reason: Reason::None,
+        }
     }
 
     #[inline(always)]
@@ -58,7 +67,13 @@ pub struct Packet<'a> {
 #[inline(always)]
 pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
     let proto = pkt.ip.proto;
-    let key = FlowKey {
+    // Both keys live in per-CPU scratch space, not on the 512-byte stack.
+    let Some(keys) = FLOW_KEYS.get_ptr_mut(0) else {
+        return Outcome::deny(CONDUIT_NONE, Reason::FlowTableFull);
+    };
+    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
+    let keys = unsafe { &mut *keys };
+    keys.forward = FlowKey {
         src: pkt.ip.src,
         dst: pkt.ip.dst,
         sport: pkt.l4.sport,
@@ -66,25 +81,25 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
         proto,
         _pad: [0; 3],
     };
+    keys.reverse = keys.forward.reversed();
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
-        if let Some(state) = FLOWS.get_ptr_mut(&key) {
+        if let Some(state) = FLOWS.get_ptr_mut(&keys.forward) {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
-            if let Some(out) = existing(slot, epoch, cfg, pkt, &key, unsafe { &mut *state }, true, now) {
+            let state = unsafe { &mut *state };
+            if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.forward, state, true, now) {
                 return out;
             }
-        } else {
-            let reversed = key.reversed();
-            if let Some(state) = FLOWS.get_ptr_mut(&reversed) {
-                // SAFETY: as above.
-                if let Some(out) = existing(slot, epoch, cfg, pkt, &reversed, unsafe { &mut *state }, false, now) {
-                    return out;
-                }
+        } else if let Some(state) = FLOWS.get_ptr_mut(&keys.reverse) {
+            // SAFETY: as above.
+            let state = unsafe { &mut *state };
+            if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.reverse, state, false, now) {
+                return out;
             }
         }
     }
-    admit(slot, epoch, cfg, pkt, &key, now)
+    admit(slot, epoch, cfg, pkt, keys, now)
 }
 
 /// TCP, UDP and ICMP echo are tracked; other packets are decided one by one.
@@ -112,7 +127,11 @@ fn existing(
     now: u64,
 ) -> Option<Outcome> {
     let proto = pkt.ip.proto;
-    let idle = if proto == IPPROTO_TCP { cfg.tcp_idle_secs } else { cfg.udp_idle_secs };
+    let idle = if proto == IPPROTO_TCP {
+        cfg.tcp_idle_secs
+    } else {
+        cfg.udp_idle_secs
+    };
     if now.saturating_sub(flow.last_seen_ns) > idle as u64 * NS_PER_SEC {
         let _ = FLOWS.remove(key);
         stats::flow_event(FLOW_EXPIRED);
@@ -133,6 +152,7 @@ fn existing(
             Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
                 flow.conduit = rule.conduit;
                 flow.inspect = rule.inspect;
+                flow.rule = rule.rule;
                 flow.epoch = epoch;
                 stats::flow_event(FLOW_REVALIDATED);
             }
@@ -164,7 +184,8 @@ fn existing(
 
 /// A packet that belongs to no tracked flow.
 #[inline(always)]
-fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, key: &FlowKey, now: u64) -> Outcome {
+fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now: u64) -> Outcome {
+    let key = &keys.forward;
     let proto = pkt.ip.proto;
     let l4 = pkt.l4;
     let flags = l4.tcp_flags;
@@ -181,13 +202,13 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, key: &FlowKey, now: 
                 if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
                     return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
                 }
-                return open(key, epoch, rule.conduit, rule.inspect, TCP_ESTABLISHED, ADOPTED, now);
+                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
             }
             if !is_stateful(proto, l4) {
                 return Outcome::pass(rule.conduit);
             }
             let state = if syn { TCP_SYN_SENT } else { 0 };
-            open(key, epoch, rule.conduit, rule.inspect, state, 0, now)
+            open(key, epoch, &rule, state, 0, now)
         }
         Err(reason) => {
             // A segment of a connection the responder side is sending, opened before tracking
@@ -195,34 +216,44 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, key: &FlowKey, now: 
             if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
                 if let Ok(rule) = conduit::admit(slot, cfg, proto, &pkt.dst, &pkt.src, l4.sport) {
                     if rule.conduit >= FIRST_CONDUIT {
-                        return open(&key.reversed(), epoch, rule.conduit, rule.inspect,
-                            TCP_ESTABLISHED, ADOPTED, now);
+                        return open(&keys.reverse, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
                     }
                 }
             }
             // Looks like the answer to something never asked: say so rather than "no conduit".
             let reply = midstream || l4.is_echo_reply(proto);
-            let reason = if reply && reason == Reason::NoConduit { Reason::NotTracked } else { reason };
+            let reason = if reply && reason == Reason::NoConduit {
+                Reason::NotTracked
+            } else {
+                reason
+            };
             Outcome::deny(CONDUIT_NONE, reason)
         }
     }
 }
 
 #[inline(always)]
-fn open(key: &FlowKey, epoch: u32, conduit: u16, inspect: u8, tcp_state: u8, flags: u8, now: u64) -> Outcome {
+fn open(key: &FlowKey, epoch: u32, rule: &PortRule, tcp_state: u8, flags: u8, now: u64) -> Outcome {
+    let conduit = rule.conduit;
     let state = FlowState {
         last_seen_ns: now,
         epoch,
         conduit,
         tcp_state,
         flags,
-        inspect,
-        _pad: [0; 7],
+        inspect: rule.inspect,
+        _pad: 0,
+        rule: rule.rule,
+        _pad2: [0; 4],
     };
     if FLOWS.insert(key, &state, 0).is_err() {
         stats::flow_event(FLOW_INSERT_FAILED);
         return Outcome::deny(conduit, Reason::FlowTableFull);
     }
-    stats::flow_event(if flags & ADOPTED != 0 { FLOW_ADOPTED } else { FLOW_CREATED });
+    stats::flow_event(if flags & ADOPTED != 0 {
+        FLOW_ADOPTED
+    } else {
+        FLOW_CREATED
+    });
     Outcome::pass(conduit)
 }

@@ -10,7 +10,7 @@ use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS},
     config::Config,
     counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
-    flow::{FlowKey, FlowState, MAX_FLOWS},
+    flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_PREFIXES, MAX_ZONES},
     SLOTS,
 };
@@ -58,3 +58,7 @@ pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STA
 
 #[map]
 pub static TRACE: PerCpuArray<Trace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space for the flow keys of the packet being decided (per CPU, one entry).
+#[map]
+pub static FLOW_KEYS: PerCpuArray<FlowKeys> = PerCpuArray::with_max_entries(1, 0);

@@ -127,7 +127,8 @@ fn ipv4_header_sum(ctx: &XdpContext, l3: usize, words: usize) -> Result<u32, ()>
         if i >= words {
             break;
         }
-        let w: [u8; 2] = load(ctx, l3 + i * 2, firewall_common::reason::Reason::None).map_err(|_| ())?;
+        let w: [u8; 2] =
+            load(ctx, l3 + i * 2, firewall_common::reason::Reason::None).map_err(|_| ())?;
         sum += u16::from_be_bytes(w) as u32;
     }
     Ok(sum)

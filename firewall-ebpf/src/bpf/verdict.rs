@@ -15,7 +15,7 @@ use super::{
     eth::{Eth, ETH_P_IP, ETH_P_IPV6},
     flow::{self, Outcome, Packet},
     ip::Ip,
-    l4::{L4, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_RST},
+    l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
     maps::{ACTIVE, CONDUITS, CONFIG},
     zone,
 };
@@ -81,7 +81,10 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             trace,
         };
     }
-    let info = CONDUITS.get(conduit_index(slot, conduit)).copied().unwrap_or_default();
+    let info = CONDUITS
+        .get(conduit_index(slot, conduit))
+        .copied()
+        .unwrap_or_default();
     let (action, verdict) = if info.mode == MODE_MONITOR {
         (Action::Pass, VERDICT_MONITOR)
     } else if info.on_deny == ON_DENY_RESET && judgement.resettable {
@@ -89,7 +92,15 @@ pub fn decide(ctx: &XdpContext) -> Decision {
     } else {
         (Action::Drop, VERDICT_DROP)
     };
-    Decision { action, verdict, reason, conduit, slot, epoch, trace }
+    Decision {
+        action,
+        verdict,
+        reason,
+        conduit,
+        slot,
+        epoch,
+        trace,
+    }
 }
 
 #[inline(always)]
@@ -111,16 +122,28 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     zone::check_ingress(slot, &src, ifindex)?;
-    let pkt = Packet { ip: &ip, l4: &l4, src, dst };
+    let pkt = Packet {
+        ip: &ip,
+        l4: &l4,
+        src,
+        dst,
+    };
     let outcome = flow::track(slot, epoch, cfg, &pkt);
     let resettable = ip.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST == 0;
-    Ok(Judgement { outcome, resettable })
+    Ok(Judgement {
+        outcome,
+        resettable,
+    })
 }
 
 #[inline(always)]
 fn non_ip(cfg: &Config, ethertype: u16) -> Result<Judgement, Reason> {
     // 802.3 frames carry a length, not a type: they all match the LLC entry.
-    let wanted = if ethertype < 0x0600 { NON_IP_LLC } else { ethertype };
+    let wanted = if ethertype < 0x0600 {
+        NON_IP_LLC
+    } else {
+        ethertype
+    };
     let count = cfg.non_ip_count as usize;
     for i in 0..cfg.non_ip.len() {
         if i >= count {
@@ -148,7 +171,10 @@ const MLDV2_REPORT: u8 = 143;
 #[inline(always)]
 fn link_local_control(ip: &Ip, l4: &L4) -> Result<Option<Judgement>, Reason> {
     let t = l4.icmp_type;
-    let pass = Judgement { outcome: Outcome::pass(CONDUIT_NONE), resettable: false };
+    let pass = Judgement {
+        outcome: Outcome::pass(CONDUIT_NONE),
+        resettable: false,
+    };
     if (ND_ROUTER_SOLICIT..=ND_REDIRECT).contains(&t) {
         if ip.hop_limit != 255 {
             return Err(Reason::NdBadHopLimit);

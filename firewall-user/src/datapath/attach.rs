@@ -76,7 +76,11 @@ impl Datapath {
     pub fn attach(&mut self, ports: &[String]) -> Result<Attached> {
         let mut attached = Attached::default();
         for name in ports {
-            if Path::new("/sys/class/net").join(name).join("bridge").exists() {
+            if Path::new("/sys/class/net")
+                .join(name)
+                .join("bridge")
+                .exists()
+            {
                 bail!(
                     "{name} is a bridge device: XDP there never sees bridged traffic; \
                      attach to its ports (--bridge {name})"
@@ -88,7 +92,9 @@ impl Datapath {
                 Ok(link) => Ok((link, PortMode::Native)),
                 Err(native) => {
                     log::debug!("native XDP on {name} failed ({native}); trying generic");
-                    program.attach(name, XdpMode::Skb).map(|l| (l, PortMode::Generic))
+                    program
+                        .attach(name, XdpMode::Skb)
+                        .map(|l| (l, PortMode::Generic))
                 }
             };
             match result {

@@ -38,7 +38,11 @@ impl Datapath {
         }
         let mut flows = [0u64; FLOW_STATS_LEN as usize];
         for (i, cell) in flows.iter_mut().enumerate() {
-            let per_cpu = self.maps.flow_stats.get(&(i as u32), 0).context("reading FLOW_STATS")?;
+            let per_cpu = self
+                .maps
+                .flow_stats
+                .get(&(i as u32), 0)
+                .context("reading FLOW_STATS")?;
             *cell = per_cpu.iter().sum();
         }
         Ok(Counters { reasons, flows })

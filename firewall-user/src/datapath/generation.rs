@@ -51,7 +51,10 @@ impl Datapath {
 
         let mut config = policy.config;
         config.epoch = epoch;
-        self.maps.config.set(slot, config, 0).context("writing CONFIG")?;
+        self.maps
+            .config
+            .set(slot, config, 0)
+            .context("writing CONFIG")?;
         // The flip: from here on every packet reads the new slot.
         self.maps
             .active
@@ -72,7 +75,10 @@ impl Datapath {
         let slot = slot_of(epoch);
         let mut config = self.maps.config.get(&slot, 0).context("reading CONFIG")?;
         config.flags = (config.flags | set) & !clear;
-        self.maps.config.set(slot, config, 0).context("writing CONFIG")?;
+        self.maps
+            .config
+            .set(slot, config, 0)
+            .context("writing CONFIG")?;
         Ok(())
     }
 }
@@ -115,14 +121,18 @@ fn purge_slot(maps: &mut Maps, slot: u32, zones: u16, conduits: u16) -> Result<(
         .filter(|k| k.slot as u32 == slot)
         .collect();
     for key in stale_rules {
-        maps.conduit_rules.remove(&key).context("purging CONDUIT_RULES")?;
+        maps.conduit_rules
+            .remove(&key)
+            .context("purging CONDUIT_RULES")?;
     }
     for zone in 0..=zones {
         maps.zone_info
             .set(zone_index(slot, zone), ZoneInfo::default(), 0)
             .context("resetting ZONE_INFO")?;
     }
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("counting CPUs")?;
     for conduit in 0..=conduits {
         maps.conduits
             .set(conduit_index(slot, conduit), ConduitInfo::default(), 0)
@@ -145,16 +155,34 @@ fn purge_slot(maps: &mut Maps, slot: u32, zones: u16, conduits: u16) -> Result<(
 fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16, u16)> {
     let slot_be = slot.to_be_bytes();
     for p in &policy.prefixes_v4 {
-        let key = Key::new(SLOT_BITS + p.prefix_len, ZoneKeyV4 { slot: slot_be, addr: p.addr });
-        maps.zones_v4.insert(&key, p.target, 0).context("writing ZONES_V4")?;
+        let key = Key::new(
+            SLOT_BITS + p.prefix_len,
+            ZoneKeyV4 {
+                slot: slot_be,
+                addr: p.addr,
+            },
+        );
+        maps.zones_v4
+            .insert(&key, p.target, 0)
+            .context("writing ZONES_V4")?;
     }
     for p in &policy.prefixes_v6 {
-        let key = Key::new(SLOT_BITS + p.prefix_len, ZoneKeyV6 { slot: slot_be, addr: p.addr });
-        maps.zones_v6.insert(&key, p.target, 0).context("writing ZONES_V6")?;
+        let key = Key::new(
+            SLOT_BITS + p.prefix_len,
+            ZoneKeyV6 {
+                slot: slot_be,
+                addr: p.addr,
+            },
+        );
+        maps.zones_v6
+            .insert(&key, p.target, 0)
+            .context("writing ZONES_V6")?;
     }
     let mut zones = 0;
     for (zone, info) in &policy.zone_info {
-        maps.zone_info.set(zone_index(slot, *zone), *info, 0).context("writing ZONE_INFO")?;
+        maps.zone_info
+            .set(zone_index(slot, *zone), *info, 0)
+            .context("writing ZONE_INFO")?;
         zones = zones.max(*zone);
     }
     for (zone, port) in &policy.zone_ports {
@@ -162,10 +190,14 @@ fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16
             slot,
             zone: *zone as u32,
             ifindex: ifindex(port).with_context(|| {
-                format!("zone port {port}: no such interface on this host; fix `ports:` or create it")
+                format!(
+                    "zone port {port}: no such interface on this host; fix `ports:` or create it"
+                )
             })?,
         };
-        maps.zone_ports.insert(key, 1, 0).context("writing ZONE_PORTS")?;
+        maps.zone_ports
+            .insert(key, 1, 0)
+            .context("writing ZONE_PORTS")?;
     }
     for (key, rules) in &policy.rules {
         let key = ConduitKey {
@@ -177,11 +209,15 @@ fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16
             to_zone: key.to_zone,
             to_host: key.to_host,
         };
-        maps.conduit_rules.insert(key, rules, 0).context("writing CONDUIT_RULES")?;
+        maps.conduit_rules
+            .insert(key, rules, 0)
+            .context("writing CONDUIT_RULES")?;
     }
     let mut conduits = 0;
     for (conduit, info) in &policy.conduits {
-        maps.conduits.set(conduit_index(slot, *conduit), *info, 0).context("writing CONDUITS")?;
+        maps.conduits
+            .set(conduit_index(slot, *conduit), *info, 0)
+            .context("writing CONDUITS")?;
         conduits = conduits.max(*conduit);
     }
     Ok((zones, conduits))

@@ -46,7 +46,9 @@ impl Datapath {
             .context("the XDP program is missing from the object")?
             .try_into()
             .context("the program in the object is not an XDP program")?;
-        program.load().context("the kernel verifier rejected the XDP program")?;
+        program
+            .load()
+            .context("the kernel verifier rejected the XDP program")?;
         Ok(Datapath {
             ebpf,
             maps,
@@ -66,6 +68,11 @@ impl Datapath {
             .program_mut(PROGRAM)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .expect("the XDP program was checked at load")
+    }
+
+    /// Instructions the verifier processed for the program (its complexity budget is 1,000,000).
+    pub fn verified_instructions(&self) -> Option<u32> {
+        self.program().info().ok()?.verified_instruction_count()
     }
 
     /// The generation now in force, if any.
