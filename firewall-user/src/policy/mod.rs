@@ -1,3 +1,4 @@
 //! Policies: YAML source -> validated model -> compiled map contents. Pure: no kernel needed.
 
 pub mod compiled;
+pub mod source;
