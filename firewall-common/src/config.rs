@@ -6,6 +6,13 @@ pub const ACTIVE_INDEX: u32 = 0;
 
 pub const MAX_NON_IP: usize = 8;
 
+/// Stands in `Config::non_ip` for spanning tree BPDUs (`non_ip: [stp]`). BPDUs are IEEE 802.3
+/// frames: the type field holds a length (below 0x0600) and an LLC header with DSAP and SSAP
+/// 0x42 follows. The value is that SAP: below 0x0600 it can never equal a real ethertype, and
+/// being non-zero it cannot be mistaken for an unused entry. The datapath matches it against
+/// length frames whose DSAP is 0x42, never against an ethertype.
+pub const NON_IP_STP: u16 = 0x0042;
+
 /// Inter-zone traffic without a conduit is allowed (`defaults.action: allow`).
 pub const FLAG_DEFAULT_ALLOW: u32 = 1 << 0;
 /// Traffic with both ends in the same zone is allowed (`defaults.intra_zone: allow`).

@@ -182,6 +182,37 @@ impl Scalar {
             Scalar::Text(t) => parse_number(t),
         }
     }
+
+    /// The number this scalar spells, if it lies in `lo..=hi`; `what` names it in the error.
+    pub fn number_in(&self, what: &str, lo: i64, hi: i64) -> Result<i64, String> {
+        match self.number() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            Some(n) => Err(format!("{what} {n} is out of range {lo}..{hi}")),
+            None => Err(format!("{what} `{self}` is not a number")),
+        }
+    }
+
+    /// A number or a `"lo-hi"` range (both ends included), inside `lo..=hi`.
+    pub fn range_in(&self, what: &str, lo: i64, hi: i64) -> Result<(i64, i64), String> {
+        let Some((first, last)) = self.text().and_then(|t| t.split_once('-')) else {
+            return self.number_in(what, lo, hi).map(|n| (n, n));
+        };
+        let first = Scalar::Text(first.to_string()).number_in(what, lo, hi)?;
+        let last = Scalar::Text(last.to_string()).number_in(what, lo, hi)?;
+        if first > last {
+            return Err(format!(
+                "{what} range `{self}` runs backwards; write it as {last}-{first}"
+            ));
+        }
+        Ok((first, last))
+    }
+
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Scalar::Text(t) => Some(t),
+            Scalar::Number(_) => None,
+        }
+    }
 }
 
 /// Parses `123` or `0x7b` (any case, surrounding blanks ignored).
@@ -399,6 +430,29 @@ mod tests {
         assert_eq!(v[2].number(), Some(0x0806));
         assert_eq!(v[3], Scalar::Text("read".into()));
         assert_eq!(v[4].number(), None);
+    }
+
+    #[test]
+    fn numbers_and_ranges_are_range_checked() {
+        let text = |t: &str| Scalar::Text(t.into());
+        assert_eq!(text("10-20").range_in("port", 1, 65535), Ok((10, 20)));
+        assert_eq!(Scalar::Number(7).range_in("port", 1, 65535), Ok((7, 7)));
+        assert_eq!(
+            text("20-10").range_in("port", 1, 65535),
+            Err("port range `20-10` runs backwards; write it as 10-20".into())
+        );
+        assert_eq!(
+            text("1-70000").range_in("port", 1, 65535),
+            Err("port 70000 is out of range 1..65535".into())
+        );
+        assert_eq!(
+            Scalar::Number(0).range_in("port", 1, 65535),
+            Err("port 0 is out of range 1..65535".into())
+        );
+        assert_eq!(
+            text("http").number_in("port", 1, 65535),
+            Err("port `http` is not a number".into())
+        );
     }
 
     #[test]

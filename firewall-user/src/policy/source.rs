@@ -308,6 +308,11 @@ impl<'a> Diagnostics<'a> {
         self.push(self.source.value(path), Severity::Warning, message);
     }
 
+    /// Where the value at `path` is, to point at a related place in a message.
+    pub fn position(&self, path: &str) -> Position {
+        self.source.value(path)
+    }
+
     pub fn has_errors(&self) -> bool {
         self.list.iter().any(Diagnostic::is_error)
     }
