@@ -73,8 +73,14 @@ fn checks_every_file_and_fails_if_any_fails() {
     let out = otfw_check(&[&example(), &bad, &missing]);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}:1:1: error: cannot read the policy file", missing.display())));
-    assert!(stderr.ends_with("failed: 3 files checked, 4 errors, 1 warning\n"), "{stderr}");
+    assert!(stderr.contains(&format!(
+        "{}:1:1: error: cannot read the policy file",
+        missing.display()
+    )));
+    assert!(
+        stderr.ends_with("failed: 3 files checked, 4 errors, 1 warning\n"),
+        "{stderr}"
+    );
 }
 
 #[test]

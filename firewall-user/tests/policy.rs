@@ -32,11 +32,17 @@ fn load(text: &str) -> LoadedPolicy {
 
 /// Errors only (lints are tested separately).
 fn errors(text: &str) -> Vec<String> {
-    check(text).into_iter().filter(|d| d.contains(": error: ")).collect()
+    check(text)
+        .into_iter()
+        .filter(|d| d.contains(": error: "))
+        .collect()
 }
 
 fn warnings(text: &str) -> Vec<String> {
-    check(text).into_iter().filter(|d| d.contains(": warning: ")).collect()
+    check(text)
+        .into_iter()
+        .filter(|d| d.contains(": warning: "))
+        .collect()
 }
 
 /// Two zones with a host each; lines 1-13.
@@ -168,14 +174,18 @@ conduits:
     assert_eq!(p.zones[1].hosts[1].addr.to_string(), "2001:db8:1::6");
     let reads = &p.conduits[0];
     assert_eq!(reads.description.as_deref(), Some("polling"));
-    let Allow::Modbus(m) = &reads.allow[0] else { panic!("not modbus") };
+    let Allow::Modbus(m) = &reads.allow[0] else {
+        panic!("not modbus")
+    };
     assert_eq!(m.port, 5020);
     assert_eq!(m.units, Some([1, 255].into()));
     assert_eq!(m.functions[&8], SubFunctions::Only([10].into()));
     assert_eq!(m.functions[&43], SubFunctions::Any);
     assert_eq!(m.addresses.input_registers, Some(vec![(0, 99), (200, 299)]));
     assert_eq!(m.addresses.discrete_inputs, Some(vec![(7, 7)]));
-    let Allow::Enip(e) = &p.conduits[1].allow[1] else { panic!("not enip") };
+    let Allow::Enip(e) = &p.conduits[1].allow[1] else {
+        panic!("not enip")
+    };
     assert_eq!(e.port, 44819);
     assert!(e.commands.contains(&0) && e.commands.contains(&0x72) && e.commands.contains(&0x6F));
     assert!(e.services.contains(&CipService {
@@ -187,9 +197,14 @@ conduits:
     assert!(e.io);
     assert_eq!(
         p.conduits[1].allow[2],
-        Allow::Tcp(vec![PortRange::single(22), PortRange { lo: 8000, hi: 8100 }])
+        Allow::Tcp(vec![
+            PortRange::single(22),
+            PortRange { lo: 8000, hi: 8100 }
+        ])
     );
-    let Allow::Icmp(icmp) = &p.conduits[1].allow[4] else { panic!("not icmp") };
+    let Allow::Icmp(icmp) = &p.conduits[1].allow[4] else {
+        panic!("not icmp")
+    };
     assert_eq!((icmp.v4.clone(), icmp.v6.clone()), (vec![8, 13], vec![128]));
 }
 
@@ -378,7 +393,10 @@ fn modbus_and_enip_errors() {
 ",
     );
     let errors = errors(&text);
-    let positions: Vec<&str> = errors.iter().map(|e| e.split(": ").next().unwrap()).collect();
+    let positions: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split(": ").next().unwrap())
+        .collect();
     assert_eq!(
         positions,
         vec![
@@ -408,7 +426,10 @@ fn modbus_and_enip_errors() {
         "CIP class 65536 is out of range 0..65535",
     ];
     for (error, expected) in errors.iter().zip(expect) {
-        assert!(error.contains(expected), "{error}\n  should contain: {expected}");
+        assert!(
+            error.contains(expected),
+            "{error}\n  should contain: {expected}"
+        );
     }
 }
 
@@ -426,7 +447,9 @@ fn yaml_problems_are_reported_where_they_are() {
     let errors = errors(&wrong_type);
     assert_eq!(errors.len(), 1);
     assert!(
-        errors[0].starts_with("18:12: error: conduits[0].allow: invalid type: integer `5`, expected a sequence"),
+        errors[0].starts_with(
+            "18:12: error: conduits[0].allow: invalid type: integer `5`, expected a sequence"
+        ),
         "{errors:?}"
     );
 }
@@ -542,12 +565,25 @@ fn compiles_ids_names_prefixes_and_config() {
     assert_eq!(c.names.hosts, vec!["", "a/h1", "b/h2"]);
     assert_eq!(
         c.names.conduits,
-        vec!["(none)", "(default)", "(intra-zone)", "(unzoned)", "first", "second"]
+        vec![
+            "(none)",
+            "(default)",
+            "(intra-zone)",
+            "(unzoned)",
+            "first",
+            "second"
+        ]
     );
     let v4: Vec<(String, u32, ZoneMatch)> = c
         .prefixes_v4
         .iter()
-        .map(|p| (std::net::Ipv4Addr::from(p.addr).to_string(), p.prefix_len, p.target))
+        .map(|p| {
+            (
+                std::net::Ipv4Addr::from(p.addr).to_string(),
+                p.prefix_len,
+                p.target,
+            )
+        })
         .collect();
     let zm = |zone, host| ZoneMatch { zone, host };
     assert_eq!(
@@ -563,7 +599,10 @@ fn compiles_ids_names_prefixes_and_config() {
     assert_eq!(c.prefixes_v6[0].prefix_len, 64);
     assert_eq!(c.prefixes_v6[0].addr[..6], [0x20, 0x01, 0x0d, 0xb8, 0, 2]);
     assert_eq!(c.prefixes_v6[0].target, zm(2, 0));
-    assert_eq!(c.zone_info, vec![(1, ZoneInfo { flags: 0 }), (2, ZoneInfo { flags: 0 })]);
+    assert_eq!(
+        c.zone_info,
+        vec![(1, ZoneInfo { flags: 0 }), (2, ZoneInfo { flags: 0 })]
+    );
     let info = |mode, on_deny| ConduitInfo {
         mode,
         on_deny,
@@ -583,7 +622,10 @@ fn compiles_ids_names_prefixes_and_config() {
     // Defaults left out: deny, intra_zone allow, unzoned deny, arp, adopt, 120 s / 7200 s.
     assert_eq!(c.config.flags, FLAG_INTRA_ZONE_ALLOW | FLAG_MIDSTREAM_ADOPT);
     assert_eq!(c.config.non_ip, [0x0806, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!((c.config.udp_idle_secs, c.config.tcp_idle_secs), (120, 7200));
+    assert_eq!(
+        (c.config.udp_idle_secs, c.config.tcp_idle_secs),
+        (120, 7200)
+    );
     assert_eq!(c.config.epoch, 0);
     let keys: Vec<RuleKey> = c.rules.iter().map(|(k, _)| *k).collect();
     let key = |proto, from_zone, from_host, to_zone, to_host| RuleKey {
@@ -608,10 +650,24 @@ fn compiles_config_flags_and_pseudo_conduits_from_defaults() {
     assert_eq!(c.config.flags, FLAG_DEFAULT_ALLOW | FLAG_UNZONED_ALLOW);
     assert_eq!(c.config.non_ip[..3], [NON_IP_STP, 0x88cc, 0]);
     assert_eq!((c.config.udp_idle_secs, c.config.tcp_idle_secs), (5, 60));
-    assert!(c.conduits.iter().all(|(_, i)| i.mode == MODE_MONITOR && i.on_deny == ON_DENY_RESET));
+    assert!(c
+        .conduits
+        .iter()
+        .all(|(_, i)| i.mode == MODE_MONITOR && i.on_deny == ON_DENY_RESET));
     assert_eq!(c.conduits.len(), FIRST_CONDUIT as usize);
-    assert_eq!(c.zone_info, vec![(1, ZoneInfo { flags: ZONE_FLAG_PORTS })]);
-    assert_eq!(c.zone_ports, vec![(1, "eth1".to_string()), (1, "eth2".to_string())]);
+    assert_eq!(
+        c.zone_info,
+        vec![(
+            1,
+            ZoneInfo {
+                flags: ZONE_FLAG_PORTS
+            }
+        )]
+    );
+    assert_eq!(
+        c.zone_ports,
+        vec![(1, "eth1".to_string()), (1, "eth2".to_string())]
+    );
 }
 
 fn rules_of(loaded: &LoadedPolicy, proto: u8) -> Vec<(u16, u16, u16, u8)> {
@@ -666,7 +722,11 @@ fn compiles_port_rules_per_protocol() {
     );
     assert_eq!(
         rules_of(&loaded, 1),
-        vec![(0, 0, 4, INSPECT_NONE), (8, 8, 4, INSPECT_NONE), (13, 13, 4, INSPECT_NONE)]
+        vec![
+            (0, 0, 4, INSPECT_NONE),
+            (8, 8, 4, INSPECT_NONE),
+            (13, 13, 4, INSPECT_NONE)
+        ]
     );
     assert_eq!(
         rules_of(&loaded, 58),
@@ -728,10 +788,18 @@ fn example_policy_compiles_with_only_its_intended_warning() {
         .contains("grants modbus write or program functions from zone `engineering`"));
     let c = &loaded.compiled;
     assert_eq!(c.attachment, Attachment::Bridge("br-otfw".into()));
-    assert_eq!(c.names.zones, vec!["(none)", "enterprise", "engineering", "cell-1"]);
+    assert_eq!(
+        c.names.zones,
+        vec!["(none)", "enterprise", "engineering", "cell-1"]
+    );
     assert_eq!(
         c.names.hosts,
-        vec!["", "enterprise/historian", "engineering/ews", "cell-1/plc-1"]
+        vec![
+            "",
+            "enterprise/historian",
+            "engineering/ews",
+            "cell-1/plc-1"
+        ]
     );
     assert_eq!(
         c.names.conduits[FIRST_CONDUIT as usize..],
@@ -745,10 +813,19 @@ fn example_policy_compiles_with_only_its_intended_warning() {
         to_zone: 3,
         to_host: 3,
     };
-    let (_, set) = c.rules.iter().find(|(k, _)| *k == key).expect("historian rule");
+    let (_, set) = c
+        .rules
+        .iter()
+        .find(|(k, _)| *k == key)
+        .expect("historian rule");
     assert_eq!(set.count, 1);
     assert_eq!(
-        (set.rules[0].lo, set.rules[0].hi, set.rules[0].conduit, set.rules[0].inspect),
+        (
+            set.rules[0].lo,
+            set.rules[0].hi,
+            set.rules[0].conduit,
+            set.rules[0].inspect
+        ),
         (502, 502, FIRST_CONDUIT, INSPECT_MODBUS)
     );
     assert_eq!(c.config.non_ip[0], 0x0806);

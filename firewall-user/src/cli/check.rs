@@ -32,8 +32,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     let warnings = diagnostics.len() - errors;
     if args.json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &diagnostics.iter().map(to_json).collect::<Vec<_>>())
-            .context("writing diagnostics to stdout")?;
+        serde_json::to_writer_pretty(
+            &mut out,
+            &diagnostics.iter().map(to_json).collect::<Vec<_>>(),
+        )
+        .context("writing diagnostics to stdout")?;
         writeln!(out).context("writing diagnostics to stdout")?;
     } else {
         let mut err = std::io::stderr().lock();

@@ -50,7 +50,11 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         .iter()
         .enumerate()
         .map(|(i, z)| {
-            let flags = if z.ports.is_empty() { 0 } else { ZONE_FLAG_PORTS };
+            let flags = if z.ports.is_empty() {
+                0
+            } else {
+                ZONE_FLAG_PORTS
+            };
             (Policy::zone_id(i), ZoneInfo { flags })
         })
         .collect();
@@ -139,11 +143,23 @@ fn prefixes(policy: &Policy, errors: &mut Vec<CompileError>) -> Prefixes {
         let host_nets: Vec<IpNet> = zone.hosts.iter().map(|h| IpNet::from(h.addr)).collect();
         // A host may name a single-address network of its zone; its own entry replaces it.
         for net in zone.networks.iter().filter(|n| !host_nets.contains(n)) {
-            add(*net, ZoneMatch { zone: zone_id, host: NO_HOST });
+            add(
+                *net,
+                ZoneMatch {
+                    zone: zone_id,
+                    host: NO_HOST,
+                },
+            );
         }
         for (h, net) in host_nets.into_iter().enumerate() {
             let host = policy.host_id(z, h);
-            add(net, ZoneMatch { zone: zone_id, host });
+            add(
+                net,
+                ZoneMatch {
+                    zone: zone_id,
+                    host,
+                },
+            );
         }
     }
     // Both slots share the tries: one generation may use half of them.
@@ -174,9 +190,15 @@ fn rules(policy: &Policy, errors: &mut Vec<CompileError>) -> Vec<(RuleKey, RuleS
         let key = |proto| RuleKey {
             proto,
             from_zone: Policy::zone_id(conduit.from.zone),
-            from_host: conduit.from.host.map_or(NO_HOST, |h| policy.host_id(conduit.from.zone, h)),
+            from_host: conduit
+                .from
+                .host
+                .map_or(NO_HOST, |h| policy.host_id(conduit.from.zone, h)),
             to_zone: Policy::zone_id(conduit.to.zone),
-            to_host: conduit.to.host.map_or(NO_HOST, |h| policy.host_id(conduit.to.zone, h)),
+            to_host: conduit
+                .to
+                .host
+                .map_or(NO_HOST, |h| policy.host_id(conduit.to.zone, h)),
         };
         for allow in &conduit.allow {
             for (proto, inspect, ranges) in port_rules(allow) {
@@ -224,11 +246,19 @@ fn rules(policy: &Policy, errors: &mut Vec<CompileError>) -> Vec<(RuleKey, RuleS
     rules
 }
 
-fn overflow(policy: &Policy, key: &RuleKey, contributions: &[Contribution], count: usize) -> CompileError {
+fn overflow(
+    policy: &Policy,
+    key: &RuleKey,
+    contributions: &[Contribution],
+    count: usize,
+) -> CompileError {
     let mut conduits: Vec<usize> = contributions.iter().map(|k| k.conduit).collect();
     conduits.sort();
     conduits.dedup();
-    let names: Vec<&str> = conduits.iter().map(|&c| policy.conduits[c].name.as_str()).collect();
+    let names: Vec<&str> = conduits
+        .iter()
+        .map(|&c| policy.conduits[c].name.as_str())
+        .collect();
     let first = &policy.conduits[conduits[0]];
     let proto = match key.proto {
         PROTO_TCP => "TCP",
@@ -251,17 +281,28 @@ fn overflow(policy: &Policy, key: &RuleKey, contributions: &[Contribution], coun
 
 /// (protocol, inspector, ranges) for one allow item.
 fn port_rules(allow: &Allow) -> Vec<(u8, u8, Vec<PortRange>)> {
-    let types = |list: &[u8]| list.iter().map(|&t| PortRange::single(u16::from(t))).collect();
+    let types = |list: &[u8]| {
+        list.iter()
+            .map(|&t| PortRange::single(u16::from(t)))
+            .collect()
+    };
     match allow {
         Allow::Tcp(ranges) => vec![(PROTO_TCP, INSPECT_NONE, ranges.clone())],
         Allow::Udp(ranges) => vec![(PROTO_UDP, INSPECT_NONE, ranges.clone())],
-        Allow::Icmp(icmp) => [(PROTO_ICMP, types(&icmp.v4)), (PROTO_ICMPV6, types(&icmp.v6))]
-            .into_iter()
-            .filter(|(_, ranges): &(u8, Vec<PortRange>)| !ranges.is_empty())
-            .map(|(proto, ranges)| (proto, INSPECT_NONE, ranges))
-            .collect(),
+        Allow::Icmp(icmp) => [
+            (PROTO_ICMP, types(&icmp.v4)),
+            (PROTO_ICMPV6, types(&icmp.v6)),
+        ]
+        .into_iter()
+        .filter(|(_, ranges): &(u8, Vec<PortRange>)| !ranges.is_empty())
+        .map(|(proto, ranges)| (proto, INSPECT_NONE, ranges))
+        .collect(),
         Allow::Modbus(rules) => {
-            vec![(PROTO_TCP, INSPECT_MODBUS, vec![PortRange::single(rules.port)])]
+            vec![(
+                PROTO_TCP,
+                INSPECT_MODBUS,
+                vec![PortRange::single(rules.port)],
+            )]
         }
         Allow::Enip(rules) => {
             let port = vec![PortRange::single(rules.port)];
@@ -270,7 +311,11 @@ fn port_rules(allow: &Allow) -> Vec<(u8, u8, Vec<PortRange>)> {
                 (PROTO_UDP, INSPECT_ENIP, port),
             ];
             if rules.io {
-                out.push((PROTO_UDP, INSPECT_ENIP_IO, vec![PortRange::single(enip::IO_PORT)]));
+                out.push((
+                    PROTO_UDP,
+                    INSPECT_ENIP_IO,
+                    vec![PortRange::single(enip::IO_PORT)],
+                ));
             }
             out
         }
@@ -291,13 +336,13 @@ fn merge(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
 }
 
 fn names(policy: &Policy) -> Names {
-    let zones = std::iter::once("(none)".to_string()).chain(policy.zones.iter().map(|z| z.name.clone()));
-    let hosts = std::iter::once(String::new()).chain(
-        policy
-            .zones
+    let zones =
+        std::iter::once("(none)".to_string()).chain(policy.zones.iter().map(|z| z.name.clone()));
+    let hosts = std::iter::once(String::new()).chain(policy.zones.iter().flat_map(|z| {
+        z.hosts
             .iter()
-            .flat_map(|z| z.hosts.iter().map(move |h| format!("{}/{}", z.name, h.name))),
-    );
+            .map(move |h| format!("{}/{}", z.name, h.name))
+    }));
     let conduits = PSEUDO_CONDUIT_NAMES
         .iter()
         .map(|n| n.to_string())
@@ -317,7 +362,14 @@ mod tests {
     fn merge_joins_overlapping_and_adjacent_ranges() {
         let r = |lo, hi| PortRange { lo, hi };
         assert_eq!(
-            merge(vec![r(30, 40), r(1, 10), r(11, 12), r(35, 50), r(60, 60), r(65535, 65535)]),
+            merge(vec![
+                r(30, 40),
+                r(1, 10),
+                r(11, 12),
+                r(35, 50),
+                r(60, 60),
+                r(65535, 65535)
+            ]),
             vec![r(1, 12), r(30, 50), r(60, 60), r(65535, 65535)]
         );
     }

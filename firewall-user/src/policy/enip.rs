@@ -186,7 +186,11 @@ impl EnipRules {
 
     /// Whether any service that changes data or device state is allowed (lint input).
     pub fn grants_write_or_admin(&self) -> bool {
-        WRITE.iter().chain(ADMIN).filter_map(|n| service(n)).any(|s| self.allows(s))
+        WRITE
+            .iter()
+            .chain(ADMIN)
+            .filter_map(|n| service(n))
+            .any(|s| self.allows(s))
     }
 
     /// Whether a Forward_Open can open the connections `io` admits.
@@ -272,7 +276,9 @@ pub fn resolve(doc: &model::Enip, path: &str, diagnostics: &mut Diagnostics) -> 
 fn add_command(rules: &mut EnipRules, command: &Scalar) -> Result<(), String> {
     match command.text() {
         Some("default") => {
-            let defaults = COMMANDS.iter().filter(|(n, _)| DEFAULT_COMMANDS.contains(n));
+            let defaults = COMMANDS
+                .iter()
+                .filter(|(n, _)| DEFAULT_COMMANDS.contains(n));
             rules.commands.extend(defaults.map(|(_, c)| *c));
         }
         Some(name) if command.number().is_none() => {
@@ -298,7 +304,9 @@ fn add_service(rules: &mut EnipRules, name: &Scalar) -> Result<(), String> {
     if text == Some("all") {
         rules.all_services = true;
     } else if let Some(preset) = PRESETS.iter().find(|(n, _)| Some(*n) == text) {
-        rules.services.extend(preset.1.iter().filter_map(|n| service(n)));
+        rules
+            .services
+            .extend(preset.1.iter().filter_map(|n| service(n)));
     } else if let Some(text) = text {
         let found = service(text).ok_or_else(|| {
             format!(
@@ -415,8 +423,13 @@ mod tests {
     fn numbers_only_for_generic_services() {
         assert!(services(&[Scalar::Number(0x0E)]).unwrap().allows(any(0x0E)));
         let err = services(&[Scalar::Number(0x4C)]).unwrap_err();
-        assert!(err.contains("0x4C means something different on every class"), "{err}");
-        assert!(services(&[text("raed")]).unwrap_err().starts_with("unknown CIP service `raed`"));
+        assert!(
+            err.contains("0x4C means something different on every class"),
+            "{err}"
+        );
+        assert!(services(&[text("raed")])
+            .unwrap_err()
+            .starts_with("unknown CIP service `raed`"));
     }
 
     #[test]
@@ -433,7 +446,10 @@ mod tests {
     fn object_services_must_belong_to_the_class() {
         assert_eq!(object_service(0x06, &text("forward_open")), Ok(0x54));
         assert_eq!(object_service(0x6B, &text("read_tag")), Ok(0x4C));
-        assert_eq!(object_service(0x01, &text("get_attribute_single")), Ok(0x0E));
+        assert_eq!(
+            object_service(0x01, &text("get_attribute_single")),
+            Ok(0x0E)
+        );
         assert_eq!(
             object_service(0x01, &text("forward_open")),
             Err("`forward_open` is a service of class 0x06, not of class 0x01".into())

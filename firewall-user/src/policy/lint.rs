@@ -8,7 +8,10 @@ use super::validated::*;
 /// Adds every warning for `policy` (which has passed validation).
 pub fn lint(policy: &Policy, diagnostics: &mut Diagnostics) {
     if policy.zones.is_empty() {
-        diagnostics.warning("", "the policy defines no zones, so every address is unzoned");
+        diagnostics.warning(
+            "",
+            "the policy defines no zones, so every address is unzoned",
+        );
     }
     if policy.defaults.action == Action::Allow {
         diagnostics.warning(
@@ -33,9 +36,15 @@ fn zones(policy: &Policy, diagnostics: &mut Diagnostics) {
         let path = zone_path(zone);
         if zone.networks.is_empty() {
             let message = if zone.hosts.is_empty() {
-                format!("zone `{}` has no networks and no hosts, so no address is in it", zone.name)
+                format!(
+                    "zone `{}` has no networks and no hosts, so no address is in it",
+                    zone.name
+                )
             } else {
-                format!("zone `{}` has no networks; only its hosts are in it", zone.name)
+                format!(
+                    "zone `{}` has no networks; only its hosts are in it",
+                    zone.name
+                )
             };
             diagnostics.warning(&path, message);
         } else {
@@ -54,7 +63,11 @@ fn zones(policy: &Policy, diagnostics: &mut Diagnostics) {
         for (n, net) in zone.networks.iter().enumerate() {
             let net_path = item(&child(&path, "networks"), n);
             let earlier = policy.zones[..=z].iter().flat_map(|other| {
-                let count = if other.name == zone.name { n } else { other.networks.len() };
+                let count = if other.name == zone.name {
+                    n
+                } else {
+                    other.networks.len()
+                };
                 other.networks[..count].iter().map(move |o| (other, o))
             });
             for (other, other_net) in earlier {
@@ -94,8 +107,12 @@ fn conduit_lints(policy: &Policy, index: usize, conduit: &Conduit, diagnostics: 
     for (j, allow) in conduit.allow.iter().enumerate() {
         let allow_path = item(&child(&path, "allow"), j);
         let risky = match allow {
-            Allow::Modbus(rules) if rules.grants_write_or_program() => Some("modbus write or program functions"),
-            Allow::Enip(rules) if rules.grants_write_or_admin() => Some("CIP write or admin services"),
+            Allow::Modbus(rules) if rules.grants_write_or_program() => {
+                Some("modbus write or program functions")
+            }
+            Allow::Enip(rules) if rules.grants_write_or_admin() => {
+                Some("CIP write or admin services")
+            }
             _ => None,
         };
         if let (true, Some(what)) = (climbs, risky) {

@@ -9,8 +9,8 @@ pub mod compile;
 pub mod compiled;
 pub mod enip;
 pub mod lint;
-pub mod model;
 pub mod modbus;
+pub mod model;
 pub mod source;
 pub mod validate;
 pub mod validated;
@@ -58,7 +58,11 @@ pub fn check_str(file_name: &str, text: &str) -> (Option<LoadedPolicy>, Vec<Diag
         Err(e) => {
             let empty = SourceMap::default();
             let mut diagnostics = Diagnostics::new(file_name, &empty);
-            diagnostics.push(e.at, Severity::Error, format!("not valid YAML: {}", e.message));
+            diagnostics.push(
+                e.at,
+                Severity::Error,
+                format!("not valid YAML: {}", e.message),
+            );
             return (None, diagnostics.into_sorted());
         }
     };

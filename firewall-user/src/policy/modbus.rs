@@ -109,13 +109,20 @@ impl ModbusRules {
 
     /// Whether any function that changes data or programs a device is allowed (lint input).
     pub fn grants_write_or_program(&self) -> bool {
-        WRITE.iter().chain(PROGRAM).any(|c| self.functions.contains_key(c))
+        WRITE
+            .iter()
+            .chain(PROGRAM)
+            .any(|c| self.functions.contains_key(c))
     }
 }
 
 /// Resolves a conduit's `modbus:` entry at `path`; reports each problem and returns `None` if
 /// there was any.
-pub fn resolve(doc: &model::Modbus, path: &str, diagnostics: &mut Diagnostics) -> Option<ModbusRules> {
+pub fn resolve(
+    doc: &model::Modbus,
+    path: &str,
+    diagnostics: &mut Diagnostics,
+) -> Option<ModbusRules> {
     let mut ok = true;
     let mut rules = ModbusRules {
         port: DEFAULT_PORT,
@@ -168,9 +175,21 @@ pub fn resolve(doc: &model::Modbus, path: &str, diagnostics: &mut Diagnostics) -
         let path = child(path, "addresses");
         let tables = [
             ("coils", &addresses.coils, &mut rules.addresses.coils),
-            ("discrete_inputs", &addresses.discrete_inputs, &mut rules.addresses.discrete_inputs),
-            ("holding_registers", &addresses.holding_registers, &mut rules.addresses.holding_registers),
-            ("input_registers", &addresses.input_registers, &mut rules.addresses.input_registers),
+            (
+                "discrete_inputs",
+                &addresses.discrete_inputs,
+                &mut rules.addresses.discrete_inputs,
+            ),
+            (
+                "holding_registers",
+                &addresses.holding_registers,
+                &mut rules.addresses.holding_registers,
+            ),
+            (
+                "input_registers",
+                &addresses.input_registers,
+                &mut rules.addresses.input_registers,
+            ),
         ];
         for (name, written, resolved) in tables {
             let Some(ranges) = written else { continue };
@@ -200,16 +219,26 @@ fn add_function(rules: &mut ModbusRules, function: &Scalar) -> Result<(), String
             for &code in READ {
                 rules.allow(code, SubFunctions::Any);
             }
-            rules.allow(ENCAPSULATED_INTERFACE_TRANSPORT, SubFunctions::Only([14].into()));
+            rules.allow(
+                ENCAPSULATED_INTERFACE_TRANSPORT,
+                SubFunctions::Only([14].into()),
+            );
         }
-        Some("write") => WRITE.iter().for_each(|&c| rules.allow(c, SubFunctions::Any)),
+        Some("write") => WRITE
+            .iter()
+            .for_each(|&c| rules.allow(c, SubFunctions::Any)),
         Some("diagnostics") => {
             for &code in DIAGNOSTICS_PRESET {
                 rules.allow(code, SubFunctions::Any);
             }
-            rules.allow(DIAGNOSTICS, SubFunctions::AllExcept(DISRUPTIVE_DIAGNOSTICS.into()));
+            rules.allow(
+                DIAGNOSTICS,
+                SubFunctions::AllExcept(DISRUPTIVE_DIAGNOSTICS.into()),
+            );
         }
-        Some("program") => PROGRAM.iter().for_each(|&c| rules.allow(c, SubFunctions::Any)),
+        Some("program") => PROGRAM
+            .iter()
+            .for_each(|&c| rules.allow(c, SubFunctions::Any)),
         Some("all") => (1..=127).for_each(|c| rules.allow(c, SubFunctions::Any)),
         Some(text) if text.contains('/') => {
             let (code, sub) = parse_sub_function(text)?;
@@ -257,7 +286,11 @@ fn parse_sub_function(text: &str) -> Result<(u8, u16), String> {
             ))
         }
     };
-    let what = if code == DIAGNOSTICS { "diagnostics sub-function" } else { "MEI type" };
+    let what = if code == DIAGNOSTICS {
+        "diagnostics sub-function"
+    } else {
+        "MEI type"
+    };
     let sub = Scalar::Text(sub.to_string()).number_in(what, 0, max)?;
     Ok((code, sub as u16))
 }
@@ -281,14 +314,20 @@ mod tests {
     #[test]
     fn read_preset_includes_device_identification_only() {
         let f = functions(&[text("read")]).unwrap();
-        assert_eq!(f.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4, 20, 24, 43]);
+        assert_eq!(
+            f.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 20, 24, 43]
+        );
         assert_eq!(f[&43], SubFunctions::Only([14].into()));
     }
 
     #[test]
     fn diagnostics_preset_excludes_disruptive_sub_functions_until_named() {
         let f = functions(&[text("diagnostics")]).unwrap();
-        assert_eq!(f.keys().copied().collect::<Vec<_>>(), vec![7, 8, 11, 12, 17]);
+        assert_eq!(
+            f.keys().copied().collect::<Vec<_>>(),
+            vec![7, 8, 11, 12, 17]
+        );
         assert!(f[&8].allows(0) && !f[&8].allows(1) && !f[&8].allows(4));
         let f = functions(&[text("diagnostics"), text("8/1")]).unwrap();
         assert_eq!(f[&8], SubFunctions::AllExcept([4].into()));

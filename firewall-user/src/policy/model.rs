@@ -122,7 +122,9 @@ where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    Ok(Some(Option::<T>::deserialize(deserializer)?.unwrap_or_default()))
+    Ok(Some(
+        Option::<T>::deserialize(deserializer)?.unwrap_or_default(),
+    ))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -323,30 +325,32 @@ fn segments(path: &serde_ignored::Path) -> Vec<Segment> {
             v.push(Segment::Key(key.clone()));
             v
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            segments(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
     }
 }
 
 fn render(path: &[Segment]) -> String {
-    path.iter().fold(String::new(), |acc, segment| match segment {
-        Segment::Key(k) => child(&acc, k),
-        Segment::Index(i) => item(&acc, *i),
-    })
+    path.iter()
+        .fold(String::new(), |acc, segment| match segment {
+            Segment::Key(k) => child(&acc, k),
+            Segment::Index(i) => item(&acc, *i),
+        })
 }
 
 /// What the mapping at `parent` is, and the keys it may have.
 fn context(parent: &[Segment]) -> Option<(&'static str, &'static [&'static str])> {
     // Indexes and zone names vary; the shape does not.
-    let shape = parent
-        .iter()
-        .enumerate()
-        .fold(String::new(), |acc, (depth, segment)| match segment {
-            Segment::Index(_) => format!("{acc}[]"),
-            Segment::Key(_) if depth == 1 && acc == "zones" => child(&acc, "*"),
-            Segment::Key(k) => child(&acc, k),
-        });
+    let shape =
+        parent
+            .iter()
+            .enumerate()
+            .fold(String::new(), |acc, (depth, segment)| match segment {
+                Segment::Index(_) => format!("{acc}[]"),
+                Segment::Key(_) if depth == 1 && acc == "zones" => child(&acc, "*"),
+                Segment::Key(k) => child(&acc, k),
+            });
     let allow = shape.strip_prefix("conduits[].allow[]");
     Some(match (shape.as_str(), allow) {
         ("", _) => ("the policy", fields_of::<Document>()),
@@ -424,7 +428,8 @@ mod tests {
 
     #[test]
     fn scalars_accept_numbers_and_names() {
-        let v: Vec<Scalar> = serde_yaml::from_str("[1, 0x88cc, \"0x0806\", read, \"8/1\"]").unwrap();
+        let v: Vec<Scalar> =
+            serde_yaml::from_str("[1, 0x88cc, \"0x0806\", read, \"8/1\"]").unwrap();
         assert_eq!(v[0], Scalar::Number(1));
         assert_eq!(v[1], Scalar::Number(0x88cc));
         assert_eq!(v[2].number(), Some(0x0806));

@@ -319,8 +319,7 @@ impl<'a> Diagnostics<'a> {
 
     /// The diagnostics in file order (errors before warnings at the same spot).
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.list
-            .sort_by(|a, b| (a.line, a.col, a.severity).cmp(&(b.line, b.col, b.severity)));
+        self.list.sort_by_key(|d| (d.line, d.col, d.severity));
         self.list
     }
 }

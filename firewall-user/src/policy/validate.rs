@@ -173,7 +173,11 @@ fn zones(
     if document.zones.len() >= MAX_ZONES as usize {
         diagnostics.error(
             "zones",
-            format!("{} zones; at most {} fit the datapath", document.zones.len(), MAX_ZONES - 1),
+            format!(
+                "{} zones; at most {} fit the datapath",
+                document.zones.len(),
+                MAX_ZONES - 1
+            ),
         );
     }
     let host_count: usize = document.zones.values().map(|z| z.hosts.len()).sum();
@@ -321,7 +325,10 @@ fn conduits(
     if document.conduits.len() > max {
         diagnostics.error(
             "conduits",
-            format!("{} conduits; at most {max} fit the datapath", document.conduits.len()),
+            format!(
+                "{} conduits; at most {max} fit the datapath",
+                document.conduits.len()
+            ),
         );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -330,12 +337,17 @@ fn conduits(
         let path = item("conduits", i);
         let name = match doc.name.as_deref() {
             None | Some("") => {
-                diagnostics.error(&path, "conduit needs a `name` (used in metrics, events and errors)");
+                diagnostics.error(
+                    &path,
+                    "conduit needs a `name` (used in metrics, events and errors)",
+                );
                 None
             }
             Some(name) => {
                 if let Some(first) = names.insert(name, i) {
-                    let line = diagnostics.position(&child(&item("conduits", first), "name")).line;
+                    let line = diagnostics
+                        .position(&child(&item("conduits", first), "name"))
+                        .line;
                     diagnostics.error(
                         &child(&path, "name"),
                         format!("conduit name `{name}` is already used on line {line}"),
@@ -371,7 +383,10 @@ fn endpoint(
 ) -> Option<Endpoint> {
     let path = child(conduit, key);
     let Some(text) = text else {
-        diagnostics.error(conduit, format!("conduit needs `{key}`: a zone, or zone/host"));
+        diagnostics.error(
+            conduit,
+            format!("conduit needs `{key}`: a zone, or zone/host"),
+        );
         return None;
     };
     let (zone_name, host_name) = match text.split_once('/') {
@@ -385,7 +400,10 @@ fn endpoint(
         } else {
             format!("zones are: {}", known.join(", "))
         };
-        diagnostics.error(&path, format!("unknown zone `{zone_name}` in `{key}`; {known}"));
+        diagnostics.error(
+            &path,
+            format!("unknown zone `{zone_name}` in `{key}`; {known}"),
+        );
         return None;
     };
     let Some(host_name) = host_name else {
@@ -423,7 +441,10 @@ fn allow_list(
     let path = child(conduit, "allow");
     let items = match items {
         None => {
-            diagnostics.error(conduit, format!("conduit needs `allow`: a list of {PROTOCOLS} rules"));
+            diagnostics.error(
+                conduit,
+                format!("conduit needs `allow`: a list of {PROTOCOLS} rules"),
+            );
             return None;
         }
         Some([]) => {
@@ -451,7 +472,10 @@ fn allow_list(
         .collect();
         let rule = match present.as_slice() {
             [] => {
-                diagnostics.error(&path, format!("allow item names no protocol; use one of {PROTOCOLS}"));
+                diagnostics.error(
+                    &path,
+                    format!("allow item names no protocol; use one of {PROTOCOLS}"),
+                );
                 None
             }
             [_, _, ..] => {
@@ -489,7 +513,13 @@ fn allow_list(
 }
 
 fn ports(doc: &model::Ports, path: &str, diagnostics: &mut Diagnostics) -> Option<Vec<PortRange>> {
-    let list = required_list(doc.ports.as_deref(), path, "ports", "ports: [22, \"8000-8100\"]", diagnostics)?;
+    let list = required_list(
+        doc.ports.as_deref(),
+        path,
+        "ports",
+        "ports: [22, \"8000-8100\"]",
+        diagnostics,
+    )?;
     let mut ranges = Vec::new();
     let mut ok = true;
     for (i, entry) in list.iter().enumerate() {
@@ -508,7 +538,13 @@ fn ports(doc: &model::Ports, path: &str, diagnostics: &mut Diagnostics) -> Optio
 }
 
 fn icmp_types(doc: &model::Icmp, path: &str, diagnostics: &mut Diagnostics) -> Option<IcmpTypes> {
-    let list = required_list(doc.types.as_deref(), path, "types", "types: [echo_request]", diagnostics)?;
+    let list = required_list(
+        doc.types.as_deref(),
+        path,
+        "types",
+        "types: [echo_request]",
+        diagnostics,
+    )?;
     let mut types = IcmpTypes::default();
     let mut ok = true;
     for (i, entry) in list.iter().enumerate() {
@@ -551,7 +587,10 @@ fn required_list<'a>(
     match list {
         Some(list) if !list.is_empty() => Some(list),
         Some(_) => {
-            diagnostics.error(&child(path, key), format!("`{key}` is empty, e.g. `{example}`"));
+            diagnostics.error(
+                &child(path, key),
+                format!("`{key}` is empty, e.g. `{example}`"),
+            );
             None
         }
         None => {

@@ -7,8 +7,8 @@ use ipnet::IpNet;
 
 pub use super::compiled::Attachment;
 pub use super::enip::EnipRules;
-pub use super::model::{Action, Midstream, Mode, OnDeny};
 pub use super::modbus::ModbusRules;
+pub use super::model::{Action, Midstream, Mode, OnDeny};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
