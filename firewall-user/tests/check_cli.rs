@@ -21,21 +21,8 @@ fn write_policy(name: &str, text: &str) -> PathBuf {
     path
 }
 
-const BAD: &str = "\
-version: 1
-gateway:
-  bridge: br0
-zones:
-  office:
-    networks: [10.0.0.0/24, 10.0.300.0/24]
-    colour: blue
-conduits:
-  - name: c
-    from: office
-    to: plant
-    allow:
-      - tcp: { ports: [22] }
-";
+/// An unknown key, a bad CIDR and an unknown zone (also used by tests/policy.rs).
+const BAD: &str = include_str!("data/three-errors.yaml");
 
 #[test]
 fn reports_every_error_with_its_position_and_exits_1() {

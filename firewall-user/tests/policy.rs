@@ -68,21 +68,7 @@ fn with_conduits(conduits: &str) -> String {
 
 #[test]
 fn acceptance_unknown_key_bad_cidr_and_unknown_zone_are_all_reported() {
-    let text = "\
-version: 1
-gateway:
-  bridge: br0
-zones:
-  office:
-    networks: [10.0.0.0/24, 10.0.300.0/24]
-    colour: blue
-conduits:
-  - name: c
-    from: office
-    to: plant
-    allow:
-      - tcp: { ports: [22] }
-";
+    let text = include_str!("data/three-errors.yaml");
     assert_eq!(
         check(text),
         vec![
