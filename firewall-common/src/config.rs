@@ -5,9 +5,12 @@
 pub const ACTIVE_INDEX: u32 = 0;
 
 pub const MAX_NON_IP: usize = 8;
-/// `non_ip` entry matching every 802.3 length frame (type/length field below 0x0600): that is
-/// how STP BPDUs and other LLC frames arrive.
-pub const NON_IP_LLC: u16 = 0;
+/// Stands in `Config::non_ip` for spanning tree BPDUs (`non_ip: [stp]`). BPDUs are IEEE 802.3
+/// frames: the type field holds a length (below 0x0600) and an LLC header with DSAP and SSAP
+/// 0x42 follows. The value is that SAP: below 0x0600 it can never equal a real ethertype, and
+/// being non-zero it cannot be mistaken for an unused entry. The datapath matches it against
+/// length frames whose DSAP is 0x42, never against an ethertype.
+pub const NON_IP_STP: u16 = 0x0042;
 
 /// Inter-zone traffic without a conduit is allowed (`defaults.action: allow`).
 pub const FLAG_DEFAULT_ALLOW: u32 = 1 << 0;
@@ -32,8 +35,8 @@ pub struct Config {
     pub udp_idle_secs: u32,
     /// Idle time after which a TCP flow is forgotten.
     pub tcp_idle_secs: u32,
-    /// Ethertypes (host order) passed without inspection. `NON_IP_LLC` stands for 802.3 frames
-    /// with a length instead of an ethertype (STP BPDUs); `non_ip_count` entries are used.
+    /// Ethertypes (host order) passed without inspection, or `NON_IP_STP`; the first
+    /// `non_ip_count` entries are used.
     pub non_ip: [u16; MAX_NON_IP],
     pub non_ip_count: u32,
     pub _pad: u32,

@@ -1,6 +1,7 @@
 //! otfw: the user-space controller of the OT segmentation firewall.
 
 pub mod capture;
+pub mod cli;
 pub mod controller;
 pub mod datapath;
 pub mod events;

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::{
     conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
-    config::{Config, ACTIVE_INDEX, NON_IP_LLC},
+    config::{Config, ACTIVE_INDEX, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     reason::Reason,
     slot_of,
@@ -17,6 +17,7 @@ use super::{
     ip::Ip,
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
     maps::{ACTIVE, CONDUITS, CONFIG},
+    packet::load,
     zone,
 };
 
@@ -109,7 +110,7 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     let ip = match eth.ethertype {
         ETH_P_IP => Ip::parse_v4(ctx, eth.l3)?,
         ETH_P_IPV6 => Ip::parse_v6(ctx, eth.l3)?,
-        ethertype => return non_ip(cfg, ethertype),
+        _ => return non_ip(ctx, cfg, &eth),
     };
     let l4 = L4::parse(ctx, &ip)?;
     if ip.proto == IPPROTO_ICMPV6 {
@@ -137,12 +138,17 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
 }
 
 #[inline(always)]
-fn non_ip(cfg: &Config, ethertype: u16) -> Result<Judgement, Reason> {
-    // 802.3 frames carry a length, not a type: they all match the LLC entry.
-    let wanted = if ethertype < 0x0600 {
-        NON_IP_LLC
+fn non_ip(ctx: &XdpContext, cfg: &Config, eth: &Eth) -> Result<Judgement, Reason> {
+    // 802.3 frames carry a length, not a type; an LLC header follows. Only spanning tree
+    // (DSAP 0x42) has a name in the policy; other LLC frames match nothing.
+    let wanted = if eth.ethertype < 0x0600 {
+        let dsap: u8 = load(ctx, eth.l3, Reason::NonIpDenied)?;
+        if dsap as u16 != NON_IP_STP {
+            return Err(Reason::NonIpDenied);
+        }
+        NON_IP_STP
     } else {
-        ethertype
+        eth.ethertype
     };
     let count = cfg.non_ip_count as usize;
     for i in 0..cfg.non_ip.len() {

@@ -1,6 +1,7 @@
 //! The compiled form of a policy: exactly what the datapath maps will hold, minus the slot (which
 //! is chosen when the generation is installed) and interface indexes (resolved on the host).
 
+use super::{enip::EnipRules, modbus::ModbusRules};
 use firewall_common::{
     conduit::{ConduitInfo, RuleSet},
     config::Config,
@@ -48,6 +49,9 @@ pub struct CompiledPolicy {
     pub conduits: Vec<(u16, ConduitInfo)>,
     /// Names for ids, for metrics, events and replay output.
     pub names: Names,
+    /// Protocol rules by id (`PortRule::rule`), for the payload inspectors.
+    pub modbus_rules: Vec<(u16, ModbusRules)>,
+    pub enip_rules: Vec<(u16, EnipRules)>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,214 @@
+//! Warnings about valid policies that probably do not mean what their authors think. They never
+//! stop a policy from loading.
+
+use super::enip;
+use super::source::{child, item, Diagnostics};
+use super::validated::*;
+
+/// Adds every warning for `policy` (which has passed validation).
+pub fn lint(policy: &Policy, diagnostics: &mut Diagnostics) {
+    if policy.zones.is_empty() {
+        diagnostics.warning(
+            "",
+            "the policy defines no zones, so every address is unzoned",
+        );
+    }
+    if policy.defaults.action == Action::Allow {
+        diagnostics.warning(
+            "defaults.action",
+            "`defaults.action: allow` lets any inter-zone traffic through that no conduit \
+             covers; conduits then only add inspection",
+        );
+    }
+    zones(policy, diagnostics);
+    for (i, conduit) in policy.conduits.iter().enumerate() {
+        conduit_lints(policy, i, conduit, diagnostics);
+    }
+    redundant_conduits(policy, diagnostics);
+}
+
+fn zone_path(zone: &Zone) -> String {
+    child("zones", &zone.name)
+}
+
+fn zones(policy: &Policy, diagnostics: &mut Diagnostics) {
+    for (z, zone) in policy.zones.iter().enumerate() {
+        let path = zone_path(zone);
+        if zone.networks.is_empty() {
+            let message = if zone.hosts.is_empty() {
+                format!(
+                    "zone `{}` has no networks and no hosts, so no address is in it",
+                    zone.name
+                )
+            } else {
+                format!(
+                    "zone `{}` has no networks; only its hosts are in it",
+                    zone.name
+                )
+            };
+            diagnostics.warning(&path, message);
+        } else {
+            for host in &zone.hosts {
+                if !zone.networks.iter().any(|n| n.contains(&host.addr)) {
+                    diagnostics.warning(
+                        &child(&child(&path, "hosts"), &host.name),
+                        format!(
+                            "host `{}` ({}) lies outside the networks of zone `{}`",
+                            host.name, host.addr, zone.name
+                        ),
+                    );
+                }
+            }
+        }
+        for (n, net) in zone.networks.iter().enumerate() {
+            let net_path = item(&child(&path, "networks"), n);
+            let earlier = policy.zones[..=z].iter().flat_map(|other| {
+                let count = if other.name == zone.name {
+                    n
+                } else {
+                    other.networks.len()
+                };
+                other.networks[..count].iter().map(move |o| (other, o))
+            });
+            for (other, other_net) in earlier {
+                if !(other_net.contains(net) || net.contains(other_net)) {
+                    continue;
+                }
+                let message = if other.name == zone.name {
+                    format!("network {net} overlaps {other_net} of the same zone; keep one")
+                } else {
+                    format!(
+                        "network {net} overlaps {other_net} of zone `{}`; addresses in both \
+                         belong to the zone with the longer prefix",
+                        other.name
+                    )
+                };
+                diagnostics.warning(&net_path, message);
+            }
+        }
+    }
+}
+
+fn conduit_lints(policy: &Policy, index: usize, conduit: &Conduit, diagnostics: &mut Diagnostics) {
+    let path = item("conduits", index);
+    let from = &policy.zones[conduit.from.zone];
+    let to = &policy.zones[conduit.to.zone];
+    if conduit.from.zone == conduit.to.zone && policy.defaults.intra_zone == Action::Allow {
+        diagnostics.warning(
+            &child(&path, "to"),
+            format!(
+                "conduit `{}` stays inside zone `{}`, where `defaults.intra_zone: allow` already \
+                 lets all traffic through",
+                conduit.name, from.name
+            ),
+        );
+    }
+    let climbs = matches!((from.security_level, to.security_level), (Some(f), Some(t)) if t > f);
+    for (j, allow) in conduit.allow.iter().enumerate() {
+        let allow_path = item(&child(&path, "allow"), j);
+        let risky = match allow {
+            Allow::Modbus(rules) if rules.grants_write_or_program() => {
+                Some("modbus write or program functions")
+            }
+            Allow::Enip(rules) if rules.grants_write_or_admin() => {
+                Some("CIP write or admin services")
+            }
+            _ => None,
+        };
+        if let (true, Some(what)) = (climbs, risky) {
+            diagnostics.warning(
+                &allow_path,
+                format!(
+                    "conduit `{}` grants {what} from zone `{}` (security level {}) into zone `{}` \
+                     (security level {}); a lower level should not change a higher one",
+                    conduit.name,
+                    from.name,
+                    from.security_level.unwrap_or_default(),
+                    to.name,
+                    to.security_level.unwrap_or_default()
+                ),
+            );
+        }
+        if let Allow::Enip(rules) = allow {
+            if rules.io && !rules.opens_connections() {
+                diagnostics.warning(
+                    &child(&child(&allow_path, "enip"), "io"),
+                    "`io: true` admits I/O only for connections opened by an allowed \
+                     Forward_Open, and this rule allows neither forward_open nor \
+                     large_forward_open",
+                );
+            }
+        }
+    }
+}
+
+/// Conduits that another conduit makes redundant.
+fn redundant_conduits(policy: &Policy, diagnostics: &mut Diagnostics) {
+    let conduits = &policy.conduits;
+    for (b, narrow) in conduits.iter().enumerate() {
+        // Of two equivalent conduits, only the later one is reported.
+        let wider = conduits.iter().enumerate().find(|&(a, wide)| {
+            a != b && subsumes(wide, narrow) && !(a > b && subsumes(narrow, wide))
+        });
+        if let Some((_, wide)) = wider {
+            diagnostics.warning(
+                &child(&item("conduits", b), "name"),
+                format!(
+                    "conduit `{}` is redundant: conduit `{}` already allows everything it allows",
+                    narrow.name, wide.name
+                ),
+            );
+        }
+    }
+}
+
+/// `wide` has the same or wider ends than `narrow` and allows every allow item of it.
+fn subsumes(wide: &Conduit, narrow: &Conduit) -> bool {
+    wide.from.contains(&narrow.from)
+        && wide.to.contains(&narrow.to)
+        && narrow.allow.iter().all(|allow| covered(wide, allow))
+}
+
+fn plain_ranges(conduit: &Conduit, udp: bool) -> Vec<PortRange> {
+    conduit
+        .allow
+        .iter()
+        .flat_map(|a| match (a, udp) {
+            (Allow::Tcp(r), false) | (Allow::Udp(r), true) => r.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether `conduit` allows (at least) what `allow` does, for the same ends.
+fn covered(conduit: &Conduit, allow: &Allow) -> bool {
+    let tcp = plain_ranges(conduit, false);
+    let udp = plain_ranges(conduit, true);
+    let port = |ranges: &[PortRange], p: u16| ranges_cover(ranges, PortRange::single(p));
+    match allow {
+        Allow::Tcp(ranges) => ranges.iter().all(|r| ranges_cover(&tcp, *r)),
+        Allow::Udp(ranges) => ranges.iter().all(|r| ranges_cover(&udp, *r)),
+        Allow::Icmp(types) => {
+            let (v4, v6): (Vec<u8>, Vec<u8>) = conduit
+                .allow
+                .iter()
+                .filter_map(|a| match a {
+                    Allow::Icmp(t) => Some((t.v4.clone(), t.v6.clone())),
+                    _ => None,
+                })
+                .fold((Vec::new(), Vec::new()), |(mut a4, mut a6), (t4, t6)| {
+                    a4.extend(t4);
+                    a6.extend(t6);
+                    (a4, a6)
+                });
+            types.v4.iter().all(|t| v4.contains(t)) && types.v6.iter().all(|t| v6.contains(t))
+        }
+        Allow::Modbus(rules) => conduit.allow.contains(allow) || port(&tcp, rules.port),
+        Allow::Enip(rules) => {
+            conduit.allow.contains(allow)
+                || (port(&tcp, rules.port)
+                    && port(&udp, rules.port)
+                    && (!rules.io || port(&udp, enip::IO_PORT)))
+        }
+    }
+}
