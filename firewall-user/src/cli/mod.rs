@@ -1,8 +1,14 @@
 //! The `otfw` command line: one module per subcommand, dispatched from `main.rs`.
 
 pub mod check;
+pub mod replay;
+pub mod run;
+
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
+
+use crate::policy::{self, compiled::CompiledPolicy};
 
 /// Inline OT segmentation firewall: zone/conduit policies enforced by XDP on bridge ports.
 #[derive(Debug, Parser)]
@@ -16,6 +22,10 @@ pub struct Cli {
 pub enum Command {
     /// Check policy files: report every error and warning, exit 1 if any file has an error.
     Check(check::CheckArgs),
+    /// Enforce a policy on the ports of the gateway bridge until SIGINT/SIGTERM.
+    Run(run::RunArgs),
+    /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
+    Replay(replay::ReplayArgs),
 }
 
 impl Cli {
@@ -23,6 +33,22 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<u8> {
         match self.command {
             Command::Check(args) => check::run(&args),
+            Command::Run(args) => run::run(args),
+            Command::Replay(args) => replay::run(args),
         }
+    }
+}
+
+/// Loads and compiles a policy for the datapath: warnings are logged, errors returned as
+/// `file:line:col: error: ...` lines.
+pub fn load_compiled(path: &Path) -> Result<CompiledPolicy, Vec<String>> {
+    match policy::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                log::warn!("{w}");
+            }
+            Ok(loaded.compiled)
+        }
+        Err(diagnostics) => Err(diagnostics.iter().map(ToString::to_string).collect()),
     }
 }

@@ -1,0 +1,39 @@
+//! `otfw replay --policy FILE CAPTURE...`: what the firewall would have done with recorded
+//! traffic, frame by frame, through the real XDP program.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The policy to judge the captures by.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// pcap or pcapng files (Ethernet), replayed in the order given.
+    #[arg(required = true, value_name = "CAPTURE")]
+    pub captures: Vec<PathBuf>,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
+    let policy = match super::load_compiled(&args.policy) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            bail!("policy {} has errors", args.policy.display());
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let summary = crate::replay::replay(&policy, &args.captures, &mut out)?;
+    use std::io::Write as _;
+    out.flush().context("writing to stdout")?;
+    eprintln!(
+        "{} frames from {} file(s): {} passed, {} dropped",
+        summary.frames, summary.files, summary.passed, summary.dropped
+    );
+    Ok(0)
+}
