@@ -45,5 +45,11 @@ pub const FLOW_EXPIRED: u32 = 3;
 pub const FLOW_REVOKED: u32 = 4;
 pub const FLOW_REVALIDATED: u32 = 5;
 pub const FLOW_STATS_LEN: u32 = 6;
-pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] =
-    ["created", "adopted", "insert_failed", "expired", "revoked", "revalidated"];
+pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
+    "created",
+    "adopted",
+    "insert_failed",
+    "expired",
+    "revoked",
+    "revalidated",
+];

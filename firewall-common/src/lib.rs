@@ -4,8 +4,8 @@
 //! lookups miss and can fail verification. Explicit `_pad` fields are always zero.
 #![no_std]
 
-pub mod config;
 pub mod conduit;
+pub mod config;
 pub mod counters;
 pub mod flow;
 pub mod reason;

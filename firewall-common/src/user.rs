@@ -11,6 +11,17 @@ macro_rules! pod {
 }
 
 pod!(
-    Config, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZoneInfo, ZonePortKey, ConduitKey, PortRule, RuleSet,
-    ConduitInfo, FlowKey, FlowState, Traffic,
+    Config,
+    ZoneKeyV4,
+    ZoneKeyV6,
+    ZoneMatch,
+    ZoneInfo,
+    ZonePortKey,
+    ConduitKey,
+    PortRule,
+    RuleSet,
+    ConduitInfo,
+    FlowKey,
+    FlowState,
+    Traffic,
 );

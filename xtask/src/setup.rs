@@ -174,8 +174,11 @@ impl ServiceStartsBlocked {
         if path.exists() {
             return Ok(Self { created: None });
         }
-        fs::write(&path, "#!/bin/sh\n# installed by cargo xtask setup while it installs packages\nexit 101\n")
-            .with_context(|| format!("could not write {}", path.display()))?;
+        fs::write(
+            &path,
+            "#!/bin/sh\n# installed by cargo xtask setup while it installs packages\nexit 101\n",
+        )
+        .with_context(|| format!("could not write {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         Ok(Self {
@@ -221,15 +224,24 @@ fn nightly_toolchain() -> Result<()> {
         .context("the eBPF program is built with nightly (-Z build-std)")?;
     }
     report(STEP, "installing rust-src for nightly");
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("the eBPF program is built with -Z build-std=core, which needs rust-src")
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the eBPF program is built with -Z build-std=core, which needs rust-src")
 }
 
 fn bpf_linker() -> Result<()> {
     const STEP: &str = "bpf-linker";
     let binary = cmd::cargo_home()?.join("bin").join("bpf-linker");
-    let version_ok = cmd::stdout_of(&binary, ["--version"])
-        .is_some_and(|version| version.split_whitespace().any(|word| word == BPF_LINKER_VERSION));
+    let version_ok = cmd::stdout_of(&binary, ["--version"]).is_some_and(|version| {
+        version
+            .split_whitespace()
+            .any(|word| word == BPF_LINKER_VERSION)
+    });
     let llvm_ok = || {
         cmd::stdout_of("ldd", [&binary]).is_some_and(|libraries| libraries.contains(LLVM_LIBRARY))
     };
@@ -273,19 +285,35 @@ fn python_venv(repo: &Path) -> Result<()> {
     let stamp = format!("{}{requirements}", python_version.trim_end());
     let stamp_path = venv.join(VENV_STAMP);
     let venv_python = venv.join("bin").join("python");
-    if venv_python.exists() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+    if venv_python.exists()
+        && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
+    {
         report(STEP, "ok (already installed)");
         return Ok(());
     }
     report(
         STEP,
-        &format!("installing {} into {}", requirements_path.display(), venv.display()),
+        &format!(
+            "installing {} into {}",
+            requirements_path.display(),
+            venv.display()
+        ),
     );
     // A venv built from other pins is rebuilt from scratch so that no removed pin lingers.
-    cmd::run(Command::new(PYTHON).args(["-m", "venv", "--clear"]).arg(&venv))?;
+    cmd::run(
+        Command::new(PYTHON)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
     cmd::run(
         Command::new(&venv_python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(["--no-input", "-r"])
             .arg(&requirements_path),
     )
