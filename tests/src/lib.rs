@@ -26,5 +26,5 @@ pub use address::Cidr;
 pub use binaries::{repo_root, target_binary, venv_python};
 pub use lab::{HostSpec, Lab, LabHost, LabOptions};
 pub use peer::{HoldSummary, PingOutcome, TcpOutcome, UdpOutcome};
-pub use preflight::require_root_and_kernel;
+pub use preflight::{bpffs_mounted, require_root_and_kernel, BPFFS};
 pub use process::{LabProcess, ProcessOutput};

@@ -5,7 +5,10 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+/// Where otfw pins its links and maps.
+pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Fails unless this process is root, iproute2 is installed, the kernel has network
 /// namespaces and bpffs is mounted at /sys/fs/bpf.
@@ -32,16 +35,20 @@ pub fn require_root_and_kernel() -> Result<()> {
     if !Path::new("/proc/self/ns/net").exists() {
         bail!("this kernel has no network namespaces (CONFIG_NET_NS); the lab cannot run");
     }
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    let bpffs = mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace().skip(1);
-        fields.next() == Some("/sys/fs/bpf") && fields.next() == Some("bpf")
-    });
-    if !bpffs {
+    if !bpffs_mounted()? {
         bail!(
             "bpffs is not mounted at /sys/fs/bpf (otfw pins its links and maps there): run \
              `cargo xtask setup` or `mount -t bpf bpf /sys/fs/bpf`"
         );
     }
     Ok(())
+}
+
+/// True if a bpf filesystem is mounted at [`BPFFS`].
+pub fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("could not read /proc/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    }))
 }

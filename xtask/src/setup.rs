@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use otfw_tests::BPFFS;
+
 use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, the lab's network tools, and the real protocol
@@ -42,7 +44,6 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The shared library a correctly built bpf-linker loads; another LLVM major cannot link
 /// the nightly's bitcode.
 const LLVM_LIBRARY: &str = "libLLVM.so.22";
-const BPFFS: &str = "/sys/fs/bpf";
 /// The Debian interpreter, which `python3-venv` equips with `venv`.
 const PYTHON: &str = "/usr/bin/python3";
 /// Written into the venv after a successful install; holds what was installed.
@@ -322,17 +323,9 @@ fn python_venv(repo: &Path) -> Result<()> {
         .with_context(|| format!("could not write {}", stamp_path.display()))
 }
 
-fn bpffs_mounted() -> Result<bool> {
-    let mounts = fs::read_to_string("/proc/mounts").context("could not read /proc/mounts")?;
-    Ok(mounts.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
-    }))
-}
-
 fn bpffs() -> Result<()> {
     const STEP: &str = "bpffs";
-    if bpffs_mounted()? {
+    if otfw_tests::bpffs_mounted()? {
         report(STEP, "ok (already mounted)");
         return Ok(());
     }
