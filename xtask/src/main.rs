@@ -13,7 +13,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Orchestration tasks for otfw")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Orchestration tasks for otfw"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
