@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath},
+    datapath::{bridge_ports, Datapath, ModeChoice},
     events::{self, Event},
     policy::compiled::{Attachment, CompiledPolicy},
 };
@@ -26,6 +26,7 @@ pub struct RunOptions {
     pub interfaces: Vec<String>,
     /// How often the policy file is checked for changes.
     pub watch_interval: Duration,
+    pub xdp_mode: ModeChoice,
 }
 
 /// Reads and compiles a policy file; `Err` holds one message per problem (`file:line:col: ...`).
@@ -58,7 +59,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let epoch = datapath.install(&policy)?.epoch;
     log::info!("policy {file} in force (epoch {epoch})");
     events::emit(&loaded_event(&file, epoch, &policy));
-    let attached = datapath.attach(&ports)?;
+    let attached = datapath.attach(&ports, opts.xdp_mode)?;
     for port in &attached.ports {
         log::info!("attached to {} ({} XDP)", port.name, port.mode);
         events::emit(&Event::Attached {

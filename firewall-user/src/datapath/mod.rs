@@ -10,7 +10,7 @@ mod test_run;
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 
-pub use attach::{bridge_ports, ifindex, Attached, PortMode};
+pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
 pub use test_run::Decision;
