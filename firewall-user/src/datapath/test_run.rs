@@ -52,15 +52,8 @@ impl Datapath {
         opts.data_out = Some(&mut out);
         let result = self.program().test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
-        let trace: Trace = self
-            .maps
-            .trace
-            .get(&0, 0)
-            .context("reading TRACE")?
-            .iter()
-            .nth(cpu)
-            .copied()
-            .unwrap_or_default();
+        let per_cpu = self.maps.trace.get(&0, 0).context("reading TRACE")?;
+        let trace: Trace = per_cpu.get(cpu).copied().unwrap_or_default();
         Ok(Decision {
             action: result.return_value,
             reason: Reason::from_u8(trace.reason).unwrap_or(Reason::None),
