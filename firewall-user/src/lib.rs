@@ -1,5 +1,6 @@
 //! otfw: the user-space controller of the OT segmentation firewall.
 
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod controller;

@@ -1,5 +1,6 @@
 //! The `otfw` command line: one module per subcommand, dispatched from `main.rs`.
 
+pub mod bench;
 pub mod check;
 pub mod replay;
 pub mod run;
@@ -26,6 +27,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
     Replay(replay::ReplayArgs),
+    /// Measure the datapath for `cargo xtask bench` (JSON on stdout).
+    #[command(hide = true)]
+    BenchDatapath(bench::BenchArgs),
 }
 
 impl Cli {
@@ -35,6 +39,7 @@ impl Cli {
             Command::Check(args) => check::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
+            Command::BenchDatapath(args) => bench::run(&args),
         }
     }
 }

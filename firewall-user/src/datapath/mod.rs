@@ -2,6 +2,7 @@
 //! generations, attach to bridge ports, read counters, and run frames through the real program.
 
 mod attach;
+mod baseline;
 mod counters;
 mod generation;
 mod maps;
@@ -11,9 +12,10 @@ use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 
 pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
+pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
-pub use test_run::Decision;
+pub use test_run::{Decision, TimedRun};
 
 use maps::Maps;
 
@@ -85,7 +87,7 @@ impl Datapath {
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large maps load there too.
-fn raise_memlock_limit() {
+pub(crate) fn raise_memlock_limit() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

@@ -1,0 +1,200 @@
+//! The frames the datapath benchmark runs through `BPF_PROG_TEST_RUN`: one per case, built with
+//! etherparse (headers, checksums) and hand-written application payloads (Modbus/TCP ADUs,
+//! EtherNet/IP encapsulations), between the two hosts of the benchmark policy.
+
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+pub const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc8];
+/// `office/hmi` in the benchmark policy.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// `plant/plc` in the benchmark policy.
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
+
+pub const MODBUS_PORT: u16 = 502;
+pub const ENIP_PORT: u16 = 44818;
+pub const ENIP_IO_PORT: u16 = 2222;
+/// The plain TCP port the benchmark conduit allows.
+pub const TCP_PORT: u16 = 8080;
+/// A port no conduit allows.
+pub const DENIED_PORT: u16 = 23;
+
+/// A TCP segment from the client to the server; `syn` opens, otherwise ACK|PSH with `payload`.
+pub fn tcp(sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4(CLIENT.octets(), SERVER.octets(), 64)
+        .tcp(sport, dport, 1000, 64240);
+    let builder = if syn {
+        builder.syn()
+    } else {
+        builder.ack(2000).psh()
+    };
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// A UDP datagram from the client to the server.
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4(CLIENT.octets(), SERVER.octets(), 64)
+        .udp(sport, dport);
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// An ARP request from the client for the server's address, padded to the Ethernet minimum.
+pub fn arp_request() -> Vec<u8> {
+    let mut frame = Vec::with_capacity(60);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&[0x08, 0x06]);
+    // Ethernet/IPv4, request.
+    frame.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&CLIENT.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&SERVER.octets());
+    frame.resize(60, 0);
+    frame
+}
+
+/// One Modbus/TCP ADU: Read Holding Registers (3), unit 1, 10 registers from `address`.
+pub fn modbus_read(transaction: u16, address: u16) -> Vec<u8> {
+    let mut adu = Vec::with_capacity(12);
+    adu.extend_from_slice(&transaction.to_be_bytes());
+    // Protocol id 0, then the length of what follows the length field: unit, function, data.
+    adu.extend_from_slice(&[0, 0, 0, 6, 1, 3]);
+    adu.extend_from_slice(&address.to_be_bytes());
+    adu.extend_from_slice(&10u16.to_be_bytes());
+    adu
+}
+
+/// `count` Read Holding Registers ADUs back to back, as a pipelining master sends them.
+pub fn modbus_pipelined(count: u16) -> Vec<u8> {
+    (0..count)
+        .flat_map(|i| modbus_read(i + 1, i * 10))
+        .collect()
+}
+
+/// CIP Read Tag (0x4C) of one element of `tag` (an ANSI extended symbolic segment).
+fn cip_read_tag(tag: &str) -> Vec<u8> {
+    let mut path = vec![0x91, tag.len() as u8];
+    path.extend_from_slice(tag.as_bytes());
+    if path.len() % 2 == 1 {
+        path.push(0);
+    }
+    let mut request = vec![0x4C, (path.len() / 2) as u8];
+    request.extend_from_slice(&path);
+    request.extend_from_slice(&1u16.to_le_bytes());
+    request
+}
+
+/// CIP Multiple Service Packet (0x0A) to the Message Router carrying Read Tag requests for
+/// `tags`.
+fn cip_multiple_service(tags: &[String]) -> Vec<u8> {
+    let requests: Vec<Vec<u8>> = tags.iter().map(|t| cip_read_tag(t)).collect();
+    // Class 0x02 (Message Router), instance 1.
+    let mut packet = vec![0x0A, 2, 0x20, 0x02, 0x24, 0x01];
+    let mut data = Vec::new();
+    data.extend_from_slice(&(requests.len() as u16).to_le_bytes());
+    // Offsets count from the start of the service count.
+    let mut offset = 2 + 2 * requests.len();
+    for request in &requests {
+        data.extend_from_slice(&(offset as u16).to_le_bytes());
+        offset += request.len();
+    }
+    for request in &requests {
+        data.extend_from_slice(request);
+    }
+    packet.extend_from_slice(&data);
+    packet
+}
+
+/// An EtherNet/IP SendRRData (0x6F) encapsulation carrying one unconnected CIP request.
+fn enip_send_rr_data(cip: &[u8]) -> Vec<u8> {
+    let mut items = Vec::new();
+    items.extend_from_slice(&0u32.to_le_bytes()); // interface handle: CIP
+    items.extend_from_slice(&0u16.to_le_bytes()); // timeout
+    items.extend_from_slice(&2u16.to_le_bytes()); // item count
+    items.extend_from_slice(&[0x00, 0x00, 0x00, 0x00]); // null address item
+    items.extend_from_slice(&0x00B2u16.to_le_bytes()); // unconnected data item
+    items.extend_from_slice(&(cip.len() as u16).to_le_bytes());
+    items.extend_from_slice(cip);
+    let mut encapsulation = Vec::with_capacity(24 + items.len());
+    encapsulation.extend_from_slice(&0x006Fu16.to_le_bytes());
+    encapsulation.extend_from_slice(&(items.len() as u16).to_le_bytes());
+    encapsulation.extend_from_slice(&0x1234_5678u32.to_le_bytes()); // session handle
+    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // status
+    encapsulation.extend_from_slice(b"otfwbnch"); // sender context
+    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // options
+    encapsulation.extend_from_slice(&items);
+    encapsulation
+}
+
+pub fn enip_read_tag() -> Vec<u8> {
+    enip_send_rr_data(&cip_read_tag("Line1_Speed"))
+}
+
+pub fn enip_multiple_service(count: usize) -> Vec<u8> {
+    let tags: Vec<String> = (0..count).map(|i| format!("Line1_Tag{i}")).collect();
+    enip_send_rr_data(&cip_multiple_service(&tags))
+}
+
+/// A class 1 implicit I/O datagram: sequenced address item and connected data item.
+pub fn enip_io() -> Vec<u8> {
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&2u16.to_le_bytes()); // item count
+    packet.extend_from_slice(&0x8002u16.to_le_bytes()); // sequenced address item
+    packet.extend_from_slice(&8u16.to_le_bytes());
+    packet.extend_from_slice(&0x0001_0203u32.to_le_bytes()); // connection id
+    packet.extend_from_slice(&42u32.to_le_bytes()); // encapsulation sequence number
+    let data = [0u8; 32];
+    packet.extend_from_slice(&0x00B1u16.to_le_bytes()); // connected data item
+    packet.extend_from_slice(&(2 + data.len() as u16).to_le_bytes());
+    packet.extend_from_slice(&42u16.to_le_bytes()); // CIP sequence count
+    packet.extend_from_slice(&data);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{SlicedPacket, TransportSlice};
+
+    #[test]
+    fn frames_parse_as_what_they_claim() {
+        let frame = tcp(40000, MODBUS_PORT, false, &modbus_pipelined(8));
+        let parsed = SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(TransportSlice::Tcp(tcp)) = parsed.transport else {
+            panic!("not TCP")
+        };
+        assert_eq!(tcp.destination_port(), MODBUS_PORT);
+        assert_eq!(tcp.payload().len(), 8 * 12);
+        assert_eq!(&tcp.payload()[12..14], &[0, 2]);
+        assert_eq!(arp_request().len(), 60);
+    }
+
+    #[test]
+    fn enip_lengths_are_consistent() {
+        let packet = enip_multiple_service(10);
+        let length = u16::from_le_bytes([packet[2], packet[3]]) as usize;
+        assert_eq!(packet.len(), 24 + length);
+        // The unconnected data item's length covers the CIP request to the end.
+        let item_len = u16::from_le_bytes([packet[24 + 14], packet[24 + 15]]) as usize;
+        assert_eq!(24 + 16 + item_len, packet.len());
+        // Ten offsets, the first just past them.
+        let cip = &packet[24 + 16..];
+        assert_eq!(cip[0], 0x0A);
+        assert_eq!(u16::from_le_bytes([cip[6], cip[7]]), 10);
+        assert_eq!(u16::from_le_bytes([cip[8], cip[9]]), 22);
+        assert_eq!(cip[6 + 22], 0x4C);
+    }
+}

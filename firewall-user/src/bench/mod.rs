@@ -1,0 +1,476 @@
+//! The datapath half of `cargo xtask bench`: per-packet cost of the real XDP program through
+//! `BPF_PROG_TEST_RUN`, next to a trivial program measured in the same run, for policies of
+//! growing size; and the control plane (compile and swap time, map memory). Run by the hidden
+//! `otfw bench-datapath` subcommand, which prints the raw samples as JSON for xtask to report.
+//!
+//! Noise on a shared machine is handled by pairing: every measurement of `otfw` is taken right
+//! after one of the baseline program on the same CPU, and the ratio of the pair is the sample.
+//! Rounds interleave every policy size and case, so slow phases of the machine hit all alike.
+
+pub mod frames;
+pub mod policies;
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use firewall_common::config::FLAG_TRACE;
+use serde::Serialize;
+
+use crate::{
+    datapath::{Baseline, Datapath},
+    policy::{check_str, compiled::CompiledPolicy},
+};
+use frames::*;
+use policies::Size;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// What to measure and how much.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Runs per `BPF_PROG_TEST_RUN` call.
+    pub repeat: u32,
+    pub rounds: usize,
+    /// Policy sizes for the scaling measurement; the first is the reference.
+    pub sizes: Vec<Size>,
+    /// Conduits of the policy compiled and swapped in for the control-plane timing.
+    pub control_conduits: usize,
+    /// Compile-and-swap repetitions.
+    pub control_rounds: usize,
+    /// Policy files whose map memory to report (e.g. the example policy), by name.
+    pub extra_policies: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn full() -> Options {
+        Options {
+            repeat: 100_000,
+            rounds: 15,
+            sizes: vec![
+                Size {
+                    conduits: 1,
+                    prefixes: 4,
+                },
+                Size {
+                    conduits: 100,
+                    prefixes: 100,
+                },
+                Size {
+                    conduits: 10_000,
+                    prefixes: 100,
+                },
+                Size {
+                    conduits: 10_000,
+                    prefixes: 10_000,
+                },
+            ],
+            control_conduits: 10_000,
+            control_rounds: 5,
+            extra_policies: Vec::new(),
+        }
+    }
+
+    /// Each measurement once, with small counts: a smoke test of the benchmark itself.
+    pub fn quick() -> Options {
+        Options {
+            repeat: 1000,
+            rounds: 1,
+            sizes: vec![
+                Size {
+                    conduits: 1,
+                    prefixes: 4,
+                },
+                Size {
+                    conduits: 300,
+                    prefixes: 300,
+                },
+            ],
+            control_conduits: 300,
+            control_rounds: 1,
+            extra_policies: Vec::new(),
+        }
+    }
+}
+
+/// A frame kind the benchmark measures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    pub id: &'static str,
+    pub title: &'static str,
+    /// Whether the datapath inspects this payload today; when false the frame is decided at L4
+    /// only (a Modbus or EtherNet/IP conduit admits the flow like a plain TCP/UDP rule).
+    pub inspected: bool,
+    /// What it measures.
+    pub note: &'static str,
+    /// The expected XDP action.
+    pub action: u32,
+    #[serde(skip)]
+    setup: Vec<Vec<u8>>,
+    #[serde(skip)]
+    frame: Vec<u8>,
+    pub frame_len: usize,
+}
+
+/// Whether the datapath enforces Modbus (resp. EtherNet/IP) payload rules. Switch these on when
+/// the inspectors land; the cases are then reported as inspected.
+const MODBUS_INSPECTED: bool = false;
+const ENIP_INSPECTED: bool = false;
+
+fn case(
+    id: &'static str,
+    title: &'static str,
+    inspected: bool,
+    note: &'static str,
+    action: u32,
+    setup: Vec<Vec<u8>>,
+    frame: Vec<u8>,
+) -> Case {
+    Case {
+        id,
+        title,
+        inspected,
+        note,
+        action,
+        setup,
+        frame_len: frame.len(),
+        frame,
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    let open = |sport, dport| vec![tcp(sport, dport, true, &[])];
+    vec![
+        case(
+            "non_ip",
+            "non-IP frame (ARP, allowed by non_ip)",
+            true,
+            "Ethernet parse and the non_ip list",
+            XDP_PASS,
+            vec![],
+            arp_request(),
+        ),
+        case(
+            "l4_deny",
+            "L4 denied (TCP SYN, no conduit)",
+            true,
+            "parse, two LPM lookups, flow miss, four conduit-key lookups and the rule scan",
+            XDP_DROP,
+            vec![],
+            tcp(40100, DENIED_PORT, true, &[]),
+        ),
+        case(
+            "tcp_tracked",
+            "TCP allowed (tracked flow, 64-byte payload)",
+            true,
+            "parse, two LPM lookups, flow hit",
+            XDP_PASS,
+            open(40101, TCP_PORT),
+            tcp(40101, TCP_PORT, false, &[0x55; 64]),
+        ),
+        case(
+            "modbus_read",
+            "Modbus read request (one ADU)",
+            MODBUS_INSPECTED,
+            "Read Holding Registers, unit 1, on a tracked flow",
+            XDP_PASS,
+            open(40102, MODBUS_PORT),
+            tcp(40102, MODBUS_PORT, false, &modbus_read(1, 0)),
+        ),
+        case(
+            "modbus_pipelined",
+            "Modbus, eight pipelined ADUs in one segment",
+            MODBUS_INSPECTED,
+            "eight Read Holding Registers requests back to back",
+            XDP_PASS,
+            open(40103, MODBUS_PORT),
+            tcp(40103, MODBUS_PORT, false, &modbus_pipelined(8)),
+        ),
+        case(
+            "enip_read_tag",
+            "ENIP Read Tag (SendRRData)",
+            ENIP_INSPECTED,
+            "CIP Read Tag 0x4C with a symbolic path",
+            XDP_PASS,
+            open(40104, ENIP_PORT),
+            tcp(40104, ENIP_PORT, false, &enip_read_tag()),
+        ),
+        case(
+            "enip_msp",
+            "ENIP Multiple Service Packet, ten requests",
+            ENIP_INSPECTED,
+            "CIP 0x0A carrying ten Read Tag requests",
+            XDP_PASS,
+            open(40105, ENIP_PORT),
+            tcp(40105, ENIP_PORT, false, &enip_multiple_service(10)),
+        ),
+        case(
+            "enip_io",
+            "UDP 2222 implicit I/O",
+            ENIP_INSPECTED,
+            "class 1 I/O datagram on a tracked UDP flow",
+            XDP_PASS,
+            vec![udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io())],
+            udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io()),
+        ),
+    ]
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub repeat: u32,
+    pub rounds: usize,
+    pub cpus: usize,
+    pub kernel: String,
+    pub verified_instructions: Option<u32>,
+    pub cases: Vec<Case>,
+    pub sizes: Vec<SizeInfo>,
+    /// Every pair measured, in measurement order.
+    pub samples: Vec<Sample>,
+    pub control: Control,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SizeInfo {
+    pub conduits: usize,
+    pub prefixes: usize,
+    /// Map memory (kernel `memlock`) of this datapath with the policy installed.
+    pub map_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sample {
+    pub round: usize,
+    pub size: usize,
+    pub case: usize,
+    pub otfw_ns: f64,
+    pub baseline_ns: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Control {
+    pub conduits: usize,
+    pub prefixes: usize,
+    pub yaml_bytes: usize,
+    /// `check_str`: parse, validate, lint and compile, per repetition.
+    pub compile_ms: Vec<f64>,
+    /// `Datapath::install` into a datapath that holds a policy already (a swap), per repetition.
+    pub swap_ms: Vec<f64>,
+    /// Map memory by policy, each installed alone into a fresh datapath.
+    pub map_bytes: Vec<(String, u64)>,
+}
+
+/// Runs the whole datapath benchmark.
+pub fn run(opts: &Options) -> Result<Report> {
+    ensure!(!opts.sizes.is_empty(), "no policy sizes to measure");
+    let cases = cases();
+    let baseline = Baseline::load()?;
+    let mut datapaths = Vec::new();
+    let mut sizes = Vec::new();
+    for size in &opts.sizes {
+        let (compiled, _) = compile(*size)?;
+        let (mut datapath, map_bytes) = load_with(&compiled)?;
+        prepare(&mut datapath, &compiled, &cases)
+            .with_context(|| format!("preparing the {} conduit policy", size.conduits))?;
+        datapaths.push(datapath);
+        sizes.push(SizeInfo {
+            conduits: size.conduits,
+            prefixes: size.actual_prefixes(),
+            map_bytes,
+        });
+    }
+    // The yardstick frame: a TCP segment, so the baseline runs its whole parse.
+    let yardstick = &cases
+        .iter()
+        .find(|c| c.id == "modbus_read")
+        .expect("the Modbus case exists")
+        .frame;
+    let check = baseline.time_frame(yardstick, 1)?;
+    ensure!(check.action == XDP_PASS, "the baseline program did not pass");
+
+    let mut samples = Vec::new();
+    for round in 0..opts.rounds {
+        for (s, datapath) in datapaths.iter().enumerate() {
+            for (c, case) in cases.iter().enumerate() {
+                let base = baseline.time_frame(yardstick, opts.repeat)?;
+                let run = datapath.time_frame(&case.frame, opts.repeat)?;
+                if run.action != case.action {
+                    bail!(
+                        "case {} returned XDP action {} instead of {} with the {} conduit \
+                         policy: the frame no longer takes the path it is meant to measure",
+                        case.id,
+                        run.action,
+                        case.action,
+                        sizes[s].conduits
+                    );
+                }
+                samples.push(Sample {
+                    round,
+                    size: s,
+                    case: c,
+                    otfw_ns: run.nanos(),
+                    baseline_ns: base.nanos(),
+                });
+            }
+        }
+    }
+    let verified_instructions = datapaths[0].verified_instructions();
+    drop(datapaths);
+    let control = control(opts)?;
+    Ok(Report {
+        repeat: opts.repeat,
+        rounds: opts.rounds,
+        // Not available_parallelism: the measuring thread is pinned to one CPU by now.
+        cpus: aya::util::nr_cpus().unwrap_or(1),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        verified_instructions,
+        cases,
+        sizes,
+        samples,
+        control,
+    })
+}
+
+fn compile(size: Size) -> Result<(CompiledPolicy, usize)> {
+    let text = policies::yaml(size, &["bench-a", "bench-b"]);
+    Ok((compile_text("bench.yaml", &text)?, text.len()))
+}
+
+fn compile_text(name: &str, text: &str) -> Result<CompiledPolicy> {
+    match check_str(name, text) {
+        (Some(loaded), _) => Ok(loaded.compiled),
+        (None, diagnostics) => {
+            let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+            bail!("policy {name} does not load:\n{}", lines.join("\n"))
+        }
+    }
+}
+
+/// Loads a fresh datapath, installs `policy`, and returns it with its map memory.
+fn load_with(policy: &CompiledPolicy) -> Result<(Datapath, u64)> {
+    let before = map_fds();
+    let mut datapath = Datapath::load()?;
+    datapath.install(policy).context("installing a benchmark policy")?;
+    let own: Vec<i32> = map_fds().difference(&before).copied().collect();
+    Ok((datapath, memlock(&own)))
+}
+
+/// Opens the flows of every case and checks that each frame gets the decision and conduit it
+/// is meant to measure; then switches tracing off, since it is not part of the real path.
+fn prepare(datapath: &mut Datapath, policy: &CompiledPolicy, cases: &[Case]) -> Result<()> {
+    datapath.enable_trace()?;
+    let bench = policy
+        .names
+        .conduits
+        .iter()
+        .position(|n| n == policies::BENCH_CONDUIT)
+        .context("the benchmark conduit is missing")? as u16;
+    for case in cases {
+        for frame in &case.setup {
+            let decision = datapath.run_frame(frame)?;
+            ensure!(
+                decision.passed(),
+                "opening the flow of case {} was refused ({:?})",
+                case.id,
+                decision.reason
+            );
+        }
+        let decision = datapath.run_frame(&case.frame)?;
+        ensure!(
+            decision.action == case.action,
+            "case {}: action {} ({:?}), expected {}",
+            case.id,
+            decision.action,
+            decision.reason,
+            case.action
+        );
+        let tracked = !case.setup.is_empty();
+        ensure!(
+            !tracked || decision.conduit_id == bench,
+            "case {}: decided by conduit {} instead of the benchmark conduit",
+            case.id,
+            decision.conduit_id
+        );
+    }
+    datapath.set_config_flags(0, FLAG_TRACE)
+}
+
+fn control(opts: &Options) -> Result<Control> {
+    let size = Size {
+        conduits: opts.control_conduits,
+        prefixes: opts.control_conduits,
+    };
+    let text = policies::yaml(size, &["bench-a", "bench-b"]);
+    let small = compile(Size {
+        conduits: 1,
+        prefixes: 4,
+    })?
+    .0;
+    let mut compile_ms = Vec::new();
+    let mut swap_ms = Vec::new();
+    let mut datapath = Datapath::load()?;
+    for _ in 0..opts.control_rounds.max(1) {
+        let start = Instant::now();
+        let compiled = compile_text("bench.yaml", &text)?;
+        compile_ms.push(millis(start.elapsed()));
+        // Swap from a small policy to the large one: the large one's slot still holds the
+        // large policy of two swaps ago, which the install purges first, as in operation.
+        datapath.install(&small)?;
+        let start = Instant::now();
+        datapath.install(&compiled)?;
+        swap_ms.push(millis(start.elapsed()));
+    }
+    drop(datapath);
+    let mut map_bytes = Vec::new();
+    for (name, text) in &opts.extra_policies {
+        let (_, bytes) = load_with(&compile_text(name, text)?)?;
+        map_bytes.push((name.clone(), bytes));
+    }
+    let (_, bytes) = load_with(&compile_text("bench.yaml", &text)?)?;
+    map_bytes.push((format!("{} conduits", size.conduits), bytes));
+    Ok(Control {
+        conduits: size.conduits,
+        prefixes: size.actual_prefixes(),
+        yaml_bytes: text.len(),
+        compile_ms,
+        swap_ms,
+        map_bytes,
+    })
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// File descriptors of this process that are BPF maps.
+fn map_fds() -> BTreeSet<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|fd| {
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .is_ok_and(|info| info.contains("map_type:"))
+        })
+        .collect()
+}
+
+/// The kernel's memory accounting (`memlock`) summed over map fds.
+fn memlock(fds: &[i32]) -> u64 {
+    fds.iter()
+        .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}

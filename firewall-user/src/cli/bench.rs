@@ -1,0 +1,65 @@
+//! `otfw bench-datapath` (hidden): the kernel-side measurements of `cargo xtask bench`, printed
+//! as one JSON document. Needs root; loads its own copies of the program, attaches nothing.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::bench::{self, Options};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Smoke mode: every measurement once, with small counts and small policies.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs per BPF_PROG_TEST_RUN call (default: 100000, quick 1000).
+    #[arg(long)]
+    pub repeat: Option<u32>,
+    /// Rounds over every policy size and case (default: 15, quick 1).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Conduits of the largest policy and of the control-plane policy (default 10000).
+    #[arg(long)]
+    pub conduits: Option<usize>,
+    /// A policy file whose map memory to report too, e.g. policies/example.yaml; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+    let mut opts = if args.quick {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    if let Some(repeat) = args.repeat {
+        opts.repeat = repeat;
+    }
+    if let Some(rounds) = args.rounds {
+        opts.rounds = rounds;
+    }
+    if let Some(conduits) = args.conduits {
+        for size in opts.sizes.iter_mut().skip(1) {
+            size.conduits = size.conduits.min(conduits);
+            size.prefixes = size.prefixes.min(conduits);
+        }
+        if let Some(last) = opts.sizes.last_mut() {
+            last.conduits = conduits;
+            last.prefixes = conduits.max(last.prefixes);
+        }
+        opts.control_conduits = conduits;
+    }
+    for path in &args.policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+        opts.extra_policies.push((name, text));
+    }
+    let report = bench::run(&opts)?;
+    serde_json::to_writer(std::io::stdout().lock(), &report).context("writing the report")?;
+    println!();
+    Ok(0)
+}
