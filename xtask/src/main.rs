@@ -1,8 +1,9 @@
-//! Orchestration for otfw: installing prerequisites and running the tests.
+//! Orchestration for otfw: installing prerequisites, running the tests and the benchmark.
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
 
+mod bench;
 mod cmd;
 mod setup;
 mod test;
@@ -31,6 +32,12 @@ enum Command {
     /// Run setup, then the whole test suite (unit tests in parallel, root-needing
     /// integration tests one at a time).
     Test(test::TestArgs),
+    /// Measure otfw (per-packet cost, scaling, bridge throughput, control plane, latency) and
+    /// write target/bench/report.md with charts; `--quick` is a smoke run.
+    Bench(bench::BenchArgs),
+    /// A traffic endpoint of the benchmark, run inside a lab namespace.
+    #[command(hide = true)]
+    BenchPeer(bench::peer::PeerArgs),
 }
 
 fn main() {
@@ -39,6 +46,8 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(&repo),
         Command::Test(args) => test::run(&repo, &args),
+        Command::Bench(args) => bench::run(&repo, &args),
+        Command::BenchPeer(args) => bench::peer::run(&args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -25,9 +25,27 @@ pub struct BenchArgs {
     /// A policy file whose map memory to report too, e.g. policies/example.yaml; repeatable.
     #[arg(long, value_name = "FILE")]
     pub policy: Vec<PathBuf>,
+    /// Only write the generated benchmark policy (with `--conduits` conduits and as many zone
+    /// prefixes, attached to `--iface`) to FILE, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub write_policy: Option<PathBuf>,
+    /// Bridge ports for `--write-policy`; repeatable.
+    #[arg(long, value_name = "IF")]
+    pub iface: Vec<String>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+    if let Some(path) = &args.write_policy {
+        let conduits = args.conduits.unwrap_or(10_000);
+        let size = bench::policies::Size {
+            conduits,
+            prefixes: conduits,
+        };
+        let ports: Vec<&str> = args.iface.iter().map(String::as_str).collect();
+        std::fs::write(path, bench::policies::yaml(size, &ports))
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(0);
+    }
     let mut opts = if args.quick {
         Options::quick()
     } else {

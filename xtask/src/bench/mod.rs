@@ -1,0 +1,128 @@
+//! `cargo xtask bench`: the numbers behind "line rate". Ratios measured in the same run, never
+//! lone absolute times, because this machine is shared and noisy.
+//!
+//! 1. Per-packet cost of the XDP program by case, through BPF_PROG_TEST_RUN, as a ratio to a
+//!    trivial program measured alternately with it (`otfw bench-datapath`, in firewall-user:
+//!    it needs the eBPF object, which this crate must not).
+//! 2. The same with policies of 1 to 10,000 conduits and 10,000 zone prefixes.
+//! 3. Frames per second through the lab bridge with no filter, otfw, nftables and iptables u32.
+//! 4. Control plane: compile and swap of 10,000 conduits, controller and map memory.
+//! 5. Latency of a request/response exchange through the bridge, per filter.
+//!
+//! Writes `target/bench/report.md`, PNG charts and `results.json` there, and prints the summary
+//! table. `--quick` runs everything once with small counts: a smoke test for CI.
+
+mod bridge;
+mod charts;
+mod datapath;
+pub mod peer;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::cmd;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Smoke mode: each measurement once with small counts (well under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of the bridge measurement (each applies every filter once).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Frames per trafgen burst.
+    #[arg(long)]
+    packets: Option<u64>,
+    /// Where the report, charts and raw results go (default: target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
+    require_root()?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| repo.join("target").join("bench"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let load_before = load_average();
+    let otfw = build_otfw(repo, args.quick)?;
+    let example = repo.join("policies").join("example.yaml");
+
+    let datapath = datapath::measure(&otfw, args.quick, &example)?;
+    let mut bridge_opts = if args.quick {
+        bridge::Options::quick()
+    } else {
+        bridge::Options::full()
+    };
+    if let Some(rounds) = args.rounds {
+        bridge_opts.rounds = rounds.max(1);
+    }
+    if let Some(packets) = args.packets {
+        bridge_opts.packets = packets.max(1);
+    }
+    let tools = bridge::Tools {
+        otfw: &otfw,
+        xtask: std::env::current_exe().context("locating the xtask binary")?,
+        example: &example,
+        work: &out.join("work"),
+    };
+    let bridge = bridge::measure(&tools, &bridge_opts)?;
+    let env = report::Environment {
+        quick: args.quick,
+        profile: if args.quick { "debug" } else { "release" },
+        load_before,
+        load_after: load_average(),
+        cpus: datapath.raw.cpus,
+        kernel: datapath.raw.kernel.clone(),
+        bridge_rounds: bridge_opts.rounds,
+        bridge_packets: bridge_opts.packets,
+    };
+    let report = report::Report::new(&env, &datapath, &bridge);
+    charts::draw(&out, &datapath, &bridge).context("drawing the charts")?;
+    std::fs::write(out.join("report.md"), report.markdown())?;
+    println!("{}", report.summary());
+    println!("bench: report in {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads XDP programs and builds network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+/// Builds `otfw` (release for real numbers; the debug build `cargo xtask test` made for the
+/// smoke run) and returns its path.
+fn build_otfw(repo: &Path, quick: bool) -> Result<PathBuf> {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(repo)
+        .args(["build", "--package", "firewall-user", "--bin", "otfw"])
+        .env("PATH", cmd::path_with(&[cmd::cargo_home()?.join("bin")])?);
+    if !quick {
+        command.arg("--release");
+    }
+    cmd::run(&mut command).context("building otfw for the benchmark")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    Ok(target
+        .join(if quick { "debug" } else { "release" })
+        .join("otfw"))
+}
+
+/// The 1-minute load average, to say in the report how busy the machine was.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
