@@ -214,10 +214,31 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             println!("bench: bridge round {}/{}: {}", round + 1, opts.rounds, filter.label());
             let applied = apply(&lab, tools, &files, filter)?;
             if round == 0 {
-                checks.push(check(&lab, &files, filter)?);
+                let check = check(&lab, &files, filter)?;
+                // A ruleset that stops allowed traffic or lets writes through measures the
+                // wrong thing. otfw passes writes until its Modbus inspection is enforced.
+                ensure!(
+                    check.reads_passed >= CHECK_FRAMES,
+                    "{} let only {} of {CHECK_FRAMES} Modbus reads through",
+                    filter.label(),
+                    check.reads_passed
+                );
+                ensure!(
+                    !matches!(filter, Filter::Nft | Filter::Iptables) || check.writes_passed == 0,
+                    "{} let {} Modbus writes through: its ruleset is broken",
+                    filter.label(),
+                    check.writes_passed
+                );
+                checks.push(check);
             }
             trials.push(burst(&lab, &files, filter, round, opts.packets)?);
             let ping = ping(&lab, tools, opts.latency_samples, 0)?;
+            ensure!(
+                ping.errors == 0,
+                "the Modbus exchange failed through {}: {}",
+                filter.label(),
+                ping.error.as_deref().unwrap_or("?")
+            );
             latency[f].rtt_ns.extend(&ping.rtt_ns);
             latency[f].errors += ping.errors;
             applied.verify()?;
@@ -297,17 +318,18 @@ conduits:
       - modbus: { functions: [read] }
 ";
 
-/// The same checks in the bridge family: ARP; office -> plant TCP 502 whose Modbus function
-/// code (payload byte 7, after the MBAP header) is 1-4; segments too short to carry one
-/// (handshake, pure ACKs); replies from port 502. Frames of other bridges are left alone.
+/// The same checks in the bridge family: ARP; office -> plant TCP 502, dropped when it carries
+/// a Modbus function code (payload byte 7, after the MBAP header) outside 1-4; replies from port
+/// 502. A segment too short to hold the byte (handshake, pure ACKs) fails the payload match and
+/// falls through to the accept. Frames of other bridges are left alone.
 const NFT_RULESET: &str = "\
 table bridge otfwbench {
   chain forward {
     type filter hook forward priority 0; policy accept;
     iifname != { \"bench-a\", \"bench-b\" } accept
     ether type arp accept
-    ip saddr 198.51.100.0/25 ip daddr 198.51.100.128/25 tcp dport 502 @ih,56,8 1-4 counter accept
-    ip saddr 198.51.100.0/25 ip daddr 198.51.100.128/25 tcp dport 502 ip length <= 52 accept
+    ip saddr 198.51.100.0/25 ip daddr 198.51.100.128/25 tcp dport 502 @ih,56,8 != 1-4 counter drop
+    ip saddr 198.51.100.0/25 ip daddr 198.51.100.128/25 tcp dport 502 counter accept
     ip saddr 198.51.100.128/25 ip daddr 198.51.100.0/25 tcp sport 502 accept
     counter drop
   }
