@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, then the whole test suite.
+//! `cargo xtask test`: setup, then the whole test suite, then a smoke run of the benchmark
+//! (`cargo xtask bench --quick`).
 //!
 //! Unit tests run in parallel. Integration test binaries (`tests/` of every crate: the
 //! end-to-end lab, datapath tests) share kernel state such as the lab bridge, namespaces and
@@ -10,13 +11,16 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::{cmd, setup};
+use crate::{bench, cmd, setup};
 
 #[derive(Args)]
 pub struct TestArgs {
     /// Skip `cargo xtask setup` (when the prerequisites are known to be there).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the benchmark smoke run (`cargo xtask bench --quick`) at the end.
+    #[arg(long)]
+    no_bench: bool,
     /// Passed to every test binary, e.g. a name filter or `--nocapture`.
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -33,7 +37,14 @@ pub fn run(repo: &Path, args: &TestArgs) -> Result<()> {
     cargo(repo, &["test", "--doc"], &args.test_args)?;
     let mut serial = vec!["--test-threads=1".to_string()];
     serial.extend(args.test_args.iter().cloned());
-    cargo(repo, &["test", "--test", "*"], &serial)
+    cargo(repo, &["test", "--test", "*"], &serial)?;
+    if args.no_bench {
+        return Ok(());
+    }
+    // The benchmark is not a test, but a broken benchmark must fail CI: its smoke run takes
+    // every measurement once with small counts.
+    println!("test: running cargo xtask bench --quick");
+    bench::run(repo, &bench::BenchArgs::quick()).context("the benchmark smoke run failed")
 }
 
 /// Runs cargo on the workspace's default members with the eBPF toolchain on PATH.

@@ -169,7 +169,6 @@ fn scaling(path: &Path, dp: &Datapath) -> Result<()> {
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(60)
-        .right_y_label_area_size(10)
         .build_cartesian_2d(-0.2..sizes.len() as f64 - 0.8, lo..hi)
         .map_err(e)?;
     chart

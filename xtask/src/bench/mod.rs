@@ -9,8 +9,7 @@
 //! 4. Control plane: compile and swap of 10,000 conduits, controller and map memory.
 //! 5. Latency of a request/response exchange through the bridge, per filter.
 //!
-//! Writes `target/bench/report.md`, PNG charts and `results.json` there, and prints the summary
-//! table. `--quick` runs everything once with small counts: a smoke test for CI.
+//! Writes `target/bench/report.md` and PNG charts there, and prints the summary table. `--quick` runs everything once with small counts: a smoke test for CI.
 
 mod bridge;
 mod charts;
@@ -38,17 +37,32 @@ pub struct BenchArgs {
     /// Frames per trafgen burst.
     #[arg(long)]
     packets: Option<u64>,
-    /// Where the report, charts and raw results go (default: target/bench).
+    /// Where the report and charts go (default: target/bench, target/bench/quick with
+    /// `--quick`).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
+impl BenchArgs {
+    /// The smoke run that `cargo xtask test` includes.
+    pub fn quick() -> BenchArgs {
+        BenchArgs {
+            quick: true,
+            rounds: None,
+            packets: None,
+            out: None,
+        }
+    }
+}
+
 pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     require_root()?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| repo.join("target").join("bench"));
+    let mut out = repo.join("target").join("bench");
+    if args.quick {
+        // A smoke run never overwrites a real report.
+        out.push("quick");
+    }
+    let out = args.out.clone().unwrap_or(out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let load_before = load_average();
     let otfw = build_otfw(repo, args.quick)?;
