@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpreplay",
     "netsniff-ng",
     "python3-venv",
+    // The benchmark's charts render text with DejaVu Sans.
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

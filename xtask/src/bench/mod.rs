@@ -24,13 +24,16 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cmd;
+use crate::{cmd, setup};
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// Smoke mode: each measurement once with small counts (well under a minute).
     #[arg(long)]
     quick: bool,
+    /// Skip `cargo xtask setup` (when the prerequisites are known to be there).
+    #[arg(long)]
+    no_setup: bool,
     /// Rounds of the bridge measurement (each applies every filter once).
     #[arg(long)]
     rounds: Option<usize>,
@@ -44,10 +47,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// The smoke run that `cargo xtask test` includes.
+    /// The smoke run that `cargo xtask test` includes (after its own setup).
     pub fn quick() -> BenchArgs {
         BenchArgs {
             quick: true,
+            no_setup: true,
             rounds: None,
             packets: None,
             out: None,
@@ -57,6 +61,9 @@ impl BenchArgs {
 
 pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     require_root()?;
+    if !args.no_setup {
+        setup::run(repo)?;
+    }
     let mut out = repo.join("target").join("bench");
     if args.quick {
         // A smoke run never overwrites a real report.
