@@ -259,6 +259,8 @@ pub struct Control {
     pub compile_ms: Vec<f64>,
     /// `Datapath::install` into a datapath that holds a policy already (a swap), per repetition.
     pub swap_ms: Vec<f64>,
+    /// The compile pipeline step by step (one repetition each): where its time goes.
+    pub phases_ms: Vec<(String, f64)>,
     /// Map memory by policy, each installed alone into a fresh datapath.
     pub map_bytes: Vec<(String, u64)>,
 }
@@ -427,6 +429,7 @@ fn control(opts: &Options) -> Result<Control> {
         swap_ms.push(millis(start.elapsed()));
     }
     drop(datapath);
+    let phases_ms = phases(&text)?;
     let mut map_bytes = Vec::new();
     for (name, text) in &opts.extra_policies {
         let (_, bytes) = load_with(&compile_text(name, text)?)?;
@@ -440,8 +443,34 @@ fn control(opts: &Options) -> Result<Control> {
         yaml_bytes: text.len(),
         compile_ms,
         swap_ms,
+        phases_ms,
         map_bytes,
     })
+}
+
+/// The steps of `check_str`, timed one by one.
+fn phases(text: &str) -> Result<Vec<(String, f64)>> {
+    use crate::policy::{compile, lint, model, source, validate};
+    let mut out = Vec::new();
+    let mut step = |name: &str, start: Instant| out.push((name.to_string(), millis(start.elapsed())));
+    let start = Instant::now();
+    let (map, _) = source::SourceMap::parse(text)
+        .map_err(|e| anyhow::anyhow!("benchmark policy: {}", e.message))?;
+    step("index positions (YAML events)", start);
+    let mut diagnostics = source::Diagnostics::new("bench.yaml", &map);
+    let start = Instant::now();
+    let document = model::read(text, &mut diagnostics).context("reading the policy")?;
+    step("read (serde_yaml)", start);
+    let start = Instant::now();
+    let policy = validate::validate(&document, &mut diagnostics).context("validating")?;
+    step("validate", start);
+    let start = Instant::now();
+    lint::lint(&policy, &mut diagnostics);
+    step("lint", start);
+    let start = Instant::now();
+    compile::compile(&policy).map_err(|_| anyhow::anyhow!("compiling the benchmark policy"))?;
+    step("compile", start);
+    Ok(out)
 }
 
 fn millis(d: Duration) -> f64 {

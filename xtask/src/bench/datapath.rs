@@ -55,6 +55,7 @@ pub struct Control {
     pub yaml_bytes: usize,
     pub compile_ms: Vec<f64>,
     pub swap_ms: Vec<f64>,
+    pub phases_ms: Vec<(String, f64)>,
     pub map_bytes: Vec<(String, u64)>,
 }
 
