@@ -291,7 +291,10 @@ pub fn run(opts: &Options) -> Result<Report> {
         .expect("the Modbus case exists")
         .frame;
     let check = baseline.time_frame(yardstick, 1)?;
-    ensure!(check.action == XDP_PASS, "the baseline program did not pass");
+    ensure!(
+        check.action == XDP_PASS,
+        "the baseline program did not pass"
+    );
 
     let mut samples = Vec::new();
     for round in 0..opts.rounds {
@@ -358,7 +361,9 @@ fn compile_text(name: &str, text: &str) -> Result<CompiledPolicy> {
 fn load_with(policy: &CompiledPolicy) -> Result<(Datapath, u64)> {
     let before = map_fds();
     let mut datapath = Datapath::load()?;
-    datapath.install(policy).context("installing a benchmark policy")?;
+    datapath
+        .install(policy)
+        .context("installing a benchmark policy")?;
     let own: Vec<i32> = map_fds().difference(&before).copied().collect();
     Ok((datapath, memlock(&own)))
 }
@@ -452,7 +457,8 @@ fn control(opts: &Options) -> Result<Control> {
 fn phases(text: &str) -> Result<Vec<(String, f64)>> {
     use crate::policy::{compile, lint, model, source, validate};
     let mut out = Vec::new();
-    let mut step = |name: &str, start: Instant| out.push((name.to_string(), millis(start.elapsed())));
+    let mut step =
+        |name: &str, start: Instant| out.push((name.to_string(), millis(start.elapsed())));
     let start = Instant::now();
     let (map, _) = source::SourceMap::parse(text)
         .map_err(|e| anyhow::anyhow!("benchmark policy: {}", e.message))?;

@@ -121,10 +121,7 @@ mod tests {
     #[test]
     fn sizes_compile_to_what_they_say() {
         for (conduits, prefixes) in [(1, 4), (100, 100), (1000, 1000)] {
-            let size = Size {
-                conduits,
-                prefixes,
-            };
+            let size = Size { conduits, prefixes };
             let loaded = load(size);
             assert_eq!(loaded.policy.conduits.len(), conduits);
             let compiled = &loaded.compiled;

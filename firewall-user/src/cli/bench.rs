@@ -29,12 +29,27 @@ pub struct BenchArgs {
     /// prefixes, attached to `--iface`) to FILE, and exit.
     #[arg(long, value_name = "FILE")]
     pub write_policy: Option<PathBuf>,
-    /// Bridge ports for `--write-policy`; repeatable.
+    /// Bridge ports for `--write-policy` and `--attach-baseline`; repeatable.
     #[arg(long, value_name = "IF")]
     pub iface: Vec<String>,
+    /// Only attach the trivial baseline program to every `--iface` in native (driver) mode,
+    /// print a `ready` line, and hold it there until killed.
+    #[arg(long)]
+    pub attach_baseline: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+    if args.attach_baseline {
+        let mut baseline = crate::datapath::Baseline::load()?;
+        for iface in &args.iface {
+            baseline.attach(iface, true)?;
+        }
+        println!("{{\"event\":\"ready\",\"ports\":{}}}", args.iface.len());
+        // Held until SIGTERM ends the process, which detaches the program.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     if let Some(path) = &args.write_policy {
         let conduits = args.conduits.unwrap_or(10_000);
         let size = bench::policies::Size {
@@ -69,11 +84,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         opts.control_conduits = conduits;
     }
     for path in &args.policy {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
         opts.extra_policies.push((name, text));
     }
     let report = bench::run(&opts)?;

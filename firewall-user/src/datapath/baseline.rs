@@ -2,7 +2,10 @@
 //! Ethernet/IPv4/TCP parsing and one per-CPU counter). Loaded on its own, never attached.
 
 use anyhow::{Context as _, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
 
 use super::test_run::{time_program, TimedRun};
 
@@ -29,6 +32,25 @@ impl Baseline {
             .load()
             .context("the kernel verifier rejected the baseline program")?;
         Ok(Baseline { ebpf })
+    }
+
+    /// Attaches the program to `iface` (for the bridge measurement: the XDP mode's own cost
+    /// without otfw's work). Detached when the `Baseline` is dropped or the process exits.
+    pub fn attach(&mut self, iface: &str, native: bool) -> Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the baseline program was checked at load");
+        let mode = if native {
+            XdpMode::Driver
+        } else {
+            XdpMode::Skb
+        };
+        program
+            .attach(iface, mode)
+            .with_context(|| format!("attaching the baseline program to {iface}"))?;
+        Ok(())
     }
 
     /// Runs `frame` through the program `repeat` times in the kernel; see

@@ -40,6 +40,9 @@ const CHECK_FRAMES: u64 = 100;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     None,
+    /// The trivial baseline program in native mode: what native XDP on the ports costs by
+    /// itself, so that otfw's own share can be told apart.
+    Trivial,
     OtfwNative,
     OtfwGeneric,
     Nft,
@@ -47,8 +50,9 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub const ALL: [Filter; 5] = [
+    pub const ALL: [Filter; 6] = [
         Filter::None,
+        Filter::Trivial,
         Filter::OtfwNative,
         Filter::OtfwGeneric,
         Filter::Nft,
@@ -58,6 +62,7 @@ impl Filter {
     pub fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
+            Filter::Trivial => "trivial XDP, native",
             Filter::OtfwNative => "otfw, native XDP",
             Filter::OtfwGeneric => "otfw, generic XDP",
             Filter::Nft => "nftables bridge",
@@ -251,7 +256,14 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
                 );
                 checks.push(check);
             }
-            trials.push(burst(&lab, &files, filter, round, opts.packets, Some(reference_pps))?);
+            trials.push(burst(
+                &lab,
+                &files,
+                filter,
+                round,
+                opts.packets,
+                Some(reference_pps),
+            )?);
             let ping = ping(&lab, tools, opts.latency_samples, 0)?;
             ensure!(
                 ping.errors == 0,
@@ -367,20 +379,79 @@ fn iptables_rules() -> Vec<Vec<String>> {
     vec![
         s(&["-N", IPT_CHAIN]),
         s(&[
-            "-A", IPT_CHAIN, "-p", "tcp", "-s", "198.51.100.0/25", "-d", "198.51.100.128/25",
-            "--dport", "502", "-m", "u32", "--u32", U32_FUNCTION, "-j", "ACCEPT",
+            "-A",
+            IPT_CHAIN,
+            "-p",
+            "tcp",
+            "-s",
+            "198.51.100.0/25",
+            "-d",
+            "198.51.100.128/25",
+            "--dport",
+            "502",
+            "-m",
+            "u32",
+            "--u32",
+            U32_FUNCTION,
+            "-j",
+            "ACCEPT",
         ]),
         s(&[
-            "-A", IPT_CHAIN, "-p", "tcp", "-s", "198.51.100.0/25", "-d", "198.51.100.128/25",
-            "--dport", "502", "-m", "u32", "!", "--u32", U32_HAS_FUNCTION, "-j", "ACCEPT",
+            "-A",
+            IPT_CHAIN,
+            "-p",
+            "tcp",
+            "-s",
+            "198.51.100.0/25",
+            "-d",
+            "198.51.100.128/25",
+            "--dport",
+            "502",
+            "-m",
+            "u32",
+            "!",
+            "--u32",
+            U32_HAS_FUNCTION,
+            "-j",
+            "ACCEPT",
         ]),
         s(&[
-            "-A", IPT_CHAIN, "-p", "tcp", "-s", "198.51.100.128/25", "-d", "198.51.100.0/25",
-            "--sport", "502", "-j", "ACCEPT",
+            "-A",
+            IPT_CHAIN,
+            "-p",
+            "tcp",
+            "-s",
+            "198.51.100.128/25",
+            "-d",
+            "198.51.100.0/25",
+            "--sport",
+            "502",
+            "-j",
+            "ACCEPT",
         ]),
         s(&["-A", IPT_CHAIN, "-j", "DROP"]),
-        s(&["-I", "FORWARD", "1", "-m", "physdev", "--physdev-in", PORT_A, "-j", IPT_CHAIN]),
-        s(&["-I", "FORWARD", "1", "-m", "physdev", "--physdev-in", PORT_B, "-j", IPT_CHAIN]),
+        s(&[
+            "-I",
+            "FORWARD",
+            "1",
+            "-m",
+            "physdev",
+            "--physdev-in",
+            PORT_A,
+            "-j",
+            IPT_CHAIN,
+        ]),
+        s(&[
+            "-I",
+            "FORWARD",
+            "1",
+            "-m",
+            "physdev",
+            "--physdev-in",
+            PORT_B,
+            "-j",
+            IPT_CHAIN,
+        ]),
     ]
 }
 
@@ -398,6 +469,7 @@ fn trafgen_conf(sport: u16, function: u8) -> String {
 /// What a filter left in place, removed on drop.
 enum Applied {
     Nothing,
+    /// `otfw run`, or the process holding the trivial program.
     Otfw(LabProcess),
     Nft,
     Iptables,
@@ -406,6 +478,15 @@ enum Applied {
 fn apply(lab: &Lab, tools: &Tools, files: &Files, filter: Filter) -> Result<Applied> {
     Ok(match filter {
         Filter::None => Applied::Nothing,
+        Filter::Trivial => {
+            let mut command = Command::new(tools.otfw);
+            command
+                .args(["bench-datapath", "--attach-baseline"])
+                .args(["--iface", PORT_A, "--iface", PORT_B]);
+            let mut process = lab.spawn_command(command)?;
+            process.wait_for_line(|l| l.contains("\"event\":\"ready\""), START)?;
+            Applied::Otfw(process)
+        }
         Filter::OtfwNative | Filter::OtfwGeneric => {
             let mode = if filter == Filter::OtfwNative {
                 "native"
@@ -456,7 +537,7 @@ impl Applied {
                 let pid = process.pid();
                 ensure!(
                     Path::new(&format!("/proc/{pid}")).exists(),
-                    "otfw run exited during the measurement: {}",
+                    "the XDP program's process exited during the measurement: {}",
                     process.stderr()
                 );
             }
@@ -469,8 +550,8 @@ impl Applied {
             Applied::Iptables => {
                 // The first rule of the chain (the u32 match) must have seen the burst: proof
                 // that bridged frames really went through iptables.
-                let listing =
-                    cmd::stdout_of("iptables", ["-L", IPT_CHAIN, "-v", "-x", "-n"]).unwrap_or_default();
+                let listing = cmd::stdout_of("iptables", ["-L", IPT_CHAIN, "-v", "-x", "-n"])
+                    .unwrap_or_default();
                 let matched: u64 = listing
                     .lines()
                     .nth(2)
@@ -579,7 +660,15 @@ fn trafgen(lab: &Lab, conf: &Path, count: u64) -> Result<()> {
     let out = lab.exec_timeout(
         "a",
         &[
-            "trafgen", "--dev", "eth0", "--conf", &conf, "--cpus", "1", "--num", &count,
+            "trafgen",
+            "--dev",
+            "eth0",
+            "--conf",
+            &conf,
+            "--cpus",
+            "1",
+            "--num",
+            &count,
             "--no-sock-mem",
         ],
         timeout,
@@ -681,7 +770,11 @@ fn swap(lab: &Lab, tools: &Tools, files: &Files, opts: &Options) -> Result<(Swap
     fs::copy(&files.policy, &policy)?;
     reload(&mut otfw)?;
     let interval_us = 500;
-    let count = if opts.swap_conduits >= 10_000 { 6000 } else { 1000 };
+    let count = if opts.swap_conduits >= 10_000 {
+        6000
+    } else {
+        1000
+    };
     let stream = {
         let xtask = tools.xtask.to_string_lossy().into_owned();
         let args = [
@@ -728,7 +821,10 @@ fn reload(otfw: &mut LabProcess) -> Result<f64> {
         |l| l.contains("\"event\":\"policy_loaded\"") || l.contains("policy_rejected"),
         START,
     )?;
-    ensure!(line.contains("policy_loaded"), "otfw refused the policy: {line}");
+    ensure!(
+        line.contains("policy_loaded"),
+        "otfw refused the policy: {line}"
+    );
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 

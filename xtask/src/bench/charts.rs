@@ -62,7 +62,10 @@ fn canvas(path: &Path) -> Result<Area<'_>> {
 
 /// Bars with an interquartile whisker at `x` (category index), `offset` within the slot.
 fn bar<DB: DrawingBackend>(
-    chart: &mut ChartContext<DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     x: f64,
     offset: f64,
     width: f64,
@@ -96,7 +99,10 @@ fn per_packet(path: &Path, dp: &Datapath) -> Result<()> {
         .fold(1.0, f64::max)
         * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Per-packet cost: otfw vs trivial XDP program (ns, median, IQR)", (FONT, 22))
+        .caption(
+            "Per-packet cost: otfw vs trivial XDP program (ns, median, IQR)",
+            (FONT, 22),
+        )
         .margin(15)
         .x_label_area_size(70)
         .y_label_area_size(60)
@@ -104,7 +110,13 @@ fn per_packet(path: &Path, dp: &Datapath) -> Result<()> {
         .map_err(e)?;
     let labels: Vec<String> = cases
         .iter()
-        .map(|c| if c.inspected { c.id.clone() } else { format!("{}*", c.id) })
+        .map(|c| {
+            if c.inspected {
+                c.id.clone()
+            } else {
+                format!("{}*", c.id)
+            }
+        })
         .collect();
     chart
         .configure_mesh()
@@ -124,17 +136,40 @@ fn per_packet(path: &Path, dp: &Datapath) -> Result<()> {
         .draw()
         .map_err(e)?;
     for (i, cell) in cells.iter().enumerate() {
-        bar(&mut chart, i as f64, -0.18, 0.34, &cell.otfw_ns, RGBColor(31, 119, 180))?;
-        bar(&mut chart, i as f64, 0.18, 0.34, &cell.baseline_ns, RGBColor(180, 180, 180))?;
+        bar(
+            &mut chart,
+            i as f64,
+            -0.18,
+            0.34,
+            &cell.otfw_ns,
+            RGBColor(31, 119, 180),
+        )?;
+        bar(
+            &mut chart,
+            i as f64,
+            0.18,
+            0.34,
+            &cell.baseline_ns,
+            RGBColor(180, 180, 180),
+        )?;
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("{:.1}x", cell.ratio.median),
-                (i as f64 - 0.3, cell.otfw_ns.median.max(cell.otfw_ns.p75) + top * 0.02),
+                (
+                    i as f64 - 0.3,
+                    cell.otfw_ns.median.max(cell.otfw_ns.p75) + top * 0.02,
+                ),
                 (FONT, 14),
             )))
             .map_err(e)?;
     }
-    legend(&root, &[("otfw", RGBColor(31, 119, 180)), ("baseline", RGBColor(180, 180, 180))])?;
+    legend(
+        &root,
+        &[
+            ("otfw", RGBColor(31, 119, 180)),
+            ("baseline", RGBColor(180, 180, 180)),
+        ],
+    )?;
     root.present().map_err(e)?;
     Ok(())
 }
@@ -159,13 +194,18 @@ fn scaling(path: &Path, dp: &Datapath) -> Result<()> {
         .iter()
         .flatten()
         .map(|c| c.scaling.median)
-        .fold((0.85f64, 1.15f64), |(lo, hi), v| (lo.min(v - 0.02), hi.max(v + 0.02)));
+        .fold((0.85f64, 1.15f64), |(lo, hi), v| {
+            (lo.min(v - 0.02), hi.max(v + 0.02))
+        });
     let labels: Vec<String> = sizes
         .iter()
         .map(|s| format!("{} c / {} p", s.conduits, s.prefixes))
         .collect();
     let mut chart = ChartBuilder::on(&root)
-        .caption("Cost vs policy size (ratio to the smallest policy)", (FONT, 22))
+        .caption(
+            "Cost vs policy size (ratio to the smallest policy)",
+            (FONT, 22),
+        )
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(60)
@@ -193,7 +233,12 @@ fn scaling(path: &Path, dp: &Datapath) -> Result<()> {
         )))
         .map_err(e)?
         .label("target: within 10%")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], RGBColor(200, 240, 200).filled()));
+        .legend(|(x, y)| {
+            Rectangle::new(
+                [(x, y - 5), (x + 14, y + 5)],
+                RGBColor(200, 240, 200).filled(),
+            )
+        });
     for (c, case) in dp.raw.cases.iter().enumerate() {
         let color = Palette99::pick(c).to_rgba();
         let points: Vec<(f64, f64)> = (0..sizes.len())
@@ -203,7 +248,9 @@ fn scaling(path: &Path, dp: &Datapath) -> Result<()> {
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(e)?
             .label(case.id.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(e)?;
@@ -227,7 +274,12 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
         .map(|&f| {
             (
                 f,
-                Summary::of(br.trials.iter().filter(|t| t.filter == f).map(|t| t.pps() / 1e3)),
+                Summary::of(
+                    br.trials
+                        .iter()
+                        .filter(|t| t.filter == f)
+                        .map(|t| t.pps() / 1e3),
+                ),
             )
         })
         .collect();
@@ -235,7 +287,10 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
     let top = summaries.iter().map(|(_, s)| s.max).fold(1.0, f64::max) * 1.15;
     let labels: Vec<&str> = Filter::ALL.iter().map(|f| f.label()).collect();
     let mut chart = ChartBuilder::on(&root)
-        .caption("Modbus requests forwarded through the bridge (kframes/s, median, IQR)", (FONT, 22))
+        .caption(
+            "Modbus requests forwarded through the bridge (kframes/s, median, IQR)",
+            (FONT, 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -248,7 +303,10 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
         .x_label_formatter(&|v| {
             let i = v.round();
             if (v - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).map(|s| s.to_string()).unwrap_or_default()
+                labels
+                    .get(i as usize)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
             } else {
                 String::new()
             }
@@ -260,7 +318,7 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
     for (i, (f, s)) in summaries.iter().enumerate() {
         let color = if matches!(f, Filter::OtfwNative | Filter::OtfwGeneric) {
             RGBColor(31, 119, 180)
-        } else if *f == Filter::None {
+        } else if matches!(f, Filter::None | Filter::Trivial) {
             RGBColor(150, 150, 150)
         } else {
             RGBColor(255, 127, 14)
@@ -322,7 +380,10 @@ fn latency(path: &Path, br: &Bridge) -> Result<()> {
         .fold(1.0, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Round-trip time through the bridge (Modbus request/response)", (FONT, 22))
+        .caption(
+            "Round-trip time through the bridge (Modbus request/response)",
+            (FONT, 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -341,7 +402,9 @@ fn latency(path: &Path, br: &Bridge) -> Result<()> {
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(e)?
             .label(f.label())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
