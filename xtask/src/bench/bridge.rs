@@ -375,84 +375,22 @@ const U32_FUNCTION: &str = "0>>22&0x3C@12>>26&0x3C@4&0xFF=0x1:0x4";
 const U32_HAS_FUNCTION: &str = "0>>22&0x3C@12>>26&0x3C@4&0xFF=0x0:0xFF";
 
 fn iptables_rules() -> Vec<Vec<String>> {
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    vec![
-        s(&["-N", IPT_CHAIN]),
-        s(&[
-            "-A",
-            IPT_CHAIN,
-            "-p",
-            "tcp",
-            "-s",
-            "198.51.100.0/25",
-            "-d",
-            "198.51.100.128/25",
-            "--dport",
-            "502",
-            "-m",
-            "u32",
-            "--u32",
-            U32_FUNCTION,
-            "-j",
-            "ACCEPT",
-        ]),
-        s(&[
-            "-A",
-            IPT_CHAIN,
-            "-p",
-            "tcp",
-            "-s",
-            "198.51.100.0/25",
-            "-d",
-            "198.51.100.128/25",
-            "--dport",
-            "502",
-            "-m",
-            "u32",
-            "!",
-            "--u32",
-            U32_HAS_FUNCTION,
-            "-j",
-            "ACCEPT",
-        ]),
-        s(&[
-            "-A",
-            IPT_CHAIN,
-            "-p",
-            "tcp",
-            "-s",
-            "198.51.100.128/25",
-            "-d",
-            "198.51.100.0/25",
-            "--sport",
-            "502",
-            "-j",
-            "ACCEPT",
-        ]),
-        s(&["-A", IPT_CHAIN, "-j", "DROP"]),
-        s(&[
-            "-I",
-            "FORWARD",
-            "1",
-            "-m",
-            "physdev",
-            "--physdev-in",
-            PORT_A,
-            "-j",
-            IPT_CHAIN,
-        ]),
-        s(&[
-            "-I",
-            "FORWARD",
-            "1",
-            "-m",
-            "physdev",
-            "--physdev-in",
-            PORT_B,
-            "-j",
-            IPT_CHAIN,
-        ]),
+    let office_to_plant =
+        format!("-A {IPT_CHAIN} -p tcp -s 198.51.100.0/25 -d 198.51.100.128/25 --dport 502 -m u32");
+    [
+        format!("-N {IPT_CHAIN}"),
+        format!("{office_to_plant} --u32 {U32_FUNCTION} -j ACCEPT"),
+        format!("{office_to_plant} ! --u32 {U32_HAS_FUNCTION} -j ACCEPT"),
+        format!(
+            "-A {IPT_CHAIN} -p tcp -s 198.51.100.128/25 -d 198.51.100.0/25 --sport 502 -j ACCEPT"
+        ),
+        format!("-A {IPT_CHAIN} -j DROP"),
+        format!("-I FORWARD 1 -m physdev --physdev-in {PORT_A} -j {IPT_CHAIN}"),
+        format!("-I FORWARD 1 -m physdev --physdev-in {PORT_B} -j {IPT_CHAIN}"),
     ]
+    .iter()
+    .map(|rule| rule.split_whitespace().map(String::from).collect())
+    .collect()
 }
 
 /// A trafgen packet: one Modbus/TCP request with function `function` from host a to the sink
@@ -512,15 +450,7 @@ fn apply(lab: &Lab, tools: &Tools, files: &Files, filter: Filter) -> Result<Appl
                 "br_netfilter is not available: iptables cannot see bridged frames"
             );
             let applied = Applied::Iptables;
-            cmd::run(Command::new("ip").args([
-                "link",
-                "set",
-                BRIDGE,
-                "type",
-                "bridge",
-                "nf_call_iptables",
-                "1",
-            ]))?;
+            cmd::run(&mut bridge_nf_call_iptables(true))?;
             for rule in iptables_rules() {
                 cmd::run(Command::new("iptables").args(&rule))?;
             }
@@ -579,6 +509,15 @@ impl Drop for Applied {
     }
 }
 
+/// Hands the lab bridge's IPv4 frames to iptables (br_netfilter), or stops doing so.
+fn bridge_nf_call_iptables(on: bool) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["link", "set", BRIDGE, "type", "bridge", "nf_call_iptables"])
+        .arg(if on { "1" } else { "0" });
+    command
+}
+
 fn delete_nft() {
     let _ = cmd::capture(Command::new("nft").args(["delete", "table", "bridge", NFT_TABLE]));
 }
@@ -601,15 +540,7 @@ fn delete_iptables() {
     let _ = cmd::capture(Command::new("iptables").args(["-F", IPT_CHAIN]));
     let _ = cmd::capture(Command::new("iptables").args(["-X", IPT_CHAIN]));
     if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        let _ = cmd::capture(Command::new("ip").args([
-            "link",
-            "set",
-            BRIDGE,
-            "type",
-            "bridge",
-            "nf_call_iptables",
-            "0",
-        ]));
+        let _ = cmd::capture(&mut bridge_nf_call_iptables(false));
     }
 }
 

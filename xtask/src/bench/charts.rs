@@ -39,6 +39,19 @@ fn register_font() -> Result<()> {
     result
 }
 
+/// The label of the category at `v` on a categorical axis drawn as `0.0..n` (blank between).
+fn category<S: ToString>(labels: &[S], v: f64) -> String {
+    let i = v.round();
+    if (v - i).abs() < 0.01 && i >= 0.0 {
+        labels
+            .get(i as usize)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 fn e<E: std::fmt::Debug>(error: E) -> anyhow::Error {
@@ -122,14 +135,7 @@ fn per_packet(path: &Path, dp: &Datapath) -> Result<()> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(cases.len())
-        .x_label_formatter(&|v| {
-            let i = v.round();
-            if (v - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|v| category(&labels, *v))
         .x_desc("* not yet inspected: decided at L4")
         .y_desc("ns per packet")
         .label_style((FONT, 14))
@@ -214,14 +220,7 @@ fn scaling(path: &Path, dp: &Datapath) -> Result<()> {
     chart
         .configure_mesh()
         .x_labels(sizes.len())
-        .x_label_formatter(&|v| {
-            let i = v.round();
-            if (v - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|v| category(&labels, *v))
         .y_desc("cost / cost with 1 conduit")
         .label_style((FONT, 14))
         .draw()
@@ -300,17 +299,7 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(labels.len())
-        .x_label_formatter(&|v| {
-            let i = v.round();
-            if (v - i).abs() < 0.01 && i >= 0.0 {
-                labels
-                    .get(i as usize)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|v| category(&labels, *v))
         .y_desc("thousand frames per second")
         .label_style((FONT, 14))
         .draw()
