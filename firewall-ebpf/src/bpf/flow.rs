@@ -18,8 +18,8 @@ use firewall_common::{
 use super::{
     conduit,
     ip::Ip,
-    l4::{L4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN},
+    l4::{L4, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::FLOWS,
     stats,
 };
@@ -119,15 +119,16 @@ fn existing(
         return None;
     }
     let flags = pkt.l4.tcp_flags;
-    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
-    }
+    // Re-check before anything else reads `flow.conduit`: an id of an older generation may
+    // name another conduit (or none) in the policy now in force.
     if flow.epoch != epoch {
-        // Re-check in the initiator's direction: the key holds it.
-        let (src, dst, service) = if forward {
-            (pkt.src, pkt.dst, pkt.l4.service(proto))
-        } else {
-            (pkt.dst, pkt.src, key.dport)
+        // Re-check in the initiator's direction: the key holds it. An echo flow was opened by
+        // an echo request (its key's ports hold the echo identifier, not a service).
+        let (src, dst) = if forward { (pkt.src, pkt.dst) } else { (pkt.dst, pkt.src) };
+        let service = match proto {
+            IPPROTO_ICMP => ICMP_ECHO_REQUEST as u16,
+            IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
+            _ => key.dport,
         };
         match conduit::admit(slot, cfg, proto, &src, &dst, service) {
             Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
@@ -147,6 +148,9 @@ fn existing(
                 return Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked));
             }
         }
+    }
+    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
     }
     flow.last_seen_ns = now;
     let conduit = flow.conduit;
