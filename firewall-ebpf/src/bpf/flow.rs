@@ -68,13 +68,19 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
-        if let Some(state) = FLOWS.get_ptr_mut(&key) {
+        // Echo keys are symmetric (both ports hold the identifier), so only the message type
+        // tells the direction: a request belongs to the flow it opened, a reply to the reverse
+        // of one. Otherwise the responder could send requests along the initiator's flow.
+        let echo_reply = pkt.l4.is_echo_reply(proto);
+        let echo_request = pkt.l4.is_echo_request(proto);
+        let forward = if echo_reply { None } else { FLOWS.get_ptr_mut(&key) };
+        if let Some(state) = forward {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
             if let Some(out) = existing(slot, epoch, cfg, pkt, &key, unsafe { &mut *state }, true, now) {
                 return out;
             }
-        } else {
+        } else if !echo_request {
             let reversed = key.reversed();
             if let Some(state) = FLOWS.get_ptr_mut(&reversed) {
                 // SAFETY: as above.
