@@ -60,7 +60,9 @@ impl Datapath {
     /// previous frame's.
     pub fn run_frame_on(&mut self, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<Decision> {
         let cpu = pin_to_current_cpu()?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
         let sentinel = Trace {
             verdict: UNTRACED,
             ..Trace::default()
@@ -71,17 +73,10 @@ impl Datapath {
             .context("clearing TRACE")?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex (offsets into the frame for the first three).
-        let xdp_md: Vec<u8> = [
-            0,
-            frame.len() as u32,
-            0,
-            ingress_ifindex.unwrap_or(0),
-            0,
-            0,
-        ]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
+        let xdp_md: Vec<u8> = [0, frame.len() as u32, 0, ingress_ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -96,8 +91,7 @@ impl Datapath {
             .trace
             .get(&0, 0)
             .context("reading TRACE")?
-            .iter()
-            .nth(cpu)
+            .get(cpu)
             .copied()
             .unwrap_or_default();
         anyhow::ensure!(

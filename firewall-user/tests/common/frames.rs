@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use etherparse::{
     ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset,
-    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions,
-    Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, Ipv6RoutingExtensions,
-    PacketBuilder, PacketBuilderStep, SingleVlanHeader, TcpHeader, VlanHeader, VlanId, VlanPcp,
+    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions, Ipv6FlowLabel,
+    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, Ipv6RoutingExtensions, PacketBuilder,
+    PacketBuilderStep, SingleVlanHeader, TcpHeader, VlanHeader, VlanId, VlanPcp,
 };
 
 pub const MAC_SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -62,6 +62,11 @@ pub fn ip(src: &str, dst: &str) -> Ip {
 fn ext(payload: &[u8]) -> Ipv6RawExtHeader {
     // The next header is set by the builder.
     Ipv6RawExtHeader::new_raw(IpNumber::TCP, payload).expect("extension header")
+}
+
+fn echo_fields(id: u16, seq: u16) -> [u8; 4] {
+    let (id, seq) = (id.to_be_bytes(), seq.to_be_bytes());
+    [id[0], id[1], seq[0], seq[1]]
 }
 
 /// TCP flags in tcpdump's letters: S syn, A ack, F fin, R rst, P psh, U urg.
@@ -148,8 +153,9 @@ impl Ip {
     fn headers(&self) -> IpHeaders {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = Ipv4Header::new(0, self.hop_limit, IpNumber::TCP, s.octets(), d.octets())
-                    .expect("ipv4 header");
+                let mut h =
+                    Ipv4Header::new(0, self.hop_limit, IpNumber::TCP, s.octets(), d.octets())
+                        .expect("ipv4 header");
                 h.options = Ipv4Options::try_from(&self.v4_options[..]).expect("ipv4 options");
                 h.dont_fragment = self.dont_fragment;
                 if let Some((more, offset)) = self.fragment {
@@ -188,18 +194,31 @@ impl Ip {
         match self.vlans[..] {
             [] => eth.ip(self.headers()),
             [id] => eth.single_vlan(vlan_id(id)).ip(self.headers()),
-            [outer, inner] => eth.double_vlan(vlan_id(outer), vlan_id(inner)).ip(self.headers()),
+            [outer, inner] => eth
+                .double_vlan(vlan_id(outer), vlan_id(inner))
+                .ip(self.headers()),
             _ => unreachable!("checked in vlan()"),
         }
     }
 
-    pub fn tcp(&self, sport: u16, dport: u16, flags: &str, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    pub fn tcp(
+        &self,
+        sport: u16,
+        dport: u16,
+        flags: &str,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
         self.tcp_with(tcp_header(sport, dport, flags, seq, ack), payload)
     }
 
     pub fn tcp_with(&self, header: TcpHeader, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        self.builder().tcp_header(header).write(&mut v, payload).expect("tcp frame");
+        self.builder()
+            .tcp_header(header)
+            .write(&mut v, payload)
+            .expect("tcp frame");
         v
     }
 
@@ -217,36 +236,39 @@ impl Ip {
 
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        self.builder().udp(sport, dport).write(&mut v, payload).expect("udp frame");
+        self.builder()
+            .udp(sport, dport)
+            .write(&mut v, payload)
+            .expect("udp frame");
         v
     }
 
     pub fn echo_request(&self, id: u16, seq: u16) -> Vec<u8> {
-        let mut v = Vec::new();
-        match self.src {
-            IpAddr::V4(_) => self.builder().icmpv4_echo_request(id, seq).write(&mut v, b"ping"),
-            IpAddr::V6(_) => self.builder().icmpv6_echo_request(id, seq).write(&mut v, b"ping"),
-        }
-        .expect("echo request");
-        v
+        let icmp_type = if self.src.is_ipv4() { 8 } else { 128 };
+        self.icmp_message(icmp_type, 0, echo_fields(id, seq), b"ping")
     }
 
     pub fn echo_reply(&self, id: u16, seq: u16) -> Vec<u8> {
-        let mut v = Vec::new();
-        match self.src {
-            IpAddr::V4(_) => self.builder().icmpv4_echo_reply(id, seq).write(&mut v, b"ping"),
-            IpAddr::V6(_) => self.builder().icmpv6_echo_reply(id, seq).write(&mut v, b"ping"),
-        }
-        .expect("echo reply");
-        v
+        let icmp_type = if self.src.is_ipv4() { 0 } else { 129 };
+        self.icmp_message(icmp_type, 0, echo_fields(id, seq), b"ping")
     }
 
     /// Any ICMP (IPv4) or ICMPv6 (IPv6) message by type and code.
     pub fn icmp(&self, icmp_type: u8, code: u8, body: &[u8]) -> Vec<u8> {
+        self.icmp_message(icmp_type, code, [0; 4], body)
+    }
+
+    /// `fields` are header bytes 5 to 8 (identifier and sequence number of an echo).
+    fn icmp_message(&self, icmp_type: u8, code: u8, fields: [u8; 4], body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
+        let builder = self.builder();
         match self.src {
-            IpAddr::V4(_) => self.builder().icmpv4_raw(icmp_type, code, [0; 4]).write(&mut v, body),
-            IpAddr::V6(_) => self.builder().icmpv6_raw(icmp_type, code, [0; 4]).write(&mut v, body),
+            IpAddr::V4(_) => builder
+                .icmpv4_raw(icmp_type, code, fields)
+                .write(&mut v, body),
+            IpAddr::V6(_) => builder
+                .icmpv6_raw(icmp_type, code, fields)
+                .write(&mut v, body),
         }
         .expect("icmp frame");
         v
@@ -256,7 +278,9 @@ impl Ip {
     /// extension header number such as ESP).
     pub fn raw(&self, proto: u8, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        self.builder().write(&mut v, IpNumber(proto), payload).expect("ip frame");
+        self.builder()
+            .write(&mut v, IpNumber(proto), payload)
+            .expect("ip frame");
         v
     }
 
@@ -312,7 +336,10 @@ pub fn arp_request(vlan: Option<u16>) -> Vec<u8> {
     let mut v = Vec::new();
     match vlan {
         None => eth.arp(arp).write(&mut v),
-        Some(id) => eth.vlan(VlanHeader::Single(tag(id, EtherType(0)))).arp(arp).write(&mut v),
+        Some(id) => eth
+            .vlan(VlanHeader::Single(tag(id, EtherType(0))))
+            .arp(arp)
+            .write(&mut v),
     }
     .expect("arp frame");
     v

@@ -141,7 +141,9 @@ impl Default for Policy {
 }
 
 fn parse_network(s: &str) -> (IpAddr, u32) {
-    let (addr, len) = s.split_once('/').unwrap_or_else(|| panic!("{s}: no prefix length"));
+    let (addr, len) = s
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{s}: no prefix length"));
     let addr: IpAddr = addr.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
     let len: u32 = len.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
     (addr, len)
@@ -172,7 +174,9 @@ impl Policy {
     }
 
     pub fn host(mut self, zone: &str, name: &str, addr: &str) -> Policy {
-        let addr = addr.parse().unwrap_or_else(|e| panic!("host {name}: {addr}: {e}"));
+        let addr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("host {name}: {addr}: {e}"));
         self.zone_mut(zone).hosts.push((name.into(), addr));
         self
     }
@@ -311,7 +315,11 @@ impl Policy {
                 let len = if addr.is_ipv4() { 32 } else { 128 };
                 add_prefix(*addr, len, ZoneMatch { zone: id, host });
             }
-            let flags = if zone.ports.is_empty() { 0 } else { ZONE_FLAG_PORTS };
+            let flags = if zone.ports.is_empty() {
+                0
+            } else {
+                ZONE_FLAG_PORTS
+            };
             zone_info.push((id, ZoneInfo { flags }));
             zone_ports.extend(zone.ports.iter().map(|p| (id, p.clone())));
             names.zones.push(zone.name.clone());
@@ -351,7 +359,10 @@ impl Policy {
                         &mut rules.last_mut().expect("just pushed").1
                     }
                 };
-                assert!((set.count as usize) < MAX_RULES, "too many rules for one key");
+                assert!(
+                    (set.count as usize) < MAX_RULES,
+                    "too many rules for one key"
+                );
                 set.rules[set.count as usize] = PortRule {
                     lo,
                     hi,

@@ -8,8 +8,8 @@ use std::{collections::HashMap, fmt, thread, time::Duration};
 use firewall_common::{
     counters::{
         Traffic, FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_REVALIDATED, FLOW_REVOKED,
-        FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_MONITOR, VERDICT_NAMES,
-        VERDICT_PASS, VERDICT_RESET,
+        FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_MONITOR, VERDICT_NAMES, VERDICT_PASS,
+        VERDICT_RESET,
     },
     reason::{Reason, REASON_COUNT},
 };
@@ -38,22 +38,32 @@ pub const DEFAULT: &str = "(default)";
 pub const INTRA_ZONE: &str = "(intra-zone)";
 pub const UNZONED: &str = "(unzoned)";
 
+fn expect(action: u32, verdict: u32, reason: Reason, conduit: &'static str) -> Expect {
+    Expect {
+        action,
+        verdict,
+        reason,
+        conduit,
+        flows: vec![],
+    }
+}
+
 pub fn pass(conduit: &'static str) -> Expect {
-    Expect { action: XDP_PASS, verdict: VERDICT_PASS, reason: Reason::None, conduit, flows: vec![] }
+    expect(XDP_PASS, VERDICT_PASS, Reason::None, conduit)
 }
 
 pub fn drop(reason: Reason, conduit: &'static str) -> Expect {
-    Expect { action: XDP_DROP, verdict: VERDICT_DROP, reason, conduit, flows: vec![] }
+    expect(XDP_DROP, VERDICT_DROP, reason, conduit)
 }
 
 /// Would have been dropped; passed because the deciding conduit (or default) monitors.
 pub fn monitor(reason: Reason, conduit: &'static str) -> Expect {
-    Expect { action: XDP_PASS, verdict: VERDICT_MONITOR, reason, conduit, flows: vec![] }
+    expect(XDP_PASS, VERDICT_MONITOR, reason, conduit)
 }
 
 /// Answered with a TCP reset (the frame out is checked by `check_reset`).
 pub fn reset(reason: Reason, conduit: &'static str) -> Expect {
-    Expect { action: XDP_TX, verdict: VERDICT_RESET, reason, conduit, flows: vec![] }
+    expect(XDP_TX, VERDICT_RESET, reason, conduit)
 }
 
 impl Expect {
@@ -80,7 +90,11 @@ impl Expect {
 }
 
 pub enum Step {
-    Frame { frame: Vec<u8>, ingress_ifindex: Option<u32>, expect: Expect },
+    Frame {
+        frame: Vec<u8>,
+        ingress_ifindex: Option<u32>,
+        expect: Expect,
+    },
     /// Installs another generation mid-case (flows are kept).
     Install(Policy),
     /// Lets flows idle out. Bounded; only the expiry test uses it.
@@ -89,12 +103,20 @@ pub enum Step {
 
 /// A frame arriving on the loopback device (what BPF_PROG_TEST_RUN uses without a context).
 pub fn frame(frame: Vec<u8>, expect: Expect) -> Step {
-    Step::Frame { frame, ingress_ifindex: None, expect }
+    Step::Frame {
+        frame,
+        ingress_ifindex: None,
+        expect,
+    }
 }
 
 /// A frame arriving on the interface with `ifindex`.
 pub fn frame_on(ifindex: u32, frame: Vec<u8>, expect: Expect) -> Step {
-    Step::Frame { frame, ingress_ifindex: Some(ifindex), expect }
+    Step::Frame {
+        frame,
+        ingress_ifindex: Some(ifindex),
+        expect,
+    }
 }
 
 pub struct Case {
@@ -106,7 +128,11 @@ pub struct Case {
 }
 
 pub fn case(name: &'static str, policy: &Policy, steps: Vec<Step>) -> Case {
-    Case { name, policy: Some(policy.clone()), steps }
+    Case {
+        name,
+        policy: Some(policy.clone()),
+        steps,
+    }
 }
 
 /// What the rows imply for the counters of the whole table.
@@ -152,7 +178,10 @@ impl fmt::Display for Mismatch<'_> {
 impl Runner<'_> {
     fn install(&mut self, policy: &Policy) {
         let compiled = policy.compile();
-        let generation = self.dp.install(&compiled).expect("installing a test policy");
+        let generation = self
+            .dp
+            .install(&compiled)
+            .expect("installing a test policy");
         if generation.epoch != self.epoch + 1 {
             self.failures.push(format!(
                 "installing after epoch {} published epoch {}",
@@ -171,16 +200,25 @@ impl Runner<'_> {
         self.names.iter().position(|n| n == name).map(|i| i as u16)
     }
 
-    fn run_frame(&mut self, case: &str, step: usize, frame: &[u8], ingress: Option<u32>, e: &Expect) {
+    fn run_frame(
+        &mut self,
+        case: &str,
+        step: usize,
+        frame: &[u8],
+        ingress: Option<u32>,
+        e: &Expect,
+    ) {
         let at = format!("{case} (step {step})");
         let Some(conduit) = self.conduit_id(e.conduit) else {
-            self.failures.push(format!("{at}: the policy has no conduit {}", e.conduit));
+            self.failures
+                .push(format!("{at}: the policy has no conduit {}", e.conduit));
             return;
         };
         let d = match self.dp.run_frame_on(frame, ingress) {
             Ok(d) => d,
             Err(err) => {
-                self.failures.push(format!("{at}: running the frame failed: {err:#}"));
+                self.failures
+                    .push(format!("{at}: running the frame failed: {err:#}"));
                 return;
             }
         };
@@ -189,9 +227,13 @@ impl Runner<'_> {
             || d.reason != e.reason
             || d.conduit_id != conduit
         {
-            self.failures.push(format!("{at}: {}", Mismatch(&d, e, conduit)));
+            self.failures
+                .push(format!("{at}: {}", Mismatch(&d, e, conduit)));
         } else if d.epoch != self.epoch {
-            self.failures.push(format!("{at}: decided under epoch {}, expected {}", d.epoch, self.epoch));
+            self.failures.push(format!(
+                "{at}: decided under epoch {}, expected {}",
+                d.epoch, self.epoch
+            ));
         } else if e.action == XDP_TX {
             if let Err(msg) = check_reset(frame, &d.frame_out) {
                 self.failures.push(format!("{at}: bad reset: {msg}"));
@@ -216,19 +258,27 @@ impl Runner<'_> {
         let traffic = match self.dp.conduit_traffic() {
             Ok(t) => t,
             Err(err) => {
-                self.failures.push(format!("{case}: reading conduit traffic: {err:#}"));
+                self.failures
+                    .push(format!("{case}: reading conduit traffic: {err:#}"));
                 return;
             }
         };
         for (id, c) in traffic.iter().enumerate() {
             for verdict in 0..VERDICT_COUNT {
-                let want = expected.get(&(id as u16, verdict)).copied().unwrap_or_default();
+                let want = expected
+                    .get(&(id as u16, verdict))
+                    .copied()
+                    .unwrap_or_default();
                 let got = c.by_verdict[verdict as usize];
                 if want != got {
                     self.failures.push(format!(
                         "{case}: conduit {} {}: expected {} packets / {} bytes, counted {} / {}",
-                        c.conduit, VERDICT_NAMES[verdict as usize], want.packets, want.bytes,
-                        got.packets, got.bytes,
+                        c.conduit,
+                        VERDICT_NAMES[verdict as usize],
+                        want.packets,
+                        want.bytes,
+                        got.packets,
+                        got.bytes,
                     ));
                 }
             }
@@ -243,7 +293,13 @@ impl Runner<'_> {
                 return;
             }
         };
-        for (reason, (want, got)) in self.totals.reasons.iter().zip(&counters.reasons).enumerate() {
+        for (reason, (want, got)) in self
+            .totals
+            .reasons
+            .iter()
+            .zip(&counters.reasons)
+            .enumerate()
+        {
             if want != got {
                 self.failures.push(format!(
                     "reason {}: expected [pass, drop, monitor, reset] = {want:?}, counted {got:?}",
@@ -291,14 +347,23 @@ pub fn run(dp: &mut Datapath, cases: Vec<Case>) {
         if let Some(policy) = &case.policy {
             runner.install(policy);
         } else {
-            assert_eq!(runner.epoch, 0, "{}: a case without policy must come first", case.name);
-            runner.dp.enable_trace().expect("enabling the decision trace");
+            assert_eq!(
+                runner.epoch, 0,
+                "{}: a case without policy must come first",
+                case.name
+            );
+            runner
+                .dp
+                .enable_trace()
+                .expect("enabling the decision trace");
         }
         for (i, step) in case.steps.into_iter().enumerate() {
             match step {
-                Step::Frame { frame, ingress_ifindex, expect } => {
-                    runner.run_frame(case.name, i, &frame, ingress_ifindex, &expect)
-                }
+                Step::Frame {
+                    frame,
+                    ingress_ifindex,
+                    expect,
+                } => runner.run_frame(case.name, i, &frame, ingress_ifindex, &expect),
                 Step::Install(policy) => {
                     runner.check_conduits(case.name);
                     runner.install(&policy);
@@ -310,6 +375,10 @@ pub fn run(dp: &mut Datapath, cases: Vec<Case>) {
     }
     runner.check_totals();
     if !runner.failures.is_empty() {
-        panic!("{} mismatches:\n{}", runner.failures.len(), runner.failures.join("\n"));
+        panic!(
+            "{} mismatches:\n{}",
+            runner.failures.len(),
+            runner.failures.join("\n")
+        );
     }
 }
