@@ -374,6 +374,13 @@ fn l4_cases() -> Vec<Case> {
             patched(syn4(), TCP4_DATA_OFFSET, &[0xf0]),
             drop(TcpBadDataOffset, NONE),
         ),
+        // The IP length bounds the segment, not the frame: padding is no part of it.
+        one(
+            "tcp data offset reaching into ethernet padding",
+            &p,
+            padded(patched(syn4(), TCP4_DATA_OFFSET, &[0x60])),
+            drop(TcpBadDataOffset, NONE),
+        ),
         one(
             "tcp with options",
             &p,
@@ -426,6 +433,16 @@ fn l4_cases() -> Vec<Case> {
             "udp length below its header",
             &p,
             patched(v4().udp(5000, 161, b"abcd"), UDP4_LEN, &7u16.to_be_bytes()),
+            drop(L4Truncated, NONE),
+        ),
+        one(
+            "udp length reaching into ethernet padding",
+            &p,
+            padded(patched(
+                v4().udp(5000, 161, b"abcd"),
+                UDP4_LEN,
+                &16u16.to_be_bytes(),
+            )),
             drop(L4Truncated, NONE),
         ),
         one(
