@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::{
     conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
-    config::{Config, ACTIVE_INDEX, NON_IP_STP},
+    config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     reason::Reason,
     slot_of,
@@ -48,7 +48,8 @@ struct Judgement {
 pub fn decide(ctx: &XdpContext) -> Decision {
     let epoch = ACTIVE.get(ACTIVE_INDEX).copied().unwrap_or(0);
     let slot = slot_of(epoch);
-    let cfg = match CONFIG.get(slot) {
+    let slot_cfg = CONFIG.get(slot);
+    let cfg = match slot_cfg {
         Some(cfg) if epoch != 0 => cfg,
         _ => {
             return Decision {
@@ -58,8 +59,9 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 conduit: CONDUIT_NONE,
                 slot,
                 epoch,
-                trace: false,
-            }
+                // Tracing can be switched on before the first policy (replay, tests).
+                trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
+            };
         }
     };
     let judgement = match judge(ctx, slot, epoch, cfg) {
@@ -69,7 +71,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             resettable: false,
         },
     };
-    let trace = cfg.flags & firewall_common::config::FLAG_TRACE != 0;
+    let trace = cfg.flags & FLAG_TRACE != 0;
     let Outcome { conduit, reason } = judgement.outcome;
     if reason == Reason::None {
         return Decision {
