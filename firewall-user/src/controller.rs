@@ -76,6 +76,14 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut watch = tokio::time::interval(opts.watch_interval);
+    // The program's own log messages (aya-log), forwarded to stderr as they arrive.
+    let mut kernel_log = match datapath.take_logger() {
+        Some(logger) => Some(tokio::io::unix::AsyncFd::with_interest(
+            logger,
+            tokio::io::Interest::READABLE,
+        )?),
+        None => None,
+    };
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -95,6 +103,16 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                         log::warn!("{file} cannot be read; the policy in force stays");
                     }
                 }
+            }
+            ready = async {
+                match kernel_log.as_mut() {
+                    Some(log) => log.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,

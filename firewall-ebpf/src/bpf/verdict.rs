@@ -2,6 +2,7 @@
 //! conduit's mode (`enforce`/`monitor`) and deny behaviour (`drop`/`reset`).
 
 use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::warn;
 
 use firewall_common::{
     conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
@@ -73,6 +74,13 @@ pub fn decide(ctx: &XdpContext) -> Decision {
     };
     let trace = cfg.flags & FLAG_TRACE != 0;
     let Outcome { conduit, reason } = judgement.outcome;
+    if reason == Reason::FlowTableFull {
+        // Rare and operator-relevant: connections are being refused for want of table space.
+        warn!(
+            ctx,
+            "flow table full: a new flow of conduit {} was refused", conduit
+        );
+    }
     if reason == Reason::None {
         return Decision {
             action: Action::Pass,

@@ -25,6 +25,9 @@ const PROGRAM: &str = "otfw";
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Messages the program logs (aya-log), forwarded to the `log` crate by whoever runs the
+    /// datapath: `take_logger` hands it to the controller's event loop.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: Maps,
     /// What each slot holds, so counters and decisions can be named and stale entries removed.
     slots: [Option<Generation>; 2],
@@ -40,6 +43,8 @@ impl Datapath {
                  a kernel with BPF and XDP support"
             )
         })?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .context("the XDP object has no log buffer (AYA_LOGS)")?;
         let maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
@@ -51,6 +56,7 @@ impl Datapath {
             .context("the kernel verifier rejected the XDP program")?;
         Ok(Datapath {
             ebpf,
+            logger: Some(logger),
             maps,
             slots: [None, None],
         })
@@ -73,6 +79,12 @@ impl Datapath {
     /// Instructions the verifier processed for the program (its complexity budget is 1,000,000).
     pub fn verified_instructions(&self) -> Option<u32> {
         self.program().info().ok()?.verified_instruction_count()
+    }
+
+    /// The program's log channel; readable (as a file descriptor) when messages are waiting,
+    /// which `flush` then hands to the `log` crate.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// The generation now in force, if any.
