@@ -1,0 +1,949 @@
+//! `cargo xtask demo`: the example policy enforced on a lab, with real traffic.
+//!
+//! Builds the three hosts of `policies/example.yaml` in network namespaces on the bridge
+//! `br-otfw`, starts `otfw run --policy policies/example.yaml`, sends allowed and denied
+//! traffic between the hosts, and explains every outcome with the controller's counters (a
+//! `stats` event before and after each step, asked for with SIGUSR1). Exits 0 only if every
+//! step behaved as the policy says. The lab and the controller are removed at the end, also
+//! on an error, a panic or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use otfw_tests::{HostSpec, Lab, LabOptions, LabProcess, TcpOutcome};
+use serde_json::Value;
+
+use crate::{cmd, setup};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Skip `cargo xtask setup` (when the prerequisites are known to be there).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+/// The policy the demo enforces, relative to the repository root.
+const POLICY: &str = "policies/example.yaml";
+/// The lab's prefix: namespaces and bridge ports are `demo-<host>`.
+const PREFIX: &str = "demo";
+/// The example policy's `gateway.bridge`.
+const BRIDGE: &str = "br-otfw";
+/// Every zone of the example is a /24 of this network; each host reaches the others through
+/// its own eth0 (no router: the hosts ARP for each other across the bridge).
+const LAB_NETWORK: &str = "10.10.0.0/16";
+
+/// How long `otfw run` may take to load, verify and attach.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `otfw run` may take to answer SIGUSR1.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connect and reply timeout of every TCP and UDP attempt: long enough for a TCP SYN
+/// retransmission, so a denied connection shows more than one dropped packet.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2_000);
+const PINGS: u32 = 3;
+const DATAGRAMS: u32 = 2;
+/// Counters are read until two snapshots this far apart agree (the last segments of a
+/// closing TCP connection may still be on their way when the client returns), at most
+/// `SETTLE_MAX`.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+const SETTLE_MAX: Duration = Duration::from_secs(3);
+
+/// A host of the example policy and its lab namespace.
+struct DemoHost {
+    /// The lab's name (short: the bridge port `demo-<lab>` must fit 15 bytes).
+    lab: &'static str,
+    /// The policy's name.
+    policy: &'static str,
+    zone: &'static str,
+    address: &'static str,
+    prefix_len: u8,
+}
+
+const HOSTS: [DemoHost; 3] = [
+    DemoHost {
+        lab: "hist",
+        policy: "historian",
+        zone: "enterprise",
+        address: "10.10.1.10",
+        prefix_len: 24,
+    },
+    DemoHost {
+        lab: "ews",
+        policy: "ews",
+        zone: "engineering",
+        address: "10.10.2.10",
+        prefix_len: 24,
+    },
+    DemoHost {
+        lab: "plc",
+        policy: "plc-1",
+        zone: "cell-1",
+        address: "10.10.3.10",
+        prefix_len: 24,
+    },
+];
+
+fn host(lab_name: &str) -> &'static DemoHost {
+    HOSTS
+        .iter()
+        .find(|host| host.lab == lab_name)
+        .expect("steps name lab hosts of HOSTS")
+}
+
+#[derive(Clone, Copy)]
+enum Probe {
+    Tcp(u16),
+    Udp(u16),
+    Ping,
+}
+
+impl Probe {
+    fn label(self) -> String {
+        match self {
+            Probe::Tcp(port) => format!("tcp/{port}"),
+            Probe::Udp(port) => format!("udp/{port}"),
+            Probe::Ping => "ping".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Passed, counted on this conduit.
+    Allow(&'static str),
+    /// Dropped for this reason.
+    Deny(&'static str),
+}
+
+struct Step {
+    from: &'static str,
+    to: &'static str,
+    probe: Probe,
+    expect: Expect,
+    /// Why the policy says so.
+    because: &'static str,
+}
+
+const STEPS: [Step; 9] = [
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Tcp(502),
+        expect: Expect::Allow("historian-reads"),
+        because: "historian-reads lets the historian open Modbus/TCP to plc-1 (function codes \
+                  are not inspected yet: admitted at L4)",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Tcp(22),
+        expect: Expect::Allow("engineering-to-cell"),
+        because: "engineering-to-cell allows SSH from the engineering zone into cell-1",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Ping,
+        expect: Expect::Allow("engineering-to-cell"),
+        because: "engineering-to-cell allows echo_request; the replies belong to the flow",
+    },
+    Step {
+        from: "hist",
+        to: "ews",
+        probe: Probe::Tcp(3389),
+        expect: Expect::Allow("remote-desktop"),
+        because: "remote-desktop lets the enterprise zone reach ews by RDP",
+    },
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "historian-reads allows Modbus (tcp/502) only",
+    },
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Ping,
+        expect: Expect::Deny("no_conduit"),
+        because: "no conduit allows ICMP from enterprise into cell-1",
+    },
+    Step {
+        from: "plc",
+        to: "ews",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "engineering-to-cell opens flows from engineering to cell-1, never the \
+                  other way",
+    },
+    Step {
+        from: "hist",
+        to: "ews",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "remote-desktop allows tcp/3389 only",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Udp(161),
+        expect: Expect::Deny("no_conduit"),
+        because: "engineering-to-cell allows no udp/161 (SNMP)",
+    },
+];
+
+/// Servers the steps talk to: (lab host, probe).
+const SERVERS: [(&str, Probe); 5] = [
+    ("plc", Probe::Tcp(502)),
+    ("plc", Probe::Tcp(22)),
+    ("plc", Probe::Udp(161)),
+    ("ews", Probe::Tcp(22)),
+    ("ews", Probe::Tcp(3389)),
+];
+
+pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
+    interrupt::install()?;
+    if !args.no_setup {
+        interrupt::after(setup::run(repo))?;
+    }
+    let mut build = cmd::cargo(repo, &["build", "--bins"], &[])?;
+    println!("demo: building: {}", cmd::display(&build));
+    interrupt::after(cmd::run(&mut build))?;
+    otfw_tests::require_root_and_kernel()?;
+    let policy_text = std::fs::read_to_string(repo.join(POLICY))
+        .with_context(|| format!("could not read {POLICY}"))?;
+    check_policy_matches_lab(&policy_text)?;
+    let otfw = otfw_tests::target_binary("otfw")?;
+    interrupt::check()?;
+
+    // Declared before the controller: dropped (removed) after it, also when unwinding.
+    let lab = build_lab()?;
+    interrupt::check()?;
+    let mut controller = Controller::start(&lab, repo, &otfw)?;
+    let servers = start_servers(&lab)?;
+
+    println!(
+        "\ndemo: {} steps; after each, what otfw run counted for it (SIGUSR1 -> stats event)\n",
+        STEPS.len()
+    );
+    let mut results = Vec::new();
+    let mut counters = controller.settled_stats()?;
+    for (index, step) in STEPS.iter().enumerate() {
+        interrupt::check()?;
+        let (result, after) = run_step(&lab, &mut controller, step, &counters)?;
+        print_step(index + 1, step, &result);
+        results.push(result);
+        counters = after;
+    }
+    println!();
+    print_summary(&results);
+
+    drop(servers);
+    let output = controller.stop();
+    let detached: Vec<String> = events(&output.stdout, "detached")
+        .filter_map(|event| event["port"].as_str().map(str::to_string))
+        .collect();
+    println!(
+        "\ndemo: stopped otfw run (detached from {})",
+        detached.join(", ")
+    );
+    lab.close()?;
+    let left = leftovers()?;
+    if !left.is_empty() {
+        bail!("the lab left things behind: {}", left.join(", "));
+    }
+    println!("demo: removed the lab (namespaces demo-*, their veths, bridge {BRIDGE})");
+
+    let mismatches: Vec<String> = STEPS
+        .iter()
+        .zip(&results)
+        .enumerate()
+        .filter(|(_, (_, result))| !result.ok)
+        .map(|(index, (step, result))| {
+            format!(
+                "step {} ({}): {}",
+                index + 1,
+                step_label(step),
+                result.verdict
+            )
+        })
+        .collect();
+    if !mismatches.is_empty() {
+        bail!(
+            "{} of {} steps did not behave as the policy says:\n  {}",
+            mismatches.len(),
+            STEPS.len(),
+            mismatches.join("\n  ")
+        );
+    }
+    println!("demo: all {} steps behaved as {POLICY} says", STEPS.len());
+    Ok(())
+}
+
+/// Fails if the example policy no longer has the bridge, zones and hosts this lab builds.
+fn check_policy_matches_lab(policy: &str) -> Result<()> {
+    let lines: Vec<&str> = policy.lines().map(str::trim).collect();
+    let mut wanted = vec![format!("bridge: {BRIDGE}")];
+    for host in &HOSTS {
+        let network = network_of(host.address, host.prefix_len);
+        wanted.push(format!("{}:", host.zone));
+        wanted.push(format!("networks: [{network}/{}]", host.prefix_len));
+        wanted.push(format!("{}: {}", host.policy, host.address));
+    }
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|line| !lines.contains(&line.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{POLICY} no longer matches the demo lab (xtask/src/demo.rs): it has no line {}",
+            missing
+                .iter()
+                .map(|line| format!("`{line}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `10.10.1.10`, 24 -> `10.10.1.0`.
+fn network_of(address: &str, prefix_len: u8) -> String {
+    let address: std::net::Ipv4Addr = address.parse().expect("HOSTS holds IPv4 addresses");
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    std::net::Ipv4Addr::from(u32::from(address) & mask).to_string()
+}
+
+fn build_lab() -> Result<Lab> {
+    let specs: Vec<HostSpec> = HOSTS
+        .iter()
+        .map(|host| HostSpec::new(host.lab, &format!("{}/{}", host.address, host.prefix_len)))
+        .collect();
+    let lab = Lab::with_options(LabOptions::new(PREFIX).bridge(BRIDGE), &specs)
+        .context("building the demo lab")?;
+    for host in &HOSTS {
+        // The example policy is IPv4 only: without IPv6 no router solicitations or MLD
+        // reports show up in the counters.
+        exec_ok(
+            &lab,
+            host.lab,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )?;
+        // The other zones' subnets are on the same wire. No default route: nothing leaves
+        // the lab.
+        exec_ok(
+            &lab,
+            host.lab,
+            &["ip", "route", "add", LAB_NETWORK, "dev", "eth0"],
+        )?;
+    }
+    println!("demo: lab on bridge {BRIDGE}:");
+    for host in &HOSTS {
+        let lab_host = lab.host(host.lab);
+        println!(
+            "  {:<10} {:<12} {}/{}  netns {}, bridge port {}",
+            host.policy, host.zone, host.address, host.prefix_len, lab_host.netns, lab_host.port
+        );
+    }
+    Ok(lab)
+}
+
+fn exec_ok(lab: &Lab, host: &str, args: &[&str]) -> Result<()> {
+    let output = lab.exec(host, args)?;
+    if !output.success() {
+        bail!(
+            "`{}` in host {host} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            output.stderr.trim_end()
+        );
+    }
+    Ok(())
+}
+
+fn start_servers(lab: &Lab) -> Result<Vec<LabProcess>> {
+    let mut servers = Vec::new();
+    let mut listening = Vec::new();
+    for (lab_host, probe) in SERVERS {
+        let server = match probe {
+            Probe::Tcp(port) => lab.tcp_echo_server(lab_host, port)?,
+            Probe::Udp(port) => lab.udp_echo_server(lab_host, port)?,
+            Probe::Ping => continue,
+        };
+        servers.push(server);
+        listening.push(format!("{} {}", host(lab_host).policy, probe.label()));
+    }
+    println!("demo: echo servers listening: {}", listening.join(", "));
+    Ok(servers)
+}
+
+/// `otfw run` under the lab's care, and what it reports.
+struct Controller {
+    process: LabProcess,
+}
+
+impl Controller {
+    fn start(lab: &Lab, repo: &Path, otfw: &Path) -> Result<Self> {
+        let mut command = Command::new(otfw);
+        command
+            .current_dir(repo)
+            .args(["run", "--policy", POLICY])
+            .env("RUST_LOG", "info");
+        println!("demo: starting {}", cmd::display(&command));
+        let mut process = lab.spawn_command(command)?;
+        let mut seen = Vec::new();
+        process
+            .wait_for_line(
+                |line| {
+                    let event = parse_event(line);
+                    let ready = event_name(&event) == Some("ready");
+                    seen.push(event);
+                    ready
+                },
+                READY_TIMEOUT,
+            )
+            .context("otfw run did not get ready")?;
+        for event in &seen {
+            match event_name(event) {
+                Some("policy_loaded") => println!(
+                    "  policy {} in force: epoch {}, {} zones, {} conduits",
+                    event["file"].as_str().unwrap_or("?"),
+                    event["epoch"],
+                    event["zones"],
+                    event["conduits"]
+                ),
+                Some("attached") => println!(
+                    "  attached to {} ({} XDP)",
+                    event["port"].as_str().unwrap_or("?"),
+                    event["mode"].as_str().unwrap_or("?")
+                ),
+                Some("ready") => println!("  ready: enforcing on {} ports", event["ports"]),
+                _ => {}
+            }
+        }
+        let mut attached: Vec<&str> = seen
+            .iter()
+            .filter(|event| event_name(event) == Some("attached"))
+            .filter_map(|event| event["port"].as_str())
+            .collect();
+        attached.sort_unstable();
+        let mut ports = lab.ports();
+        ports.sort_unstable();
+        if attached != ports {
+            bail!("otfw run attached to {attached:?}, but the lab's ports are {ports:?}");
+        }
+        Ok(Self { process })
+    }
+
+    /// The counters now: SIGUSR1, then the `stats` line it prints.
+    fn stats(&mut self) -> Result<Stats> {
+        let pid = libc::pid_t::try_from(self.process.pid()).context("pid out of range")?;
+        // SAFETY: kill has no memory-safety preconditions; `pid` is our child, not yet
+        // reaped (the lab process owns it), so it names that process.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            bail!(
+                "could not signal otfw run ({pid}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let line = self
+            .process
+            .wait_for_line(
+                |line| event_name(&parse_event(line)) == Some("stats"),
+                STATS_TIMEOUT,
+            )
+            .context("otfw run did not answer SIGUSR1 with a stats event")?;
+        Ok(Stats::parse(&parse_event(&line)))
+    }
+
+    /// The counters once they stopped moving.
+    fn settled_stats(&mut self) -> Result<Stats> {
+        let deadline = Instant::now() + SETTLE_MAX;
+        let mut last = self.stats()?;
+        loop {
+            thread::sleep(SETTLE_POLL);
+            let now = self.stats()?;
+            if now == last || Instant::now() >= deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+
+    /// SIGTERM (then SIGKILL after a grace period) and what it printed.
+    fn stop(self) -> otfw_tests::ProcessOutput {
+        self.process.stop()
+    }
+}
+
+fn parse_event(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or(Value::Null)
+}
+
+fn event_name(event: &Value) -> Option<&str> {
+    event.get("event").and_then(Value::as_str)
+}
+
+fn events<'a>(stdout: &'a str, name: &'a str) -> impl Iterator<Item = Value> + 'a {
+    stdout
+        .lines()
+        .map(parse_event)
+        .filter(move |event| event_name(event) == Some(name))
+}
+
+/// A `stats` event flattened: packets by (reason, verdict), by (conduit, verdict), and flow
+/// events by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Stats {
+    reasons: BTreeMap<(String, String), u64>,
+    conduits: BTreeMap<(String, String), u64>,
+    flows: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn parse(event: &Value) -> Self {
+        let nested = |key: &str, leaf: fn(&Value) -> Option<u64>| {
+            let mut out = BTreeMap::new();
+            if let Some(outer) = event[key].as_object() {
+                for (name, by_verdict) in outer {
+                    for (verdict, value) in by_verdict.as_object().into_iter().flatten() {
+                        if let Some(n) = leaf(value) {
+                            out.insert((name.clone(), verdict.clone()), n);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let flows = event["flows"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, n)| Some((name.clone(), n.as_u64()?)))
+            .collect();
+        Self {
+            reasons: nested("reasons", Value::as_u64),
+            conduits: nested("conduits", |value| value["packets"].as_u64()),
+            flows,
+        }
+    }
+
+    /// What was counted since `before` (counters only grow).
+    fn since(&self, before: &Stats) -> Stats {
+        fn delta<K: Ord + Clone>(
+            now: &BTreeMap<K, u64>,
+            then: &BTreeMap<K, u64>,
+        ) -> BTreeMap<K, u64> {
+            now.iter()
+                .map(|(key, n)| (key.clone(), n.saturating_sub(*then.get(key).unwrap_or(&0))))
+                .filter(|(_, n)| *n != 0)
+                .collect()
+        }
+        Stats {
+            reasons: delta(&self.reasons, &before.reasons),
+            conduits: delta(&self.conduits, &before.conduits),
+            flows: delta(&self.flows, &before.flows),
+        }
+    }
+
+    fn reason(&self, reason: &str, verdict: &str) -> u64 {
+        self.reasons
+            .get(&(reason.to_string(), verdict.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn conduit(&self, conduit: &str, verdict: &str) -> u64 {
+        self.conduits
+            .get(&(conduit.to_string(), verdict.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The firewall's side of a step in words: which conduits passed packets, which reasons
+    /// dropped them, flow table events.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for ((conduit, verdict), packets) in &self.conduits {
+            // Pseudo conduits: `(none)` passes are ARP (the only non-IP type the policy
+            // passes; the lab has no IPv6), its drops are told by their reasons below.
+            if !conduit.starts_with('(') {
+                parts.push(format!(
+                    "{conduit} {} {}",
+                    verb(verdict),
+                    packets_n(*packets)
+                ));
+            }
+        }
+        for ((reason, verdict), packets) in &self.reasons {
+            if reason != "none" {
+                parts.push(format!(
+                    "{reason}: {} {}",
+                    verb(verdict),
+                    packets_n(*packets)
+                ));
+            }
+        }
+        for (event, n) in &self.flows {
+            let flows = if *n == 1 { "flow" } else { "flows" };
+            parts.push(format!("{n} {flows} {event}"));
+        }
+        let arp = self.conduit("(none)", "pass");
+        if arp != 0 {
+            parts.push(format!("{arp} ARP passed"));
+        }
+        if parts.is_empty() {
+            "nothing counted".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A verdict name (`firewall_common::counters::VERDICT_NAMES`) as a verb.
+fn verb(verdict: &str) -> &str {
+    match verdict {
+        "pass" => "passed",
+        "drop" => "dropped",
+        "monitor" => "would have dropped (monitor mode)",
+        "reset" => "reset",
+        other => other,
+    }
+}
+
+fn packets_n(n: u64) -> String {
+    if n == 1 {
+        "1 packet".to_string()
+    } else {
+        format!("{n} packets")
+    }
+}
+
+/// What a step came to.
+struct StepResult {
+    /// What the client saw.
+    seen: String,
+    /// Whether the traffic got through (None: neither clearly through nor clearly blocked).
+    through: Option<bool>,
+    counted: Stats,
+    ok: bool,
+    verdict: String,
+}
+
+/// Runs a step; returns its result and the counters after it.
+fn run_step(
+    lab: &Lab,
+    controller: &mut Controller,
+    step: &Step,
+    before: &Stats,
+) -> Result<(StepResult, Stats)> {
+    let (seen, through) = probe(lab, step)?;
+    let after = controller.settled_stats()?;
+    let counted = after.since(before);
+    let (ok, verdict) = match (step.expect, through) {
+        (Expect::Allow(conduit), Some(true)) if counted.conduit(conduit, "pass") > 0 => {
+            (true, "PASS as expected".to_string())
+        }
+        (Expect::Allow(conduit), Some(true)) => (
+            false,
+            format!("MISMATCH: passed, but not counted on conduit {conduit}"),
+        ),
+        (Expect::Allow(_), _) => (
+            false,
+            "MISMATCH: the policy allows this, but it did not get through".to_string(),
+        ),
+        (Expect::Deny(reason), Some(false)) if counted.reason(reason, "drop") > 0 => {
+            (true, "DROP as expected".to_string())
+        }
+        (Expect::Deny(reason), Some(false)) => (
+            false,
+            format!("MISMATCH: blocked, but no packet was dropped for {reason}"),
+        ),
+        (Expect::Deny(_), _) => (
+            false,
+            "MISMATCH: the policy denies this, but it was not blocked".to_string(),
+        ),
+    };
+    let result = StepResult {
+        seen,
+        through,
+        counted,
+        ok,
+        verdict,
+    };
+    Ok((result, after))
+}
+
+/// Sends the step's traffic; returns what the client saw and whether it got through.
+fn probe(lab: &Lab, step: &Step) -> Result<(String, Option<bool>)> {
+    let to: IpAddr = host(step.to)
+        .address
+        .parse()
+        .expect("HOSTS holds IP addresses");
+    Ok(match step.probe {
+        // A bare connect to the Modbus port: once Modbus inspection is enforced, a line of
+        // text would not be Modbus; the handshake shows what the conduit admits at L4.
+        Probe::Tcp(502) => {
+            let outcome = lab.tcp_connect(step.from, SocketAddr::new(to, 502), ATTEMPT_TIMEOUT)?;
+            tcp_seen(&outcome, TcpOutcome::Connected)
+        }
+        Probe::Tcp(port) => {
+            let outcome = lab.tcp_echo(
+                step.from,
+                SocketAddr::new(to, port),
+                "hello from the otfw demo",
+                ATTEMPT_TIMEOUT,
+            )?;
+            tcp_seen(&outcome, TcpOutcome::Echoed)
+        }
+        Probe::Udp(port) => {
+            let outcome = lab.udp_exchange(
+                step.from,
+                SocketAddr::new(to, port),
+                DATAGRAMS,
+                ATTEMPT_TIMEOUT,
+            )?;
+            let seen = format!(
+                "{} of {} datagrams echoed{}",
+                outcome.received,
+                outcome.sent,
+                if outcome.refused > 0 {
+                    format!(", {} refused", outcome.refused)
+                } else {
+                    String::new()
+                }
+            );
+            let through = if outcome.received == outcome.sent {
+                Some(true)
+            } else if outcome.received == 0 && outcome.refused == 0 {
+                Some(false)
+            } else {
+                None
+            };
+            (seen, through)
+        }
+        Probe::Ping => {
+            let outcome = lab.ping(step.from, to, PINGS)?;
+            let seen = format!("{} of {} replies", outcome.received, outcome.transmitted);
+            let through = if outcome.received == outcome.transmitted {
+                Some(true)
+            } else if outcome.received == 0 {
+                Some(false)
+            } else {
+                None
+            };
+            (seen, through)
+        }
+    })
+}
+
+fn tcp_seen(outcome: &TcpOutcome, success: TcpOutcome) -> (String, Option<bool>) {
+    let seen = match outcome {
+        TcpOutcome::Connected => "connected".to_string(),
+        TcpOutcome::Echoed => "connected, echoed".to_string(),
+        TcpOutcome::TimedOut => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
+        TcpOutcome::Refused => "refused".to_string(),
+        TcpOutcome::Unreachable => "unreachable".to_string(),
+        TcpOutcome::Reset => "reset".to_string(),
+        TcpOutcome::Closed => "closed by the peer".to_string(),
+        TcpOutcome::NoReply => "connected, no echo".to_string(),
+        TcpOutcome::Error(line) => format!("error: {line}"),
+    };
+    let through = if *outcome == success {
+        Some(true)
+    } else if *outcome == TcpOutcome::TimedOut {
+        Some(false)
+    } else {
+        None
+    };
+    (seen, through)
+}
+
+fn step_label(step: &Step) -> String {
+    format!(
+        "{} -> {} {}",
+        host(step.from).policy,
+        host(step.to).policy,
+        step.probe.label()
+    )
+}
+
+fn print_step(number: usize, step: &Step, result: &StepResult) {
+    let expected = match step.expect {
+        Expect::Allow(_) => "allowed",
+        Expect::Deny(_) => "denied",
+    };
+    println!(
+        "{number:>2}. {:<27} {expected:<8} client: {:<27} {}",
+        step_label(step),
+        result.seen,
+        result.verdict
+    );
+    println!("      otfw:   {}", result.counted.describe());
+    println!("      policy: {}", step.because);
+}
+
+fn print_summary(results: &[StepResult]) {
+    println!("summary:");
+    println!(
+        "  {:>2}  {:<27} {:<8} {:<6} {:<31} result",
+        "#", "traffic", "policy", "seen", "decided by (packets)"
+    );
+    for (index, (step, result)) in STEPS.iter().zip(results).enumerate() {
+        let (policy, decided_by) = match step.expect {
+            Expect::Allow(conduit) => (
+                "allowed",
+                format!("{conduit} ({})", result.counted.conduit(conduit, "pass")),
+            ),
+            Expect::Deny(reason) => (
+                "denied",
+                format!("{reason} ({})", result.counted.reason(reason, "drop")),
+            ),
+        };
+        let seen = match result.through {
+            Some(true) => "pass",
+            Some(false) => "drop",
+            None => "?",
+        };
+        println!(
+            "  {:>2}  {:<27} {policy:<8} {seen:<6} {decided_by:<31} {}",
+            index + 1,
+            step_label(step),
+            if result.ok { "ok" } else { "MISMATCH" }
+        );
+    }
+}
+
+/// Namespaces and root links of the demo lab that still exist.
+fn leftovers() -> Result<Vec<String>> {
+    let owned = format!("{PREFIX}-");
+    let netns = cmd::capture(Command::new("ip").args(["netns", "list"]))?;
+    let mut found: Vec<String> = String::from_utf8_lossy(&netns.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(&owned))
+        .map(|name| format!("netns {name}"))
+        .collect();
+    for entry in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&owned) || name == BRIDGE {
+            found.push(format!("link {name}"));
+        }
+    }
+    Ok(found)
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM only set a flag that the demo checks between steps, so that
+/// it still stops `otfw run` and removes the lab. Every step is bounded in time.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use anyhow::{bail, Result};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let message = b"\ndemo: interrupted; cleaning up after the current step\n";
+        // SAFETY: write(2) is async-signal-safe; the buffer is a static byte string.
+        unsafe {
+            libc::write(2, message.as_ptr().cast(), message.len());
+        }
+    }
+
+    pub fn install() -> Result<()> {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic and
+            // calls write(2), both async-signal-safe.
+            let installed = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if installed != 0 {
+                bail!(
+                    "could not install a handler for signal {signal}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check() -> Result<()> {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// `result`, or "interrupted" if a signal came meanwhile (children in the foreground
+    /// process group got it too and failed because of it).
+    pub fn after<T>(result: Result<T>) -> Result<T> {
+        check()?;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_matches_the_example_policy() {
+        let policy = std::fs::read_to_string(otfw_tests::repo_root().join(POLICY)).unwrap();
+        check_policy_matches_lab(&policy).unwrap();
+        let changed = policy.replace("plc-1: 10.10.3.10", "plc-1: 10.10.3.11");
+        let error = check_policy_matches_lab(&changed).unwrap_err();
+        assert!(error.to_string().contains("plc-1: 10.10.3.10"), "{error:#}");
+    }
+
+    #[test]
+    fn port_names_fit_the_interface_name_limit() {
+        for host in &HOSTS {
+            assert!(format!("{PREFIX}-{}", host.lab).len() <= 15, "{}", host.lab);
+        }
+        assert_eq!(network_of("10.10.3.10", 24), "10.10.3.0");
+    }
+
+    #[test]
+    fn stats_deltas_keep_what_changed() {
+        let before = Stats::parse(&serde_json::json!({
+            "event": "stats",
+            "reasons": {"none": {"pass": 4}},
+            "conduits": {"(none)": {"pass": {"packets": 4, "bytes": 240}}},
+            "flows": {},
+        }));
+        let after = Stats::parse(&serde_json::json!({
+            "event": "stats",
+            "reasons": {"none": {"pass": 4}, "no_conduit": {"drop": 2}},
+            "conduits": {"(none)": {"pass": {"packets": 4, "bytes": 240},
+                                    "drop": {"packets": 2, "bytes": 148}}},
+            "flows": {"created": 1},
+        }));
+        let delta = after.since(&before);
+        assert_eq!(delta.reason("no_conduit", "drop"), 2);
+        assert_eq!(delta.reason("none", "pass"), 0);
+        assert_eq!(delta.conduit("(none)", "drop"), 2);
+        assert_eq!(delta.flows.get("created"), Some(&1));
+        assert_eq!(
+            delta.describe(),
+            "no_conduit: dropped 2 packets, 1 flow created"
+        );
+    }
+}
