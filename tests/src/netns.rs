@@ -100,18 +100,35 @@ pub(crate) fn netns_pids(netns: &str) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Deletes the namespaces `<prefix>-*` and root links `<prefix>-*` and `br-<prefix>` that
-/// an earlier run left, killing the processes still inside those namespaces (an earlier lab
-/// started them). Returns what it removed. The caller holds the prefix lock, so no running
-/// lab owns these.
+/// The alias (`ip link set BRIDGE alias ...`) a lab gives its bridge, so that a leftover
+/// bridge of any name can be told to be a lab's.
+pub(crate) fn bridge_alias(prefix: &str) -> String {
+    format!("otfw-lab:{prefix}")
+}
+
+/// The alias of a root link, if it has one.
+fn link_alias(name: &str) -> Option<String> {
+    let alias = fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifalias")).ok()?;
+    let alias = alias.trim_end_matches('\n');
+    (!alias.is_empty()).then(|| alias.to_string())
+}
+
+/// Deletes the namespaces `<prefix>-*` and root links `<prefix>-*`, `br-<prefix>` and those
+/// with the lab bridge alias of `prefix` that an earlier run left, killing the processes
+/// still inside those namespaces (an earlier lab started them). Returns what it removed. The
+/// caller holds the prefix lock, so no running lab owns these.
 pub(crate) fn remove_leftovers(prefix: &str) -> Result<Vec<String>> {
     let owned = format!("{prefix}-");
     let bridge = format!("br-{prefix}");
+    let alias = bridge_alias(prefix);
     let mut removed = Vec::new();
     let mut links = link_names()?;
     links.sort();
     for link in links {
-        if link.starts_with(&owned) || link == bridge {
+        if link.starts_with(&owned)
+            || link == bridge
+            || link_alias(&link).is_some_and(|found| found == alias)
+        {
             // Deleting one veth end deletes its peer inside the namespace too.
             ip(&["link", "del", &link])?;
             removed.push(format!("link {link}"));

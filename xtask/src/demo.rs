@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -227,22 +228,9 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
     let mut controller = Controller::start(&lab, repo, &otfw)?;
     let servers = start_servers(&lab)?;
 
-    println!(
-        "\ndemo: {} steps; after each, what otfw run counted for it (SIGUSR1 -> stats event)\n",
-        STEPS.len()
-    );
-    let mut results = Vec::new();
-    let mut counters = controller.settled_stats()?;
-    for (index, step) in STEPS.iter().enumerate() {
-        interrupt::check()?;
-        let (result, after) = run_step(&lab, &mut controller, step, &counters)?;
-        print_step(index + 1, step, &result);
-        results.push(result);
-        counters = after;
-    }
-    println!();
-    print_summary(&results);
-
+    // Whatever the steps come to (an error, Ctrl-C), the controller and the lab are removed
+    // here; a panic removes them when they are dropped.
+    let steps = run_steps(&lab, &mut controller);
     drop(servers);
     let output = controller.stop();
     let detached: Vec<String> = events(&output.stdout, "detached")
@@ -258,6 +246,8 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
         bail!("the lab left things behind: {}", left.join(", "));
     }
     println!("demo: removed the lab (namespaces demo-*, their veths, bridge {BRIDGE})");
+    let results = steps?;
+    interrupt::check()?;
 
     let mismatches: Vec<String> = STEPS
         .iter()
@@ -283,6 +273,26 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
     }
     println!("demo: all {} steps behaved as {POLICY} says", STEPS.len());
     Ok(())
+}
+
+/// Runs every step, prints each and then the summary. Stops early on Ctrl-C.
+fn run_steps(lab: &Lab, controller: &mut Controller) -> Result<Vec<StepResult>> {
+    println!(
+        "\ndemo: {} steps; after each, what otfw run counted for it (SIGUSR1 -> stats event)\n",
+        STEPS.len()
+    );
+    let mut results = Vec::new();
+    let mut counters = controller.settled_stats()?;
+    for (index, step) in STEPS.iter().enumerate() {
+        interrupt::check()?;
+        let (result, after) = run_step(lab, controller, step, &counters)?;
+        print_step(index + 1, step, &result);
+        results.push(result);
+        counters = after;
+    }
+    println!();
+    print_summary(&results);
+    Ok(results)
 }
 
 /// Fails if the example policy no longer has the bridge, zones and hosts this lab builds.
@@ -402,6 +412,18 @@ impl Controller {
             .current_dir(repo)
             .args(["run", "--policy", POLICY])
             .env("RUST_LOG", "info");
+        // SAFETY: the closure runs between fork and exec and only makes the prctl system
+        // call, which is async-signal-safe.
+        unsafe {
+            // Should the demo be killed outright (SIGKILL, no cleanup), the controller goes
+            // with it instead of holding the XDP links; the next demo removes the rest.
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         println!("demo: starting {}", cmd::display(&command));
         let mut process = lab.spawn_command(command)?;
         let mut seen = Vec::new();
