@@ -136,8 +136,8 @@ const STEPS: [Step; 9] = [
         to: "plc",
         probe: Probe::Tcp(502),
         expect: Expect::Allow("historian-reads"),
-        because: "historian-reads lets the historian open Modbus/TCP to plc-1 (function codes \
-                  are not inspected yet: admitted at L4)",
+        because: "historian-reads allows Modbus/TCP from historian to plc-1 (at L4 for now: \
+                  function codes are not inspected yet)",
     },
     Step {
         from: "ews",
@@ -213,7 +213,7 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
         interrupt::after(setup::run(repo))?;
     }
     let mut build = cmd::cargo(repo, &["build", "--bins"], &[])?;
-    println!("demo: building: {}", cmd::display(&build));
+    println!("demo: building otfw and otfw-peer (cargo build --bins)");
     interrupt::after(cmd::run(&mut build))?;
     otfw_tests::require_root_and_kernel()?;
     let policy_text = std::fs::read_to_string(repo.join(POLICY))
@@ -292,6 +292,10 @@ fn run_steps(lab: &Lab, controller: &mut Controller) -> Result<Vec<StepResult>> 
     }
     println!();
     print_summary(&results);
+    println!(
+        "\ndemo: the counters in otfw run's last stats event (`kill -USR1 PID` prints one):\n{}",
+        controller.last_stats
+    );
     Ok(results)
 }
 
@@ -403,6 +407,8 @@ fn start_servers(lab: &Lab) -> Result<Vec<LabProcess>> {
 /// `otfw run` under the lab's care, and what it reports.
 struct Controller {
     process: LabProcess,
+    /// The last `stats` line it printed.
+    last_stats: String,
 }
 
 impl Controller {
@@ -424,7 +430,7 @@ impl Controller {
                 Ok(())
             });
         }
-        println!("demo: starting {}", cmd::display(&command));
+        println!("demo: starting otfw run --policy {POLICY}");
         let mut process = lab.spawn_command(command)?;
         let mut seen = Vec::new();
         process
@@ -467,7 +473,10 @@ impl Controller {
         if attached != ports {
             bail!("otfw run attached to {attached:?}, but the lab's ports are {ports:?}");
         }
-        Ok(Self { process })
+        Ok(Self {
+            process,
+            last_stats: String::new(),
+        })
     }
 
     /// The counters now: SIGUSR1, then the `stats` line it prints.
@@ -488,7 +497,9 @@ impl Controller {
                 STATS_TIMEOUT,
             )
             .context("otfw run did not answer SIGUSR1 with a stats event")?;
-        Ok(Stats::parse(&parse_event(&line)))
+        let stats = Stats::parse(&parse_event(&line));
+        self.last_stats = line;
+        Ok(stats)
     }
 
     /// The counters once they stopped moving.
