@@ -379,6 +379,20 @@ impl Lab {
         netns::remove_leftovers(prefix)
     }
 
+    /// What exists of labs with this prefix (`netns NAME`, `link NAME`): namespaces
+    /// `<prefix>-*`, links `<prefix>-*`, `br-<prefix>` and bridges with the alias
+    /// `otfw-lab:<prefix>`. Empty once every lab with the prefix is gone.
+    pub fn leftovers(prefix: &str) -> Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        let netns = netns::prefix_netns(prefix)?;
+        let links = netns::prefix_links(prefix)?;
+        Ok(netns
+            .into_iter()
+            .map(|name| format!("netns {name}"))
+            .chain(links.into_iter().map(|name| format!("link {name}")))
+            .collect())
+    }
+
     /// Tears the lab down now, reporting what could not be removed (dropping does the same
     /// but can only print errors).
     pub fn close(mut self) -> Result<()> {

@@ -241,7 +241,7 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
         detached.join(", ")
     );
     lab.close()?;
-    let left = leftovers()?;
+    let left = Lab::leftovers(PREFIX)?;
     if !left.is_empty() {
         bail!("the lab left things behind: {}", left.join(", "));
     }
@@ -858,25 +858,6 @@ fn print_summary(results: &[StepResult]) {
             if result.ok { "ok" } else { "MISMATCH" }
         );
     }
-}
-
-/// Namespaces and root links of the demo lab that still exist.
-fn leftovers() -> Result<Vec<String>> {
-    let owned = format!("{PREFIX}-");
-    let netns = cmd::capture(Command::new("ip").args(["netns", "list"]))?;
-    let mut found: Vec<String> = String::from_utf8_lossy(&netns.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(&owned))
-        .map(|name| format!("netns {name}"))
-        .collect();
-    for entry in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&owned) || name == BRIDGE {
-            found.push(format!("link {name}"));
-        }
-    }
-    Ok(found)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM only set a flag that the demo checks between steps, so that
