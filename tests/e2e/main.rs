@@ -3,4 +3,5 @@
 //! lab's per-prefix lock also serialises labs that would collide).
 
 mod common;
+mod controller;
 mod lab;
