@@ -1,6 +1,7 @@
 //! `otfw run`: load a policy, attach to the bridge ports, enforce; reload on SIGHUP and when the
-//! policy file changes; detach cleanly on SIGINT/SIGTERM. A policy that fails to load is
-//! reported and the generation in force stays.
+//! policy file changes; print the datapath counters as a `stats` event on SIGUSR1; detach
+//! cleanly on SIGINT/SIGTERM. A policy that fails to load is reported and the generation in
+//! force stays.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -68,13 +69,16 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             mode: port.mode.to_string(),
         });
     }
+    // Handlers first: whoever waits for `ready` may signal at once (SIGUSR1 would otherwise
+    // terminate the process).
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut user1 = signal(SignalKind::user_defined1())?;
     events::emit(&Event::Ready {
         ports: attached.ports.len(),
     });
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = match datapath.take_logger() {
@@ -114,6 +118,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            _ = user1.recv() => emit_stats(&datapath),
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -125,6 +130,19 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         events::emit(&Event::Detached { port });
     }
     Ok(())
+}
+
+/// Reads the counters and emits them as a `stats` event (SIGUSR1).
+fn emit_stats(datapath: &Datapath) {
+    let counters = datapath.counters();
+    let conduits = datapath.conduit_traffic();
+    match (counters, conduits) {
+        (Ok(counters), Ok(conduits)) => {
+            let epoch = datapath.active().map(|g| g.epoch);
+            events::emit(&Event::stats(epoch, &counters, &conduits));
+        }
+        (Err(e), _) | (_, Err(e)) => log::error!("SIGUSR1: reading the counters failed: {e:#}"),
+    }
 }
 
 fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: PolicyLoader) {

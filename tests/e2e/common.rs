@@ -40,26 +40,5 @@ pub fn v6(lab: &Lab, host: &str, port: u16) -> SocketAddr {
 
 /// Namespaces and root links that carry the test prefix.
 pub fn leftovers() -> Vec<String> {
-    let owned = format!("{PREFIX}-");
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let mut found: Vec<String> = String::from_utf8_lossy(&netns.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(&owned))
-        .map(|name| format!("netns {name}"))
-        .collect();
-    for entry in std::fs::read_dir("/sys/class/net").expect("list /sys/class/net") {
-        let name = entry
-            .expect("link entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.starts_with(&owned) || name == format!("br-{PREFIX}") {
-            found.push(format!("link {name}"));
-        }
-    }
-    found
+    Lab::leftovers(PREFIX).expect("listing the lab's namespaces and links")
 }

@@ -1,9 +1,10 @@
-//! Orchestration for otfw: installing prerequisites and running the tests.
+//! Orchestration for otfw: installing prerequisites, running the tests and the demo.
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
 
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -31,6 +32,9 @@ enum Command {
     /// Run setup, then the whole test suite (unit tests in parallel, root-needing
     /// integration tests one at a time).
     Test(test::TestArgs),
+    /// Run setup, then the demo: the example policy enforced by `otfw run` on a lab of
+    /// network namespaces, with allowed and denied traffic explained by the counters.
+    Demo(demo::DemoArgs),
 }
 
 fn main() {
@@ -39,6 +43,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(&repo),
         Command::Test(args) => test::run(&repo, &args),
+        Command::Demo(args) => demo::run(&repo, &args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
