@@ -1,15 +1,13 @@
 //! `otfw run` on the lab: enforcement and the counters it reports on SIGUSR1.
 
-use std::process::Command;
 use std::time::Duration;
 
-use otfw_tests::{target_binary, HostSpec, LabProcess, TcpOutcome};
+use otfw_tests::{HostSpec, LabProcess, TcpOutcome};
 use serde_json::Value;
 
-use crate::common::{self, v4};
+use crate::common::{self, v4, Firewall};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Two zones of one /24 (so the hosts need no routes), one conduit between them.
 const POLICY: &str = "\
@@ -54,15 +52,8 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
         HostSpec::new("a", "198.51.100.1/24"),
         HostSpec::new("b", "198.51.100.129/24"),
     ]);
-    let policy = std::env::temp_dir().join(format!("otfw-e2e-{}.yaml", std::process::id()));
-    std::fs::write(&policy, POLICY).unwrap();
-    let mut command = Command::new(target_binary("otfw").unwrap());
-    command.arg("run").arg("--policy").arg(&policy);
-    let mut otfw = lab.spawn_command(command).unwrap();
-    let ready = otfw
-        .wait_for_line(|line| is_event(line, "ready"), READY_TIMEOUT)
-        .unwrap();
-    assert_eq!(event(&ready)["ports"], 2);
+    let fw = Firewall::start(&lab, POLICY);
+    let mut otfw = fw.process;
 
     let _server = lab.tcp_echo_server("b", 5020).unwrap();
     let _closed = lab.tcp_echo_server("b", 5021).unwrap();
@@ -106,7 +97,6 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
             >= passed["packets"].as_u64()
     );
     let output = otfw.stop();
-    std::fs::remove_file(&policy).unwrap();
     assert_eq!(
         output
             .stdout
