@@ -421,9 +421,10 @@ fn frame(
     s.requests = 0;
     s.adus = 0;
     let mut stopped = false;
-    for _ in 0..MAX_ADUS {
+    // One round more than ADUs decided: the last only finds out whether the segment is done.
+    for round in 0..=MAX_ADUS {
         let next = otfw_modbus_next();
-        if next == 0 {
+        if next == 0 || round == MAX_ADUS {
             break;
         }
         let (offset, at, take) = (next as u32, (next >> 32) as u8 as u32, (next >> 40) as u32);
