@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath},
+    datapath::{bridge_ports, Datapath, ModeChoice},
     events::{self, Event},
     policy::compiled::{Attachment, CompiledPolicy},
 };
@@ -26,6 +26,7 @@ pub struct RunOptions {
     pub interfaces: Vec<String>,
     /// How often the policy file is checked for changes.
     pub watch_interval: Duration,
+    pub xdp_mode: ModeChoice,
 }
 
 /// Reads and compiles a policy file; `Err` holds one message per problem (`file:line:col: ...`).
@@ -58,7 +59,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let epoch = datapath.install(&policy)?.epoch;
     log::info!("policy {file} in force (epoch {epoch})");
     events::emit(&loaded_event(&file, epoch, &policy));
-    let attached = datapath.attach(&ports)?;
+    let attached = datapath.attach(&ports, opts.xdp_mode)?;
     for port in &attached.ports {
         log::info!("attached to {} ({} XDP)", port.name, port.mode);
         events::emit(&Event::Attached {
@@ -75,6 +76,14 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut watch = tokio::time::interval(opts.watch_interval);
+    // The program's own log messages (aya-log), forwarded to stderr as they arrive.
+    let mut kernel_log = match datapath.take_logger() {
+        Some(logger) => Some(tokio::io::unix::AsyncFd::with_interest(
+            logger,
+            tokio::io::Interest::READABLE,
+        )?),
+        None => None,
+    };
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -94,6 +103,16 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                         log::warn!("{file} cannot be read; the policy in force stays");
                     }
                 }
+            }
+            ready = async {
+                match kernel_log.as_mut() {
+                    Some(log) => log.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,

@@ -1,1 +1,7 @@
+//! End-to-end tests: real namespaces, a real bridge, real traffic. They need root and share
+//! kernel state, so they run one at a time (`cargo xtask test` passes --test-threads=1; the
+//! lab's per-prefix lock also serialises labs that would collide).
 
+mod common;
+mod firewall;
+mod lab;

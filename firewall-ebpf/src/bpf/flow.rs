@@ -23,8 +23,8 @@ use super::{
     conduit,
     ip::Ip,
     l4::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     maps::{FLOWS, FLOW_KEYS},
     stats,
@@ -110,14 +110,29 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
     keys.reverse = keys.forward.reversed();
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
-        if let Some(state) = FLOWS.get_ptr_mut(&keys.forward) {
+        // Echo keys are symmetric (both ports hold the identifier), so only the message type
+        // tells the direction: a request belongs to the flow it opened, a reply to the reverse
+        // of one. Otherwise the responder could send requests along the initiator's flow.
+        let echo_reply = pkt.l4.is_echo_reply(proto);
+        let echo_request = pkt.l4.is_echo_request(proto);
+        let forward = if echo_reply {
+            None
+        } else {
+            FLOWS.get_ptr_mut(&keys.forward)
+        };
+        let reverse = if forward.is_some() || echo_request {
+            None
+        } else {
+            FLOWS.get_ptr_mut(&keys.reverse)
+        };
+        if let Some(state) = forward {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
             let state = unsafe { &mut *state };
             if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.forward, state, true, now) {
                 return out;
             }
-        } else if let Some(state) = FLOWS.get_ptr_mut(&keys.reverse) {
+        } else if let Some(state) = reverse {
             // SAFETY: as above.
             let state = unsafe { &mut *state };
             if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.reverse, state, false, now) {
@@ -164,15 +179,20 @@ fn existing(
         return None;
     }
     let flags = pkt.l4.tcp_flags;
-    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
-    }
+    // Re-check before anything else reads `flow.conduit`: an id of an older generation may
+    // name another conduit (or none) in the policy now in force.
     if flow.epoch != epoch {
-        // Re-check in the initiator's direction: the key holds it.
-        let (src, dst, service) = if forward {
-            (pkt.src, pkt.dst, pkt.l4.service(proto))
+        // Re-check in the initiator's direction: the key holds it. An echo flow was opened by
+        // an echo request (its key's ports hold the echo identifier, not a service).
+        let (src, dst) = if forward {
+            (pkt.src, pkt.dst)
         } else {
-            (pkt.dst, pkt.src, key.dport)
+            (pkt.dst, pkt.src)
+        };
+        let service = match proto {
+            IPPROTO_ICMP => ICMP_ECHO_REQUEST as u16,
+            IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
+            _ => key.dport,
         };
         match conduit::admit(slot, cfg, proto, &src, &dst, service) {
             Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
@@ -193,6 +213,9 @@ fn existing(
                 return Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked));
             }
         }
+    }
+    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
     }
     flow.last_seen_ns = now;
     let conduit = flow.conduit;

@@ -2,6 +2,7 @@
 //! conduit's mode (`enforce`/`monitor`) and deny behaviour (`drop`/`reset`).
 
 use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::warn;
 
 use firewall_common::{
     conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
@@ -51,7 +52,8 @@ struct Judgement {
 pub fn decide(ctx: &XdpContext) -> Decision {
     let epoch = ACTIVE.get(ACTIVE_INDEX).copied().unwrap_or(0);
     let slot = slot_of(epoch);
-    let cfg = match CONFIG.get(slot) {
+    let slot_cfg = CONFIG.get(slot);
+    let cfg = match slot_cfg {
         Some(cfg) if epoch != 0 => cfg,
         _ => {
             return Decision {
@@ -61,9 +63,10 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 conduit: CONDUIT_NONE,
                 slot,
                 epoch,
-                trace: false,
+                // Tracing can be switched on before the first policy (replay, tests).
+                trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
                 inspect: INSPECT_NONE,
-            }
+            };
         }
     };
     let judgement = match judge(ctx, slot, epoch, cfg) {
@@ -80,6 +83,13 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         inspect,
         ..
     } = judgement.outcome;
+    if reason == Reason::FlowTableFull {
+        // Rare and operator-relevant: connections are being refused for want of table space.
+        warn!(
+            ctx,
+            "flow table full: a new flow of conduit {} was refused", conduit
+        );
+    }
     if reason == Reason::None {
         return Decision {
             action: Action::Pass,

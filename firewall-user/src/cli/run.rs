@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::controller::{self, RunOptions};
+use crate::{
+    controller::{self, RunOptions},
+    datapath::ModeChoice,
+};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -21,6 +24,10 @@ pub struct RunArgs {
     /// Seconds between checks of the policy file for changes.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub watch_interval: f64,
+    /// XDP mode: `auto` tries native (driver) XDP on each port and falls back to generic;
+    /// `generic` works on every device (slower); `native` fails where the driver lacks it.
+    #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
+    pub xdp_mode: ModeChoice,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -33,6 +40,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         bridge: args.bridge,
         interfaces: args.iface,
         watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.1)),
+        xdp_mode: args.xdp_mode,
     };
     runtime.block_on(controller::run(opts, super::load_compiled))?;
     Ok(0)

@@ -24,6 +24,15 @@ impl fmt::Display for PortMode {
     }
 }
 
+/// Which XDP mode to attach in: `Auto` tries native (driver) mode and falls back to generic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
 #[derive(Debug)]
 pub struct AttachedPort {
     pub name: String,
@@ -60,6 +69,55 @@ pub fn bridge_ports(bridge: &str) -> Result<Vec<String>> {
     Ok(ports)
 }
 
+/// The kernel driver behind an interface (`veth`, `ixgbe`, ...), from the ethtool ioctl.
+pub fn driver(name: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: all-zero is a valid DrvInfo and ifreq (plain integers and arrays).
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket only to issue the ioctl; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live DrvInfo.
+    let ret = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if ret != 0 {
+        return None;
+    }
+    let end = info
+        .driver
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = CString::new(name).context("interface name contains NUL")?;
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.
@@ -73,7 +131,7 @@ pub fn ifindex(name: &str) -> Result<u32> {
 impl Datapath {
     /// Attaches to every interface in `ports`, native mode first. All or nothing: if one port
     /// fails, the ports already attached are detached again.
-    pub fn attach(&mut self, ports: &[String]) -> Result<Attached> {
+    pub fn attach(&mut self, ports: &[String], wanted: ModeChoice) -> Result<Attached> {
         let mut attached = Attached::default();
         for name in ports {
             if Path::new("/sys/class/net")
@@ -88,14 +146,27 @@ impl Datapath {
             }
             let ifindex = ifindex(name)?;
             let program = self.program_mut();
-            let result = match program.attach(name, XdpMode::Driver) {
-                Ok(link) => Ok((link, PortMode::Native)),
-                Err(native) => {
-                    log::debug!("native XDP on {name} failed ({native}); trying generic");
-                    program
-                        .attach(name, XdpMode::Skb)
-                        .map(|l| (l, PortMode::Generic))
-                }
+            let result = match wanted {
+                ModeChoice::Native => program
+                    .attach(name, XdpMode::Driver)
+                    .map(|l| (l, PortMode::Native)),
+                ModeChoice::Generic => program
+                    .attach(name, XdpMode::Skb)
+                    .map(|l| (l, PortMode::Generic)),
+                // Native XDP on a veth cannot send frames back (XDP_TX) unless its peer runs
+                // XDP too, so the resets of `on_deny: reset` would vanish; generic XDP can.
+                ModeChoice::Auto if driver(name).as_deref() == Some("veth") => program
+                    .attach(name, XdpMode::Skb)
+                    .map(|l| (l, PortMode::Generic)),
+                ModeChoice::Auto => match program.attach(name, XdpMode::Driver) {
+                    Ok(link) => Ok((link, PortMode::Native)),
+                    Err(native) => {
+                        log::debug!("native XDP on {name} failed ({native}); trying generic");
+                        program
+                            .attach(name, XdpMode::Skb)
+                            .map(|l| (l, PortMode::Generic))
+                    }
+                },
             };
             match result {
                 Ok((link, mode)) => attached.ports.push(AttachedPort {

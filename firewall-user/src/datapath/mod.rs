@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use firewall_common::conduit::INSPECT_MODBUS;
 
-pub use attach::{bridge_ports, ifindex, Attached, PortMode};
+pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
@@ -30,6 +30,9 @@ const MODBUS_PROGRAM: &str = "otfw_modbus";
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Messages the program logs (aya-log), forwarded to the `log` crate by whoever runs the
+    /// datapath: `take_logger` hands it to the controller's event loop.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: Maps,
     /// What each slot holds, so counters and decisions can be named and stale entries removed.
     slots: [Option<Generation>; 2],
@@ -45,6 +48,8 @@ impl Datapath {
                  a kernel with BPF and XDP support"
             )
         })?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .context("the XDP object has no log buffer (AYA_LOGS)")?;
         let mut maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
@@ -70,6 +75,7 @@ impl Datapath {
             .context("installing the Modbus inspector in INSPECTORS")?;
         Ok(Datapath {
             ebpf,
+            logger: Some(logger),
             maps,
             slots: [None, None],
         })
@@ -99,6 +105,12 @@ impl Datapath {
     pub fn modbus_verified_instructions(&self) -> Option<u32> {
         let program: &Xdp = self.ebpf.program(MODBUS_PROGRAM)?.try_into().ok()?;
         program.info().ok()?.verified_instruction_count()
+    }
+
+    /// The program's log channel; readable (as a file descriptor) when messages are waiting,
+    /// which `flush` then hands to the `log` crate.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// The generation now in force, if any.

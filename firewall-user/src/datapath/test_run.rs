@@ -2,10 +2,14 @@
 //! code and the real maps, so flow state carries from one frame to the next.
 
 use anyhow::{Context as _, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::PerCpuValues,
+    programs::{TestRun, TestRunOptions},
+};
 use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
+    flow::FlowKey,
     modbus::{ADU_REQUEST, KIND_NAMES},
     reason::Reason,
 };
@@ -62,6 +66,9 @@ impl Decision {
     }
 }
 
+/// `Trace::verdict` of the sentinel written before each run: no real verdict has this value.
+const UNTRACED: u8 = u8::MAX;
+
 impl Datapath {
     /// Turns per-decision tracing on: needed by `run_frame`. Off on a live gateway.
     pub fn enable_trace(&mut self) -> Result<()> {
@@ -71,22 +78,47 @@ impl Datapath {
     /// Runs one frame through the program and returns its decision. The calling thread is
     /// pinned to one CPU so that the per-CPU trace entry read back is the one just written.
     pub fn run_frame(&mut self, frame: &[u8]) -> Result<Decision> {
+        self.run_frame_on(frame, None)
+    }
+
+    /// `run_frame` with the frame arriving on the port with `ingress_ifindex` (anti-spoofing
+    /// looks at it); `None` leaves the choice to the kernel, which uses the loopback device.
+    /// Fails if the program recorded no decision (tracing off) rather than returning the
+    /// previous frame's.
+    pub fn run_frame_on(&mut self, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<Decision> {
         let cpu = pin_to_current_cpu()?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let sentinel = Trace {
+            verdict: UNTRACED,
+            ..Trace::default()
+        };
+        self.maps
+            .trace
+            .set(0, PerCpuValues::try_from(vec![sentinel; cpus])?, 0)
+            .context("clearing TRACE")?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (offsets into the frame for the first three).
+        let xdp_md: Vec<u8> = [0, frame.len() as u32, 0, ingress_ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        if ingress_ifindex.is_some() {
+            opts.ctx_in = Some(&xdp_md);
+        }
         let result = self.program().test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
-        let trace: Trace = self
-            .maps
-            .trace
-            .get(&0, 0)
-            .context("reading TRACE")?
-            .iter()
-            .nth(cpu)
-            .copied()
-            .unwrap_or_default();
+        let per_cpu = self.maps.trace.get(&0, 0).context("reading TRACE")?;
+        let trace: Trace = per_cpu.get(cpu).copied().unwrap_or_default();
+        anyhow::ensure!(
+            trace.verdict != UNTRACED,
+            "the program recorded no decision: call enable_trace() after installing a policy"
+        );
         let adus = if trace.adus == 0 {
             Vec::new()
         } else {
@@ -139,6 +171,16 @@ impl Datapath {
             epoch: trace.epoch,
             frame_out: out,
         })
+    }
+
+    /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            // A flow may have been evicted in the meantime; that is fine.
+            let _ = self.maps.flows.remove(&key);
+        }
+        Ok(())
     }
 }
 
