@@ -32,6 +32,11 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// A Modbus request was refused (or, in monitor mode, would have been): the flow, the
+    /// request and the reason.
+    ModbusDenied(crate::datapath::ModbusDenied),
+    /// Denied-request events the ring buffer had no room for, since the controller started.
+    ModbusEventsLost { total: u64 },
 }
 
 #[derive(Serialize)]
