@@ -88,7 +88,9 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut modbus_events = match datapath.take_modbus_events() {
         // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
         // deregisters it before dropping it.
-        Some(ring) => Some(unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?),
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
         None => None,
     };
     let mut events_lost = 0;

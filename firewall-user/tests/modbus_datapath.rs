@@ -1,10 +1,11 @@
 //! Modbus/TCP inspection in the datapath (root): the real object through BPF_PROG_TEST_RUN,
 //! one table row or scenario per case of issue 3.
 
-mod common;
+#[path = "common/modbus.rs"]
+mod modbus_common;
 
-use common::modbus::*;
 use firewall_common::reason::Reason;
+use modbus_common::*;
 
 #[test]
 fn loads_within_the_verifier_budget() {
@@ -96,13 +97,19 @@ fn functions_by_name_and_number() {
     .enumerate()
     {
         let mut c = conn(&mut dp, 21000 + i as u16);
-        expect(&c.send(&mut dp, &request(function)), want, &format!("fc {function}"));
+        expect(
+            &c.send(&mut dp, &request(function)),
+            want,
+            &format!("fc {function}"),
+        );
     }
 }
 
 #[test]
 fn diagnostics_sub_functions_and_mei_types() {
-    let cases: &[(&str, &[(Vec<u8>, Reason)])] = &[
+    /// A rule and its rows: (request, expected reason).
+    type Case<'a> = (&'a str, &'a [(Vec<u8>, Reason)]);
+    let cases: &[Case] = &[
         (
             "functions: [diagnostics]",
             &[
@@ -130,7 +137,10 @@ fn diagnostics_sub_functions_and_mei_types() {
         ),
         (
             "functions: [all]",
-            &[(diagnostics(1), Reason::None), (diagnostics(4), Reason::None)],
+            &[
+                (diagnostics(1), Reason::None),
+                (diagnostics(4), Reason::None),
+            ],
         ),
         (
             "functions: [read]",
@@ -181,7 +191,8 @@ fn unit_ids() {
 
 #[test]
 fn address_range_edges() {
-    let rule = "functions: [read, write], addresses: { holding_registers: [\"100-199\", \"300-309\"], \
+    let rule =
+        "functions: [read, write], addresses: { holding_registers: [\"100-199\", \"300-309\"], \
                 coils: [\"0-15\"] }";
     let mut dp = datapath(&policy(rule, ""));
     let denied = Reason::ModbusAddressDenied;
@@ -195,21 +206,49 @@ fn address_range_edges() {
         ("straddling the start", read(3, 99, 2), denied),
         ("spanning two ranges", read(3, 150, 125), denied),
         ("second range", read(3, 300, 10), Reason::None),
-        ("input registers unrestricted", read(4, 5000, 10), Reason::None),
+        (
+            "input registers unrestricted",
+            read(4, 5000, 10),
+            Reason::None,
+        ),
         ("coils inside", read(1, 0, 16), Reason::None),
         ("coils straddling", read(1, 8, 9), denied),
-        ("discrete inputs unrestricted", read(2, 60000, 100), Reason::None),
-        ("write single register inside", write_single_register(199, 1), Reason::None),
-        ("write single register outside", write_single_register(200, 1), denied),
-        ("write single coil outside", write_single_coil(16, 0), denied),
-        ("write registers straddling", write_registers(195, 10), denied),
+        (
+            "discrete inputs unrestricted",
+            read(2, 60000, 100),
+            Reason::None,
+        ),
+        (
+            "write single register inside",
+            write_single_register(199, 1),
+            Reason::None,
+        ),
+        (
+            "write single register outside",
+            write_single_register(200, 1),
+            denied,
+        ),
+        (
+            "write single coil outside",
+            write_single_coil(16, 0),
+            denied,
+        ),
+        (
+            "write registers straddling",
+            write_registers(195, 10),
+            denied,
+        ),
         ("write coils inside", write_coils(0, 16), Reason::None),
         (
             "mask write outside",
             adu(1, 22, &[0, 50, 0xff, 0xff, 0, 0]),
             denied,
         ),
-        ("fc23 both inside", read_write(100, 10, 300, 2), Reason::None),
+        (
+            "fc23 both inside",
+            read_write(100, 10, 300, 2),
+            Reason::None,
+        ),
         ("fc23 write outside", read_write(100, 10, 250, 2), denied),
         ("fc23 read outside", read_write(0, 10, 300, 2), denied),
     ];
@@ -241,9 +280,17 @@ fn quantity_limits_and_byte_counts() {
         ("write registers byte count", wrong_count, bad),
         ("write coils byte count", coil_count, bad),
         ("fc23 write 121", read_write(0, 125, 0, 121), Reason::None),
-        ("fc23 write 122", adu(1, 23, &[0, 0, 0, 1, 0, 0, 0, 122, 244]), bad),
+        (
+            "fc23 write 122",
+            adu(1, 23, &[0, 0, 0, 1, 0, 0, 0, 122, 244]),
+            bad,
+        ),
         ("fc23 read 126", read_write(0, 126, 0, 1), bad),
-        ("write single coil 0x1234", write_single_coil(0, 0x1234), Reason::ModbusBadValue),
+        (
+            "write single coil 0x1234",
+            write_single_coil(0, 0x1234),
+            Reason::ModbusBadValue,
+        ),
     ];
     for (i, (what, req, want)) in rows.into_iter().enumerate() {
         let mut c = conn(&mut dp, 25000 + i as u16);
@@ -267,8 +314,16 @@ fn sanity_protocol_id_length_trailing_bytes() {
     huge[4] = 1;
     let rows: Vec<(&str, Vec<u8>, Reason)> = vec![
         ("protocol id 1", bad_protocol, Reason::ModbusBadProtocolId),
-        ("length longer than the layout", long, Reason::ModbusBadLength),
-        ("length shorter than the layout", short, Reason::ModbusBadLength),
+        (
+            "length longer than the layout",
+            long,
+            Reason::ModbusBadLength,
+        ),
+        (
+            "length shorter than the layout",
+            short,
+            Reason::ModbusBadLength,
+        ),
         ("length above 254", huge, Reason::ModbusBadLength),
         ("trailing bytes", trailing, Reason::ModbusTrailingBytes),
         (
@@ -281,7 +336,11 @@ fn sanity_protocol_id_length_trailing_bytes() {
         let mut c = conn(&mut dp, 26000 + i as u16);
         expect(&c.send(&mut dp, &req), want, what);
         // The connection is blocked from now on (`on_deny: drop`).
-        expect(&c.send(&mut dp, &read(3, 0, 1)), Reason::ModbusBlocked, what);
+        expect(
+            &c.send(&mut dp, &read(3, 0, 1)),
+            Reason::ModbusBlocked,
+            what,
+        );
     }
 }
 
@@ -290,7 +349,10 @@ fn pipelined_requests_with_a_denied_one() {
     let mut dp = datapath(&policy("functions: [read]", ""));
     let r = read(3, 0, 1);
     let w = write_single_register(0, 1);
-    for (i, layout) in [[&w, &r, &r], [&r, &w, &r], [&r, &r, &w]].iter().enumerate() {
+    for (i, layout) in [[&w, &r, &r], [&r, &w, &r], [&r, &r, &w]]
+        .iter()
+        .enumerate()
+    {
         let mut c = conn(&mut dp, 27000 + i as u16);
         let payload: Vec<u8> = layout.iter().flat_map(|a| a.iter().copied()).collect();
         let d = c.send(&mut dp, &payload);
@@ -303,10 +365,17 @@ fn pipelined_requests_with_a_denied_one() {
     let d = c.send(&mut dp, &all_reads);
     expect(&d, Reason::None, "32 reads");
     assert_eq!(d.adus.len(), 32);
-    assert!(d.adus.iter().all(|a| a.verdict == "pass" && a.function == 3));
+    assert!(d
+        .adus
+        .iter()
+        .all(|a| a.verdict == "pass" && a.function == 3));
     let mut c = conn(&mut dp, 27011);
     let too_many: Vec<u8> = (0..33).flat_map(|a| read(3, a, 1)).collect();
-    expect(&c.send(&mut dp, &too_many), Reason::ModbusTooManyAdus, "33 reads");
+    expect(
+        &c.send(&mut dp, &too_many),
+        Reason::ModbusTooManyAdus,
+        "33 reads",
+    );
 }
 
 #[test]
@@ -328,7 +397,11 @@ fn one_byte_per_segment() {
         if i < 12 {
             expect(&d, Reason::None, &format!("write prefix byte {i}"));
         } else {
-            expect(&d, Reason::ModbusFunctionDenied, "the byte completing the prefix");
+            expect(
+                &d,
+                Reason::ModbusFunctionDenied,
+                "the byte completing the prefix",
+            );
             break;
         }
     }
@@ -347,7 +420,11 @@ fn mbap_header_split() {
         expect(&d, Reason::None, &format!("cut at {cut}"));
         assert_eq!(d.adus.len(), 2);
         let w = write_single_coil(0, 0);
-        expect(&c.send(&mut dp, &w[..cut]), Reason::None, "write first part");
+        expect(
+            &c.send(&mut dp, &w[..cut]),
+            Reason::None,
+            "write first part",
+        );
         expect(
             &c.send(&mut dp, &w[cut..]),
             Reason::ModbusFunctionDenied,
@@ -356,7 +433,11 @@ fn mbap_header_split() {
     }
     // A header split whose first part already cannot be MBAP.
     let mut c = conn(&mut dp, 29100);
-    expect(&c.send(&mut dp, &[0, 1, 0, 9]), Reason::ModbusTrailingBytes, "bad partial");
+    expect(
+        &c.send(&mut dp, &[0, 1, 0, 9]),
+        Reason::ModbusTrailingBytes,
+        "bad partial",
+    );
 }
 
 #[test]
@@ -368,17 +449,29 @@ fn retransmissions_and_reordering() {
     let w = write_single_register(0, 1);
     expect(&c.send(&mut dp, &w), Reason::ModbusFunctionDenied, "write");
     let again = c.client_frame(seq, "PA", &w);
-    expect(&run(&mut dp, &again), Reason::ModbusBlocked, "retransmitted write");
+    expect(
+        &run(&mut dp, &again),
+        Reason::ModbusBlocked,
+        "retransmitted write",
+    );
 
     // An identical retransmission of a passed segment is re-inspected and passes.
     let mut c = conn(&mut dp, 31001);
     let seq = c.cseq;
     let r = read(3, 0, 1);
     expect(&c.send(&mut dp, &r), Reason::None, "read");
-    expect(&run(&mut dp, &c.client_frame(seq, "PA", &r)), Reason::None, "same read again");
+    expect(
+        &run(&mut dp, &c.client_frame(seq, "PA", &r)),
+        Reason::None,
+        "same read again",
+    );
     // The same range with different bytes: a write in place of the read.
     let swapped = c.client_frame(seq, "PA", &write_single_register(0, 1));
-    expect(&run(&mut dp, &swapped), Reason::ModbusFunctionDenied, "write in its place");
+    expect(
+        &run(&mut dp, &swapped),
+        Reason::ModbusFunctionDenied,
+        "write in its place",
+    );
 
     // Overlapping retransmission carrying different bytes past the old data.
     let mut c = conn(&mut dp, 31002);
@@ -388,7 +481,11 @@ fn retransmissions_and_reordering() {
     let mut overlap = r[6..].to_vec();
     overlap.extend(write_single_register(0, 1));
     let f = c.client_frame(seq + 6, "PA", &overlap);
-    expect(&run(&mut dp, &f), Reason::ModbusRetransmission, "overlap, not acknowledged");
+    expect(
+        &run(&mut dp, &f),
+        Reason::ModbusRetransmission,
+        "overlap, not acknowledged",
+    );
     // Once the server acknowledged the old part, only the new part is framed: the write.
     let ack = c.server_frame(c.sseq, "A", &[]);
     let ack = {
@@ -400,7 +497,11 @@ fn retransmissions_and_reordering() {
         a
     };
     expect(&run(&mut dp, &ack), Reason::None, "server ACK");
-    expect(&run(&mut dp, &f), Reason::ModbusFunctionDenied, "overlap, acknowledged");
+    expect(
+        &run(&mut dp, &f),
+        Reason::ModbusFunctionDenied,
+        "overlap, acknowledged",
+    );
 
     // A segment from the future (an earlier one missing) is dropped; in order it passes.
     let mut c = conn(&mut dp, 31003);
@@ -415,7 +516,11 @@ fn retransmissions_and_reordering() {
     // Sequence numbers wrap: the connection starts just below 2^32 (see Conn::new).
     let mut c = conn(&mut dp, 31004);
     for i in 0..4 {
-        expect(&c.send(&mut dp, &read(3, i, 1)), Reason::None, "across the wrap");
+        expect(
+            &c.send(&mut dp, &read(3, i, 1)),
+            Reason::None,
+            "across the wrap",
+        );
     }
 }
 
@@ -448,10 +553,16 @@ fn midstream_flows_sync_on_whole_adus() {
     let c = Conn::new(32001, 502);
     let d = run(&mut dp, &c.client_frame(1000, "PA", &read(3, 0, 1)[..9]));
     expect(&d, Reason::ModbusUnframed, "part of an ADU");
-    let d = run(&mut dp, &c.client_frame(1000, "PA", b"\x16\x03\x01\x02\x00\x01\x00\x01"));
+    let d = run(
+        &mut dp,
+        &c.client_frame(1000, "PA", b"\x16\x03\x01\x02\x00\x01\x00\x01"),
+    );
     expect(&d, Reason::ModbusUnframed, "not modbus");
     let c = Conn::new(32002, 502);
-    let d = run(&mut dp, &c.client_frame(1000, "PA", &write_single_coil(0, 0)));
+    let d = run(
+        &mut dp,
+        &c.client_frame(1000, "PA", &write_single_coil(0, 0)),
+    );
     expect(&d, Reason::ModbusFunctionDenied, "a whole write");
 }
 
@@ -471,7 +582,11 @@ fn responses_are_accounted_not_policed() {
     assert_eq!(d.adus[0].direction, "exception");
     assert_eq!(d.adus[0].sub, 2);
     // Garbage from the server passes (responses are not policed).
-    expect(&c.reply(&mut dp, b"garbage!"), Reason::None, "garbage response");
+    expect(
+        &c.reply(&mut dp, b"garbage!"),
+        Reason::None,
+        "garbage response",
+    );
     let traffic = dp.modbus_traffic().unwrap();
     let count = |kind: &str, function: u8| {
         traffic
@@ -531,7 +646,10 @@ fn on_deny_reset_closes_both_ends() {
     assert!(t.rst() && t.payload().is_empty());
     assert_eq!((t.destination_port(), t.sequence_number()), (502, seq));
     // The client's retransmission (and anything else on the flow) is answered with a reset.
-    let d = run(&mut dp, &c.client_frame(seq, "PA", &write_single_register(0, 1)));
+    let d = run(
+        &mut dp,
+        &c.client_frame(seq, "PA", &write_single_register(0, 1)),
+    );
     assert!(d.reset(), "{d:?}");
     assert_eq!(d.reason, Reason::ModbusBlocked);
     let out = etherparse::SlicedPacket::from_ethernet(&d.frame_out).unwrap();
@@ -553,7 +671,11 @@ fn monitor_mode_passes_and_records() {
     assert_eq!(d.verdict as u32, firewall_common::counters::VERDICT_MONITOR);
     let verdicts: Vec<&str> = d.adus.iter().map(|a| a.verdict).collect();
     assert_eq!(verdicts, ["monitor", "pass"]);
-    expect(&c.send(&mut dp, &read(3, 0, 1)), Reason::None, "still framed after");
+    expect(
+        &c.send(&mut dp, &read(3, 0, 1)),
+        Reason::None,
+        "still framed after",
+    );
 }
 
 #[test]

@@ -14,8 +14,7 @@ use firewall_common::{
     counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
     flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
     modbus::{
-        AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey,
-        COUNTS_LEN,
+        AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
     },
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_PREFIXES, MAX_ZONES},
     SLOTS,
@@ -79,8 +78,7 @@ pub static INSPECT_CTX: PerCpuArray<InspectContext> = PerCpuArray::with_max_entr
 
 /// Compiled `modbus:` rules, indexed by `slot * MAX_PROTOCOL_RULES + rule`.
 #[map]
-pub static MODBUS_RULES: Array<ModbusRule> =
-    Array::with_max_entries(SLOTS * MAX_PROTOCOL_RULES, 0);
+pub static MODBUS_RULES: Array<ModbusRule> = Array::with_max_entries(SLOTS * MAX_PROTOCOL_RULES, 0);
 
 /// Framing state of Modbus connections, by the flow's initiator-direction key.
 #[map]

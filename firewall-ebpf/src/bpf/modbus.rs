@@ -13,12 +13,11 @@ use firewall_common::{
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     modbus::{
         bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
-        ModbusStatKey,
-        ModbusStream, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST, COUNT_RESPONSES_UNFRAMED,
-        KIND_EXCEPTION, KIND_RESPONSE, KIND_UNSOLICITED, MAX_ADUS, MAX_RANGES, MODBUS_BLOCKED,
-        MODBUS_RESET, PREFIX_MAX, RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED,
-        STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS, TABLE_DISCRETE_INPUTS,
-        TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
+        ModbusStatKey, ModbusStream, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
+        COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_RESPONSE, KIND_UNSOLICITED, MAX_ADUS,
+        MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, RULE_DIAG_OTHERS, RULE_PRESENT,
+        RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS,
+        TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
     },
     reason::Reason,
     slot_of,
@@ -110,7 +109,11 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     if flags & TCP_RST == 0 {
         if flow.flags & MODBUS_RESET != 0 {
             acc.reason = Reason::ModbusBlocked as u8;
-            acc.verdict = if monitor { VERDICT_MONITOR } else { VERDICT_RESET };
+            acc.verdict = if monitor {
+                VERDICT_MONITOR
+            } else {
+                VERDICT_RESET
+            };
             stats::record(ctx, &acc);
             return if monitor {
                 xdp_action::XDP_PASS
@@ -153,7 +156,15 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     } else {
         &mut flow.streams[1]
     };
-    let run = segment(ctx, &ic, stream, &mut flow.outstanding, rule_index, event_verdict, monitor);
+    let run = segment(
+        ctx,
+        &ic,
+        stream,
+        &mut flow.outstanding,
+        rule_index,
+        event_verdict,
+        monitor,
+    );
     acc.adus = run.adus;
 
     let mut action = xdp_action::XDP_PASS;
@@ -596,7 +607,16 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
         } else {
             reason
         };
-        note_adu(s, unit, function, ADU_REQUEST, reason, address, quantity, sub);
+        note_adu(
+            s,
+            unit,
+            function,
+            ADU_REQUEST,
+            reason,
+            address,
+            quantity,
+            sub,
+        );
         if reason != Reason::None as u8 {
             if !unframed {
                 otfw_modbus_event(
@@ -655,7 +675,12 @@ fn load_prefix(
     // needs `len` >= 1 and `at + len` inside the buffer, and LLVM would otherwise fold these
     // checks into earlier ones about other registers.
     // SAFETY: volatile reads of locals initialised here.
-    let (at, len) = unsafe { (core::ptr::read_volatile(&at), core::ptr::read_volatile(&len)) };
+    let (at, len) = unsafe {
+        (
+            core::ptr::read_volatile(&at),
+            core::ptr::read_volatile(&len),
+        )
+    };
     if at > CARRY_MAX as u32 || len == 0 || len > PREFIX_MAX as u32 {
         return false;
     }
@@ -734,7 +759,14 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
         // SAFETY: per-CPU slot, this CPU only.
         let a = unsafe { (*t).adus[i] };
         let (kind, detail) = if a.kind != ADU_REQUEST {
-            (a.kind, if a.kind == KIND_EXCEPTION { a.sub as u8 } else { 0 })
+            (
+                a.kind,
+                if a.kind == KIND_EXCEPTION {
+                    a.sub as u8
+                } else {
+                    0
+                },
+            )
         } else if verdict == VERDICT_MONITOR as u8 && a.reason == Reason::None as u8 {
             (VERDICT_PASS as u8, 0)
         } else {
@@ -877,16 +909,7 @@ pub extern "C" fn otfw_modbus_adu(rule_index: u64, head: u64, data: u64, tail: u
     let fields = (address as u64) << 16 | (quantity as u64) << 32 | (sub as u64) << 48;
     let reason = match MODBUS_RULES.get(rule_index as u32) {
         Some(rule) if rule.flags & RULE_PRESENT != 0 => check(
-            rule,
-            function,
-            unit,
-            mlen,
-            laid_out,
-            address,
-            quantity,
-            sub,
-            data,
-            tail as u8,
+            rule, function, unit, mlen, laid_out, address, quantity, sub, data, tail as u8,
         ),
         _ => Reason::ModbusFunctionDenied,
     };
@@ -932,12 +955,18 @@ fn check(
         }
     };
     let r = match function {
-        1 | 2 => length(mlen == 6)
-            .or(limit(quantity, 2000))
-            .or_table(rule, table_of(function), address, quantity),
-        3 | 4 => length(mlen == 6)
-            .or(limit(quantity, 125))
-            .or_table(rule, table_of(function), address, quantity),
+        1 | 2 => length(mlen == 6).or(limit(quantity, 2000)).or_table(
+            rule,
+            table_of(function),
+            address,
+            quantity,
+        ),
+        3 | 4 => length(mlen == 6).or(limit(quantity, 125)).or_table(
+            rule,
+            table_of(function),
+            address,
+            quantity,
+        ),
         5 => {
             let value = w(1);
             length(mlen == 6)

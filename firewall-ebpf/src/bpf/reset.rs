@@ -70,8 +70,7 @@ fn build(ctx: &XdpContext, reflect: bool) -> Result<(), ()> {
     }
 
     if reflect {
-        let macs: [u8; 12] =
-            load(ctx, 0, firewall_common::reason::Reason::None).map_err(|_| ())?;
+        let macs: [u8; 12] = load(ctx, 0, firewall_common::reason::Reason::None).map_err(|_| ())?;
         let eth_p = ptr_at_mut::<[u8; 12]>(ctx, 0)?;
         let mut swapped = [0u8; 12];
         swapped[..6].copy_from_slice(&macs[6..]);

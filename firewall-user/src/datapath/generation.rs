@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, PerCpuValues};
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo, ConduitKey, MAX_PROTOCOL_RULES},
-    modbus::{ModbusRule, ModbusStatKey},
     config::ACTIVE_INDEX,
     counters::{conduit_stats_index, Traffic, VERDICT_COUNT},
+    modbus::{ModbusRule, ModbusStatKey},
     slot_of,
     zone::{zone_index, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZonePortKey},
 };

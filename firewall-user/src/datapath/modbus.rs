@@ -105,7 +105,10 @@ impl Datapath {
                     .conduit(key.conduit)
                     .map_or_else(|| key.conduit.to_string(), str::to_owned),
                 function: key.function,
-                kind: KIND_NAMES.get(key.kind as usize).copied().unwrap_or("unknown"),
+                kind: KIND_NAMES
+                    .get(key.kind as usize)
+                    .copied()
+                    .unwrap_or("unknown"),
                 detail: key.detail,
                 adus: per_cpu.iter().sum(),
             });
@@ -140,7 +143,12 @@ impl Datapath {
 
     /// Forgets the framing state of every Modbus connection (tests).
     pub fn clear_modbus_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.maps.modbus_flows.keys().filter_map(Result::ok).collect();
+        let keys: Vec<FlowKey> = self
+            .maps
+            .modbus_flows
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
         for key in keys {
             let _ = self.maps.modbus_flows.remove(&key);
         }

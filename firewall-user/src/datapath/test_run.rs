@@ -127,8 +127,7 @@ impl Datapath {
                 .modbus_adus
                 .get(&0, 0)
                 .context("reading MODBUS_ADUS")?
-                .iter()
-                .nth(cpu)
+                .get(cpu)
                 .copied()
                 .unwrap_or_default();
             let frame_verdict = VERDICT_NAMES
@@ -145,7 +144,10 @@ impl Datapath {
                         direction: if request {
                             "request"
                         } else {
-                            KIND_NAMES.get(a.kind as usize).copied().unwrap_or("unknown")
+                            KIND_NAMES
+                                .get(a.kind as usize)
+                                .copied()
+                                .unwrap_or("unknown")
                         },
                         unit: a.unit,
                         function: a.function,

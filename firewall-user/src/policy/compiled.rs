@@ -4,8 +4,8 @@
 use super::{enip::EnipRules, modbus::ModbusRules};
 use firewall_common::{
     conduit::{ConduitInfo, RuleSet},
-    modbus::ModbusRule,
     config::Config,
+    modbus::ModbusRule,
     zone::{ZoneInfo, ZoneMatch},
 };
 

@@ -4,9 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use firewall_common::modbus::{
-    AddressRange, ModbusRule, MAX_RANGES, RULE_DIAG_OTHERS, RULE_PRESENT,
-    RULE_TABLE_LIMITED, TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS,
-    TABLE_INPUT_REGISTERS,
+    AddressRange, ModbusRule, MAX_RANGES, RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED,
+    TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
 };
 
 use super::model::{self, Scalar};
@@ -433,7 +432,10 @@ mod tests {
         assert_eq!(m.range_count[TABLE_HOLDING_REGISTERS], 2);
         assert_eq!(
             m.ranges[TABLE_HOLDING_REGISTERS][..2],
-            [AddressRange { lo: 0, hi: 19 }, AddressRange { lo: 100, hi: 199 }]
+            [
+                AddressRange { lo: 0, hi: 19 },
+                AddressRange { lo: 100, hi: 199 }
+            ]
         );
         assert_eq!(m.flags & (RULE_TABLE_LIMITED << TABLE_COILS), 0);
         rules.addresses.coils = Some((0..9).map(|i| (i * 10, i * 10 + 1)).collect());

@@ -1,7 +1,6 @@
 //! Shared pieces of the datapath tests: policy builder, frames, the table runner, and checks.
 
 pub mod frames;
-pub mod modbus;
 pub mod policy;
 pub mod reset;
 pub mod table;

@@ -45,9 +45,8 @@ pub fn datapath(yaml: &str) -> Datapath {
     let Some(loaded) = loaded else {
         panic!("policy rejected: {diagnostics:#?}\n{yaml}");
     };
-    let mut dp = Datapath::load().expect(
-        "loading the XDP object (datapath tests need root: run them with sudo or as root)",
-    );
+    let mut dp = Datapath::load()
+        .expect("loading the XDP object (datapath tests need root: run them with sudo or as root)");
     dp.install(&loaded.compiled).expect("installing the policy");
     dp.enable_trace().expect("enabling the trace");
     dp
@@ -150,11 +149,15 @@ impl Conn {
     }
 
     pub fn client_frame(&self, seq: u32, flags: &str, payload: &[u8]) -> Vec<u8> {
-        segment(CLIENT, SERVER, self.sport, self.dport, seq, self.sseq, flags, payload)
+        segment(
+            CLIENT, SERVER, self.sport, self.dport, seq, self.sseq, flags, payload,
+        )
     }
 
     pub fn server_frame(&self, seq: u32, flags: &str, payload: &[u8]) -> Vec<u8> {
-        segment(SERVER, CLIENT, self.dport, self.sport, seq, self.cseq, flags, payload)
+        segment(
+            SERVER, CLIENT, self.dport, self.sport, seq, self.cseq, flags, payload,
+        )
     }
 
     /// SYN, SYN-ACK, ACK through `dp`, each asserted passed.
