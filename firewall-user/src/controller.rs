@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, ModeChoice},
+    datapath::{bridge_ports, Datapath, ModbusDenied, ModeChoice},
     events::{self, Event},
     policy::compiled::{Attachment, CompiledPolicy},
 };
@@ -88,6 +88,16 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         )?),
         None => None,
     };
+    // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
+    let mut modbus_events = match datapath.take_modbus_events() {
+        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
+        // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    let mut events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -97,6 +107,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 reload(&mut datapath, &opts.policy, &file, load);
             }
             _ = watch.tick() => {
+                let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
+                if lost != events_lost {
+                    events_lost = lost;
+                    events::emit(&Event::ModbusEventsLost { total: lost });
+                }
                 let now = file_fingerprint(&opts.policy);
                 if now != fingerprint {
                     fingerprint = now;
@@ -119,6 +134,23 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 guard.clear_ready();
             }
             _ = user1.recv() => emit_stats(&datapath),
+            ready = async {
+                match modbus_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let names = datapath.active().map(|g| &g.names);
+                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let bytes: &[u8] = &item;
+                    if let Some(denied) = ModbusDenied::decode(bytes, names) {
+                        events::emit(&Event::ModbusDenied(denied));
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
