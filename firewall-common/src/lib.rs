@@ -8,6 +8,7 @@ pub mod conduit;
 pub mod config;
 pub mod counters;
 pub mod flow;
+pub mod modbus;
 pub mod reason;
 pub mod zone;
 

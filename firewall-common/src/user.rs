@@ -1,6 +1,6 @@
 //! User-space only: `aya::Pod` for every map type.
 
-use crate::{conduit::*, config::*, counters::*, flow::*, zone::*};
+use crate::{conduit::*, config::*, counters::*, flow::*, modbus::*, zone::*};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -25,4 +25,14 @@ pod!(
     FlowState,
     Traffic,
     Trace,
+    AddressRange,
+    ModbusRule,
+    InspectContext,
+    ModbusStream,
+    ModbusFlow,
+    ModbusStatKey,
+    AduRecord,
+    AduTrace,
+    ModbusScratch,
+    ModbusEvent,
 );

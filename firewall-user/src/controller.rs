@@ -1,6 +1,7 @@
 //! `otfw run`: load a policy, attach to the bridge ports, enforce; reload on SIGHUP and when the
-//! policy file changes; detach cleanly on SIGINT/SIGTERM. A policy that fails to load is
-//! reported and the generation in force stays.
+//! policy file changes; print the datapath counters as a `stats` event on SIGUSR1; detach
+//! cleanly on SIGINT/SIGTERM. A policy that fails to load is reported and the generation in
+//! force stays.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -13,7 +14,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, ModeChoice},
+    datapath::{bridge_ports, Datapath, ModbusDenied, ModeChoice},
     events::{self, Event},
     policy::compiled::{Attachment, CompiledPolicy},
 };
@@ -68,14 +69,42 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             mode: port.mode.to_string(),
         });
     }
+    // Handlers first: whoever waits for `ready` may signal at once (SIGUSR1 would otherwise
+    // terminate the process).
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut user1 = signal(SignalKind::user_defined1())?;
     events::emit(&Event::Ready {
         ports: attached.ports.len(),
     });
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let mut watch = tokio::time::interval(opts.watch_interval);
+    // The program's own log messages (aya-log), forwarded to stderr as they arrive.
+    let mut kernel_log = match datapath.take_logger() {
+        // SAFETY: the logger owns its ring buffer's file descriptor and is moved into the
+        // AsyncFd, which deregisters it before dropping it.
+        Some(logger) => Some(
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
+    let mut modbus_events = match datapath.take_modbus_events() {
+        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
+        // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    let mut events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -85,6 +114,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 reload(&mut datapath, &opts.policy, &file, load);
             }
             _ = watch.tick() => {
+                let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
+                if lost != events_lost {
+                    events_lost = lost;
+                    events::emit(&Event::ModbusEventsLost { total: lost });
+                }
                 let now = file_fingerprint(&opts.policy);
                 if now != fingerprint {
                     fingerprint = now;
@@ -95,6 +129,34 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                         log::warn!("{file} cannot be read; the policy in force stays");
                     }
                 }
+            }
+            ready = async {
+                match kernel_log.as_mut() {
+                    Some(log) => log.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = user1.recv() => emit_stats(&datapath),
+            ready = async {
+                match modbus_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let names = datapath.active().map(|g| &g.names);
+                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let bytes: &[u8] = &item;
+                    if let Some(denied) = ModbusDenied::decode(bytes, names) {
+                        events::emit(&Event::ModbusDenied(denied));
+                    }
+                }
+                guard.clear_ready();
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -107,6 +169,19 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         events::emit(&Event::Detached { port });
     }
     Ok(())
+}
+
+/// Reads the counters and emits them as a `stats` event (SIGUSR1).
+fn emit_stats(datapath: &Datapath) {
+    let counters = datapath.counters();
+    let conduits = datapath.conduit_traffic();
+    match (counters, conduits) {
+        (Ok(counters), Ok(conduits)) => {
+            let epoch = datapath.active().map(|g| g.epoch);
+            events::emit(&Event::stats(epoch, &counters, &conduits));
+        }
+        (Err(e), _) | (_, Err(e)) => log::error!("SIGUSR1: reading the counters failed: {e:#}"),
+    }
 }
 
 fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: PolicyLoader) {

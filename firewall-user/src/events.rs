@@ -3,7 +3,14 @@
 
 use std::{io::Write as _, time::SystemTime};
 
+use firewall_common::{
+    counters::{FLOW_STAT_NAMES, VERDICT_NAMES},
+    reason::Reason,
+};
+use indexmap::IndexMap;
 use serde::Serialize;
+
+use crate::datapath::{ConduitTraffic, Counters};
 
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -32,6 +39,82 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// Datapath counters since the program was loaded (on SIGUSR1). Only non-zero entries.
+    Stats {
+        /// The policy generation whose conduits `conduits` counts.
+        epoch: Option<u32>,
+        /// Packets by reason (`none` = passed) and verdict, e.g. `{"no_conduit": {"drop": 2}}`.
+        reasons: IndexMap<&'static str, IndexMap<&'static str, u64>>,
+        /// Traffic by conduit (pseudo conduits such as `(none)` included) and verdict.
+        conduits: IndexMap<String, IndexMap<&'static str, PacketsBytes>>,
+        /// Flow table events, e.g. `{"created": 3}`.
+        flows: IndexMap<&'static str, u64>,
+    },
+    /// A Modbus request was refused (or, in monitor mode, would have been): the flow, the
+    /// request and the reason.
+    ModbusDenied(crate::datapath::ModbusDenied),
+    /// Denied-request events the ring buffer had no room for, since the controller started.
+    ModbusEventsLost { total: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PacketsBytes {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Event<'_> {
+    /// A `stats` event from counters read off the datapath, keeping only non-zero entries, in
+    /// reason-code, conduit-id and verdict order.
+    pub fn stats(
+        epoch: Option<u32>,
+        counters: &Counters,
+        conduits: &[ConduitTraffic],
+    ) -> Event<'static> {
+        let mut reasons = IndexMap::new();
+        for (code, row) in counters.reasons.iter().enumerate() {
+            let by_verdict: IndexMap<_, _> = VERDICT_NAMES
+                .iter()
+                .zip(row)
+                .filter(|(_, &n)| n != 0)
+                .map(|(&verdict, &n)| (verdict, n))
+                .collect();
+            if !by_verdict.is_empty() {
+                let name = Reason::NAMES.get(code).copied().unwrap_or("unknown");
+                reasons.insert(name, by_verdict);
+            }
+        }
+        let mut by_conduit = IndexMap::new();
+        for conduit in conduits {
+            let by_verdict: IndexMap<_, _> = VERDICT_NAMES
+                .iter()
+                .zip(&conduit.by_verdict)
+                .filter(|(_, traffic)| traffic.packets != 0 || traffic.bytes != 0)
+                .map(|(&verdict, traffic)| {
+                    let counts = PacketsBytes {
+                        packets: traffic.packets,
+                        bytes: traffic.bytes,
+                    };
+                    (verdict, counts)
+                })
+                .collect();
+            if !by_verdict.is_empty() {
+                by_conduit.insert(conduit.conduit.clone(), by_verdict);
+            }
+        }
+        let flows = FLOW_STAT_NAMES
+            .iter()
+            .zip(&counters.flows)
+            .filter(|(_, &n)| n != 0)
+            .map(|(&name, &n)| (name, n))
+            .collect();
+        Event::Stats {
+            epoch,
+            reasons,
+            conduits: by_conduit,
+            flows,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -42,14 +125,84 @@ struct Line<'a> {
 }
 
 pub fn emit(event: &Event) {
-    let line = Line {
-        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        event,
+    let Ok(mut line) = to_line(event) else {
+        return;
     };
+    line.push('\n');
     let mut out = std::io::stdout().lock();
     // Events must not take the controller down: a closed stdout only loses the line.
-    if serde_json::to_writer(&mut out, &line).is_ok() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+/// One event as the JSON line `emit` prints (without the newline).
+fn to_line(event: &Event) -> serde_json::Result<String> {
+    serde_json::to_string(&Line {
+        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        event,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use firewall_common::{
+        counters::{Traffic, FLOW_CREATED, VERDICT_DROP, VERDICT_PASS},
+        reason::REASON_COUNT,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn stats_lists_only_non_zero_counters_by_name() {
+        let mut counters = Counters {
+            reasons: vec![[0; 4]; REASON_COUNT as usize],
+            flows: [0; 6],
+        };
+        counters.reasons[Reason::None as usize][VERDICT_PASS as usize] = 12;
+        counters.reasons[Reason::NoConduit as usize][VERDICT_DROP as usize] = 2;
+        counters.flows[FLOW_CREATED as usize] = 1;
+        let mut reads = ConduitTraffic {
+            conduit: "historian-reads".into(),
+            ..ConduitTraffic::default()
+        };
+        reads.by_verdict[VERDICT_PASS as usize] = Traffic {
+            packets: 10,
+            bytes: 700,
+        };
+        let idle = ConduitTraffic {
+            conduit: "remote-desktop".into(),
+            ..ConduitTraffic::default()
+        };
+
+        let line = to_line(&Event::stats(Some(3), &counters, &[reads, idle])).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(value["timestamp"].is_string(), "{line}");
+        value.as_object_mut().unwrap().remove("timestamp");
+        assert_eq!(
+            value,
+            json!({
+                "event": "stats",
+                "epoch": 3,
+                "reasons": {"none": {"pass": 12}, "no_conduit": {"drop": 2}},
+                "conduits": {"historian-reads": {"pass": {"packets": 10, "bytes": 700}}},
+                "flows": {"created": 1},
+            })
+        );
+    }
+
+    #[test]
+    fn stats_of_an_idle_datapath_are_empty_maps() {
+        let counters = Counters {
+            reasons: vec![[0; 4]; REASON_COUNT as usize],
+            flows: [0; 6],
+        };
+        let line = to_line(&Event::stats(None, &counters, &[])).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["event"], "stats");
+        assert_eq!(value["epoch"], serde_json::Value::Null);
+        for key in ["reasons", "conduits", "flows"] {
+            assert_eq!(value[key], json!({}), "{key} in {line}");
+        }
     }
 }

@@ -1,8 +1,14 @@
 //! Shared setup for the end-to-end tests.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
-use otfw_tests::{HostSpec, Lab, LabOptions};
+use otfw_tests::{target_binary, HostSpec, Lab, LabOptions, LabProcess};
+
+/// How long `otfw run` may take to load, verify and attach.
+pub const START: Duration = Duration::from_secs(30);
 
 /// The prefix of every lab these tests build: namespaces and ports `otfwt-*`, bridge
 /// `br-otfwt`.
@@ -40,26 +46,64 @@ pub fn v6(lab: &Lab, host: &str, port: u16) -> SocketAddr {
 
 /// Namespaces and root links that carry the test prefix.
 pub fn leftovers() -> Vec<String> {
-    let owned = format!("{PREFIX}-");
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let mut found: Vec<String> = String::from_utf8_lossy(&netns.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(&owned))
-        .map(|name| format!("netns {name}"))
-        .collect();
-    for entry in std::fs::read_dir("/sys/class/net").expect("list /sys/class/net") {
-        let name = entry
-            .expect("link entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.starts_with(&owned) || name == format!("br-{PREFIX}") {
-            found.push(format!("link {name}"));
-        }
+    Lab::leftovers(PREFIX).expect("listing the lab's namespaces and links")
+}
+
+/// A policy file in the temp directory, removed when dropped.
+pub struct PolicyFile(pub PathBuf);
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
-    found
+}
+
+/// A running `otfw run` on the lab's ports, with its policy file.
+pub struct Firewall {
+    pub process: LabProcess,
+    pub policy: PolicyFile,
+}
+
+impl Firewall {
+    pub fn start(lab: &Lab, policy_text: &str) -> Firewall {
+        Self::start_with(lab, policy_text, &[])
+    }
+
+    pub fn start_with(lab: &Lab, policy_text: &str, args: &[&str]) -> Firewall {
+        let policy = PolicyFile(
+            std::env::temp_dir().join(format!("otfwt-policy-{}.yaml", std::process::id())),
+        );
+        std::fs::write(&policy.0, policy_text).expect("write policy");
+        let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+        let mut command = Command::new(otfw);
+        command
+            .arg("run")
+            .arg("--policy")
+            .arg(&policy.0)
+            .arg("--watch-interval")
+            .arg("0.2")
+            .args(args);
+        for port in lab.ports() {
+            command.arg("--iface").arg(port);
+        }
+        let mut process = lab.spawn_command(command).expect("spawn otfw run");
+        process
+            .wait_for_line(|l| l.contains(r#""event":"ready""#), START)
+            .unwrap_or_else(|e| panic!("otfw run did not get ready: {e:#}"));
+        Firewall { process, policy }
+    }
+
+    /// Replaces the policy file and waits for the controller's verdict on it.
+    pub fn rewrite(&mut self, policy_text: &str) -> String {
+        std::fs::write(&self.policy.0, policy_text).expect("rewrite policy");
+        self.process
+            .wait_for_line(
+                |l| {
+                    l.contains(r#""event":"policy_loaded""#)
+                        || l.contains(r#""event":"policy_rejected""#)
+                },
+                START,
+            )
+            .unwrap_or_else(|e| panic!("no reload: {e:#}"))
+    }
 }

@@ -2,15 +2,14 @@
 //! the real XDP program. Each test writes its own policy, so every expectation below follows
 //! from the policy text next to it.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use otfw_tests::{target_binary, HoldSummary, HostSpec, Lab, LabProcess, TcpOutcome, UdpOutcome};
+use otfw_tests::{HoldSummary, HostSpec, TcpOutcome, UdpOutcome};
 
-use crate::common::{self, v4, v6};
+use crate::common::{self, v4, v6, Firewall, START};
 
 /// Long enough for a SYN retransmission: a dropped connection attempt times out instead.
 const CONNECT: Duration = Duration::from_millis(1500);
-const START: Duration = Duration::from_secs(30);
 
 /// `office` host a, `plant` host b (whose addresses may only arrive on b's port), and a second
 /// office host c. The zones split the lab's one subnet, so no routing is involved.
@@ -51,65 +50,6 @@ conduits:
       - icmp: {{ types: [echo_request] }}
 {extra}"#
     )
-}
-
-/// A policy file in the temp directory, removed when dropped.
-struct PolicyFile(PathBuf);
-
-impl Drop for PolicyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A running `otfw run` on the lab's ports, with its policy file.
-struct Firewall {
-    process: LabProcess,
-    policy: PolicyFile,
-}
-
-impl Firewall {
-    fn start(lab: &Lab, policy_text: &str) -> Firewall {
-        Self::start_with(lab, policy_text, &[])
-    }
-
-    fn start_with(lab: &Lab, policy_text: &str, args: &[&str]) -> Firewall {
-        let policy = PolicyFile(
-            std::env::temp_dir().join(format!("otfwt-policy-{}.yaml", std::process::id())),
-        );
-        std::fs::write(&policy.0, policy_text).expect("write policy");
-        let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
-        let mut command = Command::new(otfw);
-        command
-            .arg("run")
-            .arg("--policy")
-            .arg(&policy.0)
-            .arg("--watch-interval")
-            .arg("0.2")
-            .args(args);
-        for port in lab.ports() {
-            command.arg("--iface").arg(port);
-        }
-        let mut process = lab.spawn_command(command).expect("spawn otfw run");
-        process
-            .wait_for_line(|l| l.contains(r#""event":"ready""#), START)
-            .unwrap_or_else(|e| panic!("otfw run did not get ready: {e:#}"));
-        Firewall { process, policy }
-    }
-
-    /// Replaces the policy file and waits for the controller's verdict on it.
-    fn rewrite(&mut self, policy_text: &str) -> String {
-        std::fs::write(&self.policy.0, policy_text).expect("rewrite policy");
-        self.process
-            .wait_for_line(
-                |l| {
-                    l.contains(r#""event":"policy_loaded""#)
-                        || l.contains(r#""event":"policy_rejected""#)
-                },
-                START,
-            )
-            .unwrap_or_else(|e| panic!("no reload: {e:#}"))
-    }
 }
 
 fn udp_ok(outcome: UdpOutcome, n: u32) -> bool {

@@ -5,7 +5,7 @@ use std::panic;
 use std::process::Command;
 use std::time::Duration;
 
-use otfw_tests::{HoldSummary, Lab, TcpOutcome, UdpOutcome};
+use otfw_tests::{HoldSummary, Lab, LabOptions, TcpOutcome, UdpOutcome};
 
 use crate::common::{self, leftovers, two_hosts, v4, v6, PREFIX};
 
@@ -185,6 +185,38 @@ fn leftovers_of_a_crashed_run_are_removed() {
     let lab = common::lab(&two_hosts());
     assert!(!leftovers().contains(&"netns otfwt-crashed".to_string()));
     lab.close().unwrap();
+}
+
+#[test]
+fn a_crashed_runs_bridge_of_another_name_is_removed() {
+    let bridge = "brx-otfwt";
+    let lab = Lab::with_options(
+        LabOptions::new(PREFIX)
+            .bridge(bridge)
+            .peer_binary(env!("CARGO_BIN_EXE_otfw-peer")),
+        &two_hosts(),
+    )
+    .unwrap();
+    let alias = std::fs::read_to_string(format!("/sys/class/net/{bridge}/ifalias")).unwrap();
+    assert_eq!(alias.trim_end(), "otfw-lab:otfwt");
+    lab.close().unwrap();
+
+    // What a killed run with that bridge name leaves.
+    let run = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    run(&["link", "add", bridge, "type", "bridge"]);
+    run(&["link", "set", bridge, "alias", "otfw-lab:otfwt"]);
+    // A bridge of another prefix's lab is not this prefix's leftover.
+    run(&["link", "add", "brx-otfwu", "type", "bridge"]);
+    run(&["link", "set", "brx-otfwu", "alias", "otfw-lab:otfwu"]);
+
+    let removed = Lab::cleanup_stale(PREFIX);
+    let other_survived = std::path::Path::new("/sys/class/net/brx-otfwu").exists();
+    run(&["link", "del", "brx-otfwu"]);
+    assert_eq!(removed.unwrap(), [format!("link {bridge}")]);
+    assert!(other_survived, "another prefix's bridge was removed");
 }
 
 #[test]

@@ -3,5 +3,6 @@
 //! lab's per-prefix lock also serialises labs that would collide).
 
 mod common;
+mod controller;
 mod firewall;
 mod lab;

@@ -77,8 +77,9 @@ impl LabOptions {
         }
     }
 
-    /// The bridge's name instead of `br-<prefix>`. It must not exist yet; a crashed run's
-    /// bridge of another name is not recognised as a leftover.
+    /// The bridge's name instead of `br-<prefix>`. It must not exist yet, unless it is a
+    /// crashed run's: the lab marks its bridge with the alias `otfw-lab:<prefix>`, and
+    /// leftovers with that alias are removed like `br-<prefix>`.
     pub fn bridge(mut self, name: &str) -> Self {
         self.bridge = Some(name.to_string());
         self
@@ -216,6 +217,15 @@ impl Lab {
             "0",
         ])?;
         self.created.bridge = Some(bridge.clone());
+        // Marks the bridge as this prefix's, so that a crashed run's bridge is found as a
+        // leftover whatever its name.
+        netns::ip(&[
+            "link",
+            "set",
+            &bridge,
+            "alias",
+            &netns::bridge_alias(&self.prefix),
+        ])?;
         // The root namespace takes no part in lab traffic: no IPv6 on the bridge, and no
         // ARP, since Linux would otherwise answer ARP on the bridge for any address of the
         // machine's own (a lab host with the machine's address would reach the root stack).
@@ -359,13 +369,28 @@ impl Lab {
     }
 
     /// Removes leftovers of an earlier, crashed run with this prefix (namespaces
-    /// `<prefix>-*` with the processes inside them, links `<prefix>-*` and `br-<prefix>`).
+    /// `<prefix>-*` with the processes inside them, links `<prefix>-*`, `br-<prefix>` and
+    /// bridges with the alias `otfw-lab:<prefix>`).
     /// Fails if a running lab holds the prefix. Returns what was removed.
     pub fn cleanup_stale(prefix: &str) -> Result<Vec<String>> {
         require_root_and_kernel()?;
         validate_prefix(prefix)?;
         let _lock = PrefixLock::acquire(prefix, Duration::ZERO)?;
         netns::remove_leftovers(prefix)
+    }
+
+    /// What exists of labs with this prefix (`netns NAME`, `link NAME`): namespaces
+    /// `<prefix>-*`, links `<prefix>-*`, `br-<prefix>` and bridges with the alias
+    /// `otfw-lab:<prefix>`. Empty once every lab with the prefix is gone.
+    pub fn leftovers(prefix: &str) -> Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        let netns = netns::prefix_netns(prefix)?;
+        let links = netns::prefix_links(prefix)?;
+        Ok(netns
+            .into_iter()
+            .map(|name| format!("netns {name}"))
+            .chain(links.into_iter().map(|name| format!("link {name}")))
+            .collect())
     }
 
     /// Tears the lab down now, reporting what could not be removed (dropping does the same

@@ -100,31 +100,63 @@ pub(crate) fn netns_pids(netns: &str) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Deletes the namespaces `<prefix>-*` and root links `<prefix>-*` and `br-<prefix>` that
-/// an earlier run left, killing the processes still inside those namespaces (an earlier lab
-/// started them). Returns what it removed. The caller holds the prefix lock, so no running
-/// lab owns these.
-pub(crate) fn remove_leftovers(prefix: &str) -> Result<Vec<String>> {
+/// The alias (`ip link set BRIDGE alias ...`) a lab gives its bridge, so that a leftover
+/// bridge of any name can be told to be a lab's.
+pub(crate) fn bridge_alias(prefix: &str) -> String {
+    format!("otfw-lab:{prefix}")
+}
+
+/// The alias of a root link, if it has one.
+fn link_alias(name: &str) -> Option<String> {
+    let alias = fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifalias")).ok()?;
+    let alias = alias.trim_end_matches('\n');
+    (!alias.is_empty()).then(|| alias.to_string())
+}
+
+/// Root links that belong to `prefix`'s labs: `<prefix>-*` (bridge ports), `br-<prefix>`
+/// and bridges with the lab alias of `prefix`, sorted.
+pub(crate) fn prefix_links(prefix: &str) -> Result<Vec<String>> {
     let owned = format!("{prefix}-");
     let bridge = format!("br-{prefix}");
-    let mut removed = Vec::new();
-    let mut links = link_names()?;
+    let alias = bridge_alias(prefix);
+    let mut links: Vec<String> = link_names()?
+        .into_iter()
+        .filter(|link| {
+            link.starts_with(&owned)
+                || *link == bridge
+                || link_alias(link).is_some_and(|found| found == alias)
+        })
+        .collect();
     links.sort();
-    for link in links {
-        if link.starts_with(&owned) || link == bridge {
-            // Deleting one veth end deletes its peer inside the namespace too.
-            ip(&["link", "del", &link])?;
-            removed.push(format!("link {link}"));
-        }
-    }
-    let mut namespaces = netns_names()?;
+    Ok(links)
+}
+
+/// Named namespaces `<prefix>-*`, sorted.
+pub(crate) fn prefix_netns(prefix: &str) -> Result<Vec<String>> {
+    let owned = format!("{prefix}-");
+    let mut namespaces: Vec<String> = netns_names()?
+        .into_iter()
+        .filter(|netns| netns.starts_with(&owned))
+        .collect();
     namespaces.sort();
-    for netns in namespaces {
-        if netns.starts_with(&owned) {
-            process::kill_pids(&netns_pids(&netns)?);
-            ip(&["netns", "del", &netns])?;
-            removed.push(format!("netns {netns}"));
-        }
+    Ok(namespaces)
+}
+
+/// Deletes the root links and namespaces of `prefix` ([`prefix_links`], [`prefix_netns`])
+/// that an earlier run left, killing the processes still inside those namespaces (an earlier
+/// lab started them). Returns what it removed. The caller holds the prefix lock, so no
+/// running lab owns these.
+pub(crate) fn remove_leftovers(prefix: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for link in prefix_links(prefix)? {
+        // Deleting one veth end deletes its peer inside the namespace too.
+        ip(&["link", "del", &link])?;
+        removed.push(format!("link {link}"));
+    }
+    for netns in prefix_netns(prefix)? {
+        process::kill_pids(&netns_pids(&netns)?);
+        ip(&["netns", "del", &netns])?;
+        removed.push(format!("netns {netns}"));
     }
     Ok(removed)
 }

@@ -1,7 +1,7 @@
 //! Running external commands with errors that say what failed.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -70,4 +70,17 @@ pub fn path_with(dirs: &[PathBuf]) -> Result<std::ffi::OsString> {
     let current = std::env::var_os("PATH").unwrap_or_default();
     let rest = std::env::split_paths(&current).filter(|dir| !dirs.contains(dir));
     std::env::join_paths(dirs.iter().cloned().chain(rest)).context("PATH contains a ':'")
+}
+
+/// A cargo command on the workspace's default members (`cargo_args`, then `-- passthrough`
+/// if any) with cargo's bin directory first on PATH: firewall-user's build script links the
+/// eBPF object with the bpf-linker that setup installs there.
+pub fn cargo(repo: &Path, cargo_args: &[&str], passthrough: &[String]) -> Result<Command> {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(repo).args(cargo_args);
+    if !passthrough.is_empty() {
+        command.arg("--").args(passthrough);
+    }
+    command.env("PATH", path_with(&[cargo_home()?.join("bin")])?);
+    Ok(command)
 }

@@ -1,10 +1,12 @@
-//! Orchestration for otfw: installing prerequisites, running the tests and the benchmark.
+//! Orchestration for otfw: installing prerequisites, running the tests, the demo and the
+//! benchmark.
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -32,6 +34,9 @@ enum Command {
     /// Run setup, then the whole test suite (unit tests in parallel, root-needing
     /// integration tests one at a time).
     Test(test::TestArgs),
+    /// Run setup, then the demo: the example policy enforced by `otfw run` on a lab of
+    /// network namespaces, with allowed and denied traffic explained by the counters.
+    Demo(demo::DemoArgs),
     /// Measure otfw (per-packet cost, scaling, bridge throughput, control plane, latency) and
     /// write target/bench/report.md with charts; `--quick` is a smoke run.
     Bench(bench::BenchArgs),
@@ -46,6 +51,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(&repo),
         Command::Test(args) => test::run(&repo, &args),
+        Command::Demo(args) => demo::run(&repo, &args),
         Command::Bench(args) => bench::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
     };

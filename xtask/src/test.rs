@@ -6,7 +6,6 @@
 //! bpffs pins, so they run with one test thread.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -47,15 +46,8 @@ pub fn run(repo: &Path, args: &TestArgs) -> Result<()> {
     bench::run(repo, &bench::BenchArgs::quick()).context("the benchmark smoke run failed")
 }
 
-/// Runs cargo on the workspace's default members with the eBPF toolchain on PATH.
 fn cargo(repo: &Path, cargo_args: &[&str], test_args: &[String]) -> Result<()> {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(repo).args(cargo_args);
-    if !test_args.is_empty() {
-        command.arg("--").args(test_args);
-    }
-    // firewall-user's build script links the eBPF object with bpf-linker from cargo's bin dir.
-    command.env("PATH", cmd::path_with(&[cmd::cargo_home()?.join("bin")])?);
+    let mut command = cmd::cargo(repo, cargo_args, test_args)?;
     println!("test: running {}", cmd::display(&command));
     cmd::run(&mut command).context("tests failed")
 }

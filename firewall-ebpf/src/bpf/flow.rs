@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use firewall_common::{
-    conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT},
+    conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
     config::{Config, FLAG_MIDSTREAM_ADOPT},
     counters::{
         FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_REVALIDATED,
@@ -23,8 +23,8 @@ use super::{
     conduit,
     ip::Ip,
     l4::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     maps::{FLOWS, FLOW_KEYS},
     stats,
@@ -39,6 +39,11 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 pub struct Outcome {
     pub conduit: u16,
     pub reason: Reason,
+    /// For a pass of a tracked flow: the flow's inspector (`INSPECT_*`), its protocol rule,
+    /// and whether the packet travels from the initiator to the responder.
+    pub inspect: u8,
+    pub to_server: bool,
+    pub rule: u16,
 }
 
 impl Outcome {
@@ -47,12 +52,33 @@ impl Outcome {
         Outcome {
             conduit,
             reason: Reason::None,
+            inspect: INSPECT_NONE,
+            to_server: false,
+            rule: 0,
         }
     }
 
     #[inline(always)]
     pub const fn deny(conduit: u16, reason: Reason) -> Outcome {
-        Outcome { conduit, reason }
+        Outcome {
+            conduit,
+            reason,
+            inspect: INSPECT_NONE,
+            to_server: false,
+            rule: 0,
+        }
+    }
+
+    /// A pass of a tracked flow, handed to the flow's inspector.
+    #[inline(always)]
+    const fn inspected(conduit: u16, inspect: u8, rule: u16, to_server: bool) -> Outcome {
+        Outcome {
+            conduit,
+            reason: Reason::None,
+            inspect,
+            to_server,
+            rule,
+        }
     }
 }
 
@@ -84,14 +110,29 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
     keys.reverse = keys.forward.reversed();
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
-        if let Some(state) = FLOWS.get_ptr_mut(&keys.forward) {
+        // Echo keys are symmetric (both ports hold the identifier), so only the message type
+        // tells the direction: a request belongs to the flow it opened, a reply to the reverse
+        // of one. Otherwise the responder could send requests along the initiator's flow.
+        let echo_reply = pkt.l4.is_echo_reply(proto);
+        let echo_request = pkt.l4.is_echo_request(proto);
+        let forward = if echo_reply {
+            None
+        } else {
+            FLOWS.get_ptr_mut(&keys.forward)
+        };
+        let reverse = if forward.is_some() || echo_request {
+            None
+        } else {
+            FLOWS.get_ptr_mut(&keys.reverse)
+        };
+        if let Some(state) = forward {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
             let state = unsafe { &mut *state };
             if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.forward, state, true, now) {
                 return out;
             }
-        } else if let Some(state) = FLOWS.get_ptr_mut(&keys.reverse) {
+        } else if let Some(state) = reverse {
             // SAFETY: as above.
             let state = unsafe { &mut *state };
             if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.reverse, state, false, now) {
@@ -138,15 +179,20 @@ fn existing(
         return None;
     }
     let flags = pkt.l4.tcp_flags;
-    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
-    }
+    // Re-check before anything else reads `flow.conduit`: an id of an older generation may
+    // name another conduit (or none) in the policy now in force.
     if flow.epoch != epoch {
-        // Re-check in the initiator's direction: the key holds it.
-        let (src, dst, service) = if forward {
-            (pkt.src, pkt.dst, pkt.l4.service(proto))
+        // Re-check in the initiator's direction: the key holds it. An echo flow was opened by
+        // an echo request (its key's ports hold the echo identifier, not a service).
+        let (src, dst) = if forward {
+            (pkt.src, pkt.dst)
         } else {
-            (pkt.dst, pkt.src, key.dport)
+            (pkt.dst, pkt.src)
+        };
+        let service = match proto {
+            IPPROTO_ICMP => ICMP_ECHO_REQUEST as u16,
+            IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
+            _ => key.dport,
         };
         match conduit::admit(slot, cfg, proto, &src, &dst, service) {
             Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
@@ -168,8 +214,12 @@ fn existing(
             }
         }
     }
+    if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
+    }
     flow.last_seen_ns = now;
     let conduit = flow.conduit;
+    let (inspect, rule) = (flow.inspect, flow.rule);
     if proto == IPPROTO_TCP {
         if flags & TCP_RST != 0 {
             let _ = FLOWS.remove(key);
@@ -179,7 +229,7 @@ fn existing(
             flow.tcp_state = TCP_ESTABLISHED;
         }
     }
-    Some(Outcome::pass(conduit))
+    Some(Outcome::inspected(conduit, inspect, rule, forward))
 }
 
 /// A packet that belongs to no tracked flow.
@@ -202,13 +252,13 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
                 if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
                     return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
                 }
-                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
+                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now, true);
             }
             if !is_stateful(proto, l4) {
                 return Outcome::pass(rule.conduit);
             }
             let state = if syn { TCP_SYN_SENT } else { 0 };
-            open(key, epoch, &rule, state, 0, now)
+            open(key, epoch, &rule, state, 0, now, true)
         }
         Err(reason) => {
             // A segment of a connection the responder side is sending, opened before tracking
@@ -216,7 +266,15 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
             if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
                 if let Ok(rule) = conduit::admit(slot, cfg, proto, &pkt.dst, &pkt.src, l4.sport) {
                     if rule.conduit >= FIRST_CONDUIT {
-                        return open(&keys.reverse, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
+                        return open(
+                            &keys.reverse,
+                            epoch,
+                            &rule,
+                            TCP_ESTABLISHED,
+                            ADOPTED,
+                            now,
+                            false,
+                        );
                     }
                 }
             }
@@ -232,8 +290,18 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
     }
 }
 
+/// Tracks a new flow under `key` (initiator direction); `to_server` says whether the packet in
+/// hand travels in that direction.
 #[inline(always)]
-fn open(key: &FlowKey, epoch: u32, rule: &PortRule, tcp_state: u8, flags: u8, now: u64) -> Outcome {
+fn open(
+    key: &FlowKey,
+    epoch: u32,
+    rule: &PortRule,
+    tcp_state: u8,
+    flags: u8,
+    now: u64,
+    to_server: bool,
+) -> Outcome {
     let conduit = rule.conduit;
     let state = FlowState {
         last_seen_ns: now,
@@ -255,5 +323,5 @@ fn open(key: &FlowKey, epoch: u32, rule: &PortRule, tcp_state: u8, flags: u8, no
     } else {
         FLOW_CREATED
     });
-    Outcome::pass(conduit)
+    Outcome::inspected(conduit, rule.inspect, rule.rule, to_server)
 }

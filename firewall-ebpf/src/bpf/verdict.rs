@@ -2,10 +2,11 @@
 //! conduit's mode (`enforce`/`monitor`) and deny behaviour (`drop`/`reset`).
 
 use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::warn;
 
 use firewall_common::{
-    conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
-    config::{Config, ACTIVE_INDEX, NON_IP_STP},
+    conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
+    config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     reason::Reason,
     slot_of,
@@ -16,7 +17,7 @@ use super::{
     flow::{self, Outcome, Packet},
     ip::Ip,
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
-    maps::{ACTIVE, CONDUITS, CONFIG},
+    maps::{ACTIVE, CONDUITS, CONFIG, FLOW_KEYS, INSPECT_CTX},
     packet::load,
     zone,
 };
@@ -35,6 +36,9 @@ pub struct Decision {
     pub slot: u32,
     pub epoch: u32,
     pub trace: bool,
+    /// A pass handed to this inspector (`INSPECT_*`), whose context is in `INSPECT_CTX`; the
+    /// inspector makes and accounts the final decision.
+    pub inspect: u8,
 }
 
 /// What the policy says before modes are applied.
@@ -48,7 +52,8 @@ struct Judgement {
 pub fn decide(ctx: &XdpContext) -> Decision {
     let epoch = ACTIVE.get(ACTIVE_INDEX).copied().unwrap_or(0);
     let slot = slot_of(epoch);
-    let cfg = match CONFIG.get(slot) {
+    let slot_cfg = CONFIG.get(slot);
+    let cfg = match slot_cfg {
         Some(cfg) if epoch != 0 => cfg,
         _ => {
             return Decision {
@@ -58,8 +63,10 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 conduit: CONDUIT_NONE,
                 slot,
                 epoch,
-                trace: false,
-            }
+                // Tracing can be switched on before the first policy (replay, tests).
+                trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
+                inspect: INSPECT_NONE,
+            };
         }
     };
     let judgement = match judge(ctx, slot, epoch, cfg) {
@@ -69,8 +76,20 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             resettable: false,
         },
     };
-    let trace = cfg.flags & firewall_common::config::FLAG_TRACE != 0;
-    let Outcome { conduit, reason } = judgement.outcome;
+    let trace = cfg.flags & FLAG_TRACE != 0;
+    let Outcome {
+        conduit,
+        reason,
+        inspect,
+        ..
+    } = judgement.outcome;
+    if reason == Reason::FlowTableFull {
+        // Rare and operator-relevant: connections are being refused for want of table space.
+        warn!(
+            ctx,
+            "flow table full: a new flow of conduit {} was refused", conduit
+        );
+    }
     if reason == Reason::None {
         return Decision {
             action: Action::Pass,
@@ -80,6 +99,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             slot,
             epoch,
             trace,
+            inspect,
         };
     }
     let info = CONDUITS
@@ -101,7 +121,17 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         slot,
         epoch,
         trace,
+        inspect: INSPECT_NONE,
     }
+}
+
+/// The decision when the inspector a pass was handed to could not run: fail closed.
+#[inline(always)]
+pub fn inspector_missing(d: &mut Decision) {
+    d.action = Action::Drop;
+    d.verdict = VERDICT_DROP;
+    d.reason = Reason::InspectorMissing;
+    d.inspect = INSPECT_NONE;
 }
 
 #[inline(always)]
@@ -129,12 +159,45 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
         src,
         dst,
     };
-    let outcome = flow::track(slot, epoch, cfg, &pkt);
+    let mut outcome = flow::track(slot, epoch, cfg, &pkt);
+    if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
+        if ip.proto != IPPROTO_TCP || !hand_over(&outcome, &l4, epoch, cfg) {
+            outcome.inspect = INSPECT_NONE;
+            outcome.reason = Reason::InspectorMissing;
+        }
+    }
     let resettable = ip.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST == 0;
     Ok(Judgement {
         outcome,
         resettable,
     })
+}
+
+/// Writes what the inspector needs into `INSPECT_CTX`.
+#[inline(always)]
+fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
+    let (Some(ic), Some(keys)) = (INSPECT_CTX.get_ptr_mut(0), FLOW_KEYS.get_ptr(0)) else {
+        return false;
+    };
+    // SAFETY: per-CPU slots, used by this CPU only for the duration of this program run (and
+    // the inspector it tail calls).
+    let (ic, keys) = unsafe { (&mut *ic, &*keys) };
+    ic.key = if outcome.to_server {
+        keys.forward
+    } else {
+        keys.reverse
+    };
+    ic.seq = l4.seq;
+    ic.ack = l4.ack;
+    ic.epoch = epoch;
+    ic.payload = l4.payload as u32;
+    ic.payload_len = l4.payload_len as u32;
+    ic.conduit = outcome.conduit;
+    ic.rule = outcome.rule;
+    ic.tcp_flags = l4.tcp_flags;
+    ic.to_server = outcome.to_server as u8;
+    ic.trace = (cfg.flags & FLAG_TRACE != 0) as u8;
+    true
 }
 
 #[inline(always)]

@@ -24,6 +24,9 @@ pub enum Command {
     /// Check policy files: report every error and warning, exit 1 if any file has an error.
     Check(check::CheckArgs),
     /// Enforce a policy on the ports of the gateway bridge until SIGINT/SIGTERM.
+    ///
+    /// JSON events go to stdout. SIGHUP reloads the policy; SIGUSR1 prints the datapath's
+    /// counters as a `stats` event.
     Run(run::RunArgs),
     /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
     Replay(replay::ReplayArgs),

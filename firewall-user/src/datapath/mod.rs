@@ -6,16 +6,19 @@ mod baseline;
 mod counters;
 mod generation;
 mod maps;
+mod modbus;
 mod test_run;
 
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use firewall_common::conduit::INSPECT_MODBUS;
 
 pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
 pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
-pub use test_run::{Decision, TimedRun};
+pub use modbus::{ModbusDenied, ModbusTraffic};
+pub use test_run::{Adu, Decision, TimedRun};
 
 use maps::Maps;
 
@@ -24,9 +27,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ot
 
 /// Name of the XDP program in the object.
 const PROGRAM: &str = "otfw";
+/// The Modbus/TCP inspector, tail called by `PROGRAM` (slot `INSPECT_MODBUS` of `INSPECTORS`).
+const MODBUS_PROGRAM: &str = "otfw_modbus";
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Messages the program logs (aya-log), forwarded to the `log` crate by whoever runs the
+    /// datapath: `take_logger` hands it to the controller's event loop.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: Maps,
     /// What each slot holds, so counters and decisions can be named and stale entries removed.
     slots: [Option<Generation>; 2],
@@ -42,7 +50,9 @@ impl Datapath {
                  a kernel with BPF and XDP support"
             )
         })?;
-        let maps = Maps::take(&mut ebpf)?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .context("the XDP object has no log buffer (AYA_LOGS)")?;
+        let mut maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .context("the XDP program is missing from the object")?
@@ -51,8 +61,23 @@ impl Datapath {
         program
             .load()
             .context("the kernel verifier rejected the XDP program")?;
+        // Inspectors go into their program array before anything is attached: a packet
+        // handed to a missing inspector is dropped (`inspector_missing`).
+        let modbus: &mut Xdp = ebpf
+            .program_mut(MODBUS_PROGRAM)
+            .context("the Modbus inspector is missing from the object")?
+            .try_into()
+            .context("the Modbus inspector in the object is not an XDP program")?;
+        modbus
+            .load()
+            .context("the kernel verifier rejected the Modbus inspector")?;
+        let fd = modbus.fd().context("the Modbus inspector has no fd")?;
+        maps.inspectors
+            .set(INSPECT_MODBUS as u32, fd, 0)
+            .context("installing the Modbus inspector in INSPECTORS")?;
         Ok(Datapath {
             ebpf,
+            logger: Some(logger),
             maps,
             slots: [None, None],
         })
@@ -75,6 +100,19 @@ impl Datapath {
     /// Instructions the verifier processed for the program (its complexity budget is 1,000,000).
     pub fn verified_instructions(&self) -> Option<u32> {
         self.program().info().ok()?.verified_instruction_count()
+    }
+
+    /// Instructions the verifier processed for the Modbus inspector (a program of its own, with
+    /// its own 1,000,000 budget).
+    pub fn modbus_verified_instructions(&self) -> Option<u32> {
+        let program: &Xdp = self.ebpf.program(MODBUS_PROGRAM)?.try_into().ok()?;
+        program.info().ok()?.verified_instruction_count()
+    }
+
+    /// The program's log channel; readable (as a file descriptor) when messages are waiting,
+    /// which `flush` then hands to the `log` crate.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// The generation now in force, if any.

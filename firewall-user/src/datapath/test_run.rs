@@ -4,8 +4,18 @@
 use anyhow::{Context as _, Result};
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use firewall_common::{config::FLAG_TRACE, counters::Trace, reason::Reason};
+use aya::{
+    maps::PerCpuValues,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use firewall_common::{
+    config::FLAG_TRACE,
+    counters::{Trace, VERDICT_NAMES},
+    flow::FlowKey,
+    modbus::{ADU_REQUEST, KIND_NAMES},
+    reason::Reason,
+};
+use serde::Serialize;
 
 use super::Datapath;
 
@@ -24,6 +34,26 @@ pub struct Decision {
     pub epoch: u32,
     /// The frame as the program left it (a TCP reset for `XDP_TX`).
     pub frame_out: Vec<u8>,
+    /// The Modbus ADUs whose header the inspector decided in this frame.
+    pub adus: Vec<Adu>,
+}
+
+/// One Modbus ADU seen in a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Adu {
+    /// `request`, `response`, `exception` or `unsolicited`.
+    pub direction: &'static str,
+    pub unit: u8,
+    pub function: u8,
+    pub address: u16,
+    pub quantity: u16,
+    /// Diagnostics sub-function, MEI type, or exception code.
+    pub sub: u16,
+    /// What happened to the ADU: the frame's verdict (`pass`, `drop`, `reset`), except that
+    /// in monitor mode an allowed ADU is `pass` and a refused one `monitor`.
+    pub verdict: &'static str,
+    /// Why a request was refused (`none` when allowed).
+    pub reason: &'static str,
 }
 
 impl Decision {
@@ -38,6 +68,9 @@ impl Decision {
     }
 }
 
+/// `Trace::verdict` of the sentinel written before each run: no real verdict has this value.
+const UNTRACED: u8 = u8::MAX;
+
 impl Datapath {
     /// Turns per-decision tracing on: needed by `run_frame`. Off on a live gateway.
     pub fn enable_trace(&mut self) -> Result<()> {
@@ -47,23 +80,111 @@ impl Datapath {
     /// Runs one frame through the program and returns its decision. The calling thread is
     /// pinned to one CPU so that the per-CPU trace entry read back is the one just written.
     pub fn run_frame(&mut self, frame: &[u8]) -> Result<Decision> {
+        self.run_frame_on(frame, None)
+    }
+
+    /// `run_frame` with the frame arriving on the port with `ingress_ifindex` (anti-spoofing
+    /// looks at it); `None` leaves the choice to the kernel, which uses the loopback device.
+    /// Fails if the program recorded no decision (tracing off) rather than returning the
+    /// previous frame's.
+    pub fn run_frame_on(&mut self, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<Decision> {
         let cpu = pin_to_current_cpu()?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        let sentinel = Trace {
+            verdict: UNTRACED,
+            ..Trace::default()
+        };
+        self.maps
+            .trace
+            .set(0, PerCpuValues::try_from(vec![sentinel; cpus])?, 0)
+            .context("clearing TRACE")?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex (offsets into the frame for the first three).
+        let xdp_md: Vec<u8> = [0, frame.len() as u32, 0, ingress_ifindex.unwrap_or(0), 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        if ingress_ifindex.is_some() {
+            opts.ctx_in = Some(&xdp_md);
+        }
         let result = self.program().test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
         let per_cpu = self.maps.trace.get(&0, 0).context("reading TRACE")?;
         let trace: Trace = per_cpu.get(cpu).copied().unwrap_or_default();
+        anyhow::ensure!(
+            trace.verdict != UNTRACED,
+            "the program recorded no decision: call enable_trace() after installing a policy"
+        );
+        let adus = if trace.adus == 0 {
+            Vec::new()
+        } else {
+            let recorded = self
+                .maps
+                .modbus_adus
+                .get(&0, 0)
+                .context("reading MODBUS_ADUS")?
+                .get(cpu)
+                .copied()
+                .unwrap_or_default();
+            let frame_verdict = VERDICT_NAMES
+                .get(trace.verdict as usize)
+                .copied()
+                .unwrap_or("unknown");
+            recorded
+                .adus
+                .iter()
+                .take(trace.adus as usize)
+                .map(|a| {
+                    let request = a.kind == ADU_REQUEST;
+                    Adu {
+                        direction: if request {
+                            "request"
+                        } else {
+                            KIND_NAMES
+                                .get(a.kind as usize)
+                                .copied()
+                                .unwrap_or("unknown")
+                        },
+                        unit: a.unit,
+                        function: a.function,
+                        address: a.address,
+                        quantity: a.quantity,
+                        sub: a.sub,
+                        verdict: if frame_verdict == "monitor" && a.reason == 0 {
+                            "pass"
+                        } else {
+                            frame_verdict
+                        },
+                        reason: Reason::from_u8(a.reason).map_or("unknown", Reason::name),
+                    }
+                })
+                .collect()
+        };
         Ok(Decision {
             action: result.return_value,
+            adus,
             reason: Reason::from_u8(trace.reason).unwrap_or(Reason::None),
             verdict: trace.verdict,
             conduit_id: trace.conduit,
             epoch: trace.epoch,
             frame_out: out,
         })
+    }
+
+    /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            // A flow may have been evicted in the meantime; that is fine.
+            let _ = self.maps.flows.remove(&key);
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,110 @@
+//! `otfw run` on the lab: enforcement and the counters it reports on SIGUSR1.
+
+use std::time::Duration;
+
+use otfw_tests::{HostSpec, LabProcess, TcpOutcome};
+use serde_json::Value;
+
+use crate::common::{self, v4, Firewall};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Two zones of one /24 (so the hosts need no routes), one conduit between them.
+const POLICY: &str = "\
+version: 1
+gateway:
+  bridge: br-otfwt
+zones:
+  left:
+    networks: [198.51.100.0/25]
+  right:
+    networks: [198.51.100.128/25]
+conduits:
+  - name: left-to-right
+    from: left
+    to: right
+    allow:
+      - tcp: { ports: [5020] }
+";
+
+fn event(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or(Value::Null)
+}
+
+fn is_event(line: &str, name: &str) -> bool {
+    event(line)["event"] == name
+}
+
+/// SIGUSR1, then the `stats` event it answers with.
+fn request_stats(otfw: &mut LabProcess) -> Value {
+    let pid = libc::pid_t::try_from(otfw.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let line = otfw
+        .wait_for_line(|line| is_event(line, "stats"), Duration::from_secs(5))
+        .unwrap();
+    event(&line)
+}
+
+#[test]
+fn sigusr1_reports_counters_by_reason_and_conduit() {
+    let lab = common::lab(&[
+        HostSpec::new("a", "198.51.100.1/24"),
+        HostSpec::new("b", "198.51.100.129/24"),
+    ]);
+    let fw = Firewall::start(&lab, POLICY);
+    let mut otfw = fw.process;
+
+    let _server = lab.tcp_echo_server("b", 5020).unwrap();
+    let _closed = lab.tcp_echo_server("b", 5021).unwrap();
+    assert_eq!(
+        lab.tcp_echo("a", v4(&lab, "b", 5020), "allowed", TIMEOUT)
+            .unwrap(),
+        TcpOutcome::Echoed
+    );
+    assert_eq!(
+        lab.tcp_connect("a", v4(&lab, "b", 5021), TIMEOUT).unwrap(),
+        TcpOutcome::TimedOut
+    );
+
+    let stats = request_stats(&mut otfw);
+    assert_eq!(stats["epoch"], 1, "{stats}");
+    let passed = &stats["conduits"]["left-to-right"]["pass"];
+    assert!(passed["packets"].as_u64().unwrap_or(0) >= 4, "{stats}");
+    assert!(passed["bytes"].as_u64().unwrap_or(0) > 0, "{stats}");
+    // The SYN and its retransmission.
+    assert!(
+        stats["reasons"]["no_conduit"]["drop"].as_u64().unwrap_or(0) >= 2,
+        "{stats}"
+    );
+    assert!(
+        stats["flows"]["created"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+    // Only non-zero entries: nothing was reset or monitored.
+    let reasons = stats["reasons"].as_object().unwrap();
+    for (reason, by_verdict) in reasons {
+        for (verdict, n) in by_verdict.as_object().unwrap() {
+            assert!(n.as_u64().unwrap() > 0, "{reason}/{verdict} in {stats}");
+            assert!(["pass", "drop"].contains(&verdict.as_str()), "{stats}");
+        }
+    }
+
+    // Counters only grow.
+    let again = request_stats(&mut otfw);
+    assert!(
+        again["conduits"]["left-to-right"]["pass"]["packets"].as_u64()
+            >= passed["packets"].as_u64()
+    );
+    let output = otfw.stop();
+    assert_eq!(
+        output
+            .stdout
+            .lines()
+            .filter(|line| is_event(line, "detached"))
+            .count(),
+        2,
+        "{}",
+        output.stdout
+    );
+}

@@ -1,0 +1,613 @@
+//! `cargo xtask demo`: the example policy enforced on a lab, with real traffic.
+//!
+//! Builds the three hosts of `policies/example.yaml` in network namespaces on the bridge
+//! `br-otfw`, starts `otfw run --policy policies/example.yaml`, sends allowed and denied
+//! traffic between the hosts, and explains every outcome with the controller's counters (a
+//! `stats` event before and after each step, asked for with SIGUSR1). Exits 0 only if every
+//! step behaved as the policy says. The lab and the controller are removed at the end, also
+//! on an error, a panic or Ctrl-C.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use otfw_tests::{HostSpec, Lab, LabOptions, LabProcess, TcpOutcome};
+
+use crate::{cmd, setup};
+
+mod controller;
+mod interrupt;
+
+use controller::{events, Controller, Stats};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Skip `cargo xtask setup` (when the prerequisites are known to be there).
+    #[arg(long)]
+    no_setup: bool,
+}
+
+/// The policy the demo enforces, relative to the repository root.
+const POLICY: &str = "policies/example.yaml";
+/// The lab's prefix: namespaces and bridge ports are `demo-<host>`.
+const PREFIX: &str = "demo";
+/// The example policy's `gateway.bridge`.
+const BRIDGE: &str = "br-otfw";
+/// Every zone of the example is a /24 of this network; each host reaches the others through
+/// its own eth0 (no router: the hosts ARP for each other across the bridge).
+const LAB_NETWORK: &str = "10.10.0.0/16";
+
+/// Connect and reply timeout of every TCP and UDP attempt: long enough for a TCP SYN
+/// retransmission, so a denied connection shows more than one dropped packet.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2_000);
+const PINGS: u32 = 3;
+const DATAGRAMS: u32 = 2;
+
+/// A host of the example policy and its lab namespace.
+struct DemoHost {
+    /// The lab's name (short: the bridge port `demo-<lab>` must fit 15 bytes).
+    lab: &'static str,
+    /// The policy's name.
+    policy: &'static str,
+    zone: &'static str,
+    address: &'static str,
+    prefix_len: u8,
+}
+
+const HOSTS: [DemoHost; 3] = [
+    DemoHost {
+        lab: "hist",
+        policy: "historian",
+        zone: "enterprise",
+        address: "10.10.1.10",
+        prefix_len: 24,
+    },
+    DemoHost {
+        lab: "ews",
+        policy: "ews",
+        zone: "engineering",
+        address: "10.10.2.10",
+        prefix_len: 24,
+    },
+    DemoHost {
+        lab: "plc",
+        policy: "plc-1",
+        zone: "cell-1",
+        address: "10.10.3.10",
+        prefix_len: 24,
+    },
+];
+
+fn host(lab_name: &str) -> &'static DemoHost {
+    HOSTS
+        .iter()
+        .find(|host| host.lab == lab_name)
+        .expect("steps name lab hosts of HOSTS")
+}
+
+#[derive(Clone, Copy)]
+enum Probe {
+    Tcp(u16),
+    Udp(u16),
+    Ping,
+}
+
+impl Probe {
+    fn label(self) -> String {
+        match self {
+            Probe::Tcp(port) => format!("tcp/{port}"),
+            Probe::Udp(port) => format!("udp/{port}"),
+            Probe::Ping => "ping".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Passed, counted on this conduit.
+    Allow(&'static str),
+    /// Dropped for this reason.
+    Deny(&'static str),
+}
+
+struct Step {
+    from: &'static str,
+    to: &'static str,
+    probe: Probe,
+    expect: Expect,
+    /// Why the policy says so.
+    because: &'static str,
+}
+
+const STEPS: [Step; 9] = [
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Tcp(502),
+        expect: Expect::Allow("historian-reads"),
+        because: "historian-reads allows Modbus/TCP from historian to plc-1 (at L4 for now: \
+                  function codes are not inspected yet)",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Tcp(22),
+        expect: Expect::Allow("engineering-to-cell"),
+        because: "engineering-to-cell allows SSH from the engineering zone into cell-1",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Ping,
+        expect: Expect::Allow("engineering-to-cell"),
+        because: "engineering-to-cell allows echo_request; the replies belong to the flow",
+    },
+    Step {
+        from: "hist",
+        to: "ews",
+        probe: Probe::Tcp(3389),
+        expect: Expect::Allow("remote-desktop"),
+        because: "remote-desktop lets the enterprise zone reach ews by RDP",
+    },
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "historian-reads allows Modbus (tcp/502) only",
+    },
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Ping,
+        expect: Expect::Deny("no_conduit"),
+        because: "no conduit allows ICMP from enterprise into cell-1",
+    },
+    Step {
+        from: "plc",
+        to: "ews",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "engineering-to-cell opens flows from engineering to cell-1, never the \
+                  other way",
+    },
+    Step {
+        from: "hist",
+        to: "ews",
+        probe: Probe::Tcp(22),
+        expect: Expect::Deny("no_conduit"),
+        because: "remote-desktop allows tcp/3389 only",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Udp(161),
+        expect: Expect::Deny("no_conduit"),
+        because: "engineering-to-cell allows no udp/161 (SNMP)",
+    },
+];
+
+/// Servers the steps talk to: (lab host, probe).
+const SERVERS: [(&str, Probe); 5] = [
+    ("plc", Probe::Tcp(502)),
+    ("plc", Probe::Tcp(22)),
+    ("plc", Probe::Udp(161)),
+    ("ews", Probe::Tcp(22)),
+    ("ews", Probe::Tcp(3389)),
+];
+
+pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
+    interrupt::install()?;
+    if !args.no_setup {
+        interrupt::after(setup::run(repo))?;
+    }
+    let mut build = cmd::cargo(repo, &["build", "--bins"], &[])?;
+    println!("demo: building otfw and otfw-peer (cargo build --bins)");
+    interrupt::after(cmd::run(&mut build))?;
+    otfw_tests::require_root_and_kernel()?;
+    let policy_text = std::fs::read_to_string(repo.join(POLICY))
+        .with_context(|| format!("could not read {POLICY}"))?;
+    check_policy_matches_lab(&policy_text)?;
+    let otfw = otfw_tests::target_binary("otfw")?;
+    interrupt::check()?;
+
+    // Declared before the controller: dropped (removed) after it, also when unwinding.
+    let lab = build_lab()?;
+    interrupt::check()?;
+    let mut controller = Controller::start(&lab, repo, &otfw)?;
+    let servers = start_servers(&lab)?;
+
+    // Whatever the steps come to (an error, Ctrl-C), the controller and the lab are removed
+    // here; a panic removes them when they are dropped.
+    let steps = run_steps(&lab, &mut controller);
+    drop(servers);
+    let output = controller.stop();
+    let detached: Vec<String> = events(&output.stdout, "detached")
+        .filter_map(|event| event["port"].as_str().map(str::to_string))
+        .collect();
+    println!(
+        "\ndemo: stopped otfw run (detached from {})",
+        detached.join(", ")
+    );
+    lab.close()?;
+    let left = Lab::leftovers(PREFIX)?;
+    if !left.is_empty() {
+        bail!("the lab left things behind: {}", left.join(", "));
+    }
+    println!("demo: removed the lab (namespaces demo-*, their veths, bridge {BRIDGE})");
+    let results = steps?;
+    interrupt::check()?;
+
+    let mismatches: Vec<String> = STEPS
+        .iter()
+        .zip(&results)
+        .enumerate()
+        .filter(|(_, (_, result))| !result.ok)
+        .map(|(index, (step, result))| {
+            format!(
+                "step {} ({}): {}",
+                index + 1,
+                step_label(step),
+                result.verdict
+            )
+        })
+        .collect();
+    if !mismatches.is_empty() {
+        bail!(
+            "{} of {} steps did not behave as the policy says:\n  {}",
+            mismatches.len(),
+            STEPS.len(),
+            mismatches.join("\n  ")
+        );
+    }
+    println!("demo: all {} steps behaved as {POLICY} says", STEPS.len());
+    Ok(())
+}
+
+/// Runs every step, prints each and then the summary. Stops early on Ctrl-C.
+fn run_steps(lab: &Lab, controller: &mut Controller) -> Result<Vec<StepResult>> {
+    println!(
+        "\ndemo: {} steps; after each, what otfw run counted for it (SIGUSR1 -> stats event)\n",
+        STEPS.len()
+    );
+    let mut results = Vec::new();
+    let mut counters = controller.settled_stats()?;
+    for (index, step) in STEPS.iter().enumerate() {
+        interrupt::check()?;
+        let (result, after) = run_step(lab, controller, step, &counters)?;
+        print_step(index + 1, step, &result);
+        results.push(result);
+        counters = after;
+    }
+    println!();
+    print_summary(&results);
+    println!(
+        "\ndemo: the counters in otfw run's last stats event (`kill -USR1 PID` prints one):\n{}",
+        controller.last_stats
+    );
+    Ok(results)
+}
+
+/// Fails if the example policy no longer has the bridge, zones and hosts this lab builds.
+fn check_policy_matches_lab(policy: &str) -> Result<()> {
+    let lines: Vec<&str> = policy.lines().map(str::trim).collect();
+    let mut wanted = vec![format!("bridge: {BRIDGE}")];
+    for host in &HOSTS {
+        let network = network_of(host.address, host.prefix_len);
+        wanted.push(format!("{}:", host.zone));
+        wanted.push(format!("networks: [{network}/{}]", host.prefix_len));
+        wanted.push(format!("{}: {}", host.policy, host.address));
+    }
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|line| !lines.contains(&line.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{POLICY} no longer matches the demo lab (xtask/src/demo.rs): it has no line {}",
+            missing
+                .iter()
+                .map(|line| format!("`{line}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `10.10.1.10`, 24 -> `10.10.1.0`.
+fn network_of(address: &str, prefix_len: u8) -> String {
+    let address: std::net::Ipv4Addr = address.parse().expect("HOSTS holds IPv4 addresses");
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    std::net::Ipv4Addr::from(u32::from(address) & mask).to_string()
+}
+
+fn build_lab() -> Result<Lab> {
+    let specs: Vec<HostSpec> = HOSTS
+        .iter()
+        .map(|host| HostSpec::new(host.lab, &format!("{}/{}", host.address, host.prefix_len)))
+        .collect();
+    let lab = Lab::with_options(LabOptions::new(PREFIX).bridge(BRIDGE), &specs)
+        .context("building the demo lab")?;
+    for host in &HOSTS {
+        // The example policy is IPv4 only: without IPv6 no router solicitations or MLD
+        // reports show up in the counters.
+        exec_ok(
+            &lab,
+            host.lab,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )?;
+        // The other zones' subnets are on the same wire. No default route: nothing leaves
+        // the lab.
+        exec_ok(
+            &lab,
+            host.lab,
+            &["ip", "route", "add", LAB_NETWORK, "dev", "eth0"],
+        )?;
+    }
+    println!("demo: lab on bridge {BRIDGE}:");
+    for host in &HOSTS {
+        let lab_host = lab.host(host.lab);
+        println!(
+            "  {:<10} {:<12} {}/{}  netns {}, bridge port {}",
+            host.policy, host.zone, host.address, host.prefix_len, lab_host.netns, lab_host.port
+        );
+    }
+    Ok(lab)
+}
+
+fn exec_ok(lab: &Lab, host: &str, args: &[&str]) -> Result<()> {
+    let output = lab.exec(host, args)?;
+    if !output.success() {
+        bail!(
+            "`{}` in host {host} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            output.stderr.trim_end()
+        );
+    }
+    Ok(())
+}
+
+fn start_servers(lab: &Lab) -> Result<Vec<LabProcess>> {
+    let mut servers = Vec::new();
+    let mut listening = Vec::new();
+    for (lab_host, probe) in SERVERS {
+        let server = match probe {
+            Probe::Tcp(port) => lab.tcp_echo_server(lab_host, port)?,
+            Probe::Udp(port) => lab.udp_echo_server(lab_host, port)?,
+            Probe::Ping => continue,
+        };
+        servers.push(server);
+        listening.push(format!("{} {}", host(lab_host).policy, probe.label()));
+    }
+    println!("demo: echo servers listening: {}", listening.join(", "));
+    Ok(servers)
+}
+
+/// What a step came to.
+struct StepResult {
+    /// What the client saw.
+    seen: String,
+    /// Whether the traffic got through (None: neither clearly through nor clearly blocked).
+    through: Option<bool>,
+    counted: Stats,
+    ok: bool,
+    verdict: String,
+}
+
+/// Runs a step; returns its result and the counters after it.
+fn run_step(
+    lab: &Lab,
+    controller: &mut Controller,
+    step: &Step,
+    before: &Stats,
+) -> Result<(StepResult, Stats)> {
+    let (seen, through) = probe(lab, step)?;
+    let after = controller.settled_stats()?;
+    let counted = after.since(before);
+    let (ok, verdict) = match (step.expect, through) {
+        (Expect::Allow(conduit), Some(true)) if counted.conduit(conduit, "pass") > 0 => {
+            (true, "PASS as expected".to_string())
+        }
+        (Expect::Allow(conduit), Some(true)) => (
+            false,
+            format!("MISMATCH: passed, but not counted on conduit {conduit}"),
+        ),
+        (Expect::Allow(_), _) => (
+            false,
+            "MISMATCH: the policy allows this, but it did not get through".to_string(),
+        ),
+        (Expect::Deny(reason), Some(false)) if counted.reason(reason, "drop") > 0 => {
+            (true, "DROP as expected".to_string())
+        }
+        (Expect::Deny(reason), Some(false)) => (
+            false,
+            format!("MISMATCH: blocked, but no packet was dropped for {reason}"),
+        ),
+        (Expect::Deny(_), _) => (
+            false,
+            "MISMATCH: the policy denies this, but it was not blocked".to_string(),
+        ),
+    };
+    let result = StepResult {
+        seen,
+        through,
+        counted,
+        ok,
+        verdict,
+    };
+    Ok((result, after))
+}
+
+/// Sends the step's traffic; returns what the client saw and whether it got through.
+fn probe(lab: &Lab, step: &Step) -> Result<(String, Option<bool>)> {
+    let to: IpAddr = host(step.to)
+        .address
+        .parse()
+        .expect("HOSTS holds IP addresses");
+    Ok(match step.probe {
+        // A bare connect to the Modbus port: once Modbus inspection is enforced, a line of
+        // text would not be Modbus; the handshake shows what the conduit admits at L4.
+        Probe::Tcp(502) => {
+            let outcome = lab.tcp_connect(step.from, SocketAddr::new(to, 502), ATTEMPT_TIMEOUT)?;
+            tcp_seen(&outcome, TcpOutcome::Connected)
+        }
+        Probe::Tcp(port) => {
+            let outcome = lab.tcp_echo(
+                step.from,
+                SocketAddr::new(to, port),
+                "hello from the otfw demo",
+                ATTEMPT_TIMEOUT,
+            )?;
+            tcp_seen(&outcome, TcpOutcome::Echoed)
+        }
+        Probe::Udp(port) => {
+            let outcome = lab.udp_exchange(
+                step.from,
+                SocketAddr::new(to, port),
+                DATAGRAMS,
+                ATTEMPT_TIMEOUT,
+            )?;
+            let seen = format!(
+                "{} of {} datagrams echoed{}",
+                outcome.received,
+                outcome.sent,
+                if outcome.refused > 0 {
+                    format!(", {} refused", outcome.refused)
+                } else {
+                    String::new()
+                }
+            );
+            let through = if outcome.received == outcome.sent {
+                Some(true)
+            } else if outcome.received == 0 && outcome.refused == 0 {
+                Some(false)
+            } else {
+                None
+            };
+            (seen, through)
+        }
+        Probe::Ping => {
+            let outcome = lab.ping(step.from, to, PINGS)?;
+            let seen = format!("{} of {} replies", outcome.received, outcome.transmitted);
+            let through = if outcome.received == outcome.transmitted {
+                Some(true)
+            } else if outcome.received == 0 {
+                Some(false)
+            } else {
+                None
+            };
+            (seen, through)
+        }
+    })
+}
+
+fn tcp_seen(outcome: &TcpOutcome, success: TcpOutcome) -> (String, Option<bool>) {
+    let seen = match outcome {
+        TcpOutcome::Connected => "connected".to_string(),
+        TcpOutcome::Echoed => "connected, echoed".to_string(),
+        TcpOutcome::TimedOut => format!("timed out after {ATTEMPT_TIMEOUT:?}"),
+        TcpOutcome::Refused => "refused".to_string(),
+        TcpOutcome::Unreachable => "unreachable".to_string(),
+        TcpOutcome::Reset => "reset".to_string(),
+        TcpOutcome::Closed => "closed by the peer".to_string(),
+        TcpOutcome::NoReply => "connected, no echo".to_string(),
+        TcpOutcome::Error(line) => format!("error: {line}"),
+    };
+    let through = if *outcome == success {
+        Some(true)
+    } else if *outcome == TcpOutcome::TimedOut {
+        Some(false)
+    } else {
+        None
+    };
+    (seen, through)
+}
+
+fn step_label(step: &Step) -> String {
+    format!(
+        "{} -> {} {}",
+        host(step.from).policy,
+        host(step.to).policy,
+        step.probe.label()
+    )
+}
+
+fn print_step(number: usize, step: &Step, result: &StepResult) {
+    let expected = match step.expect {
+        Expect::Allow(_) => "allowed",
+        Expect::Deny(_) => "denied",
+    };
+    println!(
+        "{number:>2}. {:<27} {expected:<8} client: {:<27} {}",
+        step_label(step),
+        result.seen,
+        result.verdict
+    );
+    println!("      otfw:   {}", result.counted.describe());
+    println!("      policy: {}", step.because);
+}
+
+fn print_summary(results: &[StepResult]) {
+    println!("summary:");
+    println!(
+        "  {:>2}  {:<27} {:<8} {:<6} {:<31} result",
+        "#", "traffic", "policy", "seen", "decided by (packets)"
+    );
+    for (index, (step, result)) in STEPS.iter().zip(results).enumerate() {
+        let (policy, decided_by) = match step.expect {
+            Expect::Allow(conduit) => (
+                "allowed",
+                format!("{conduit} ({})", result.counted.conduit(conduit, "pass")),
+            ),
+            Expect::Deny(reason) => (
+                "denied",
+                format!("{reason} ({})", result.counted.reason(reason, "drop")),
+            ),
+        };
+        let seen = match result.through {
+            Some(true) => "pass",
+            Some(false) => "drop",
+            None => "?",
+        };
+        println!(
+            "  {:>2}  {:<27} {policy:<8} {seen:<6} {decided_by:<31} {}",
+            index + 1,
+            step_label(step),
+            if result.ok { "ok" } else { "MISMATCH" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_matches_the_example_policy() {
+        let policy = std::fs::read_to_string(otfw_tests::repo_root().join(POLICY)).unwrap();
+        check_policy_matches_lab(&policy).unwrap();
+        let changed = policy.replace("plc-1: 10.10.3.10", "plc-1: 10.10.3.11");
+        let error = check_policy_matches_lab(&changed).unwrap_err();
+        assert!(error.to_string().contains("plc-1: 10.10.3.10"), "{error:#}");
+    }
+
+    #[test]
+    fn port_names_fit_the_interface_name_limit() {
+        for host in &HOSTS {
+            assert!(format!("{PREFIX}-{}", host.lab).len() <= 15, "{}", host.lab);
+        }
+        assert_eq!(network_of("10.10.3.10", 24), "10.10.3.0");
+    }
+}
