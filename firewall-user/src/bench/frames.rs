@@ -21,11 +21,16 @@ pub const TCP_PORT: u16 = 8080;
 /// A port no conduit allows.
 pub const DENIED_PORT: u16 = 23;
 
-/// A TCP segment from the client to the server; `syn` opens, otherwise ACK|PSH with `payload`.
+/// The client's initial sequence number.
+const ISN: u32 = 1000;
+
+/// A TCP segment from the client to the server; `syn` opens, otherwise ACK|PSH with `payload`
+/// as the first bytes of the stream (sequence number ISN + 1, where the SYN says it starts).
 pub fn tcp(sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let seq = if syn { ISN } else { ISN + 1 };
     let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
         .ipv4(CLIENT.octets(), SERVER.octets(), 64)
-        .tcp(sport, dport, 1000, 64240);
+        .tcp(sport, dport, seq, 64240);
     let builder = if syn {
         builder.syn()
     } else {

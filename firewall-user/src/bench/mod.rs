@@ -115,10 +115,10 @@ pub struct Case {
     pub frame_len: usize,
 }
 
-/// Whether the datapath enforces Modbus (resp. EtherNet/IP) payload rules. Switch these on when
-/// the inspectors land; the cases are then reported as inspected.
-const MODBUS_INSPECTED: bool = false;
-const ENIP_INSPECTED: bool = false;
+/// Whether the datapath enforces Modbus (resp. EtherNet/IP) payload rules: the cases are then
+/// reported as inspected. Switch `ENIP_INSPECTED` on when the EtherNet/IP inspector lands.
+pub(crate) const MODBUS_INSPECTED: bool = true;
+pub(crate) const ENIP_INSPECTED: bool = false;
 
 fn case(
     id: &'static str,
@@ -175,7 +175,8 @@ pub fn cases() -> Vec<Case> {
             "modbus_read",
             "Modbus read request (one ADU)",
             MODBUS_INSPECTED,
-            "Read Holding Registers, unit 1, on a tracked flow",
+            "Read Holding Registers, unit 1, on a tracked flow: framing, unit, function, \
+             quantity",
             XDP_PASS,
             open(40102, MODBUS_PORT),
             tcp(40102, MODBUS_PORT, false, &modbus_read(1, 0)),

@@ -1,5 +1,6 @@
 //! Benchmark policies of any size: the benchmark conduit (office/hmi -> plant/plc: Modbus reads,
-//! EtherNet/IP reads with class 1 I/O, one plain TCP port) among `conduits - 1` filler conduits
+//! EtherNet/IP reads with class 1 I/O (plain TCP/UDP rules on its ports until the datapath
+//! inspects EtherNet/IP), one plain TCP port) among `conduits - 1` filler conduits
 //! between up to 100 filler zones, whose networks bring the zone prefixes to the size asked.
 //!
 //! The benchmark conduit sits in the middle of the list, so its ids and map entries are found
@@ -7,6 +8,8 @@
 //! last, so a tracked-flow or denied frame scans a real rule list.
 
 use std::fmt::Write as _;
+
+use super::frames::{ENIP_IO_PORT, ENIP_PORT, TCP_PORT};
 
 /// Filler zones when a policy has fillers: 100 zones give 9,900 ordered pairs, so 10,000
 /// conduits put at most two rules under one (from, to, tcp) key.
@@ -95,10 +98,19 @@ fn bench_conduit(out: &mut String) {
     let _ = writeln!(
         out,
         "  - name: {BENCH_CONDUIT}\n    from: office\n    to: plant\n    allow:\n      - modbus: \
-         {{ functions: [read] }}\n      - enip: {{ services: [read, forward_open], io: true }}\n      \
-         - tcp: {{ ports: [{}] }}",
-        super::frames::TCP_PORT
+         {{ functions: [read] }}"
     );
+    if super::ENIP_INSPECTED {
+        out.push_str("      - enip: { services: [read, forward_open], io: true }\n");
+    } else {
+        // Until the datapath inspects EtherNet/IP, an `enip` rule fails closed (no inspector):
+        // the ENIP frames are measured on plain TCP/UDP rules for the same ports.
+        let _ = writeln!(
+            out,
+            "      - tcp: {{ ports: [{ENIP_PORT}] }}\n      - udp: {{ ports: [{ENIP_IO_PORT}] }}"
+        );
+    }
+    let _ = writeln!(out, "      - tcp: {{ ports: [{TCP_PORT}] }}");
 }
 
 #[cfg(test)]

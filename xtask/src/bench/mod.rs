@@ -81,6 +81,9 @@ pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     } else {
         bridge::Options::full()
     };
+    bridge_opts.modbus_inspected = datapath
+        .case("modbus_read")
+        .is_some_and(|case| case.inspected);
     if let Some(rounds) = args.rounds {
         bridge_opts.rounds = rounds.max(1);
     }
