@@ -90,11 +90,21 @@ pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     if let Some(packets) = args.packets {
         bridge_opts.packets = packets.max(1);
     }
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    // The lab runs this binary's `bench-peer` in the namespaces. A copy keeps it runnable even
+    // if cargo replaces target/debug/xtask while the benchmark runs.
+    let peer = work.join("bench-peer");
+    std::fs::copy(
+        std::env::current_exe().context("locating the xtask binary")?,
+        &peer,
+    )
+    .context("copying the xtask binary for the lab's traffic endpoints")?;
     let tools = bridge::Tools {
         otfw: &otfw,
-        xtask: std::env::current_exe().context("locating the xtask binary")?,
+        xtask: peer,
         example: &example,
-        work: &out.join("work"),
+        work: &work,
     };
     let bridge = bridge::measure(&tools, &bridge_opts)?;
     let env = report::Environment {

@@ -417,8 +417,8 @@ impl<'a> Report<'a> {
     fn section_bridge(&self, md: &mut String) {
         md.push_str(
             "\n## 3. Through the bridge\n\n![throughput](bridge.png)\n\n| filter | frames/s \
-             (median, IQR) | vs no filter | CPU busy | softirq | reads passed | writes passed \
-             |\n|---|---|---|---|---|---|---|\n",
+             (median, IQR) | vs no filter | CPU busy | softirq | CPU ns/frame | reads passed | \
+             writes passed |\n|---|---|---|---|---|---|---|---|\n",
         );
         for filter in Filter::ALL {
             let pps = self.pps(filter);
@@ -431,10 +431,15 @@ impl<'a> Report<'a> {
                 .collect();
             let busy = Summary::of(trials.iter().map(|t| t.cpu.busy_pct));
             let softirq = Summary::of(trials.iter().map(|t| t.cpu.softirq_pct));
+            // Busy CPU time (all CPUs, other users' included) per frame delivered.
+            let cpu_ns = Summary::of(trials.iter().map(|t| {
+                t.cpu.busy_pct / 100.0 * self.env.cpus as f64 * t.secs * 1e9
+                    / t.received.max(1) as f64
+            }));
             let check = self.br.checks.iter().find(|c| c.filter == filter);
             let _ = writeln!(
                 md,
-                "| {} | {:.0} ({:.0}-{:.0}) | {} | {:.0}% | {:.0}% | {} | {} |",
+                "| {} | {:.0} ({:.0}-{:.0}) | {} | {:.0}% | {:.0}% | {:.0} | {} | {} |",
                 filter.label(),
                 pps.median,
                 pps.p25,
@@ -442,6 +447,7 @@ impl<'a> Report<'a> {
                 ratio_iqr(&ratio),
                 busy.median,
                 softirq.median,
+                cpu_ns.median,
                 check.map_or("-".into(), |c| c.reads_passed.to_string()),
                 check.map_or("-".into(), |c| c.writes_passed.to_string()),
             );
