@@ -95,6 +95,8 @@ pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     // The lab runs this binary's `bench-peer` in the namespaces. A copy keeps it runnable even
     // if cargo replaces target/debug/xtask while the benchmark runs.
     let peer = work.join("bench-peer");
+    // Unlinked first: a copy over a binary that still runs would fail.
+    let _ = std::fs::remove_file(&peer);
     std::fs::copy(
         std::env::current_exe().context("locating the xtask binary")?,
         &peer,
