@@ -109,9 +109,12 @@ impl<'a> Report<'a> {
 
     /// Kernel CPU per frame of `filter` over that of the no-filter burst just before it.
     fn kernel_ratio(&self, filter: Filter) -> Summary {
+        if filter == Filter::None {
+            return Summary::of([1.0]);
+        }
         let trials = &self.br.trials;
         Summary::of(trials.iter().enumerate().filter_map(|(i, t)| {
-            if t.filter != filter || filter == Filter::None || i == 0 {
+            if t.filter != filter || i == 0 {
                 return None;
             }
             let reference = &trials[i - 1];
