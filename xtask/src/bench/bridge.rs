@@ -10,6 +10,7 @@
 //! frame with a RST). Counts and times are bounded.
 
 use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -116,6 +117,9 @@ pub struct Trial {
     pub cpu: Cpu,
     /// Rate of the no-filter burst just before this one (filtered bursts only).
     pub reference_pps: Option<f64>,
+    /// The XDP program's own run time per run during the burst, from the kernel's BPF run-time
+    /// statistics (XDP filters only).
+    pub program_ns: Option<f64>,
 }
 
 impl Trial {
@@ -223,6 +227,11 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             errors: 0,
         })
         .collect();
+    // Run-time statistics cost every BPF program a clock read per run while on; they stay on
+    // for every burst, the unfiltered ones included, so the comparison stays fair.
+    let stats = RunTimeStats::enable()
+        .map_err(|e| eprintln!("bench: no BPF run-time statistics ({e:#}); continuing without"))
+        .ok();
     // Each filter's burst directly follows a burst with no filter: the pair's ratio is the
     // sample, so a slow phase of the shared machine affects both sides of it alike.
     for round in 0..opts.rounds {
@@ -236,7 +245,7 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             if round == 0 && f == 1 {
                 checks.push(check(&lab, &files, Filter::None)?);
             }
-            let reference = burst(&lab, &files, Filter::None, round, opts.packets, None)?;
+            let reference = burst(&lab, &files, Filter::None, round, opts.packets, None, None)?;
             if f == 1 {
                 let ping = ping(&lab, tools, opts.latency_samples, 0)?;
                 latency[0].rtt_ns.extend(&ping.rtt_ns);
@@ -275,6 +284,7 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
                 round,
                 opts.packets,
                 Some(reference_pps),
+                applied.holder(),
             )?);
             let ping = ping(&lab, tools, opts.latency_samples, 0)?;
             ensure!(
@@ -289,6 +299,7 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             drop(applied);
         }
     }
+    drop(stats);
     let (swap, memory) = swap(&lab, tools, &files, opts)?;
     drop(server);
     lab.close()?;
@@ -472,6 +483,14 @@ fn apply(lab: &Lab, tools: &Tools, files: &Files, filter: Filter) -> Result<Appl
 }
 
 impl Applied {
+    /// The process holding the XDP program, if any.
+    fn holder(&self) -> Option<u32> {
+        match self {
+            Applied::Otfw(process) => Some(process.pid()),
+            _ => None,
+        }
+    }
+
     /// Fails if the filter is no longer in place (a crashed controller, rules removed).
     fn verify(&self) -> Result<()> {
         match self {
@@ -644,7 +663,9 @@ fn burst(
     round: usize,
     packets: u64,
     reference_pps: Option<f64>,
+    holder: Option<u32>,
 ) -> Result<Trial> {
+    let program = holder.map(program_run_time);
     let rx = counter(lab, "b", "rx_packets")?;
     let tx = counter(lab, "a", "tx_packets")?;
     let cpu = cpu_times()?;
@@ -653,6 +674,11 @@ fn burst(
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_times()?.since(&cpu);
     thread::sleep(Duration::from_millis(100));
+    let program_ns = program.zip(holder).and_then(|((time, runs), pid)| {
+        let (time_after, runs_after) = program_run_time(pid);
+        let runs = runs_after.checked_sub(runs).filter(|&r| r > 0)?;
+        Some(time_after.saturating_sub(time) as f64 / runs as f64)
+    });
     Ok(Trial {
         filter,
         round,
@@ -661,7 +687,61 @@ fn burst(
         secs,
         cpu,
         reference_pps,
+        program_ns,
     })
+}
+
+/// The kernel's accounting of BPF program run time (`BPF_ENABLE_STATS`), on while this lives
+/// and off again when its fd closes, also if the benchmark dies.
+struct RunTimeStats {
+    _fd: OwnedFd,
+}
+
+impl RunTimeStats {
+    fn enable() -> Result<RunTimeStats> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        // union bpf_attr { struct { __u32 type; } enable_stats; }, BPF_STATS_RUN_TIME = 0.
+        let attr: u32 = 0;
+        // SAFETY: the bpf syscall reads `size` bytes of attr, which points at a live u32.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const u32,
+                std::mem::size_of::<u32>() as u32,
+            )
+        };
+        if fd < 0 {
+            bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a new fd that nothing else owns.
+        Ok(RunTimeStats {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+}
+
+/// Run time (ns) and run count summed over the BPF programs a process holds. A tail-called
+/// program's time counts in its caller's (the kernel accounts the entry program's run).
+fn program_run_time(pid: u32) -> (u64, u64) {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let field = |info: &str, name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    entries
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .fold((0, 0), |(time, runs), info| {
+            (
+                time + field(&info, "run_time_ns:"),
+                runs + field(&info, "run_cnt:"),
+            )
+        })
 }
 
 fn ping(lab: &Lab, tools: &Tools, count: u32, interval_us: u64) -> Result<PingResult> {
