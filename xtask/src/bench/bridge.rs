@@ -245,7 +245,8 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             if round == 0 && f == 1 {
                 checks.push(check(&lab, &files, Filter::None)?);
             }
-            let reference = burst(&lab, &files, Filter::None, round, opts.packets, None, None)?;
+            let reference =
+                retried(|| burst(&lab, &files, Filter::None, round, opts.packets, None, None))?;
             if f == 1 {
                 let ping = ping(&lab, tools, opts.latency_samples, 0)?;
                 latency[0].rtt_ns.extend(&ping.rtt_ns);
@@ -277,15 +278,17 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
                 );
                 checks.push(check);
             }
-            trials.push(burst(
-                &lab,
-                &files,
-                filter,
-                round,
-                opts.packets,
-                Some(reference_pps),
-                applied.holder(),
-            )?);
+            trials.push(retried(|| {
+                burst(
+                    &lab,
+                    &files,
+                    filter,
+                    round,
+                    opts.packets,
+                    Some(reference_pps),
+                    applied.holder(),
+                )
+            })?);
             let ping = ping(&lab, tools, opts.latency_samples, 0)?;
             ensure!(
                 ping.errors == 0,
@@ -651,9 +654,26 @@ fn delivered(lab: &Lab, conf: &Path, count: u64) -> Result<u64> {
 fn check(lab: &Lab, files: &Files, filter: Filter) -> Result<Check> {
     Ok(Check {
         filter,
-        reads_passed: delivered(lab, &files.check_read, CHECK_FRAMES)?,
-        writes_passed: delivered(lab, &files.write, CHECK_FRAMES)?,
+        reads_passed: retried(|| delivered(lab, &files.check_read, CHECK_FRAMES))?,
+        writes_passed: retried(|| delivered(lab, &files.write, CHECK_FRAMES))?,
     })
+}
+
+/// Runs `step` again (twice at most) when trafgen gave up because the sender's device queue was
+/// full (`EAGAIN` flushing its TX ring, which happens under load when a veth peer with native
+/// XDP falls behind); the step measures afresh each time.
+fn retried<T>(mut step: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match step() {
+            Err(e) if attempt < 2 && format!("{e:#}").contains("temporarily unavailable") => {
+                attempt += 1;
+                eprintln!("bench: {e:#}; trying the burst again");
+                thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn burst(
