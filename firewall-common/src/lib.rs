@@ -7,6 +7,7 @@
 pub mod conduit;
 pub mod config;
 pub mod counters;
+pub mod event;
 pub mod flow;
 pub mod reason;
 pub mod zone;

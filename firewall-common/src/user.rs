@@ -1,6 +1,6 @@
 //! User-space only: `aya::Pod` for every map type.
 
-use crate::{conduit::*, config::*, counters::*, flow::*, zone::*};
+use crate::{conduit::*, config::*, counters::*, event::*, flow::*, zone::*};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -25,4 +25,6 @@ pod!(
     FlowState,
     Traffic,
     Trace,
+    DatapathEvent,
+    EventBucket,
 );

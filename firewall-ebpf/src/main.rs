@@ -10,6 +10,7 @@
 mod bpf {
     pub mod conduit;
     pub mod eth;
+    pub mod events;
     pub mod flow;
     pub mod ip;
     pub mod l4;

@@ -1,7 +1,14 @@
-//! Operator-facing events as JSON lines on stdout (journald and SIEM friendly); human logs go
-//! to stderr. Every line carries `timestamp` and `event`; the other fields depend on the event.
+//! Operator-facing events as JSON lines on stdout (journald and SIEM friendly) and optionally
+//! a file; human logs go to stderr. Every line carries `timestamp` and `event`; the other fields
+//! depend on the event. docs/EVENTS.md is the schema.
 
-use std::{io::Write as _, time::SystemTime};
+mod datapath;
+mod sink;
+
+use std::time::SystemTime;
+
+pub use datapath::{DatapathEvents, PacketEvent};
+pub use sink::{open_file, written, Written};
 
 use firewall_common::{
     counters::{FLOW_STAT_NAMES, VERDICT_NAMES},
@@ -39,6 +46,11 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// A packet was denied (dropped, reset, or passed in monitor mode); rate-limited at the
+    /// source.
+    Denied(PacketEvent),
+    /// A TCP flow already running when tracking began was adopted; rate-limited at the source.
+    FlowAdopted(PacketEvent),
     /// Datapath counters since the program was loaded (on SIGUSR1). Only non-zero entries.
     Stats {
         /// The policy generation whose conduits `conduits` counts.
@@ -124,14 +136,28 @@ pub fn emit(event: &Event) {
         return;
     };
     line.push('\n');
-    let mut out = std::io::stdout().lock();
-    // Events must not take the controller down: a closed stdout only loses the line.
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+    // Events must not take the controller down: a closed stdout only loses (and counts) the line.
+    sink::write(event.name(), &line);
+}
+
+impl Event<'_> {
+    /// The `event` field of the line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::PolicyLoaded { .. } => "policy_loaded",
+            Event::PolicyRejected { .. } => "policy_rejected",
+            Event::Attached { .. } => "attached",
+            Event::Ready { .. } => "ready",
+            Event::Detached { .. } => "detached",
+            Event::Denied(_) => "denied",
+            Event::FlowAdopted(_) => "flow_adopted",
+            Event::Stats { .. } => "stats",
+        }
+    }
 }
 
 /// One event as the JSON line `emit` prints (without the newline).
-fn to_line(event: &Event) -> serde_json::Result<String> {
+pub fn to_line(event: &Event) -> serde_json::Result<String> {
     serde_json::to_string(&Line {
         timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         event,
@@ -141,7 +167,7 @@ fn to_line(event: &Event) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use firewall_common::{
-        counters::{Traffic, FLOW_CREATED, VERDICT_DROP, VERDICT_PASS},
+        counters::{Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_DROP, VERDICT_PASS},
         reason::REASON_COUNT,
     };
     use serde_json::json;
@@ -152,7 +178,7 @@ mod tests {
     fn stats_lists_only_non_zero_counters_by_name() {
         let mut counters = Counters {
             reasons: vec![[0; 4]; REASON_COUNT as usize],
-            flows: [0; 6],
+            flows: [0; FLOW_STATS_LEN as usize],
         };
         counters.reasons[Reason::None as usize][VERDICT_PASS as usize] = 12;
         counters.reasons[Reason::NoConduit as usize][VERDICT_DROP as usize] = 2;
@@ -190,7 +216,7 @@ mod tests {
     fn stats_of_an_idle_datapath_are_empty_maps() {
         let counters = Counters {
             reasons: vec![[0; 4]; REASON_COUNT as usize],
-            flows: [0; 6],
+            flows: [0; FLOW_STATS_LEN as usize],
         };
         let line = to_line(&Event::stats(None, &counters, &[])).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();

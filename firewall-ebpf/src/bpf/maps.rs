@@ -3,13 +3,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS},
     config::Config,
     counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
+    event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_PREFIXES, MAX_ZONES},
     SLOTS,
@@ -62,3 +63,13 @@ pub static TRACE: PerCpuArray<Trace> = PerCpuArray::with_max_entries(1, 0);
 /// Scratch space for the flow keys of the packet being decided (per CPU, one entry).
 #[map]
 pub static FLOW_KEYS: PerCpuArray<FlowKeys> = PerCpuArray::with_max_entries(1, 0);
+
+/// Denied packets and adopted flows for the controller (`firewall_common::event`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+#[map]
+pub static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);

@@ -2,9 +2,10 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use firewall_common::counters::{conduit_stats_index, reason_index, Trace};
+use firewall_common::counters::{conduit_stats_index, reason_index, Trace, VERDICT_PASS};
 
 use super::{
+    events,
     maps::{CONDUIT_STATS, FLOW_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
@@ -22,6 +23,9 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             (*t).packets += 1;
             (*t).bytes += frame_len(ctx) as u64;
         }
+    }
+    if d.verdict != VERDICT_PASS {
+        events::denied(ctx, d);
     }
     if d.trace {
         if let Some(t) = TRACE.get_ptr_mut(0) {

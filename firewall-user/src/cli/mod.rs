@@ -3,6 +3,7 @@
 pub mod check;
 pub mod replay;
 pub mod run;
+pub mod status;
 
 use std::path::Path;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
     Replay(replay::ReplayArgs),
+    /// Summarise a running `otfw run`: ports, policy, top conduits, drops (read-only).
+    Status(status::StatusArgs),
 }
 
 impl Cli {
@@ -38,6 +41,7 @@ impl Cli {
             Command::Check(args) => check::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
+            Command::Status(args) => status::run(&args),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
 use firewall_common::{
@@ -27,6 +27,8 @@ pub struct Maps {
     pub conduit_stats: PerCpuArray<MapData, Traffic>,
     pub flow_stats: PerCpuArray<MapData, u64>,
     pub trace: PerCpuArray<MapData, Trace>,
+    pub events: Option<RingBuf<MapData>>,
+    pub event_stats: PerCpuArray<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -58,6 +60,8 @@ impl Maps {
             conduit_stats: typed!(ebpf, "CONDUIT_STATS"),
             flow_stats: typed!(ebpf, "FLOW_STATS"),
             trace: typed!(ebpf, "TRACE"),
+            events: Some(typed!(ebpf, "EVENTS")),
+            event_stats: typed!(ebpf, "EVENT_STATS"),
         })
     }
 

@@ -5,14 +5,16 @@ mod attach;
 mod counters;
 mod generation;
 mod maps;
+mod pin;
 mod test_run;
 
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 
-pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
+pub use attach::{bridge_ports, ifindex, Attached, AttachedPort, ModeChoice, PortMode};
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
+pub use pin::{check_bpffs, pin_dir, unpin, PinnedMaps};
 pub use test_run::Decision;
 
 use maps::Maps;
@@ -36,6 +38,11 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object into the kernel (verifier included). Nothing is attached yet.
     pub fn load() -> Result<Datapath> {
+        Self::load_pinned(None)
+    }
+
+    /// Loads the object and, with `pin_dir`, pins the maps `otfw status` reads there.
+    pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Datapath> {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
             anyhow::anyhow!(
@@ -45,6 +52,9 @@ impl Datapath {
         })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
+        if let Some(dir) = pin_dir {
+            pin::pin_maps(&ebpf, dir)?;
+        }
         let maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)

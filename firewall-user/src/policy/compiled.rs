@@ -62,6 +62,19 @@ pub struct Names {
     pub hosts: Vec<String>,
     /// Indexed by conduit id, including the pseudo conduits.
     pub conduits: Vec<String>,
+    /// Indexed by conduit id like `conduits`: zone pair and protocols, for metric labels.
+    pub conduit_labels: Vec<ConduitLabels>,
+}
+
+/// What metrics say about a conduit besides its name. Pseudo conduits have zone labels in
+/// parentheses: `(any)` for `(none)` and `(default)`, `(same)` for `(intra-zone)`, `(unzoned)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConduitLabels {
+    pub from_zone: String,
+    pub to_zone: String,
+    /// The protocols of the conduit's `allow` items in file order, joined by `+`
+    /// (`modbus+icmp`); `any` for pseudo conduits.
+    pub protocol: String,
 }
 
 impl Names {
