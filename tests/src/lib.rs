@@ -21,6 +21,7 @@ mod netns;
 mod peer;
 mod preflight;
 mod process;
+mod prometheus;
 
 pub use address::Cidr;
 pub use binaries::{repo_root, target_binary, venv_python};
@@ -28,3 +29,4 @@ pub use lab::{HostSpec, Lab, LabHost, LabOptions};
 pub use peer::{HoldSummary, PingOutcome, TcpOutcome, UdpOutcome};
 pub use preflight::{bpffs_mounted, require_root_and_kernel, BPFFS};
 pub use process::{LabProcess, ProcessOutput};
+pub use prometheus::{free_loopback_addr, http_get, scrape, PrometheusServer};
