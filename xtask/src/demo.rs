@@ -287,6 +287,15 @@ fn run_steps(lab: &Lab, controller: &mut Controller) -> Result<Vec<StepResult>> 
         "\ndemo: the counters in otfw run's last stats event (`kill -USR1 PID` prints one):\n{}",
         controller.last_stats
     );
+    let body = otfw_tests::scrape(controller.metrics)?;
+    println!(
+        "\ndemo: live counters from http://{}/metrics (Prometheus; dashboards/ has a Grafana \
+         dashboard and alerts):",
+        controller.metrics
+    );
+    for line in controller::live_counters(&body) {
+        println!("  {line}");
+    }
     Ok(results)
 }
 

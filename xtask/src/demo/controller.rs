@@ -29,14 +29,18 @@ pub struct Controller {
     process: LabProcess,
     /// The last `stats` line it printed.
     pub last_stats: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics: std::net::SocketAddr,
 }
 
 impl Controller {
     pub fn start(lab: &Lab, repo: &Path, otfw: &Path) -> Result<Self> {
+        // A free port rather than the default 9725, which an otfw run of the machine may hold.
+        let metrics = otfw_tests::free_loopback_addr()?;
         let mut command = Command::new(otfw);
         command
             .current_dir(repo)
-            .args(["run", "--policy", POLICY])
+            .args(["run", "--policy", POLICY, "--metrics", &metrics.to_string()])
             .env("RUST_LOG", "info");
         // SAFETY: the closure runs between fork and exec and only makes the prctl system
         // call, which is async-signal-safe.
@@ -93,9 +97,11 @@ impl Controller {
         if attached != ports {
             bail!("otfw run attached to {attached:?}, but the lab's ports are {ports:?}");
         }
+        println!("  metrics: http://{metrics}/metrics");
         Ok(Self {
             process,
             last_stats: String::new(),
+            metrics,
         })
     }
 
@@ -314,4 +320,22 @@ mod tests {
             "no_conduit: dropped 2 packets, 1 flow created"
         );
     }
+}
+
+/// Families the demo shows from a live scrape, and how many samples at most.
+const SHOWN: [&str; 5] = [
+    "otfw_conduit_packets_total",
+    "otfw_denied_packets_total",
+    "otfw_flow_events_total",
+    "otfw_policy_epoch",
+    "otfw_port_attached",
+];
+
+/// Non-zero samples of a few families of a scrape of `/metrics`.
+pub fn live_counters(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| SHOWN.iter().any(|f| line.starts_with(f)))
+        .filter(|line| !line.ends_with(" 0"))
+        .collect()
 }
