@@ -95,10 +95,10 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = match datapath.take_logger() {
-        Some(logger) => Some(tokio::io::unix::AsyncFd::with_interest(
-            logger,
-            tokio::io::Interest::READABLE,
-        )?),
+        // SAFETY: the logger owns its ring buffer's fd and the AsyncFd owns the logger.
+        Some(logger) => Some(unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }?),
         None => None,
     };
     // Denied packets and adopted flows, rate-limited by the datapath.

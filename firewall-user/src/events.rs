@@ -226,4 +226,73 @@ mod tests {
             assert_eq!(value[key], json!({}), "{key} in {line}");
         }
     }
+
+    /// The documented schema of packet events (docs/EVENTS.md): field names, types, and that
+    /// unknown values are left out rather than null.
+    #[test]
+    fn denied_and_adopted_events_follow_the_schema() {
+        let packet = PacketEvent {
+            epoch: 2,
+            port: Some("eth1".into()),
+            conduit: "(none)".into(),
+            src_zone: Some("office".into()),
+            dst_zone: Some("plant".into()),
+            src: Some("198.51.100.1".parse().unwrap()),
+            dst: Some("2001:db8::2".parse().unwrap()),
+            protocol: Some("tcp".into()),
+            src_port: Some(40000),
+            dst_port: Some(502),
+            function: None,
+            reason: "no_conduit",
+            verdict: "drop",
+        };
+        let line = to_line(&Event::Denied(packet.clone())).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let timestamp = value.as_object_mut().unwrap().remove("timestamp").unwrap();
+        assert!(timestamp.as_str().unwrap().ends_with('Z'), "{line}");
+        assert_eq!(
+            value,
+            json!({
+                "event": "denied", "epoch": 2, "port": "eth1", "conduit": "(none)",
+                "src_zone": "office", "dst_zone": "plant",
+                "src": "198.51.100.1", "dst": "2001:db8::2", "protocol": "tcp",
+                "src_port": 40000, "dst_port": 502, "reason": "no_conduit", "verdict": "drop",
+            })
+        );
+        let bare = PacketEvent {
+            port: None,
+            src_zone: None,
+            dst_zone: None,
+            src: None,
+            dst: None,
+            protocol: None,
+            src_port: None,
+            dst_port: None,
+            reason: "none",
+            verdict: "pass",
+            ..packet
+        };
+        let line = to_line(&Event::FlowAdopted(bare)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "conduit",
+                "epoch",
+                "event",
+                "reason",
+                "timestamp",
+                "verdict"
+            ],
+            "{line}"
+        );
+        assert_eq!(value["event"], "flow_adopted");
+    }
 }

@@ -91,9 +91,16 @@ pub fn parse_error_protocol(reason: &str) -> Option<&'static str> {
 
 /// Reason names of inspectors that say "could not be parsed" rather than "not allowed".
 fn is_malformed(reason: &str) -> bool {
-    ["_bad_", "truncated", "malformed", "unframed", "trailing", "too_many"]
-        .iter()
-        .any(|w| reason.contains(w))
+    [
+        "_bad_",
+        "truncated",
+        "malformed",
+        "unframed",
+        "trailing",
+        "too_many",
+    ]
+    .iter()
+    .any(|w| reason.contains(w))
 }
 
 impl Metrics {
@@ -316,8 +323,14 @@ impl Metrics {
                     key.labels.protocol.as_str(),
                     verdict,
                 ];
-                raise(&self.conduit_packets.with_label_values(&labels), traffic.packets);
-                raise(&self.conduit_bytes.with_label_values(&labels), traffic.bytes);
+                raise(
+                    &self.conduit_packets.with_label_values(&labels),
+                    traffic.packets,
+                );
+                raise(
+                    &self.conduit_bytes.with_label_values(&labels),
+                    traffic.bytes,
+                );
             }
         }
 

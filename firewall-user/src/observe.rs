@@ -42,7 +42,10 @@ impl Observer {
         }
         let state = if opts.pin {
             datapath::check_bpffs()?;
-            let instance = opts.instance.clone().unwrap_or_else(|| instance.to_string());
+            let instance = opts
+                .instance
+                .clone()
+                .unwrap_or_else(|| instance.to_string());
             Some(State {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),

@@ -79,8 +79,7 @@ impl State {
     pub fn generation(&mut self, epoch: u32, conduits: &[String]) {
         self.generations.push(GenerationState {
             epoch,
-            loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             conduits: conduits.to_vec(),
         });
         let keep = self.generations.len().saturating_sub(2);
@@ -204,7 +203,7 @@ pub fn report(state: State) -> Result<Report> {
             by_reason.push((name.to_string(), n));
         }
     }
-    by_reason.sort_by(|a, b| b.1.cmp(&a.1));
+    by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
     let names = state
         .generations
         .iter()
@@ -230,8 +229,7 @@ pub fn report(state: State) -> Result<Report> {
         })
         .collect();
     let top = |key: fn(&ConduitLine) -> u64| {
-        let mut sorted: Vec<ConduitLine> =
-            lines.iter().filter(|l| key(l) != 0).cloned().collect();
+        let mut sorted: Vec<ConduitLine> = lines.iter().filter(|l| key(l) != 0).cloned().collect();
         sorted.sort_by(|a, b| key(b).cmp(&key(a)).then(a.conduit.cmp(&b.conduit)));
         sorted.truncate(TOP);
         sorted

@@ -30,7 +30,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 fn served() -> BTreeSet<String> {
-    Metrics::new().unwrap().family_names().iter().cloned().collect()
+    Metrics::new()
+        .unwrap()
+        .family_names()
+        .iter()
+        .cloned()
+        .collect()
 }
 
 fn exprs(value: &Value, out: &mut Vec<String>) {

@@ -931,7 +931,10 @@ fn flows() {
                     frame(data(&s, 502, 40000, "PA"), pass("modbus")),
                     frame(c.tcp(40000, 502, "FA", 3000, 7000, &[]), pass("modbus")),
                     frame(s.tcp(502, 40000, "FA", 7000, 3001, &[]), pass("modbus")),
-                    frame(c.tcp(40000, 502, "R", 3001, 0, &[]), pass("modbus").closes()),
+                    frame(
+                        c.tcp(40000, 502, "R", 3001, 0, &[]),
+                        pass("modbus").closes(),
+                    ),
                     frame(c.ack(40000, 502), pass("modbus").adopts()),
                 ],
             ),

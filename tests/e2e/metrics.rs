@@ -52,7 +52,11 @@ fn value(prometheus: &PrometheusServer, promql: &str) -> Option<u64> {
     let json: Value = serde_json::from_str(&body).ok()?;
     let result = json["data"]["result"].as_array()?;
     let sample = result.first()?;
-    sample["value"][1].as_str()?.parse::<f64>().ok().map(|v| v as u64)
+    sample["value"][1]
+        .as_str()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
 }
 
 /// Polls until the query returns `expected` (scrapes come every second), then asserts.
@@ -131,18 +135,10 @@ fn prometheus_scrapes_exactly_what_was_allowed_and_denied() {
         "otfw_denied_packets_total{reason=\"no_conduit\",verdict=\"drop\"}",
         DENIED as u64,
     );
-    assert_query(
-        &prometheus,
-        "otfw_flow_events_total{event=\"created\"}",
-        1,
-    );
+    assert_query(&prometheus, "otfw_flow_events_total{event=\"created\"}", 1);
     assert_query(&prometheus, "otfw_policy_epoch", 1);
     assert_query(&prometheus, "sum(otfw_port_attached)", 2);
-    assert_query(
-        &prometheus,
-        "sum(otfw_events_lost_total)",
-        0,
-    );
+    assert_query(&prometheus, "sum(otfw_events_lost_total)", 0);
 
     // The exposition passes promtool's checks.
     let body = scrape(metrics).unwrap();
@@ -241,7 +237,10 @@ fn status_summarises_a_running_instance_and_fails_without_one() {
     let gone = otfw_status(&["--instance", "otfwt"]);
     assert!(!gone.status.success());
     let message = String::from_utf8_lossy(&gone.stderr);
-    assert!(message.contains("no otfw instance otfwt is running"), "{message}");
+    assert!(
+        message.contains("no otfw instance otfwt is running"),
+        "{message}"
+    );
     assert!(
         !std::path::Path::new("/sys/fs/bpf/otfw/otfwt").exists(),
         "pins left behind"

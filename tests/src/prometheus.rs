@@ -89,7 +89,10 @@ impl PrometheusServer {
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -50,7 +50,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let metrics = match args.metrics.as_str() {
         "off" | "none" => None,
         addr => Some(addr.parse().with_context(|| {
-            format!("--metrics {addr}: expected IP:PORT (e.g. {}) or off", crate::metrics::DEFAULT_ADDR)
+            format!(
+                "--metrics {addr}: expected IP:PORT (e.g. {}) or off",
+                crate::metrics::DEFAULT_ADDR
+            )
         })?),
     };
     let opts = RunOptions {

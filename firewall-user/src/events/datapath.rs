@@ -57,7 +57,7 @@ struct ZoneTable {
 impl ZoneTable {
     fn new(policy: &CompiledPolicy) -> ZoneTable {
         let v4 = policy.prefixes_v4.iter().map(|p| {
-            let addr = Ipv6Addr::from(std::net::Ipv4Addr::from(p.addr).to_ipv6_mapped());
+            let addr = std::net::Ipv4Addr::from(p.addr).to_ipv6_mapped();
             (96 + p.prefix_len, u128::from(addr), p.target.zone)
         });
         let v6 = policy
@@ -65,7 +65,7 @@ impl ZoneTable {
             .iter()
             .map(|p| (p.prefix_len, u128::from_be_bytes(p.addr), p.target.zone));
         let mut prefixes: Vec<_> = v4.chain(v6).collect();
-        prefixes.sort_by(|a, b| b.0.cmp(&a.0));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0));
         ZoneTable { prefixes }
     }
 
@@ -74,7 +74,11 @@ impl ZoneTable {
         self.prefixes
             .iter()
             .find(|(len, net, _)| {
-                let mask = if *len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 addr & mask == *net & mask
             })
             .map(|&(_, _, zone)| zone)
@@ -166,8 +170,7 @@ impl DatapathEvents {
         };
         let addr = |bytes: &[u8; 16]| {
             let v6 = Ipv6Addr::from(*bytes);
-            v6.to_ipv4_mapped()
-                .map_or(IpAddr::V6(v6), IpAddr::V4)
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
         };
         let (reason, verdict) = if raw.kind == EVENT_ADOPTED {
             ("none", "pass")

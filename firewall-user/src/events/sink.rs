@@ -44,7 +44,9 @@ pub(super) fn write(event: &str, line: &str) {
     let sink = guard.get_or_insert_with(Sink::default);
     let mut ok = {
         let mut out = std::io::stdout().lock();
-        out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_ok()
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
     };
     if let Some(file) = sink.file.as_mut() {
         ok &= file.write_all(line.as_bytes()).is_ok();

@@ -66,9 +66,10 @@ async fn answer(
     let reply = |status, content_type, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
         Ok(response)
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -38,7 +38,10 @@ fn families_follow_prometheus_conventions() {
         "otfw_events_lost_total",
         "otfw_build_info",
     ] {
-        assert!(names.contains(required), "{required} missing from {names:?}");
+        assert!(
+            names.contains(required),
+            "{required} missing from {names:?}"
+        );
     }
     let body = text(&metrics);
     for name in &names {
@@ -47,7 +50,11 @@ fn families_follow_prometheus_conventions() {
             .lines()
             .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")))
         {
-            assert_eq!(kind == "counter", name.ends_with("_total"), "{name}: {kind}");
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: {kind}"
+            );
         }
     }
 }
@@ -55,7 +62,10 @@ fn families_follow_prometheus_conventions() {
 #[test]
 fn a_fresh_exporter_serves_build_info_and_zeroed_counters() {
     let metrics = Metrics::new().unwrap();
-    metrics.policy_loaded(3, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    metrics.policy_loaded(
+        3,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    );
     metrics.policy_rejected();
     metrics.port("eth1", "native", true);
     let body = text(&metrics);
@@ -154,7 +164,14 @@ fn conduit_totals_stay_monotonic_when_a_slot_is_reused() {
 
     let during = totals.current(&[
         (&g1, vec![traffic("(none)", 0, 2), traffic("a", 12, 0)]),
-        (&g2, vec![traffic("(none)", 0, 1), traffic("a", 3, 0), traffic("b", 4, 0)]),
+        (
+            &g2,
+            vec![
+                traffic("(none)", 0, 1),
+                traffic("a", 3, 0),
+                traffic("b", 4, 0),
+            ],
+        ),
     ]);
     assert_eq!(packets(&during, "a", VERDICT_PASS), 15);
     assert_eq!(packets(&during, "(none)", VERDICT_DROP), 3);
@@ -162,7 +179,14 @@ fn conduit_totals_stay_monotonic_when_a_slot_is_reused() {
     // Generation 3 is about to reuse generation 1's slot: its final counts are folded.
     totals.retire(&g1, &[traffic("(none)", 0, 2), traffic("a", 12, 0)]);
     let after = totals.current(&[
-        (&g2, vec![traffic("(none)", 0, 1), traffic("a", 3, 0), traffic("b", 4, 0)]),
+        (
+            &g2,
+            vec![
+                traffic("(none)", 0, 1),
+                traffic("a", 3, 0),
+                traffic("b", 4, 0),
+            ],
+        ),
         (&g3, vec![traffic("(none)", 0, 0), traffic("b", 0, 0)]),
     ]);
     assert_eq!(packets(&after, "a", VERDICT_PASS), 15);

@@ -291,6 +291,24 @@ fn packets_n(n: u64) -> String {
     }
 }
 
+/// Families the demo shows from a live scrape, and how many samples at most.
+const SHOWN: [&str; 5] = [
+    "otfw_conduit_packets_total",
+    "otfw_denied_packets_total",
+    "otfw_flow_events_total",
+    "otfw_policy_epoch",
+    "otfw_port_attached",
+];
+
+/// Non-zero samples of a few families of a scrape of `/metrics`.
+pub fn live_counters(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| SHOWN.iter().any(|f| line.starts_with(f)))
+        .filter(|line| !line.ends_with(" 0"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,22 +338,4 @@ mod tests {
             "no_conduit: dropped 2 packets, 1 flow created"
         );
     }
-}
-
-/// Families the demo shows from a live scrape, and how many samples at most.
-const SHOWN: [&str; 5] = [
-    "otfw_conduit_packets_total",
-    "otfw_denied_packets_total",
-    "otfw_flow_events_total",
-    "otfw_policy_epoch",
-    "otfw_port_attached",
-];
-
-/// Non-zero samples of a few families of a scrape of `/metrics`.
-pub fn live_counters(body: &str) -> Vec<&str> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| SHOWN.iter().any(|f| line.starts_with(f)))
-        .filter(|line| !line.ends_with(" 0"))
-        .collect()
 }
