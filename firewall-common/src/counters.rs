@@ -65,4 +65,6 @@ pub struct Trace {
     pub verdict: u8,
     pub conduit: u16,
     pub epoch: u32,
+    /// ADUs recorded in `MODBUS_ADUS` for this frame (0 when no inspector ran).
+    pub adus: u32,
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod counters;
 pub mod event;
 pub mod flow;
+pub mod modbus;
 pub mod reason;
 pub mod zone;
 

@@ -54,10 +54,42 @@ pub enum Reason {
     /// A TCP segment of a connection opened before tracking began, with `defaults.midstream`
     /// set to deny.
     MidstreamDenied = 23,
+    /// A segment of an inspected flow whose inspector program is not loaded (fail closed).
+    InspectorMissing = 24,
+    /// A Modbus request with a function code (or exception code 128..255) the rule does not
+    /// allow.
+    ModbusFunctionDenied = 25,
+    /// A Modbus request to a unit id the rule does not allow.
+    ModbusUnitDenied = 26,
+    /// A diagnostics (8) sub-function or encapsulated interface (43) MEI type not allowed.
+    ModbusSubFunctionDenied = 27,
+    /// A Modbus request whose address range is not inside one allowed range of its table.
+    ModbusAddressDenied = 28,
+    /// A quantity outside the specification's limits, or a byte count that disagrees with it.
+    ModbusBadQuantity = 29,
+    /// An MBAP length outside 2..254 or inconsistent with the function's layout.
+    ModbusBadLength = 30,
+    /// An MBAP protocol id other than 0.
+    ModbusBadProtocolId = 31,
+    /// A value the function does not define (write single coil other than 0x0000/0xFF00).
+    ModbusBadValue = 32,
+    /// Bytes after the last complete ADU of a segment that cannot start an MBAP header.
+    ModbusTrailingBytes = 33,
+    /// A segment of a flow first seen mid-stream that is not a whole number of plausible ADUs:
+    /// where an ADU starts cannot be established (non-Modbus bytes, or a split ADU).
+    ModbusUnframed = 34,
+    /// A segment starting after the next expected byte (an earlier segment is missing).
+    ModbusOutOfOrder = 35,
+    /// A segment re-sending bytes already passed that cannot be shown to frame as they did.
+    ModbusRetransmission = 36,
+    /// A segment of a connection direction blocked after a denied request.
+    ModbusBlocked = 37,
+    /// More ADUs in one segment than the inspector checks.
+    ModbusTooManyAdus = 38,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 24;
+pub const REASON_COUNT: u32 = 39;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -86,6 +118,21 @@ impl Reason {
         "nd_bad_hop_limit",
         "flow_table_full",
         "midstream_denied",
+        "inspector_missing",
+        "modbus_function_denied",
+        "modbus_unit_denied",
+        "modbus_sub_function_denied",
+        "modbus_address_denied",
+        "modbus_bad_quantity",
+        "modbus_bad_length",
+        "modbus_bad_protocol_id",
+        "modbus_bad_value",
+        "modbus_trailing_bytes",
+        "modbus_unframed",
+        "modbus_out_of_order",
+        "modbus_retransmission",
+        "modbus_blocked",
+        "modbus_too_many_adus",
     ];
 
     pub const fn name(self) -> &'static str {

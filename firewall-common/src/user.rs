@@ -1,6 +1,6 @@
 //! User-space only: `aya::Pod` for every map type.
 
-use crate::{conduit::*, config::*, counters::*, event::*, flow::*, zone::*};
+use crate::{conduit::*, config::*, counters::*, event::*, flow::*, modbus::*, zone::*};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -25,6 +25,16 @@ pod!(
     FlowState,
     Traffic,
     Trace,
+    AddressRange,
+    ModbusRule,
+    InspectContext,
+    ModbusStream,
+    ModbusFlow,
+    ModbusStatKey,
+    AduRecord,
+    AduTrace,
+    ModbusScratch,
+    ModbusEvent,
     DatapathEvent,
     EventBucket,
 );

@@ -15,6 +15,7 @@ mod bpf {
     pub mod ip;
     pub mod l4;
     pub mod maps;
+    pub mod modbus;
     pub mod packet;
     pub mod reset;
     pub mod stats;
@@ -26,17 +27,32 @@ mod bpf {
 mod entry {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-    use crate::bpf::{reset, stats, verdict};
+    use firewall_common::conduit::INSPECT_NONE;
+
+    use crate::bpf::{maps::INSPECTORS, modbus, reset, stats, verdict};
 
     #[xdp]
     pub fn otfw(ctx: XdpContext) -> u32 {
-        let decision = verdict::decide(&ctx);
+        let mut decision = verdict::decide(&ctx);
+        if decision.inspect != INSPECT_NONE {
+            // The inspector makes and accounts the final decision; the tail call only returns
+            // if the inspector is not in `INSPECTORS`.
+            // SAFETY: a tail call from the main program, with the context it was given.
+            unsafe { INSPECTORS.tail_call(&ctx, decision.inspect as u32) };
+            verdict::inspector_missing(&mut decision);
+        }
         stats::account(&ctx, &decision);
         match decision.action {
             verdict::Action::Pass => xdp_action::XDP_PASS,
             verdict::Action::Drop => xdp_action::XDP_DROP,
             verdict::Action::Reset => reset::answer(&ctx),
         }
+    }
+
+    /// Modbus/TCP inspection, tail called from `otfw` (slot `INSPECT_MODBUS` of `INSPECTORS`).
+    #[xdp]
+    pub fn otfw_modbus(ctx: XdpContext) -> u32 {
+        modbus::inspect(&ctx)
     }
 
     #[panic_handler]

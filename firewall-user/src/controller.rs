@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, ModeChoice},
+    datapath::{bridge_ports, Datapath, ModbusDenied, ModeChoice},
     events::{self, Event},
     observe::Observer,
     policy::compiled::{Attachment, CompiledPolicy},
@@ -95,21 +95,38 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = match datapath.take_logger() {
-        // SAFETY: the logger owns its ring buffer's fd and the AsyncFd owns the logger.
-        Some(logger) => Some(unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-        }?),
+        // SAFETY: the logger owns its ring buffer's file descriptor and is moved into the
+        // AsyncFd, which deregisters it before dropping it.
+        Some(logger) => Some(
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?,
+        ),
         None => None,
     };
     // Denied packets and adopted flows, rate-limited by the datapath.
     let mut datapath_events = match datapath.take_events() {
-        // SAFETY: the ring buffer owns its map fd and the AsyncFd owns the ring buffer, so the
-        // fd stays open and the same for the AsyncFd's lifetime.
-        Some(ring) => Some(unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-        }?),
+        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
+        // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
         None => None,
     };
+    // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
+    let mut modbus_events = match datapath.take_modbus_events() {
+        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
+        // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    let mut events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -119,6 +136,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 reload(&mut datapath, &mut observer, &opts.policy, &file, load);
             }
             _ = watch.tick() => {
+                let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
+                if lost != events_lost {
+                    events_lost = lost;
+                    events::emit(&Event::ModbusEventsLost { total: lost });
+                }
                 let now = file_fingerprint(&opts.policy);
                 if now != fingerprint {
                     fingerprint = now;
@@ -160,6 +182,23 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 }
             } => observer.scrape(&datapath, reply),
             _ = user1.recv() => emit_stats(&datapath),
+            ready = async {
+                match modbus_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let names = datapath.active().map(|g| &g.names);
+                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let bytes: &[u8] = &item;
+                    if let Some(denied) = ModbusDenied::decode(bytes, names) {
+                        events::emit(&Event::ModbusDenied(denied));
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }

@@ -62,6 +62,11 @@ pub enum Event<'a> {
         /// Flow table events, e.g. `{"created": 3}`.
         flows: IndexMap<&'static str, u64>,
     },
+    /// A Modbus request was refused (or, in monitor mode, would have been): the flow, the
+    /// request and the reason.
+    ModbusDenied(crate::datapath::ModbusDenied),
+    /// Denied-request events the ring buffer had no room for, since the controller started.
+    ModbusEventsLost { total: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -152,6 +157,8 @@ impl Event<'_> {
             Event::Denied(_) => "denied",
             Event::FlowAdopted(_) => "flow_adopted",
             Event::Stats { .. } => "stats",
+            Event::ModbusDenied(_) => "modbus_denied",
+            Event::ModbusEventsLost { .. } => "modbus_events_lost",
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     events_lost: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
     pub totals: ConduitTotals,
+    /// Modbus requests of generations no longer in force, by (conduit, function, verdict).
+    modbus_retired: BTreeMap<[String; 3], u64>,
     flow_count: Option<(Instant, usize)>,
 }
 
@@ -240,7 +242,12 @@ impl Metrics {
             "When the controller started (Unix time)."
         );
         start_time.set(unix_seconds(SystemTime::now()));
-        for cause in ["rate_limited", "ring_full", "write_error"] {
+        for cause in [
+            "rate_limited",
+            "ring_full",
+            "modbus_ring_full",
+            "write_error",
+        ] {
             events_lost.with_label_values(&[cause]);
         }
         for result in ["loaded", "rejected"] {
@@ -265,6 +272,7 @@ impl Metrics {
             events,
             events_lost,
             totals: ConduitTotals::default(),
+            modbus_retired: BTreeMap::new(),
             flow_count: None,
         })
     }
@@ -291,7 +299,17 @@ impl Metrics {
     }
 
     /// Folds the counts of the generation the next install replaces (call before `install`).
+    /// Modbus counters are read for the generation in force only, so its counts are folded as
+    /// it stops being in force.
     pub fn before_install(&mut self, datapath: &Datapath) {
+        match modbus_requests(datapath) {
+            Ok(requests) => {
+                for (key, n) in requests {
+                    *self.modbus_retired.entry(key).or_default() += n;
+                }
+            }
+            Err(e) => log::warn!("metrics: reading the Modbus counters failed: {e:#}"),
+        }
         if let Some(generation) = datapath.retiring() {
             match datapath.generation_traffic(generation) {
                 Ok(traffic) => self.totals.retire(&generation.names, &traffic),
@@ -377,6 +395,18 @@ impl Metrics {
             );
         }
 
+        let mut requests = self.modbus_retired.clone();
+        for (key, n) in modbus_requests(datapath)? {
+            *requests.entry(key).or_default() += n;
+        }
+        for ([conduit, function, verdict], n) in &requests {
+            self.requests([conduit, "modbus", function, verdict], *n);
+        }
+        raise(
+            &self.events_lost.with_label_values(&["modbus_ring_full"]),
+            datapath.modbus_events_lost()?,
+        );
+
         let lost = datapath.event_stats()?;
         raise(
             &self.events_lost.with_label_values(&["rate_limited"]),
@@ -402,6 +432,32 @@ impl Metrics {
     pub fn requests(&self, labels: [&str; 4], total: u64) {
         raise(&self.requests.with_label_values(&labels), total);
     }
+}
+
+/// Modbus requests (not responses) of the generation in force, by (conduit, function name,
+/// verdict).
+fn modbus_requests(datapath: &Datapath) -> Result<BTreeMap<[String; 3], u64>> {
+    let mut out = BTreeMap::new();
+    for t in datapath.modbus_traffic()? {
+        if !VERDICT_NAMES.contains(&t.kind) {
+            continue;
+        }
+        let key = [
+            t.conduit,
+            modbus_function_name(t.function),
+            t.kind.to_string(),
+        ];
+        *out.entry(key).or_default() += t.adus;
+    }
+    Ok(out)
+}
+
+/// The policy name of a Modbus function code (`read_coils`, ...), or its number.
+pub fn modbus_function_name(code: u8) -> String {
+    crate::policy::modbus::FUNCTIONS
+        .iter()
+        .find(|(_, c, sub)| *c == code && sub.is_none())
+        .map_or_else(|| code.to_string(), |(name, _, _)| name.to_string())
 }
 
 /// Sets a counter to `value` if that is higher (the sources only grow; a counter never falls).

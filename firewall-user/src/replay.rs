@@ -28,6 +28,9 @@ struct FrameRecord<'a> {
     conduit: Option<&'a str>,
     /// A one-line description of the frame (protocol, addresses, ports) for the reader.
     packet: String,
+    /// Modbus ADUs whose header the inspector decided in this frame.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    adus: &'a [crate::datapath::Adu],
 }
 
 #[derive(Serialize, Default)]
@@ -82,6 +85,7 @@ pub fn replay(
                 reason: d.reason.name(),
                 conduit: conduit.filter(|_| d.conduit_id != firewall_common::conduit::CONDUIT_NONE),
                 packet: describe(frame),
+                adus: &d.adus,
             };
             serde_json::to_writer(&mut *out, &record)?;
             out.write_all(b"\n")?;

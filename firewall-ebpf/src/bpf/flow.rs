@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use firewall_common::{
-    conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT},
+    conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
     config::{Config, FLAG_MIDSTREAM_ADOPT},
     counters::{
         FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED,
@@ -39,6 +39,11 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 pub struct Outcome {
     pub conduit: u16,
     pub reason: Reason,
+    /// For a pass of a tracked flow: the flow's inspector (`INSPECT_*`), its protocol rule,
+    /// and whether the packet travels from the initiator to the responder.
+    pub inspect: u8,
+    pub to_server: bool,
+    pub rule: u16,
 }
 
 impl Outcome {
@@ -47,12 +52,33 @@ impl Outcome {
         Outcome {
             conduit,
             reason: Reason::None,
+            inspect: INSPECT_NONE,
+            to_server: false,
+            rule: 0,
         }
     }
 
     #[inline(always)]
     pub const fn deny(conduit: u16, reason: Reason) -> Outcome {
-        Outcome { conduit, reason }
+        Outcome {
+            conduit,
+            reason,
+            inspect: INSPECT_NONE,
+            to_server: false,
+            rule: 0,
+        }
+    }
+
+    /// A pass of a tracked flow, handed to the flow's inspector.
+    #[inline(always)]
+    const fn inspected(conduit: u16, inspect: u8, rule: u16, to_server: bool) -> Outcome {
+        Outcome {
+            conduit,
+            reason: Reason::None,
+            inspect,
+            to_server,
+            rule,
+        }
     }
 }
 
@@ -194,6 +220,7 @@ fn existing(
     }
     flow.last_seen_ns = now;
     let conduit = flow.conduit;
+    let (inspect, rule) = (flow.inspect, flow.rule);
     if proto == IPPROTO_TCP {
         if flags & TCP_RST != 0 {
             let _ = FLOWS.remove(key);
@@ -204,7 +231,7 @@ fn existing(
             flow.tcp_state = TCP_ESTABLISHED;
         }
     }
-    Some(Outcome::pass(conduit))
+    Some(Outcome::inspected(conduit, inspect, rule, forward))
 }
 
 /// A packet that belongs to no tracked flow.
@@ -227,13 +254,13 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
                 if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
                     return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
                 }
-                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
+                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now, true);
             }
             if !is_stateful(proto, l4) {
                 return Outcome::pass(rule.conduit);
             }
             let state = if syn { TCP_SYN_SENT } else { 0 };
-            open(key, epoch, &rule, state, 0, now)
+            open(key, epoch, &rule, state, 0, now, true)
         }
         Err(reason) => {
             // A segment of a connection the responder side is sending, opened before tracking
@@ -241,7 +268,15 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
             if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
                 if let Ok(rule) = conduit::admit(slot, cfg, proto, &pkt.dst, &pkt.src, l4.sport) {
                     if rule.conduit >= FIRST_CONDUIT {
-                        return open(&keys.reverse, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now);
+                        return open(
+                            &keys.reverse,
+                            epoch,
+                            &rule,
+                            TCP_ESTABLISHED,
+                            ADOPTED,
+                            now,
+                            false,
+                        );
                     }
                 }
             }
@@ -257,8 +292,18 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
     }
 }
 
+/// Tracks a new flow under `key` (initiator direction); `to_server` says whether the packet in
+/// hand travels in that direction.
 #[inline(always)]
-fn open(key: &FlowKey, epoch: u32, rule: &PortRule, tcp_state: u8, flags: u8, now: u64) -> Outcome {
+fn open(
+    key: &FlowKey,
+    epoch: u32,
+    rule: &PortRule,
+    tcp_state: u8,
+    flags: u8,
+    now: u64,
+    to_server: bool,
+) -> Outcome {
     let conduit = rule.conduit;
     let state = FlowState {
         last_seen_ns: now,
@@ -281,5 +326,5 @@ fn open(key: &FlowKey, epoch: u32, rule: &PortRule, tcp_state: u8, flags: u8, no
     } else {
         stats::flow_event(FLOW_CREATED);
     }
-    Outcome::pass(conduit)
+    Outcome::inspected(conduit, rule.inspect, rule.rule, to_server)
 }

@@ -3,15 +3,20 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
 };
 
 use firewall_common::{
-    conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS},
+    conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS, MAX_PROTOCOL_RULES},
     config::Config,
     counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
+    modbus::{
+        AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
+    },
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_PREFIXES, MAX_ZONES},
     SLOTS,
 };
@@ -63,6 +68,43 @@ pub static TRACE: PerCpuArray<Trace> = PerCpuArray::with_max_entries(1, 0);
 /// Scratch space for the flow keys of the packet being decided (per CPU, one entry).
 #[map]
 pub static FLOW_KEYS: PerCpuArray<FlowKeys> = PerCpuArray::with_max_entries(1, 0);
+
+/// Payload inspectors, indexed by `INSPECT_*`; the main program tail calls into them.
+#[map]
+pub static INSPECTORS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+
+/// What the main program hands the inspector (per CPU, one entry).
+#[map]
+pub static INSPECT_CTX: PerCpuArray<InspectContext> = PerCpuArray::with_max_entries(1, 0);
+
+/// Compiled `modbus:` rules, indexed by `slot * MAX_PROTOCOL_RULES + rule`.
+#[map]
+pub static MODBUS_RULES: Array<ModbusRule> = Array::with_max_entries(SLOTS * MAX_PROTOCOL_RULES, 0);
+
+/// Framing state of Modbus connections, by the flow's initiator-direction key.
+#[map]
+pub static MODBUS_FLOWS: LruHashMap<FlowKey, ModbusFlow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// ADUs by conduit, function and verdict (requests) or kind (responses).
+#[map]
+pub static MODBUS_STATS: PerCpuHashMap<ModbusStatKey, u64> =
+    PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Inspector event counters (`COUNT_*`).
+#[map]
+pub static MODBUS_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTS_LEN, 0);
+
+/// The ADUs of the segment just inspected (read back by replay and tests).
+#[map]
+pub static MODBUS_ADUS: PerCpuArray<AduTrace> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static MODBUS_SCRATCH: PerCpuArray<ModbusScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Denied Modbus requests (`ModbusEvent` records).
+#[map]
+pub static MODBUS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Denied packets and adopted flows for the controller (`firewall_common::event`).
 #[map]

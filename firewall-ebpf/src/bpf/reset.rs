@@ -15,14 +15,26 @@ const IPV4_MAX_HDR_WORDS: usize = 30;
 
 #[inline(always)]
 pub fn answer(ctx: &XdpContext) -> u32 {
-    match build(ctx) {
+    match build(ctx, true) {
         Ok(()) => xdp_action::XDP_TX,
         Err(()) => xdp_action::XDP_DROP,
     }
 }
 
+/// Turns the refused segment into a RST that continues to its destination in its place: its
+/// sequence number is exactly what the receiver expects next, so the receiver accepts it and
+/// closes (used toward a server whose client sent a denied request).
 #[inline(always)]
-fn build(ctx: &XdpContext) -> Result<(), ()> {
+pub fn forward(ctx: &XdpContext) -> u32 {
+    match build(ctx, false) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(()) => xdp_action::XDP_DROP,
+    }
+}
+
+/// Rewrites the segment into a bare RST: back to its sender (`reflect`) or onward.
+#[inline(always)]
+fn build(ctx: &XdpContext, reflect: bool) -> Result<(), ()> {
     let eth = Eth::parse(ctx).map_err(|_| ())?;
     let ip = match eth.ethertype {
         ETH_P_IP => Ip::parse_v4(ctx, eth.l3),
@@ -34,7 +46,9 @@ fn build(ctx: &XdpContext) -> Result<(), ()> {
 
     // RFC 9293 3.10.7.1: answer an ACK with seq = its ack; anything else with ack = the
     // sequence space the segment occupied.
-    let (seq, ack, flags) = if tcp.tcp_flags & TCP_ACK != 0 {
+    let (seq, ack, flags) = if !reflect {
+        (tcp.seq, tcp.ack, TCP_RST | (tcp.tcp_flags & TCP_ACK))
+    } else if tcp.tcp_flags & TCP_ACK != 0 {
         (tcp.ack, 0u32, TCP_RST)
     } else {
         let mut len = tcp.payload_len as u32;
@@ -55,13 +69,15 @@ fn build(ctx: &XdpContext) -> Result<(), ()> {
         return Err(());
     }
 
-    let macs: [u8; 12] = load(ctx, 0, firewall_common::reason::Reason::None).map_err(|_| ())?;
-    let eth_p = ptr_at_mut::<[u8; 12]>(ctx, 0)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    // SAFETY: ptr_at_mut checked the 12 bytes are inside the frame.
-    unsafe { core::ptr::write_unaligned(eth_p, swapped) };
+    if reflect {
+        let macs: [u8; 12] = load(ctx, 0, firewall_common::reason::Reason::None).map_err(|_| ())?;
+        let eth_p = ptr_at_mut::<[u8; 12]>(ctx, 0)?;
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        // SAFETY: ptr_at_mut checked the 12 bytes are inside the frame.
+        unsafe { core::ptr::write_unaligned(eth_p, swapped) };
+    }
 
     let l3 = eth.l3;
     let mut sum: u32;
@@ -71,13 +87,15 @@ fn build(ctx: &XdpContext) -> Result<(), ()> {
         let h = unsafe { &mut *hdr };
         let plen = (ip.l4 - l3 - 40 + TCP_HDR_LEN) as u16;
         h[4..6].copy_from_slice(&plen.to_be_bytes());
-        h[7] = 64;
-        let mut src = [0u8; 16];
-        src.copy_from_slice(&h[8..24]);
-        let mut dst = [0u8; 16];
-        dst.copy_from_slice(&h[24..40]);
-        h[8..24].copy_from_slice(&dst);
-        h[24..40].copy_from_slice(&src);
+        if reflect {
+            h[7] = 64;
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&h[8..24]);
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&h[24..40]);
+            h[8..24].copy_from_slice(&dst);
+            h[24..40].copy_from_slice(&src);
+        }
         sum = add_bytes(0, &h[8..40]);
     } else {
         let hdr = ptr_at_mut::<[u8; 20]>(ctx, l3)?;
@@ -86,15 +104,17 @@ fn build(ctx: &XdpContext) -> Result<(), ()> {
         let ihl = ip.l4 - l3;
         let total = (ihl + TCP_HDR_LEN) as u16;
         h[2..4].copy_from_slice(&total.to_be_bytes());
-        h[8] = 64;
         h[10] = 0;
         h[11] = 0;
-        let mut src = [0u8; 4];
-        src.copy_from_slice(&h[12..16]);
-        let mut dst = [0u8; 4];
-        dst.copy_from_slice(&h[16..20]);
-        h[12..16].copy_from_slice(&dst);
-        h[16..20].copy_from_slice(&src);
+        if reflect {
+            h[8] = 64;
+            let mut src = [0u8; 4];
+            src.copy_from_slice(&h[12..16]);
+            let mut dst = [0u8; 4];
+            dst.copy_from_slice(&h[16..20]);
+            h[12..16].copy_from_slice(&dst);
+            h[16..20].copy_from_slice(&src);
+        }
         let check = fold(ipv4_header_sum(ctx, l3, ihl / 2)?);
         h[10..12].copy_from_slice(&check.to_be_bytes());
         sum = add_bytes(0, &h[12..20]);
@@ -105,10 +125,12 @@ fn build(ctx: &XdpContext) -> Result<(), ()> {
     let th = ptr_at_mut::<[u8; TCP_HDR_LEN]>(ctx, ip.l4)?;
     // SAFETY: bounds checked by ptr_at_mut.
     let t = unsafe { &mut *th };
-    let mut ports = [0u8; 4];
-    ports.copy_from_slice(&t[0..4]);
-    t[0..2].copy_from_slice(&ports[2..4]);
-    t[2..4].copy_from_slice(&ports[0..2]);
+    if reflect {
+        let mut ports = [0u8; 4];
+        ports.copy_from_slice(&t[0..4]);
+        t[0..2].copy_from_slice(&ports[2..4]);
+        t[2..4].copy_from_slice(&ports[0..2]);
+    }
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t[8..12].copy_from_slice(&ack.to_be_bytes());
     t[12] = (TCP_HDR_LEN as u8 / 4) << 4;

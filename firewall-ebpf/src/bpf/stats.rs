@@ -1,4 +1,6 @@
-//! Accounting in per-CPU maps: the datapath only increments, user space sums over CPUs.
+//! Accounting in per-CPU maps: the datapath only increments, user space sums over CPUs. Every
+//! packet is accounted exactly once: by the main program, or by the inspector it handed the
+//! packet to.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -11,9 +13,41 @@ use super::{
     verdict::Decision,
 };
 
+/// The facts of one final decision.
+pub struct Accounted {
+    pub reason: u8,
+    pub verdict: u32,
+    pub conduit: u16,
+    pub slot: u32,
+    pub epoch: u32,
+    pub trace: bool,
+    /// ADUs the inspector recorded for this frame.
+    pub adus: u32,
+}
+
 #[inline(always)]
 pub fn account(ctx: &XdpContext, d: &Decision) {
-    if let Some(n) = REASON_STATS.get_ptr_mut(reason_index(d.reason as u8, d.verdict)) {
+    record(
+        ctx,
+        &Accounted {
+            reason: d.reason as u8,
+            verdict: d.verdict,
+            conduit: d.conduit,
+            slot: d.slot,
+            epoch: d.epoch,
+            trace: d.trace,
+            adus: 0,
+        },
+    );
+    // Packets the inspectors deny are reported by their own events, with the request.
+    if d.verdict != VERDICT_PASS {
+        events::denied(ctx, d);
+    }
+}
+
+#[inline(always)]
+pub fn record(ctx: &XdpContext, d: &Accounted) {
+    if let Some(n) = REASON_STATS.get_ptr_mut(reason_index(d.reason, d.verdict)) {
         // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
         unsafe { *n += 1 };
     }
@@ -24,18 +58,16 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             (*t).bytes += frame_len(ctx) as u64;
         }
     }
-    if d.verdict != VERDICT_PASS {
-        events::denied(ctx, d);
-    }
     if d.trace {
         if let Some(t) = TRACE.get_ptr_mut(0) {
             // SAFETY: as above.
             unsafe {
                 *t = Trace {
-                    reason: d.reason as u8,
+                    reason: d.reason,
                     verdict: d.verdict as u8,
                     conduit: d.conduit,
                     epoch: d.epoch,
+                    adus: d.adus,
                 }
             };
         }

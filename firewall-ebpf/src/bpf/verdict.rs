@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 
 use firewall_common::{
-    conduit::{conduit_index, CONDUIT_NONE, MODE_MONITOR, ON_DENY_RESET},
+    conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
     config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     reason::Reason,
@@ -17,7 +17,7 @@ use super::{
     flow::{self, Outcome, Packet},
     ip::Ip,
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
-    maps::{ACTIVE, CONDUITS, CONFIG},
+    maps::{ACTIVE, CONDUITS, CONFIG, FLOW_KEYS, INSPECT_CTX},
     packet::load,
     zone,
 };
@@ -36,6 +36,9 @@ pub struct Decision {
     pub slot: u32,
     pub epoch: u32,
     pub trace: bool,
+    /// A pass handed to this inspector (`INSPECT_*`), whose context is in `INSPECT_CTX`; the
+    /// inspector makes and accounts the final decision.
+    pub inspect: u8,
 }
 
 /// What the policy says before modes are applied.
@@ -62,6 +65,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 epoch,
                 // Tracing can be switched on before the first policy (replay, tests).
                 trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
+                inspect: INSPECT_NONE,
             };
         }
     };
@@ -73,7 +77,12 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         },
     };
     let trace = cfg.flags & FLAG_TRACE != 0;
-    let Outcome { conduit, reason } = judgement.outcome;
+    let Outcome {
+        conduit,
+        reason,
+        inspect,
+        ..
+    } = judgement.outcome;
     if reason == Reason::FlowTableFull {
         // Rare and operator-relevant: connections are being refused for want of table space.
         warn!(
@@ -90,6 +99,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             slot,
             epoch,
             trace,
+            inspect,
         };
     }
     let info = CONDUITS
@@ -111,7 +121,17 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         slot,
         epoch,
         trace,
+        inspect: INSPECT_NONE,
     }
+}
+
+/// The decision when the inspector a pass was handed to could not run: fail closed.
+#[inline(always)]
+pub fn inspector_missing(d: &mut Decision) {
+    d.action = Action::Drop;
+    d.verdict = VERDICT_DROP;
+    d.reason = Reason::InspectorMissing;
+    d.inspect = INSPECT_NONE;
 }
 
 #[inline(always)]
@@ -139,12 +159,45 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
         src,
         dst,
     };
-    let outcome = flow::track(slot, epoch, cfg, &pkt);
+    let mut outcome = flow::track(slot, epoch, cfg, &pkt);
+    if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
+        if ip.proto != IPPROTO_TCP || !hand_over(&outcome, &l4, epoch, cfg) {
+            outcome.inspect = INSPECT_NONE;
+            outcome.reason = Reason::InspectorMissing;
+        }
+    }
     let resettable = ip.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST == 0;
     Ok(Judgement {
         outcome,
         resettable,
     })
+}
+
+/// Writes what the inspector needs into `INSPECT_CTX`.
+#[inline(always)]
+fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
+    let (Some(ic), Some(keys)) = (INSPECT_CTX.get_ptr_mut(0), FLOW_KEYS.get_ptr(0)) else {
+        return false;
+    };
+    // SAFETY: per-CPU slots, used by this CPU only for the duration of this program run (and
+    // the inspector it tail calls).
+    let (ic, keys) = unsafe { (&mut *ic, &*keys) };
+    ic.key = if outcome.to_server {
+        keys.forward
+    } else {
+        keys.reverse
+    };
+    ic.seq = l4.seq;
+    ic.ack = l4.ack;
+    ic.epoch = epoch;
+    ic.payload = l4.payload as u32;
+    ic.payload_len = l4.payload_len as u32;
+    ic.conduit = outcome.conduit;
+    ic.rule = outcome.rule;
+    ic.tcp_flags = l4.tcp_flags;
+    ic.to_server = outcome.to_server as u8;
+    ic.trace = (cfg.flags & FLAG_TRACE != 0) as u8;
+    true
 }
 
 #[inline(always)]

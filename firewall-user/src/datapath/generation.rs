@@ -6,9 +6,10 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, PerCpuValues};
 use firewall_common::{
-    conduit::{conduit_index, ConduitInfo, ConduitKey},
+    conduit::{conduit_index, ConduitInfo, ConduitKey, MAX_PROTOCOL_RULES},
     config::ACTIVE_INDEX,
     counters::{conduit_stats_index, Traffic, VERDICT_COUNT},
+    modbus::{ModbusRule, ModbusStatKey},
     slot_of,
     zone::{zone_index, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZonePortKey},
 };
@@ -28,6 +29,7 @@ pub struct Generation {
     /// Ids in use, so that the next generation in this slot can reset what it does not use.
     zones: u16,
     conduits: u16,
+    protocol_rules: u16,
 }
 
 impl Generation {
@@ -44,10 +46,13 @@ impl Datapath {
         let epoch = current.wrapping_add(1).max(1);
         let slot = slot_of(epoch);
         let previous = self.slots[slot as usize].take();
-        let (old_zones, old_conduits) = previous.as_ref().map_or((0, 0), |g| (g.zones, g.conduits));
+        let (old_zones, old_conduits, old_rules) = previous
+            .as_ref()
+            .map_or((0, 0, 0), |g| (g.zones, g.conduits, g.protocol_rules));
 
-        purge_slot(&mut self.maps, slot, old_zones, old_conduits)?;
+        purge_slot(&mut self.maps, slot, old_zones, old_conduits, old_rules)?;
         let (zones, conduits) = fill_slot(&mut self.maps, slot, policy)?;
+        let protocol_rules = fill_modbus(&mut self.maps, slot, policy)?;
 
         let mut config = policy.config;
         config.epoch = epoch;
@@ -66,6 +71,7 @@ impl Datapath {
             installed_at: SystemTime::now(),
             zones,
             conduits,
+            protocol_rules,
         }))
     }
 
@@ -85,7 +91,33 @@ impl Datapath {
 
 /// Removes everything a generation before the previous one left in `slot`. No packet reads the
 /// slot any more: the active epoch points at the other one.
-fn purge_slot(maps: &mut Maps, slot: u32, zones: u16, conduits: u16) -> Result<()> {
+fn purge_slot(
+    maps: &mut Maps,
+    slot: u32,
+    zones: u16,
+    conduits: u16,
+    protocol_rules: u16,
+) -> Result<()> {
+    for rule in 0..=protocol_rules {
+        maps.modbus_rules
+            .set(
+                slot * MAX_PROTOCOL_RULES + rule as u32,
+                ModbusRule::default(),
+                0,
+            )
+            .context("resetting MODBUS_RULES")?;
+    }
+    let stale_stats: Vec<ModbusStatKey> = maps
+        .modbus_stats
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot as u32 == slot)
+        .collect();
+    for key in stale_stats {
+        maps.modbus_stats
+            .remove(&key)
+            .context("purging MODBUS_STATS")?;
+    }
     let slot_be = slot.to_be_bytes();
     let stale_v4: Vec<Key<ZoneKeyV4>> = maps
         .zones_v4
@@ -149,6 +181,18 @@ fn purge_slot(maps: &mut Maps, slot: u32, zones: u16, conduits: u16) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Writes the compiled `modbus:` rules into `slot`; returns the highest rule id used.
+fn fill_modbus(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<u16> {
+    let mut highest = 0;
+    for (id, rule) in &policy.modbus_maps {
+        maps.modbus_rules
+            .set(slot * MAX_PROTOCOL_RULES + *id as u32, rule, 0)
+            .context("writing MODBUS_RULES")?;
+        highest = highest.max(*id);
+    }
+    Ok(highest)
 }
 
 /// Writes every entry of `policy` into `slot`; returns the highest zone and conduit ids used.

@@ -2,7 +2,9 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
     Ebpf,
 };
 use firewall_common::{
@@ -10,6 +12,7 @@ use firewall_common::{
     config::{Config, ACTIVE_INDEX},
     counters::{Trace, Traffic},
     flow::{FlowKey, FlowState},
+    modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
 };
 
@@ -27,6 +30,16 @@ pub struct Maps {
     pub conduit_stats: PerCpuArray<MapData, Traffic>,
     pub flow_stats: PerCpuArray<MapData, u64>,
     pub trace: PerCpuArray<MapData, Trace>,
+    /// Inspectors by `INSPECT_*`. Must stay open: the kernel empties a program array when its
+    /// last user-space reference goes.
+    pub inspectors: ProgramArray<MapData>,
+    pub modbus_rules: Array<MapData, ModbusRule>,
+    pub modbus_flows: HashMap<MapData, FlowKey, ModbusFlow>,
+    pub modbus_stats: PerCpuHashMap<MapData, ModbusStatKey, u64>,
+    pub modbus_counts: PerCpuArray<MapData, u64>,
+    pub modbus_adus: PerCpuArray<MapData, AduTrace>,
+    /// Denied-request events, until the controller takes the ring buffer.
+    pub modbus_events: Option<RingBuf<MapData>>,
     pub events: Option<RingBuf<MapData>>,
     pub event_stats: PerCpuArray<MapData, u64>,
 }
@@ -60,6 +73,13 @@ impl Maps {
             conduit_stats: typed!(ebpf, "CONDUIT_STATS"),
             flow_stats: typed!(ebpf, "FLOW_STATS"),
             trace: typed!(ebpf, "TRACE"),
+            inspectors: typed!(ebpf, "INSPECTORS"),
+            modbus_rules: typed!(ebpf, "MODBUS_RULES"),
+            modbus_flows: typed!(ebpf, "MODBUS_FLOWS"),
+            modbus_stats: typed!(ebpf, "MODBUS_STATS"),
+            modbus_counts: typed!(ebpf, "MODBUS_COUNTS"),
+            modbus_adus: typed!(ebpf, "MODBUS_ADUS"),
+            modbus_events: Some(typed!(ebpf, "MODBUS_EVENTS")),
             events: Some(typed!(ebpf, "EVENTS")),
             event_stats: typed!(ebpf, "EVENT_STATS"),
         })

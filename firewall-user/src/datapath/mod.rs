@@ -5,17 +5,20 @@ mod attach;
 mod counters;
 mod generation;
 mod maps;
+mod modbus;
 mod pin;
 mod test_run;
 
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use firewall_common::conduit::INSPECT_MODBUS;
 
 pub use attach::{bridge_ports, ifindex, Attached, AttachedPort, ModeChoice, PortMode};
 pub use counters::{ConduitTraffic, Counters};
 pub use generation::Generation;
+pub use modbus::{ModbusDenied, ModbusTraffic};
 pub use pin::{check_bpffs, pin_dir, unpin, PinnedMaps};
-pub use test_run::Decision;
+pub use test_run::{Adu, Decision};
 
 use maps::Maps;
 
@@ -24,6 +27,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ot
 
 /// Name of the XDP program in the object.
 const PROGRAM: &str = "otfw";
+/// The Modbus/TCP inspector, tail called by `PROGRAM` (slot `INSPECT_MODBUS` of `INSPECTORS`).
+const MODBUS_PROGRAM: &str = "otfw_modbus";
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -55,7 +60,7 @@ impl Datapath {
         if let Some(dir) = pin_dir {
             pin::pin_maps(&ebpf, dir)?;
         }
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
             .context("the XDP program is missing from the object")?
@@ -64,6 +69,20 @@ impl Datapath {
         program
             .load()
             .context("the kernel verifier rejected the XDP program")?;
+        // Inspectors go into their program array before anything is attached: a packet
+        // handed to a missing inspector is dropped (`inspector_missing`).
+        let modbus: &mut Xdp = ebpf
+            .program_mut(MODBUS_PROGRAM)
+            .context("the Modbus inspector is missing from the object")?
+            .try_into()
+            .context("the Modbus inspector in the object is not an XDP program")?;
+        modbus
+            .load()
+            .context("the kernel verifier rejected the Modbus inspector")?;
+        let fd = modbus.fd().context("the Modbus inspector has no fd")?;
+        maps.inspectors
+            .set(INSPECT_MODBUS as u32, fd, 0)
+            .context("installing the Modbus inspector in INSPECTORS")?;
         Ok(Datapath {
             ebpf,
             logger: Some(logger),
@@ -89,6 +108,13 @@ impl Datapath {
     /// Instructions the verifier processed for the program (its complexity budget is 1,000,000).
     pub fn verified_instructions(&self) -> Option<u32> {
         self.program().info().ok()?.verified_instruction_count()
+    }
+
+    /// Instructions the verifier processed for the Modbus inspector (a program of its own, with
+    /// its own 1,000,000 budget).
+    pub fn modbus_verified_instructions(&self) -> Option<u32> {
+        let program: &Xdp = self.ebpf.program(MODBUS_PROGRAM)?.try_into().ok()?;
+        program.info().ok()?.verified_instruction_count()
     }
 
     /// The program's log channel; readable (as a file descriptor) when messages are waiting,

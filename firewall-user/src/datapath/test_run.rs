@@ -6,7 +6,14 @@ use aya::{
     maps::PerCpuValues,
     programs::{TestRun, TestRunOptions},
 };
-use firewall_common::{config::FLAG_TRACE, counters::Trace, flow::FlowKey, reason::Reason};
+use firewall_common::{
+    config::FLAG_TRACE,
+    counters::{Trace, VERDICT_NAMES},
+    flow::FlowKey,
+    modbus::{ADU_REQUEST, KIND_NAMES},
+    reason::Reason,
+};
+use serde::Serialize;
 
 use super::Datapath;
 
@@ -25,6 +32,26 @@ pub struct Decision {
     pub epoch: u32,
     /// The frame as the program left it (a TCP reset for `XDP_TX`).
     pub frame_out: Vec<u8>,
+    /// The Modbus ADUs whose header the inspector decided in this frame.
+    pub adus: Vec<Adu>,
+}
+
+/// One Modbus ADU seen in a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Adu {
+    /// `request`, `response`, `exception` or `unsolicited`.
+    pub direction: &'static str,
+    pub unit: u8,
+    pub function: u8,
+    pub address: u16,
+    pub quantity: u16,
+    /// Diagnostics sub-function, MEI type, or exception code.
+    pub sub: u16,
+    /// What happened to the ADU: the frame's verdict (`pass`, `drop`, `reset`), except that
+    /// in monitor mode an allowed ADU is `pass` and a refused one `monitor`.
+    pub verdict: &'static str,
+    /// Why a request was refused (`none` when allowed).
+    pub reason: &'static str,
 }
 
 impl Decision {
@@ -92,8 +119,54 @@ impl Datapath {
             trace.verdict != UNTRACED,
             "the program recorded no decision: call enable_trace() after installing a policy"
         );
+        let adus = if trace.adus == 0 {
+            Vec::new()
+        } else {
+            let recorded = self
+                .maps
+                .modbus_adus
+                .get(&0, 0)
+                .context("reading MODBUS_ADUS")?
+                .get(cpu)
+                .copied()
+                .unwrap_or_default();
+            let frame_verdict = VERDICT_NAMES
+                .get(trace.verdict as usize)
+                .copied()
+                .unwrap_or("unknown");
+            recorded
+                .adus
+                .iter()
+                .take(trace.adus as usize)
+                .map(|a| {
+                    let request = a.kind == ADU_REQUEST;
+                    Adu {
+                        direction: if request {
+                            "request"
+                        } else {
+                            KIND_NAMES
+                                .get(a.kind as usize)
+                                .copied()
+                                .unwrap_or("unknown")
+                        },
+                        unit: a.unit,
+                        function: a.function,
+                        address: a.address,
+                        quantity: a.quantity,
+                        sub: a.sub,
+                        verdict: if frame_verdict == "monitor" && a.reason == 0 {
+                            "pass"
+                        } else {
+                            frame_verdict
+                        },
+                        reason: Reason::from_u8(a.reason).map_or("unknown", Reason::name),
+                    }
+                })
+                .collect()
+        };
         Ok(Decision {
             action: result.return_value,
+            adus,
             reason: Reason::from_u8(trace.reason).unwrap_or(Reason::None),
             verdict: trace.verdict,
             conduit_id: trace.conduit,

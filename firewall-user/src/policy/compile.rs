@@ -69,15 +69,28 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         .collect();
     let ids = protocol_rule_ids(policy);
     let mut modbus_rules = Vec::new();
+    let mut modbus_maps = Vec::new();
     let mut enip_rules = Vec::new();
     for (c, conduit) in policy.conduits.iter().enumerate() {
         for (a, allow) in conduit.allow.iter().enumerate() {
             match allow {
-                Allow::Modbus(r) => modbus_rules.push((ids[c][a], r.clone())),
+                Allow::Modbus(r) => {
+                    modbus_rules.push((ids[c][a], r.clone()));
+                    match super::modbus::to_map(r) {
+                        Ok(m) => modbus_maps.push((ids[c][a], m)),
+                        Err((key, message)) => errors.push(CompileError {
+                            path: format!("conduits[{c}].allow[{a}].modbus.{key}"),
+                            message,
+                        }),
+                    }
+                }
                 Allow::Enip(r) => enip_rules.push((ids[c][a], r.clone())),
                 _ => {}
             }
         }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let defaults = &policy.defaults;
     let pseudo = (0..FIRST_CONDUIT).map(|id| (id, conduit_info(defaults.mode, defaults.on_deny)));
@@ -97,6 +110,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         conduits: pseudo.chain(own).collect(),
         names: names(policy),
         modbus_rules,
+        modbus_maps,
         enip_rules,
     })
 }

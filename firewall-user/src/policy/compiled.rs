@@ -5,6 +5,7 @@ use super::{enip::EnipRules, modbus::ModbusRules};
 use firewall_common::{
     conduit::{ConduitInfo, RuleSet},
     config::Config,
+    modbus::ModbusRule,
     zone::{ZoneInfo, ZoneMatch},
 };
 
@@ -51,6 +52,8 @@ pub struct CompiledPolicy {
     pub names: Names,
     /// Protocol rules by id (`PortRule::rule`), for the payload inspectors.
     pub modbus_rules: Vec<(u16, ModbusRules)>,
+    /// The same rules as map `MODBUS_RULES` holds them.
+    pub modbus_maps: Vec<(u16, ModbusRule)>,
     pub enip_rules: Vec<(u16, EnipRules)>,
 }
 

@@ -3,6 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use firewall_common::modbus::{
+    AddressRange, ModbusRule, MAX_RANGES, RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED,
+    TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
+};
+
 use super::model::{self, Scalar};
 use super::source::{child, item, Diagnostics};
 
@@ -295,9 +300,147 @@ fn parse_sub_function(text: &str) -> Result<(u8, u16), String> {
     Ok((code, sub as u16))
 }
 
+/// The datapath form of `rules` (map `MODBUS_RULES`). `Err` names what does not fit: more
+/// than `MAX_RANGES` ranges in a table, or diagnostics sub-functions above 63 named one by one.
+pub fn to_map(rules: &ModbusRules) -> Result<ModbusRule, (String, String)> {
+    let mut m = ModbusRule {
+        flags: RULE_PRESENT,
+        ..ModbusRule::default()
+    };
+    let set = |words: &mut [u64], n: usize| words[n / 64] |= 1 << (n % 64);
+    match &rules.units {
+        None => m.units = [u64::MAX; 4],
+        Some(units) => units.iter().for_each(|&u| set(&mut m.units, u as usize)),
+    }
+    for (&code, subs) in &rules.functions {
+        set(&mut m.functions, code as usize);
+        match code {
+            DIAGNOSTICS => {
+                let too_high = |set: &BTreeSet<u16>| set.iter().copied().find(|&s| s >= 64);
+                match subs {
+                    SubFunctions::Any => {
+                        m.diagnostics = u64::MAX;
+                        m.flags |= RULE_DIAG_OTHERS;
+                    }
+                    SubFunctions::Only(only) => {
+                        if let Some(s) = too_high(only) {
+                            return Err(sub_function_error(s));
+                        }
+                        only.iter().for_each(|&s| m.diagnostics |= 1 << s);
+                    }
+                    SubFunctions::AllExcept(except) => {
+                        if let Some(s) = too_high(except) {
+                            return Err(sub_function_error(s));
+                        }
+                        m.diagnostics = u64::MAX;
+                        except.iter().for_each(|&s| m.diagnostics &= !(1 << s));
+                        m.flags |= RULE_DIAG_OTHERS;
+                    }
+                }
+            }
+            ENCAPSULATED_INTERFACE_TRANSPORT => {
+                for mei in 0..=255u16 {
+                    if subs.allows(mei) {
+                        set(&mut m.mei, mei as usize);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let tables = [
+        ("coils", &rules.addresses.coils, TABLE_COILS),
+        (
+            "discrete_inputs",
+            &rules.addresses.discrete_inputs,
+            TABLE_DISCRETE_INPUTS,
+        ),
+        (
+            "holding_registers",
+            &rules.addresses.holding_registers,
+            TABLE_HOLDING_REGISTERS,
+        ),
+        (
+            "input_registers",
+            &rules.addresses.input_registers,
+            TABLE_INPUT_REGISTERS,
+        ),
+    ];
+    for (name, ranges, table) in tables {
+        let Some(ranges) = ranges else { continue };
+        let merged = merge(ranges);
+        if merged.len() > MAX_RANGES {
+            return Err((
+                format!("addresses.{name}"),
+                format!(
+                    "{} separate {name} ranges; the datapath checks at most {MAX_RANGES} per                      table: join adjacent ranges or split the rule into several conduits",
+                    merged.len()
+                ),
+            ));
+        }
+        m.flags |= RULE_TABLE_LIMITED << table;
+        m.range_count[table] = merged.len() as u8;
+        for (i, &(lo, hi)) in merged.iter().enumerate() {
+            m.ranges[table][i] = AddressRange { lo, hi };
+        }
+    }
+    Ok(m)
+}
+
+fn sub_function_error(sub: u16) -> (String, String) {
+    (
+        "functions".to_owned(),
+        format!(
+            "diagnostics sub-function {sub}: the datapath tells apart sub-functions 0..63 only;              allow `diagnostics` (8) as a whole or leave {sub} out"
+        ),
+    )
+}
+
+/// Sorted ranges with overlapping and adjacent ones joined (containment is unchanged: a range
+/// inside the union of two touching ranges is inside their join).
+fn merge(ranges: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in sorted {
+        match out.last_mut() {
+            Some(last) if lo as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firewall_common::modbus::bit;
+
+    #[test]
+    fn map_form_of_presets_and_ranges() {
+        let mut rules = ModbusRules::default();
+        add_function(&mut rules, &Scalar::Text("read".into())).unwrap();
+        add_function(&mut rules, &Scalar::Text("diagnostics".into())).unwrap();
+        rules.units = Some([1, 255].into());
+        rules.addresses.holding_registers = Some(vec![(0, 9), (10, 19), (100, 199)]);
+        let m = to_map(&rules).unwrap();
+        assert!(bit(&m.functions, 3) && bit(&m.functions, 43) && !bit(&m.functions, 5));
+        assert!(bit(&m.units, 1) && bit(&m.units, 255) && !bit(&m.units, 2));
+        assert!(bit(&m.mei, 14) && !bit(&m.mei, 13));
+        assert_eq!(m.diagnostics & 0b10010, 0);
+        assert!(m.diagnostics & 1 != 0 && m.flags & RULE_DIAG_OTHERS != 0);
+        assert_eq!(m.range_count[TABLE_HOLDING_REGISTERS], 2);
+        assert_eq!(
+            m.ranges[TABLE_HOLDING_REGISTERS][..2],
+            [
+                AddressRange { lo: 0, hi: 19 },
+                AddressRange { lo: 100, hi: 199 }
+            ]
+        );
+        assert_eq!(m.flags & (RULE_TABLE_LIMITED << TABLE_COILS), 0);
+        rules.addresses.coils = Some((0..9).map(|i| (i * 10, i * 10 + 1)).collect());
+        assert!(to_map(&rules).unwrap_err().1.contains("at most 8"));
+    }
 
     fn functions(list: &[Scalar]) -> Result<BTreeMap<u8, SubFunctions>, String> {
         let mut rules = ModbusRules::default();

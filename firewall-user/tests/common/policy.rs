@@ -384,6 +384,7 @@ impl Policy {
             conduits,
             names,
             modbus_rules: Vec::new(),
+            modbus_maps: Vec::new(),
             enip_rules: Vec::new(),
         }
     }

@@ -1,0 +1,254 @@
+//! Modbus/TCP inspection: the compiled rules of a `modbus:` item, the per-flow framing state,
+//! the hand-off from the main program to the inspector, accounting keys, and event records.
+
+use crate::flow::FlowKey;
+
+/// MBAP header: transaction id, protocol id, length, unit id.
+pub const MBAP_LEN: usize = 7;
+/// What the inspector needs of a request to decide it: the MBAP header, the function code and
+/// the longest fixed data prefix (function 23: read start, read quantity, write start, write
+/// quantity, byte count).
+pub const PREFIX_MAX: usize = MBAP_LEN + 1 + 9;
+/// Bytes of an undecided prefix carried from one segment to the next (one less than a prefix).
+pub const CARRY_MAX: usize = 16;
+/// ADUs inspected in one segment; a segment holding more is dropped (`modbus_too_many_adus`).
+pub const MAX_ADUS: usize = 32;
+/// Address ranges per data table in one rule; the compiler rejects policies needing more.
+pub const MAX_RANGES: usize = 8;
+
+/// Data tables, as indexes of `ModbusRule::ranges`.
+pub const TABLE_COILS: usize = 0;
+pub const TABLE_DISCRETE_INPUTS: usize = 1;
+pub const TABLE_HOLDING_REGISTERS: usize = 2;
+pub const TABLE_INPUT_REGISTERS: usize = 3;
+pub const TABLES: usize = 4;
+
+/// `ModbusRule::flags`: the rule slot holds a compiled rule.
+pub const RULE_PRESENT: u32 = 1 << 0;
+/// Diagnostics sub-functions 64..65535 are allowed (0..63 are in `diagnostics`).
+pub const RULE_DIAG_OTHERS: u32 = 1 << 1;
+/// `RULE_TABLE_LIMITED << table`: the table's addresses are limited to its ranges.
+pub const RULE_TABLE_LIMITED: u32 = 1 << 4;
+
+/// An allowed address range, both ends included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// Map `MODBUS_RULES`, indexed by `slot * MAX_PROTOCOL_RULES + rule`. Bitmaps are little-endian
+/// bit numbers: bit `n` of the set is `words[n / 64] >> (n % 64) & 1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModbusRule {
+    /// Allowed unit ids.
+    pub units: [u64; 4],
+    /// Allowed function codes 0..127 (0 is never set).
+    pub functions: [u64; 2],
+    /// Allowed diagnostics (8) sub-functions 0..63.
+    pub diagnostics: u64,
+    /// Allowed MEI types of function 43.
+    pub mei: [u64; 4],
+    pub flags: u32,
+    /// Ranges in use per table.
+    pub range_count: [u8; TABLES],
+    pub ranges: [[AddressRange; MAX_RANGES]; TABLES],
+}
+
+#[inline(always)]
+pub const fn bit(words: &[u64], n: usize) -> bool {
+    words[n / 64] >> (n % 64) & 1 != 0
+}
+
+/// Map `INSPECT_CTX` (per CPU, one entry): what the main program hands the inspector it tail
+/// calls. `key` is the flow's key in the initiator's direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InspectContext {
+    pub key: FlowKey,
+    pub seq: u32,
+    pub ack: u32,
+    pub epoch: u32,
+    /// Offset of the TCP payload in the frame, and its length.
+    pub payload: u32,
+    pub payload_len: u32,
+    pub conduit: u16,
+    pub rule: u16,
+    pub tcp_flags: u8,
+    /// 1 when the segment travels from the initiator (client) to the responder (server).
+    pub to_server: u8,
+    pub trace: u8,
+    pub _pad: u8,
+}
+
+/// `ModbusStream::flags`: the position of the next ADU header is known.
+pub const STREAM_SYNCED: u8 = 1 << 0;
+/// `boundary_seq` holds the start of the last passed data segment, which began at an ADU
+/// boundary and ended at one (`next_seq`).
+pub const STREAM_BOUNDARY: u8 = 1 << 1;
+/// `acked` holds the highest acknowledgement the peer sent for this stream.
+pub const STREAM_ACKED: u8 = 1 << 2;
+
+/// Framing state of one direction of a Modbus connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModbusStream {
+    /// Sequence number of the next stream byte expected.
+    pub next_seq: u32,
+    pub boundary_seq: u32,
+    pub acked: u32,
+    /// Bytes of the current ADU, already decided, still to come.
+    pub skip: u16,
+    /// Bytes of an undecided ADU prefix held in `carry` (they were passed: a prefix is not a
+    /// request the server can act on until its ADU is complete, and the segment completing the
+    /// prefix is decided before it passes).
+    pub carry_len: u8,
+    pub flags: u8,
+    pub carry: [u8; CARRY_MAX],
+}
+
+/// `ModbusFlow::flags`: a request was denied under `on_deny: drop`: every later segment from
+/// the client is dropped.
+pub const MODBUS_BLOCKED: u8 = 1 << 0;
+/// A request was denied under `on_deny: reset`: the server got a reset; every later segment
+/// of the flow is answered with a reset to its sender.
+pub const MODBUS_RESET: u8 = 1 << 1;
+
+/// Map `MODBUS_FLOWS` (LRU, keyed by the flow's initiator-direction `FlowKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModbusFlow {
+    /// `[requests (client to server), responses]`.
+    pub streams: [ModbusStream; 2],
+    /// Requests passed and not yet answered (saturating).
+    pub outstanding: u16,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Kinds of `MODBUS_STATS` entries: the first four are the request's verdict (`VERDICT_*`).
+pub const KIND_RESPONSE: u8 = 4;
+/// An exception response; `detail` is the exception code.
+pub const KIND_EXCEPTION: u8 = 5;
+/// A response (normal or exception) with no request outstanding.
+pub const KIND_UNSOLICITED: u8 = 6;
+pub const KIND_NAMES: [&str; 7] = [
+    "pass",
+    "drop",
+    "monitor",
+    "reset",
+    "response",
+    "exception",
+    "unsolicited",
+];
+
+/// Key of map `MODBUS_STATS` (per-CPU hash, value u64 ADU count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ModbusStatKey {
+    pub slot: u8,
+    pub function: u8,
+    pub kind: u8,
+    pub detail: u8,
+    pub conduit: u16,
+    pub _pad: u16,
+}
+
+/// Map `MODBUS_COUNTS` (per-CPU u64) indexes.
+pub const COUNT_EVENTS_LOST: u32 = 0;
+pub const COUNT_RESPONSES_UNFRAMED: u32 = 1;
+pub const COUNTS_LEN: u32 = 2;
+
+/// One ADU seen in a segment (map `MODBUS_ADUS`, for replay and tests).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AduRecord {
+    pub unit: u8,
+    pub function: u8,
+    /// `KIND_*` for responses; for requests the request's own verdict is filled in from
+    /// `reason`: 0 = allowed by itself.
+    pub kind: u8,
+    pub reason: u8,
+    pub address: u16,
+    pub quantity: u16,
+    /// Diagnostics sub-function, MEI type, or exception code.
+    pub sub: u16,
+    pub _pad: u16,
+}
+
+pub const ADU_REQUEST: u8 = 0;
+
+/// Map `MODBUS_ADUS` (per CPU, one entry): the ADUs decided in the segment just inspected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AduTrace {
+    pub count: u32,
+    pub _pad: u32,
+    pub adus: [AduRecord; MAX_ADUS],
+}
+
+impl Default for AduTrace {
+    fn default() -> Self {
+        AduTrace {
+            count: 0,
+            _pad: 0,
+            adus: [AduRecord::default(); MAX_ADUS],
+        }
+    }
+}
+
+/// Per-CPU scratch of the inspector (map `MODBUS_SCRATCH`): the prefix being assembled and the
+/// state of the framing loop, shared by the loop and the global functions it calls (keeping it
+/// off the stack and out of the verifier's per-iteration state).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModbusScratch {
+    pub buf: [u8; 64],
+    /// Frame offset and length of the TCP payload.
+    pub payload: u32,
+    pub len: u32,
+    /// Payload offset of the next byte to frame.
+    pub pos: u32,
+    /// Bytes of the current ADU, already decided, still to come.
+    pub skip: u32,
+    /// Prefix bytes already in `buf` (carried, or loaded for the ADU being decided).
+    pub carry: u32,
+    pub have: u32,
+    pub rule_index: u32,
+    pub epoch: u32,
+    pub conduit: u16,
+    /// Requests outstanding on the flow (responses are matched against it).
+    pub outstanding: u16,
+    pub event_verdict: u8,
+    pub request: u8,
+    /// The segment must be whole ADUs (stream sync, recheck of a retransmission).
+    pub exact: u8,
+    pub monitor: u8,
+    /// First refusal, 0 if none.
+    pub reason: u8,
+    /// A request was denied (not merely unplaceable).
+    pub denied: u8,
+    /// Every byte of the segment was framed.
+    pub framed: u8,
+    pub _pad: u8,
+    pub requests: u32,
+    pub adus: u32,
+}
+
+/// Ring buffer `MODBUS_EVENTS`: one record per denied request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModbusEvent {
+    pub key: FlowKey,
+    pub epoch: u32,
+    pub conduit: u16,
+    pub unit: u8,
+    pub function: u8,
+    pub sub: u16,
+    pub address: u16,
+    pub quantity: u16,
+    pub reason: u8,
+    pub verdict: u8,
+}

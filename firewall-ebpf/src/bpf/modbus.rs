@@ -1,0 +1,1108 @@
+//! Modbus/TCP inspection: the program `otfw_modbus`, tail called by the main program for every
+//! TCP segment of a flow whose conduit rule has `modbus:` (both directions). It frames every ADU
+//! of the segment, using the per-flow framing state in `MODBUS_FLOWS` for ADUs that span
+//! segments, checks requests against the rule in `MODBUS_RULES`, accounts responses, and makes
+//! and accounts the packet's final decision. docs/ARCHITECTURE.md states the framing rules.
+
+use aya_ebpf::{
+    bindings::xdp_action, cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext,
+};
+
+use firewall_common::{
+    conduit::{conduit_index, MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_RESET},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
+    modbus::{
+        bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
+        ModbusStatKey, ModbusStream, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
+        COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_RESPONSE, KIND_UNSOLICITED, MAX_ADUS,
+        MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, RULE_DIAG_OTHERS, RULE_PRESENT,
+        RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS,
+        TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
+    },
+    reason::Reason,
+    slot_of,
+};
+
+use super::{
+    l4::{TCP_ACK, TCP_RST, TCP_SYN},
+    maps::{
+        CONDUITS, INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_EVENTS, MODBUS_FLOWS,
+        MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
+    },
+    reset,
+    stats::{self, Accounted},
+};
+
+/// `otfw_modbus_adu` result: the prefix is incomplete, more bytes are needed.
+const NEED_MORE: u64 = 1 << 8;
+
+/// How one segment's payload is to be framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// In order: the stream advances past the segment.
+    Advance,
+    /// First data of a stream with unknown framing: must be whole ADUs; syncs the stream.
+    Sync,
+    /// Bytes already passed, re-sent from a known boundary: must be whole ADUs; no change.
+    Recheck,
+}
+
+/// What framing a segment found.
+struct Run {
+    reason: u8,
+    /// A request was denied (by the rule or as malformed), as opposed to a segment that could
+    /// not be placed in the stream.
+    denied: bool,
+    skip: u32,
+    carry: u32,
+    requests: u32,
+    adus: u32,
+    /// Every byte of the segment was framed (in monitor mode a denied segment still is).
+    framed: bool,
+    /// The stream state moved past the segment.
+    committed: bool,
+}
+
+pub fn inspect(ctx: &XdpContext) -> u32 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: the per-CPU context was written by the main program for this very packet.
+    let ic = unsafe { *ic };
+    let slot = slot_of(ic.epoch);
+    let info = CONDUITS
+        .get(conduit_index(slot, ic.conduit))
+        .copied()
+        .unwrap_or_default();
+    let monitor = info.mode == MODE_MONITOR;
+    let on_deny_reset = info.on_deny == ON_DENY_RESET;
+    let mut acc = Accounted {
+        reason: Reason::None as u8,
+        verdict: VERDICT_PASS,
+        conduit: ic.conduit,
+        slot,
+        epoch: ic.epoch,
+        trace: ic.trace != 0,
+        adus: 0,
+    };
+    if let Some(t) = MODBUS_ADUS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { (*t).count = 0 };
+    }
+    let Some(flow) = flow_state(&ic) else {
+        acc.reason = Reason::FlowTableFull as u8;
+        acc.verdict = VERDICT_DROP;
+        stats::record(ctx, &acc);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: LRU values stay valid for the program's run; the flow's packets are processed
+    // one at a time per CPU, and a race between CPUs on one flow only affects that flow.
+    let flow = unsafe { &mut *flow };
+    let to_server = ic.to_server != 0;
+    let flags = ic.tcp_flags;
+
+    if flags & TCP_SYN != 0 {
+        let action = syn(&ic, flow, to_server, &mut acc);
+        stats::record(ctx, &acc);
+        return action;
+    }
+    if flags & TCP_RST == 0 {
+        if flow.flags & MODBUS_RESET != 0 {
+            acc.reason = Reason::ModbusBlocked as u8;
+            acc.verdict = if monitor {
+                VERDICT_MONITOR
+            } else {
+                VERDICT_RESET
+            };
+            stats::record(ctx, &acc);
+            return if monitor {
+                xdp_action::XDP_PASS
+            } else {
+                reset::answer(ctx)
+            };
+        }
+        if to_server && flow.flags & MODBUS_BLOCKED != 0 {
+            acc.reason = Reason::ModbusBlocked as u8;
+            acc.verdict = VERDICT_DROP;
+            stats::record(ctx, &acc);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    if flags & TCP_ACK != 0 {
+        // The acknowledgement covers the other direction's stream.
+        let peer = if to_server {
+            &mut flow.streams[1]
+        } else {
+            &mut flow.streams[0]
+        };
+        note_ack(peer, ic.ack);
+    }
+    // A reset's payload is never delivered.
+    if ic.payload_len == 0 || flags & TCP_RST != 0 {
+        stats::record(ctx, &acc);
+        return xdp_action::XDP_PASS;
+    }
+
+    let rule_index = slot * MAX_PROTOCOL_RULES + ic.rule as u32;
+    let event_verdict = if monitor {
+        VERDICT_MONITOR
+    } else if on_deny_reset {
+        VERDICT_RESET
+    } else {
+        VERDICT_DROP
+    };
+    let stream = if to_server {
+        &mut flow.streams[0]
+    } else {
+        &mut flow.streams[1]
+    };
+    let run = segment(
+        ctx,
+        &ic,
+        stream,
+        &mut flow.outstanding,
+        rule_index,
+        event_verdict,
+        monitor,
+    );
+    acc.adus = run.adus;
+
+    let mut action = xdp_action::XDP_PASS;
+    if run.reason != Reason::None as u8 {
+        acc.reason = run.reason;
+        if monitor {
+            acc.verdict = VERDICT_MONITOR;
+            // Framing is lost: passing on means resynchronising on a later segment.
+            if !run.committed {
+                stream.flags &= !(STREAM_SYNCED | STREAM_BOUNDARY);
+            }
+        } else if run.denied && on_deny_reset {
+            flow.flags |= MODBUS_RESET;
+            acc.verdict = VERDICT_RESET;
+            action = reset::forward(ctx);
+        } else {
+            if run.denied {
+                flow.flags |= MODBUS_BLOCKED;
+            }
+            acc.verdict = VERDICT_DROP;
+            action = xdp_action::XDP_DROP;
+        }
+    }
+    if to_server && action == xdp_action::XDP_PASS && acc.verdict != VERDICT_RESET {
+        flow.outstanding = flow.outstanding.saturating_add(run.requests as u16);
+    }
+    count_adus(&acc, run.adus);
+    stats::record(ctx, &acc);
+    action
+}
+
+/// The flow's framing state, created (unsynchronised) on its first inspected packet.
+#[inline(always)]
+fn flow_state(ic: &InspectContext) -> Option<*mut ModbusFlow> {
+    if let Some(f) = MODBUS_FLOWS.get_ptr_mut(&ic.key) {
+        return Some(f);
+    }
+    let fresh = ModbusFlow::default();
+    MODBUS_FLOWS.insert(&ic.key, &fresh, 0).ok()?;
+    MODBUS_FLOWS.get_ptr_mut(&ic.key)
+}
+
+/// A SYN (client) or SYN-ACK (server) fixes where the sender's stream starts. A SYN inside a
+/// stream already followed (sequence number just before the next expected byte) changes
+/// nothing: otherwise a forged SYN could move the framing into the middle of an ADU.
+#[inline(always)]
+fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool, acc: &mut Accounted) -> u32 {
+    if ic.payload_len != 0 {
+        // Data on a SYN (TCP Fast Open) is not followed.
+        acc.reason = Reason::ModbusUnframed as u8;
+        acc.verdict = VERDICT_DROP;
+        return xdp_action::XDP_DROP;
+    }
+    let start = ic.seq.wrapping_add(1);
+    let stream = if to_server {
+        &mut flow.streams[0]
+    } else {
+        &mut flow.streams[1]
+    };
+    if stream.flags & STREAM_SYNCED != 0 && stream.next_seq == start {
+        return xdp_action::XDP_PASS;
+    }
+    if to_server {
+        // A new connection on this 4-tuple: nothing of the old one applies.
+        *flow = ModbusFlow::default();
+    }
+    let stream = if to_server {
+        &mut flow.streams[0]
+    } else {
+        &mut flow.streams[1]
+    };
+    *stream = ModbusStream::default();
+    stream.next_seq = start;
+    stream.flags = STREAM_SYNCED;
+    xdp_action::XDP_PASS
+}
+
+/// Remembers the highest acknowledgement of `stream`, never beyond what was passed.
+#[inline(always)]
+fn note_ack(stream: &mut ModbusStream, ack: u32) {
+    if stream.flags & STREAM_SYNCED == 0 || (ack.wrapping_sub(stream.next_seq) as i32) > 0 {
+        return;
+    }
+    if stream.flags & STREAM_ACKED == 0 || (ack.wrapping_sub(stream.acked) as i32) > 0 {
+        stream.acked = ack;
+        stream.flags |= STREAM_ACKED;
+    }
+}
+
+/// Places the segment in its stream, frames it, and commits the stream state if it passes.
+#[inline(always)]
+fn segment(
+    ctx: &XdpContext,
+    ic: &InspectContext,
+    st: &mut ModbusStream,
+    outstanding: &mut u16,
+    rule_index: u32,
+    event_verdict: u32,
+    monitor: bool,
+) -> Run {
+    let request = ic.to_server != 0;
+    let seq = ic.seq;
+    let len = ic.payload_len;
+    let end = seq.wrapping_add(len);
+    let mut refused = Run {
+        reason: Reason::None as u8,
+        denied: false,
+        skip: 0,
+        carry: 0,
+        requests: 0,
+        adus: 0,
+        framed: false,
+        committed: false,
+    };
+    let (commit, start) = if st.flags & STREAM_SYNCED == 0 {
+        (Commit::Sync, 0)
+    } else {
+        let diff = seq.wrapping_sub(st.next_seq) as i32;
+        let acked = st.flags & STREAM_ACKED != 0;
+        if diff == 0 {
+            (Commit::Advance, 0)
+        } else if diff > 0 {
+            refused.reason = Reason::ModbusOutOfOrder as u8;
+            return unframed_response(request, st, refused);
+        } else if acked && (st.acked.wrapping_sub(end) as i32) >= 0 {
+            // Wholly acknowledged: the receiver discards every byte of it.
+            return refused;
+        } else if (end.wrapping_sub(st.next_seq) as i32) <= 0 {
+            if st.flags & STREAM_BOUNDARY != 0
+                && seq == st.boundary_seq
+                && end == st.next_seq
+                && st.skip == 0
+                && st.carry_len == 0
+            {
+                (Commit::Recheck, 0)
+            } else {
+                refused.reason = Reason::ModbusRetransmission as u8;
+                return unframed_response(request, st, refused);
+            }
+        } else if acked && (st.acked.wrapping_sub(st.next_seq) as i32) >= 0 {
+            // The old part is acknowledged and discarded by the receiver: frame the new part.
+            (Commit::Advance, st.next_seq.wrapping_sub(seq))
+        } else {
+            refused.reason = Reason::ModbusRetransmission as u8;
+            return unframed_response(request, st, refused);
+        }
+    };
+    let exact = commit != Commit::Advance;
+    let (skip, carry) = if exact {
+        (0, 0)
+    } else {
+        (st.skip as u32, st.carry_len as u32)
+    };
+    let Some(scratch) = MODBUS_SCRATCH.get_ptr_mut(0) else {
+        refused.reason = Reason::ModbusUnframed as u8;
+        return refused;
+    };
+    if carry != 0 {
+        // SAFETY: per-CPU scratch, this CPU only; both arrays are at least CARRY_MAX long.
+        unsafe { (&mut (*scratch).buf)[..CARRY_MAX].copy_from_slice(&st.carry) };
+    }
+    let run = frame(
+        ctx,
+        ic,
+        scratch,
+        start,
+        skip,
+        carry,
+        exact,
+        rule_index,
+        outstanding,
+        event_verdict,
+        monitor,
+    );
+    if run.reason != Reason::None as u8 && !(monitor && run.framed) {
+        if !request {
+            return unframed_response(request, st, run);
+        }
+        return run;
+    }
+    let mut run = run;
+    run.committed = true;
+    match commit {
+        Commit::Recheck => {}
+        Commit::Sync | Commit::Advance => {
+            let at_boundary = start == 0 && skip == 0 && carry == 0;
+            let ends_at_boundary = run.skip == 0 && run.carry == 0;
+            st.next_seq = end;
+            st.flags |= STREAM_SYNCED;
+            if commit == Commit::Sync {
+                st.flags &= !STREAM_ACKED;
+            }
+            if at_boundary && ends_at_boundary {
+                st.boundary_seq = seq;
+                st.flags |= STREAM_BOUNDARY;
+            } else {
+                st.flags &= !STREAM_BOUNDARY;
+            }
+            st.skip = run.skip as u16;
+            st.carry_len = run.carry as u8;
+            if run.carry != 0 {
+                // SAFETY: as above.
+                unsafe { st.carry.copy_from_slice(&(&(*scratch).buf)[..CARRY_MAX]) };
+            }
+        }
+    }
+    run
+}
+
+/// Responses are accounted, not policed: one that cannot be framed passes, and its stream is
+/// resynchronised on a later segment. Requests keep the refusal.
+#[inline(always)]
+fn unframed_response(request: bool, st: &mut ModbusStream, mut run: Run) -> Run {
+    if request {
+        return run;
+    }
+    st.flags &= !(STREAM_SYNCED | STREAM_BOUNDARY);
+    if let Some(n) = MODBUS_COUNTS.get_ptr_mut(COUNT_RESPONSES_UNFRAMED) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { *n += 1 };
+    }
+    run.reason = Reason::None as u8;
+    run.denied = false;
+    run
+}
+
+/// Frames the payload from `start`: `skip` bytes finish an ADU already decided, `carry` bytes
+/// of an undecided prefix are in the scratch buffer. Every ADU header in the segment is decided;
+/// with `exact`, the segment must be whole ADUs. The loop keeps its state in the scratch map and
+/// does its work in global functions, so that the verifier walks a small body per iteration.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    ctx: &XdpContext,
+    ic: &InspectContext,
+    scratch: *mut ModbusScratch,
+    start: u32,
+    skip: u32,
+    carry: u32,
+    exact: bool,
+    rule_index: u32,
+    outstanding: &mut u16,
+    event_verdict: u32,
+    monitor: bool,
+) -> Run {
+    // SAFETY: per-CPU scratch, this CPU only; no other reference to it is live.
+    let s = unsafe { &mut *scratch };
+    s.payload = ic.payload;
+    s.len = ic.payload_len;
+    s.pos = start;
+    s.skip = skip;
+    s.carry = carry;
+    s.have = 0;
+    s.rule_index = rule_index;
+    s.epoch = ic.epoch;
+    s.conduit = ic.conduit;
+    s.outstanding = *outstanding;
+    s.event_verdict = event_verdict as u8;
+    s.request = ic.to_server;
+    s.exact = exact as u8;
+    s.monitor = monitor as u8;
+    s.reason = 0;
+    s.denied = 0;
+    s.framed = 0;
+    s.requests = 0;
+    s.adus = 0;
+    let mut stopped = false;
+    // One round more than ADUs decided: the last only finds out whether the segment is done.
+    for round in 0..=MAX_ADUS {
+        let next = otfw_modbus_next();
+        if next == 0 || round == MAX_ADUS {
+            break;
+        }
+        let (offset, at, take) = (next as u32, (next >> 32) as u8 as u32, (next >> 40) as u32);
+        if !load_prefix(ctx, offset, scratch, at, take) {
+            // SAFETY: as above.
+            unsafe { (*scratch).reason = Reason::ModbusUnframed as u8 };
+            stopped = true;
+            break;
+        }
+        if otfw_modbus_step(take as u64) != 0 {
+            stopped = true;
+            break;
+        }
+    }
+    // The global functions changed the scratch state: read it afresh.
+    // SAFETY: as above.
+    let s = unsafe { &*scratch };
+    let mut run = Run {
+        reason: s.reason,
+        denied: s.denied != 0,
+        skip: 0,
+        carry: 0,
+        requests: s.requests,
+        adus: s.adus,
+        framed: false,
+        committed: false,
+    };
+    *outstanding = s.outstanding;
+    if stopped {
+        // A carried prefix ends the segment without a refusal.
+        if run.reason == 0 {
+            run.carry = s.have;
+            run.framed = true;
+        }
+        return run;
+    }
+    if s.framed == 0 {
+        if run.reason == 0 {
+            run.reason = Reason::ModbusTooManyAdus as u8;
+            run.denied = s.request != 0;
+        }
+        return run;
+    }
+    if exact && s.skip != 0 {
+        if run.reason == 0 {
+            run.reason = Reason::ModbusUnframed as u8;
+        }
+        return run;
+    }
+    run.skip = s.skip;
+    run.framed = true;
+    run
+}
+
+/// Where the next ADU header starts, after finishing the body of the current one. Returns 0
+/// when the segment is done, else `offset | at << 32 | take << 40`: load `take` payload bytes
+/// at frame offset `offset` into the scratch buffer at `at`.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_next() -> u64 {
+    let Some(s) = MODBUS_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, this CPU only.
+    let s = unsafe { &mut *s };
+    let len = s.len;
+    let mut pos = s.pos;
+    if pos > len {
+        pos = len;
+    }
+    if s.skip > 0 {
+        let rest = len - pos;
+        if s.skip >= rest {
+            s.skip -= rest;
+            s.pos = len;
+            s.framed = 1;
+            return 0;
+        }
+        pos += s.skip;
+        s.skip = 0;
+    }
+    s.pos = pos;
+    if pos >= len {
+        s.framed = 1;
+        return 0;
+    }
+    let c = if s.carry > CARRY_MAX as u32 {
+        0
+    } else {
+        s.carry
+    };
+    let rest = len - pos;
+    let room = PREFIX_MAX as u32 - c;
+    let take = if rest < room { rest } else { room };
+    s.payload.wrapping_add(pos) as u64 | (c as u64) << 32 | (take as u64) << 40
+}
+
+/// Decides the ADU whose prefix is in the scratch buffer (`take` bytes were just loaded after
+/// the carried ones) and moves past it. Returns 1 when framing of the segment stops here (a
+/// refusal, or a prefix carried to the next segment), else 0.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
+    let Some(s) = MODBUS_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch, this CPU only.
+    let s = unsafe { &mut *s };
+    let c = s.carry & 0x1f;
+    let have = c + (take as u32 & 0x1f);
+    let request = s.request != 0;
+    let exact = s.exact != 0;
+    let buf = &s.buf;
+    let mlen = u16::from_be_bytes([buf[4], buf[5]]) as u32;
+    let head = (u16::from_be_bytes([buf[2], buf[3]]) as u64) << 48
+        | (mlen as u64) << 32
+        | (buf[6] as u64) << 24
+        | (buf[7] as u64) << 16
+        | (have as u64 & 0xff) << 8
+        | request as u64;
+    let data = u64::from_be_bytes([
+        buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+    ]);
+    let r = otfw_modbus_adu(s.rule_index as u64, head, data, buf[16] as u64);
+    let reason = r as u8;
+    let function = buf[7];
+    let unit = buf[6];
+    if r & NEED_MORE != 0 {
+        if reason != Reason::None as u8 {
+            s.reason = if exact {
+                Reason::ModbusUnframed as u8
+            } else {
+                Reason::ModbusTrailingBytes as u8
+            };
+            s.denied = (request && !exact) as u8;
+        } else if exact {
+            s.reason = Reason::ModbusUnframed as u8;
+        } else {
+            s.have = have;
+        }
+        return 1;
+    }
+    let address = (r >> 16) as u16;
+    let quantity = (r >> 32) as u16;
+    let sub = (r >> 48) as u16;
+    if !request {
+        if reason != Reason::None as u8 {
+            s.reason = reason;
+            return 1;
+        }
+        let kind = if s.outstanding == 0 {
+            KIND_UNSOLICITED
+        } else {
+            s.outstanding -= 1;
+            if function & 0x80 != 0 {
+                KIND_EXCEPTION
+            } else {
+                KIND_RESPONSE
+            }
+        };
+        note_adu(s, unit, function & 0x7f, kind, 0, address, quantity, sub);
+    } else {
+        let sanity = is_sanity(reason);
+        // In a segment that syncs a stream, a malformed ADU means the guess of where ADUs
+        // start was wrong: unframed, not a malformed request.
+        let unframed = exact && sanity;
+        let reason = if unframed {
+            Reason::ModbusUnframed as u8
+        } else {
+            reason
+        };
+        note_adu(
+            s,
+            unit,
+            function,
+            ADU_REQUEST,
+            reason,
+            address,
+            quantity,
+            sub,
+        );
+        if reason != Reason::None as u8 {
+            if !unframed {
+                otfw_modbus_event(
+                    reason as u64
+                        | (s.event_verdict as u64) << 8
+                        | (unit as u64) << 16
+                        | (function as u64) << 24
+                        | (sub as u64) << 32
+                        | (s.conduit as u64) << 48,
+                    address as u64 | (quantity as u64) << 16 | (s.epoch as u64) << 32,
+                );
+                s.denied = 1;
+            }
+            if s.reason == Reason::None as u8 {
+                s.reason = reason;
+            }
+            if s.monitor == 0 || unframed || !(2..=254).contains(&mlen) {
+                return 1;
+            }
+        } else {
+            s.requests += 1;
+        }
+    }
+    let total = mlen + 6;
+    let here = total.wrapping_sub(c);
+    let rest = s.len.wrapping_sub(s.pos);
+    if here <= rest {
+        s.pos += here;
+    } else {
+        s.skip = here - rest;
+        s.pos = s.len;
+    }
+    s.carry = 0;
+    0
+}
+
+/// Malformed rather than forbidden.
+#[inline(always)]
+fn is_sanity(reason: u8) -> bool {
+    reason == Reason::ModbusBadLength as u8
+        || reason == Reason::ModbusBadProtocolId as u8
+        || reason == Reason::ModbusBadQuantity as u8
+        || reason == Reason::ModbusBadValue as u8
+}
+
+/// Copies `len` payload bytes at frame offset `offset` into the scratch buffer at `at`.
+#[inline(always)]
+fn load_prefix(
+    ctx: &XdpContext,
+    offset: u32,
+    scratch: *mut ModbusScratch,
+    at: u32,
+    len: u32,
+) -> bool {
+    // Laundered so that the checks below stay on the registers the helper gets: the verifier
+    // needs `len` >= 1 and `at + len` inside the buffer, and LLVM would otherwise fold these
+    // checks into earlier ones about other registers.
+    // SAFETY: volatile reads of locals initialised here.
+    let (at, len) = unsafe {
+        (
+            core::ptr::read_volatile(&at),
+            core::ptr::read_volatile(&len),
+        )
+    };
+    if at > CARRY_MAX as u32 || len == 0 || len > PREFIX_MAX as u32 {
+        return false;
+    }
+    // LLVM turns the check above into a range test on a copy of `len`; re-read it and give the
+    // verifier a form it can bound on its own: 1..=32, equal to `len` for 1..=17.
+    // SAFETY: as above.
+    let len = ((unsafe { core::ptr::read_volatile(&len) } - 1) & 31) + 1;
+    // SAFETY: `at + len` <= CARRY_MAX + PREFIX_MAX, inside the 64-byte scratch buffer; the
+    // helper checks the packet side.
+    unsafe {
+        let dst = (*scratch).buf.as_mut_ptr().add(at as usize);
+        bpf_xdp_load_bytes(ctx.ctx, offset, dst as *mut c_void, len) == 0
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn note_adu(
+    s: &mut ModbusScratch,
+    unit: u8,
+    function: u8,
+    kind: u8,
+    reason: u8,
+    address: u16,
+    quantity: u16,
+    sub: u16,
+) {
+    let n = s.adus;
+    if n as usize >= MAX_ADUS {
+        return;
+    }
+    if let Some(t) = MODBUS_ADUS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this CPU only; n < MAX_ADUS.
+        unsafe {
+            (*t).adus[n as usize] = AduRecord {
+                unit,
+                function,
+                kind,
+                reason,
+                address,
+                quantity,
+                sub,
+                _pad: 0,
+            };
+            (*t).count = n + 1;
+        }
+    }
+    s.adus = n + 1;
+}
+
+/// Counts the recorded ADUs by conduit, function and the verdict their segment got.
+#[inline(always)]
+fn count_adus(acc: &Accounted, adus: u32) {
+    if adus != 0 {
+        otfw_modbus_count_all(
+            acc.slot as u64 | (acc.verdict as u64) << 8 | (acc.conduit as u64) << 16,
+            adus as u64,
+        );
+    }
+}
+
+/// `count_adus` as a global function: the loop is verified once.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
+    let slot = packed as u8;
+    let verdict = (packed >> 8) as u8;
+    let conduit = (packed >> 16) as u16;
+    let Some(t) = MODBUS_ADUS.get_ptr(0) else {
+        return 0;
+    };
+    for i in 0..MAX_ADUS {
+        if i as u64 >= adus {
+            break;
+        }
+        // SAFETY: per-CPU slot, this CPU only.
+        let a = unsafe { (*t).adus[i] };
+        let (kind, detail) = if a.kind != ADU_REQUEST {
+            (
+                a.kind,
+                if a.kind == KIND_EXCEPTION {
+                    a.sub as u8
+                } else {
+                    0
+                },
+            )
+        } else if verdict == VERDICT_MONITOR as u8 && a.reason == Reason::None as u8 {
+            (VERDICT_PASS as u8, 0)
+        } else {
+            (verdict, 0)
+        };
+        otfw_modbus_count(
+            slot as u64
+                | (a.function as u64) << 8
+                | (kind as u64) << 16
+                | (detail as u64) << 24
+                | (conduit as u64) << 32,
+        );
+    }
+    0
+}
+
+/// Increments one `MODBUS_STATS` counter; the key is packed as `ModbusStatKey` is laid out.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_count(packed: u64) -> u64 {
+    let key = ModbusStatKey {
+        slot: packed as u8,
+        function: (packed >> 8) as u8,
+        kind: (packed >> 16) as u8,
+        detail: (packed >> 24) as u8,
+        conduit: (packed >> 32) as u16,
+        _pad: 0,
+    };
+    if let Some(n) = MODBUS_STATS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, this CPU only.
+        unsafe { *n += 1 };
+    } else {
+        let _ = MODBUS_STATS.insert(&key, &1, 0);
+    }
+    0
+}
+
+/// Sends one denied-request event; counts it as lost when the ring buffer is full.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_event(a: u64, b: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    match MODBUS_EVENTS.reserve::<ModbusEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: the context was written by the main program for this packet.
+            let key = unsafe { (*ic).key };
+            entry.write(ModbusEvent {
+                key,
+                epoch: (b >> 32) as u32,
+                conduit: (a >> 48) as u16,
+                unit: (a >> 16) as u8,
+                function: (a >> 24) as u8,
+                sub: (a >> 32) as u16,
+                address: b as u16,
+                quantity: (b >> 16) as u16,
+                reason: a as u8,
+                verdict: (a >> 8) as u8,
+            });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(n) = MODBUS_COUNTS.get_ptr_mut(COUNT_EVENTS_LOST) {
+                // SAFETY: per-CPU slot, this CPU only.
+                unsafe { *n += 1 };
+            }
+        }
+    }
+    0
+}
+
+/// Bytes of request data (after the function code) needed to decide a request.
+#[inline(always)]
+fn data_prefix(function: u8) -> u32 {
+    match function {
+        1..=6 => 4,
+        8 | 24 => 2,
+        15 | 16 => 5,
+        20 | 21 | 43 => 1,
+        22 => 6,
+        23 => 9,
+        _ => 0,
+    }
+}
+
+/// Decides one ADU from its prefix, as packed scalars (a global function: verified once).
+/// `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes present
+/// << 8 | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the ninth.
+/// Returns reason | NEED_MORE | address << 16 | quantity << 32 | sub-function << 48. With
+/// NEED_MORE, a non-zero reason says the bytes present already cannot start an ADU.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_adu(rule_index: u64, head: u64, data: u64, tail: u64) -> u64 {
+    let protocol = (head >> 48) as u16;
+    let mlen = (head >> 32) as u16 as u32;
+    let unit = (head >> 24) as u8;
+    let function = (head >> 16) as u8;
+    let have = (head >> 8) as u8 as u32;
+    let request = head & 1 != 0;
+    if have >= 4 && protocol != 0 {
+        return Reason::ModbusBadProtocolId as u64 | need_more(have, 8);
+    }
+    if have >= 6 && !(2..=254).contains(&mlen) {
+        return Reason::ModbusBadLength as u64 | need_more(have, 8);
+    }
+    if have < 8 {
+        return NEED_MORE;
+    }
+    let total = mlen + 6;
+    if !request {
+        if function & 0x80 == 0 {
+            return 0;
+        }
+        if have < 9 && total >= 9 {
+            return NEED_MORE;
+        }
+        // The exception code travels in the sub-function field.
+        return (data >> 56) << 48;
+    }
+    let prefix = 8 + data_prefix(function);
+    let needed = if total < prefix { total } else { prefix };
+    if have < needed {
+        return NEED_MORE;
+    }
+    let w = |k: u32| (data >> (48 - 16 * k)) as u16;
+    let b = |k: u32| (data >> (56 - 8 * k)) as u8;
+    let laid_out = total >= prefix;
+    let (address, quantity, sub) = if !laid_out {
+        (0, 0, 0)
+    } else {
+        match function {
+            1..=4 | 15 | 16 | 23 => (w(0), w(1), 0),
+            5 | 6 | 22 => (w(0), 1, 0),
+            8 => (0, 0, w(0)),
+            43 => (0, 0, b(0) as u16),
+            _ => (0, 0, 0),
+        }
+    };
+    let fields = (address as u64) << 16 | (quantity as u64) << 32 | (sub as u64) << 48;
+    let reason = match MODBUS_RULES.get(rule_index as u32) {
+        Some(rule) if rule.flags & RULE_PRESENT != 0 => check(
+            rule, function, unit, mlen, laid_out, address, quantity, sub, data, tail as u8,
+        ),
+        _ => Reason::ModbusFunctionDenied,
+    };
+    reason as u64 | fields
+}
+
+#[inline(always)]
+fn need_more(have: u32, needed: u32) -> u64 {
+    if have < needed {
+        NEED_MORE
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn check(
+    rule: &ModbusRule,
+    function: u8,
+    unit: u8,
+    mlen: u32,
+    laid_out: bool,
+    address: u16,
+    quantity: u16,
+    sub: u16,
+    data: u64,
+    tail: u8,
+) -> Reason {
+    if function == 0 || function >= 128 || !bit(&rule.functions, function as usize) {
+        return Reason::ModbusFunctionDenied;
+    }
+    if !bit(&rule.units, unit as usize) {
+        return Reason::ModbusUnitDenied;
+    }
+    let w = |k: u32| (data >> (48 - 16 * k)) as u16;
+    let b = |k: u32| (data >> (56 - 8 * k)) as u8;
+    let length = |ok: bool| {
+        if ok && laid_out {
+            Reason::None
+        } else {
+            Reason::ModbusBadLength
+        }
+    };
+    let r = match function {
+        1 | 2 => length(mlen == 6).or(limit(quantity, 2000)).or_table(
+            rule,
+            table_of(function),
+            address,
+            quantity,
+        ),
+        3 | 4 => length(mlen == 6).or(limit(quantity, 125)).or_table(
+            rule,
+            table_of(function),
+            address,
+            quantity,
+        ),
+        5 => {
+            let value = w(1);
+            length(mlen == 6)
+                .or(if value == 0 || value == 0xff00 {
+                    Reason::None
+                } else {
+                    Reason::ModbusBadValue
+                })
+                .or_table(rule, TABLE_COILS, address, 1)
+        }
+        6 => length(mlen == 6).or_table(rule, TABLE_HOLDING_REGISTERS, address, 1),
+        7 | 11 | 12 | 17 => length(mlen == 2),
+        8 => {
+            let allowed = if sub < 64 {
+                rule.diagnostics >> sub & 1 != 0
+            } else {
+                rule.flags & RULE_DIAG_OTHERS != 0
+            };
+            length(mlen >= 4).or(if allowed {
+                Reason::None
+            } else {
+                Reason::ModbusSubFunctionDenied
+            })
+        }
+        15 => {
+            let count = b(4) as u32;
+            limit(quantity, 1968)
+                .or(counted(count == (quantity as u32 + 7) / 8))
+                .or(length(mlen == 7 + count))
+                .or_table(rule, TABLE_COILS, address, quantity)
+        }
+        16 => {
+            let count = b(4) as u32;
+            limit(quantity, 123)
+                .or(counted(count == 2 * quantity as u32))
+                .or(length(mlen == 7 + count))
+                .or_table(rule, TABLE_HOLDING_REGISTERS, address, quantity)
+        }
+        20 | 21 => length(mlen >= 3 && mlen == 3 + b(0) as u32),
+        22 => length(mlen == 8).or_table(rule, TABLE_HOLDING_REGISTERS, address, 1),
+        23 => {
+            let write_quantity = w(3);
+            let count = tail as u32;
+            limit(quantity, 125)
+                .or(limit(write_quantity, 121))
+                .or(counted(count == 2 * write_quantity as u32))
+                .or(length(mlen == 11 + count))
+                .or_table(rule, TABLE_HOLDING_REGISTERS, address, quantity)
+                .or_table(rule, TABLE_HOLDING_REGISTERS, w(2), write_quantity)
+        }
+        24 => length(mlen == 4),
+        43 => length(mlen >= 3).or(if bit(&rule.mei, sub as usize & 0xff) {
+            Reason::None
+        } else {
+            Reason::ModbusSubFunctionDenied
+        }),
+        _ => Reason::None,
+    };
+    r
+}
+
+#[inline(always)]
+fn table_of(function: u8) -> usize {
+    match function {
+        1 => TABLE_COILS,
+        2 => TABLE_DISCRETE_INPUTS,
+        3 => TABLE_HOLDING_REGISTERS,
+        _ => TABLE_INPUT_REGISTERS,
+    }
+}
+
+#[inline(always)]
+fn limit(quantity: u16, max: u16) -> Reason {
+    if quantity >= 1 && quantity <= max {
+        Reason::None
+    } else {
+        Reason::ModbusBadQuantity
+    }
+}
+
+#[inline(always)]
+fn counted(ok: bool) -> Reason {
+    if ok {
+        Reason::None
+    } else {
+        Reason::ModbusBadQuantity
+    }
+}
+
+/// Chaining of checks: the first failing check gives the reason.
+trait Then {
+    fn or(self, next: Reason) -> Reason;
+    fn or_table(self, rule: &ModbusRule, table: usize, address: u16, quantity: u16) -> Reason;
+}
+
+impl Then for Reason {
+    #[inline(always)]
+    fn or(self, next: Reason) -> Reason {
+        if self != Reason::None {
+            self
+        } else {
+            next
+        }
+    }
+
+    #[inline(always)]
+    fn or_table(self, rule: &ModbusRule, table: usize, address: u16, quantity: u16) -> Reason {
+        if self != Reason::None {
+            return self;
+        }
+        if contained(rule, table, address, quantity) {
+            Reason::None
+        } else {
+            Reason::ModbusAddressDenied
+        }
+    }
+}
+
+/// The whole range `[address, address + quantity)` lies inside one allowed range of `table`.
+#[inline(always)]
+fn contained(rule: &ModbusRule, table: usize, address: u16, quantity: u16) -> bool {
+    if table >= 4 || rule.flags & (RULE_TABLE_LIMITED << table) == 0 {
+        return true;
+    }
+    let first = address as u32;
+    let last = first + quantity as u32 - 1;
+    let count = rule.range_count[table] as usize;
+    let ranges = &rule.ranges[table];
+    for i in 0..MAX_RANGES {
+        if i >= count {
+            break;
+        }
+        let r = ranges[i];
+        if r.lo as u32 <= first && last <= r.hi as u32 {
+            return true;
+        }
+    }
+    false
+}
