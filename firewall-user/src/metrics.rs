@@ -223,8 +223,8 @@ impl Metrics {
         let events_lost = family!(
             IntCounterVec,
             "otfw_events_lost_total",
-            "Events lost: rate_limited (datapath token bucket), ring_full (controller too \
-             slow), write_error (stdout or events file failed).",
+            "Events lost: rate_limited (datapath token bucket), ring_full and \
+             modbus_ring_full (controller too slow), write_error (stdout or events file failed).",
             ["cause"]
         );
         let build_info = family!(

@@ -198,3 +198,10 @@ fn conduit_totals_stay_monotonic_when_a_slot_is_reused() {
         }
     }
 }
+
+#[test]
+fn modbus_functions_are_labelled_by_policy_name() {
+    assert_eq!(modbus_function_name(3), "read_holding_registers");
+    assert_eq!(modbus_function_name(5), "write_single_coil");
+    assert_eq!(modbus_function_name(200), "200");
+}
