@@ -22,6 +22,8 @@ pub struct Accounted {
     pub trace: bool,
     /// ADUs the inspector recorded for this frame.
     pub adus: u32,
+    /// EtherNet/IP records the inspector kept for this frame.
+    pub records: u32,
 }
 
 #[inline(always)]
@@ -36,6 +38,7 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             epoch: d.epoch,
             trace: d.trace,
             adus: 0,
+            records: 0,
         },
     );
 }
@@ -63,6 +66,7 @@ pub fn record(ctx: &XdpContext, d: &Accounted) {
                     conduit: d.conduit,
                     epoch: d.epoch,
                     adus: d.adus,
+                    records: d.records,
                 }
             };
         }

@@ -69,6 +69,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     let mut modbus_rules = Vec::new();
     let mut modbus_maps = Vec::new();
     let mut enip_rules = Vec::new();
+    let mut enip_maps = Vec::new();
     for (c, conduit) in policy.conduits.iter().enumerate() {
         for (a, allow) in conduit.allow.iter().enumerate() {
             match allow {
@@ -82,7 +83,16 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
                         }),
                     }
                 }
-                Allow::Enip(r) => enip_rules.push((ids[c][a], r.clone())),
+                Allow::Enip(r) => {
+                    enip_rules.push((ids[c][a], r.clone()));
+                    match enip::to_map(r) {
+                        Ok(m) => enip_maps.push((ids[c][a], m)),
+                        Err((key, message)) => errors.push(CompileError {
+                            path: format!("conduits[{c}].allow[{a}].enip.{key}"),
+                            message,
+                        }),
+                    }
+                }
                 _ => {}
             }
         }
@@ -110,6 +120,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         modbus_rules,
         modbus_maps,
         enip_rules,
+        enip_maps,
     })
 }
 
