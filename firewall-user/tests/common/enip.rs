@@ -266,3 +266,13 @@ pub fn io_datagram(id: u32, seq: u32, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&item(0xB1, data));
     v
 }
+
+/// A UDP datagram between the lab addresses.
+pub fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
