@@ -97,7 +97,7 @@ pub fn unit(session: u32, id: u32, seq: u16, cip: &[u8]) -> Vec<u8> {
 
 /// A CIP request: service, path size in words, path, data.
 pub fn req(service: u8, path: &[u8], data: &[u8]) -> Vec<u8> {
-    assert!(path.len() % 2 == 0, "paths are whole words");
+    assert!(path.len().is_multiple_of(2), "paths are whole words");
     let mut v = vec![service, (path.len() / 2) as u8];
     v.extend_from_slice(path);
     v.extend_from_slice(data);
