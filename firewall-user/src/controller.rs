@@ -82,10 +82,17 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = match datapath.take_logger() {
-        Some(logger) => Some(tokio::io::unix::AsyncFd::with_interest(
-            logger,
-            tokio::io::Interest::READABLE,
-        )?),
+        // SAFETY: the logger owns its ring buffer's file descriptor and is moved into the
+        // AsyncFd, which deregisters it before dropping it.
+        Some(logger) => Some(
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?,
+        ),
         None => None,
     };
     // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
