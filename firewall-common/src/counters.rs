@@ -67,4 +67,6 @@ pub struct Trace {
     pub epoch: u32,
     /// ADUs recorded in `MODBUS_ADUS` for this frame (0 when no inspector ran).
     pub adus: u32,
+    /// EtherNet/IP records in `ENIP_TRACE` for this frame (0 when that inspector did not run).
+    pub records: u32,
 }

@@ -7,6 +7,7 @@
 pub mod conduit;
 pub mod config;
 pub mod counters;
+pub mod enip;
 pub mod event;
 pub mod flow;
 pub mod modbus;

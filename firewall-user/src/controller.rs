@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, ModbusDenied, ModeChoice},
+    datapath::{bridge_ports, Datapath, EnipDenied, ModbusDenied, ModeChoice},
     events::{self, Event},
     observe::Observer,
     policy::compiled::{Attachment, CompiledPolicy},
@@ -126,6 +126,14 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         ),
         None => None,
     };
+    // Denied EtherNet/IP requests, likewise.
+    let mut enip_events = match datapath.take_enip_events() {
+        // SAFETY: as above.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
     let mut events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
@@ -195,6 +203,23 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                     let bytes: &[u8] = &item;
                     if let Some(denied) = ModbusDenied::decode(bytes, names) {
                         events::emit(&Event::ModbusDenied(denied));
+                    }
+                }
+                guard.clear_ready();
+            }
+            ready = async {
+                match enip_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let names = datapath.active().map(|g| &g.names);
+                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let bytes: &[u8] = &item;
+                    if let Some(denied) = EnipDenied::decode(bytes, names) {
+                        events::emit(&Event::EnipDenied(denied));
                     }
                 }
                 guard.clear_ready();

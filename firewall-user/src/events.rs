@@ -67,6 +67,9 @@ pub enum Event<'a> {
     ModbusDenied(crate::datapath::ModbusDenied),
     /// Denied-request events the ring buffer had no room for, since the controller started.
     ModbusEventsLost { total: u64 },
+    /// An EtherNet/IP request was refused (or, in monitor mode, would have been): the flow,
+    /// the command, the CIP service with its class, instance and tag, and the reason.
+    EnipDenied(crate::datapath::EnipDenied),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,6 +162,7 @@ impl Event<'_> {
             Event::Stats { .. } => "stats",
             Event::ModbusDenied(_) => "modbus_denied",
             Event::ModbusEventsLost { .. } => "modbus_events_lost",
+            Event::EnipDenied(_) => "enip_denied",
         }
     }
 }

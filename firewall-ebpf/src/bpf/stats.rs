@@ -23,6 +23,8 @@ pub struct Accounted {
     pub trace: bool,
     /// ADUs the inspector recorded for this frame.
     pub adus: u32,
+    /// EtherNet/IP records the inspector kept for this frame.
+    pub records: u32,
 }
 
 #[inline(always)]
@@ -37,6 +39,7 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             epoch: d.epoch,
             trace: d.trace,
             adus: 0,
+            records: 0,
         },
     );
     // Packets the inspectors deny are reported by their own events, with the request.
@@ -68,6 +71,7 @@ pub fn record(ctx: &XdpContext, d: &Accounted) {
                     conduit: d.conduit,
                     epoch: d.epoch,
                     adus: d.adus,
+                    records: d.records,
                 }
             };
         }

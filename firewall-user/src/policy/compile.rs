@@ -71,6 +71,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     let mut modbus_rules = Vec::new();
     let mut modbus_maps = Vec::new();
     let mut enip_rules = Vec::new();
+    let mut enip_maps = Vec::new();
     for (c, conduit) in policy.conduits.iter().enumerate() {
         for (a, allow) in conduit.allow.iter().enumerate() {
             match allow {
@@ -84,7 +85,16 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
                         }),
                     }
                 }
-                Allow::Enip(r) => enip_rules.push((ids[c][a], r.clone())),
+                Allow::Enip(r) => {
+                    enip_rules.push((ids[c][a], r.clone()));
+                    match enip::to_map(r) {
+                        Ok(m) => enip_maps.push((ids[c][a], m)),
+                        Err((key, message)) => errors.push(CompileError {
+                            path: format!("conduits[{c}].allow[{a}].enip.{key}"),
+                            message,
+                        }),
+                    }
+                }
                 _ => {}
             }
         }
@@ -112,6 +122,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         modbus_rules,
         modbus_maps,
         enip_rules,
+        enip_maps,
     })
 }
 

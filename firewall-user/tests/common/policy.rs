@@ -386,6 +386,7 @@ impl Policy {
             modbus_rules: Vec::new(),
             modbus_maps: Vec::new(),
             enip_rules: Vec::new(),
+            enip_maps: Vec::new(),
         }
     }
 }
