@@ -6,3 +6,4 @@ mod common;
 mod controller;
 mod firewall;
 mod lab;
+mod modbus;
