@@ -35,10 +35,10 @@ pub mod initial {
         2000 + address
     }
     pub fn coil(address: u16) -> bool {
-        address % 3 == 0
+        address.is_multiple_of(3)
     }
     pub fn discrete_input(address: u16) -> bool {
-        address % 2 == 0
+        address.is_multiple_of(2)
     }
 }
 
