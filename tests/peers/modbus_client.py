@@ -18,12 +18,16 @@ order on one connection (reopened after a failure) and each prints one JSON line
     {"op": ..., "result": "connect_failed"}  no connection (refused or timed out)
     {"op": ..., "result": "error", "detail": ...}
 
-The exit status is 0 when every line was printed, whatever the results.
+The exit status is 0 when every line was printed, whatever the results. After a timeout the
+connection is aborted (RST) instead of closed: a firewall that drops the rest of a refused
+connection drops a FIN too, and the kernel would retransmit it for minutes.
 """
 
 import argparse
 import json
 import logging
+import socket
+import struct
 import sys
 
 from pymodbus.client import ModbusTcpClient
@@ -78,6 +82,18 @@ def run_op(client, unit, name, address, arg):
     return fields
 
 
+def abort(client):
+    """Closes the connection with a RST (SO_LINGER 0) rather than a FIN."""
+    if client.socket is not None:
+        try:
+            client.socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        except OSError:
+            pass
+    client.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
@@ -106,7 +122,9 @@ def main():
             fields = {"result": "closed" if "closed" in text else "error", "detail": text}
         except OSError as error:
             fields = {"result": "error", "detail": f"{type(error).__name__}: {error}"}
-        if fields["result"] != "ok":
+        if fields["result"] == "timeout":
+            abort(client)
+        elif fields["result"] not in ("ok", "exception"):
             client.close()
         print(json.dumps({**line, **fields}), flush=True)
     client.close()

@@ -9,10 +9,13 @@
 //!
 //! Results: `ok`, `exception` (with `code`), `timeout` (no answer within --timeout-ms),
 //! `reset`, `closed`, `connect_failed`, `error` (with `detail`). The ops run in order on one
-//! connection, which is reopened after a failure. Every wait is bounded by the timeout.
+//! connection, which is reopened after a failure. Every wait is bounded by the timeout. After
+//! a timeout the connection is aborted (RST) instead of closed: a firewall that drops the rest
+//! of a refused connection drops a FIN too, and the kernel would retransmit it for minutes.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -133,27 +136,55 @@ fn main() {
 
 async fn run(cli: Cli) {
     let timeout = Duration::from_millis(cli.timeout_ms);
-    let mut context: Option<Context> = None;
+    // The client context and its socket's descriptor (owned by the context).
+    let mut connection: Option<(Context, RawFd)> = None;
     for op in &cli.ops {
-        if context.is_none() {
-            let connect = tcp::connect_slave(cli.server, Slave(cli.unit));
-            context = match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(connected)) => Some(connected),
+        if connection.is_none() {
+            let connect = tokio::net::TcpStream::connect(cli.server);
+            connection = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(stream)) => {
+                    let fd = stream.as_raw_fd();
+                    Some((tcp::attach_slave(stream, Slave(cli.unit)), fd))
+                }
                 Ok(Err(_)) | Err(_) => None,
             };
         }
-        let outcome = match context.as_mut() {
+        let outcome = match connection.as_mut() {
             None => Outcome::Failed("connect_failed", None),
-            Some(connected) => match tokio::time::timeout(timeout, execute(connected, op)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Outcome::Failed("timeout", None),
-            },
+            Some((context, fd)) => {
+                match tokio::time::timeout(timeout, execute(context, op)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        abort_on_close(*fd);
+                        Outcome::Failed("timeout", None)
+                    }
+                }
+            }
         };
         if !matches!(outcome, Outcome::Ok(_) | Outcome::Exception(_)) {
             // The connection is unusable (or in an unknown state): the next op reconnects.
-            context = None;
+            connection = None;
         }
         print(op, outcome);
+    }
+}
+
+/// Makes closing the socket send a RST (SO_LINGER with a zero timeout) instead of a FIN.
+fn abort_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the open socket of the context the caller still holds; setsockopt reads
+    // `size_of::<linger>()` bytes from a valid `linger`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
