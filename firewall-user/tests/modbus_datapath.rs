@@ -685,3 +685,18 @@ fn rule_port() {
     c.open(&mut dp);
     expect(&c.send(&mut dp, &read(3, 0, 1)), Reason::None, "port 5020");
 }
+
+/// EtherNet/IP rules compile to port rules with the EtherNet/IP inspector, which is not built
+/// yet: their flows are handed to a missing inspector and dropped as `inspector_missing` (fail
+/// closed), not admitted at L4. A Modbus rule of the same conduit is unaffected.
+#[test]
+fn enip_flows_fail_closed_until_their_inspector_lands() {
+    let yaml = policy("functions: [read]", "") + "      - enip: { services: [read] }\n";
+    let mut dp = datapath(&yaml);
+    let syn = Conn::new(40000, 44818).client_frame(0, "S", &[]);
+    let d = run(&mut dp, &syn);
+    assert_eq!(d.reason, Reason::InspectorMissing, "{d:?}");
+    assert!(d.dropped(), "{d:?}");
+    let mut c = conn(&mut dp, 40001);
+    expect(&c.send(&mut dp, &read(3, 0, 10)), Reason::None, "modbus read");
+}
