@@ -698,5 +698,9 @@ fn enip_flows_fail_closed_until_their_inspector_lands() {
     assert_eq!(d.reason, Reason::InspectorMissing, "{d:?}");
     assert!(d.dropped(), "{d:?}");
     let mut c = conn(&mut dp, 40001);
-    expect(&c.send(&mut dp, &read(3, 0, 10)), Reason::None, "modbus read");
+    expect(
+        &c.send(&mut dp, &read(3, 0, 10)),
+        Reason::None,
+        "modbus read",
+    );
 }
