@@ -142,6 +142,38 @@ fn denied_event(fw: &mut Firewall) -> Value {
     serde_json::from_str(&line).unwrap()
 }
 
+/// A write_single_register from the client on its read-only conduit: the client sees `seen`,
+/// and `otfw run` reports the refusal with `verdict`.
+fn write_is_refused(
+    lab: &Lab,
+    fw: &mut Firewall,
+    client: ModbusClient,
+    plc: SocketAddr,
+    register: u16,
+    seen: ModbusResult,
+    verdict: &str,
+) {
+    let refused = one(
+        lab,
+        client,
+        "client",
+        plc,
+        ModbusOp::WriteRegister(register, 5555),
+    );
+    assert_eq!(
+        refused,
+        seen,
+        "{}: write on the read-only conduit",
+        client.name()
+    );
+    let event = denied_event(fw);
+    assert_eq!(event["reason"], "modbus_function_denied", "{event}");
+    assert_eq!(event["function"], 6, "{event}");
+    assert_eq!(event["address"], register, "{event}");
+    assert_eq!(event["verdict"], verdict, "{event}");
+    assert_eq!(event["conduit"], "client-reads", "{event}");
+}
+
 /// On a read-only conduit with `on_deny: drop`, every client reads the right values and a
 /// write times out (the request and everything after it on that connection is dropped); the
 /// server's registers are unchanged. The engineering conduit writes, and the value changes.
@@ -155,24 +187,15 @@ fn read_only_conduit_drops_writes_engineering_writes() {
         reads_return_the_right_values(&lab, client, plc);
 
         let register = 20 + offset;
-        let refused = one(
+        write_is_refused(
             &lab,
+            &mut fw,
             client,
-            "client",
             plc,
-            ModbusOp::WriteRegister(register, 5555),
-        );
-        assert_eq!(
-            refused,
+            register,
             ModbusResult::Timeout,
-            "{name}: write on the read-only conduit"
+            "drop",
         );
-        let event = denied_event(&mut fw);
-        assert_eq!(event["reason"], "modbus_function_denied", "{event}");
-        assert_eq!(event["function"], 6, "{event}");
-        assert_eq!(event["address"], register, "{event}");
-        assert_eq!(event["verdict"], "drop", "{event}");
-        assert_eq!(event["conduit"], "client-reads", "{event}");
         let coil = 30 + offset;
         let refused = one(
             &lab,
@@ -256,21 +279,15 @@ fn read_only_conduit_resets_writes() {
         let offset = u16::try_from(index).unwrap();
         reads_return_the_right_values(&lab, client, plc);
         let register = 50 + offset;
-        let refused = one(
+        write_is_refused(
             &lab,
+            &mut fw,
             client,
-            "client",
             plc,
-            ModbusOp::WriteRegister(register, 1),
-        );
-        assert_eq!(
-            refused,
+            register,
             ModbusResult::Reset,
-            "{name}: write on the read-only conduit"
+            "reset",
         );
-        let event = denied_event(&mut fw);
-        assert_eq!(event["reason"], "modbus_function_denied", "{event}");
-        assert_eq!(event["verdict"], "reset", "{event}");
         if client != ModbusClient::Mbpoll {
             // Function 16 is refused the same way; a read on the same client's next
             // connection passes again.

@@ -349,20 +349,6 @@ impl Lab {
         }
     }
 
-    /// One request with any client.
-    pub fn modbus_one(
-        &self,
-        client: ModbusClient,
-        from: &str,
-        server: SocketAddr,
-        unit: u8,
-        timeout: Duration,
-        op: ModbusOp,
-    ) -> Result<ModbusResult> {
-        let mut results = self.modbus(client, from, server, unit, timeout, &[op])?;
-        Ok(results.remove(0))
-    }
-
     /// Runs a client that prints one JSON line per op.
     fn json_client(
         &self,

@@ -590,8 +590,10 @@ fn modbus_probe(
     probe: ModbusProbe,
 ) -> Result<(String, Option<bool>, Vec<String>)> {
     let client = ModbusClient::Pymodbus;
-    let request =
-        |op: ModbusOp| lab.modbus_one(client, from, plc, MODBUS_UNIT, ATTEMPT_TIMEOUT, op);
+    let request = |op: ModbusOp| -> Result<ModbusResult> {
+        let mut results = lab.modbus(client, from, plc, MODBUS_UNIT, ATTEMPT_TIMEOUT, &[op])?;
+        Ok(results.remove(0))
+    };
     Ok(match probe {
         ModbusProbe::Read(address, count) => {
             match request(ModbusOp::Read(Table::HoldingRegisters, address, count))? {
