@@ -7,3 +7,4 @@ mod controller;
 mod firewall;
 mod lab;
 mod metrics;
+mod modbus;

@@ -31,6 +31,8 @@ pub struct Controller {
     pub last_stats: String,
     /// Where it serves Prometheus metrics.
     pub metrics: std::net::SocketAddr,
+    /// `modbus_denied` events printed since the last [`Controller::take_denied`].
+    denied: Vec<Value>,
 }
 
 impl Controller {
@@ -102,6 +104,7 @@ impl Controller {
             process,
             last_stats: String::new(),
             metrics,
+            denied: Vec::new(),
         })
     }
 
@@ -116,16 +119,31 @@ impl Controller {
                 std::io::Error::last_os_error()
             );
         }
+        let denied = &mut self.denied;
         let line = self
             .process
             .wait_for_line(
-                |line| event_name(&parse_event(line)) == Some("stats"),
+                |line| {
+                    let event = parse_event(line);
+                    match event_name(&event) {
+                        Some("stats") => return true,
+                        Some("modbus_denied") => denied.push(event),
+                        _ => {}
+                    }
+                    false
+                },
                 STATS_TIMEOUT,
             )
             .context("otfw run did not answer SIGUSR1 with a stats event")?;
         let stats = Stats::parse(&parse_event(&line));
         self.last_stats = line;
         Ok(stats)
+    }
+
+    /// The `modbus_denied` events (one per refused Modbus request) printed since the last
+    /// call, in order.
+    pub fn take_denied(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.denied)
     }
 
     /// The counters once they stopped moving.
