@@ -44,7 +44,9 @@ pub const FLOW_INSERT_FAILED: u32 = 2;
 pub const FLOW_EXPIRED: u32 = 3;
 pub const FLOW_REVOKED: u32 = 4;
 pub const FLOW_REVALIDATED: u32 = 5;
-pub const FLOW_STATS_LEN: u32 = 6;
+/// A tracked flow removed by a reset, or released because a default now decides it.
+pub const FLOW_CLOSED: u32 = 6;
+pub const FLOW_STATS_LEN: u32 = 7;
 pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
     "created",
     "adopted",
@@ -52,6 +54,7 @@ pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
     "expired",
     "revoked",
     "revalidated",
+    "closed",
 ];
 
 /// Map `TRACE` (per-CPU, one entry): the last decision, written only when `FLAG_TRACE` is set.
@@ -64,4 +67,6 @@ pub struct Trace {
     pub epoch: u32,
     /// ADUs recorded in `MODBUS_ADUS` for this frame (0 when no inspector ran).
     pub adus: u32,
+    /// EtherNet/IP records in `ENIP_TRACE` for this frame (0 when that inspector did not run).
+    pub records: u32,
 }

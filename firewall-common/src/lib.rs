@@ -7,6 +7,8 @@
 pub mod conduit;
 pub mod config;
 pub mod counters;
+pub mod enip;
+pub mod event;
 pub mod flow;
 pub mod modbus;
 pub mod reason;

@@ -86,10 +86,52 @@ pub enum Reason {
     ModbusBlocked = 37,
     /// More ADUs in one segment than the inspector checks.
     ModbusTooManyAdus = 38,
+    /// An encapsulation command the rule does not allow.
+    EnipCommandDenied = 39,
+    /// An encapsulation request with a non-zero status, or a length its command does not allow.
+    EnipBadHeader = 40,
+    /// An encapsulation request longer than the inspector parses (`enip::MSG_MAX`).
+    EnipTooLong = 41,
+    /// SendRRData/SendUnitData without the registered session handle (or before any).
+    EnipBadSession = 42,
+    /// Common packet format items that are missing, unknown, or disagree with the lengths.
+    EnipBadCpf = 43,
+    /// A segment of a flow first seen mid-stream that is not whole plausible encapsulations.
+    EnipUnframed = 44,
+    /// A segment starting after the next expected byte.
+    EnipOutOfOrder = 45,
+    /// A segment re-sending bytes already passed that cannot be shown to frame as they did.
+    EnipRetransmission = 46,
+    /// A segment of a connection blocked after a denied request.
+    EnipBlocked = 47,
+    /// More encapsulation messages in one segment or datagram than the inspector checks.
+    EnipTooManyMessages = 48,
+    /// Bytes after the last complete encapsulation of a datagram, or that cannot start a header.
+    EnipTrailingBytes = 49,
+    /// SendUnitData on a connection id no allowed Forward_Open opened.
+    EnipUnknownConnection = 50,
+    /// A CIP service the rule does not allow on the class (or tag path) it addresses.
+    CipServiceDenied = 51,
+    /// A request path the inspector cannot resolve completely (unknown, misplaced or cut-off segments, no class).
+    CipBadPath = 52,
+    /// A CIP request cut short, a response bit on a request, or an Unconnected Send / Forward_Open / Forward_Close whose layout disagrees with its length.
+    CipMalformed = 53,
+    /// A Multiple Service Packet with a bad count or offsets.
+    CipBadMsp = 54,
+    /// Nesting deeper, or more requests per message, than the inspector checks.
+    CipTooDeep = 55,
+    /// A tag not in the rule's `tags` list, or a tag service addressing the Symbol class by instance.
+    CipTagDenied = 56,
+    /// A tag name longer than the inspector matches (`enip::TAG_MAX`).
+    CipTagTooLong = 57,
+    /// An implicit I/O datagram whose connection id no allowed Forward_Open opened with `io: true` (or it closed or timed out).
+    EnipIoNoConnection = 58,
+    /// A UDP 2222 datagram that is not a sequenced address item and a connected data item.
+    EnipIoMalformed = 59,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 39;
+pub const REASON_COUNT: u32 = 60;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -133,6 +175,27 @@ impl Reason {
         "modbus_retransmission",
         "modbus_blocked",
         "modbus_too_many_adus",
+        "enip_command_denied",
+        "enip_bad_header",
+        "enip_too_long",
+        "enip_bad_session",
+        "enip_bad_cpf",
+        "enip_unframed",
+        "enip_out_of_order",
+        "enip_retransmission",
+        "enip_blocked",
+        "enip_too_many_messages",
+        "enip_trailing_bytes",
+        "enip_unknown_connection",
+        "cip_service_denied",
+        "cip_bad_path",
+        "cip_malformed",
+        "cip_bad_msp",
+        "cip_too_deep",
+        "cip_tag_denied",
+        "cip_tag_too_long",
+        "enip_io_no_connection",
+        "enip_io_malformed",
     ];
 
     pub const fn name(self) -> &'static str {

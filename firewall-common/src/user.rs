@@ -1,6 +1,6 @@
 //! User-space only: `aya::Pod` for every map type.
 
-use crate::{conduit::*, config::*, counters::*, flow::*, modbus::*, zone::*};
+use crate::{conduit::*, config::*, counters::*, enip::*, event::*, flow::*, modbus::*, zone::*};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -35,4 +35,18 @@ pod!(
     AduTrace,
     ModbusScratch,
     ModbusEvent,
+    DatapathEvent,
+    EventBucket,
+    EnipRule,
+    EnipClassKey,
+    EnipTagKey,
+    EnipStream,
+    EnipFlow,
+    EnipConnKey,
+    EnipConn,
+    EnipRecord,
+    EnipTrace,
+    EnipStatKey,
+    EnipEvent,
+    EnipScratch,
 );

@@ -9,7 +9,9 @@
 #[cfg(target_arch = "bpf")]
 mod bpf {
     pub mod conduit;
+    pub mod enip;
     pub mod eth;
+    pub mod events;
     pub mod flow;
     pub mod ip;
     pub mod l4;
@@ -28,7 +30,7 @@ mod entry {
 
     use firewall_common::conduit::INSPECT_NONE;
 
-    use crate::bpf::{maps::INSPECTORS, modbus, reset, stats, verdict};
+    use crate::bpf::{enip, maps::INSPECTORS, modbus, reset, stats, verdict};
 
     #[xdp]
     pub fn otfw(ctx: XdpContext) -> u32 {
@@ -52,6 +54,18 @@ mod entry {
     #[xdp]
     pub fn otfw_modbus(ctx: XdpContext) -> u32 {
         modbus::inspect(&ctx)
+    }
+
+    /// EtherNet/IP and CIP inspection (TCP and UDP 44818), slot `INSPECT_ENIP`.
+    #[xdp]
+    pub fn otfw_enip(ctx: XdpContext) -> u32 {
+        enip::inspect(&ctx)
+    }
+
+    /// Implicit I/O (UDP 2222) pinholes, slot `INSPECT_ENIP_IO`.
+    #[xdp]
+    pub fn otfw_enip_io(ctx: XdpContext) -> u32 {
+        enip::inspect_io(&ctx)
     }
 
     #[panic_handler]

@@ -14,10 +14,13 @@ use anyhow::{bail, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, ModbusDenied, ModeChoice},
+    datapath::{bridge_ports, Datapath, EnipDenied, ModbusDenied, ModeChoice},
     events::{self, Event},
+    observe::Observer,
     policy::compiled::{Attachment, CompiledPolicy},
 };
+
+pub use crate::observe::ObserveOptions;
 
 pub struct RunOptions {
     pub policy: PathBuf,
@@ -28,6 +31,7 @@ pub struct RunOptions {
     /// How often the policy file is checked for changes.
     pub watch_interval: Duration,
     pub xdp_mode: ModeChoice,
+    pub observe: ObserveOptions,
 }
 
 /// Reads and compiles a policy file; `Err` holds one message per problem (`file:line:col: ...`).
@@ -56,11 +60,20 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         (None, true, Attachment::Interfaces(ifaces)) => ifaces.clone(),
     };
 
-    let mut datapath = Datapath::load()?;
+    let instance = opts.bridge.clone().or_else(|| match &policy.attachment {
+        Attachment::Bridge(bridge) if opts.interfaces.is_empty() => Some(bridge.clone()),
+        _ => None,
+    });
+    let instance = instance.unwrap_or_else(|| ports.first().cloned().unwrap_or_default());
+    let mut observer = Observer::new(&opts.observe, &file, &instance)?;
+    let mut datapath = Datapath::load_pinned(observer.pin_dir().as_deref())?;
     let epoch = datapath.install(&policy)?.epoch;
     log::info!("policy {file} in force (epoch {epoch})");
+    observer.loaded(epoch, &policy);
     events::emit(&loaded_event(&file, epoch, &policy));
+    let mut scrapes = observer.serve_metrics().await?;
     let attached = datapath.attach(&ports, opts.xdp_mode)?;
+    observer.attached(&attached.ports);
     for port in &attached.ports {
         log::info!("attached to {} ({} XDP)", port.name, port.mode);
         events::emit(&Event::Attached {
@@ -95,10 +108,27 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         ),
         None => None,
     };
+    // Denied packets and adopted flows, rate-limited by the datapath.
+    let mut datapath_events = match datapath.take_events() {
+        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
+        // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
     // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
     let mut modbus_events = match datapath.take_modbus_events() {
         // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
         // deregisters it before dropping it.
+        Some(ring) => Some(
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
+        ),
+        None => None,
+    };
+    // Denied EtherNet/IP requests, likewise.
+    let mut enip_events = match datapath.take_enip_events() {
+        // SAFETY: as above.
         Some(ring) => Some(
             unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
         ),
@@ -111,7 +141,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {file}");
                 fingerprint = file_fingerprint(&opts.policy);
-                reload(&mut datapath, &opts.policy, &file, load);
+                reload(&mut datapath, &mut observer, &opts.policy, &file, load);
             }
             _ = watch.tick() => {
                 let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
@@ -124,7 +154,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                     fingerprint = now;
                     if fingerprint.is_some() {
                         log::info!("{file} changed: reloading");
-                        reload(&mut datapath, &opts.policy, &file, load);
+                        reload(&mut datapath, &mut observer, &opts.policy, &file, load);
                     } else {
                         log::warn!("{file} cannot be read; the policy in force stays");
                     }
@@ -140,6 +170,25 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            ready = async {
+                match datapath_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    observer.datapath_event(&record);
+                }
+                guard.clear_ready();
+            }
+            Some(reply) = async {
+                match scrapes.as_mut() {
+                    Some(scrapes) => scrapes.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => observer.scrape(&datapath, reply),
             _ = user1.recv() => emit_stats(&datapath),
             ready = async {
                 match modbus_events.as_mut() {
@@ -158,6 +207,23 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 }
                 guard.clear_ready();
             }
+            ready = async {
+                match enip_events.as_mut() {
+                    Some(ring) => ring.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = ready?;
+                let names = datapath.active().map(|g| &g.names);
+                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let bytes: &[u8] = &item;
+                    if let Some(denied) = EnipDenied::decode(bytes, names) {
+                        events::emit(&Event::EnipDenied(denied));
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }
@@ -168,6 +234,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         log::info!("detached from {port}");
         events::emit(&Event::Detached { port });
     }
+    observer.shutdown();
     Ok(())
 }
 
@@ -184,16 +251,28 @@ fn emit_stats(datapath: &Datapath) {
     }
 }
 
-fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: PolicyLoader) {
+fn reload(
+    datapath: &mut Datapath,
+    observer: &mut Observer,
+    path: &std::path::Path,
+    file: &str,
+    load: PolicyLoader,
+) {
     let kept = datapath.active().map(|g| g.epoch);
-    match load(path) {
+    let loaded = load(path);
+    if loaded.is_ok() {
+        observer.before_install(datapath);
+    }
+    match loaded {
         Ok(policy) => match datapath.install(&policy) {
             Ok(generation) => {
                 let epoch = generation.epoch;
                 log::info!("policy {file} in force (epoch {epoch})");
+                observer.loaded(epoch, &policy);
                 events::emit(&loaded_event(file, epoch, &policy));
             }
             Err(e) => {
+                observer.rejected();
                 let errors = vec![format!("{e:#}")];
                 log::error!("installing {file} failed, the previous policy stays: {e:#}");
                 events::emit(&Event::PolicyRejected {
@@ -204,6 +283,7 @@ fn reload(datapath: &mut Datapath, path: &std::path::Path, file: &str, load: Pol
             }
         },
         Err(errors) => {
+            observer.rejected();
             for e in &errors {
                 log::error!("{e}");
             }

@@ -1,7 +1,14 @@
-//! Operator-facing events as JSON lines on stdout (journald and SIEM friendly); human logs go
-//! to stderr. Every line carries `timestamp` and `event`; the other fields depend on the event.
+//! Operator-facing events as JSON lines on stdout (journald and SIEM friendly) and optionally
+//! a file; human logs go to stderr. Every line carries `timestamp` and `event`; the other fields
+//! depend on the event. docs/EVENTS.md is the schema.
 
-use std::{io::Write as _, time::SystemTime};
+mod datapath;
+mod sink;
+
+use std::time::SystemTime;
+
+pub use datapath::{DatapathEvents, PacketEvent};
+pub use sink::{open_file, written, Written};
 
 use firewall_common::{
     counters::{FLOW_STAT_NAMES, VERDICT_NAMES},
@@ -39,6 +46,11 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// A packet was denied (dropped, reset, or passed in monitor mode); rate-limited at the
+    /// source.
+    Denied(PacketEvent),
+    /// A TCP flow already running when tracking began was adopted; rate-limited at the source.
+    FlowAdopted(PacketEvent),
     /// Datapath counters since the program was loaded (on SIGUSR1). Only non-zero entries.
     Stats {
         /// The policy generation whose conduits `conduits` counts.
@@ -55,6 +67,9 @@ pub enum Event<'a> {
     ModbusDenied(crate::datapath::ModbusDenied),
     /// Denied-request events the ring buffer had no room for, since the controller started.
     ModbusEventsLost { total: u64 },
+    /// An EtherNet/IP request was refused (or, in monitor mode, would have been): the flow,
+    /// the command, the CIP service with its class, instance and tag, and the reason.
+    EnipDenied(crate::datapath::EnipDenied),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -129,14 +144,31 @@ pub fn emit(event: &Event) {
         return;
     };
     line.push('\n');
-    let mut out = std::io::stdout().lock();
-    // Events must not take the controller down: a closed stdout only loses the line.
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+    // Events must not take the controller down: a closed stdout only loses (and counts) the line.
+    sink::write(event.name(), &line);
+}
+
+impl Event<'_> {
+    /// The `event` field of the line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::PolicyLoaded { .. } => "policy_loaded",
+            Event::PolicyRejected { .. } => "policy_rejected",
+            Event::Attached { .. } => "attached",
+            Event::Ready { .. } => "ready",
+            Event::Detached { .. } => "detached",
+            Event::Denied(_) => "denied",
+            Event::FlowAdopted(_) => "flow_adopted",
+            Event::Stats { .. } => "stats",
+            Event::ModbusDenied(_) => "modbus_denied",
+            Event::ModbusEventsLost { .. } => "modbus_events_lost",
+            Event::EnipDenied(_) => "enip_denied",
+        }
+    }
 }
 
 /// One event as the JSON line `emit` prints (without the newline).
-fn to_line(event: &Event) -> serde_json::Result<String> {
+pub fn to_line(event: &Event) -> serde_json::Result<String> {
     serde_json::to_string(&Line {
         timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         event,
@@ -146,7 +178,7 @@ fn to_line(event: &Event) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use firewall_common::{
-        counters::{Traffic, FLOW_CREATED, VERDICT_DROP, VERDICT_PASS},
+        counters::{Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_DROP, VERDICT_PASS},
         reason::REASON_COUNT,
     };
     use serde_json::json;
@@ -157,7 +189,7 @@ mod tests {
     fn stats_lists_only_non_zero_counters_by_name() {
         let mut counters = Counters {
             reasons: vec![[0; 4]; REASON_COUNT as usize],
-            flows: [0; 6],
+            flows: [0; FLOW_STATS_LEN as usize],
         };
         counters.reasons[Reason::None as usize][VERDICT_PASS as usize] = 12;
         counters.reasons[Reason::NoConduit as usize][VERDICT_DROP as usize] = 2;
@@ -195,7 +227,7 @@ mod tests {
     fn stats_of_an_idle_datapath_are_empty_maps() {
         let counters = Counters {
             reasons: vec![[0; 4]; REASON_COUNT as usize],
-            flows: [0; 6],
+            flows: [0; FLOW_STATS_LEN as usize],
         };
         let line = to_line(&Event::stats(None, &counters, &[])).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -204,5 +236,74 @@ mod tests {
         for key in ["reasons", "conduits", "flows"] {
             assert_eq!(value[key], json!({}), "{key} in {line}");
         }
+    }
+
+    /// The documented schema of packet events (docs/EVENTS.md): field names, types, and that
+    /// unknown values are left out rather than null.
+    #[test]
+    fn denied_and_adopted_events_follow_the_schema() {
+        let packet = PacketEvent {
+            epoch: 2,
+            port: Some("eth1".into()),
+            conduit: "(none)".into(),
+            src_zone: Some("office".into()),
+            dst_zone: Some("plant".into()),
+            src: Some("198.51.100.1".parse().unwrap()),
+            dst: Some("2001:db8::2".parse().unwrap()),
+            protocol: Some("tcp".into()),
+            src_port: Some(40000),
+            dst_port: Some(502),
+            function: None,
+            reason: "no_conduit",
+            verdict: "drop",
+        };
+        let line = to_line(&Event::Denied(packet.clone())).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let timestamp = value.as_object_mut().unwrap().remove("timestamp").unwrap();
+        assert!(timestamp.as_str().unwrap().ends_with('Z'), "{line}");
+        assert_eq!(
+            value,
+            json!({
+                "event": "denied", "epoch": 2, "port": "eth1", "conduit": "(none)",
+                "src_zone": "office", "dst_zone": "plant",
+                "src": "198.51.100.1", "dst": "2001:db8::2", "protocol": "tcp",
+                "src_port": 40000, "dst_port": 502, "reason": "no_conduit", "verdict": "drop",
+            })
+        );
+        let bare = PacketEvent {
+            port: None,
+            src_zone: None,
+            dst_zone: None,
+            src: None,
+            dst: None,
+            protocol: None,
+            src_port: None,
+            dst_port: None,
+            reason: "none",
+            verdict: "pass",
+            ..packet
+        };
+        let line = to_line(&Event::FlowAdopted(bare)).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "conduit",
+                "epoch",
+                "event",
+                "reason",
+                "timestamp",
+                "verdict"
+            ],
+            "{line}"
+        );
+        assert_eq!(value["event"], "flow_adopted");
     }
 }

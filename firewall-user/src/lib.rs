@@ -6,5 +6,8 @@ pub mod cli;
 pub mod controller;
 pub mod datapath;
 pub mod events;
+pub mod metrics;
+pub mod observe;
 pub mod policy;
 pub mod replay;
+pub mod status;

@@ -31,6 +31,10 @@ struct FrameRecord<'a> {
     /// Modbus ADUs whose header the inspector decided in this frame.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     adus: &'a [crate::datapath::Adu],
+    /// EtherNet/IP requests (commands, CIP requests with embedded ones, implicit I/O) the
+    /// inspector saw in this frame.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    cip: &'a [crate::datapath::CipRequest],
 }
 
 #[derive(Serialize, Default)]
@@ -86,6 +90,7 @@ pub fn replay(
                 conduit: conduit.filter(|_| d.conduit_id != firewall_common::conduit::CONDUIT_NONE),
                 packet: describe(frame),
                 adus: &d.adus,
+                cip: &d.cip,
             };
             serde_json::to_writer(&mut *out, &record)?;
             out.write_all(b"\n")?;

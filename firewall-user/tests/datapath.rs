@@ -931,7 +931,10 @@ fn flows() {
                     frame(data(&s, 502, 40000, "PA"), pass("modbus")),
                     frame(c.tcp(40000, 502, "FA", 3000, 7000, &[]), pass("modbus")),
                     frame(s.tcp(502, 40000, "FA", 7000, 3001, &[]), pass("modbus")),
-                    frame(c.tcp(40000, 502, "R", 3001, 0, &[]), pass("modbus")),
+                    frame(
+                        c.tcp(40000, 502, "R", 3001, 0, &[]),
+                        pass("modbus").closes(),
+                    ),
                     frame(c.ack(40000, 502), pass("modbus").adopts()),
                 ],
             ),
@@ -1364,7 +1367,7 @@ fn policy_generations() {
                 vec![
                     frame(c.syn(40000, 502), pass("modbus").creates()),
                     Step::Install(zones_only.clone().default_allow()),
-                    frame(c.ack(40000, 502), pass(DEFAULT)),
+                    frame(c.ack(40000, 502), pass(DEFAULT).closes()),
                     frame(s.ack(502, 40000), pass(DEFAULT)),
                 ],
             ),

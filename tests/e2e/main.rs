@@ -6,3 +6,5 @@ mod common;
 mod controller;
 mod firewall;
 mod lab;
+mod metrics;
+mod modbus;

@@ -17,14 +17,21 @@
 mod address;
 mod binaries;
 mod lab;
+mod modbus;
 mod netns;
 mod peer;
 mod preflight;
 mod process;
+mod prometheus;
 
 pub use address::Cidr;
 pub use binaries::{repo_root, target_binary, venv_python};
 pub use lab::{HostSpec, Lab, LabHost, LabOptions};
+pub use modbus::{
+    initial as modbus_initial, require_modbus_peers, Datastore, ModbusClient, ModbusOp,
+    ModbusResult, ModbusServer, Table,
+};
 pub use peer::{HoldSummary, PingOutcome, TcpOutcome, UdpOutcome};
 pub use preflight::{bpffs_mounted, require_root_and_kernel, BPFFS};
 pub use process::{LabProcess, ProcessOutput};
+pub use prometheus::{free_loopback_addr, http_get, scrape, PrometheusServer};

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use otfw_tests::{HostSpec, Lab, LabOptions, LabProcess, TcpOutcome};
+use otfw_tests::{
+    HostSpec, Lab, LabOptions, LabProcess, ModbusClient, ModbusOp, ModbusResult, ModbusServer,
+    Table, TcpOutcome,
+};
 
 use crate::{cmd, setup};
 
@@ -92,6 +95,17 @@ enum Probe {
     Tcp(u16),
     Udp(u16),
     Ping,
+    /// Modbus/TCP to the PLC's pymodbus server, with the venv's pymodbus client.
+    Modbus(ModbusProbe),
+}
+
+#[derive(Clone, Copy)]
+enum ModbusProbe {
+    /// read_holding_registers (function 3): address, count.
+    Read(u16, u16),
+    /// write_single_register (function 6): address, value; then the register is read back
+    /// on a new connection.
+    Write(u16, u16),
 }
 
 impl Probe {
@@ -100,9 +114,19 @@ impl Probe {
             Probe::Tcp(port) => format!("tcp/{port}"),
             Probe::Udp(port) => format!("udp/{port}"),
             Probe::Ping => "ping".to_string(),
+            Probe::Modbus(ModbusProbe::Read(..)) => "modbus read".to_string(),
+            Probe::Modbus(ModbusProbe::Write(..)) => "modbus write".to_string(),
         }
     }
 }
+
+/// The Modbus/TCP port of plc-1's server.
+const MODBUS_PORT: u16 = 502;
+/// The unit id of every request (historian-reads allows units 1 and 255).
+const MODBUS_UNIT: u8 = 1;
+/// The register the steps write, and what they write.
+const SETPOINT: u16 = 0;
+const SETPOINT_VALUE: u16 = 4242;
 
 #[derive(Clone, Copy)]
 enum Expect {
@@ -121,14 +145,31 @@ struct Step {
     because: &'static str,
 }
 
-const STEPS: [Step; 9] = [
+const STEPS: [Step; 11] = [
     Step {
         from: "hist",
         to: "plc",
-        probe: Probe::Tcp(502),
+        probe: Probe::Modbus(ModbusProbe::Read(0, 4)),
         expect: Expect::Allow("historian-reads"),
-        because: "historian-reads allows Modbus/TCP from historian to plc-1 (at L4 for now: \
-                  function codes are not inspected yet)",
+        because: "historian-reads allows the Modbus read functions from historian to plc-1; \
+                  otfw inspects every request (here read_holding_registers, function 3)",
+    },
+    Step {
+        from: "hist",
+        to: "plc",
+        probe: Probe::Modbus(ModbusProbe::Write(SETPOINT, SETPOINT_VALUE)),
+        expect: Expect::Deny("modbus_function_denied"),
+        because: "historian-reads allows reads only: write_single_register (function 6) is \
+                  refused; on_deny: drop drops it and the rest of that connection, so the \
+                  client times out and the PLC never sees the write",
+    },
+    Step {
+        from: "ews",
+        to: "plc",
+        probe: Probe::Modbus(ModbusProbe::Write(SETPOINT, SETPOINT_VALUE)),
+        expect: Expect::Allow("engineering-to-cell"),
+        because: "engineering-to-cell allows Modbus reads, writes and diagnostics from the \
+                  engineering zone",
     },
     Step {
         from: "ews",
@@ -189,9 +230,8 @@ const STEPS: [Step; 9] = [
     },
 ];
 
-/// Servers the steps talk to: (lab host, probe).
-const SERVERS: [(&str, Probe); 5] = [
-    ("plc", Probe::Tcp(502)),
+/// Echo servers the steps talk to: (lab host, probe). plc-1 also runs a Modbus/TCP server.
+const SERVERS: [(&str, Probe); 4] = [
     ("plc", Probe::Tcp(22)),
     ("plc", Probe::Udp(161)),
     ("ews", Probe::Tcp(22)),
@@ -217,12 +257,16 @@ pub fn run(repo: &Path, args: &DemoArgs) -> Result<()> {
     let lab = build_lab()?;
     interrupt::check()?;
     let mut controller = Controller::start(&lab, repo, &otfw)?;
-    let servers = start_servers(&lab)?;
+    let (servers, mut modbus) = start_servers(&lab)?;
 
     // Whatever the steps come to (an error, Ctrl-C), the controller and the lab are removed
     // here; a panic removes them when they are dropped.
-    let steps = run_steps(&lab, &mut controller);
+    let steps = run_steps(&lab, &mut controller).and_then(|results| {
+        print_setpoint(&mut modbus)?;
+        Ok(results)
+    });
     drop(servers);
+    drop(modbus);
     let output = controller.stop();
     let detached: Vec<String> = events(&output.stdout, "detached")
         .filter_map(|event| event["port"].as_str().map(str::to_string))
@@ -287,6 +331,15 @@ fn run_steps(lab: &Lab, controller: &mut Controller) -> Result<Vec<StepResult>> 
         "\ndemo: the counters in otfw run's last stats event (`kill -USR1 PID` prints one):\n{}",
         controller.last_stats
     );
+    let body = otfw_tests::scrape(controller.metrics)?;
+    println!(
+        "\ndemo: live counters from http://{}/metrics (Prometheus; dashboards/ has a Grafana \
+         dashboard and alerts):",
+        controller.metrics
+    );
+    for line in controller::live_counters(&body) {
+        println!("  {line}");
+    }
     Ok(results)
 }
 
@@ -379,26 +432,49 @@ fn exec_ok(lab: &Lab, host: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn start_servers(lab: &Lab) -> Result<Vec<LabProcess>> {
+fn start_servers(lab: &Lab) -> Result<(Vec<LabProcess>, ModbusServer)> {
+    let modbus = lab
+        .modbus_server("plc", MODBUS_PORT)
+        .context("starting the Modbus/TCP server on plc-1 (tests/peers/modbus_server.py)")?;
+    println!(
+        "demo: Modbus/TCP server (pymodbus) on plc-1 tcp/{MODBUS_PORT}: holding registers \
+         0..99 hold 1000 + address"
+    );
     let mut servers = Vec::new();
     let mut listening = Vec::new();
     for (lab_host, probe) in SERVERS {
         let server = match probe {
             Probe::Tcp(port) => lab.tcp_echo_server(lab_host, port)?,
             Probe::Udp(port) => lab.udp_echo_server(lab_host, port)?,
-            Probe::Ping => continue,
+            Probe::Ping | Probe::Modbus(_) => continue,
         };
         servers.push(server);
         listening.push(format!("{} {}", host(lab_host).policy, probe.label()));
     }
     println!("demo: echo servers listening: {}", listening.join(", "));
-    Ok(servers)
+    Ok((servers, modbus))
+}
+
+/// What plc-1's server holds in the register the steps wrote, read from its own memory.
+fn print_setpoint(modbus: &mut ModbusServer) -> Result<()> {
+    let store = modbus.datastore()?;
+    let value = store
+        .holding_registers
+        .get(usize::from(SETPOINT))
+        .context("the server has no holding register 0")?;
+    println!(
+        "\ndemo: plc-1's holding register {SETPOINT} now holds {value} (read from the server's \
+         memory): the engineering write landed, the historian's never reached it"
+    );
+    Ok(())
 }
 
 /// What a step came to.
 struct StepResult {
     /// What the client saw.
     seen: String,
+    /// More of what the client saw, and the controller's events for the step.
+    details: Vec<String>,
     /// Whether the traffic got through (None: neither clearly through nor clearly blocked).
     through: Option<bool>,
     counted: Stats,
@@ -413,8 +489,9 @@ fn run_step(
     step: &Step,
     before: &Stats,
 ) -> Result<(StepResult, Stats)> {
-    let (seen, through) = probe(lab, step)?;
+    let (seen, through, mut details) = probe(lab, step)?;
     let after = controller.settled_stats()?;
+    details.extend(controller.take_denied().iter().map(describe_denied));
     let counted = after.since(before);
     let (ok, verdict) = match (step.expect, through) {
         (Expect::Allow(conduit), Some(true)) if counted.conduit(conduit, "pass") > 0 => {
@@ -442,6 +519,7 @@ fn run_step(
     };
     let result = StepResult {
         seen,
+        details,
         through,
         counted,
         ok,
@@ -450,19 +528,18 @@ fn run_step(
     Ok((result, after))
 }
 
-/// Sends the step's traffic; returns what the client saw and whether it got through.
-fn probe(lab: &Lab, step: &Step) -> Result<(String, Option<bool>)> {
+/// Sends the step's traffic; returns what the client saw, more lines about it, and whether
+/// it got through.
+fn probe(lab: &Lab, step: &Step) -> Result<(String, Option<bool>, Vec<String>)> {
     let to: IpAddr = host(step.to)
         .address
         .parse()
         .expect("HOSTS holds IP addresses");
-    Ok(match step.probe {
-        // A bare connect to the Modbus port: once Modbus inspection is enforced, a line of
-        // text would not be Modbus; the handshake shows what the conduit admits at L4.
-        Probe::Tcp(502) => {
-            let outcome = lab.tcp_connect(step.from, SocketAddr::new(to, 502), ATTEMPT_TIMEOUT)?;
-            tcp_seen(&outcome, TcpOutcome::Connected)
-        }
+    if let Probe::Modbus(modbus) = step.probe {
+        return modbus_probe(lab, step.from, SocketAddr::new(to, MODBUS_PORT), modbus);
+    }
+    let (seen, through) = match step.probe {
+        Probe::Modbus(_) => unreachable!("handled above"),
         Probe::Tcp(port) => {
             let outcome = lab.tcp_echo(
                 step.from,
@@ -510,7 +587,90 @@ fn probe(lab: &Lab, step: &Step) -> Result<(String, Option<bool>)> {
             };
             (seen, through)
         }
+    };
+    Ok((seen, through, Vec::new()))
+}
+
+/// A Modbus request with the venv's pymodbus client (`tests/peers/modbus_client.py`).
+fn modbus_probe(
+    lab: &Lab,
+    from: &str,
+    plc: SocketAddr,
+    probe: ModbusProbe,
+) -> Result<(String, Option<bool>, Vec<String>)> {
+    let client = ModbusClient::Pymodbus;
+    let request = |op: ModbusOp| -> Result<ModbusResult> {
+        let mut results = lab.modbus(client, from, plc, MODBUS_UNIT, ATTEMPT_TIMEOUT, &[op])?;
+        Ok(results.remove(0))
+    };
+    Ok(match probe {
+        ModbusProbe::Read(address, count) => {
+            match request(ModbusOp::Read(Table::HoldingRegisters, address, count))? {
+                ModbusResult::Ok(values) => {
+                    let values: Vec<String> = values.iter().map(u16::to_string).collect();
+                    (format!("read {}", values.join(" ")), Some(true), Vec::new())
+                }
+                other => modbus_failure(&other),
+            }
+        }
+        ModbusProbe::Write(address, value) => {
+            let written = request(ModbusOp::WriteRegister(address, value))?;
+            // Read back on a new connection: this one may be blocked after a refusal.
+            let read_back = request(ModbusOp::Read(Table::HoldingRegisters, address, 1))?;
+            let read_back = match read_back {
+                ModbusResult::Ok(values) => format!(
+                    "holding register {address} reads {} afterwards (new connection)",
+                    values.first().map_or("nothing".to_string(), u16::to_string)
+                ),
+                other => format!("reading holding register {address} back: {other:?}"),
+            };
+            match written {
+                ModbusResult::Ok(_) => (
+                    format!("wrote {value} to register {address}"),
+                    Some(true),
+                    vec![read_back],
+                ),
+                other => {
+                    let (seen, through, mut details) = modbus_failure(&other);
+                    details.push(read_back);
+                    (format!("write {seen}"), through, details)
+                }
+            }
+        }
     })
+}
+
+/// A Modbus request that was not answered: what the client saw and whether it was blocked.
+fn modbus_failure(result: &ModbusResult) -> (String, Option<bool>, Vec<String>) {
+    match result {
+        ModbusResult::Timeout => (
+            format!("timed out after {ATTEMPT_TIMEOUT:?}"),
+            Some(false),
+            Vec::new(),
+        ),
+        ModbusResult::Reset => ("reset".to_string(), Some(false), Vec::new()),
+        ModbusResult::Exception(code) => (format!("exception {code}"), None, Vec::new()),
+        other => (format!("{other:?}"), None, Vec::new()),
+    }
+}
+
+/// One `modbus_denied` event of `otfw run`, in a line.
+fn describe_denied(event: &serde_json::Value) -> String {
+    format!(
+        "event:  modbus_denied on {}: {}:{} -> {}:{} unit {} function {} address {} \
+         quantity {}: {} ({})",
+        event["conduit"].as_str().unwrap_or("?"),
+        event["src"].as_str().unwrap_or("?"),
+        event["sport"],
+        event["dst"].as_str().unwrap_or("?"),
+        event["dport"],
+        event["unit"],
+        event["function"],
+        event["address"],
+        event["quantity"],
+        event["reason"].as_str().unwrap_or("?"),
+        event["verdict"].as_str().unwrap_or("?"),
+    )
 }
 
 fn tcp_seen(outcome: &TcpOutcome, success: TcpOutcome) -> (String, Option<bool>) {
@@ -550,11 +710,19 @@ fn print_step(number: usize, step: &Step, result: &StepResult) {
         Expect::Deny(_) => "denied",
     };
     println!(
-        "{number:>2}. {:<27} {expected:<8} client: {:<27} {}",
+        "{number:>2}. {:<31} {expected:<8} client: {:<27} {}",
         step_label(step),
         result.seen,
         result.verdict
     );
+    for detail in &result.details {
+        let detail = if detail.starts_with("event:") {
+            detail.clone()
+        } else {
+            format!("client: {detail}")
+        };
+        println!("      {detail}");
+    }
     println!("      otfw:   {}", result.counted.describe());
     println!("      policy: {}", step.because);
 }
@@ -562,7 +730,7 @@ fn print_step(number: usize, step: &Step, result: &StepResult) {
 fn print_summary(results: &[StepResult]) {
     println!("summary:");
     println!(
-        "  {:>2}  {:<27} {:<8} {:<6} {:<31} result",
+        "  {:>2}  {:<31} {:<8} {:<6} {:<31} result",
         "#", "traffic", "policy", "seen", "decided by (packets)"
     );
     for (index, (step, result)) in STEPS.iter().zip(results).enumerate() {
@@ -582,7 +750,7 @@ fn print_summary(results: &[StepResult]) {
             None => "?",
         };
         println!(
-            "  {:>2}  {:<27} {policy:<8} {seen:<6} {decided_by:<31} {}",
+            "  {:>2}  {:<31} {policy:<8} {seen:<6} {decided_by:<31} {}",
             index + 1,
             step_label(step),
             if result.ok { "ok" } else { "MISMATCH" }

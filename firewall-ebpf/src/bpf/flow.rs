@@ -8,8 +8,8 @@ use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
     config::{Config, FLAG_MIDSTREAM_ADOPT},
     counters::{
-        FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_REVALIDATED,
-        FLOW_REVOKED,
+        FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED,
+        FLOW_REVALIDATED, FLOW_REVOKED,
     },
     flow::{
         FlowKey, FlowKeys, FlowState, FLOW_ADOPTED as ADOPTED, TCP_CLOSING, TCP_ESTABLISHED,
@@ -20,7 +20,7 @@ use firewall_common::{
 };
 
 use super::{
-    conduit,
+    conduit, events,
     ip::Ip,
     l4::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -205,6 +205,7 @@ fn existing(
             // Now decided by a default: no longer a tracked flow of any conduit.
             Ok(rule) => {
                 let _ = FLOWS.remove(key);
+                stats::flow_event(FLOW_CLOSED);
                 return Some(Outcome::pass(rule.conduit));
             }
             Err(_) => {
@@ -223,6 +224,7 @@ fn existing(
     if proto == IPPROTO_TCP {
         if flags & TCP_RST != 0 {
             let _ = FLOWS.remove(key);
+            stats::flow_event(FLOW_CLOSED);
         } else if flags & TCP_FIN != 0 {
             flow.tcp_state = TCP_CLOSING;
         } else if !forward && flags & TCP_SYN != 0 {
@@ -318,10 +320,11 @@ fn open(
         stats::flow_event(FLOW_INSERT_FAILED);
         return Outcome::deny(conduit, Reason::FlowTableFull);
     }
-    stats::flow_event(if flags & ADOPTED != 0 {
-        FLOW_ADOPTED
+    if flags & ADOPTED != 0 {
+        stats::flow_event(FLOW_ADOPTED);
+        events::adopted(key, epoch, conduit);
     } else {
-        FLOW_CREATED
-    });
+        stats::flow_event(FLOW_CREATED);
+    }
     Outcome::inspected(conduit, rule.inspect, rule.rule, to_server)
 }

@@ -12,6 +12,11 @@ use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS, MAX_PROTOCOL_RULES},
     config::Config,
     counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
+    enip::{
+        EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipScratch, EnipStatKey,
+        EnipTagKey, EnipTrace, ECOUNTS_LEN,
+    },
+    event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
@@ -104,3 +109,58 @@ pub static MODBUS_SCRATCH: PerCpuArray<ModbusScratch> = PerCpuArray::with_max_en
 /// Denied Modbus requests (`ModbusEvent` records).
 #[map]
 pub static MODBUS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Denied packets and adopted flows for the controller (`firewall_common::event`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+#[map]
+pub static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+/// Compiled `enip:` rules, indexed by `slot * MAX_PROTOCOL_RULES + rule`.
+#[map]
+pub static ENIP_RULES: Array<EnipRule> = Array::with_max_entries(SLOTS * MAX_PROTOCOL_RULES, 0);
+
+/// Services a rule allows per class (bitmap of codes 0..127).
+#[map]
+pub static ENIP_CLASSES: HashMap<EnipClassKey, [u64; 2]> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Allowed tag names (hashes) of rules with `tags`.
+#[map]
+pub static ENIP_TAGS: HashMap<EnipTagKey, u8> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Framing, session and connection state of EtherNet/IP connections.
+#[map]
+pub static ENIP_FLOWS: LruHashMap<FlowKey, EnipFlow> = LruHashMap::with_max_entries(8192, 0);
+
+/// Connections opened by allowed Forward_Opens (connected messaging, implicit I/O pinholes).
+#[map]
+pub static ENIP_CONNS: LruHashMap<EnipConnKey, EnipConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// Requests by conduit, command, service, class and verdict.
+#[map]
+pub static ENIP_STATS: PerCpuHashMap<EnipStatKey, u64> =
+    PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Inspector event counters (`ECOUNT_*`).
+#[map]
+pub static ENIP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ECOUNTS_LEN, 0);
+
+/// The requests of the frame just inspected (read back by replay and tests).
+#[map]
+pub static ENIP_TRACE: PerCpuArray<EnipTrace> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static ENIP_SCRATCH: PerCpuArray<EnipScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Denied EtherNet/IP requests (`EnipEvent` records).
+#[map]
+pub static ENIP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// One all-zero `EnipFlow`, the initial value of new flows (too big to build on the stack);
+/// never written.
+#[map]
+pub static ZERO_FLOW: Array<EnipFlow> = Array::with_max_entries(1, 0);

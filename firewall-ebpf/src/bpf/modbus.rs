@@ -84,6 +84,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         epoch: ic.epoch,
         trace: ic.trace != 0,
         adus: 0,
+        records: 0,
     };
     if let Some(t) = MODBUS_ADUS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only.

@@ -4,9 +4,10 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use firewall_common::counters::{conduit_stats_index, reason_index, Trace};
+use firewall_common::counters::{conduit_stats_index, reason_index, Trace, VERDICT_PASS};
 
 use super::{
+    events,
     maps::{CONDUIT_STATS, FLOW_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
@@ -22,6 +23,8 @@ pub struct Accounted {
     pub trace: bool,
     /// ADUs the inspector recorded for this frame.
     pub adus: u32,
+    /// EtherNet/IP records the inspector kept for this frame.
+    pub records: u32,
 }
 
 #[inline(always)]
@@ -36,8 +39,13 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             epoch: d.epoch,
             trace: d.trace,
             adus: 0,
+            records: 0,
         },
     );
+    // Packets the inspectors deny are reported by their own events, with the request.
+    if d.verdict != VERDICT_PASS {
+        events::denied(ctx, d);
+    }
 }
 
 #[inline(always)]
@@ -63,6 +71,7 @@ pub fn record(ctx: &XdpContext, d: &Accounted) {
                     conduit: d.conduit,
                     epoch: d.epoch,
                     adus: d.adus,
+                    records: d.records,
                 }
             };
         }

@@ -161,7 +161,9 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     };
     let mut outcome = flow::track(slot, epoch, cfg, &pkt);
     if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
-        if ip.proto != IPPROTO_TCP || !hand_over(&outcome, &l4, epoch, cfg) {
+        // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
+        // UDP hands over seq/ack/flags 0.
+        if !hand_over(&outcome, &l4, epoch, cfg) {
             outcome.inspect = INSPECT_NONE;
             outcome.reason = Reason::InspectorMissing;
         }

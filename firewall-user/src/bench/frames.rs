@@ -55,6 +55,106 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// One TCP connection from the client's `sport` to the server's `dport`, with the next
+/// sequence number of each side: a handshake and data segments in both directions, as the
+/// inspectors need to see them to follow a stream.
+pub struct Stream {
+    sport: u16,
+    dport: u16,
+    client_seq: u32,
+    server_seq: u32,
+}
+
+impl Stream {
+    pub fn new(sport: u16, dport: u16) -> Stream {
+        Stream {
+            sport,
+            dport,
+            client_seq: ISN,
+            server_seq: SERVER_ISN,
+        }
+    }
+
+    /// SYN, SYN-ACK, ACK.
+    pub fn handshake(&mut self) -> Vec<Vec<u8>> {
+        let syn = self.segment(true, Flags::Syn, &[]);
+        self.client_seq += 1;
+        let syn_ack = self.segment(false, Flags::SynAck, &[]);
+        self.server_seq += 1;
+        vec![syn, syn_ack, self.segment(true, Flags::Ack, &[])]
+    }
+
+    /// The client's next data segment, without moving the stream on: the frame a case repeats.
+    pub fn peek(&self, payload: &[u8]) -> Vec<u8> {
+        self.segment(true, Flags::PshAck, payload)
+    }
+
+    pub fn send(&mut self, payload: &[u8]) -> Vec<u8> {
+        let frame = self.peek(payload);
+        self.client_seq = self.client_seq.wrapping_add(payload.len() as u32);
+        frame
+    }
+
+    pub fn reply(&mut self, payload: &[u8]) -> Vec<u8> {
+        let frame = self.segment(false, Flags::PshAck, payload);
+        self.server_seq = self.server_seq.wrapping_add(payload.len() as u32);
+        frame
+    }
+
+    fn segment(&self, from_client: bool, flags: Flags, payload: &[u8]) -> Vec<u8> {
+        let (src_mac, dst_mac, src, dst, sport, dport, seq, ack) = if from_client {
+            let (s, d) = (self.sport, self.dport);
+            (
+                CLIENT_MAC,
+                SERVER_MAC,
+                CLIENT,
+                SERVER,
+                s,
+                d,
+                self.client_seq,
+                self.server_seq,
+            )
+        } else {
+            let (s, d) = (self.dport, self.sport);
+            (
+                SERVER_MAC,
+                CLIENT_MAC,
+                SERVER,
+                CLIENT,
+                s,
+                d,
+                self.server_seq,
+                self.client_seq,
+            )
+        };
+        let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
+            .ipv4(src.octets(), dst.octets(), 64)
+            .tcp(sport, dport, seq, 64240);
+        let builder = match flags {
+            Flags::Syn => builder.syn(),
+            Flags::SynAck => builder.syn().ack(ack),
+            Flags::Ack => builder.ack(ack),
+            Flags::PshAck => builder.ack(ack).psh(),
+        };
+        let mut frame = Vec::with_capacity(builder.size(payload.len()));
+        builder
+            .write(&mut frame, payload)
+            .expect("writing to a Vec cannot fail");
+        frame
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+    PshAck,
+}
+
+/// The server's initial sequence number.
+const SERVER_ISN: u32 = 5000;
+
 /// An ARP request from the client for the server's address, padded to the Ethernet minimum.
 pub fn arp_request() -> Vec<u8> {
     let mut frame = Vec::with_capacity(60);
@@ -123,7 +223,24 @@ fn cip_multiple_service(tags: &[String]) -> Vec<u8> {
     packet
 }
 
-/// An EtherNet/IP SendRRData (0x6F) encapsulation carrying one unconnected CIP request.
+/// The session handle the benchmark's server hands out.
+pub const ENIP_SESSION: u32 = 0x1234_5678;
+
+/// An EtherNet/IP encapsulation: 24-byte header (command, length, session, status, sender
+/// context, options), then `body`.
+fn encapsulation(command: u16, session: u32, body: &[u8]) -> Vec<u8> {
+    let mut encapsulation = Vec::with_capacity(24 + body.len());
+    encapsulation.extend_from_slice(&command.to_le_bytes());
+    encapsulation.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    encapsulation.extend_from_slice(&session.to_le_bytes());
+    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // status
+    encapsulation.extend_from_slice(b"otfwbnch"); // sender context
+    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // options
+    encapsulation.extend_from_slice(body);
+    encapsulation
+}
+
+/// An EtherNet/IP SendRRData (0x6F) encapsulation carrying one unconnected CIP message.
 fn enip_send_rr_data(cip: &[u8]) -> Vec<u8> {
     let mut items = Vec::new();
     items.extend_from_slice(&0u32.to_le_bytes()); // interface handle: CIP
@@ -133,15 +250,57 @@ fn enip_send_rr_data(cip: &[u8]) -> Vec<u8> {
     items.extend_from_slice(&0x00B2u16.to_le_bytes()); // unconnected data item
     items.extend_from_slice(&(cip.len() as u16).to_le_bytes());
     items.extend_from_slice(cip);
-    let mut encapsulation = Vec::with_capacity(24 + items.len());
-    encapsulation.extend_from_slice(&0x006Fu16.to_le_bytes());
-    encapsulation.extend_from_slice(&(items.len() as u16).to_le_bytes());
-    encapsulation.extend_from_slice(&0x1234_5678u32.to_le_bytes()); // session handle
-    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // status
-    encapsulation.extend_from_slice(b"otfwbnch"); // sender context
-    encapsulation.extend_from_slice(&0u32.to_le_bytes()); // options
-    encapsulation.extend_from_slice(&items);
-    encapsulation
+    encapsulation(0x006F, ENIP_SESSION, &items)
+}
+
+/// RegisterSession (0x65), protocol version 1; the reply carries the session handle.
+pub fn enip_register_session(reply: bool) -> Vec<u8> {
+    let session = if reply { ENIP_SESSION } else { 0 };
+    encapsulation(0x0065, session, &[1, 0, 0, 0])
+}
+
+/// The connection triple of the benchmark's Forward_Open: serial, vendor, originator serial.
+const CONNECTION_SERIAL: u16 = 0x0042;
+const VENDOR: u16 = 0x004d;
+const ORIGINATOR_SERIAL: u32 = 0x0000_1234;
+/// The connection ids: O->T chosen by the target in its reply, T->O by the originator.
+pub const IO_O2T: u32 = 0x5500_0042;
+const IO_T2O: u32 = 0x7700_0001;
+
+/// Forward_Open (0x54) to the Connection Manager for a class 1 (cyclic I/O) connection with
+/// 100 ms RPIs and a connection path to the Message Router.
+pub fn enip_forward_open() -> Vec<u8> {
+    let mut cip = vec![0x54, 2, 0x20, 0x06, 0x24, 0x01];
+    cip.extend_from_slice(&[0x0A, 0x05]); // priority/tick, timeout ticks
+    cip.extend_from_slice(&0u32.to_le_bytes()); // O->T id: the target chooses
+    cip.extend_from_slice(&IO_T2O.to_le_bytes());
+    cip.extend_from_slice(&CONNECTION_SERIAL.to_le_bytes());
+    cip.extend_from_slice(&VENDOR.to_le_bytes());
+    cip.extend_from_slice(&ORIGINATOR_SERIAL.to_le_bytes());
+    cip.extend_from_slice(&[3, 0, 0, 0]); // timeout multiplier, reserved
+    for _ in 0..2 {
+        cip.extend_from_slice(&100_000u32.to_le_bytes()); // RPI in microseconds
+        cip.extend_from_slice(&0x43f4u16.to_le_bytes()); // point-to-point, 500 bytes
+    }
+    cip.push(0x81); // transport: server, class 1
+    let path = [0x01, 0x00, 0x20, 0x02, 0x24, 0x01];
+    cip.push((path.len() / 2) as u8);
+    cip.extend_from_slice(&path);
+    enip_send_rr_data(&cip)
+}
+
+/// The target's successful Forward_Open reply (0xD4) naming both connection ids.
+pub fn enip_forward_open_reply() -> Vec<u8> {
+    let mut cip = vec![0xD4, 0, 0, 0];
+    cip.extend_from_slice(&IO_O2T.to_le_bytes());
+    cip.extend_from_slice(&IO_T2O.to_le_bytes());
+    cip.extend_from_slice(&CONNECTION_SERIAL.to_le_bytes());
+    cip.extend_from_slice(&VENDOR.to_le_bytes());
+    cip.extend_from_slice(&ORIGINATOR_SERIAL.to_le_bytes());
+    cip.extend_from_slice(&100_000u32.to_le_bytes()); // O->T actual packet interval
+    cip.extend_from_slice(&100_000u32.to_le_bytes()); // T->O actual packet interval
+    cip.extend_from_slice(&[0, 0]); // application reply size, reserved
+    enip_send_rr_data(&cip)
 }
 
 pub fn enip_read_tag() -> Vec<u8> {
@@ -159,7 +318,7 @@ pub fn enip_io() -> Vec<u8> {
     packet.extend_from_slice(&2u16.to_le_bytes()); // item count
     packet.extend_from_slice(&0x8002u16.to_le_bytes()); // sequenced address item
     packet.extend_from_slice(&8u16.to_le_bytes());
-    packet.extend_from_slice(&0x0001_0203u32.to_le_bytes()); // connection id
+    packet.extend_from_slice(&IO_O2T.to_le_bytes()); // connection id
     packet.extend_from_slice(&42u32.to_le_bytes()); // encapsulation sequence number
     let data = [0u8; 32];
     packet.extend_from_slice(&0x00B1u16.to_le_bytes()); // connected data item

@@ -116,9 +116,33 @@ pub struct Case {
 }
 
 /// Whether the datapath enforces Modbus (resp. EtherNet/IP) payload rules: the cases are then
-/// reported as inspected. Switch `ENIP_INSPECTED` on when the EtherNet/IP inspector lands.
+/// reported as inspected, and the benchmark policy uses `modbus` / `enip` rules (otherwise plain
+/// TCP/UDP rules on the same ports, since a protocol rule without its inspector fails closed).
 pub(crate) const MODBUS_INSPECTED: bool = true;
-pub(crate) const ENIP_INSPECTED: bool = false;
+pub(crate) const ENIP_INSPECTED: bool = true;
+
+/// An EtherNet/IP request on a TCP connection with a registered session.
+fn enip_case(
+    id: &'static str,
+    title: &'static str,
+    note: &'static str,
+    sport: u16,
+    request: &[u8],
+) -> Case {
+    let mut stream = Stream::new(sport, ENIP_PORT);
+    let mut setup = stream.handshake();
+    setup.push(stream.send(&enip_register_session(false)));
+    setup.push(stream.reply(&enip_register_session(true)));
+    case(
+        id,
+        title,
+        ENIP_INSPECTED,
+        note,
+        XDP_PASS,
+        setup,
+        stream.peek(request),
+    )
+}
 
 fn case(
     id: &'static str,
@@ -190,33 +214,38 @@ pub fn cases() -> Vec<Case> {
             open(40103, MODBUS_PORT),
             tcp(40103, MODBUS_PORT, false, &modbus_pipelined(8)),
         ),
-        case(
+        enip_case(
             "enip_read_tag",
             "ENIP Read Tag (SendRRData)",
-            ENIP_INSPECTED,
-            "CIP Read Tag 0x4C with a symbolic path",
-            XDP_PASS,
-            open(40104, ENIP_PORT),
-            tcp(40104, ENIP_PORT, false, &enip_read_tag()),
+            "CIP Read Tag 0x4C with a symbolic path, in a registered session",
+            40104,
+            &enip_read_tag(),
         ),
-        case(
+        enip_case(
             "enip_msp",
             "ENIP Multiple Service Packet, ten requests",
-            ENIP_INSPECTED,
-            "CIP 0x0A carrying ten Read Tag requests",
-            XDP_PASS,
-            open(40105, ENIP_PORT),
-            tcp(40105, ENIP_PORT, false, &enip_multiple_service(10)),
+            "CIP 0x0A carrying ten Read Tag requests, each checked",
+            40105,
+            &enip_multiple_service(10),
         ),
-        case(
-            "enip_io",
-            "UDP 2222 implicit I/O",
-            ENIP_INSPECTED,
-            "class 1 I/O datagram on a tracked UDP flow",
-            XDP_PASS,
-            vec![udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io())],
-            udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io()),
-        ),
+        {
+            // Class 1 I/O is admitted only on a connection a Forward_Open opened.
+            let mut stream = Stream::new(40106, ENIP_PORT);
+            let mut setup = stream.handshake();
+            setup.push(stream.send(&enip_register_session(false)));
+            setup.push(stream.reply(&enip_register_session(true)));
+            setup.push(stream.send(&enip_forward_open()));
+            setup.push(stream.reply(&enip_forward_open_reply()));
+            case(
+                "enip_io",
+                "UDP 2222 implicit I/O",
+                ENIP_INSPECTED,
+                "class 1 I/O datagram on a connection opened by an allowed Forward_Open",
+                XDP_PASS,
+                setup,
+                udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io()),
+            )
+        },
     ]
 }
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod replay;
 pub mod run;
+pub mod status;
 
 use std::path::Path;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
     Replay(replay::ReplayArgs),
+    /// Summarise a running `otfw run`: ports, policy, top conduits, drops (read-only).
+    Status(status::StatusArgs),
     /// Measure the datapath for `cargo xtask bench` (JSON on stdout).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
@@ -42,6 +45,7 @@ impl Cli {
             Command::Check(args) => check::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
+            Command::Status(args) => status::run(&args),
             Command::BenchDatapath(args) => bench::run(&args),
         }
     }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    controller::{self, RunOptions},
+    controller::{self, ObserveOptions, RunOptions},
     datapath::ModeChoice,
 };
 
@@ -28,6 +28,18 @@ pub struct RunArgs {
     /// `generic` works on every device (slower); `native` fails where the driver lacks it.
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub xdp_mode: ModeChoice,
+    /// Serve Prometheus metrics on ADDR (`/metrics`); `off` disables.
+    #[arg(long, value_name = "ADDR", default_value = crate::metrics::DEFAULT_ADDR)]
+    pub metrics: String,
+    /// Append every event line to this file too (stdout always gets them).
+    #[arg(long, value_name = "PATH")]
+    pub events_file: Option<PathBuf>,
+    /// Name of this instance for `otfw status` (default: the bridge, or the first port).
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Do not pin maps or write the state file (`otfw status` cannot see this instance).
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -35,12 +47,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let metrics = match args.metrics.as_str() {
+        "off" | "none" => None,
+        addr => Some(addr.parse().with_context(|| {
+            format!(
+                "--metrics {addr}: expected IP:PORT (e.g. {}) or off",
+                crate::metrics::DEFAULT_ADDR
+            )
+        })?),
+    };
     let opts = RunOptions {
         policy: args.policy,
         bridge: args.bridge,
         interfaces: args.iface,
         watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.1)),
         xdp_mode: args.xdp_mode,
+        observe: ObserveOptions {
+            metrics,
+            events_file: args.events_file,
+            instance: args.instance,
+            pin: !args.no_pin,
+        },
     };
     runtime.block_on(controller::run(opts, super::load_compiled))?;
     Ok(0)

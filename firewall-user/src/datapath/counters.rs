@@ -1,9 +1,15 @@
 //! Reading the per-CPU counters. Lookups copy the values out; the datapath is never paused.
+//! The same readers serve the controller's own map handles and the pinned maps `otfw status`
+//! opens.
 
 use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 use firewall_common::{
     counters::{conduit_stats_index, reason_index, Traffic, FLOW_STATS_LEN, VERDICT_COUNT},
+    event::EVENT_STATS_LEN,
+    flow::{FlowKey, FlowState},
     reason::REASON_COUNT,
+    slot_of,
 };
 
 use super::Datapath;
@@ -23,61 +29,122 @@ pub struct ConduitTraffic {
     pub by_verdict: [Traffic; VERDICT_COUNT as usize],
 }
 
-impl Datapath {
-    pub fn counters(&self) -> Result<Counters> {
-        let mut reasons = vec![[0u64; VERDICT_COUNT as usize]; REASON_COUNT as usize];
-        for (reason, row) in reasons.iter_mut().enumerate() {
-            for (verdict, cell) in row.iter_mut().enumerate() {
-                let per_cpu = self
-                    .maps
-                    .reason_stats
-                    .get(&reason_index(reason as u8, verdict as u32), 0)
-                    .context("reading REASON_STATS")?;
-                *cell = per_cpu.iter().sum();
+/// The sum over CPUs of entry `index` of a per-CPU `u64` array.
+pub(crate) fn sum(map: &PerCpuArray<MapData, u64>, index: u32, name: &str) -> Result<u64> {
+    let per_cpu = map
+        .get(&index, 0)
+        .with_context(|| format!("reading {name}"))?;
+    Ok(per_cpu.iter().sum())
+}
+
+pub(crate) fn read_counters(
+    reason_stats: &PerCpuArray<MapData, u64>,
+    flow_stats: &PerCpuArray<MapData, u64>,
+) -> Result<Counters> {
+    let mut reasons = vec![[0u64; VERDICT_COUNT as usize]; REASON_COUNT as usize];
+    for (reason, row) in reasons.iter_mut().enumerate() {
+        for (verdict, cell) in row.iter_mut().enumerate() {
+            let index = reason_index(reason as u8, verdict as u32);
+            *cell = sum(reason_stats, index, "REASON_STATS")?;
+        }
+    }
+    let mut flows = [0u64; FLOW_STATS_LEN as usize];
+    for (i, cell) in flows.iter_mut().enumerate() {
+        *cell = sum(flow_stats, i as u32, "FLOW_STATS")?;
+    }
+    Ok(Counters { reasons, flows })
+}
+
+/// Traffic by conduit and verdict in `slot`, for the conduits `names` (indexed by id).
+pub(crate) fn read_conduit_traffic(
+    conduit_stats: &PerCpuArray<MapData, Traffic>,
+    slot: u32,
+    names: &[String],
+) -> Result<Vec<ConduitTraffic>> {
+    let mut out = Vec::with_capacity(names.len());
+    for (id, name) in names.iter().enumerate() {
+        let mut by_verdict = [Traffic::default(); VERDICT_COUNT as usize];
+        for (verdict, cell) in by_verdict.iter_mut().enumerate() {
+            let per_cpu = conduit_stats
+                .get(&conduit_stats_index(slot, id as u16, verdict as u32), 0)
+                .context("reading CONDUIT_STATS")?;
+            for t in per_cpu.iter() {
+                cell.packets += t.packets;
+                cell.bytes += t.bytes;
             }
         }
-        let mut flows = [0u64; FLOW_STATS_LEN as usize];
-        for (i, cell) in flows.iter_mut().enumerate() {
-            let per_cpu = self
-                .maps
-                .flow_stats
-                .get(&(i as u32), 0)
-                .context("reading FLOW_STATS")?;
-            *cell = per_cpu.iter().sum();
-        }
-        Ok(Counters { reasons, flows })
+        out.push(ConduitTraffic {
+            conduit: name.clone(),
+            by_verdict,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_event_stats(
+    event_stats: &PerCpuArray<MapData, u64>,
+) -> Result<[u64; EVENT_STATS_LEN as usize]> {
+    let mut out = [0u64; EVENT_STATS_LEN as usize];
+    for (i, cell) in out.iter_mut().enumerate() {
+        *cell = sum(event_stats, i as u32, "EVENT_STATS")?;
+    }
+    Ok(out)
+}
+
+/// Walks the keys of the flow table: O(entries) system calls, so callers cache the result.
+pub(crate) fn count_flows(flows: &HashMap<MapData, FlowKey, FlowState>) -> usize {
+    flows.keys().filter(Result::is_ok).count()
+}
+
+impl Datapath {
+    pub fn counters(&self) -> Result<Counters> {
+        read_counters(&self.maps.reason_stats, &self.maps.flow_stats)
     }
 
     /// Per-conduit traffic of the generation in force (pseudo conduits included).
     pub fn conduit_traffic(&self) -> Result<Vec<ConduitTraffic>> {
-        let Some(generation) = self.active() else {
-            return Ok(Vec::new());
-        };
-        let slot = generation.slot();
-        let mut out = Vec::new();
-        for (id, name) in generation.names.conduits.iter().enumerate() {
-            let mut by_verdict = [Traffic::default(); VERDICT_COUNT as usize];
-            for (verdict, cell) in by_verdict.iter_mut().enumerate() {
-                let per_cpu = self
-                    .maps
-                    .conduit_stats
-                    .get(&conduit_stats_index(slot, id as u16, verdict as u32), 0)
-                    .context("reading CONDUIT_STATS")?;
-                for t in per_cpu.iter() {
-                    cell.packets += t.packets;
-                    cell.bytes += t.bytes;
-                }
-            }
-            out.push(ConduitTraffic {
-                conduit: name.clone(),
-                by_verdict,
-            });
+        match self.active() {
+            Some(generation) => self.generation_traffic(generation),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
+    }
+
+    /// Per-conduit traffic counted in the slot of `generation` (in force or not).
+    pub fn generation_traffic(
+        &self,
+        generation: &super::Generation,
+    ) -> Result<Vec<ConduitTraffic>> {
+        read_conduit_traffic(
+            &self.maps.conduit_stats,
+            generation.slot(),
+            &generation.names.conduits,
+        )
+    }
+
+    /// The generations installed in the two slots (the one in force and the one before it).
+    pub fn generations(&self) -> impl Iterator<Item = &super::Generation> {
+        self.slots.iter().flatten()
+    }
+
+    /// The generation the next `install` will replace (its slot is reused, and its conduit
+    /// counters restart from zero).
+    pub fn retiring(&self) -> Option<&super::Generation> {
+        let epoch = self.maps.active_epoch().ok()?;
+        self.slots[slot_of(epoch.wrapping_add(1).max(1)) as usize].as_ref()
+    }
+
+    /// Events sent, rate-limited and lost to a full ring (`firewall_common::event`).
+    pub fn event_stats(&self) -> Result<[u64; EVENT_STATS_LEN as usize]> {
+        read_event_stats(&self.maps.event_stats)
     }
 
     /// Number of entries in the flow table (walks the keys; for status and metrics, not hot paths).
     pub fn flow_count(&self) -> usize {
-        self.maps.flows.keys().filter(Result::is_ok).count()
+        count_flows(&self.maps.flows)
+    }
+
+    /// The ring buffer of datapath events, for the controller's event loop (taken once).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.maps.events.take()
     }
 }

@@ -9,6 +9,7 @@ use firewall_common::{
     conduit::{conduit_index, ConduitInfo, ConduitKey, MAX_PROTOCOL_RULES},
     config::ACTIVE_INDEX,
     counters::{conduit_stats_index, Traffic, VERDICT_COUNT},
+    enip::{EnipClassKey, EnipRule, EnipStatKey, EnipTagKey},
     modbus::{ModbusRule, ModbusStatKey},
     slot_of,
     zone::{zone_index, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZonePortKey},
@@ -53,6 +54,7 @@ impl Datapath {
         purge_slot(&mut self.maps, slot, old_zones, old_conduits, old_rules)?;
         let (zones, conduits) = fill_slot(&mut self.maps, slot, policy)?;
         let protocol_rules = fill_modbus(&mut self.maps, slot, policy)?;
+        let protocol_rules = protocol_rules.max(fill_enip(&mut self.maps, slot, policy)?);
 
         let mut config = policy.config;
         config.epoch = epoch;
@@ -106,6 +108,44 @@ fn purge_slot(
                 0,
             )
             .context("resetting MODBUS_RULES")?;
+    }
+    for rule in 0..=protocol_rules {
+        maps.enip_rules
+            .set(
+                slot * MAX_PROTOCOL_RULES + rule as u32,
+                EnipRule::default(),
+                0,
+            )
+            .context("resetting ENIP_RULES")?;
+    }
+    let stale: Vec<EnipClassKey> = maps
+        .enip_classes
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot as u32 == slot)
+        .collect();
+    for key in stale {
+        maps.enip_classes
+            .remove(&key)
+            .context("purging ENIP_CLASSES")?;
+    }
+    let stale: Vec<EnipTagKey> = maps
+        .enip_tags
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot as u32 == slot)
+        .collect();
+    for key in stale {
+        maps.enip_tags.remove(&key).context("purging ENIP_TAGS")?;
+    }
+    let stale: Vec<EnipStatKey> = maps
+        .enip_stats
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot as u32 == slot)
+        .collect();
+    for key in stale {
+        maps.enip_stats.remove(&key).context("purging ENIP_STATS")?;
     }
     let stale_stats: Vec<ModbusStatKey> = maps
         .modbus_stats
@@ -190,6 +230,42 @@ fn fill_modbus(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<u1
         maps.modbus_rules
             .set(slot * MAX_PROTOCOL_RULES + *id as u32, rule, 0)
             .context("writing MODBUS_RULES")?;
+        highest = highest.max(*id);
+    }
+    Ok(highest)
+}
+
+/// Writes the compiled `enip:` rules into `slot`; returns the highest rule id used.
+fn fill_enip(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<u16> {
+    let mut highest = 0;
+    for (id, m) in &policy.enip_maps {
+        maps.enip_rules
+            .set(slot * MAX_PROTOCOL_RULES + *id as u32, m.rule, 0)
+            .context("writing ENIP_RULES")?;
+        for (class, bits) in &m.classes {
+            let key = EnipClassKey {
+                slot: slot as u8,
+                _pad: 0,
+                rule: *id,
+                class: *class,
+                _pad2: 0,
+            };
+            maps.enip_classes
+                .insert(key, bits, 0)
+                .context("writing ENIP_CLASSES")?;
+        }
+        for (len, hash) in &m.tags {
+            let key = EnipTagKey {
+                hash: *hash,
+                slot: slot as u8,
+                len: *len,
+                rule: *id,
+                _pad: 0,
+            };
+            maps.enip_tags
+                .insert(key, 1, 0)
+                .context("writing ENIP_TAGS")?;
+        }
         highest = highest.max(*id);
     }
     Ok(highest)

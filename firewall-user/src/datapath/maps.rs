@@ -11,6 +11,9 @@ use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet},
     config::{Config, ACTIVE_INDEX},
     counters::{Trace, Traffic},
+    enip::{
+        EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipStatKey, EnipTagKey, EnipTrace,
+    },
     flow::{FlowKey, FlowState},
     modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
@@ -40,6 +43,18 @@ pub struct Maps {
     pub modbus_adus: PerCpuArray<MapData, AduTrace>,
     /// Denied-request events, until the controller takes the ring buffer.
     pub modbus_events: Option<RingBuf<MapData>>,
+    pub events: Option<RingBuf<MapData>>,
+    pub event_stats: PerCpuArray<MapData, u64>,
+    pub enip_rules: Array<MapData, EnipRule>,
+    pub enip_classes: HashMap<MapData, EnipClassKey, [u64; 2]>,
+    pub enip_tags: HashMap<MapData, EnipTagKey, u8>,
+    pub enip_flows: HashMap<MapData, FlowKey, EnipFlow>,
+    pub enip_conns: HashMap<MapData, EnipConnKey, EnipConn>,
+    pub enip_stats: PerCpuHashMap<MapData, EnipStatKey, u64>,
+    pub enip_counts: PerCpuArray<MapData, u64>,
+    pub enip_trace: PerCpuArray<MapData, EnipTrace>,
+    /// Denied EtherNet/IP requests, until the controller takes the ring buffer.
+    pub enip_events: Option<RingBuf<MapData>>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -78,6 +93,17 @@ impl Maps {
             modbus_counts: typed!(ebpf, "MODBUS_COUNTS"),
             modbus_adus: typed!(ebpf, "MODBUS_ADUS"),
             modbus_events: Some(typed!(ebpf, "MODBUS_EVENTS")),
+            events: Some(typed!(ebpf, "EVENTS")),
+            event_stats: typed!(ebpf, "EVENT_STATS"),
+            enip_rules: typed!(ebpf, "ENIP_RULES"),
+            enip_classes: typed!(ebpf, "ENIP_CLASSES"),
+            enip_tags: typed!(ebpf, "ENIP_TAGS"),
+            enip_flows: typed!(ebpf, "ENIP_FLOWS"),
+            enip_conns: typed!(ebpf, "ENIP_CONNS"),
+            enip_stats: typed!(ebpf, "ENIP_STATS"),
+            enip_counts: typed!(ebpf, "ENIP_COUNTS"),
+            enip_trace: typed!(ebpf, "ENIP_TRACE"),
+            enip_events: Some(typed!(ebpf, "ENIP_EVENTS")),
         })
     }
 

@@ -4,21 +4,25 @@
 mod attach;
 mod baseline;
 mod counters;
+mod enip;
 mod generation;
 mod maps;
 mod modbus;
+mod pin;
 mod test_run;
 
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
-use firewall_common::conduit::INSPECT_MODBUS;
+use firewall_common::conduit::{INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS};
 
-pub use attach::{bridge_ports, ifindex, Attached, ModeChoice, PortMode};
+pub use attach::{bridge_ports, ifindex, Attached, AttachedPort, ModeChoice, PortMode};
 pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
+pub use enip::{EnipDenied, EnipTraffic};
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
-pub use test_run::{Adu, Decision, TimedRun};
+pub use pin::{check_bpffs, pin_dir, unpin, PinnedMaps};
+pub use test_run::{Adu, CipRequest, Decision, TimedRun};
 
 use maps::Maps;
 
@@ -29,6 +33,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ot
 const PROGRAM: &str = "otfw";
 /// The Modbus/TCP inspector, tail called by `PROGRAM` (slot `INSPECT_MODBUS` of `INSPECTORS`).
 const MODBUS_PROGRAM: &str = "otfw_modbus";
+/// The EtherNet/IP inspector (slot `INSPECT_ENIP`) and the implicit I/O pinhole check (slot
+/// `INSPECT_ENIP_IO`).
+const ENIP_PROGRAM: &str = "otfw_enip";
+const ENIP_IO_PROGRAM: &str = "otfw_enip_io";
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -43,6 +51,11 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object into the kernel (verifier included). Nothing is attached yet.
     pub fn load() -> Result<Datapath> {
+        Self::load_pinned(None)
+    }
+
+    /// Loads the object and, with `pin_dir`, pins the maps `otfw status` reads there.
+    pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Datapath> {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
             anyhow::anyhow!(
@@ -52,6 +65,9 @@ impl Datapath {
         })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
+        if let Some(dir) = pin_dir {
+            pin::pin_maps(&ebpf, dir)?;
+        }
         let mut maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
@@ -63,18 +79,30 @@ impl Datapath {
             .context("the kernel verifier rejected the XDP program")?;
         // Inspectors go into their program array before anything is attached: a packet
         // handed to a missing inspector is dropped (`inspector_missing`).
-        let modbus: &mut Xdp = ebpf
-            .program_mut(MODBUS_PROGRAM)
-            .context("the Modbus inspector is missing from the object")?
-            .try_into()
-            .context("the Modbus inspector in the object is not an XDP program")?;
-        modbus
-            .load()
-            .context("the kernel verifier rejected the Modbus inspector")?;
-        let fd = modbus.fd().context("the Modbus inspector has no fd")?;
-        maps.inspectors
-            .set(INSPECT_MODBUS as u32, fd, 0)
-            .context("installing the Modbus inspector in INSPECTORS")?;
+        for (name, slot, what) in [
+            (MODBUS_PROGRAM, INSPECT_MODBUS, "Modbus inspector"),
+            (ENIP_PROGRAM, INSPECT_ENIP, "EtherNet/IP inspector"),
+            (
+                ENIP_IO_PROGRAM,
+                INSPECT_ENIP_IO,
+                "EtherNet/IP implicit I/O inspector",
+            ),
+        ] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the {what} is missing from the object"))?
+                .try_into()
+                .with_context(|| format!("the {what} in the object is not an XDP program"))?;
+            program
+                .load()
+                .with_context(|| format!("the kernel verifier rejected the {what}"))?;
+            let fd = program
+                .fd()
+                .with_context(|| format!("the {what} has no fd"))?;
+            maps.inspectors
+                .set(slot as u32, fd, 0)
+                .with_context(|| format!("installing the {what} in INSPECTORS"))?;
+        }
         Ok(Datapath {
             ebpf,
             logger: Some(logger),
@@ -107,6 +135,16 @@ impl Datapath {
     pub fn modbus_verified_instructions(&self) -> Option<u32> {
         let program: &Xdp = self.ebpf.program(MODBUS_PROGRAM)?.try_into().ok()?;
         program.info().ok()?.verified_instruction_count()
+    }
+
+    /// Instructions the verifier processed for the EtherNet/IP inspectors (`otfw_enip`,
+    /// `otfw_enip_io`).
+    pub fn enip_verified_instructions(&self) -> Option<(u32, u32)> {
+        let count = |name| -> Option<u32> {
+            let program: &Xdp = self.ebpf.program(name)?.try_into().ok()?;
+            program.info().ok()?.verified_instruction_count()
+        };
+        Some((count(ENIP_PROGRAM)?, count(ENIP_IO_PROGRAM)?))
     }
 
     /// The program's log channel; readable (as a file descriptor) when messages are waiting,

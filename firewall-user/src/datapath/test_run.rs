@@ -11,6 +11,7 @@ use aya::{
 use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
+    enip::{REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
     flow::FlowKey,
     modbus::{ADU_REQUEST, KIND_NAMES},
     reason::Reason,
@@ -18,6 +19,7 @@ use firewall_common::{
 use serde::Serialize;
 
 use super::Datapath;
+use crate::policy::enip::SYMBOL_CLASS;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -36,6 +38,30 @@ pub struct Decision {
     pub frame_out: Vec<u8>,
     /// The Modbus ADUs whose header the inspector decided in this frame.
     pub adus: Vec<Adu>,
+    /// The EtherNet/IP requests the inspector saw in this frame (encapsulation commands, CIP
+    /// requests including embedded ones, implicit I/O datagrams).
+    pub cip: Vec<CipRequest>,
+}
+
+/// One EtherNet/IP request seen in a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CipRequest {
+    /// `command` (an encapsulation message), `cip` (a CIP request) or `io` (implicit I/O).
+    pub kind: &'static str,
+    pub command: String,
+    /// The service name resolved against the class or tag path (empty for `command`).
+    pub service: String,
+    #[serde(skip)]
+    pub code: u8,
+    pub class: u16,
+    pub instance: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    /// 0 for the top-level request, 1 inside MSP / Unconnected Send, ...
+    pub depth: u8,
+    /// As for `Adu::verdict`.
+    pub verdict: &'static str,
+    pub reason: &'static str,
 }
 
 /// One Modbus ADU seen in a frame.
@@ -166,7 +192,60 @@ impl Datapath {
                 })
                 .collect()
         };
+        let cip = if trace.records == 0 {
+            Vec::new()
+        } else {
+            let recorded = self
+                .maps
+                .enip_trace
+                .get(&0, 0)
+                .context("reading ENIP_TRACE")?
+                .get(cpu)
+                .copied()
+                .unwrap_or_default();
+            let frame_verdict = VERDICT_NAMES
+                .get(trace.verdict as usize)
+                .copied()
+                .unwrap_or("unknown");
+            recorded
+                .records
+                .iter()
+                .take(trace.records as usize)
+                .map(|r| {
+                    let symbolic = r.flags & REC_SYMBOLIC != 0;
+                    CipRequest {
+                        kind: match r.kind {
+                            REC_COMMAND => "command",
+                            REC_CIP => "cip",
+                            _ => "io",
+                        },
+                        command: if r.kind == REC_IO {
+                            String::new()
+                        } else {
+                            super::enip::command_name(r.command)
+                        },
+                        service: if r.kind == REC_CIP {
+                            super::enip::service_name(r.service, r.class, symbolic)
+                        } else {
+                            String::new()
+                        },
+                        code: r.service,
+                        class: if symbolic { SYMBOL_CLASS } else { r.class },
+                        instance: r.instance,
+                        tag: super::enip::tag(r),
+                        depth: r.depth,
+                        verdict: if frame_verdict == "monitor" && r.reason == 0 {
+                            "pass"
+                        } else {
+                            frame_verdict
+                        },
+                        reason: Reason::from_u8(r.reason).map_or("unknown", Reason::name),
+                    }
+                })
+                .collect()
+        };
         Ok(Decision {
+            cip,
             action: result.return_value,
             adus,
             reason: Reason::from_u8(trace.reason).unwrap_or(Reason::None),

@@ -21,7 +21,9 @@ use firewall_common::zone::{ZoneInfo, ZoneMatch, MAX_PREFIXES, NO_HOST, ZONE_FLA
 use firewall_common::SLOTS;
 use ipnet::IpNet;
 
-use super::compiled::{CompiledPolicy, Names, Prefix, RuleKey, PSEUDO_CONDUIT_NAMES};
+use super::compiled::{
+    CompiledPolicy, ConduitLabels, Names, Prefix, RuleKey, PSEUDO_CONDUIT_NAMES,
+};
 use super::enip;
 use super::source::{child, item};
 use super::validated::*;
@@ -69,6 +71,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     let mut modbus_rules = Vec::new();
     let mut modbus_maps = Vec::new();
     let mut enip_rules = Vec::new();
+    let mut enip_maps = Vec::new();
     for (c, conduit) in policy.conduits.iter().enumerate() {
         for (a, allow) in conduit.allow.iter().enumerate() {
             match allow {
@@ -82,7 +85,16 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
                         }),
                     }
                 }
-                Allow::Enip(r) => enip_rules.push((ids[c][a], r.clone())),
+                Allow::Enip(r) => {
+                    enip_rules.push((ids[c][a], r.clone()));
+                    match enip::to_map(r) {
+                        Ok(m) => enip_maps.push((ids[c][a], m)),
+                        Err((key, message)) => errors.push(CompileError {
+                            path: format!("conduits[{c}].allow[{a}].enip.{key}"),
+                            message,
+                        }),
+                    }
+                }
                 _ => {}
             }
         }
@@ -110,6 +122,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         modbus_rules,
         modbus_maps,
         enip_rules,
+        enip_maps,
     })
 }
 
@@ -405,10 +418,43 @@ fn names(policy: &Policy) -> Names {
         .iter()
         .map(|n| n.to_string())
         .chain(policy.conduits.iter().map(|c| c.name.clone()));
+    let pseudo = |zone: &str| ConduitLabels {
+        from_zone: zone.to_string(),
+        to_zone: zone.to_string(),
+        protocol: "any".to_string(),
+    };
+    let labels = [
+        pseudo("(any)"),
+        pseudo("(any)"),
+        pseudo("(same)"),
+        pseudo("(unzoned)"),
+    ]
+    .into_iter()
+    .chain(policy.conduits.iter().map(|c| {
+        let mut protocols: Vec<&str> = Vec::new();
+        for allow in &c.allow {
+            let name = match allow {
+                Allow::Tcp(_) => "tcp",
+                Allow::Udp(_) => "udp",
+                Allow::Icmp(_) => "icmp",
+                Allow::Modbus(_) => "modbus",
+                Allow::Enip(_) => "enip",
+            };
+            if !protocols.contains(&name) {
+                protocols.push(name);
+            }
+        }
+        ConduitLabels {
+            from_zone: policy.zones[c.from.zone].name.clone(),
+            to_zone: policy.zones[c.to.zone].name.clone(),
+            protocol: protocols.join("+"),
+        }
+    }));
     Names {
         zones: zones.collect(),
         hosts: hosts.collect(),
         conduits: conduits.collect(),
+        conduit_labels: labels.collect(),
     }
 }
 

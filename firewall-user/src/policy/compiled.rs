@@ -1,7 +1,10 @@
 //! The compiled form of a policy: exactly what the datapath maps will hold, minus the slot (which
 //! is chosen when the generation is installed) and interface indexes (resolved on the host).
 
-use super::{enip::EnipRules, modbus::ModbusRules};
+use super::{
+    enip::{EnipMaps, EnipRules},
+    modbus::ModbusRules,
+};
 use firewall_common::{
     conduit::{ConduitInfo, RuleSet},
     config::Config,
@@ -55,6 +58,8 @@ pub struct CompiledPolicy {
     /// The same rules as map `MODBUS_RULES` holds them.
     pub modbus_maps: Vec<(u16, ModbusRule)>,
     pub enip_rules: Vec<(u16, EnipRules)>,
+    /// The same rules as maps `ENIP_RULES`, `ENIP_CLASSES` and `ENIP_TAGS` hold them.
+    pub enip_maps: Vec<(u16, EnipMaps)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +70,19 @@ pub struct Names {
     pub hosts: Vec<String>,
     /// Indexed by conduit id, including the pseudo conduits.
     pub conduits: Vec<String>,
+    /// Indexed by conduit id like `conduits`: zone pair and protocols, for metric labels.
+    pub conduit_labels: Vec<ConduitLabels>,
+}
+
+/// What metrics say about a conduit besides its name. Pseudo conduits have zone labels in
+/// parentheses: `(any)` for `(none)` and `(default)`, `(same)` for `(intra-zone)`, `(unzoned)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConduitLabels {
+    pub from_zone: String,
+    pub to_zone: String,
+    /// The protocols of the conduit's `allow` items in file order, joined by `+`
+    /// (`modbus+icmp`); `any` for pseudo conduits.
+    pub protocol: String,
 }
 
 impl Names {

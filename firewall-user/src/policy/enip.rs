@@ -3,6 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use firewall_common::enip::{
+    tag_hash, EnipRule, ENIP_RULE_ALL_SERVICES, ENIP_RULE_IO, ENIP_RULE_PRESENT, ENIP_RULE_TAGS,
+    TAG_MAX,
+};
+
 use super::model::{self, Scalar};
 use super::source::{child, item, Diagnostics};
 
@@ -372,6 +377,110 @@ fn check_tag(tag: &str) -> Result<(), String> {
 
 fn names<'a>(list: impl Iterator<Item = &'a str>) -> String {
     list.collect::<Vec<_>>().join(", ")
+}
+
+/// An `enip:` rule as the datapath holds it: the rule itself, the services allowed per class,
+/// and the allowed tag hashes (`(prefix length, hash)`, length 0 for exact names).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnipMaps {
+    pub rule: EnipRule,
+    pub classes: Vec<(u16, [u64; 2])>,
+    pub tags: Vec<(u8, u64)>,
+}
+
+fn set(bits: &mut [u64], n: usize) {
+    bits[n / 64] |= 1 << (n % 64);
+}
+
+/// Compiles `rules` for the datapath; `Err((key, message))` when they do not fit it.
+///
+/// Tags: an exact name becomes the 64-bit FNV-1a hash of its lowercased bytes; `prefix*`
+/// the hash of the prefix with its length. The datapath hashes the requested name (symbolic
+/// segments joined with `.`) the same way and looks the hashes up in the rule's own set, so a
+/// collision can only let a name pass as another name of the same allowlist's hash space: with
+/// n patterns the chance that a given unlisted name collides is about n / 2^64.
+pub fn to_map(rules: &EnipRules) -> Result<EnipMaps, (String, String)> {
+    let mut rule = EnipRule {
+        flags: ENIP_RULE_PRESENT,
+        ..EnipRule::default()
+    };
+    for &c in &rules.commands {
+        if c > 0xFF {
+            return Err((
+                "commands".into(),
+                format!(
+                    "encapsulation command 0x{c:04X} is reserved; the datapath checks commands \
+                     0x0000-0x00FF"
+                ),
+            ));
+        }
+        set(&mut rule.commands, c as usize);
+    }
+    if rules.all_services {
+        rule.flags |= ENIP_RULE_ALL_SERVICES;
+    }
+    if rules.io {
+        rule.flags |= ENIP_RULE_IO;
+    }
+    let mut classes: BTreeMap<u16, [u64; 2]> = BTreeMap::new();
+    for s in &rules.services {
+        let code = s.code as usize & 0x7F;
+        match s.target {
+            CipTarget::AnyClass => set(&mut rule.any_class, code),
+            CipTarget::Class(c) => set(classes.entry(c).or_default(), code),
+            CipTarget::Symbolic => set(classes.entry(SYMBOL_CLASS).or_default(), code),
+        }
+    }
+    for (&class, codes) in &rules.objects {
+        for &code in codes {
+            set(classes.entry(class).or_default(), code as usize & 0x7F);
+        }
+    }
+    let mut tags = Vec::new();
+    if let Some(patterns) = &rules.tags {
+        if !patterns.iter().any(|p| p == "*") {
+            rule.flags |= ENIP_RULE_TAGS;
+            for p in patterns {
+                let (name, prefix) = match p.strip_suffix('*') {
+                    Some(prefix) => (prefix, true),
+                    None => (p.as_str(), false),
+                };
+                if name.contains('*') {
+                    return Err((
+                        "tags".into(),
+                        format!("tag pattern `{p}`: only a trailing `*` (a prefix) is supported"),
+                    ));
+                }
+                if name.contains('[') || name.contains(']') {
+                    return Err((
+                        "tags".into(),
+                        format!(
+                            "tag pattern `{p}`: array elements are not matched separately; \
+                             list the array tag (it allows all its elements)"
+                        ),
+                    ));
+                }
+                let len = name.len();
+                if len as u32 > TAG_MAX || (prefix && len >= 64) {
+                    return Err((
+                        "tags".into(),
+                        format!("tag pattern `{p}` is longer than the {TAG_MAX} bytes the datapath matches"),
+                    ));
+                }
+                if prefix {
+                    rule.prefix_lengths |= 1 << len;
+                    tags.push((len as u8, tag_hash(name.as_bytes())));
+                } else {
+                    tags.push((0, tag_hash(name.as_bytes())));
+                }
+            }
+        }
+    }
+    Ok(EnipMaps {
+        rule,
+        classes: classes.into_iter().collect(),
+        tags,
+    })
 }
 
 #[cfg(test)]

@@ -301,6 +301,7 @@ impl Policy {
             zones: vec!["(none)".into()],
             hosts: vec![String::new()],
             conduits: PSEUDO_CONDUIT_NAMES.iter().map(|n| n.to_string()).collect(),
+            ..Names::default()
         };
         let mut zone_info = Vec::new();
         let mut zone_ports = Vec::new();
@@ -385,6 +386,7 @@ impl Policy {
             modbus_rules: Vec::new(),
             modbus_maps: Vec::new(),
             enip_rules: Vec::new(),
+            enip_maps: Vec::new(),
         }
     }
 }

@@ -7,9 +7,9 @@ use std::{collections::HashMap, fmt, thread, time::Duration};
 
 use firewall_common::{
     counters::{
-        Traffic, FLOW_ADOPTED, FLOW_CREATED, FLOW_EXPIRED, FLOW_REVALIDATED, FLOW_REVOKED,
-        FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_MONITOR, VERDICT_NAMES, VERDICT_PASS,
-        VERDICT_RESET,
+        Traffic, FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_REVALIDATED,
+        FLOW_REVOKED, FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_MONITOR, VERDICT_NAMES,
+        VERDICT_PASS, VERDICT_RESET,
     },
     reason::{Reason, REASON_COUNT},
 };
@@ -85,6 +85,11 @@ impl Expect {
     }
     pub fn revalidates(mut self) -> Expect {
         self.flows.push(FLOW_REVALIDATED);
+        self
+    }
+    /// Forgets its flow: a reset, or a flow now decided by a default.
+    pub fn closes(mut self) -> Expect {
+        self.flows.push(FLOW_CLOSED);
         self
     }
 }

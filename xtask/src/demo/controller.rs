@@ -29,14 +29,20 @@ pub struct Controller {
     process: LabProcess,
     /// The last `stats` line it printed.
     pub last_stats: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics: std::net::SocketAddr,
+    /// `modbus_denied` events printed since the last [`Controller::take_denied`].
+    denied: Vec<Value>,
 }
 
 impl Controller {
     pub fn start(lab: &Lab, repo: &Path, otfw: &Path) -> Result<Self> {
+        // A free port rather than the default 9725, which an otfw run of the machine may hold.
+        let metrics = otfw_tests::free_loopback_addr()?;
         let mut command = Command::new(otfw);
         command
             .current_dir(repo)
-            .args(["run", "--policy", POLICY])
+            .args(["run", "--policy", POLICY, "--metrics", &metrics.to_string()])
             .env("RUST_LOG", "info");
         // SAFETY: the closure runs between fork and exec and only makes the prctl system
         // call, which is async-signal-safe.
@@ -93,9 +99,12 @@ impl Controller {
         if attached != ports {
             bail!("otfw run attached to {attached:?}, but the lab's ports are {ports:?}");
         }
+        println!("  metrics: http://{metrics}/metrics");
         Ok(Self {
             process,
             last_stats: String::new(),
+            metrics,
+            denied: Vec::new(),
         })
     }
 
@@ -110,16 +119,31 @@ impl Controller {
                 std::io::Error::last_os_error()
             );
         }
+        let denied = &mut self.denied;
         let line = self
             .process
             .wait_for_line(
-                |line| event_name(&parse_event(line)) == Some("stats"),
+                |line| {
+                    let event = parse_event(line);
+                    match event_name(&event) {
+                        Some("stats") => return true,
+                        Some("modbus_denied") => denied.push(event),
+                        _ => {}
+                    }
+                    false
+                },
                 STATS_TIMEOUT,
             )
             .context("otfw run did not answer SIGUSR1 with a stats event")?;
         let stats = Stats::parse(&parse_event(&line));
         self.last_stats = line;
         Ok(stats)
+    }
+
+    /// The `modbus_denied` events (one per refused Modbus request) printed since the last
+    /// call, in order.
+    pub fn take_denied(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.denied)
     }
 
     /// The counters once they stopped moving.
@@ -283,6 +307,24 @@ fn packets_n(n: u64) -> String {
     } else {
         format!("{n} packets")
     }
+}
+
+/// Families the demo shows from a live scrape, and how many samples at most.
+const SHOWN: [&str; 5] = [
+    "otfw_conduit_packets_total",
+    "otfw_denied_packets_total",
+    "otfw_flow_events_total",
+    "otfw_policy_epoch",
+    "otfw_port_attached",
+];
+
+/// Non-zero samples of a few families of a scrape of `/metrics`.
+pub fn live_counters(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| SHOWN.iter().any(|f| line.starts_with(f)))
+        .filter(|line| !line.ends_with(" 0"))
+        .collect()
 }
 
 #[cfg(test)]

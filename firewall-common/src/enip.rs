@@ -1,0 +1,410 @@
+//! EtherNet/IP and CIP inspection: the compiled rules of an `enip:` item, the per-flow framing
+//! and session state, recorded connections (connected messaging and implicit I/O pinholes),
+//! accounting keys, trace records and event records. The hand-off from the main program is the
+//! shared `modbus::InspectContext`.
+
+use crate::flow::FlowKey;
+
+/// Encapsulation header length.
+pub const ENCAP_LEN: u32 = 24;
+/// The longest encapsulation message (header included) the inspector assembles and parses. A
+/// request that announces more is refused (`enip_too_long`); a longer response is framed
+/// (skipped) without being parsed. CIP's own limits are lower (504 bytes unconnected).
+pub const MSG_MAX: u32 = 1024;
+/// Size of the per-CPU message buffer: a masked offset (`& (MSG_MAX - 1)`) plus a masked length
+/// always stays inside it.
+pub const MSG_BUF: usize = 2 * MSG_MAX as usize;
+/// Encapsulation messages decided in one segment or datagram.
+pub const MAX_MESSAGES: u32 = 16;
+/// CIP requests checked per encapsulation message (containers and embedded requests).
+pub const MAX_REQUESTS: u32 = 32;
+/// Requests inside one Multiple Service Packet.
+pub const MAX_MSP_COUNT: u32 = 16;
+/// Nesting: top-level request = depth 0; a request inside MSP or Unconnected Send is one deeper.
+pub const MAX_DEPTH: u32 = 3;
+/// Entries of the explicit work stack of the nesting walk.
+pub const MAX_FRAMES: usize = 32;
+/// EPATH segments parsed per request path.
+pub const MAX_SEGMENTS: u32 = 16;
+/// A tag name (symbolic segments joined with `.`) longer than this is refused
+/// (`cip_tag_too_long`). Logix names are at most 40 characters per segment.
+pub const TAG_MAX: u32 = 64;
+/// Records kept per frame for replay and tests.
+pub const MAX_RECORDS: usize = 32;
+/// Bytes of a tag name kept in a record or event.
+pub const TAG_KEEP: usize = 40;
+/// Recorded connections per flow (for Forward_Close).
+pub const FLOW_CONNS: usize = 4;
+
+/// Encapsulation commands the inspector treats specially.
+pub const CMD_NOP: u16 = 0x0000;
+pub const CMD_LIST_SERVICES: u16 = 0x0004;
+pub const CMD_LIST_IDENTITY: u16 = 0x0063;
+pub const CMD_LIST_INTERFACES: u16 = 0x0064;
+pub const CMD_REGISTER_SESSION: u16 = 0x0065;
+pub const CMD_UNREGISTER_SESSION: u16 = 0x0066;
+pub const CMD_SEND_RR_DATA: u16 = 0x006F;
+pub const CMD_SEND_UNIT_DATA: u16 = 0x0070;
+
+/// CPF item types.
+pub const ITEM_NULL: u16 = 0x0000;
+pub const ITEM_CONNECTED_ADDRESS: u16 = 0x00A1;
+pub const ITEM_CONNECTED_DATA: u16 = 0x00B1;
+pub const ITEM_UNCONNECTED_DATA: u16 = 0x00B2;
+pub const ITEM_SOCKADDR_O2T: u16 = 0x8000;
+pub const ITEM_SOCKADDR_T2O: u16 = 0x8001;
+pub const ITEM_SEQUENCED_ADDRESS: u16 = 0x8002;
+
+/// Classes and services the inspector resolves.
+pub const CLASS_MESSAGE_ROUTER: u16 = 0x02;
+pub const CLASS_CONNECTION_MANAGER: u16 = 0x06;
+pub const CLASS_SYMBOL: u16 = 0x6B;
+pub const SVC_MSP: u8 = 0x0A;
+pub const SVC_FORWARD_CLOSE: u8 = 0x4E;
+pub const SVC_UNCONNECTED_SEND: u8 = 0x52;
+pub const SVC_FORWARD_OPEN: u8 = 0x54;
+pub const SVC_LARGE_FORWARD_OPEN: u8 = 0x5B;
+/// Services addressing a tag by name: read, write, read-modify-write, read/write fragmented.
+pub const SVC_TAG_FIRST: u8 = 0x4C;
+pub const SVC_TAG_LAST: u8 = 0x53;
+
+/// `EnipRule::flags`: the slot holds a compiled rule.
+pub const ENIP_RULE_PRESENT: u32 = 1 << 0;
+/// `services: [all]`.
+pub const ENIP_RULE_ALL_SERVICES: u32 = 1 << 1;
+/// `tags:` limits the tag services to the names in `ENIP_TAGS`.
+pub const ENIP_RULE_TAGS: u32 = 1 << 2;
+/// `io: true`.
+pub const ENIP_RULE_IO: u32 = 1 << 3;
+
+/// Map `ENIP_RULES`, indexed by `slot * MAX_PROTOCOL_RULES + rule`. Bitmaps as in `modbus::bit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipRule {
+    /// Allowed encapsulation commands 0..255 (no command above is defined).
+    pub commands: [u64; 4],
+    /// Services allowed on every class (codes below 0x31 by name or number).
+    pub any_class: [u64; 2],
+    /// Lengths `k` (1..63) of `prefix*` tag patterns: bit `k` set when some pattern has a
+    /// prefix of `k` bytes.
+    pub prefix_lengths: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Key of map `ENIP_CLASSES`: the services a rule allows on one class (value `[u64; 2]`, a
+/// bitmap of codes 0..127). Symbolic (tag) paths count as the Symbol class 0x6B.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnipClassKey {
+    pub slot: u8,
+    pub _pad: u8,
+    pub rule: u16,
+    pub class: u16,
+    pub _pad2: u16,
+}
+
+/// Key of map `ENIP_TAGS` (value u8, unused): an allowed tag name of a rule. `len` 0 is an
+/// exact name; `len` k > 0 a `prefix*` pattern whose first k bytes hash to `hash`. The hash is
+/// 64-bit FNV-1a over the ASCII-lowercased name (`tag_hash`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnipTagKey {
+    pub hash: u64,
+    pub slot: u8,
+    pub len: u8,
+    pub rule: u16,
+    pub _pad: u32,
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of the tag hash (the datapath hashes byte by byte).
+#[inline(always)]
+pub const fn tag_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte.to_ascii_lowercase() as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// The tag hash of `name` (Logix tag names are case-insensitive).
+pub fn tag_hash(name: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < name.len() {
+        h = tag_hash_step(h, name[i]);
+        i += 1;
+    }
+    h
+}
+
+/// `EnipStream::flags`.
+pub const ESTREAM_SYNCED: u8 = 1 << 0;
+pub const ESTREAM_BOUNDARY: u8 = 1 << 1;
+pub const ESTREAM_ACKED: u8 = 1 << 2;
+
+/// Framing state of one direction of an EtherNet/IP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnipStream {
+    pub next_seq: u32,
+    pub boundary_seq: u32,
+    pub acked: u32,
+    /// Bytes of a message not parsed (a long response) still to come.
+    pub skip: u32,
+    /// Bytes of an undecided message held in `carry` (they passed: an incomplete message is
+    /// nothing a server acts on; the segment completing it is decided before it passes).
+    pub have: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub carry: [u8; MSG_MAX as usize],
+}
+
+impl Default for EnipStream {
+    fn default() -> Self {
+        EnipStream {
+            next_seq: 0,
+            boundary_seq: 0,
+            acked: 0,
+            skip: 0,
+            have: 0,
+            flags: 0,
+            _pad: 0,
+            carry: [0; MSG_MAX as usize],
+        }
+    }
+}
+
+/// `EnipFlow::flags`: the session handle is known.
+pub const EFLOW_SESSION: u8 = 1 << 0;
+/// A request was denied under `on_deny: drop`: later client segments are dropped.
+pub const EFLOW_BLOCKED: u8 = 1 << 1;
+/// A request was denied under `on_deny: reset`: later segments are answered with resets.
+pub const EFLOW_RESET: u8 = 1 << 2;
+/// The client's SYN was seen (the flow was not adopted mid-stream).
+pub const EFLOW_SYN: u8 = 1 << 3;
+/// `pending` holds a Forward_Open that passed and awaits its reply.
+pub const EFLOW_PENDING: u8 = 1 << 4;
+
+/// A connection of a flow: the ids from the Forward_Open reply and the connection triple that
+/// Forward_Close names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowConn {
+    pub o2t: u32,
+    pub t2o: u32,
+    pub orig_serial: u32,
+    pub serial: u16,
+    pub vendor: u16,
+}
+
+/// A Forward_Open request that passed, waiting for its reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingOpen {
+    pub orig_serial: u32,
+    pub serial: u16,
+    pub vendor: u16,
+    /// Timeout multiplier (the connection times out after RPI * 4 << multiplier).
+    pub multiplier: u8,
+    /// Transport class (0/1 implicit I/O, 3 explicit).
+    pub class: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Map `ENIP_FLOWS` (LRU, keyed by the flow's initiator-direction `FlowKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipFlow {
+    /// `[requests (client to server), responses]`.
+    pub streams: [EnipStream; 2],
+    pub session: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub pending: PendingOpen,
+    pub conns: [FlowConn; FLOW_CONNS],
+}
+
+/// Key of map `ENIP_CONNS`: a connection id between a client and a server (addresses as in
+/// `FlowKey`). Both ids of a Forward_Open reply are recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnipConnKey {
+    pub client: [u8; 16],
+    pub server: [u8; 16],
+    pub id: u32,
+    pub _pad: u32,
+}
+
+/// `EnipConn::flags`: implicit I/O on UDP 2222 may use the connection.
+pub const CONN_IO: u8 = 1 << 0;
+/// Recorded from a flow adopted mid-stream (its Forward_Open was never seen).
+pub const CONN_ADOPTED: u8 = 1 << 1;
+
+/// Value of map `ENIP_CONNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipConn {
+    /// Idle time after which the connection is gone (RPI * 4 << multiplier), and last use.
+    pub timeout_ns: u64,
+    pub last_ns: u64,
+    pub epoch: u32,
+    pub conduit: u16,
+    pub rule: u16,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// `EnipRecord::kind`.
+pub const REC_COMMAND: u8 = 0;
+pub const REC_CIP: u8 = 1;
+/// An implicit I/O datagram (`instance` holds the connection id).
+pub const REC_IO: u8 = 2;
+/// `EnipRecord::flags`: the path was symbolic.
+pub const REC_SYMBOLIC: u8 = 1 << 0;
+/// The path named a class.
+pub const REC_CLASS: u8 = 1 << 1;
+pub const REC_INSTANCE: u8 = 1 << 2;
+
+/// One request seen in a frame (map `ENIP_TRACE`, for replay and tests; also the body of
+/// `EnipEvent`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnipRecord {
+    pub command: u16,
+    pub class: u16,
+    pub instance: u32,
+    pub kind: u8,
+    pub service: u8,
+    pub depth: u8,
+    /// 0 = allowed by itself.
+    pub reason: u8,
+    pub flags: u8,
+    pub tag_len: u8,
+    pub _pad: [u8; 2],
+    pub tag: [u8; TAG_KEEP],
+}
+
+impl Default for EnipRecord {
+    fn default() -> Self {
+        EnipRecord {
+            command: 0,
+            class: 0,
+            instance: 0,
+            kind: 0,
+            service: 0,
+            depth: 0,
+            reason: 0,
+            flags: 0,
+            tag_len: 0,
+            _pad: [0; 2],
+            tag: [0; TAG_KEEP],
+        }
+    }
+}
+
+/// Map `ENIP_TRACE` (per CPU, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnipTrace {
+    pub count: u32,
+    pub _pad: u32,
+    pub records: [EnipRecord; MAX_RECORDS],
+}
+
+impl Default for EnipTrace {
+    fn default() -> Self {
+        EnipTrace {
+            count: 0,
+            _pad: 0,
+            records: [EnipRecord::default(); MAX_RECORDS],
+        }
+    }
+}
+
+/// Key of map `ENIP_STATS` (per-CPU hash, value u64): requests by conduit, command, service,
+/// class and verdict (`VERDICT_*`; in monitor mode allowed requests count as pass).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnipStatKey {
+    pub slot: u8,
+    pub service: u8,
+    pub verdict: u8,
+    pub kind: u8,
+    pub conduit: u16,
+    pub class: u16,
+    pub command: u16,
+    pub _pad: u16,
+}
+
+/// Map `ENIP_COUNTS` indexes.
+pub const ECOUNT_EVENTS_LOST: u32 = 0;
+pub const ECOUNT_RESPONSES_UNFRAMED: u32 = 1;
+pub const ECOUNT_CONNECTIONS: u32 = 2;
+pub const ECOUNTS_LEN: u32 = 3;
+
+/// Ring buffer `ENIP_EVENTS`: one record per denied request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnipEvent {
+    pub key: FlowKey,
+    pub epoch: u32,
+    pub conduit: u16,
+    pub verdict: u8,
+    pub _pad: u8,
+    pub record: EnipRecord,
+}
+
+/// Per-CPU scratch of the inspector (map `ENIP_SCRATCH`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnipScratch {
+    /// The message being assembled or parsed.
+    pub msg: [u8; MSG_BUF],
+    /// The tag name of the request being parsed (segments joined with `.`).
+    pub name: [u8; 128],
+    /// Nesting work stack: (offset, length, depth) of requests still to check.
+    pub frame_off: [u16; MAX_FRAMES],
+    pub frame_len: [u16; MAX_FRAMES],
+    pub frame_depth: [u8; MAX_FRAMES],
+    /// Frame offset and length of the payload; next payload byte to frame.
+    pub payload: u32,
+    pub len: u32,
+    pub pos: u32,
+    /// Bytes of the current message in `msg`; its total length once the header is in (0 before).
+    pub have: u32,
+    pub need: u32,
+    pub skip: u32,
+    pub rule_index: u32,
+    pub epoch: u32,
+    pub session: u32,
+    pub frames: u32,
+    pub requests: u32,
+    pub records: u32,
+    pub name_len: u32,
+    pub conduit: u16,
+    pub rule: u16,
+    pub request: u8,
+    pub udp: u8,
+    pub exact: u8,
+    pub monitor: u8,
+    pub reason: u8,
+    pub denied: u8,
+    pub framed: u8,
+    pub event_verdict: u8,
+    pub flow_flags: u8,
+    pub messages: u8,
+    /// State of the path being parsed (`REC_*` flags, class, instance).
+    pub path_flags: u8,
+    pub _pad: u8,
+    pub pending: PendingOpen,
+    /// A Forward_Open reply seen in this segment (recorded when the segment passes).
+    pub opened: FlowConn,
+    pub opened_timeout_ns: u64,
+    pub opened_ok: u8,
+    /// A Forward_Close request passed in this segment for `closed`.
+    pub closed_ok: u8,
+    pub _pad2: [u8; 6],
+    pub closed: FlowConn,
+    pub path_class: u32,
+    pub path_instance: u32,
+}

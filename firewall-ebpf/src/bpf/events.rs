@@ -1,0 +1,106 @@
+//! Events for the controller (denied packets, adopted flows) through the ring buffer `EVENTS`,
+//! rate-limited per CPU before the ring is touched, with what was sent and lost counted in
+//! `EVENT_STATS`.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+
+use firewall_common::{
+    event::{
+        reason_has_tuple, DatapathEvent, EVENTS_RATE_LIMITED, EVENTS_RING_FULL, EVENTS_SENT,
+        EVENT_ADOPTED, EVENT_BURST, EVENT_DENIED, EVENT_HAS_TUPLE, EVENT_RATE,
+    },
+    flow::FlowKey,
+};
+
+use super::{
+    maps::{EVENTS, EVENT_BUCKET, EVENT_STATS, FLOW_KEYS},
+    verdict::Decision,
+};
+
+const COST_NS: u64 = 1_000_000_000 / EVENT_RATE;
+const BURST_NS: u64 = EVENT_BURST * COST_NS;
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(n) = EVENT_STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Takes one event's worth of credit from this CPU's bucket; false (and counted) if empty.
+#[inline(always)]
+fn admit() -> bool {
+    let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let bucket = unsafe { &mut *bucket };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let credit = bucket
+        .credit_ns
+        .saturating_add(now.saturating_sub(bucket.last_ns));
+    bucket.last_ns = now;
+    let credit = if credit > BURST_NS { BURST_NS } else { credit };
+    if credit < COST_NS {
+        bucket.credit_ns = credit;
+        count(EVENTS_RATE_LIMITED);
+        return false;
+    }
+    bucket.credit_ns = credit - COST_NS;
+    true
+}
+
+#[inline(always)]
+fn send(event: &DatapathEvent) {
+    match EVENTS.reserve::<DatapathEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+            count(EVENTS_SENT);
+        }
+        None => count(EVENTS_RING_FULL),
+    }
+}
+
+/// A denied packet (any verdict but pass).
+#[inline(always)]
+pub fn denied(ctx: &XdpContext, d: &Decision) {
+    if !admit() {
+        return;
+    }
+    let reason = d.reason as u8;
+    let mut event = DatapathEvent {
+        epoch: d.epoch,
+        // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        conduit: d.conduit,
+        kind: EVENT_DENIED,
+        reason,
+        verdict: d.verdict as u8,
+        ..DatapathEvent::default()
+    };
+    if reason_has_tuple(reason) {
+        if let Some(keys) = FLOW_KEYS.get(0) {
+            event.key = keys.forward;
+            event.flags = EVENT_HAS_TUPLE;
+        }
+    }
+    send(&event);
+}
+
+/// A TCP flow adopted mid-stream; `key` is in the initiator's direction.
+#[inline(always)]
+pub fn adopted(key: &FlowKey, epoch: u32, conduit: u16) {
+    if !admit() {
+        return;
+    }
+    send(&DatapathEvent {
+        key: *key,
+        epoch,
+        conduit,
+        kind: EVENT_ADOPTED,
+        flags: EVENT_HAS_TUPLE,
+        ..DatapathEvent::default()
+    });
+}

@@ -1,0 +1,342 @@
+//! What a running `otfw run` leaves for `otfw status`: its maps pinned under
+//! `/sys/fs/bpf/otfw/<instance>/` and a state file `/run/otfw/<instance>.json` (bpffs holds
+//! only BPF objects) naming what the maps' ids mean. Both are removed on a clean shutdown; a
+//! crashed controller's are replaced by the next `otfw run` of the instance.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use firewall_common::{
+    counters::{FLOW_STAT_NAMES, VERDICT_PASS},
+    event::EVENT_STAT_NAMES,
+    flow::MAX_FLOWS,
+    reason::Reason,
+    slot_of,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::{pin_dir, PinnedMaps};
+
+/// Where state files live.
+pub const STATE_DIR: &str = "/run/otfw";
+
+pub fn state_path(instance: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{instance}.json"))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortState {
+    pub name: String,
+    pub ifindex: u32,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationState {
+    pub epoch: u32,
+    /// RFC 3339.
+    pub loaded_at: String,
+    /// Conduit names by id (pseudo conduits first).
+    pub conduits: Vec<String>,
+}
+
+/// The state file of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub instance: String,
+    pub pid: u32,
+    pub version: String,
+    pub started_at: String,
+    pub policy_file: String,
+    pub metrics: Option<String>,
+    pub events_file: Option<String>,
+    pub pin_dir: String,
+    pub ports: Vec<PortState>,
+    /// The generations in the two slots, oldest first.
+    pub generations: Vec<GenerationState>,
+}
+
+impl State {
+    /// Writes the state file atomically (temporary file, then rename).
+    pub fn save(&self) -> Result<()> {
+        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let path = state_path(&self.instance);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn remove(instance: &str) {
+        let _ = std::fs::remove_file(state_path(instance));
+    }
+
+    /// Records a new generation, keeping the two that occupy the slots.
+    pub fn generation(&mut self, epoch: u32, conduits: &[String]) {
+        self.generations.push(GenerationState {
+            epoch,
+            loaded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            conduits: conduits.to_vec(),
+        });
+        let keep = self.generations.len().saturating_sub(2);
+        self.generations.drain(..keep);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+}
+
+/// The state of `instance`, or of the only running instance.
+pub fn find(instance: Option<&str>) -> Result<State> {
+    let path = match instance {
+        Some(name) => state_path(name),
+        None => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(STATE_DIR)
+                .map(|dir| {
+                    dir.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            match found.len() {
+                0 => bail!(
+                    "no otfw instance is running (nothing in {STATE_DIR}); start one with \
+                     `otfw run --policy FILE`"
+                ),
+                1 => found.remove(0),
+                _ => bail!(
+                    "several otfw instances are running ({}); name one with --instance",
+                    found
+                        .iter()
+                        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no otfw instance {} is running ({} cannot be read)",
+            instance.unwrap_or("?"),
+            path.display()
+        )
+    })?;
+    let state: State =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if !alive(state.pid) {
+        bail!(
+            "otfw instance {} is not running: process {} is gone (stale {}; the next `otfw \
+             run` of the instance replaces it)",
+            state.instance,
+            state.pid,
+            path.display()
+        );
+    }
+    Ok(state)
+}
+
+/// One conduit's traffic in the status report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConduitLine {
+    pub conduit: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub denied_packets: u64,
+}
+
+/// The summary `otfw status` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub state: State,
+    pub epoch: u32,
+    pub passed_packets: u64,
+    pub denied_packets: u64,
+    /// Non-zero denials by reason.
+    pub denied_by_reason: Vec<(String, u64)>,
+    pub top_by_traffic: Vec<ConduitLine>,
+    pub top_by_denied: Vec<ConduitLine>,
+    pub flow_entries: usize,
+    pub flow_capacity: u32,
+    pub flow_events: Vec<(String, u64)>,
+    pub events: Vec<(String, u64)>,
+}
+
+const TOP: usize = 5;
+
+/// Reads the pinned maps of a running instance.
+pub fn report(state: State) -> Result<Report> {
+    let maps = PinnedMaps::open(&pin_dir(&state.instance)).with_context(|| {
+        format!(
+            "reading the pinned maps of instance {} (was it started with --no-pin?)",
+            state.instance
+        )
+    })?;
+    let epoch = maps.active_epoch()?;
+    let counters = maps.counters()?;
+    let mut passed = 0;
+    let mut denied = 0;
+    let mut by_reason = Vec::new();
+    for (code, row) in counters.reasons.iter().enumerate() {
+        for (verdict, &n) in row.iter().enumerate() {
+            if verdict == VERDICT_PASS as usize {
+                passed += n;
+            } else {
+                denied += n;
+            }
+        }
+        let n: u64 = row
+            .iter()
+            .enumerate()
+            .filter(|&(v, _)| v != VERDICT_PASS as usize)
+            .map(|(_, n)| n)
+            .sum();
+        if n != 0 {
+            let name = Reason::NAMES.get(code).copied().unwrap_or("unknown");
+            by_reason.push((name.to_string(), n));
+        }
+    }
+    by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let names = state
+        .generations
+        .iter()
+        .find(|g| g.epoch == epoch)
+        .map(|g| g.conduits.clone())
+        .unwrap_or_default();
+    let lines: Vec<ConduitLine> = maps
+        .conduit_traffic(slot_of(epoch), &names)?
+        .into_iter()
+        .map(|t| {
+            let mut line = ConduitLine {
+                conduit: t.conduit,
+                ..ConduitLine::default()
+            };
+            for (verdict, traffic) in t.by_verdict.iter().enumerate() {
+                line.packets += traffic.packets;
+                line.bytes += traffic.bytes;
+                if verdict != VERDICT_PASS as usize {
+                    line.denied_packets += traffic.packets;
+                }
+            }
+            line
+        })
+        .collect();
+    let top = |key: fn(&ConduitLine) -> u64| {
+        let mut sorted: Vec<ConduitLine> = lines.iter().filter(|l| key(l) != 0).cloned().collect();
+        sorted.sort_by(|a, b| key(b).cmp(&key(a)).then(a.conduit.cmp(&b.conduit)));
+        sorted.truncate(TOP);
+        sorted
+    };
+    let named = |names: &[&str], values: &[u64]| -> Vec<(String, u64)> {
+        names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect()
+    };
+    Ok(Report {
+        epoch,
+        passed_packets: passed,
+        denied_packets: denied,
+        denied_by_reason: by_reason,
+        top_by_traffic: top(|l| l.packets),
+        top_by_denied: top(|l| l.denied_packets),
+        flow_entries: maps.flow_count(),
+        flow_capacity: MAX_FLOWS,
+        flow_events: named(&FLOW_STAT_NAMES, &counters.flows),
+        events: named(&EVENT_STAT_NAMES, &maps.event_stats()?),
+        state,
+    })
+}
+
+impl Report {
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let s = &self.state;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "otfw instance {} (pid {}, version {}, running since {})",
+            s.instance, s.pid, s.version, s.started_at
+        );
+        let loaded = s
+            .generations
+            .iter()
+            .find(|g| g.epoch == self.epoch)
+            .map_or("?", |g| g.loaded_at.as_str());
+        let _ = writeln!(
+            out,
+            "policy:  {} (epoch {}, loaded {loaded})",
+            s.policy_file, self.epoch
+        );
+        let _ = writeln!(
+            out,
+            "metrics: {}",
+            s.metrics
+                .as_deref()
+                .map_or("off".to_string(), |a| format!("http://{a}/metrics"))
+        );
+        let _ = writeln!(out, "ports:");
+        for p in &s.ports {
+            let _ = writeln!(out, "  {:<16} {} XDP", p.name, p.mode);
+        }
+        let _ = writeln!(
+            out,
+            "packets: {} passed, {} denied",
+            self.passed_packets, self.denied_packets
+        );
+        for (reason, n) in &self.denied_by_reason {
+            let _ = writeln!(out, "  {reason:<24} {n}");
+        }
+        let table = |out: &mut String, title: &str, lines: &[ConduitLine]| {
+            let _ = writeln!(out, "{title}:");
+            if lines.is_empty() {
+                let _ = writeln!(out, "  (none)");
+            }
+            for l in lines {
+                let _ = writeln!(
+                    out,
+                    "  {:<28} {:>10} packets {:>12} bytes {:>8} denied",
+                    l.conduit, l.packets, l.bytes, l.denied_packets
+                );
+            }
+        };
+        table(
+            &mut out,
+            "top conduits by traffic (this generation)",
+            &self.top_by_traffic,
+        );
+        table(&mut out, "top conduits by denied", &self.top_by_denied);
+        let flows: Vec<String> = self
+            .flow_events
+            .iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(e, n)| format!("{e} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "flows:   {} of {} entries; {}",
+            self.flow_entries,
+            self.flow_capacity,
+            if flows.is_empty() {
+                "no events".to_string()
+            } else {
+                flows.join(", ")
+            }
+        );
+        let events: Vec<String> = self
+            .events
+            .iter()
+            .map(|(e, n)| format!("{e} {n}"))
+            .collect();
+        let _ = writeln!(out, "events:  {}", events.join(", "));
+        out
+    }
+}
