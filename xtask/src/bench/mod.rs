@@ -97,11 +97,9 @@ pub fn run(repo: &Path, args: &BenchArgs) -> Result<()> {
     let peer = work.join("bench-peer");
     // Unlinked first: a copy over a binary that still runs would fail.
     let _ = std::fs::remove_file(&peer);
-    std::fs::copy(
-        std::env::current_exe().context("locating the xtask binary")?,
-        &peer,
-    )
-    .context("copying the xtask binary for the lab's traffic endpoints")?;
+    // /proc/self/exe still reads when the file it was started from has been replaced.
+    std::fs::copy("/proc/self/exe", &peer)
+        .context("copying the xtask binary for the lab's traffic endpoints")?;
     let tools = bridge::Tools {
         otfw: &otfw,
         xtask: peer,

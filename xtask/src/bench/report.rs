@@ -288,10 +288,19 @@ impl<'a> Report<'a> {
         if let (Some(none), Some(otfw)) =
             (self.latency(Filter::None), self.latency(Filter::OtfwNative))
         {
-            let (p50, p99) = (added(otfw, none, 50.0), added(otfw, none, 99.0));
+            let p50 = added(otfw, none, 50.0);
+            let median = |l: &Latency| {
+                let mut v: Vec<f64> = l.rtt_ns.iter().map(|&n| n as f64 / 1e3).collect();
+                v.sort_by(f64::total_cmp);
+                percentile(&v, 50.0)
+            };
             v.push(Verdict {
-                what: "Added latency, otfw native (round trip)".into(),
-                result: format!("p50 {p50:+.1} us, p99 {p99:+.1} us"),
+                what: "Added latency, otfw native (round trip, median)".into(),
+                result: format!(
+                    "{p50:+.1} us ({:.1} vs {:.1} us; tails in section 5)",
+                    median(otfw),
+                    median(none)
+                ),
                 target: "reported".into(),
                 status: "-".into(),
             });
@@ -606,7 +615,10 @@ impl<'a> Report<'a> {
         md.push_str(
             "\n## 5. Latency through the bridge\n\nRound trips of a 12-byte Modbus request and \
              its 29-byte response on one TCP connection between the namespaces (request and \
-             reply each cross the filter once), alternated by filter like the throughput.\n\n\
+             reply each cross the filter once), alternated by filter like the throughput. Read \
+             the medians: on two shared CPUs the tails (p99 and beyond) are set by other users' \
+             work preempting the exchange, not by the filters, so an *added* tail can even come \
+             out negative.\n\n\
              ![latency](latency.png)\n\n| filter | samples | p50 us | p90 us | p99 us | p99.9 \
              us | max us | added p50 | added p99 |\n|---|---|---|---|---|---|---|---|---|\n",
         );
