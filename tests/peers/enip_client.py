@@ -47,6 +47,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 
 from enip_tags import TAGS
 
@@ -181,6 +182,7 @@ class Cpppo:
         connection = self.connect(connected)
         sock = connection.conn
         clean = False
+        begun = time.monotonic()
         try:
             results = []
             try:
@@ -199,6 +201,10 @@ class Cpppo:
                     raise Timeout(str(error)) from error
                 raise
             if len(results) != len(operations):
+                # cpppo's harvest ends early both when the server closes the connection and
+                # when no reply comes in time.
+                if time.monotonic() - begun >= self.timeout * 0.9:
+                    raise Timeout("no reply in time")
                 raise Closed("the connection ended before every reply")
             clean = True
             return results
@@ -207,6 +213,8 @@ class Cpppo:
                 connection.close()
             else:
                 abort(sock)
+                # Nothing more to send on it (no Forward Close when collected).
+                connection.conn = None
 
     def list_identity(self, udp=False):
         if udp:
