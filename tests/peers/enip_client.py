@@ -153,10 +153,26 @@ class Cpppo:
     """cpppo's client API (what `python -m cpppo.server.enip.client` runs)."""
 
     def __init__(self, host, port, timeout):
+        from cpppo.server import network
         from cpppo.server.enip import client
 
         self.client = client
         self.host, self.port, self.timeout = host, port, timeout
+        self.reset = False
+
+        # cpppo's recv takes any socket error for an end of stream; note a reset, so that
+        # it is told apart from the server closing the connection.
+        @network.readable(default=None)
+        def recv(conn, maxlen=4 * 1024):
+            try:
+                return conn.recv(maxlen)
+            except ConnectionResetError:
+                self.reset = True
+                return b""
+            except OSError:
+                return b""
+
+        network.recv = recv
 
     def connect(self, connected=False):
         cls = self.client.implicit if connected else self.client.connector
@@ -183,6 +199,7 @@ class Cpppo:
         sock = connection.conn
         clean = False
         begun = time.monotonic()
+        self.reset = False
         try:
             results = []
             try:
@@ -201,8 +218,10 @@ class Cpppo:
                     raise Timeout(str(error)) from error
                 raise
             if len(results) != len(operations):
-                # cpppo's harvest ends early both when the server closes the connection and
+                # cpppo's harvest ends early when the connection is reset or closed, and
                 # when no reply comes in time.
+                if self.reset:
+                    raise ConnectionResetError("the connection was reset")
                 if time.monotonic() - begun >= self.timeout * 0.9:
                     raise Timeout("no reply in time")
                 raise Closed("the connection ended before every reply")
