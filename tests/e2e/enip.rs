@@ -168,7 +168,12 @@ fn writes(value: i64) -> [EnipOp; 4] {
 
 /// Each refused write produced one `enip_denied` event for a write_tag.
 fn write_events(fw: &mut Firewall, client: EnipClient, verdict: &str) {
-    for expected_tag in ["Line1_Speed", "Recipe_Setpoint", "Line1_Speed", "Recipe_Setpoint"] {
+    for expected_tag in [
+        "Line1_Speed",
+        "Recipe_Setpoint",
+        "Line1_Speed",
+        "Recipe_Setpoint",
+    ] {
         let event = denied_event(fw);
         let name = client.name();
         assert_eq!(event["reason"], "cip_service_denied", "{name}: {event}");
@@ -221,7 +226,13 @@ fn read_only_conduit_drops_writes_engineering_writes() {
         assert_eq!(tags["Recipe_Setpoint"], value, "{name}");
         assert_eq!(tags["Secret"][1], value, "{name}");
         assert_eq!(
-            one(&lab, client, "client", plc, EnipOp::Read(tag("Line1_Speed"))),
+            one(
+                &lab,
+                client,
+                "client",
+                plc,
+                EnipOp::Read(tag("Line1_Speed"))
+            ),
             EnipResult::values([value]),
             "{name}: the client reads what engineering wrote"
         );
@@ -297,13 +308,7 @@ fn tags_allowlist_allows_listed_tags_only() {
             vec![EnipResult::Reset; 5],
             "{name}: reads of tags the rule does not list"
         );
-        for expected_tag in [
-            "Secret",
-            "Secret",
-            "Secret",
-            "Secret",
-            "Recipe_Setpoint",
-        ] {
+        for expected_tag in ["Secret", "Secret", "Secret", "Secret", "Recipe_Setpoint"] {
             let event = denied_event(&mut fw);
             assert_eq!(event["reason"], "cip_tag_denied", "{name}: {event}");
             assert_eq!(event["service"], "read_tag", "{name}: {event}");

@@ -290,7 +290,10 @@ mod tests {
 
     #[test]
     fn ops_format_as_the_client_takes_them() {
-        assert_eq!(EnipOp::Read("Secret[2]".into()).to_string(), "read:Secret[2]");
+        assert_eq!(
+            EnipOp::Read("Secret[2]".into()).to_string(),
+            "read:Secret[2]"
+        );
         assert_eq!(
             EnipOp::MultiRead(vec!["A".into(), "B".into()]).to_string(),
             "multi_read:A,B"
