@@ -20,6 +20,7 @@ mod bpf {
     pub mod packet;
     pub mod reset;
     pub mod stats;
+    pub mod stream;
     pub mod verdict;
     pub mod zone;
 }

@@ -135,6 +135,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         None => None,
     };
     let mut events_lost = 0;
+    let mut enip_events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
@@ -148,6 +149,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 if lost != events_lost {
                     events_lost = lost;
                     events::emit(&Event::ModbusEventsLost { total: lost });
+                }
+                let lost = datapath.enip_counts().map_or(enip_events_lost, |c| c.0);
+                if lost != enip_events_lost {
+                    enip_events_lost = lost;
+                    events::emit(&Event::EnipEventsLost { total: lost });
                 }
                 let now = file_fingerprint(&opts.policy);
                 if now != fingerprint {
@@ -242,12 +248,15 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
 fn emit_stats(datapath: &Datapath) {
     let counters = datapath.counters();
     let conduits = datapath.conduit_traffic();
-    match (counters, conduits) {
-        (Ok(counters), Ok(conduits)) => {
+    let requests = crate::metrics::inspector_requests(datapath);
+    match (counters, conduits, requests) {
+        (Ok(counters), Ok(conduits), Ok(requests)) => {
             let epoch = datapath.active().map(|g| g.epoch);
-            events::emit(&Event::stats(epoch, &counters, &conduits));
+            events::emit(&Event::stats(epoch, &counters, &conduits, &requests));
         }
-        (Err(e), _) | (_, Err(e)) => log::error!("SIGUSR1: reading the counters failed: {e:#}"),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            log::error!("SIGUSR1: reading the counters failed: {e:#}")
+        }
     }
 }
 

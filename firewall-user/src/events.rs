@@ -17,7 +17,10 @@ use firewall_common::{
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::datapath::{ConduitTraffic, Counters};
+use crate::{
+    datapath::{ConduitTraffic, Counters},
+    metrics::RequestCounts,
+};
 
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -61,6 +64,10 @@ pub enum Event<'a> {
         conduits: IndexMap<String, IndexMap<&'static str, PacketsBytes>>,
         /// Flow table events, e.g. `{"created": 3}`.
         flows: IndexMap<&'static str, u64>,
+        /// Inspected requests of the generation in force by protocol, conduit, function (Modbus
+        /// function, CIP service) and verdict, e.g.
+        /// `{"enip": {"hmi": {"write_tag": {"drop": 1}}}}`.
+        requests: RequestsByProtocol,
     },
     /// A Modbus request was refused (or, in monitor mode, would have been): the flow, the
     /// request and the reason.
@@ -70,7 +77,14 @@ pub enum Event<'a> {
     /// An EtherNet/IP request was refused (or, in monitor mode, would have been): the flow,
     /// the command, the CIP service with its class, instance and tag, and the reason.
     EnipDenied(crate::datapath::EnipDenied),
+    /// Denied-request events the EtherNet/IP ring buffer had no room for, since the controller
+    /// started.
+    EnipEventsLost { total: u64 },
 }
+
+/// `{protocol: {conduit: {function: {verdict: requests}}}}`.
+pub type RequestsByProtocol =
+    IndexMap<String, IndexMap<String, IndexMap<String, IndexMap<String, u64>>>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PacketsBytes {
@@ -85,6 +99,7 @@ impl Event<'_> {
         epoch: Option<u32>,
         counters: &Counters,
         conduits: &[ConduitTraffic],
+        requests: &RequestCounts,
     ) -> Event<'static> {
         let mut reasons = IndexMap::new();
         for (code, row) in counters.reasons.iter().enumerate() {
@@ -123,11 +138,26 @@ impl Event<'_> {
             .filter(|(_, &n)| n != 0)
             .map(|(&name, &n)| (name, n))
             .collect();
+        let mut by_protocol = RequestsByProtocol::new();
+        for ([conduit, protocol, function, verdict], &n) in requests {
+            if n == 0 {
+                continue;
+            }
+            by_protocol
+                .entry(protocol.clone())
+                .or_default()
+                .entry(conduit.clone())
+                .or_default()
+                .entry(function.clone())
+                .or_default()
+                .insert(verdict.clone(), n);
+        }
         Event::Stats {
             epoch,
             reasons,
             conduits: by_conduit,
             flows,
+            requests: by_protocol,
         }
     }
 }
@@ -163,6 +193,7 @@ impl Event<'_> {
             Event::ModbusDenied(_) => "modbus_denied",
             Event::ModbusEventsLost { .. } => "modbus_events_lost",
             Event::EnipDenied(_) => "enip_denied",
+            Event::EnipEventsLost { .. } => "enip_events_lost",
         }
     }
 }
@@ -207,7 +238,15 @@ mod tests {
             ..ConduitTraffic::default()
         };
 
-        let line = to_line(&Event::stats(Some(3), &counters, &[reads, idle])).unwrap();
+        let mut requests = RequestCounts::new();
+        let key = |conduit: &str, protocol: &str, function: &str, verdict: &str| {
+            [conduit, protocol, function, verdict].map(str::to_owned)
+        };
+        requests.insert(key("hmi", "enip", "write_tag", "drop"), 1);
+        requests.insert(key("hmi", "enip", "read_tag", "pass"), 4);
+        requests.insert(key("hmi", "enip", "list_identity", "pass"), 0);
+        requests.insert(key("historian-reads", "modbus", "read_coils", "pass"), 2);
+        let line = to_line(&Event::stats(Some(3), &counters, &[reads, idle], &requests)).unwrap();
         let mut value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert!(value["timestamp"].is_string(), "{line}");
         value.as_object_mut().unwrap().remove("timestamp");
@@ -219,6 +258,10 @@ mod tests {
                 "reasons": {"none": {"pass": 12}, "no_conduit": {"drop": 2}},
                 "conduits": {"historian-reads": {"pass": {"packets": 10, "bytes": 700}}},
                 "flows": {"created": 1},
+                "requests": {
+                    "modbus": {"historian-reads": {"read_coils": {"pass": 2}}},
+                    "enip": {"hmi": {"read_tag": {"pass": 4}, "write_tag": {"drop": 1}}},
+                },
             })
         );
     }
@@ -229,11 +272,11 @@ mod tests {
             reasons: vec![[0; 4]; REASON_COUNT as usize],
             flows: [0; FLOW_STATS_LEN as usize],
         };
-        let line = to_line(&Event::stats(None, &counters, &[])).unwrap();
+        let line = to_line(&Event::stats(None, &counters, &[], &RequestCounts::new())).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["event"], "stats");
         assert_eq!(value["epoch"], serde_json::Value::Null);
-        for key in ["reasons", "conduits", "flows"] {
+        for key in ["reasons", "conduits", "flows", "requests"] {
             assert_eq!(value[key], json!({}), "{key} in {line}");
         }
     }

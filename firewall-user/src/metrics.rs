@@ -34,7 +34,7 @@ use prometheus::{
 pub use http::{bind, serve, ScrapeRequest, DEFAULT_ADDR};
 pub use totals::{ConduitKey, ConduitTotals};
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, EnipTraffic, ModbusTraffic};
 
 /// How long a flow-table entry count (a walk over the table's keys) is reused.
 const FLOW_COUNT_TTL: Duration = Duration::from_secs(5);
@@ -60,8 +60,8 @@ pub struct Metrics {
     events_lost: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
     pub totals: ConduitTotals,
-    /// Modbus requests of generations no longer in force, by (conduit, function, verdict).
-    modbus_retired: BTreeMap<[String; 3], u64>,
+    /// Inspector requests of generations no longer in force.
+    requests_retired: RequestCounts,
     flow_count: Option<(Instant, usize)>,
 }
 
@@ -86,7 +86,7 @@ pub fn parse_error_protocol(reason: &str) -> Option<&'static str> {
         "tcp_bad_data_offset" | "tcp_bad_flags" => "tcp",
         "nd_bad_hop_limit" => "icmpv6",
         r if r.starts_with("modbus_") && is_malformed(r) => "modbus",
-        r if r.starts_with("enip_") && is_malformed(r) => "enip",
+        r if (r.starts_with("enip_") || r.starts_with("cip_")) && is_malformed(r) => "enip",
         _ => return None,
     })
 }
@@ -100,6 +100,8 @@ fn is_malformed(reason: &str) -> bool {
         "unframed",
         "trailing",
         "too_many",
+        "too_long",
+        "too_deep",
     ]
     .iter()
     .any(|w| reason.contains(w))
@@ -223,8 +225,8 @@ impl Metrics {
         let events_lost = family!(
             IntCounterVec,
             "otfw_events_lost_total",
-            "Events lost: rate_limited (datapath token bucket), ring_full and \
-             modbus_ring_full (controller too slow), write_error (stdout or events file failed).",
+            "Events lost: rate_limited (datapath token bucket), ring_full, modbus_ring_full and \
+             enip_ring_full (controller too slow), write_error (stdout or events file failed).",
             ["cause"]
         );
         let build_info = family!(
@@ -246,6 +248,7 @@ impl Metrics {
             "rate_limited",
             "ring_full",
             "modbus_ring_full",
+            "enip_ring_full",
             "write_error",
         ] {
             events_lost.with_label_values(&[cause]);
@@ -272,7 +275,7 @@ impl Metrics {
             events,
             events_lost,
             totals: ConduitTotals::default(),
-            modbus_retired: BTreeMap::new(),
+            requests_retired: RequestCounts::new(),
             flow_count: None,
         })
     }
@@ -299,16 +302,12 @@ impl Metrics {
     }
 
     /// Folds the counts of the generation the next install replaces (call before `install`).
-    /// Modbus counters are read for the generation in force only, so its counts are folded as
-    /// it stops being in force.
+    /// Inspector (Modbus, EtherNet/IP) counters are read for the generation in force only, so
+    /// its counts are folded as it stops being in force.
     pub fn before_install(&mut self, datapath: &Datapath) {
-        match modbus_requests(datapath) {
-            Ok(requests) => {
-                for (key, n) in requests {
-                    *self.modbus_retired.entry(key).or_default() += n;
-                }
-            }
-            Err(e) => log::warn!("metrics: reading the Modbus counters failed: {e:#}"),
+        match inspector_requests(datapath) {
+            Ok(requests) => fold(&mut self.requests_retired, requests),
+            Err(e) => log::warn!("metrics: reading the inspector counters failed: {e:#}"),
         }
         if let Some(generation) = datapath.retiring() {
             match datapath.generation_traffic(generation) {
@@ -395,16 +394,18 @@ impl Metrics {
             );
         }
 
-        let mut requests = self.modbus_retired.clone();
-        for (key, n) in modbus_requests(datapath)? {
-            *requests.entry(key).or_default() += n;
-        }
-        for ([conduit, function, verdict], n) in &requests {
-            self.requests([conduit, "modbus", function, verdict], *n);
+        let mut requests = self.requests_retired.clone();
+        fold(&mut requests, inspector_requests(datapath)?);
+        for ([conduit, protocol, function, verdict], n) in &requests {
+            self.requests([conduit, protocol, function, verdict], *n);
         }
         raise(
             &self.events_lost.with_label_values(&["modbus_ring_full"]),
             datapath.modbus_events_lost()?,
+        );
+        raise(
+            &self.events_lost.with_label_values(&["enip_ring_full"]),
+            datapath.enip_counts()?.0,
         );
 
         let lost = datapath.event_stats()?;
@@ -434,22 +435,69 @@ impl Metrics {
     }
 }
 
-/// Modbus requests (not responses) of the generation in force, by (conduit, function name,
-/// verdict).
-fn modbus_requests(datapath: &Datapath) -> Result<BTreeMap<[String; 3], u64>> {
-    let mut out = BTreeMap::new();
-    for t in datapath.modbus_traffic()? {
+/// Inspected requests by `[conduit, protocol, function, verdict]`.
+pub type RequestCounts = BTreeMap<[String; 4], u64>;
+
+/// Adds `more` into `into` (counts of a retiring generation into the totals).
+pub fn fold(into: &mut RequestCounts, more: RequestCounts) {
+    for (key, n) in more {
+        *into.entry(key).or_default() += n;
+    }
+}
+
+/// Modbus and EtherNet/IP requests of the generation in force.
+pub fn inspector_requests(datapath: &Datapath) -> Result<RequestCounts> {
+    let mut out = modbus_requests(&datapath.modbus_traffic()?);
+    fold(&mut out, enip_requests(&datapath.enip_traffic()?));
+    Ok(out)
+}
+
+/// Modbus requests (not responses), by conduit, function name and verdict.
+pub fn modbus_requests(traffic: &[ModbusTraffic]) -> RequestCounts {
+    let mut out = RequestCounts::new();
+    for t in traffic {
         if !VERDICT_NAMES.contains(&t.kind) {
             continue;
         }
         let key = [
-            t.conduit,
+            t.conduit.clone(),
+            "modbus".to_owned(),
             modbus_function_name(t.function),
             t.kind.to_string(),
         ];
         *out.entry(key).or_default() += t.adus;
     }
-    Ok(out)
+    out
+}
+
+/// EtherNet/IP requests, by conduit, function and verdict. The function is the CIP service's
+/// policy name resolved against its class (`write_tag`, `set_attribute_single`, `0x4b` when
+/// unnamed), or for encapsulation messages that carry no CIP request their command
+/// (`list_identity`, `register_session`, ...). SendRRData and SendUnitData messages are counted
+/// by the CIP requests they carry, and implicit I/O datagrams not at all (they are cyclic data,
+/// not requests; their refusals are in `otfw_denied_packets_total`).
+pub fn enip_requests(traffic: &[EnipTraffic]) -> RequestCounts {
+    let mut out = RequestCounts::new();
+    for t in traffic {
+        let function = if !t.service.is_empty() {
+            t.service.clone()
+        } else if matches!(
+            t.command.as_str(),
+            "send_rr_data" | "send_unit_data" | "implicit_io"
+        ) {
+            continue;
+        } else {
+            t.command.clone()
+        };
+        let key = [
+            t.conduit.clone(),
+            "enip".to_owned(),
+            function,
+            t.verdict.to_string(),
+        ];
+        *out.entry(key).or_default() += t.requests;
+    }
+    out
 }
 
 /// The policy name of a Modbus function code (`read_coils`, ...), or its number.

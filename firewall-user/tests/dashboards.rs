@@ -135,3 +135,72 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The function label regex of the write/program alert, as Prometheus applies it (anchored).
+fn write_alert_regex() -> regex::Regex {
+    let text = std::fs::read_to_string(dashboards().join("alerts.yml")).unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let rule = rules["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert"] == "OtfwDeniedWriteOrProgramAttempt")
+        .expect("no OtfwDeniedWriteOrProgramAttempt alert");
+    let expr = rule["expr"].as_str().unwrap();
+    let start = expr.find("function=~\"").expect("no function matcher") + "function=~\"".len();
+    let pattern = &expr[start..start + expr[start..].find('"').unwrap()];
+    regex::Regex::new(&format!("^(?:{pattern})$")).unwrap()
+}
+
+/// The alert covers the CIP services that change a device (by the names the exporter puts in
+/// `function`, the policy's service names) and the Modbus writes, and not the reads.
+#[test]
+fn write_alert_covers_cip_write_and_admin_services() {
+    let re = write_alert_regex();
+    let services: BTreeSet<&str> = otfw::policy::enip::SERVICES
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    for name in [
+        "set_attributes_all",
+        "set_attribute_list",
+        "set_attribute_single",
+        "reset",
+        "start",
+        "stop",
+        "create",
+        "delete",
+        "apply_attributes",
+        "restore",
+        "save",
+        "execute_pccc",
+        "write_tag",
+        "read_modify_write_tag",
+        "write_tag_fragmented",
+    ] {
+        assert!(services.contains(name), "{name} is not a CIP service name");
+        assert!(re.is_match(name), "the write alert misses {name}");
+    }
+    for name in [
+        "write_single_coil",
+        "write_multiple_registers",
+        "mask_write_register",
+    ] {
+        assert!(re.is_match(name), "the write alert misses {name}");
+    }
+    for name in [
+        "get_attributes_all",
+        "get_attribute_single",
+        "get_attribute_list",
+        "read_tag",
+        "read_tag_fragmented",
+        "multiple_service_packet",
+        "forward_open",
+        "forward_close",
+        "list_identity",
+        "register_session",
+        "read_holding_registers",
+    ] {
+        assert!(!re.is_match(name), "the write alert fires on {name}");
+    }
+}

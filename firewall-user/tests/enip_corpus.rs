@@ -4,13 +4,12 @@
 //! `read` preset, embedded requests (Multiple Service Packet, Unconnected Send) included.
 //! Prints the per-capture tally.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    process::Command,
-};
+#[path = "common/corpus.rs"]
+mod corpus;
 
-use otfw::{capture, datapath::Datapath, policy::check_str};
+use std::{collections::HashMap, path::Path, process::Command};
+
+use corpus::Seen;
 
 /// Service codes of the `read` preset; 0x4E counts only on the Connection Manager
 /// (Forward_Close; on a tag it is Read-Modify-Write), 0x52 is read either way (Unconnected
@@ -18,25 +17,7 @@ use otfw::{capture, datapath::Datapath, policy::check_str};
 const READ: [u8; 9] = [0x01, 0x03, 0x0E, 0x4C, 0x52, 0x55, 0x0A, 0x54, 0x5B];
 
 fn policy() -> String {
-    "version: 1
-gateway:
-  bridge: br-corpus
-defaults:
-  action: deny
-  intra_zone: deny
-  midstream: adopt
-  non_ip: [arp]
-zones:
-  everywhere:
-    networks: [0.0.0.0/0, \"::/0\"]
-conduits:
-  - name: read-only
-    from: everywhere
-    to: everywhere
-    allow:
-      - enip: { services: [read] }
-"
-    .into()
+    corpus::policy("      - enip: { services: [read] }\n")
 }
 
 /// The CIP requests tshark sees in one frame sent to 44818: service codes, and how many of
@@ -121,107 +102,30 @@ fn oracle(path: &Path) -> HashMap<usize, Oracle> {
     frames
 }
 
-fn on_enip_port(frame: &[u8]) -> bool {
-    match etherparse::SlicedPacket::from_ethernet(frame) {
-        Ok(p) => match p.transport {
-            Some(etherparse::TransportSlice::Tcp(t)) => {
-                t.source_port() == 44818 || t.destination_port() == 44818
-            }
-            Some(etherparse::TransportSlice::Udp(u)) => [44818, 2222]
-                .iter()
-                .any(|p| *p == u.source_port() || *p == u.destination_port()),
-            _ => false,
-        },
-        Err(_) => false,
-    }
-}
-
-#[derive(Default)]
-struct Tally {
-    frames: usize,
-    passed: usize,
-    dropped: BTreeMap<&'static str, usize>,
-    read_frames: usize,
-    read_passed: usize,
-    other_frames: usize,
-    other_passed: usize,
-}
-
 #[test]
 fn read_only_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/enip");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the corpus lives in ../shared/pcaps next to the repository",
-        dir.display()
-    );
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    captures.sort();
-    let (loaded, diagnostics) = check_str("corpus.yaml", &policy());
-    let compiled = loaded
-        .unwrap_or_else(|| panic!("policy: {diagnostics:#?}"))
-        .compiled;
-    let mut failures = Vec::new();
-    println!(
-        "{:<44} {:>6} {:>6} {:>11} {:>11}  dropped by reason",
-        "capture", "frames", "passed", "reads pass", "other pass"
-    );
-    for path in &captures {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let mut dp = Datapath::load().expect("loading the XDP object (needs root)");
-        dp.install(&compiled).unwrap();
-        dp.enable_trace().unwrap();
-        let truth = oracle(path);
-        let frames = capture::frames(path).unwrap();
-        let mut t = Tally::default();
-        for (i, frame) in frames.iter().enumerate() {
-            if !on_enip_port(frame) {
-                continue;
+    corpus::replay(
+        "enip",
+        44,
+        &policy(),
+        |frame| corpus::on_ports(frame, &[44818], &[44818, 2222]),
+        oracle,
+        |o: &Oracle, d| {
+            if o.services.is_empty() {
+                return None;
             }
-            let number = i + 1;
-            let d = dp.run_frame(frame).unwrap();
-            t.frames += 1;
-            if d.passed() {
-                t.passed += 1;
-            } else {
-                *t.dropped.entry(d.reason.name()).or_default() += 1;
-            }
-            let Some(o) = truth.get(&number).filter(|o| !o.services.is_empty()) else {
-                continue;
-            };
             let outside = o.outside_read();
-            if outside.is_empty() {
-                t.read_frames += 1;
-                if d.passed() {
-                    t.read_passed += 1;
-                }
-            } else {
-                t.other_frames += 1;
-                if d.passed() {
-                    t.other_passed += 1;
-                    failures.push(format!(
-                        "{name} frame {number}: passed with CIP requests {outside:02x?} outside \
-                         `read` (all: {:02x?}; inspector saw {:?})",
-                        o.services, d.cip
-                    ));
-                }
-            }
-        }
-        let dropped: Vec<String> = t.dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        println!(
-            "{:<44} {:>6} {:>6} {:>5}/{:<5} {:>5}/{:<5}  {}",
-            name,
-            t.frames,
-            t.passed,
-            t.read_passed,
-            t.read_frames,
-            t.other_passed,
-            t.other_frames,
-            dropped.join(", ")
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+            let failure = (!outside.is_empty() && d.passed()).then(|| {
+                format!(
+                    "passed with CIP requests {outside:02x?} outside `read` (all: {:02x?}; \
+                     inspector saw {:?})",
+                    o.services, d.cip
+                )
+            });
+            Some(Seen {
+                reads_only: outside.is_empty(),
+                failure,
+            })
+        },
+    );
 }

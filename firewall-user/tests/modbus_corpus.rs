@@ -4,13 +4,12 @@
 //! frames carrying only reads pass unless a framing or sanity reason drops them. Prints the
 //! per-capture tally.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    process::Command,
-};
+#[path = "common/corpus.rs"]
+mod corpus;
 
-use otfw::{capture, datapath::Datapath, policy::check_str};
+use std::{collections::HashMap, path::Path, process::Command};
+
+use corpus::Seen;
 
 const PORTS: [u16; 3] = [502, 5020, 5021];
 const READ: [u8; 7] = [1, 2, 3, 4, 20, 24, 43];
@@ -38,25 +37,7 @@ fn policy() -> String {
         .iter()
         .map(|p| format!("      - modbus: {{ port: {p}, functions: [read] }}\n"))
         .collect();
-    format!(
-        "version: 1
-gateway:
-  bridge: br-corpus
-defaults:
-  action: deny
-  intra_zone: deny
-  midstream: adopt
-  non_ip: [arp]
-zones:
-  everywhere:
-    networks: [0.0.0.0/0, \"::/0\"]
-conduits:
-  - name: read-only
-    from: everywhere
-    to: everywhere
-    allow:
-{rules}"
-    )
+    corpus::policy(&rules)
 }
 
 /// What tshark sees in one frame: the request function codes (with MEI type for 43).
@@ -129,111 +110,35 @@ fn is_read(request: &(u8, Option<u8>)) -> bool {
     }
 }
 
-fn on_modbus_port(frame: &[u8]) -> bool {
-    match etherparse::SlicedPacket::from_ethernet(frame) {
-        Ok(p) => match p.transport {
-            Some(etherparse::TransportSlice::Tcp(t)) => {
-                PORTS.contains(&t.source_port()) || PORTS.contains(&t.destination_port())
-            }
-            _ => false,
-        },
-        Err(_) => false,
-    }
-}
-
-#[derive(Default)]
-struct Tally {
-    frames: usize,
-    passed: usize,
-    dropped: BTreeMap<&'static str, usize>,
-    /// Frames with only read requests (per tshark) and what happened to them.
-    read_frames: usize,
-    read_passed: usize,
-    /// Frames with a request outside the read preset.
-    other_frames: usize,
-    other_passed: usize,
-}
-
 #[test]
 fn read_only_corpus() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/modbus");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the corpus lives in ../shared/pcaps next to the repository",
-        dir.display()
-    );
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    captures.sort();
-    let (loaded, diagnostics) = check_str("corpus.yaml", &policy());
-    let compiled = loaded
-        .unwrap_or_else(|| panic!("policy: {diagnostics:#?}"))
-        .compiled;
-    let mut failures = Vec::new();
-    println!(
-        "{:<46} {:>6} {:>6} {:>11} {:>11}  dropped by reason",
-        "capture", "frames", "passed", "reads pass", "other pass"
-    );
-    for path in &captures {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        // A fresh datapath per capture: the captures reuse addresses and ports.
-        let mut dp = Datapath::load().expect("loading the XDP object (needs root)");
-        dp.install(&compiled).unwrap();
-        dp.enable_trace().unwrap();
-        let truth = oracle(path);
-        let frames = capture::frames(path).unwrap();
-        let mut t = Tally::default();
-        for (i, frame) in frames.iter().enumerate() {
-            if !on_modbus_port(frame) {
-                continue;
+    corpus::replay(
+        "modbus",
+        46,
+        &policy(),
+        |frame| corpus::on_ports(frame, &PORTS, &[]),
+        oracle,
+        |o: &Oracle, d| {
+            if o.requests.is_empty() {
+                return None;
             }
-            let number = i + 1;
-            let d = dp.run_frame(frame).unwrap();
-            t.frames += 1;
-            if d.passed() {
-                t.passed += 1;
-            } else {
-                *t.dropped.entry(d.reason.name()).or_default() += 1;
-            }
-            let Some(o) = truth.get(&number).filter(|o| !o.requests.is_empty()) else {
-                continue;
-            };
-            if o.requests.iter().all(is_read) {
-                t.read_frames += 1;
-                if d.passed() {
-                    t.read_passed += 1;
-                } else if !FRAMING_OR_SANITY.contains(&d.reason.name()) {
-                    failures.push(format!(
-                        "{name} frame {number}: reads only per tshark ({:?}) dropped as {}",
+            let reads_only = o.requests.iter().all(is_read);
+            let failure = if reads_only {
+                (!d.passed() && !FRAMING_OR_SANITY.contains(&d.reason.name())).then(|| {
+                    format!(
+                        "reads only per tshark ({:?}) dropped as {}",
                         o.requests,
                         d.reason.name()
-                    ));
-                }
+                    )
+                })
             } else {
-                t.other_frames += 1;
-                if d.passed() {
-                    t.other_passed += 1;
-                    failures.push(format!(
-                        "{name} frame {number}: passed with requests {:?} outside `read`",
-                        o.requests
-                    ));
-                }
-            }
-        }
-        let dropped: Vec<String> = t.dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        println!(
-            "{:<46} {:>6} {:>6} {:>5}/{:<5} {:>5}/{:<5}  {}",
-            name,
-            t.frames,
-            t.passed,
-            t.read_passed,
-            t.read_frames,
-            t.other_passed,
-            t.other_frames,
-            dropped.join(", ")
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+                d.passed()
+                    .then(|| format!("passed with requests {:?} outside `read`", o.requests))
+            };
+            Some(Seen {
+                reads_only,
+                failure,
+            })
+        },
+    );
 }

@@ -4,6 +4,7 @@
 
 mod common;
 mod controller;
+mod enip;
 mod firewall;
 mod lab;
 mod metrics;

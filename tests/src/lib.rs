@@ -16,6 +16,7 @@
 
 mod address;
 mod binaries;
+mod enip;
 mod lab;
 mod modbus;
 mod netns;
@@ -26,6 +27,9 @@ mod prometheus;
 
 pub use address::Cidr;
 pub use binaries::{repo_root, target_binary, venv_python};
+pub use enip::{
+    initial as enip_initial, require_enip_peers, EnipClient, EnipOp, EnipResult, EnipServer,
+};
 pub use lab::{HostSpec, Lab, LabHost, LabOptions};
 pub use modbus::{
     initial as modbus_initial, require_modbus_peers, Datastore, ModbusClient, ModbusOp,

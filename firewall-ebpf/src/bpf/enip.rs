@@ -31,6 +31,7 @@ use super::{
     },
     reset,
     stats::{self, Accounted},
+    stream,
 };
 
 const MASK: u32 = MSG_MAX - 1;
@@ -158,25 +159,16 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         return action;
     }
     if flags & TCP_RST == 0 {
-        if flow.flags & EFLOW_RESET != 0 {
-            acc.reason = Reason::EnipBlocked as u8;
-            acc.verdict = if monitor {
-                VERDICT_MONITOR
-            } else {
-                VERDICT_RESET
-            };
-            stats::record(ctx, &acc);
-            return if monitor {
-                xdp_action::XDP_PASS
-            } else {
-                reset::answer(ctx)
-            };
-        }
-        if to_server && flow.flags & EFLOW_BLOCKED != 0 {
-            acc.reason = Reason::EnipBlocked as u8;
-            acc.verdict = VERDICT_DROP;
-            stats::record(ctx, &acc);
-            return xdp_action::XDP_DROP;
+        if let Some(action) = stream::refused(
+            ctx,
+            &mut acc,
+            Reason::EnipBlocked as u8,
+            flow.flags & EFLOW_RESET != 0,
+            flow.flags & EFLOW_BLOCKED != 0,
+            to_server,
+            monitor,
+        ) {
+            return action;
         }
     }
     if flags & TCP_ACK != 0 {
@@ -185,7 +177,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         } else {
             &mut flow.streams[0]
         };
-        note_ack(peer, ic.ack);
+        stream::note_ack(peer, ic.ack);
     }
     if ic.payload_len == 0 || flags & TCP_RST != 0 {
         stats::record(ctx, &acc);
@@ -502,17 +494,6 @@ fn reset_stream(st: &mut EnipStream) {
     st.skip = 0;
     st.have = 0;
     st.flags = 0;
-}
-
-#[inline(always)]
-fn note_ack(st: &mut EnipStream, ack: u32) {
-    if st.flags & ESTREAM_SYNCED == 0 || (ack.wrapping_sub(st.next_seq) as i32) > 0 {
-        return;
-    }
-    if st.flags & ESTREAM_ACKED == 0 || (ack.wrapping_sub(st.acked) as i32) > 0 {
-        st.acked = ack;
-        st.flags |= ESTREAM_ACKED;
-    }
 }
 
 /// Places a data segment in its stream: (commit, payload offset to frame from, refusal).
@@ -1734,4 +1715,21 @@ pub extern "C" fn otfw_enip_count_all(packed: u64, records: u64) -> u64 {
         }
     }
     0
+}
+
+impl stream::Position for EnipStream {
+    const SYNCED: u8 = ESTREAM_SYNCED;
+    const ACKED: u8 = ESTREAM_ACKED;
+    #[inline(always)]
+    fn flags(&mut self) -> &mut u8 {
+        &mut self.flags
+    }
+    #[inline(always)]
+    fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+    #[inline(always)]
+    fn acked(&mut self) -> &mut u32 {
+        &mut self.acked
+    }
 }

@@ -31,6 +31,7 @@ use super::{
     },
     reset,
     stats::{self, Accounted},
+    stream,
 };
 
 /// `otfw_modbus_adu` result: the prefix is incomplete, more bytes are needed.
@@ -108,25 +109,16 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         return action;
     }
     if flags & TCP_RST == 0 {
-        if flow.flags & MODBUS_RESET != 0 {
-            acc.reason = Reason::ModbusBlocked as u8;
-            acc.verdict = if monitor {
-                VERDICT_MONITOR
-            } else {
-                VERDICT_RESET
-            };
-            stats::record(ctx, &acc);
-            return if monitor {
-                xdp_action::XDP_PASS
-            } else {
-                reset::answer(ctx)
-            };
-        }
-        if to_server && flow.flags & MODBUS_BLOCKED != 0 {
-            acc.reason = Reason::ModbusBlocked as u8;
-            acc.verdict = VERDICT_DROP;
-            stats::record(ctx, &acc);
-            return xdp_action::XDP_DROP;
+        if let Some(action) = stream::refused(
+            ctx,
+            &mut acc,
+            Reason::ModbusBlocked as u8,
+            flow.flags & MODBUS_RESET != 0,
+            flow.flags & MODBUS_BLOCKED != 0,
+            to_server,
+            monitor,
+        ) {
+            return action;
         }
     }
     if flags & TCP_ACK != 0 {
@@ -136,7 +128,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         } else {
             &mut flow.streams[0]
         };
-        note_ack(peer, ic.ack);
+        stream::note_ack(peer, ic.ack);
     }
     // A reset's payload is never delivered.
     if ic.payload_len == 0 || flags & TCP_RST != 0 {
@@ -241,18 +233,6 @@ fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool, acc: &mut Ac
     stream.next_seq = start;
     stream.flags = STREAM_SYNCED;
     xdp_action::XDP_PASS
-}
-
-/// Remembers the highest acknowledgement of `stream`, never beyond what was passed.
-#[inline(always)]
-fn note_ack(stream: &mut ModbusStream, ack: u32) {
-    if stream.flags & STREAM_SYNCED == 0 || (ack.wrapping_sub(stream.next_seq) as i32) > 0 {
-        return;
-    }
-    if stream.flags & STREAM_ACKED == 0 || (ack.wrapping_sub(stream.acked) as i32) > 0 {
-        stream.acked = ack;
-        stream.flags |= STREAM_ACKED;
-    }
 }
 
 /// Places the segment in its stream, frames it, and commits the stream state if it passes.
@@ -1106,4 +1086,21 @@ fn contained(rule: &ModbusRule, table: usize, address: u16, quantity: u16) -> bo
         }
     }
     false
+}
+
+impl stream::Position for ModbusStream {
+    const SYNCED: u8 = STREAM_SYNCED;
+    const ACKED: u8 = STREAM_ACKED;
+    #[inline(always)]
+    fn flags(&mut self) -> &mut u8 {
+        &mut self.flags
+    }
+    #[inline(always)]
+    fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+    #[inline(always)]
+    fn acked(&mut self) -> &mut u32 {
+        &mut self.acked
+    }
 }

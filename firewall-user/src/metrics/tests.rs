@@ -1,6 +1,9 @@
 use std::collections::BTreeSet;
 
-use firewall_common::counters::{Traffic, VERDICT_DROP, VERDICT_PASS};
+use firewall_common::{
+    counters::{Traffic, VERDICT_DROP, VERDICT_PASS},
+    reason::Reason,
+};
 use prometheus::{Encoder as _, TextEncoder};
 
 use super::*;
@@ -104,6 +107,38 @@ fn parse_errors_are_grouped_by_protocol() {
     assert_eq!(parse_error_protocol("modbus_bad_length"), Some("modbus"));
     assert_eq!(parse_error_protocol("modbus_function_denied"), None);
     assert_eq!(parse_error_protocol("no_conduit"), None);
+    for reason in [
+        "enip_bad_header",
+        "enip_too_long",
+        "enip_bad_session",
+        "enip_bad_cpf",
+        "enip_unframed",
+        "enip_too_many_messages",
+        "enip_trailing_bytes",
+        "cip_bad_path",
+        "cip_malformed",
+        "cip_bad_msp",
+        "cip_too_deep",
+        "cip_tag_too_long",
+        "enip_io_malformed",
+    ] {
+        assert!(Reason::NAMES.contains(&reason), "{reason}");
+        assert_eq!(parse_error_protocol(reason), Some("enip"), "{reason}");
+    }
+    for reason in [
+        "enip_command_denied",
+        "enip_out_of_order",
+        "enip_retransmission",
+        "enip_blocked",
+        "enip_unknown_connection",
+        "cip_service_denied",
+        "cip_tag_denied",
+        "enip_io_no_connection",
+        "modbus_out_of_order",
+    ] {
+        assert!(Reason::NAMES.contains(&reason), "{reason}");
+        assert_eq!(parse_error_protocol(reason), None, "{reason}");
+    }
     for name in firewall_common::reason::Reason::NAMES {
         if let Some(p) = parse_error_protocol(name) {
             assert!(!p.is_empty());
@@ -204,4 +239,118 @@ fn modbus_functions_are_labelled_by_policy_name() {
     assert_eq!(modbus_function_name(3), "read_holding_registers");
     assert_eq!(modbus_function_name(5), "write_single_coil");
     assert_eq!(modbus_function_name(200), "200");
+}
+
+fn enip(conduit: &str, command: &str, service: &str, verdict: &'static str, n: u64) -> EnipTraffic {
+    EnipTraffic {
+        conduit: conduit.into(),
+        command: command.into(),
+        service: service.into(),
+        class: 0,
+        verdict,
+        requests: n,
+    }
+}
+
+fn key(conduit: &str, protocol: &str, function: &str, verdict: &str) -> [String; 4] {
+    [conduit, protocol, function, verdict].map(str::to_owned)
+}
+
+/// CIP requests count by service name (classes of one service summed), messages without CIP by
+/// command; SendRRData/SendUnitData and implicit I/O are not counted as requests themselves.
+#[test]
+fn enip_requests_are_labelled_by_cip_service_or_command() {
+    let requests = enip_requests(&[
+        enip("hmi", "send_rr_data", "", "pass", 7),
+        enip("hmi", "send_rr_data", "read_tag", "pass", 5),
+        enip("hmi", "send_unit_data", "read_tag", "pass", 2),
+        enip("hmi", "send_rr_data", "write_tag", "drop", 1),
+        enip("hmi", "send_rr_data", "get_attribute_single", "pass", 3),
+        enip("hmi", "list_identity", "", "pass", 1),
+        enip("hmi", "register_session", "", "pass", 2),
+        enip("eng", "send_rr_data", "0x4b", "reset", 1),
+        enip("eng", "implicit_io", "", "pass", 100),
+    ]);
+    let want = RequestCounts::from([
+        (key("hmi", "enip", "read_tag", "pass"), 7),
+        (key("hmi", "enip", "write_tag", "drop"), 1),
+        (key("hmi", "enip", "get_attribute_single", "pass"), 3),
+        (key("hmi", "enip", "list_identity", "pass"), 1),
+        (key("hmi", "enip", "register_session", "pass"), 2),
+        (key("eng", "enip", "0x4b", "reset"), 1),
+    ]);
+    assert_eq!(requests, want);
+}
+
+#[test]
+fn modbus_requests_leave_out_responses() {
+    let adus = |function, kind, adus| ModbusTraffic {
+        conduit: "scada".into(),
+        function,
+        kind,
+        detail: 0,
+        adus,
+    };
+    let requests = modbus_requests(&[
+        adus(3, "pass", 4),
+        adus(3, "response", 4),
+        adus(6, "drop", 1),
+        adus(6, "exception", 1),
+    ]);
+    assert_eq!(
+        requests,
+        RequestCounts::from([
+            (key("scada", "modbus", "read_holding_registers", "pass"), 4),
+            (key("scada", "modbus", "write_single_register", "drop"), 1),
+        ])
+    );
+}
+
+/// The counts of a retired generation are folded into the totals and the live generation's
+/// added on top, for both inspectors; the exported counter carries the protocol label.
+#[test]
+fn inspector_requests_fold_across_generations() {
+    let mut retired = RequestCounts::new();
+    fold(
+        &mut retired,
+        enip_requests(&[enip("hmi", "send_rr_data", "write_tag", "drop", 2)]),
+    );
+    fold(
+        &mut retired,
+        RequestCounts::from([(key("scada", "modbus", "read_coils", "pass"), 3)]),
+    );
+    let mut total = retired.clone();
+    fold(
+        &mut total,
+        enip_requests(&[
+            enip("hmi", "send_rr_data", "write_tag", "drop", 1),
+            enip("hmi", "send_rr_data", "set_attribute_single", "reset", 1),
+        ]),
+    );
+    assert_eq!(total[&key("hmi", "enip", "write_tag", "drop")], 3);
+    assert_eq!(
+        total[&key("hmi", "enip", "set_attribute_single", "reset")],
+        1
+    );
+    assert_eq!(total[&key("scada", "modbus", "read_coils", "pass")], 3);
+
+    let metrics = Metrics::new().unwrap();
+    for ([conduit, protocol, function, verdict], n) in &total {
+        metrics.requests([conduit, protocol, function, verdict], *n);
+    }
+    let body = text(&metrics);
+    for line in [
+        r#"otfw_requests_total{conduit="hmi",function="write_tag",protocol="enip",verdict="drop"} 3"#,
+        r#"otfw_requests_total{conduit="hmi",function="set_attribute_single",protocol="enip",verdict="reset"} 1"#,
+        r#"otfw_requests_total{conduit="scada",function="read_coils",protocol="modbus",verdict="pass"} 3"#,
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
+    }
+}
+
+#[test]
+fn enip_ring_losses_have_their_cause() {
+    let body = text(&Metrics::new().unwrap());
+    let line = r#"otfw_events_lost_total{cause="enip_ring_full"} 0"#;
+    assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
 }
