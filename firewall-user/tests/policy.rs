@@ -846,3 +846,69 @@ fn example_policy_compiles_with_only_its_intended_warning() {
     );
     assert_eq!(c.config.non_ip[0], 0x0806);
 }
+
+/// The overlap lint finds exactly the pairs a comparison of every network with every earlier one
+/// finds, on many nested and disjoint networks of both families across zones.
+#[test]
+fn overlap_lint_matches_pairwise_comparison() {
+    let mut zones: Vec<Vec<String>> = vec![Vec::new(); 5];
+    // A deterministic mix: /8../30 IPv4 blocks that nest or are disjoint, and IPv6 blocks.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut all: Vec<(usize, ipnet::IpNet)> = Vec::new();
+    for _ in 0..120 {
+        let r = next();
+        let zone = (r % 5) as usize;
+        let net: ipnet::IpNet = if r % 7 == 0 {
+            let len = 32 + (r >> 8) % 33;
+            let addr =
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, ((r >> 16) % 4) as u16, 0, 0, 0, 0, 0);
+            ipnet::Ipv6Net::new(addr, len as u8).unwrap().trunc().into()
+        } else {
+            let len = 8 + (r >> 8) % 23;
+            let addr = std::net::Ipv4Addr::from((10u32 << 24) | ((r >> 20) as u32 & 0x00ff_ffff));
+            ipnet::Ipv4Net::new(addr, len as u8).unwrap().trunc().into()
+        };
+        // The same network twice is an error, not a lint: keep the first.
+        if all.iter().any(|(_, n)| *n == net) {
+            continue;
+        }
+        all.push((zone, net));
+        zones[zone].push(net.to_string());
+    }
+    let mut text = String::from("version: 1\ngateway:\n  bridge: br0\nzones:\n");
+    for (z, nets) in zones.iter().enumerate() {
+        let list: Vec<String> = nets.iter().map(|n| format!("\"{n}\"")).collect();
+        text.push_str(&format!("  z{z}:\n    networks: [{}]\n", list.join(", ")));
+    }
+    // File order: zone by zone, network by network.
+    let file_order: Vec<(usize, ipnet::IpNet)> = zones
+        .iter()
+        .enumerate()
+        .flat_map(|(z, nets)| nets.iter().map(move |n| (z, n.parse().unwrap())))
+        .collect();
+    let mut expected = 0;
+    for (i, (_, net)) in file_order.iter().enumerate() {
+        for (_, earlier) in &file_order[..i] {
+            if earlier.contains(net) || net.contains(earlier) {
+                expected += 1;
+            }
+        }
+    }
+    let errs = errors(&text);
+    assert!(errs.is_empty(), "{errs:?}");
+    let found = warnings(&text)
+        .iter()
+        .filter(|w| w.contains(" overlaps "))
+        .count();
+    assert!(
+        expected > 10,
+        "the mix should overlap a lot, got {expected}"
+    );
+    assert_eq!(found, expected);
+}

@@ -1,6 +1,8 @@
 //! Warnings about valid policies that probably do not mean what their authors think. They never
 //! stop a policy from loading.
 
+use ipnet::IpNet;
+
 use super::enip;
 use super::source::{child, item, Diagnostics};
 use super::validated::*;
@@ -60,31 +62,71 @@ fn zones(policy: &Policy, diagnostics: &mut Diagnostics) {
                 }
             }
         }
+    }
+    network_overlaps(policy, diagnostics);
+}
+
+/// Warns, at the later of two overlapping networks (file order), about each earlier one it
+/// overlaps. CIDR blocks either nest or are disjoint, so one sweep over the networks sorted by
+/// start address (wider first) with a stack of the blocks still open finds every overlapping
+/// pair in O(n log n + pairs); policies with thousands of networks stay fast to check.
+fn network_overlaps(policy: &Policy, diagnostics: &mut Diagnostics) {
+    // (zone, network index) in file order, with the address range of each network.
+    let mut nets: Vec<(usize, usize, bool, u128, u128)> = Vec::new();
+    for (z, zone) in policy.zones.iter().enumerate() {
         for (n, net) in zone.networks.iter().enumerate() {
-            let net_path = item(&child(&path, "networks"), n);
-            let earlier = policy.zones[..=z].iter().flat_map(|other| {
-                let count = if other.name == zone.name {
-                    n
-                } else {
-                    other.networks.len()
-                };
-                other.networks[..count].iter().map(move |o| (other, o))
-            });
-            for (other, other_net) in earlier {
-                if !(other_net.contains(net) || net.contains(other_net)) {
-                    continue;
-                }
-                let message = if other.name == zone.name {
-                    format!("network {net} overlaps {other_net} of the same zone; keep one")
-                } else {
-                    format!(
-                        "network {net} overlaps {other_net} of zone `{}`; addresses in both \
-                         belong to the zone with the longer prefix",
-                        other.name
-                    )
-                };
-                diagnostics.warning(&net_path, message);
+            let (v6, start, end) = match net {
+                IpNet::V4(v4) => (
+                    false,
+                    u128::from(u32::from(v4.network())),
+                    u128::from(u32::from(v4.broadcast())),
+                ),
+                IpNet::V6(v6) => (true, u128::from(v6.network()), u128::from(v6.broadcast())),
+            };
+            nets.push((z, n, v6, start, end));
+        }
+    }
+    let mut order: Vec<usize> = (0..nets.len()).collect();
+    order.sort_by_key(|&i| (nets[i].2, nets[i].3, std::cmp::Reverse(nets[i].4), i));
+    // For each network (by its position in `nets`, which is file order), the earlier networks
+    // it overlaps.
+    let mut overlaps: Vec<Vec<usize>> = vec![Vec::new(); nets.len()];
+    let mut open: Vec<usize> = Vec::new();
+    for &i in &order {
+        let (_, _, v6, start, _) = nets[i];
+        while let Some(&top) = open.last() {
+            if nets[top].2 != v6 || nets[top].4 < start {
+                open.pop();
+            } else {
+                break;
             }
+        }
+        for &outer in &open {
+            let (earlier, later) = if outer < i { (outer, i) } else { (i, outer) };
+            overlaps[later].push(earlier);
+        }
+        open.push(i);
+    }
+    for (i, earlier) in overlaps.iter_mut().enumerate() {
+        earlier.sort_unstable();
+        let (z, n, ..) = nets[i];
+        let zone = &policy.zones[z];
+        let net = zone.networks[n];
+        let net_path = item(&child(&zone_path(zone), "networks"), n);
+        for &e in earlier.iter() {
+            let (oz, on, ..) = nets[e];
+            let other = &policy.zones[oz];
+            let other_net = other.networks[on];
+            let message = if oz == z {
+                format!("network {net} overlaps {other_net} of the same zone; keep one")
+            } else {
+                format!(
+                    "network {net} overlaps {other_net} of zone `{}`; addresses in both \
+                     belong to the zone with the longer prefix",
+                    other.name
+                )
+            };
+            diagnostics.warning(&net_path, message);
         }
     }
 }
@@ -145,9 +187,20 @@ fn conduit_lints(policy: &Policy, index: usize, conduit: &Conduit, diagnostics: 
 /// Conduits that another conduit makes redundant.
 fn redundant_conduits(policy: &Policy, diagnostics: &mut Diagnostics) {
     let conduits = &policy.conduits;
+    // Only conduits between the same two zones can cover one another; comparing within those
+    // groups keeps large policies fast to check.
+    let mut by_zones: std::collections::HashMap<(usize, usize), Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, c) in conduits.iter().enumerate() {
+        by_zones
+            .entry((c.from.zone, c.to.zone))
+            .or_default()
+            .push(i);
+    }
     for (b, narrow) in conduits.iter().enumerate() {
+        let group = &by_zones[&(narrow.from.zone, narrow.to.zone)];
         // Of two equivalent conduits, only the later one is reported.
-        let wider = conduits.iter().enumerate().find(|&(a, wide)| {
+        let wider = group.iter().map(|&a| (a, &conduits[a])).find(|&(a, wide)| {
             a != b && subsumes(wide, narrow) && !(a > b && subsumes(narrow, wide))
         });
         if let Some((_, wide)) = wider {
