@@ -782,13 +782,9 @@ fn gap_notes(r: &Report) -> String {
             md,
             "- **Compile and swap of {} conduits ({:.0} ms, target < {TARGET_SWAP_MS:.0} ms).** \
              The step that dominates is *{slowest}* ({slowest_ms:.0} ms of the pipeline; all other \
-             steps together {rest:.0} ms; the install {swap:.0} ms). Two lints compare every pair: \
-             zone networks for overlap (`lint::zones`, 10,000 prefixes = 50 million `contains` \
-             checks) and conduits for redundancy (`lint::redundant_conduits`, 100 million \
-             `subsumes` checks). *To close it:* sort the networks by address and prefix length and \
-             find overlaps in one pass with a stack of enclosing networks (n log n), and compare \
-             only conduits whose ends can contain each other (group by from/to zone). Without the \
-             quadratic lints the pipeline plus the install stays well under the target. The swap \
+             steps together {rest:.0} ms; the install {swap:.0} ms). The lints are n log n \
+             (overlaps by a sweep over sorted networks, redundancy only within a zone pair), so \
+             a miss here points at that step or at load on the machine; profile it. The swap \
              itself never interrupted traffic (section 4).\n",
             control.conduits,
             compile + swap
