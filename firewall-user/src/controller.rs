@@ -11,6 +11,8 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -94,46 +96,12 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
 
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
-    let mut kernel_log = match datapath.take_logger() {
-        // SAFETY: the logger owns its ring buffer's file descriptor and is moved into the
-        // AsyncFd, which deregisters it before dropping it.
-        Some(logger) => Some(
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    logger,
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .map_err(|e| e.into_parts().1)?,
-        ),
-        None => None,
-    };
+    let mut kernel_log = watch_fd(datapath.take_logger())?;
     // Denied packets and adopted flows, rate-limited by the datapath.
-    let mut datapath_events = match datapath.take_events() {
-        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
-        // deregisters it before dropping it.
-        Some(ring) => Some(
-            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
-        ),
-        None => None,
-    };
-    // Denied Modbus requests, from the inspector's ring buffer, as JSON events.
-    let mut modbus_events = match datapath.take_modbus_events() {
-        // SAFETY: the ring buffer owns its file descriptor and is moved into the AsyncFd, which
-        // deregisters it before dropping it.
-        Some(ring) => Some(
-            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
-        ),
-        None => None,
-    };
-    // Denied EtherNet/IP requests, likewise.
-    let mut enip_events = match datapath.take_enip_events() {
-        // SAFETY: as above.
-        Some(ring) => Some(
-            unsafe { tokio::io::unix::AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?,
-        ),
-        None => None,
-    };
+    let mut datapath_events = watch_fd(datapath.take_events())?;
+    // Denied Modbus and EtherNet/IP requests, from the inspectors' ring buffers.
+    let mut modbus_events = watch_fd(datapath.take_modbus_events())?;
+    let mut enip_events = watch_fd(datapath.take_enip_events())?;
     let mut events_lost = 0;
     let mut enip_events_lost = 0;
     let mut fingerprint = file_fingerprint(&opts.policy);
@@ -166,22 +134,12 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                     }
                 }
             }
-            ready = async {
-                match kernel_log.as_mut() {
-                    Some(log) => log.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            ready = readable(&mut kernel_log) => {
                 let mut guard = ready?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            ready = async {
-                match datapath_events.as_mut() {
-                    Some(ring) => ring.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            ready = readable(&mut datapath_events) => {
                 let mut guard = ready?;
                 let ring = guard.get_inner_mut();
                 while let Some(record) = ring.next() {
@@ -196,39 +154,15 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 }
             } => observer.scrape(&datapath, reply),
             _ = user1.recv() => emit_stats(&datapath),
-            ready = async {
-                match modbus_events.as_mut() {
-                    Some(ring) => ring.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = ready?;
+            ready = readable(&mut modbus_events) => {
                 let names = datapath.active().map(|g| &g.names);
-                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    let bytes: &[u8] = &item;
-                    if let Some(denied) = ModbusDenied::decode(bytes, names) {
-                        events::emit(&Event::ModbusDenied(denied));
-                    }
-                }
-                guard.clear_ready();
+                drain(ready?, |bytes| {
+                    ModbusDenied::decode(bytes, names).map(Event::ModbusDenied)
+                });
             }
-            ready = async {
-                match enip_events.as_mut() {
-                    Some(ring) => ring.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = ready?;
+            ready = readable(&mut enip_events) => {
                 let names = datapath.active().map(|g| &g.names);
-                let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    let bytes: &[u8] = &item;
-                    if let Some(denied) = EnipDenied::decode(bytes, names) {
-                        events::emit(&Event::EnipDenied(denied));
-                    }
-                }
-                guard.clear_ready();
+                drain(ready?, |bytes| EnipDenied::decode(bytes, names).map(Event::EnipDenied));
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -326,4 +260,40 @@ fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     Some(h.finish())
+}
+
+/// Registers a ring buffer (or the kernel log reader, which owns one) with the runtime.
+fn watch_fd<T: std::os::fd::AsRawFd>(inner: Option<T>) -> std::io::Result<Option<AsyncFd<T>>> {
+    inner
+        .map(|inner| {
+            // SAFETY: `inner` owns its file descriptor and is moved into the AsyncFd, which
+            // deregisters it before dropping it.
+            unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        })
+        .transpose()
+}
+
+/// Waits until `fd` is readable; never completes when there is no `fd`.
+async fn readable<T: std::os::fd::AsRawFd>(
+    fd: &mut Option<AsyncFd<T>>,
+) -> std::io::Result<AsyncFdReadyMutGuard<'_, T>> {
+    match fd.as_mut() {
+        Some(fd) => fd.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Emits an event for every record waiting in an inspector's ring buffer.
+fn drain<'e>(
+    mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+    decode: impl Fn(&[u8]) -> Option<Event<'e>>,
+) {
+    let ring = guard.get_inner_mut();
+    while let Some(item) = ring.next() {
+        if let Some(event) = decode(&item) {
+            events::emit(&event);
+        }
+    }
+    guard.clear_ready();
 }

@@ -107,3 +107,59 @@ impl Firewall {
             .unwrap_or_else(|e| panic!("no reload: {e:#}"))
     }
 }
+
+/// An enterprise client, an engineering workstation and the PLC, in three zones that split
+/// the lab's one subnet (no routing involved).
+pub fn plant_hosts() -> Vec<HostSpec> {
+    vec![
+        HostSpec::new("client", "198.51.100.10/24"),
+        HostSpec::new("eng", "198.51.100.70/24"),
+        HostSpec::new("plc", "198.51.100.130/24"),
+    ]
+}
+
+/// For [`plant_hosts`]: a conduit from the client to the PLC (`client_rule` is its `protocol`
+/// rule, e.g. `modbus` or `enip`, `on_deny` its refusal) and an engineering conduit with
+/// `engineering_rule`.
+pub fn plant_policy(
+    protocol: &str,
+    on_deny: &str,
+    client_rule: &str,
+    engineering_rule: &str,
+) -> String {
+    format!(
+        r#"version: 1
+gateway:
+  interfaces: [otfwt-client, otfwt-eng, otfwt-plc]
+defaults:
+  action: deny
+  intra_zone: allow
+  unzoned: deny
+  non_ip: [arp]
+zones:
+  enterprise:
+    networks: [198.51.100.0/26]
+    security_level: 1
+    hosts: {{ client: 198.51.100.10 }}
+  engineering:
+    networks: [198.51.100.64/26]
+    security_level: 2
+  cell:
+    networks: [198.51.100.128/26]
+    security_level: 3
+    hosts: {{ plc: 198.51.100.130 }}
+conduits:
+  - name: client-reads
+    from: enterprise/client
+    to: cell/plc
+    on_deny: {on_deny}
+    allow:
+      - {protocol}: {client_rule}
+  - name: engineering
+    from: engineering
+    to: cell
+    allow:
+      - {protocol}: {engineering_rule}
+"#
+    )
+}

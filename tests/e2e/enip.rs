@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use otfw_tests::{
-    enip_initial as initial, require_enip_peers, EnipClient, EnipOp, EnipResult, EnipServer,
-    HostSpec, Lab,
+    enip_initial as initial, require_enip_peers, EnipClient, EnipOp, EnipResult, EnipServer, Lab,
 };
 use serde_json::{json, Value};
 
@@ -21,62 +20,15 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const EVENT: Duration = Duration::from_secs(5);
 const PORT: u16 = 44818;
 
-/// An enterprise client, an engineering workstation and the PLC, in three zones that split
-/// the lab's one subnet (no routing involved).
-fn hosts() -> Vec<HostSpec> {
-    vec![
-        HostSpec::new("client", "198.51.100.10/24"),
-        HostSpec::new("eng", "198.51.100.70/24"),
-        HostSpec::new("plc", "198.51.100.130/24"),
-    ]
-}
-
-/// A conduit from the client to the PLC (`client_rule` is its `enip` rule, `on_deny` its
-/// refusal) and an engineering conduit that may also write.
-fn policy(on_deny: &str, client_rule: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  interfaces: [otfwt-client, otfwt-eng, otfwt-plc]
-defaults:
-  action: deny
-  intra_zone: allow
-  unzoned: deny
-  non_ip: [arp]
-zones:
-  enterprise:
-    networks: [198.51.100.0/26]
-    security_level: 1
-    hosts: {{ client: 198.51.100.10 }}
-  engineering:
-    networks: [198.51.100.64/26]
-    security_level: 2
-  cell:
-    networks: [198.51.100.128/26]
-    security_level: 3
-    hosts: {{ plc: 198.51.100.130 }}
-conduits:
-  - name: client-reads
-    from: enterprise/client
-    to: cell/plc
-    on_deny: {on_deny}
-    allow:
-      - enip: {client_rule}
-  - name: engineering
-    from: engineering
-    to: cell
-    allow:
-      - enip: {{ services: [read, write] }}
-"#
-    )
-}
-
 const READ_ONLY: &str = "{ services: [read] }";
 
 fn setup(on_deny: &str, client_rule: &str) -> (Lab, Firewall, EnipServer) {
     require_enip_peers().unwrap_or_else(|e| panic!("{e:#}"));
-    let lab = common::lab(&hosts());
-    let fw = Firewall::start(&lab, &policy(on_deny, client_rule));
+    let lab = common::lab(&common::plant_hosts());
+    let fw = Firewall::start(
+        &lab,
+        &common::plant_policy("enip", on_deny, client_rule, "{ services: [read, write] }"),
+    );
     let server = lab
         .enip_server("plc", PORT)
         .unwrap_or_else(|e| panic!("{e:#}"));

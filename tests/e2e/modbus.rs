@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use otfw_tests::{
-    modbus_initial as initial, require_modbus_peers, Datastore, HostSpec, Lab, ModbusClient,
-    ModbusOp, ModbusResult, Table,
+    modbus_initial as initial, require_modbus_peers, Datastore, Lab, ModbusClient, ModbusOp,
+    ModbusResult, Table,
 };
 use serde_json::Value;
 
@@ -21,62 +21,20 @@ const UNIT: u8 = 1;
 /// How long `otfw run` may take to print a `modbus_denied` event after the request.
 const EVENT: Duration = Duration::from_secs(5);
 
-/// An enterprise client, an engineering workstation and the PLC, in three zones that split
-/// the lab's one subnet (no routing involved).
-fn hosts() -> Vec<HostSpec> {
-    vec![
-        HostSpec::new("client", "198.51.100.10/24"),
-        HostSpec::new("eng", "198.51.100.70/24"),
-        HostSpec::new("plc", "198.51.100.130/24"),
-    ]
-}
-
-/// A read-only conduit from the client to the PLC (`client_rule` is its Modbus rule,
-/// `on_deny` its refusal) and an engineering conduit that may also write.
-fn policy(on_deny: &str, client_rule: &str) -> String {
-    format!(
-        r#"version: 1
-gateway:
-  interfaces: [otfwt-client, otfwt-eng, otfwt-plc]
-defaults:
-  action: deny
-  intra_zone: allow
-  unzoned: deny
-  non_ip: [arp]
-zones:
-  enterprise:
-    networks: [198.51.100.0/26]
-    security_level: 1
-    hosts: {{ client: 198.51.100.10 }}
-  engineering:
-    networks: [198.51.100.64/26]
-    security_level: 2
-  cell:
-    networks: [198.51.100.128/26]
-    security_level: 3
-    hosts: {{ plc: 198.51.100.130 }}
-conduits:
-  - name: client-reads
-    from: enterprise/client
-    to: cell/plc
-    on_deny: {on_deny}
-    allow:
-      - modbus: {client_rule}
-  - name: engineering
-    from: engineering
-    to: cell
-    allow:
-      - modbus: {{ functions: [read, write] }}
-"#
-    )
-}
-
 const READ_ONLY: &str = "{ functions: [read] }";
 
 fn setup(on_deny: &str, client_rule: &str) -> (Lab, Firewall, otfw_tests::ModbusServer) {
     require_modbus_peers().unwrap_or_else(|e| panic!("{e:#}"));
-    let lab = common::lab(&hosts());
-    let fw = Firewall::start(&lab, &policy(on_deny, client_rule));
+    let lab = common::lab(&common::plant_hosts());
+    let fw = Firewall::start(
+        &lab,
+        &common::plant_policy(
+            "modbus",
+            on_deny,
+            client_rule,
+            "{ functions: [read, write] }",
+        ),
+    );
     let server = lab
         .modbus_server("plc", 502)
         .unwrap_or_else(|e| panic!("{e:#}"));

@@ -78,14 +78,8 @@ pub fn tag(r: &EnipRecord) -> String {
 impl EnipDenied {
     /// Decodes one ring-buffer record; `None` if it is not a whole `EnipEvent`.
     pub fn decode(bytes: &[u8], names: Option<&Names>) -> Option<EnipDenied> {
-        if bytes.len() < std::mem::size_of::<EnipEvent>() {
-            return None;
-        }
-        // SAFETY: the length was checked; EnipEvent is plain integers (any bit pattern).
-        let e: EnipEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let conduit = names
-            .and_then(|n| n.conduit(e.conduit))
-            .map_or_else(|| e.conduit.to_string(), str::to_owned);
+        let e: EnipEvent = super::read_record(bytes)?;
+        let conduit = names.map_or_else(|| e.conduit.to_string(), |n| n.conduit_label(e.conduit));
         let r = e.record;
         Some(EnipDenied {
             src: address(&e.key.src),
@@ -126,10 +120,7 @@ impl Datapath {
                 continue;
             }
             out.push(EnipTraffic {
-                conduit: generation
-                    .names
-                    .conduit(key.conduit)
-                    .map_or_else(|| key.conduit.to_string(), str::to_owned),
+                conduit: generation.names.conduit_label(key.conduit),
                 command: if key.kind == REC_COMMAND || key.kind == REC_CIP {
                     command_name(key.command)
                 } else {

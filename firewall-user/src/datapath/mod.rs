@@ -174,3 +174,12 @@ pub(crate) fn raise_memlock_limit() {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }
 }
+
+/// A record the datapath wrote to a ring buffer; `None` if `bytes` is too short for it.
+pub fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked; `T: Pod` is plain data, valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}

@@ -48,14 +48,8 @@ pub struct ModbusDenied {
 impl ModbusDenied {
     /// Decodes one ring-buffer record; `None` if it is not a whole `ModbusEvent`.
     pub fn decode(bytes: &[u8], names: Option<&Names>) -> Option<ModbusDenied> {
-        if bytes.len() < std::mem::size_of::<ModbusEvent>() {
-            return None;
-        }
-        // SAFETY: the length was checked; ModbusEvent is plain integers (any bit pattern).
-        let e: ModbusEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let conduit = names
-            .and_then(|n| n.conduit(e.conduit))
-            .map_or_else(|| e.conduit.to_string(), str::to_owned);
+        let e: ModbusEvent = super::read_record(bytes)?;
+        let conduit = names.map_or_else(|| e.conduit.to_string(), |n| n.conduit_label(e.conduit));
         Some(ModbusDenied {
             src: address(&e.key.src),
             dst: address(&e.key.dst),
@@ -100,10 +94,7 @@ impl Datapath {
                 continue;
             }
             out.push(ModbusTraffic {
-                conduit: generation
-                    .names
-                    .conduit(key.conduit)
-                    .map_or_else(|| key.conduit.to_string(), str::to_owned),
+                conduit: generation.names.conduit_label(key.conduit),
                 function: key.function,
                 kind: KIND_NAMES
                     .get(key.kind as usize)

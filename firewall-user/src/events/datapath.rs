@@ -117,13 +117,7 @@ impl DatapathEvents {
 
     /// The event a ring buffer record stands for; `None` for a record of unknown shape.
     pub fn decode(&self, bytes: &[u8]) -> Option<Event<'static>> {
-        if bytes.len() < std::mem::size_of::<DatapathEvent>() {
-            return None;
-        }
-        // SAFETY: the record holds at least one DatapathEvent, a plain repr(C) type for which
-        // every bit pattern is valid; read_unaligned copes with any alignment.
-        let raw: DatapathEvent =
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DatapathEvent>()) };
+        let raw: DatapathEvent = crate::datapath::read_record(bytes)?;
         let packet = self.describe(&raw);
         match raw.kind {
             EVENT_DENIED => Some(Event::Denied(packet)),

@@ -89,6 +89,12 @@ impl Names {
     pub fn conduit(&self, id: u16) -> Option<&str> {
         self.conduits.get(id as usize).map(String::as_str)
     }
+    /// The conduit's name, or its id as text when this generation has no such conduit.
+    pub fn conduit_label(&self, id: u16) -> String {
+        self.conduit(id)
+            .map_or_else(|| id.to_string(), str::to_owned)
+    }
+
     pub fn zone(&self, id: u16) -> Option<&str> {
         self.zones.get(id as usize).map(String::as_str)
     }

@@ -34,7 +34,7 @@ fn zone_path(zone: &Zone) -> String {
 }
 
 fn zones(policy: &Policy, diagnostics: &mut Diagnostics) {
-    for (z, zone) in policy.zones.iter().enumerate() {
+    for zone in &policy.zones {
         let path = zone_path(zone);
         if zone.networks.is_empty() {
             let message = if zone.hosts.is_empty() {
