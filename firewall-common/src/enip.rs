@@ -3,7 +3,7 @@
 //! accounting keys, trace records and event records. The hand-off from the main program is the
 //! shared `modbus::InspectContext`.
 
-use crate::flow::FlowKey;
+use crate::{flow::FlowKey, stream::TcpGuard};
 
 /// Encapsulation header length.
 pub const ENCAP_LEN: u32 = 24;
@@ -217,6 +217,7 @@ pub struct PendingOpen {
 pub struct EnipFlow {
     /// `[requests (client to server), responses]`.
     pub streams: [EnipStream; 2],
+    pub guard: TcpGuard,
     pub session: u32,
     pub flags: u8,
     pub _pad: [u8; 3],

@@ -12,6 +12,7 @@ pub mod event;
 pub mod flow;
 pub mod modbus;
 pub mod reason;
+pub mod stream;
 pub mod zone;
 
 #[cfg(feature = "user")]

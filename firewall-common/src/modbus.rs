@@ -1,7 +1,7 @@
 //! Modbus/TCP inspection: the compiled rules of a `modbus:` item, the per-flow framing state,
 //! the hand-off from the main program to the inspector, accounting keys, and event records.
 
-use crate::flow::FlowKey;
+use crate::{flow::FlowKey, stream::TcpGuard};
 
 /// MBAP header: transaction id, protocol id, length, unit id.
 pub const MBAP_LEN: usize = 7;
@@ -80,7 +80,12 @@ pub struct InspectContext {
     /// 1 when the segment travels from the initiator (client) to the responder (server).
     pub to_server: u8,
     pub trace: u8,
-    pub _pad: u8,
+    /// The IPv4 TTL or IPv6 hop limit (`stream::TcpGuard`).
+    pub hop_limit: u8,
+    /// Length of the TCP header (options included), so that the header starts at
+    /// `payload - header_len`: for the TCP checksum (`delivery`).
+    pub header_len: u8,
+    pub _pad: [u8; 3],
 }
 
 /// `ModbusStream::flags`: the position of the next ADU header is known.
@@ -122,10 +127,11 @@ pub const MODBUS_RESET: u8 = 1 << 1;
 pub struct ModbusFlow {
     /// `[requests (client to server), responses]`.
     pub streams: [ModbusStream; 2],
+    pub guard: TcpGuard,
     /// Requests passed and not yet answered (saturating).
     pub outstanding: u16,
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
 }
 
 /// Kinds of `MODBUS_STATS` entries: the first four are the request's verdict (`VERDICT_*`).

@@ -128,10 +128,28 @@ pub enum Reason {
     EnipIoNoConnection = 58,
     /// A UDP 2222 datagram that is not a sequenced address item and a connected data item.
     EnipIoMalformed = 59,
+    /// A segment of an inspected flow with the URG flag: the receiver's stack takes the urgent
+    /// byte out of the stream (SO_OOBINLINE is off by default), so it would not receive the
+    /// bytes as framed.
+    TcpUrgent = 60,
+    /// A segment of an inspected flow whose TCP checksum is wrong (or too long to verify): the
+    /// receiver discards it, so framing it would follow bytes the server never reads.
+    TcpBadChecksum = 61,
+    /// Data on a SYN of an inspected flow (TCP Fast Open): not delivered the same way by every
+    /// stack, and never needed by the inspected protocols.
+    TcpDataOnSyn = 62,
+    /// A segment of an inspected flow with a lower TTL / hop limit than earlier segments from
+    /// the same side: it may expire on the way to the receiver after the firewall framed it.
+    TcpTtlLowered = 63,
+    /// Data beyond the FIN of its direction (or a second FIN elsewhere): the receiver's stream
+    /// has ended there and discards it.
+    TcpDataAfterFin = 64,
+    /// Data on an inspected flow after a RST passed: the receiver closed the connection.
+    TcpDataAfterRst = 65,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 60;
+pub const REASON_COUNT: u32 = 66;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -196,7 +214,28 @@ impl Reason {
         "cip_tag_too_long",
         "enip_io_no_connection",
         "enip_io_malformed",
+        "tcp_urgent",
+        "tcp_bad_checksum",
+        "tcp_data_on_syn",
+        "tcp_ttl_lowered",
+        "tcp_data_after_fin",
+        "tcp_data_after_rst",
     ];
+
+    /// Segments the receiver's TCP stack would not deliver byte for byte as the firewall would
+    /// frame them. They are dropped (passed in monitor mode) and never answered with a reset:
+    /// a reset sent for a forged segment would tear down the real connection it imitates.
+    pub const fn undeliverable(self) -> bool {
+        matches!(
+            self,
+            Reason::TcpUrgent
+                | Reason::TcpBadChecksum
+                | Reason::TcpDataOnSyn
+                | Reason::TcpTtlLowered
+                | Reason::TcpDataAfterFin
+                | Reason::TcpDataAfterRst
+        )
+    }
 
     pub const fn name(self) -> &'static str {
         Self::NAMES[self as usize]

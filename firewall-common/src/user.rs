@@ -1,6 +1,8 @@
 //! User-space only: `aya::Pod` for every map type.
 
-use crate::{conduit::*, config::*, counters::*, enip::*, event::*, flow::*, modbus::*, zone::*};
+use crate::{
+    conduit::*, config::*, counters::*, enip::*, event::*, flow::*, modbus::*, stream::*, zone::*,
+};
 
 macro_rules! pod {
     ($($t:ty),* $(,)?) => {
@@ -30,6 +32,7 @@ pod!(
     InspectContext,
     ModbusStream,
     ModbusFlow,
+    TcpGuard,
     ModbusStatKey,
     AduRecord,
     AduTrace,

@@ -9,6 +9,7 @@
 #[cfg(target_arch = "bpf")]
 mod bpf {
     pub mod conduit;
+    pub mod delivery;
     pub mod enip;
     pub mod eth;
     pub mod events;

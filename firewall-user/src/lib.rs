@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod events;
 pub mod metrics;
 pub mod observe;
+pub mod offload;
 pub mod policy;
 pub mod replay;
 pub mod status;

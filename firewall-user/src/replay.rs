@@ -13,7 +13,12 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use firewall_common::counters::VERDICT_NAMES;
 use serde::Serialize;
 
-use crate::{capture, datapath::Datapath, policy::compiled::CompiledPolicy};
+use crate::{
+    capture,
+    datapath::Datapath,
+    offload::{self, Checksums},
+    policy::compiled::CompiledPolicy,
+};
 
 #[derive(Serialize)]
 struct FrameRecord<'a> {
@@ -28,6 +33,10 @@ struct FrameRecord<'a> {
     conduit: Option<&'a str>,
     /// A one-line description of the frame (protocol, addresses, ports) for the reader.
     packet: String,
+    /// `repaired` when the captured TCP checksum was wrong and recomputed before judging
+    /// (`--checksums repair`, the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksum: Option<&'static str>,
     /// Modbus ADUs whose header the inspector decided in this frame.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     adus: &'a [crate::datapath::Adu],
@@ -49,12 +58,15 @@ pub struct Summary {
     pub by_reason: BTreeMap<&'static str, usize>,
     /// Frames by deciding conduit and accounting verdict.
     pub by_conduit: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    /// TCP checksums recomputed before judging (`Checksums::Repair`).
+    pub checksums_repaired: usize,
 }
 
 /// Replays `captures` under `policy`, writing JSON lines to `out`.
 pub fn replay(
     policy: &CompiledPolicy,
     captures: &[PathBuf],
+    checksums: Checksums,
     out: &mut impl Write,
 ) -> Result<Summary> {
     let mut datapath = Datapath::load()?;
@@ -72,7 +84,11 @@ pub fn replay(
         let frames = capture::frames(path)?;
         let file = path.display().to_string();
         summary.files += 1;
-        for (i, frame) in frames.iter().enumerate() {
+        for (i, mut frame) in frames.into_iter().enumerate() {
+            let repaired =
+                checksums == Checksums::Repair && offload::repair_tcp_checksum(&mut frame);
+            summary.checksums_repaired += repaired as usize;
+            let frame = &frame;
             let d = datapath
                 .run_frame(frame)
                 .with_context(|| format!("{file}: frame {}", i + 1))?;
@@ -89,6 +105,7 @@ pub fn replay(
                 reason: d.reason.name(),
                 conduit: conduit.filter(|_| d.conduit_id != firewall_common::conduit::CONDUIT_NONE),
                 packet: describe(frame),
+                checksum: repaired.then_some("repaired"),
                 adus: &d.adus,
                 cip: &d.cip,
             };

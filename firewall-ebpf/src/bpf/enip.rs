@@ -21,6 +21,7 @@ use firewall_common::{
     modbus::{bit, InspectContext},
     reason::Reason,
     slot_of,
+    stream::TcpGuard,
 };
 
 use super::{
@@ -153,11 +154,22 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     let flow = unsafe { &mut *flow };
     let to_server = ic.to_server != 0;
     let flags = ic.tcp_flags;
+    let undeliverable = stream::undeliverable(ctx, &flow.guard, ic);
+    if undeliverable != Reason::None {
+        let st = if to_server {
+            &mut flow.streams[0]
+        } else {
+            &mut flow.streams[1]
+        };
+        return stream::refuse_undeliverable(ctx, &mut acc, undeliverable, st, monitor);
+    }
     if flags & TCP_SYN != 0 {
-        let action = syn(ic, flow, to_server, &mut acc);
+        let action = syn(ic, flow, to_server);
+        stream::note_delivery(&mut flow.guard, ic);
         stats::record(ctx, &acc);
         return action;
     }
+    stream::note_delivery(&mut flow.guard, ic);
     if flags & TCP_RST == 0 {
         if let Some(action) = stream::refused(
             ctx,
@@ -458,12 +470,8 @@ pub extern "C" fn otfw_enip_fresh_flow() -> u64 {
 }
 
 #[inline(always)]
-fn syn(ic: &InspectContext, flow: &mut EnipFlow, to_server: bool, acc: &mut Accounted) -> u32 {
-    if ic.payload_len != 0 {
-        acc.reason = Reason::EnipUnframed as u8;
-        acc.verdict = VERDICT_DROP;
-        return xdp_action::XDP_DROP;
-    }
+fn syn(ic: &InspectContext, flow: &mut EnipFlow, to_server: bool) -> u32 {
+    // Data on a SYN never gets here: `delivery` refuses it (`tcp_data_on_syn`).
     let start = ic.seq.wrapping_add(1);
     let dir = if to_server { 0 } else { 1 };
     let st = &mut flow.streams[dir];
@@ -475,6 +483,7 @@ fn syn(ic: &InspectContext, flow: &mut EnipFlow, to_server: bool, acc: &mut Acco
         // stay in ENIP_CONNS until they time out or close).
         flow.session = 0;
         flow.flags = EFLOW_SYN;
+        flow.guard = TcpGuard::default();
         flow.pending = PendingOpen::default();
         flow.conns = [FlowConn::default(); FLOW_CONNS];
         reset_stream(&mut flow.streams[1]);
@@ -1720,6 +1729,7 @@ pub extern "C" fn otfw_enip_count_all(packed: u64, records: u64) -> u64 {
 impl stream::Position for EnipStream {
     const SYNCED: u8 = ESTREAM_SYNCED;
     const ACKED: u8 = ESTREAM_ACKED;
+    const BOUNDARY: u8 = ESTREAM_BOUNDARY;
     #[inline(always)]
     fn flags(&mut self) -> &mut u8 {
         &mut self.flags

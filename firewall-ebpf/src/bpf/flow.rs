@@ -222,7 +222,9 @@ fn existing(
     let conduit = flow.conduit;
     let (inspect, rule) = (flow.inspect, flow.rule);
     if proto == IPPROTO_TCP {
-        if flags & TCP_RST != 0 {
+        // An inspected flow's RST is the inspector's to judge (`stream::note_delivery`): one
+        // its receiver would discard must not end tracking.
+        if flags & TCP_RST != 0 && inspect == INSPECT_NONE {
             let _ = FLOWS.remove(key);
             stats::flow_event(FLOW_CLOSED);
         } else if flags & TCP_FIN != 0 {

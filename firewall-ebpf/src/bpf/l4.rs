@@ -32,6 +32,10 @@ pub struct L4 {
     /// Offset and length of the payload after the L4 header.
     pub payload: usize,
     pub payload_len: usize,
+    /// The TCP header's length (0 for other protocols), and the IP TTL / hop limit: what the
+    /// inspectors need of the headers (`delivery`, `stream::TcpGuard`).
+    pub header_len: u8,
+    pub hop_limit: u8,
 }
 
 impl L4 {
@@ -66,6 +70,8 @@ impl L4 {
                     ack: u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
                     payload: at + doff,
                     payload_len: ip.l4_len - doff,
+                    header_len: doff as u8,
+                    hop_limit: ip.hop_limit,
                 })
             }
             IPPROTO_UDP => {
@@ -86,6 +92,8 @@ impl L4 {
                     ack: 0,
                     payload: at + 8,
                     payload_len: len - 8,
+                    header_len: 0,
+                    hop_limit: ip.hop_limit,
                 })
             }
             IPPROTO_ICMP | IPPROTO_ICMPV6 => {
@@ -111,6 +119,8 @@ impl L4 {
                     ack: 0,
                     payload: at + 8,
                     payload_len: ip.l4_len - 8,
+                    header_len: 0,
+                    hop_limit: ip.hop_limit,
                 })
             }
             _ => Ok(L4 {
@@ -122,6 +132,8 @@ impl L4 {
                 ack: 0,
                 payload: at,
                 payload_len: ip.l4_len,
+                header_len: 0,
+                hop_limit: ip.hop_limit,
             }),
         }
     }

@@ -103,11 +103,22 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     let to_server = ic.to_server != 0;
     let flags = ic.tcp_flags;
 
+    let undeliverable = stream::undeliverable(ctx, &flow.guard, &ic);
+    if undeliverable != Reason::None {
+        let st = if to_server {
+            &mut flow.streams[0]
+        } else {
+            &mut flow.streams[1]
+        };
+        return stream::refuse_undeliverable(ctx, &mut acc, undeliverable, st, monitor);
+    }
     if flags & TCP_SYN != 0 {
-        let action = syn(&ic, flow, to_server, &mut acc);
+        let action = syn(&ic, flow, to_server);
+        stream::note_delivery(&mut flow.guard, &ic);
         stats::record(ctx, &acc);
         return action;
     }
+    stream::note_delivery(&mut flow.guard, &ic);
     if flags & TCP_RST == 0 {
         if let Some(action) = stream::refused(
             ctx,
@@ -204,13 +215,8 @@ fn flow_state(ic: &InspectContext) -> Option<*mut ModbusFlow> {
 /// stream already followed (sequence number just before the next expected byte) changes
 /// nothing: otherwise a forged SYN could move the framing into the middle of an ADU.
 #[inline(always)]
-fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool, acc: &mut Accounted) -> u32 {
-    if ic.payload_len != 0 {
-        // Data on a SYN (TCP Fast Open) is not followed.
-        acc.reason = Reason::ModbusUnframed as u8;
-        acc.verdict = VERDICT_DROP;
-        return xdp_action::XDP_DROP;
-    }
+fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool) -> u32 {
+    // Data on a SYN never gets here: `delivery` refuses it (`tcp_data_on_syn`).
     let start = ic.seq.wrapping_add(1);
     let stream = if to_server {
         &mut flow.streams[0]
@@ -1091,6 +1097,7 @@ fn contained(rule: &ModbusRule, table: usize, address: u16, quantity: u16) -> bo
 impl stream::Position for ModbusStream {
     const SYNCED: u8 = STREAM_SYNCED;
     const ACKED: u8 = STREAM_ACKED;
+    const BOUNDARY: u8 = STREAM_BOUNDARY;
     #[inline(always)]
     fn flags(&mut self) -> &mut u8 {
         &mut self.flags

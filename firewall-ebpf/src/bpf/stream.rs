@@ -1,12 +1,21 @@
 //! What the TCP inspectors (`modbus`, `enip`) share about a stream: remembering the peer's
-//! acknowledgement, and refusing the segments of a flow already refused. Everything is
+//! acknowledgement, refusing the segments of a flow already refused, and the per-connection
+//! half of the delivery checks (`TcpGuard`: TTL, data after FIN or RST). Everything is
 //! `#[inline(always)]` and generic over the inspector's stream state, so each inspector is
 //! compiled (and verified) as before.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use firewall_common::counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET};
+use firewall_common::{
+    counters::{FLOW_CLOSED, VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
+    modbus::InspectContext,
+    reason::Reason,
+    stream::{TcpGuard, GUARD_FIN, GUARD_RESET},
+};
 
 use super::{
+    delivery,
+    l4::{TCP_FIN, TCP_RST, TCP_SYN},
+    maps::FLOWS,
     reset,
     stats::{self, Accounted},
 };
@@ -18,6 +27,8 @@ pub trait Position {
     const SYNCED: u8;
     /// `acked` holds an acknowledgement of the peer.
     const ACKED: u8;
+    /// The last passed segment ended at a message boundary.
+    const BOUNDARY: u8;
     fn flags(&mut self) -> &mut u8;
     fn next_seq(&self) -> u32;
     fn acked(&mut self) -> &mut u32;
@@ -71,4 +82,82 @@ pub fn refused(
         return Some(xdp_action::XDP_DROP);
     }
     None
+}
+
+/// Why the receiver would not deliver this segment as the inspector frames it, from the segment
+/// (`delivery`) and what the connection did before (`Reason::None` if it would). A SYN is not
+/// held to the connection's past: a client SYN that starts a new connection clears the guard
+/// (the inspector's `syn`).
+#[inline(always)]
+pub fn undeliverable(ctx: &XdpContext, guard: &TcpGuard, ic: &InspectContext) -> Reason {
+    let stateless = delivery::check(ctx, ic);
+    if stateless != Reason::None {
+        return stateless;
+    }
+    let flags = ic.tcp_flags;
+    if flags & TCP_SYN != 0 {
+        return Reason::None;
+    }
+    let side = if ic.to_server != 0 { 0 } else { 1 };
+    if ic.hop_limit < guard.ttl[side] {
+        return Reason::TcpTtlLowered;
+    }
+    let data = ic.payload_len != 0;
+    if data && guard.flags & GUARD_RESET != 0 {
+        return Reason::TcpDataAfterRst;
+    }
+    if guard.flags & (GUARD_FIN << side) != 0 {
+        let end = ic.seq.wrapping_add(ic.payload_len);
+        let fin = guard.fin_seq[side];
+        let beyond = (end.wrapping_sub(fin) as i32) > 0;
+        if (data && beyond) || (flags & TCP_FIN != 0 && end != fin) {
+            return Reason::TcpDataAfterFin;
+        }
+    }
+    Reason::None
+}
+
+/// Records what a segment that passed `undeliverable` tells about the connection.
+#[inline(always)]
+pub fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
+    let side = if ic.to_server != 0 { 0 } else { 1 };
+    if ic.hop_limit > guard.ttl[side] {
+        guard.ttl[side] = ic.hop_limit;
+    }
+    let flags = ic.tcp_flags;
+    if flags & TCP_FIN != 0 && guard.flags & (GUARD_FIN << side) == 0 {
+        guard.fin_seq[side] = ic.seq.wrapping_add(ic.payload_len);
+        guard.flags |= GUARD_FIN << side;
+    }
+    if flags & TCP_RST != 0 {
+        guard.flags |= GUARD_RESET;
+        // The main program leaves an inspected flow's RST to this check (a forged one must not
+        // end tracking): the connection is over for the flow table now.
+        if FLOWS.remove(&ic.key).is_ok() {
+            stats::flow_event(FLOW_CLOSED);
+        }
+    }
+}
+
+/// Applies an `undeliverable` refusal: dropped, never reset (it may be forged) and the flow is
+/// not blocked (the sender's own retransmission may be fine). In monitor mode it passes
+/// unframed, and the stream it would have moved resynchronises on a later segment.
+#[inline(always)]
+pub fn refuse_undeliverable<S: Position>(
+    ctx: &XdpContext,
+    acc: &mut Accounted,
+    reason: Reason,
+    stream: &mut S,
+    monitor: bool,
+) -> u32 {
+    acc.reason = reason as u8;
+    if monitor {
+        *stream.flags() &= !(S::SYNCED | S::BOUNDARY);
+        acc.verdict = VERDICT_MONITOR;
+        stats::record(ctx, acc);
+        return xdp_action::XDP_PASS;
+    }
+    acc.verdict = VERDICT_DROP;
+    stats::record(ctx, acc);
+    xdp_action::XDP_DROP
 }

@@ -198,6 +198,8 @@ fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
     ic.rule = outcome.rule;
     ic.tcp_flags = l4.tcp_flags;
     ic.to_server = outcome.to_server as u8;
+    ic.hop_limit = l4.hop_limit;
+    ic.header_len = l4.header_len;
     ic.trace = (cfg.flags & FLAG_TRACE != 0) as u8;
     true
 }

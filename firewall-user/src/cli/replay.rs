@@ -11,6 +11,11 @@ pub struct ReplayArgs {
     /// The policy to judge the captures by.
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
+    /// TCP checksums: `repair` recomputes wrong ones before judging (captures taken on an
+    /// endpoint with checksum offload record unfinished checksums), `verify` judges frames as
+    /// captured (captures from a mirror port or tap).
+    #[arg(long, value_enum, default_value_t = crate::offload::Checksums::Repair)]
+    pub checksums: crate::offload::Checksums,
     /// pcap or pcapng files (Ethernet), replayed in the order given.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
@@ -28,12 +33,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let summary = crate::replay::replay(&policy, &args.captures, &mut out)?;
+    let summary = crate::replay::replay(&policy, &args.captures, args.checksums, &mut out)?;
     use std::io::Write as _;
     out.flush().context("writing to stdout")?;
     eprintln!(
         "{} frames from {} file(s): {} passed, {} dropped",
         summary.frames, summary.files, summary.passed, summary.dropped
     );
+    if summary.checksums_repaired != 0 {
+        eprintln!(
+            "{} TCP checksums repaired before judging (checksum offload on the capturing host; \
+             --checksums verify judges them as captured)",
+            summary.checksums_repaired
+        );
+    }
     Ok(0)
 }

@@ -1,0 +1,159 @@
+//! Whether the receiver's TCP stack will deliver a segment of an inspected flow byte for byte as
+//! the inspector frames it, judged from the segment alone. A segment it would discard (a bad
+//! checksum) or alter (urgent data taken out of the stream; data on a SYN, which stacks treat
+//! differently) must not be framed: the firewall and the server would disagree about where the
+//! next request starts. The inspectors ask before anything else (`stream::undeliverable`, which
+//! adds what the connection did before: TTL, data after FIN or RST).
+
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_csum_diff, programs::XdpContext};
+
+use firewall_common::{modbus::InspectContext, reason::Reason};
+
+use super::{
+    l4::{IPPROTO_TCP, TCP_SYN},
+    maps::INSPECT_CTX,
+    packet::{load, ptr_at},
+};
+
+const TCP_URG: u8 = 0x20;
+/// The most bytes `bpf_csum_diff` sums in one call.
+const CHUNK: usize = 512;
+/// Segments up to 18 chunks (9,216 bytes: a jumbo frame) are verified. Longer ones only exist
+/// where the kernel merged segments before generic XDP saw them (GRO), and then the checksum
+/// field is not the wire's either: they count as bad (docs/ARCHITECTURE.md says to switch GRO
+/// off on ports in generic mode).
+const MAX_CHUNKS: usize = 18;
+
+#[inline(always)]
+pub fn check(ctx: &XdpContext, ic: &InspectContext) -> Reason {
+    // The urgent pointer can also announce a byte still to come, so the flag alone refuses.
+    if ic.tcp_flags & TCP_URG != 0 {
+        return Reason::TcpUrgent;
+    }
+    if ic.tcp_flags & TCP_SYN != 0 && ic.payload_len != 0 {
+        return Reason::TcpDataOnSyn;
+    }
+    if otfw_tcp_checksum(ctx.ctx) == 0 {
+        return Reason::TcpBadChecksum;
+    }
+    Reason::None
+}
+
+/// Whether the TCP checksum of the segment described by `INSPECT_CTX` (pseudo-header, header
+/// and payload) folds to 0xffff: 1 if it does. A global function: the verifier checks its loop
+/// once, not once per path of the inspector. Sums are kept in the byte order `bpf_csum_diff`
+/// uses (the CPU's): a ones' complement sum is the same whichever order the bytes of every word
+/// are read in, as long as it is one order throughout.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_tcp_checksum(ctx: *mut xdp_md) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    if ctx.is_null() {
+        return 0;
+    }
+    // SAFETY: per-CPU context written by the main program for this packet.
+    let ic = unsafe { &*ic };
+    let header = ic.header_len as usize;
+    let l4 = (ic.payload as usize).wrapping_sub(header) & 0x3fff;
+    let len = header + ic.payload_len as usize;
+    if len > CHUNK * MAX_CHUNKS {
+        return 0;
+    }
+    let mut sum = pseudo_header(ic, len as u32);
+    // SAFETY: the context the program was given, passed down unchanged.
+    let ctx = XdpContext::new(ctx);
+    let mut off = l4;
+    let full = len / CHUNK;
+    for i in 0..MAX_CHUNKS {
+        if i >= full {
+            break;
+        }
+        let Some(s) = csum_block::<CHUNK>(&ctx, off, sum) else {
+            return 0;
+        };
+        sum = s;
+        off += CHUNK;
+    }
+    let rest = len % CHUNK;
+    // The remainder below one chunk, in power-of-two blocks: constant sizes for the verifier.
+    macro_rules! block {
+        ($n:literal) => {
+            if rest & $n != 0 {
+                let Some(s) = csum_block::<$n>(&ctx, off, sum) else {
+                    return 0;
+                };
+                sum = s;
+                off += $n;
+            }
+        };
+    }
+    block!(256);
+    block!(128);
+    block!(64);
+    block!(32);
+    block!(16);
+    block!(8);
+    block!(4);
+    let mut wide = sum as u64;
+    let tail = rest & 3;
+    if tail != 0 {
+        // The last one to three bytes, padded with zeros to a word as the checksum defines.
+        let Ok(b) = load::<u8>(&ctx, off, Reason::None) else {
+            return 0;
+        };
+        let b1 = if tail > 1 {
+            load::<u8>(&ctx, off + 1, Reason::None).unwrap_or(0)
+        } else {
+            0
+        };
+        let b2 = if tail > 2 {
+            load::<u8>(&ctx, off + 2, Reason::None).unwrap_or(0)
+        } else {
+            0
+        };
+        wide += u16::from_ne_bytes([b, b1]) as u64 + u16::from_ne_bytes([b2, 0]) as u64;
+    }
+    (fold(wide) == 0xffff) as u64
+}
+
+/// Sums `N` packet bytes at `off` onto `seed`.
+#[inline(always)]
+fn csum_block<const N: usize>(ctx: &XdpContext, off: usize, seed: u32) -> Option<u32> {
+    let p = ptr_at::<[u8; N]>(ctx, off).ok()?;
+    // SAFETY: `ptr_at` checked that the N bytes lie inside the packet; the helper only reads
+    // them (`from` is empty).
+    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
+    if r < 0 {
+        return None;
+    }
+    Some(r as u32)
+}
+
+/// The pseudo-header's sum: addresses, protocol and TCP length (RFC 9293 3.1, RFC 8200 8.1).
+/// The flow key holds the addresses in the initiator's order, which a sum does not mind, and
+/// IPv4 addresses IPv4-mapped: their extra words are 0 and 0xffff, which add nothing to a ones'
+/// complement sum, so both families sum all 16 bytes.
+#[inline(always)]
+fn pseudo_header(ic: &InspectContext, len: u32) -> u32 {
+    let key = &ic.key;
+    let mut sum: u32 = 0;
+    for k in 0..8 {
+        sum += u16::from_ne_bytes([key.src[2 * k], key.src[2 * k + 1]]) as u32;
+        sum += u16::from_ne_bytes([key.dst[2 * k], key.dst[2 * k + 1]]) as u32;
+    }
+    let len = len.to_be_bytes();
+    sum += u16::from_ne_bytes([0, IPPROTO_TCP]) as u32;
+    sum += u16::from_ne_bytes([len[0], len[1]]) as u32;
+    sum += u16::from_ne_bytes([len[2], len[3]]) as u32;
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u64) -> u64 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum & 0xffff) + (sum >> 16)
+}
