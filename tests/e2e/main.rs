@@ -5,6 +5,7 @@
 mod common;
 mod controller;
 mod enip;
+mod evasion;
 mod firewall;
 mod lab;
 mod metrics;
