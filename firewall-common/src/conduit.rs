@@ -69,6 +69,9 @@ pub const MODE_ENFORCE: u8 = 0;
 pub const MODE_MONITOR: u8 = 1;
 pub const ON_DENY_DROP: u8 = 0;
 pub const ON_DENY_RESET: u8 = 1;
+/// An inspected request the rule does not allow is neutralised in place and the server's error
+/// restored for the client (`on_deny: refuse`); other denials fall back to drop.
+pub const ON_DENY_REFUSE: u8 = 2;
 
 /// Map `CONDUITS`, indexed by `slot * MAX_CONDUITS + conduit`; the pseudo conduits carry the
 /// policy defaults.

@@ -10,8 +10,12 @@ pub const VERDICT_DROP: u32 = 1;
 pub const VERDICT_MONITOR: u32 = 2;
 /// Dropped and answered with a TCP reset.
 pub const VERDICT_RESET: u32 = 3;
-pub const VERDICT_COUNT: u32 = 4;
-pub const VERDICT_NAMES: [&str; VERDICT_COUNT as usize] = ["pass", "drop", "monitor", "reset"];
+/// Passed with a refused request neutralised in it (`on_deny: refuse`): the server answers it
+/// with an error, which the firewall restores for the client.
+pub const VERDICT_REFUSE: u32 = 4;
+pub const VERDICT_COUNT: u32 = 5;
+pub const VERDICT_NAMES: [&str; VERDICT_COUNT as usize] =
+    ["pass", "drop", "monitor", "reset", "refuse"];
 
 /// Map `REASON_STATS` (per-CPU u64), indexed by `reason * VERDICT_COUNT + verdict`.
 pub const REASON_STATS_LEN: u32 = REASON_COUNT * VERDICT_COUNT;

@@ -55,6 +55,11 @@ pub struct ModbusRule {
     /// Ranges in use per table.
     pub range_count: [u8; TABLES],
     pub ranges: [[AddressRange; MAX_RANGES]; TABLES],
+    /// `on_deny: refuse`: the unassigned function code a refused request is given, and the
+    /// exception code its answer is given for the client.
+    pub refuse_function: u8,
+    pub refuse_exception: u8,
+    pub _pad: [u8; 6],
 }
 
 #[inline(always)]
@@ -114,6 +119,30 @@ pub struct ModbusStream {
     pub carry: [u8; CARRY_MAX],
 }
 
+/// Refused requests of one flow awaiting their answer (`on_deny: refuse`). Past this bound the
+/// connection is reset (`modbus_refusals_full`): a client that pipelines more refused requests
+/// than this without reading the answers is not a client otfw keeps alive.
+pub const REFUSALS_MAX: usize = 4;
+
+/// A refused request: matched to its answer by transaction and unit id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    pub transaction: u16,
+    pub unit: u8,
+    /// The client's function code, restored in the answer.
+    pub function: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Bit `i`: `entries[i]` is in use.
+    pub used: u8,
+    pub _pad: u8,
+    pub entries: [Refusal; REFUSALS_MAX],
+}
+
 /// `ModbusFlow::flags`: a request was denied under `on_deny: drop`: every later segment from
 /// the client is dropped.
 pub const MODBUS_BLOCKED: u8 = 1 << 0;
@@ -132,6 +161,8 @@ pub struct ModbusFlow {
     pub outstanding: u16,
     pub flags: u8,
     pub _pad: u8,
+    pub refusals: Refusals,
+    pub _pad2: [u8; 2],
 }
 
 /// Kinds of `MODBUS_STATS` entries: the first four are the request's verdict (`VERDICT_*`).
@@ -140,7 +171,9 @@ pub const KIND_RESPONSE: u8 = 4;
 pub const KIND_EXCEPTION: u8 = 5;
 /// A response (normal or exception) with no request outstanding.
 pub const KIND_UNSOLICITED: u8 = 6;
-pub const KIND_NAMES: [&str; 7] = [
+/// A refused request (`on_deny: refuse`), neutralised and passed.
+pub const KIND_REFUSE: u8 = 7;
+pub const KIND_NAMES: [&str; 8] = [
     "pass",
     "drop",
     "monitor",
@@ -148,6 +181,7 @@ pub const KIND_NAMES: [&str; 7] = [
     "response",
     "exception",
     "unsolicited",
+    "refuse",
 ];
 
 /// Key of map `MODBUS_STATS` (per-CPU hash, value u64 ADU count).
@@ -238,10 +272,27 @@ pub struct ModbusScratch {
     pub denied: u8,
     /// Every byte of the segment was framed.
     pub framed: u8,
-    pub _pad: u8,
+    /// Refused requests are neutralised and answers restored (`on_deny: refuse`, enforcing).
+    pub refuse: u8,
     pub requests: u32,
     pub adus: u32,
+    pub refuse_function: u8,
+    pub refuse_exception: u8,
+    /// Requests refused (neutralised) in this segment.
+    pub refused: u8,
+    /// A refusal could not be carried out: the connection must be reset.
+    pub fail: u8,
+    /// Byte rewrites to apply to the segment if it passes: frame offsets and new values.
+    pub rewrites: u32,
+    pub rewrite_at: [u16; REWRITES_MAX],
+    pub rewrite_value: [u8; REWRITES_MAX],
+    /// The flow's refusals, updated as the segment is framed (written back if it passes).
+    pub refusals: Refusals,
+    pub _pad2: [u8; 6],
 }
+
+/// Byte rewrites per segment: two per restored answer, one per refused request.
+pub const REWRITES_MAX: usize = 2 * REFUSALS_MAX;
 
 /// Ring buffer `MODBUS_EVENTS`: one record per denied request.
 #[repr(C)]

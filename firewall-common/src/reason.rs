@@ -146,10 +146,19 @@ pub enum Reason {
     TcpDataAfterFin = 64,
     /// Data on an inspected flow after a RST passed: the receiver closed the connection.
     TcpDataAfterRst = 65,
+    /// A Modbus request to refuse (`on_deny: refuse`) whose function code already passed in an
+    /// earlier segment, so it cannot be neutralised: the connection is reset.
+    ModbusRefusedSplit = 66,
+    /// The server answered a neutralised Modbus request with something other than the
+    /// exception it must send for an unassigned function code: the connection is reset.
+    ModbusRefusedAnswer = 67,
+    /// More refused Modbus requests awaiting their answer than a flow keeps
+    /// (`modbus::REFUSALS_MAX`): the connection is reset.
+    ModbusRefusalsFull = 68,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 66;
+pub const REASON_COUNT: u32 = 69;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -220,6 +229,9 @@ impl Reason {
         "tcp_ttl_lowered",
         "tcp_data_after_fin",
         "tcp_data_after_rst",
+        "modbus_refused_split",
+        "modbus_refused_answer",
+        "modbus_refusals_full",
     ];
 
     /// Segments the receiver's TCP stack would not deliver byte for byte as the firewall would

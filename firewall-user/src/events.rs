@@ -209,7 +209,7 @@ pub fn to_line(event: &Event) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use firewall_common::{
-        counters::{Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_DROP, VERDICT_PASS},
+        counters::{Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_PASS},
         reason::REASON_COUNT,
     };
     use serde_json::json;
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn stats_lists_only_non_zero_counters_by_name() {
         let mut counters = Counters {
-            reasons: vec![[0; 4]; REASON_COUNT as usize],
+            reasons: vec![[0; VERDICT_COUNT as usize]; REASON_COUNT as usize],
             flows: [0; FLOW_STATS_LEN as usize],
         };
         counters.reasons[Reason::None as usize][VERDICT_PASS as usize] = 12;
@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn stats_of_an_idle_datapath_are_empty_maps() {
         let counters = Counters {
-            reasons: vec![[0; 4]; REASON_COUNT as usize],
+            reasons: vec![[0; VERDICT_COUNT as usize]; REASON_COUNT as usize],
             flows: [0; FLOW_STATS_LEN as usize],
         };
         let line = to_line(&Event::stats(None, &counters, &[], &RequestCounts::new())).unwrap();

@@ -522,7 +522,7 @@ fn unix_seconds(at: SystemTime) -> f64 {
 }
 
 /// Conduit traffic summed per conduit key (name and labels), by verdict.
-pub type ConduitCounts = BTreeMap<ConduitKey, [Traffic; 4]>;
+pub type ConduitCounts = BTreeMap<ConduitKey, [Traffic; firewall_common::counters::VERDICT_COUNT as usize]>;
 
 #[cfg(test)]
 mod tests;

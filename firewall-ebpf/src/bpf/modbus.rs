@@ -9,12 +9,13 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
-    conduit::{conduit_index, MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_RESET},
-    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
+    conduit::{conduit_index, MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
     modbus::{
         bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
         ModbusStatKey, ModbusStream, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
-        COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_RESPONSE, KIND_UNSOLICITED, MAX_ADUS,
+        COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_REFUSE, KIND_RESPONSE, KIND_UNSOLICITED,
+        MAX_ADUS, REFUSALS_MAX, REWRITES_MAX, Refusal, Refusals,
         MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, RULE_DIAG_OTHERS, RULE_PRESENT,
         RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS,
         TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
@@ -62,14 +63,28 @@ struct Run {
     framed: bool,
     /// The stream state moved past the segment.
     committed: bool,
+    /// Requests refused (neutralised) in the segment, and byte rewrites waiting in the scratch.
+    refused: u32,
+    rewrites: u32,
+    /// A refusal could not be carried out (or its answer was wrong): reset the connection.
+    fail: bool,
+}
+
+/// `on_deny: refuse` as the inspector applies it to one segment.
+#[derive(Clone, Copy)]
+struct Refuse {
+    on: bool,
+    function: u8,
+    exception: u8,
 }
 
 pub fn inspect(ctx: &XdpContext) -> u32 {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: the per-CPU context was written by the main program for this very packet.
-    let ic = unsafe { *ic };
+    // SAFETY: the per-CPU context was written by the main program for this very packet; it
+    // is only read (by reference: a copy would cost stack the call chain below needs).
+    let ic = unsafe { &*ic };
     let slot = slot_of(ic.epoch);
     let info = CONDUITS
         .get(conduit_index(slot, ic.conduit))
@@ -77,6 +92,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         .unwrap_or_default();
     let monitor = info.mode == MODE_MONITOR;
     let on_deny_reset = info.on_deny == ON_DENY_RESET;
+    let on_deny_refuse = info.on_deny == ON_DENY_REFUSE && !monitor;
     let mut acc = Accounted {
         reason: Reason::None as u8,
         verdict: VERDICT_PASS,
@@ -91,7 +107,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
-    let Some(flow) = flow_state(&ic) else {
+    let Some(flow) = flow_state(ic) else {
         acc.reason = Reason::FlowTableFull as u8;
         acc.verdict = VERDICT_DROP;
         stats::record(ctx, &acc);
@@ -103,7 +119,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     let to_server = ic.to_server != 0;
     let flags = ic.tcp_flags;
 
-    let undeliverable = stream::undeliverable(ctx, &flow.guard, &ic);
+    let undeliverable = stream::undeliverable(ctx, &flow.guard, ic);
     if undeliverable != Reason::None {
         let st = if to_server {
             &mut flow.streams[0]
@@ -113,12 +129,12 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         return stream::refuse_undeliverable(ctx, &mut acc, undeliverable, st, monitor);
     }
     if flags & TCP_SYN != 0 {
-        let action = syn(&ic, flow, to_server);
-        stream::note_delivery(&mut flow.guard, &ic);
+        let action = syn(ic, flow, to_server);
+        stream::note_delivery(&mut flow.guard, ic);
         stats::record(ctx, &acc);
         return action;
     }
-    stream::note_delivery(&mut flow.guard, &ic);
+    stream::note_delivery(&mut flow.guard, ic);
     if flags & TCP_RST == 0 {
         if let Some(action) = stream::refused(
             ctx,
@@ -160,19 +176,49 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     } else {
         &mut flow.streams[1]
     };
+    // The codes are read whatever the mode: answers to requests refused before a policy
+    // change are still restored.
+    let refuse = match MODBUS_RULES.get(rule_index) {
+        Some(rule) => Refuse {
+            on: on_deny_refuse,
+            function: rule.refuse_function,
+            exception: rule.refuse_exception,
+        },
+        None => Refuse {
+            on: false,
+            function: 0,
+            exception: 1,
+        },
+    };
     let run = segment(
         ctx,
-        &ic,
+        ic,
         stream,
         &mut flow.outstanding,
+        &mut flow.refusals,
         rule_index,
         event_verdict,
         monitor,
+        refuse,
     );
     acc.adus = run.adus;
 
     let mut action = xdp_action::XDP_PASS;
-    if run.reason != Reason::None as u8 {
+    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, ic, run.rewrites)) {
+        // Fail closed: a refusal that cannot be carried out (or restored) ends the connection.
+        flow.flags |= MODBUS_RESET;
+        acc.reason = if run.fail {
+            run.reason
+        } else {
+            Reason::ModbusRefusedSplit as u8
+        };
+        acc.verdict = VERDICT_RESET;
+        action = reset::forward(ctx);
+    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied {
+        // Every refusal in the segment was neutralised; the rest of it passes untouched.
+        acc.reason = run.reason;
+        acc.verdict = VERDICT_REFUSE;
+    } else if run.reason != Reason::None as u8 {
         acc.reason = run.reason;
         if monitor {
             acc.verdict = VERDICT_MONITOR;
@@ -198,6 +244,26 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     count_adus(&acc, run.adus);
     stats::record(ctx, &acc);
     action
+}
+
+/// Applies the byte rewrites framing queued in the scratch (refused requests neutralised,
+/// answers restored). False if one is outside the frame (fail closed).
+#[inline(always)]
+fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
+    let Some(s) = MODBUS_SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    for i in 0..REWRITES_MAX {
+        if i as u32 >= count {
+            break;
+        }
+        // SAFETY: per-CPU scratch, this CPU only.
+        let (at, value) = unsafe { ((*s).rewrite_at[i], (*s).rewrite_value[i]) };
+        if !stream::rewrite_byte(ctx, ic, at as u32, value) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The flow's framing state, created (unsynchronised) on its first inspected packet.
@@ -243,14 +309,17 @@ fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool) -> u32 {
 
 /// Places the segment in its stream, frames it, and commits the stream state if it passes.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn segment(
     ctx: &XdpContext,
     ic: &InspectContext,
     st: &mut ModbusStream,
     outstanding: &mut u16,
+    refusals: &mut Refusals,
     rule_index: u32,
     event_verdict: u32,
     monitor: bool,
+    refuse: Refuse,
 ) -> Run {
     let request = ic.to_server != 0;
     let seq = ic.seq;
@@ -265,6 +334,9 @@ fn segment(
         adus: 0,
         framed: false,
         committed: false,
+        refused: 0,
+        rewrites: 0,
+        fail: false,
     };
     let (commit, start) = if st.flags & STREAM_SYNCED == 0 {
         (Commit::Sync, 0)
@@ -313,6 +385,13 @@ fn segment(
         // SAFETY: per-CPU scratch, this CPU only; both arrays are at least CARRY_MAX long.
         unsafe { (&mut (*scratch).buf)[..CARRY_MAX].copy_from_slice(&st.carry) };
     }
+    // SAFETY: per-CPU scratch, this CPU only; no other reference to it is live.
+    unsafe {
+        (*scratch).refuse = refuse.on as u8;
+        (*scratch).refuse_function = refuse.function;
+        (*scratch).refuse_exception = refuse.exception;
+        (*scratch).refusals = *refusals;
+    }
     let run = frame(
         ctx,
         ic,
@@ -326,7 +405,11 @@ fn segment(
         event_verdict,
         monitor,
     );
-    if run.reason != Reason::None as u8 && !(monitor && run.framed) {
+    if run.fail {
+        return run;
+    }
+    let refused_only = run.refused != 0 && !run.denied;
+    if run.reason != Reason::None as u8 && !(monitor && run.framed) && !refused_only {
         if !request {
             return unframed_response(request, st, run);
         }
@@ -334,6 +417,8 @@ fn segment(
     }
     let mut run = run;
     run.committed = true;
+    // SAFETY: as above.
+    *refusals = unsafe { (*scratch).refusals };
     match commit {
         Commit::Recheck => {}
         Commit::Sync | Commit::Advance => {
@@ -418,6 +503,9 @@ fn frame(
     s.framed = 0;
     s.requests = 0;
     s.adus = 0;
+    s.refused = 0;
+    s.fail = 0;
+    s.rewrites = 0;
     let mut stopped = false;
     // One round more than ADUs decided: the last only finds out whether the segment is done.
     for round in 0..=MAX_ADUS {
@@ -449,6 +537,9 @@ fn frame(
         adus: s.adus,
         framed: false,
         committed: false,
+        refused: s.refused as u32,
+        rewrites: s.rewrites,
+        fail: s.fail != 0,
     };
     *outstanding = s.outstanding;
     if stopped {
@@ -550,6 +641,7 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
     let reason = r as u8;
     let function = buf[7];
     let unit = buf[6];
+    let transaction = u16::from_be_bytes([buf[0], buf[1]]);
     if r & NEED_MORE != 0 {
         if reason != Reason::None as u8 {
             s.reason = if exact {
@@ -573,6 +665,17 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
             s.reason = reason;
             return 1;
         }
+        let (mut function, mut exception) = (function, sub);
+        if s.refusals.used != 0 {
+            if let Some(i) = find_refusal(&s.refusals, transaction, unit) {
+                if restore_answer(s, i, c, mlen, function, sub as u8) != 0 {
+                    return 1;
+                }
+                function = s.refusals.entries[i].function | 0x80;
+                exception = s.refuse_exception as u16;
+                s.refusals.used &= !(1 << i);
+            }
+        }
         let kind = if s.outstanding == 0 {
             KIND_UNSOLICITED
         } else {
@@ -583,7 +686,7 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
                 KIND_RESPONSE
             }
         };
-        note_adu(s, unit, function & 0x7f, kind, 0, address, quantity, sub);
+        note_adu(s, unit, function & 0x7f, kind, 0, address, quantity, exception);
     } else {
         let sanity = is_sanity(reason);
         // In a segment that syncs a stream, a malformed ADU means the guess of where ADUs
@@ -594,6 +697,11 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
         } else {
             reason
         };
+        let refusing = reason != Reason::None as u8
+            && !unframed
+            && s.refuse != 0
+            && is_refusable(reason)
+            && (2..=254).contains(&mlen);
         note_adu(
             s,
             unit,
@@ -605,25 +713,38 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
             sub,
         );
         if reason != Reason::None as u8 {
+            if refusing {
+                if refuse_request(s, c, transaction, unit, function) != 0 {
+                    return 1;
+                }
+            } else if !unframed {
+                s.denied = 1;
+            }
             if !unframed {
+                let verdict = if refusing {
+                    VERDICT_REFUSE as u8
+                } else {
+                    s.event_verdict
+                };
                 otfw_modbus_event(
                     reason as u64
-                        | (s.event_verdict as u64) << 8
+                        | (verdict as u64) << 8
                         | (unit as u64) << 16
                         | (function as u64) << 24
                         | (sub as u64) << 32
                         | (s.conduit as u64) << 48,
                     address as u64 | (quantity as u64) << 16 | (s.epoch as u64) << 32,
                 );
-                s.denied = 1;
             }
             if s.reason == Reason::None as u8 {
                 s.reason = reason;
             }
-            if s.monitor == 0 || unframed || !(2..=254).contains(&mlen) {
+            if !refusing && (s.monitor == 0 || unframed || !(2..=254).contains(&mlen)) {
                 return 1;
             }
-        } else {
+        }
+        if reason == Reason::None as u8 || refusing {
+            // A refused request still reaches the server (neutralised) and is answered.
             s.requests += 1;
         }
     }
@@ -637,6 +758,102 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
         s.pos = s.len;
     }
     s.carry = 0;
+    0
+}
+
+/// Denials `on_deny: refuse` answers in-band: the rule forbids the request, or its fields
+/// are out of range, while the MBAP header frames it as the server will. Other denials (a bad
+/// protocol id or length) fall back to drop.
+#[inline(always)]
+fn is_refusable(reason: u8) -> bool {
+    reason == Reason::ModbusFunctionDenied as u8
+        || reason == Reason::ModbusUnitDenied as u8
+        || reason == Reason::ModbusSubFunctionDenied as u8
+        || reason == Reason::ModbusAddressDenied as u8
+        || reason == Reason::ModbusBadQuantity as u8
+        || reason == Reason::ModbusBadValue as u8
+}
+
+/// The refusal waiting for the answer with this transaction and unit id.
+#[inline(always)]
+fn find_refusal(r: &Refusals, transaction: u16, unit: u8) -> Option<usize> {
+    (0..REFUSALS_MAX).find(|&i| {
+        r.used & (1 << i) != 0
+            && r.entries[i].transaction == transaction
+            && r.entries[i].unit == unit
+    })
+}
+
+/// Queues a rewrite of the payload byte that is `buf[k]` of the prefix being decided (`c`
+/// bytes of it were carried, so it must be at `k >= c`). Returns false if it cannot be done.
+#[inline(always)]
+fn queue_rewrite(s: &mut ModbusScratch, c: u32, k: u32, value: u8) -> bool {
+    let n = s.rewrites as usize;
+    if k < c || n >= REWRITES_MAX {
+        return false;
+    }
+    // Masked after a volatile read: LLVM would drop a plain mask (it knows `n` is in range)
+    // and the verifier would see an unbounded index.
+    // SAFETY: a volatile read of a local initialised above.
+    let i = unsafe { core::ptr::read_volatile(&n) } & (REWRITES_MAX - 1);
+    s.rewrite_at[i] = (s.payload + s.pos + k - c) as u16;
+    s.rewrite_value[i] = value;
+    s.rewrites = i as u32 + 1;
+    true
+}
+
+/// Neutralises a refused request: its function code becomes the unassigned one of the rule, so
+/// the server executes nothing and answers with an exception, and the refusal is remembered
+/// until that answer. Returns 1 (and sets the reason) when it cannot be done: the function code
+/// passed in an earlier segment, or too many refusals are waiting.
+#[inline(always)]
+fn refuse_request(s: &mut ModbusScratch, c: u32, transaction: u16, unit: u8, function: u8) -> u64 {
+    // A retransmission of a segment already refused is neutralised again, remembered once.
+    if find_refusal(&s.refusals, transaction, unit).is_none() {
+        let Some(i) = (0..REFUSALS_MAX).find(|&i| s.refusals.used & (1 << i) == 0) else {
+            s.reason = Reason::ModbusRefusalsFull as u8;
+            s.fail = 1;
+            return 1;
+        };
+        s.refusals.entries[i] = Refusal {
+            transaction,
+            unit,
+            function,
+        };
+        s.refusals.used |= 1 << i;
+    }
+    if !queue_rewrite(s, c, 7, s.refuse_function) {
+        s.reason = Reason::ModbusRefusedSplit as u8;
+        s.fail = 1;
+        return 1;
+    }
+    s.refused = s.refused.saturating_add(1);
+    0
+}
+
+/// Restores the server's answer to refusal `i` for the client: it must be the exception an
+/// unassigned function code gets (illegal function, with the neutral code or, from servers that
+/// do not echo unknown codes, 0x80), whole in this segment; its function code becomes the
+/// client's own | 0x80 and its exception code the rule's. Returns 1 (and sets the reason) when
+/// the answer is anything else.
+#[inline(always)]
+fn restore_answer(
+    s: &mut ModbusScratch,
+    i: usize,
+    c: u32,
+    mlen: u32,
+    function: u8,
+    exception: u8,
+) -> u64 {
+    let neutral = s.refuse_function | 0x80;
+    let expected = mlen == 3 && (function == neutral || function == 0x80) && exception == 1;
+    let original = s.refusals.entries[i].function | 0x80;
+    let restored = s.refuse_exception;
+    if !expected || !queue_rewrite(s, c, 7, original) || !queue_rewrite(s, c, 8, restored) {
+        s.reason = Reason::ModbusRefusedAnswer as u8;
+        s.fail = 1;
+        return 1;
+    }
     0
 }
 
@@ -754,8 +971,12 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
                     0
                 },
             )
-        } else if verdict == VERDICT_MONITOR as u8 && a.reason == Reason::None as u8 {
+        } else if (verdict == VERDICT_MONITOR as u8 || verdict == VERDICT_REFUSE as u8)
+            && a.reason == Reason::None as u8
+        {
             (VERDICT_PASS as u8, 0)
+        } else if verdict == VERDICT_REFUSE as u8 {
+            (KIND_REFUSE, 0)
         } else {
             (verdict, 0)
         };

@@ -4,7 +4,12 @@
 //! `#[inline(always)]` and generic over the inspector's stream state, so each inspector is
 //! compiled (and verified) as before.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::XdpContext,
+};
 use firewall_common::{
     counters::{FLOW_CLOSED, VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
     modbus::InspectContext,
@@ -14,6 +19,7 @@ use firewall_common::{
 
 use super::{
     delivery,
+    packet::ptr_at_mut,
     l4::{TCP_FIN, TCP_RST, TCP_SYN},
     maps::FLOWS,
     reset,
@@ -160,4 +166,49 @@ pub fn refuse_undeliverable<S: Position>(
     acc.verdict = VERDICT_DROP;
     stats::record(ctx, acc);
     xdp_action::XDP_DROP
+}
+
+/// Rewrites the payload byte at frame offset `at` to `value` and updates the TCP checksum
+/// incrementally (RFC 1624: HC' = ~(~HC + ~m + m')), so the segment keeps its length and
+/// sequence numbers. `m` and `m'` are the 16-bit words holding the byte before and after; the
+/// other byte of the word is the same in both and cancels out, so it is taken as 0 (it may be
+/// past the end of the segment). False if the byte or the checksum field is outside the frame.
+#[inline(always)]
+pub fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bool {
+    // Offsets below 16 KiB, as the verifier wants for packet pointer arithmetic.
+    let header = (ic.payload.wrapping_sub(ic.header_len as u32) & 0x3fff) as usize;
+    let at = (at & 0x3fff) as usize;
+    if at < header + 20 {
+        return false;
+    }
+    // Words are counted from the TCP header, which starts on an even offset of the checksummed
+    // data (the pseudo-header is 12 or 40 bytes): an even distance is a word's high byte.
+    let shift = if at.wrapping_sub(header) & 1 == 0 { 8 } else { 0 };
+    let Ok(check) = ptr_at_mut::<[u8; 2]>(ctx, header + 16) else {
+        return false;
+    };
+    // The byte itself through the helpers, which check the bounds: it may be the last of the
+    // frame, which a packet pointer check in the form LLVM leaves does not prove to the
+    // verifier.
+    let mut old = 0u8;
+    let mut new = value;
+    // SAFETY: one byte into / from locals; the helpers check the frame side.
+    unsafe {
+        if bpf_xdp_load_bytes(ctx.ctx, at as u32, &mut old as *mut u8 as *mut c_void, 1) != 0
+            || bpf_xdp_store_bytes(ctx.ctx, at as u32, &mut new as *mut u8 as *mut c_void, 1)
+                != 0
+        {
+            return false;
+        }
+    }
+    let (old, new) = ((old as u32) << shift, (new as u32) << shift);
+    // SAFETY: `check` was bounds-checked against the frame by `ptr_at_mut`; the helper calls
+    // above do not move packet data (they neither grow nor shrink the frame).
+    unsafe {
+        let sum = !u16::from_be_bytes(*check) as u32 + (!old & 0xffff) + new;
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        *check = (!(sum as u16)).to_be_bytes();
+    }
+    true
 }

@@ -76,7 +76,8 @@ pub struct Adu {
     /// Diagnostics sub-function, MEI type, or exception code.
     pub sub: u16,
     /// What happened to the ADU: the frame's verdict (`pass`, `drop`, `reset`), except that
-    /// in monitor mode an allowed ADU is `pass` and a refused one `monitor`.
+    /// in monitor mode an allowed ADU is `pass` and a refused one `monitor`, and in a frame
+    /// whose refused requests were neutralised (`refuse`) the allowed ones are `pass`.
     pub verdict: &'static str,
     /// Why a request was refused (`none` when allowed).
     pub reason: &'static str,
@@ -182,7 +183,8 @@ impl Datapath {
                         address: a.address,
                         quantity: a.quantity,
                         sub: a.sub,
-                        verdict: if frame_verdict == "monitor" && a.reason == 0 {
+                        verdict: if matches!(frame_verdict, "monitor" | "refuse") && a.reason == 0
+                        {
                             "pass"
                         } else {
                             frame_verdict

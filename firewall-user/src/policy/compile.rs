@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use firewall_common::conduit::{
     ConduitInfo, PortRule, RuleSet, FIRST_CONDUIT, INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS,
     INSPECT_NONE, MAX_RULES, MODE_ENFORCE, MODE_MONITOR, NO_PROTOCOL_RULE, ON_DENY_DROP,
-    ON_DENY_RESET,
+    ON_DENY_REFUSE, ON_DENY_RESET,
 };
 use firewall_common::config::{
     Config, FLAG_DEFAULT_ALLOW, FLAG_INTRA_ZONE_ALLOW, FLAG_MIDSTREAM_ADOPT, FLAG_UNZONED_ALLOW,
@@ -160,6 +160,7 @@ fn conduit_info(mode: Mode, on_deny: OnDeny) -> ConduitInfo {
         on_deny: match on_deny {
             OnDeny::Drop => ON_DENY_DROP,
             OnDeny::Reset => ON_DENY_RESET,
+            OnDeny::Refuse => ON_DENY_REFUSE,
         },
         _pad: [0; 2],
     }

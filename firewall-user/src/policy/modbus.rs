@@ -90,7 +90,21 @@ pub struct ModbusRules {
     /// Function code -> allowed sub-functions. Codes are 1..=127.
     pub functions: BTreeMap<u8, SubFunctions>,
     pub addresses: Addresses,
+    /// `on_deny: refuse`: the function code a refused request is given, and the exception code
+    /// its answer is given for the client.
+    pub refuse_function: u8,
+    pub refuse_exception: u8,
 }
+
+/// The function code a refused request carries to the server by default. The Modbus
+/// Application Protocol (v1.1b3, 5) leaves it unassigned: it is a public code (not in the
+/// user-defined ranges 65-72 and 100-110), not reserved for legacy products (8/19, 9, 10, 13,
+/// 14, 41, 42, 90, 91, 125-127) and not used by any function the specification or a vendor
+/// extension we know of defines, so a server executes nothing and answers "illegal function".
+pub const REFUSE_FUNCTION: u8 = 60;
+/// The exception code the client gets for a refused request by default: 01, illegal function,
+/// what a server answers for a function it does not support; clients treat it as final.
+pub const REFUSE_EXCEPTION: u8 = 1;
 
 /// Allowed 0-based protocol address ranges per table, both ends included. The datapath checks
 /// coils for functions 1, 5, 15; discrete inputs for 2; holding registers for 3, 6, 16, 22, 23;
@@ -131,8 +145,31 @@ pub fn resolve(
     let mut ok = true;
     let mut rules = ModbusRules {
         port: DEFAULT_PORT,
+        refuse_function: REFUSE_FUNCTION,
+        refuse_exception: REFUSE_EXCEPTION,
         ..ModbusRules::default()
     };
+    if let Some(refuse) = &doc.refuse {
+        let path = child(path, "refuse");
+        if let Some(function) = &refuse.function {
+            match unassigned_function(function) {
+                Ok(code) => rules.refuse_function = code,
+                Err(e) => {
+                    diagnostics.error(&child(&path, "function"), e);
+                    ok = false;
+                }
+            }
+        }
+        if let Some(exception) = &refuse.exception {
+            match exception.number_in("exception code", 1, 255) {
+                Ok(code) => rules.refuse_exception = code as u8,
+                Err(e) => {
+                    diagnostics.error(&child(&path, "exception"), e);
+                    ok = false;
+                }
+            }
+        }
+    }
     if let Some(port) = &doc.port {
         match port.number_in("port", 1, 65535) {
             Ok(p) => rules.port = p as u16,
@@ -300,11 +337,30 @@ fn parse_sub_function(text: &str) -> Result<(u8, u16), String> {
     Ok((code, sub as u16))
 }
 
+/// A function code a refused request may be given: one the specification does not assign,
+/// so no server acts on it.
+fn unassigned_function(value: &Scalar) -> Result<u8, String> {
+    let code = value.number_in("function code", 1, 127)? as u8;
+    let assigned = FUNCTIONS.iter().any(|&(_, c, _)| c == code)
+        || (65..=72).contains(&code)
+        || (100..=110).contains(&code)
+        || [8, 9, 10, 13, 14, 19, 41, 42, 90, 91, 125, 126, 127].contains(&code);
+    if assigned {
+        return Err(format!(
+            "function code {code} is assigned (by the specification, as user-defined or \
+             reserved): a refused request must carry a code no server acts on, e.g. {REFUSE_FUNCTION}"
+        ));
+    }
+    Ok(code)
+}
+
 /// The datapath form of `rules` (map `MODBUS_RULES`). `Err` names what does not fit: more
 /// than `MAX_RANGES` ranges in a table, or diagnostics sub-functions above 63 named one by one.
 pub fn to_map(rules: &ModbusRules) -> Result<ModbusRule, (String, String)> {
     let mut m = ModbusRule {
         flags: RULE_PRESENT,
+        refuse_function: rules.refuse_function,
+        refuse_exception: rules.refuse_exception,
         ..ModbusRule::default()
     };
     let set = |words: &mut [u64], n: usize| words[n / 64] |= 1 << (n % 64);

@@ -75,6 +75,9 @@ pub enum Mode {
 pub enum OnDeny {
     Drop,
     Reset,
+    /// Inspected requests the rule refuses are answered in-band (a Modbus exception) and the
+    /// connection is kept; other denials fall back to drop.
+    Refuse,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -143,6 +146,16 @@ pub struct Modbus {
     pub units: Option<Vec<Scalar>>,
     pub functions: Option<Vec<Scalar>>,
     pub addresses: Option<ModbusAddresses>,
+    /// Addition to POLICY.md: how `on_deny: refuse` refuses (policies/README.md).
+    pub refuse: Option<ModbusRefuse>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ModbusRefuse {
+    /// The unassigned function code a refused request is given on its way to the server.
+    pub function: Option<Scalar>,
+    /// The exception code the client gets.
+    pub exception: Option<Scalar>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -364,6 +377,7 @@ fn context(parent: &[Segment]) -> Option<(&'static str, &'static [&'static str])
         (_, Some(".icmp")) => ("icmp rule", fields_of::<Icmp>()),
         (_, Some(".modbus")) => ("modbus rule", fields_of::<Modbus>()),
         (_, Some(".modbus.addresses")) => ("modbus addresses", fields_of::<ModbusAddresses>()),
+        (_, Some(".modbus.refuse")) => ("modbus refuse", fields_of::<ModbusRefuse>()),
         (_, Some(".enip")) => ("enip rule", fields_of::<Enip>()),
         (_, Some(".enip.objects[]")) => ("CIP object", fields_of::<CipObject>()),
         _ => return None,
