@@ -1,20 +1,44 @@
-//! Reading Ethernet frames from pcap and pcapng files (through pcap-file), in file order.
+//! Reading captures (pcap and pcapng, through pcap-file) into the Ethernet frames the datapath
+//! judges, in file order. Packets captured with another link-layer header (Linux cooked, BSD
+//! loopback, raw IP) are turned into Ethernet frames ([`LinkType::to_ethernet`]); the interfaces
+//! of a pcapng file may differ in link type.
+
+mod cooked;
+mod link;
+mod loopback;
 
 use std::{fs::File, io::BufReader, path::Path};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use pcap_file::{
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader},
-    DataLink,
 };
+
+pub use link::LinkType;
 
 /// The pcapng section header block type, as the first four bytes of the file.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Every frame of the capture at `path`, in order. Only Ethernet captures are accepted: the
-/// datapath starts parsing at the Ethernet header.
+/// One captured packet, as the datapath judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The Ethernet frame: as captured, or the captured packet with a synthesised Ethernet
+    /// header in place of its link header.
+    pub data: Vec<u8>,
+    /// The link type the packet was captured with.
+    pub link: LinkType,
+}
+
+/// Every packet of the capture at `path` as an Ethernet frame, in order.
 pub fn frames(path: &Path) -> Result<Vec<Vec<u8>>> {
+    Ok(read(path)?.into_iter().map(|f| f.data).collect())
+}
+
+/// Every packet of the capture at `path`, in order, with the link type it was captured with.
+/// Fails on a link type otfw cannot read (naming it), when a packet on it arrives, and on a
+/// packet too short for its link header.
+pub fn read(path: &Path) -> Result<Vec<Frame>> {
     let mut magic = [0u8; 4];
     {
         use std::io::Read as _;
@@ -22,7 +46,10 @@ pub fn frames(path: &Path) -> Result<Vec<Vec<u8>>> {
             .with_context(|| format!("opening capture {}", path.display()))?
             .read_exact(&mut magic)
             .with_context(|| {
-                format!("{}: not a pcap or pcapng file (too short)", path.display())
+                format!(
+                    "capture {}: not a pcap or pcapng file (too short)",
+                    path.display()
+                )
             })?;
     }
     let file = BufReader::new(File::open(path)?);
@@ -33,55 +60,66 @@ pub fn frames(path: &Path) -> Result<Vec<Vec<u8>>> {
     }
 }
 
-fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Vec<u8>>> {
+fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
     let mut reader = PcapReader::new(file)
-        .with_context(|| format!("{}: not a pcap or pcapng file", path.display()))?;
-    let link = reader.header().datalink;
-    if link != DataLink::ETHERNET {
-        bail!(
-            "{}: link type {link:?} is not supported; otfw replays Ethernet captures",
-            path.display()
-        );
-    }
+        .with_context(|| format!("capture {}: not a pcap or pcapng file", path.display()))?;
+    let link = LinkType::from_datalink(reader.header().datalink)
+        .map_err(|e| anyhow!("capture {}: {e}", path.display()))?;
     let mut frames = Vec::new();
     while let Some(packet) = reader.next_packet() {
+        let number = frames.len() + 1;
         let packet =
-            packet.with_context(|| format!("{}: frame {}", path.display(), frames.len() + 1))?;
-        frames.push(packet.data.into_owned());
+            packet.with_context(|| format!("capture {}: frame {number}", path.display()))?;
+        frames.push(frame(path, number, link, packet.data.into_owned())?);
     }
     Ok(frames)
 }
 
-fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Vec<u8>>> {
+fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
     let mut reader = PcapNgReader::new(file)
-        .with_context(|| format!("{}: not a valid pcapng file", path.display()))?;
+        .with_context(|| format!("capture {}: not a valid pcapng file", path.display()))?;
     let mut frames = Vec::new();
     while let Some(block) = reader.next_block() {
-        let block = block
-            .with_context(|| format!("{}: block after frame {}", path.display(), frames.len()))?;
+        let block = block.with_context(|| {
+            format!(
+                "capture {}: block after frame {}",
+                path.display(),
+                frames.len()
+            )
+        })?;
         let (interface, data) = match block {
             Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned()),
             Block::SimplePacket(p) => (0, p.data.into_owned()),
             Block::Packet(p) => (p.interface_id as u32, p.data.into_owned()),
             _ => continue,
         };
-        let link = reader
+        let number = frames.len() + 1;
+        // Checked per packet, not per interface declared: an interface of a link type otfw
+        // cannot read is no obstacle while no packet on it is to be judged.
+        let datalink = reader
             .interfaces()
             .get(interface as usize)
             .map(|i| i.linktype)
             .with_context(|| {
                 format!(
-                    "{}: frame on undeclared interface {interface}",
+                    "capture {}: frame {number} on undeclared interface {interface}",
                     path.display()
                 )
             })?;
-        if link != DataLink::ETHERNET {
-            bail!(
-                "{}: link type {link:?} is not supported; otfw replays Ethernet captures",
+        let link = LinkType::from_datalink(datalink).map_err(|e| {
+            anyhow!(
+                "capture {}: interface {interface} (frame {number}): {e}",
                 path.display()
-            );
-        }
-        frames.push(data);
+            )
+        })?;
+        frames.push(frame(path, number, link, data)?);
     }
     Ok(frames)
+}
+
+fn frame(path: &Path, number: usize, link: LinkType, packet: Vec<u8>) -> Result<Frame> {
+    let data = link
+        .to_ethernet(packet)
+        .map_err(|e| anyhow!("capture {}: frame {number}: {e}", path.display()))?;
+    Ok(Frame { data, link })
 }

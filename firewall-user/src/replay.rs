@@ -1,6 +1,7 @@
 //! `otfw replay`: every frame of one or more captures through the real XDP program
 //! (BPF_PROG_TEST_RUN), in order, with the maps carried from frame to frame, so flows behave as
-//! on a live bridge. One JSON object per frame, then a summary.
+//! on a live bridge. One JSON object per frame, then a summary. Captures of other link types
+//! than Ethernet are judged as if their packets had arrived on an Ethernet port (`capture`).
 //!
 //! What a capture cannot tell: the bridge port a frame arrived on (anti-spoofing is not checked:
 //! every frame counts as arriving on a permitted port), and real time (flows do not expire
@@ -24,6 +25,10 @@ use crate::{
 struct FrameRecord<'a> {
     file: &'a str,
     frame: usize,
+    /// The link type the frame was captured with (`linux_sll`, `null`, `raw`, ...) when it was
+    /// not Ethernet: the frame was judged with a synthesised Ethernet header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<&'static str>,
     /// `pass` or `drop`: what happened to the frame.
     verdict: &'static str,
     /// The accounting verdict: `pass`, `drop`, `monitor` (passed, would be dropped in enforce
@@ -81,10 +86,11 @@ pub fn replay(
 
     let mut summary = Summary::default();
     for path in captures {
-        let frames = capture::frames(path)?;
+        let frames = capture::read(path)?;
         let file = path.display().to_string();
         summary.files += 1;
-        for (i, mut frame) in frames.into_iter().enumerate() {
+        for (i, captured) in frames.into_iter().enumerate() {
+            let (mut frame, link) = (captured.data, captured.link);
             let repaired =
                 checksums == Checksums::Repair && offload::repair_tcp_checksum(&mut frame);
             summary.checksums_repaired += repaired as usize;
@@ -100,6 +106,7 @@ pub fn replay(
             let record = FrameRecord {
                 file: &file,
                 frame: i + 1,
+                link: (link != capture::LinkType::Ethernet).then(|| link.name()),
                 verdict: if d.passed() { "pass" } else { "drop" },
                 action,
                 reason: d.reason.name(),

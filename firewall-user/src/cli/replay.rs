@@ -16,7 +16,8 @@ pub struct ReplayArgs {
     /// captured (captures from a mirror port or tap).
     #[arg(long, value_enum, default_value_t = crate::offload::Checksums::Repair)]
     pub checksums: crate::offload::Checksums,
-    /// pcap or pcapng files (Ethernet), replayed in the order given.
+    /// pcap or pcapng files (Ethernet, Linux cooked, BSD loopback or raw IP), replayed in the
+    /// order given.
     #[arg(required = true, value_name = "CAPTURE")]
     pub captures: Vec<PathBuf>,
 }
