@@ -209,7 +209,9 @@ pub fn to_line(event: &Event) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use firewall_common::{
-        counters::{Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_PASS},
+        counters::{
+            Traffic, FLOW_CREATED, FLOW_STATS_LEN, VERDICT_COUNT, VERDICT_DROP, VERDICT_PASS,
+        },
         reason::REASON_COUNT,
     };
     use serde_json::json;

@@ -522,7 +522,8 @@ fn unix_seconds(at: SystemTime) -> f64 {
 }
 
 /// Conduit traffic summed per conduit key (name and labels), by verdict.
-pub type ConduitCounts = BTreeMap<ConduitKey, [Traffic; firewall_common::counters::VERDICT_COUNT as usize]>;
+pub type ConduitCounts =
+    BTreeMap<ConduitKey, [Traffic; firewall_common::counters::VERDICT_COUNT as usize]>;
 
 #[cfg(test)]
 mod tests;

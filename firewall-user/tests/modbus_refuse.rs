@@ -42,7 +42,10 @@ fn rewritten(input: &[u8], out: &[u8], changed: &[(usize, u8)]) {
     repair_tcp_checksum(&mut fixed);
     assert_eq!(out, &fixed[..], "bytes and checksum");
     let mut check = out.to_vec();
-    assert!(!repair_tcp_checksum(&mut check), "checksum of the output is valid");
+    assert!(
+        !repair_tcp_checksum(&mut check),
+        "checksum of the output is valid"
+    );
 }
 
 /// A server's exception answer to transaction `tid`: function byte `function`, code `code`.

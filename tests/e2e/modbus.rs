@@ -314,3 +314,67 @@ fn address_range_rule_allows_inside_and_refuses_straddling() {
     }
     assert_eq!(server.datastore().unwrap(), Datastore::initial());
 }
+
+/// SIGUSR1, then the number of flows `otfw run` has created so far (its `stats` event).
+fn flows_created(fw: &mut Firewall) -> u64 {
+    let pid = libc::pid_t::try_from(fw.process.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let line = fw
+        .process
+        .wait_for_line(|l| l.contains(r#""event":"stats""#), EVENT)
+        .unwrap_or_else(|e| panic!("no stats event: {e:#}"));
+    let stats: Value = serde_json::from_str(&line).unwrap();
+    stats["flows"]["created"].as_u64().unwrap_or(0)
+}
+
+/// On a read-only conduit with `on_deny: refuse`, every client's write is answered at once
+/// with an exception for its own function code (illegal function), the next read on the same
+/// connection returns the right values (pymodbus and tokio-modbus keep one connection for
+/// both; mbpoll opens one per request), and the server's registers are unchanged: the server
+/// only ever saw the neutralised request.
+#[test]
+fn read_only_conduit_refuses_writes_and_keeps_the_connection() {
+    let (lab, mut fw, mut server) = setup("refuse", READ_ONLY);
+    let plc = server.addr;
+    for (index, client) in ModbusClient::ALL.into_iter().enumerate() {
+        let name = client.name();
+        let register = 50 + u16::try_from(index).unwrap();
+        let before = flows_created(&mut fw);
+        let ops = [
+            ModbusOp::WriteRegister(register, 4242),
+            ModbusOp::Read(Table::HoldingRegisters, register, 2),
+            ModbusOp::WriteRegisters(register, vec![1, 2]),
+            ModbusOp::Read(Table::InputRegisters, 0, 1),
+        ];
+        let results = run(&lab, client, "client", plc, &ops);
+        assert_eq!(
+            results,
+            [
+                ModbusResult::Exception(1),
+                ModbusResult::Ok(vec![
+                    initial::holding_register(register),
+                    initial::holding_register(register + 1)
+                ]),
+                ModbusResult::Exception(1),
+                ModbusResult::Ok(vec![initial::input_register(0)]),
+            ],
+            "{name}: refused writes and the reads after them"
+        );
+        // The events come first: reading the stats event skips every line before it.
+        let event = denied_event(&mut fw);
+        assert_eq!(event["reason"], "modbus_function_denied", "{event}");
+        assert_eq!(event["verdict"], "refuse", "{event}");
+        assert_eq!(event["function"], 6, "{event}");
+        assert_eq!(denied_event(&mut fw)["function"], 16);
+        let connections = flows_created(&mut fw) - before;
+        let expected = if client == ModbusClient::Mbpoll { 4 } else { 1 };
+        eprintln!("{name}: {connections} connection(s) for 4 requests");
+        assert_eq!(connections, expected, "{name}: connections used");
+        assert_eq!(
+            server.datastore().unwrap(),
+            Datastore::initial(),
+            "{name}: a refused write changed the server's datastore"
+        );
+    }
+}

@@ -134,6 +134,9 @@ enum Expect {
     Allow(&'static str),
     /// Dropped for this reason.
     Deny(&'static str),
+    /// Refused in-band for this reason: the client gets the protocol's own error and the
+    /// connection lives on (`on_deny: refuse`).
+    Refuse(&'static str),
 }
 
 struct Step {
@@ -158,10 +161,12 @@ const STEPS: [Step; 11] = [
         from: "hist",
         to: "plc",
         probe: Probe::Modbus(ModbusProbe::Write(SETPOINT, SETPOINT_VALUE)),
-        expect: Expect::Deny("modbus_function_denied"),
+        expect: Expect::Refuse("modbus_function_denied"),
         because: "historian-reads allows reads only: write_single_register (function 6) is \
-                  refused; on_deny: drop drops it and the rest of that connection, so the \
-                  client times out and the PLC never sees the write",
+                  refused; on_deny: refuse sends the PLC a neutralised request (function 60, \
+                  which it does not execute) and gives the historian the PLC's exception for \
+                  its own function: 0x86, illegal function, so its next read on the same \
+                  connection is served",
     },
     Step {
         from: "ews",
@@ -516,6 +521,17 @@ fn run_step(
             false,
             "MISMATCH: the policy denies this, but it was not blocked".to_string(),
         ),
+        (Expect::Refuse(reason), Some(false)) if counted.reason(reason, "refuse") > 0 => {
+            (true, "REFUSE as expected".to_string())
+        }
+        (Expect::Refuse(reason), Some(false)) => (
+            false,
+            format!("MISMATCH: blocked, but no request was refused for {reason}"),
+        ),
+        (Expect::Refuse(_), _) => (
+            false,
+            "MISMATCH: the policy refuses this, but it was not refused".to_string(),
+        ),
     };
     let result = StepResult {
         seen,
@@ -614,12 +630,18 @@ fn modbus_probe(
             }
         }
         ModbusProbe::Write(address, value) => {
-            let written = request(ModbusOp::WriteRegister(address, value))?;
-            // Read back on a new connection: this one may be blocked after a refusal.
-            let read_back = request(ModbusOp::Read(Table::HoldingRegisters, address, 1))?;
+            // The write, then a read on the same connection: after a refusal in-band the
+            // connection still serves the client.
+            let ops = [
+                ModbusOp::WriteRegister(address, value),
+                ModbusOp::Read(Table::HoldingRegisters, address, 1),
+            ];
+            let mut results = lab.modbus(client, from, plc, MODBUS_UNIT, ATTEMPT_TIMEOUT, &ops)?;
+            let read_back = results.pop().expect("one result per op");
+            let written = results.pop().expect("one result per op");
             let read_back = match read_back {
                 ModbusResult::Ok(values) => format!(
-                    "holding register {address} reads {} afterwards (new connection)",
+                    "holding register {address} reads {} afterwards (same connection)",
                     values.first().map_or("nothing".to_string(), u16::to_string)
                 ),
                 other => format!("reading holding register {address} back: {other:?}"),
@@ -649,7 +671,8 @@ fn modbus_failure(result: &ModbusResult) -> (String, Option<bool>, Vec<String>) 
             Vec::new(),
         ),
         ModbusResult::Reset => ("reset".to_string(), Some(false), Vec::new()),
-        ModbusResult::Exception(code) => (format!("exception {code}"), None, Vec::new()),
+        // The request did not get through: the answer is an error, the write did not happen.
+        ModbusResult::Exception(code) => (format!("exception {code}"), Some(false), Vec::new()),
         other => (format!("{other:?}"), None, Vec::new()),
     }
 }
@@ -708,6 +731,7 @@ fn print_step(number: usize, step: &Step, result: &StepResult) {
     let expected = match step.expect {
         Expect::Allow(_) => "allowed",
         Expect::Deny(_) => "denied",
+        Expect::Refuse(_) => "refused",
     };
     println!(
         "{number:>2}. {:<31} {expected:<8} client: {:<27} {}",
@@ -743,11 +767,16 @@ fn print_summary(results: &[StepResult]) {
                 "denied",
                 format!("{reason} ({})", result.counted.reason(reason, "drop")),
             ),
+            Expect::Refuse(reason) => (
+                "refused",
+                format!("{reason} ({})", result.counted.reason(reason, "refuse")),
+            ),
         };
-        let seen = match result.through {
-            Some(true) => "pass",
-            Some(false) => "drop",
-            None => "?",
+        let seen = match (result.through, step.expect) {
+            (Some(true), _) => "pass",
+            (Some(false), Expect::Refuse(_)) => "refuse",
+            (Some(false), _) => "drop",
+            (None, _) => "?",
         };
         println!(
             "  {:>2}  {:<31} {policy:<8} {seen:<6} {decided_by:<31} {}",

@@ -13,12 +13,12 @@ use firewall_common::{
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
     modbus::{
         bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
-        ModbusStatKey, ModbusStream, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
+        ModbusStatKey, ModbusStream, Refusal, Refusals, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
         COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_REFUSE, KIND_RESPONSE, KIND_UNSOLICITED,
-        MAX_ADUS, REFUSALS_MAX, REWRITES_MAX, Refusal, Refusals,
-        MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, RULE_DIAG_OTHERS, RULE_PRESENT,
-        RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS,
-        TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
+        MAX_ADUS, MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, REFUSALS_MAX, REWRITES_MAX,
+        RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY,
+        STREAM_SYNCED, TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS,
+        TABLE_INPUT_REGISTERS,
     },
     reason::Reason,
     slot_of,
@@ -686,7 +686,16 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
                 KIND_RESPONSE
             }
         };
-        note_adu(s, unit, function & 0x7f, kind, 0, address, quantity, exception);
+        note_adu(
+            s,
+            unit,
+            function & 0x7f,
+            kind,
+            0,
+            address,
+            quantity,
+            exception,
+        );
     } else {
         let sanity = is_sanity(reason);
         // In a segment that syncs a stream, a malformed ADU means the guess of where ADUs

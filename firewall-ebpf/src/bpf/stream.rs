@@ -19,9 +19,9 @@ use firewall_common::{
 
 use super::{
     delivery,
-    packet::ptr_at_mut,
     l4::{TCP_FIN, TCP_RST, TCP_SYN},
     maps::FLOWS,
+    packet::ptr_at_mut,
     reset,
     stats::{self, Accounted},
 };
@@ -183,7 +183,11 @@ pub fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -
     }
     // Words are counted from the TCP header, which starts on an even offset of the checksummed
     // data (the pseudo-header is 12 or 40 bytes): an even distance is a word's high byte.
-    let shift = if at.wrapping_sub(header) & 1 == 0 { 8 } else { 0 };
+    let shift = if at.wrapping_sub(header) & 1 == 0 {
+        8
+    } else {
+        0
+    };
     let Ok(check) = ptr_at_mut::<[u8; 2]>(ctx, header + 16) else {
         return false;
     };
@@ -195,8 +199,7 @@ pub fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -
     // SAFETY: one byte into / from locals; the helpers check the frame side.
     unsafe {
         if bpf_xdp_load_bytes(ctx.ctx, at as u32, &mut old as *mut u8 as *mut c_void, 1) != 0
-            || bpf_xdp_store_bytes(ctx.ctx, at as u32, &mut new as *mut u8 as *mut c_void, 1)
-                != 0
+            || bpf_xdp_store_bytes(ctx.ctx, at as u32, &mut new as *mut u8 as *mut c_void, 1) != 0
         {
             return false;
         }

@@ -57,12 +57,19 @@ impl Datapath {
     /// Loads the object and, with `pin_dir`, pins the maps `otfw status` reads there.
     pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Datapath> {
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new().verifier_log_level(if std::env::var_os("OTFW_VERIFIER_LOG").is_some() { aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS } else { aya::VerifierLogLevel::default() }).load(OBJECT).map_err(|e| {
-            anyhow::anyhow!(
+        let mut ebpf = EbpfLoader::new()
+            .verifier_log_level(if std::env::var_os("OTFW_VERIFIER_LOG").is_some() {
+                aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS
+            } else {
+                aya::VerifierLogLevel::default()
+            })
+            .load(OBJECT)
+            .map_err(|e| {
+                anyhow::anyhow!(
                 "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN) and \
                  a kernel with BPF and XDP support"
             )
-        })?;
+            })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
         if let Some(dir) = pin_dir {

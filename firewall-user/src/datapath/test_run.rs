@@ -183,8 +183,7 @@ impl Datapath {
                         address: a.address,
                         quantity: a.quantity,
                         sub: a.sub,
-                        verdict: if matches!(frame_verdict, "monitor" | "refuse") && a.reason == 0
-                        {
+                        verdict: if matches!(frame_verdict, "monitor" | "refuse") && a.reason == 0 {
                             "pass"
                         } else {
                             frame_verdict
