@@ -119,14 +119,15 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     let to_server = ic.to_server != 0;
     let flags = ic.tcp_flags;
 
-    let undeliverable = stream::undeliverable(ctx, &flow.guard, ic);
-    if undeliverable != Reason::None {
-        let st = if to_server {
-            &mut flow.streams[0]
-        } else {
-            &mut flow.streams[1]
-        };
-        return stream::refuse_undeliverable(ctx, &mut acc, undeliverable, st, monitor);
+    if let Some(action) = stream::refuse_undeliverable(
+        ctx,
+        &mut acc,
+        &flow.guard,
+        ic,
+        &mut flow.streams[(!to_server) as usize],
+        monitor,
+    ) {
+        return action;
     }
     if flags & TCP_SYN != 0 {
         let action = syn(ic, flow, to_server);

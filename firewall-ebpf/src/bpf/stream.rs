@@ -145,27 +145,34 @@ pub fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
     }
 }
 
-/// Applies an `undeliverable` refusal: dropped, never reset (it may be forged) and the flow is
+/// Refuses a segment the receiver would not deliver as framed (`undeliverable`), accounting
+/// it; `None` if it would be delivered. Dropped, never reset (it may be forged) and the flow is
 /// not blocked (the sender's own retransmission may be fine). In monitor mode it passes
-/// unframed, and the stream it would have moved resynchronises on a later segment.
+/// unframed, and `stream`, the direction it would have moved, resynchronises on a later
+/// segment.
 #[inline(always)]
 pub fn refuse_undeliverable<S: Position>(
     ctx: &XdpContext,
     acc: &mut Accounted,
-    reason: Reason,
+    guard: &TcpGuard,
+    ic: &InspectContext,
     stream: &mut S,
     monitor: bool,
-) -> u32 {
+) -> Option<u32> {
+    let reason = undeliverable(ctx, guard, ic);
+    if reason == Reason::None {
+        return None;
+    }
     acc.reason = reason as u8;
     if monitor {
         *stream.flags() &= !(S::SYNCED | S::BOUNDARY);
         acc.verdict = VERDICT_MONITOR;
         stats::record(ctx, acc);
-        return xdp_action::XDP_PASS;
+        return Some(xdp_action::XDP_PASS);
     }
     acc.verdict = VERDICT_DROP;
     stats::record(ctx, acc);
-    xdp_action::XDP_DROP
+    Some(xdp_action::XDP_DROP)
 }
 
 /// Rewrites the payload byte at frame offset `at` to `value` and updates the TCP checksum
