@@ -65,7 +65,8 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn to_json(d: &Diagnostic) -> serde_json::Value {
+/// One diagnostic as `--json` prints it (also used by `otfw diff --json`).
+pub(crate) fn to_json(d: &Diagnostic) -> serde_json::Value {
     serde_json::json!({
         "file": d.file,
         "line": d.line,

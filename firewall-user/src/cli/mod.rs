@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod diff;
 pub mod replay;
 pub mod run;
 pub mod status;
@@ -24,6 +25,14 @@ pub struct Cli {
 pub enum Command {
     /// Check policy files: report every error and warning, exit 1 if any file has an error.
     Check(check::CheckArgs),
+    /// Explain what changing policy OLD into NEW does to what is allowed, line by line.
+    ///
+    /// Both files are loaded as `otfw check` loads them and compared by what they mean, not
+    /// how they are written: reordered lists, a preset spelled out as its codes or comments
+    /// are no change. Lines start with `+` (newly allowed or added), `-` (no longer allowed or
+    /// removed) or `~` (changed).
+    #[command(after_help = diff::EXIT_STATUS)]
+    Diff(diff::DiffArgs),
     /// Enforce a policy on the ports of the gateway bridge until SIGINT/SIGTERM.
     ///
     /// JSON events go to stdout. SIGHUP reloads the policy; SIGUSR1 prints the datapath's
@@ -43,6 +52,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<u8> {
         match self.command {
             Command::Check(args) => check::run(&args),
+            Command::Diff(args) => diff::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
             Command::Status(args) => status::run(&args),

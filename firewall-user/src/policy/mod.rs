@@ -3,10 +3,12 @@
 //! [`check_str`] and [`load`] run the whole pipeline: index positions (`source`), read the
 //! document (`model`), check it (`validate`), warn about doubtful parts (`lint`), and build the
 //! map contents (`compile`). Every problem comes back as a [`Diagnostic`] with its line and
-//! column; a policy loads when none of them is an error.
+//! column; a policy loads when none of them is an error. [`diff`] compares two loaded policies
+//! by what they allow (`otfw diff`).
 
 pub mod compile;
 pub mod compiled;
+pub mod diff;
 pub mod enip;
 pub mod lint;
 pub mod modbus;
