@@ -386,3 +386,45 @@ fn sighup_reloads_and_sigterm_detaches() {
         TcpOutcome::Echoed
     );
 }
+
+/// The state of generic receive offload on a root-namespace port, as ethtool reports it.
+fn gro(port: &str) -> String {
+    let out = Command::new("ethtool").args(["-k", port]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("generic-receive-offload: "))
+        .unwrap_or_else(|| panic!("no GRO line for {port}: {text}"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Generic XDP sees segments after GRO merged them, with a checksum field that is not the
+/// wire's: `otfw run` switches GRO off on the ports it attaches in generic mode and on again
+/// when it detaches.
+#[test]
+fn gro_is_off_on_generic_ports_while_attached() {
+    let lab = common::lab(&hosts());
+    let port = lab.ports()[0].to_string();
+    let on = Command::new("ethtool")
+        .args(["-K", &port, "gro", "on"])
+        .status()
+        .unwrap();
+    assert!(on.success(), "ethtool -K {port} gro on");
+    assert_eq!(gro(&port), "on");
+    let fw = Firewall::start(&lab, &policy("", ""));
+    assert_eq!(
+        gro(&port),
+        "off",
+        "GRO while otfw run is attached in generic mode"
+    );
+    let Firewall { process, .. } = fw;
+    let output = process.stop();
+    assert!(
+        output.stdout.contains(r#""event":"detached""#),
+        "{}",
+        output.stdout
+    );
+    assert_eq!(gro(&port), "on", "GRO after otfw run detached");
+}

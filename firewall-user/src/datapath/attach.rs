@@ -7,7 +7,10 @@ use std::{ffi::CString, fmt, path::Path};
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 
-use super::Datapath;
+use super::{
+    ethtool::{self, driver},
+    Datapath,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortMode {
@@ -39,6 +42,8 @@ pub struct AttachedPort {
     pub ifindex: u32,
     pub mode: PortMode,
     link: XdpLinkId,
+    /// GRO was on and otfw switched it off (generic mode); switched on again at detach.
+    pub gro_switched_off: bool,
 }
 
 /// The ports the program is attached to; detached when `Datapath::detach` runs or the
@@ -67,55 +72,6 @@ pub fn bridge_ports(bridge: &str) -> Result<Vec<String>> {
         bail!("bridge {bridge} has no ports; add the segment interfaces to it first");
     }
     Ok(ports)
-}
-
-/// The kernel driver behind an interface (`veth`, `ixgbe`, ...), from the ethtool ioctl.
-pub fn driver(name: &str) -> Option<String> {
-    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        version: [u8; 32],
-        fw_version: [u8; 32],
-        bus_info: [u8; 32],
-        erom_version: [u8; 32],
-        reserved2: [u8; 12],
-        n_priv_flags: u32,
-        n_stats: u32,
-        testinfo_len: u32,
-        eedump_len: u32,
-        regdump_len: u32,
-    }
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: all-zero is a valid DrvInfo and ifreq (plain integers and arrays).
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: a datagram socket only to issue the ioctl; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live DrvInfo.
-    let ret = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if ret != 0 {
-        return None;
-    }
-    let end = info
-        .driver
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(info.driver.len());
-    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 pub fn ifindex(name: &str) -> Result<u32> {
@@ -169,12 +125,16 @@ impl Datapath {
                 },
             };
             match result {
-                Ok((link, mode)) => attached.ports.push(AttachedPort {
-                    name: name.clone(),
-                    ifindex,
-                    mode,
-                    link,
-                }),
+                Ok((link, mode)) => {
+                    let gro_switched_off = mode == PortMode::Generic && gro_off(name);
+                    attached.ports.push(AttachedPort {
+                        name: name.clone(),
+                        ifindex,
+                        mode,
+                        link,
+                        gro_switched_off,
+                    })
+                }
                 Err(e) => {
                     self.detach(attached);
                     return Err(e).with_context(|| {
@@ -192,6 +152,38 @@ impl Datapath {
             if let Err(e) = program.detach(port.link) {
                 log::warn!("detaching XDP from {}: {e}", port.name);
             }
+            if port.gro_switched_off {
+                match ethtool::set_gro(&port.name, true) {
+                    Ok(()) => log::info!("switched GRO on again on {}", port.name),
+                    Err(e) => log::warn!("switching GRO on again on {}: {e:#}", port.name),
+                }
+            }
+        }
+    }
+}
+
+/// Generic XDP runs after GRO has merged a port's segments into one large frame whose TCP
+/// checksum field is not the wire's, so the inspectors could not verify it and would refuse
+/// every inspected segment (`tcp_bad_checksum`). GRO is switched off on such a port while otfw
+/// is attached (native XDP sees frames before GRO). Returns whether it was switched off.
+fn gro_off(name: &str) -> bool {
+    if ethtool::gro(name) != Some(true) {
+        return false;
+    }
+    match ethtool::set_gro(name, false) {
+        Ok(()) => {
+            log::info!(
+                "switched GRO off on {name}: generic XDP would see merged segments whose \
+                 checksums the inspectors cannot verify"
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!(
+                "could not switch GRO off on {name} ({e:#}): inspected TCP traffic through it \
+                 may be refused as tcp_bad_checksum; run `ethtool -K {name} gro off`"
+            );
+            false
         }
     }
 }

@@ -5,6 +5,7 @@ mod attach;
 mod baseline;
 mod counters;
 mod enip;
+mod ethtool;
 mod generation;
 mod maps;
 mod modbus;
