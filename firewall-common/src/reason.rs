@@ -234,21 +234,6 @@ impl Reason {
         "modbus_refusals_full",
     ];
 
-    /// Segments the receiver's TCP stack would not deliver byte for byte as the firewall would
-    /// frame them. They are dropped (passed in monitor mode) and never answered with a reset:
-    /// a reset sent for a forged segment would tear down the real connection it imitates.
-    pub const fn undeliverable(self) -> bool {
-        matches!(
-            self,
-            Reason::TcpUrgent
-                | Reason::TcpBadChecksum
-                | Reason::TcpDataOnSyn
-                | Reason::TcpTtlLowered
-                | Reason::TcpDataAfterFin
-                | Reason::TcpDataAfterRst
-        )
-    }
-
     pub const fn name(self) -> &'static str {
         Self::NAMES[self as usize]
     }

@@ -3,6 +3,8 @@
 
 #[path = "common/enip.rs"]
 mod enip_common;
+#[path = "common/mangle.rs"]
+mod mangle;
 #[path = "common/modbus.rs"]
 mod modbus_common;
 
@@ -859,4 +861,41 @@ fn monitor_and_reset() {
             .any(|t| t.service == "write_tag" && t.verdict == "reset" && t.requests == 1),
         "{traffic:#?}"
     );
+}
+
+/// The TCP delivery checks of the shared stream layer (`tcp_delivery.rs` for Modbus) refuse the
+/// same segments on EtherNet/IP, always as a drop.
+#[test]
+fn undeliverable_segments_are_refused() {
+    use firewall_common::counters::VERDICT_DROP;
+    use mangle::{bad_checksum, urgent, with_ttl};
+    let dropped = |d: &Decision, reason: Reason, what: &str| {
+        expect(d, reason, what);
+        assert_eq!(
+            d.verdict as u32, VERDICT_DROP,
+            "{what}: dropped, never reset"
+        );
+    };
+    let mut dp = datapath(&policy("services: [read]", ""));
+    let mut c = session(&mut dp, 43000);
+    let msg = rr(SESSION, &read_tag("counter"));
+    let f = bad_checksum(c.client_frame(c.cseq, "PA", &msg));
+    dropped(&run(&mut dp, &f), Reason::TcpBadChecksum, "bad checksum");
+    let f = urgent(c.client_frame(c.cseq, "PA", &msg), 3);
+    dropped(&run(&mut dp, &f), Reason::TcpUrgent, "urgent");
+    let f = with_ttl(c.client_frame(c.cseq, "PA", &msg), 2);
+    dropped(&run(&mut dp, &f), Reason::TcpTtlLowered, "TTL 2");
+    expect(&c.send(&mut dp, &msg), Reason::None, "the read as sent");
+    let fin_at = c.cseq;
+    expect(
+        &run(&mut dp, &c.client_frame(fin_at, "FA", &[])),
+        Reason::None,
+        "FIN",
+    );
+    let f = c.client_frame(fin_at, "PA", &msg);
+    dropped(&run(&mut dp, &f), Reason::TcpDataAfterFin, "after FIN");
+
+    let c = Conn::new(43001, 44818);
+    let syn = c.client_frame(c.cseq.wrapping_sub(1), "S", &register_session());
+    dropped(&run(&mut dp, &syn), Reason::TcpDataOnSyn, "SYN with data");
 }

@@ -1,26 +1,21 @@
 //! TCP-level evasions on inspected flows (root): segments the firewall could frame but the
 //! server's stack would not deliver byte for byte as framed are refused with their own reason,
 //! never framed, so the stream the inspector follows stays the stream the server reads. The
-//! real object through BPF_PROG_TEST_RUN, for the Modbus and the EtherNet/IP inspector (one
-//! shared stream layer).
+//! real object through BPF_PROG_TEST_RUN. The EtherNet/IP inspector, which shares the stream
+//! layer, is checked in `enip_datapath.rs`.
 
-#[path = "common/enip.rs"]
-mod enip_common;
 #[path = "common/frames.rs"]
 #[allow(dead_code)]
 mod frames;
+#[path = "common/mangle.rs"]
+mod mangle;
 #[path = "common/modbus.rs"]
 mod modbus_common;
 
 use firewall_common::{counters::VERDICT_DROP, counters::VERDICT_MONITOR, reason::Reason};
+use mangle::{bad_checksum, urgent, with_ttl};
 use modbus_common::{datapath, policy, read, run, write_single_register, Conn};
-use otfw::{
-    datapath::{Datapath, Decision},
-    offload::repair_tcp_checksum,
-};
-
-const L3: usize = 14;
-const L4: usize = 14 + 20;
+use otfw::datapath::{Datapath, Decision};
 
 fn expect(d: &Decision, reason: Reason, what: &str) {
     assert_eq!(d.reason, reason, "{what}: {d:?}");
@@ -39,41 +34,6 @@ fn conn(dp: &mut Datapath, sport: u16) -> Conn {
     let mut c = Conn::new(sport, 502);
     c.open(dp);
     c
-}
-
-/// Recomputes the IPv4 header checksum after a header change.
-fn fix_ipv4(frame: &mut [u8]) {
-    frame[L3 + 10] = 0;
-    frame[L3 + 11] = 0;
-    let mut sum: u32 = frame[L3..L3 + 20]
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    frame[L3 + 10..L3 + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-}
-
-/// The frame with another IPv4 TTL, checksums valid.
-fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
-    frame[L3 + 8] = ttl;
-    fix_ipv4(&mut frame);
-    frame
-}
-
-/// The frame with URG set and the urgent pointer at `pointer`, checksum valid.
-fn urgent(mut frame: Vec<u8>, pointer: u16) -> Vec<u8> {
-    frame[L4 + 13] |= 0x20;
-    frame[L4 + 18..L4 + 20].copy_from_slice(&pointer.to_be_bytes());
-    repair_tcp_checksum(&mut frame);
-    frame
-}
-
-/// The frame with a wrong TCP checksum.
-fn bad_checksum(mut frame: Vec<u8>) -> Vec<u8> {
-    frame[L4 + 16] ^= 0x40;
-    frame
 }
 
 #[test]
@@ -329,47 +289,4 @@ fn long_segments_are_verified() {
     let bad = bad_checksum(c.client_frame(c.cseq, "PA", &many));
     expect(&run(&mut dp, &bad), Reason::TcpBadChecksum, "bad checksum");
     expect(&c.send(&mut dp, &many), Reason::None, "valid checksum");
-}
-
-mod enip {
-    use super::*;
-    use enip_common::{policy, read_tag, register_reply, register_session, rr, SESSION};
-
-    fn session(dp: &mut Datapath, sport: u16) -> Conn {
-        let mut c = Conn::new(sport, 44818);
-        c.open(dp);
-        expect(&c.send(dp, &register_session()), Reason::None, "register");
-        expect(
-            &c.reply(dp, &register_reply(SESSION)),
-            Reason::None,
-            "reply",
-        );
-        c
-    }
-
-    #[test]
-    fn the_enip_inspector_refuses_the_same_segments() {
-        let mut dp = datapath(&policy("services: [read]", ""));
-        let mut c = session(&mut dp, 43000);
-        let msg = rr(SESSION, &read_tag("counter"));
-        let f = bad_checksum(c.client_frame(c.cseq, "PA", &msg));
-        expect(&run(&mut dp, &f), Reason::TcpBadChecksum, "bad checksum");
-        let f = urgent(c.client_frame(c.cseq, "PA", &msg), 3);
-        expect(&run(&mut dp, &f), Reason::TcpUrgent, "urgent");
-        let f = with_ttl(c.client_frame(c.cseq, "PA", &msg), 2);
-        expect(&run(&mut dp, &f), Reason::TcpTtlLowered, "TTL 2");
-        expect(&c.send(&mut dp, &msg), Reason::None, "the read as sent");
-        let fin_at = c.cseq;
-        expect(
-            &run(&mut dp, &c.client_frame(fin_at, "FA", &[])),
-            Reason::None,
-            "FIN",
-        );
-        let f = c.client_frame(fin_at, "PA", &msg);
-        expect(&run(&mut dp, &f), Reason::TcpDataAfterFin, "after FIN");
-
-        let c = Conn::new(43001, 44818);
-        let syn = c.client_frame(c.cseq.wrapping_sub(1), "S", &register_session());
-        expect(&run(&mut dp, &syn), Reason::TcpDataOnSyn, "SYN with data");
-    }
 }

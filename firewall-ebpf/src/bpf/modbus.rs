@@ -177,9 +177,15 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     } else {
         &mut flow.streams[1]
     };
-    // The codes are read whatever the mode: answers to requests refused before a policy
-    // change are still restored.
-    let refuse = match MODBUS_RULES.get(rule_index) {
+    // The codes are read whatever the mode (answers to requests refused before a policy change
+    // are still restored), but only when a refusal is possible: one map lookup less for every
+    // other segment.
+    let rule = if on_deny_refuse || flow.refusals.used != 0 {
+        MODBUS_RULES.get(rule_index)
+    } else {
+        None
+    };
+    let refuse = match rule {
         Some(rule) => Refuse {
             on: on_deny_refuse,
             function: rule.refuse_function,
@@ -821,9 +827,7 @@ fn refuse_request(s: &mut ModbusScratch, c: u32, transaction: u16, unit: u8, fun
     // A retransmission of a segment already refused is neutralised again, remembered once.
     if find_refusal(&s.refusals, transaction, unit).is_none() {
         let Some(i) = (0..REFUSALS_MAX).find(|&i| s.refusals.used & (1 << i) == 0) else {
-            s.reason = Reason::ModbusRefusalsFull as u8;
-            s.fail = 1;
-            return 1;
+            return fail(s, Reason::ModbusRefusalsFull);
         };
         s.refusals.entries[i] = Refusal {
             transaction,
@@ -833,9 +837,7 @@ fn refuse_request(s: &mut ModbusScratch, c: u32, transaction: u16, unit: u8, fun
         s.refusals.used |= 1 << i;
     }
     if !queue_rewrite(s, c, 7, s.refuse_function) {
-        s.reason = Reason::ModbusRefusedSplit as u8;
-        s.fail = 1;
-        return 1;
+        return fail(s, Reason::ModbusRefusedSplit);
     }
     s.refused = s.refused.saturating_add(1);
     0
@@ -860,11 +862,17 @@ fn restore_answer(
     let original = s.refusals.entries[i].function | 0x80;
     let restored = s.refuse_exception;
     if !expected || !queue_rewrite(s, c, 7, original) || !queue_rewrite(s, c, 8, restored) {
-        s.reason = Reason::ModbusRefusedAnswer as u8;
-        s.fail = 1;
-        return 1;
+        return fail(s, Reason::ModbusRefusedAnswer);
     }
     0
+}
+
+/// A refusal that cannot be carried out: framing stops and the connection is reset.
+#[inline(always)]
+fn fail(s: &mut ModbusScratch, reason: Reason) -> u64 {
+    s.reason = reason as u8;
+    s.fail = 1;
+    1
 }
 
 /// Malformed rather than forbidden.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{pair_by_port, Effect, Fallback, Kind, Pair, Report, Scope};
+use super::{Effect, Fallback, Inspected, Kind, Report, Scope};
 use crate::policy::enip::{
     CipTarget, EnipRules, COMMANDS, DEFAULT_COMMANDS, IO_PORT, SERVICES, SYMBOL_CLASS,
 };
@@ -186,57 +186,19 @@ fn summary(rules: &EnipRules) -> String {
     format!("enip rule on port {}: {}", rules.port, parts.join("; "))
 }
 
-fn enip_rules(allow: &[Allow]) -> Vec<&EnipRules> {
-    allow
-        .iter()
-        .filter_map(|a| match a {
-            Allow::Enip(rules) => Some(rules),
-            _ => None,
-        })
-        .collect()
-}
+/// The `enip` rules of a conduit, for `compare_inspected`.
+pub(super) const INSPECTED: Inspected<EnipRules> = Inspected {
+    protocol: "enip",
+    rules: |allow| match allow {
+        Allow::Enip(rules) => Some(rules),
+        _ => None,
+    },
+    port: |rules| rules.port,
+    summary,
+    changes,
+};
 
-/// Records the differences between the `enip` rules of two versions of a conduit.
-pub(super) fn compare(
-    report: &mut Report,
-    scope: &Scope,
-    old: &[Allow],
-    new: &[Allow],
-    fallback: Fallback,
-) {
-    for pair in pair_by_port(enip_rules(old), enip_rules(new), |r| r.port) {
-        let key = |rules: &EnipRules| format!("enip:{}", rules.port);
-        match pair {
-            Pair::Added(rules) => report.whole(
-                scope,
-                &["allow", &key(rules)],
-                Kind::Added,
-                summary(rules),
-                Some(fallback.rule_added(true)),
-            ),
-            Pair::Removed(rules) => report.whole(
-                scope,
-                &["allow", &key(rules)],
-                Kind::Removed,
-                summary(rules),
-                Some(fallback.rule_removed(true)),
-            ),
-            Pair::Kept(old, new) | Pair::Moved(old, new) => {
-                report.value(
-                    scope.field(&["allow", &key(old), "port"], "enip rule on port"),
-                    old.port.to_string(),
-                    new.port.to_string(),
-                    None,
-                );
-                let label = format!("enip rule on port {}", new.port);
-                let inner = scope.within(&label, &["allow", &key(new)]);
-                changes(report, &inner, old, new, fallback);
-            }
-        }
-    }
-}
-
-/// What changed inside a rule that stayed (its port is compared by [`compare`]).
+/// What changed inside a rule that stayed (its port is compared by `compare_inspected`).
 fn changes(
     report: &mut Report,
     scope: &Scope,

@@ -377,7 +377,7 @@ fn defaults(report: &mut Report, old: &Defaults, new: &Defaults) {
         keyword(mode),
         mode_effect(*mode),
     );
-    // Drop or reset: the same traffic is refused, only the answer differs.
+    // Drop, reset or refuse: the same traffic is refused, only the answer differs.
     report.value(
         scope.field(&["on_deny"], "on_deny"),
         keyword(&old.on_deny),
@@ -645,6 +645,62 @@ fn pair_by_port<'a, T>(old: Vec<&'a T>, new: Vec<&'a T>, port: fn(&T) -> u16) ->
     pairs
 }
 
+/// One inspected protocol as the diff sees its rules: the `allow` entries it takes, their
+/// port, a one-line summary, and the comparison of a rule that stayed.
+struct Inspected<R> {
+    protocol: &'static str,
+    rules: fn(&Allow) -> Option<&R>,
+    port: fn(&R) -> u16,
+    summary: fn(&R) -> String,
+    changes: fn(&mut Report, &Scope, &R, &R, Fallback),
+}
+
+/// Records the differences between one protocol's inspected rules in two versions of a
+/// conduit: rules paired by port (`pair_by_port`), added and removed rules whole, a kept one's
+/// port and contents.
+fn compare_inspected<R>(
+    report: &mut Report,
+    scope: &Scope,
+    old: &[Allow],
+    new: &[Allow],
+    fallback: Fallback,
+    what: &Inspected<R>,
+) {
+    let old_rules: Vec<&R> = old.iter().filter_map(what.rules).collect();
+    let new_rules: Vec<&R> = new.iter().filter_map(what.rules).collect();
+    let key = |rules: &R| format!("{}:{}", what.protocol, (what.port)(rules));
+    for pair in pair_by_port(old_rules, new_rules, what.port) {
+        match pair {
+            Pair::Added(rules) => report.whole(
+                scope,
+                &["allow", &key(rules)],
+                Kind::Added,
+                (what.summary)(rules),
+                Some(fallback.rule_added(true)),
+            ),
+            Pair::Removed(rules) => report.whole(
+                scope,
+                &["allow", &key(rules)],
+                Kind::Removed,
+                (what.summary)(rules),
+                Some(fallback.rule_removed(true)),
+            ),
+            Pair::Kept(old, new) | Pair::Moved(old, new) => {
+                let label = format!("{} rule on port", what.protocol);
+                report.value(
+                    scope.field(&["allow", &key(old), "port"], &label),
+                    (what.port)(old).to_string(),
+                    (what.port)(new).to_string(),
+                    None,
+                );
+                let label = format!("{} rule on port {}", what.protocol, (what.port)(new));
+                let inner = scope.within(&label, &["allow", &key(new)]);
+                (what.changes)(report, &inner, old, new, fallback);
+            }
+        }
+    }
+}
+
 fn conduits(report: &mut Report, old: &Policy, new: &Policy) {
     for (name, before, after) in by_name(&old.conduits, &new.conduits, |c| &c.name) {
         let label = format!("conduit {name}");
@@ -790,8 +846,8 @@ fn rules(report: &mut Report, scope: &Scope, old: &[Allow], new: &[Allow], fallb
         removed,
         plain.1,
     );
-    modbus::compare(report, scope, old, new, fallback);
-    enip::compare(report, scope, old, new, fallback);
+    compare_inspected(report, scope, old, new, fallback, &modbus::INSPECTED);
+    compare_inspected(report, scope, old, new, fallback, &enip::INSPECTED);
 }
 
 /// Every destination port the plain TCP (or UDP) rules of `allow` admit.

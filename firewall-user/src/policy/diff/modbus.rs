@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::ranges::Ranges;
-use super::{pair_by_port, Effect, Fallback, Kind, Pair, Report, Scope};
+use super::{Effect, Fallback, Inspected, Kind, Report, Scope};
 use crate::policy::modbus::{
     Addresses, ModbusRules, SubFunctions, DIAGNOSTICS, ENCAPSULATED_INTERFACE_TRANSPORT, FUNCTIONS,
 };
@@ -170,57 +170,19 @@ fn summary(rules: &ModbusRules) -> String {
     )
 }
 
-fn modbus_rules(allow: &[Allow]) -> Vec<&ModbusRules> {
-    allow
-        .iter()
-        .filter_map(|a| match a {
-            Allow::Modbus(rules) => Some(rules),
-            _ => None,
-        })
-        .collect()
-}
+/// The `modbus` rules of a conduit, for `compare_inspected`.
+pub(super) const INSPECTED: Inspected<ModbusRules> = Inspected {
+    protocol: "modbus",
+    rules: |allow| match allow {
+        Allow::Modbus(rules) => Some(rules),
+        _ => None,
+    },
+    port: |rules| rules.port,
+    summary,
+    changes,
+};
 
-/// Records the differences between the `modbus` rules of two versions of a conduit.
-pub(super) fn compare(
-    report: &mut Report,
-    scope: &Scope,
-    old: &[Allow],
-    new: &[Allow],
-    fallback: Fallback,
-) {
-    for pair in pair_by_port(modbus_rules(old), modbus_rules(new), |r| r.port) {
-        let key = |rules: &ModbusRules| format!("modbus:{}", rules.port);
-        match pair {
-            Pair::Added(rules) => report.whole(
-                scope,
-                &["allow", &key(rules)],
-                Kind::Added,
-                summary(rules),
-                Some(fallback.rule_added(true)),
-            ),
-            Pair::Removed(rules) => report.whole(
-                scope,
-                &["allow", &key(rules)],
-                Kind::Removed,
-                summary(rules),
-                Some(fallback.rule_removed(true)),
-            ),
-            Pair::Kept(old, new) | Pair::Moved(old, new) => {
-                report.value(
-                    scope.field(&["allow", &key(old), "port"], "modbus rule on port"),
-                    old.port.to_string(),
-                    new.port.to_string(),
-                    None,
-                );
-                let label = format!("modbus rule on port {}", new.port);
-                let inner = scope.within(&label, &["allow", &key(new)]);
-                changes(report, &inner, old, new, fallback);
-            }
-        }
-    }
-}
-
-/// What changed inside a rule that stayed (its port is compared by [`compare`]).
+/// What changed inside a rule that stayed (its port is compared by `compare_inspected`).
 fn changes(
     report: &mut Report,
     scope: &Scope,
