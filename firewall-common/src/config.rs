@@ -22,6 +22,9 @@ pub const FLAG_UNZONED_ALLOW: u32 = 1 << 2;
 pub const FLAG_MIDSTREAM_ADOPT: u32 = 1 << 3;
 /// Record every decision in map `TRACE` (used by `otfw replay`; off on a live gateway).
 pub const FLAG_TRACE: u32 = 1 << 4;
+/// The slot's named hosts (full-length prefixes) are also in map `ZONE_HOSTS`, looked up by
+/// hash before the trie.
+pub const FLAG_HOST_TABLE: u32 = 1 << 5;
 
 /// Map `CONFIG`, indexed by slot.
 #[repr(C)]

@@ -61,6 +61,18 @@ pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
     "closed",
 ];
 
+/// Map `PATH_STATS` (per-CPU u64): the shortcuts the datapath took. Facts about cost, not
+/// decisions: every packet's decision is counted in `REASON_STATS` whichever path made it.
+/// A packet of a tracked flow decided from its flow entry alone (no zone lookup).
+pub const PATH_FLOW_HIT: u32 = 0;
+/// A packet of no tracked flow denied from the decision cache (`DENIALS`).
+pub const PATH_DENIAL_CACHED: u32 = 1;
+/// A denial remembered in the decision cache.
+pub const PATH_DENIAL_STORED: u32 = 2;
+pub const PATH_STATS_LEN: u32 = 3;
+pub const PATH_STAT_NAMES: [&str; PATH_STATS_LEN as usize] =
+    ["flow_hit", "denial_cached", "denial_stored"];
+
 /// Map `TRACE` (per-CPU, one entry): the last decision, written only when `FLAG_TRACE` is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

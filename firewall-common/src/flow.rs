@@ -2,9 +2,13 @@
 
 pub const MAX_FLOWS: u32 = 262144;
 
-/// Key of map `FLOWS`, in the direction of the initiator. IPv4 addresses are stored IPv4-mapped
-/// (`::ffff:a.b.c.d`). Ports are in host order; for ICMP echo both ports carry the identifier so
-/// that the reversed key of a reply matches.
+/// A flow's 5-tuple. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). Ports are in host
+/// order; for ICMP echo both ports carry the identifier so that the reversed key of a reply
+/// matches.
+///
+/// Map `FLOWS` is keyed by the canonical form (`canonical`): the same key for both directions,
+/// so a packet of a tracked flow costs one lookup whichever way it travels. The inspectors'
+/// maps and events use the key in the initiator's direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -28,15 +32,97 @@ impl FlowKey {
             _pad: [0; 3],
         }
     }
+
+    /// The direction-independent form of this key: the lower endpoint (address, then port)
+    /// first. Returns it with the side this key's source occupies in it (`SIDE_LOW` or
+    /// `SIDE_HIGH`).
+    #[inline(always)]
+    pub fn canonical(&self) -> (FlowKey, u8) {
+        let mut out = FlowKey::default();
+        let side = self.canonical_into(&mut out);
+        (out, side)
+    }
+
+    /// `canonical`, written into `out` (in map memory: the key is too big to copy around on
+    /// the datapath's stack).
+    #[inline(always)]
+    pub fn canonical_into(&self, out: &mut FlowKey) -> u8 {
+        let low = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
+        if low {
+            out.src = self.src;
+            out.dst = self.dst;
+            out.sport = self.sport;
+            out.dport = self.dport;
+        } else {
+            out.src = self.dst;
+            out.dst = self.src;
+            out.sport = self.dport;
+            out.dport = self.sport;
+        }
+        out.proto = self.proto;
+        out._pad = [0; 3];
+        if low {
+            SIDE_LOW
+        } else {
+            SIDE_HIGH
+        }
+    }
+
+    /// Marks a canonical key as an ICMP echo flow's, with the side of its initiator: an echo
+    /// flow is directional (a request opens it, only replies answer it), so a request
+    /// travelling the other way is another flow, under another key.
+    #[inline(always)]
+    pub fn mark_echo(&mut self, initiator: u8) {
+        self._pad[0] = ECHO_MARK | initiator;
+    }
+}
+
+/// The endpoint occupying the first half of a canonical key.
+pub const SIDE_LOW: u8 = 0;
+pub const SIDE_HIGH: u8 = 1;
+/// `FlowKey::_pad[0]` of a canonical echo key: `ECHO_MARK | initiator side`.
+pub const ECHO_MARK: u8 = 2;
+
+/// Whether endpoint `(a, ap)` sorts before or equal to `(b, bp)`: addresses compared as two
+/// 64-bit words (any total order will do, as long as both directions agree), then ports.
+#[inline(always)]
+fn endpoint_le(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
+    let (a0, a1) = words(a);
+    let (b0, b1) = words(b);
+    if a0 != b0 {
+        return a0 < b0;
+    }
+    if a1 != b1 {
+        return a1 < b1;
+    }
+    ap <= bp
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> (u64, u64) {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&a[..8]);
+    lo.copy_from_slice(&a[8..]);
+    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
 }
 
 /// Per-CPU scratch space for the keys of the packet in hand (map `FLOW_KEYS`): they would take
-/// 80 of the program's 512 stack bytes.
+/// 80 of the program's 512 stack bytes. `forward` is in the packet's direction, `canonical`
+/// the key of `FLOWS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKeys {
     pub forward: FlowKey,
-    pub reverse: FlowKey,
+    pub canonical: FlowKey,
+    /// The decision cache's key for this packet (`DenyKey`).
+    pub deny: DenyKey,
+    /// The side of `canonical` the packet's source occupies (`SIDE_LOW`, `SIDE_HIGH`).
+    pub side: u32,
+    /// The key of the host table lookup in progress (`ZONE_HOSTS`).
+    pub host: crate::zone::HostKey,
+    /// The entry of a flow being opened, built here to be inserted.
+    pub fresh: FlowState,
 }
 
 /// TCP flow states as far as a middlebox needs them.
@@ -46,6 +132,11 @@ pub const TCP_CLOSING: u8 = 3;
 
 /// The flow was adopted mid-stream (no SYN seen).
 pub const FLOW_ADOPTED: u8 = 1 << 0;
+/// The initiator is the canonical key's high side (`SIDE_HIGH`).
+pub const FLOW_INITIATOR_HIGH: u8 = 1 << 1;
+/// `FlowState::ports[SIDE_LOW]` (this bit) and `ports[SIDE_HIGH]` (the next) hold a checked
+/// port under the flow's epoch.
+pub const FLOW_PORT_CHECKED: u8 = 1 << 2;
 
 /// Value of map `FLOWS`.
 #[repr(C)]
@@ -62,5 +153,100 @@ pub struct FlowState {
     pub inspect: u8,
     pub _pad: u8,
     pub rule: u16,
+    /// The bridge port each side of the canonical key (`SIDE_LOW`, `SIDE_HIGH`) was last seen
+    /// arriving on, with its zone and the zone's port binding checked, under `epoch` (valid
+    /// where `FLOW_PORT_CHECKED << side` is set). A packet from the same side on the same port under the same epoch needs no zone
+    /// lookup: its addresses, the zones and their ports cannot have changed without a swap.
+    pub ports: [u32; 2],
     pub _pad2: [u8; 4],
+}
+
+impl FlowState {
+    /// The canonical side of the initiator.
+    #[inline(always)]
+    pub fn initiator(&self) -> u8 {
+        if self.flags & FLOW_INITIATOR_HIGH != 0 {
+            SIDE_HIGH
+        } else {
+            SIDE_LOW
+        }
+    }
+}
+
+/// Entries of the decision cache (map `DENIALS`): denied packets of flows that are not tracked
+/// repeat their tuple in a flood; their decision is remembered so the next one costs one lookup
+/// instead of zone and conduit resolution.
+pub const MAX_DENIALS: u32 = 65536;
+
+/// Key of map `DENIALS`: everything a denial of an untracked packet depends on. The policy is
+/// named by its epoch, so an entry can never outlive a swap: the next policy's packets look up
+/// other keys, and the old entries age out of the LRU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    /// The packet's tuple in its own direction; `_pad[0]` holds `class`.
+    pub tuple: FlowKey,
+    pub epoch: u32,
+    /// The bridge port it arrived on (the zones' port bindings depend on it).
+    pub ifindex: u32,
+}
+
+/// `DenyKey::tuple._pad[0]` for TCP: what kind of segment it is (the admission of an untracked
+/// segment depends on SYN, RST and neither). ICMP uses the message type, UDP 0.
+pub const DENY_TCP_SYN: u8 = 1;
+pub const DENY_TCP_RST: u8 = 2;
+pub const DENY_TCP_OTHER: u8 = 3;
+
+/// Value of map `DENIALS`: the denial to repeat.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Denial {
+    pub conduit: u16,
+    pub reason: u8,
+    /// `DENIAL_*` flags.
+    pub flags: u8,
+}
+
+/// The denial was made before any conduit was consulted (a spoofed source): it is never
+/// answered with a reset.
+pub const DENIAL_NO_RESET: u8 = 1 << 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16) -> FlowKey {
+        let mut k = FlowKey {
+            sport,
+            dport,
+            proto: 6,
+            ..Default::default()
+        };
+        k.src[15] = src;
+        k.dst[15] = dst;
+        k
+    }
+
+    #[test]
+    fn both_directions_share_one_canonical_key() {
+        let a = key(10, 40000, 20, 502);
+        let (ca, sa) = a.canonical();
+        let (cb, sb) = a.reversed().canonical();
+        assert_eq!(ca, cb);
+        assert_ne!(sa, sb);
+        assert_eq!(sa, SIDE_LOW);
+        // Ports decide when the addresses are equal.
+        let same = key(10, 502, 10, 40000);
+        assert_eq!(same.canonical().1, SIDE_LOW);
+        assert_eq!(same.reversed().canonical().1, SIDE_HIGH);
+    }
+
+    #[test]
+    fn echo_keys_carry_their_initiator() {
+        let (mut by_low, _) = key(10, 7, 20, 7).canonical();
+        let mut by_high = by_low;
+        by_low.mark_echo(SIDE_LOW);
+        by_high.mark_echo(SIDE_HIGH);
+        assert_ne!(by_low, by_high);
+    }
 }

@@ -36,6 +36,23 @@ pub struct ZoneMatch {
     pub host: u16,
 }
 
+/// Key of map `ZONE_HOSTS`: a full-length address (IPv4-mapped for IPv4) of one slot. Named
+/// hosts are single addresses; a hash lookup finds them in one step, where the trie walks the
+/// prefix bit by bit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub slot: u32,
+    /// 1 for an IPv6 address: an IPv6 packet may carry an IPv4-mapped address, which must not
+    /// find an IPv4 zone's host.
+    pub v6: u32,
+    pub addr: [u8; 16],
+}
+
+/// Entries of `ZONE_HOSTS`: the full-length prefixes of both families and both slots (at most
+/// all of the tries' entries).
+pub const MAX_HOST_ENTRIES: u32 = 2 * MAX_PREFIXES;
+
 /// The zone restricts the bridge ports its addresses may arrive on (`ports:`).
 pub const ZONE_FLAG_PORTS: u32 = 1 << 0;
 

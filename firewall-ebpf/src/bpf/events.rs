@@ -89,18 +89,32 @@ pub fn denied(ctx: &XdpContext, d: &Decision) {
     send(&event);
 }
 
-/// A TCP flow adopted mid-stream; `key` is in the initiator's direction.
+/// A TCP flow adopted mid-stream. `key` is the packet's tuple; `reverse` when the packet
+/// travels to the initiator (the event carries the initiator's direction). Reversed here, into
+/// the event, rather than by the caller: another key on the stack would not fit.
 #[inline(always)]
-pub fn adopted(key: &FlowKey, epoch: u32, conduit: u16) {
+pub fn adopted(key: &FlowKey, reverse: bool, epoch: u32, conduit: u16) {
     if !admit() {
         return;
     }
-    send(&DatapathEvent {
-        key: *key,
+    let mut event = DatapathEvent {
         epoch,
         conduit,
         kind: EVENT_ADOPTED,
         flags: EVENT_HAS_TUPLE,
         ..DatapathEvent::default()
-    });
+    };
+    event.key.proto = key.proto;
+    if reverse {
+        event.key.src = key.dst;
+        event.key.dst = key.src;
+        event.key.sport = key.dport;
+        event.key.dport = key.sport;
+    } else {
+        event.key.src = key.src;
+        event.key.dst = key.dst;
+        event.key.sport = key.sport;
+        event.key.dport = key.dport;
+    }
+    send(&event);
 }

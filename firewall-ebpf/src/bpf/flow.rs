@@ -1,22 +1,29 @@
 //! Stateful flows: a conduit admits new flows in its direction only; packets of tracked flows
 //! (both directions) pass; TCP flows already running when tracking began are adopted per
 //! `defaults.midstream`; flows admitted under an older policy are re-checked against the new one.
+//!
+//! Flow first: the packet's flow is looked up before anything else, under one key for both
+//! directions, and a packet of an established flow arriving where its side was last seen under
+//! the policy in force costs that one lookup: no zone resolution. Packets of no flow are
+//! decided from zones and conduits, and their denials remembered (`DENIALS`), so that a flood
+//! repeating a denied tuple costs one more lookup, not the resolution again.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
-    config::{Config, FLAG_MIDSTREAM_ADOPT},
+    config::{Config, FLAG_HOST_TABLE, FLAG_MIDSTREAM_ADOPT},
     counters::{
         FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED,
-        FLOW_REVALIDATED, FLOW_REVOKED,
+        FLOW_REVALIDATED, FLOW_REVOKED, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT,
     },
     flow::{
-        FlowKey, FlowKeys, FlowState, FLOW_ADOPTED as ADOPTED, TCP_CLOSING, TCP_ESTABLISHED,
-        TCP_SYN_SENT,
+        Denial, FlowKeys, FlowState, DENIAL_NO_RESET, DENY_TCP_OTHER, DENY_TCP_RST, DENY_TCP_SYN,
+        FLOW_ADOPTED as ADOPTED, FLOW_INITIATOR_HIGH, FLOW_PORT_CHECKED, SIDE_HIGH, TCP_CLOSING,
+        TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     reason::Reason,
-    zone::ZoneMatch,
+    zone::{HostKey, ZoneMatch},
 };
 
 use super::{
@@ -26,8 +33,8 @@ use super::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    maps::{FLOWS, FLOW_KEYS},
-    stats,
+    maps::{DENIALS, FLOWS, FLOW_KEYS},
+    stats, zone,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -86,57 +93,50 @@ impl Outcome {
 pub struct Packet<'a> {
     pub ip: &'a Ip,
     pub l4: &'a L4,
-    pub src: ZoneMatch,
-    pub dst: ZoneMatch,
+    /// The bridge port it arrived on.
+    pub ifindex: u32,
 }
 
+/// Decides the packet as far as flows and conduits go. `Err` is a denial made before any
+/// conduit was consulted (a spoofed source), never answered with a reset.
 #[inline(always)]
-pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Outcome {
+pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
     let proto = pkt.ip.proto;
-    // Both keys live in per-CPU scratch space, not on the 512-byte stack.
+    // The keys live in per-CPU scratch space, not on the 512-byte stack.
     let Some(keys) = FLOW_KEYS.get_ptr_mut(0) else {
-        return Outcome::deny(CONDUIT_NONE, Reason::FlowTableFull);
+        return Ok(Outcome::deny(CONDUIT_NONE, Reason::FlowTableFull));
     };
     // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
     let keys = unsafe { &mut *keys };
-    keys.forward = FlowKey {
-        src: pkt.ip.src,
-        dst: pkt.ip.dst,
-        sport: pkt.l4.sport,
-        dport: pkt.l4.dport,
-        proto,
-        _pad: [0; 3],
-    };
-    keys.reverse = keys.forward.reversed();
+    keys.forward.src = pkt.ip.src;
+    keys.forward.dst = pkt.ip.dst;
+    keys.forward.sport = pkt.l4.sport;
+    keys.forward.dport = pkt.l4.dport;
+    keys.forward.proto = proto;
+    keys.forward._pad = [0; 3];
+    keys.side = 0;
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
-        // Echo keys are symmetric (both ports hold the identifier), so only the message type
-        // tells the direction: a request belongs to the flow it opened, a reply to the reverse
-        // of one. Otherwise the responder could send requests along the initiator's flow.
-        let echo_reply = pkt.l4.is_echo_reply(proto);
-        let echo_request = pkt.l4.is_echo_request(proto);
-        let forward = if echo_reply {
-            None
-        } else {
-            FLOWS.get_ptr_mut(&keys.forward)
-        };
-        let reverse = if forward.is_some() || echo_request {
-            None
-        } else {
-            FLOWS.get_ptr_mut(&keys.reverse)
-        };
-        if let Some(state) = forward {
+        let side = keys.forward.canonical_into(&mut keys.canonical);
+        keys.side = side as u32;
+        if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
+            // Echo keys are symmetric (both ports hold the identifier), so only the message
+            // type tells the direction: a request belongs to the flow it opened, a reply to
+            // the flow of the other side's request. Otherwise the responder could send
+            // requests along the initiator's flow.
+            let initiator = if pkt.l4.is_echo_reply(proto) {
+                side ^ 1
+            } else {
+                side
+            };
+            keys.canonical.mark_echo(initiator);
+        }
+        if let Some(state) = FLOWS.get_ptr_mut(&keys.canonical) {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
             let state = unsafe { &mut *state };
-            if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.forward, state, true, now) {
-                return out;
-            }
-        } else if let Some(state) = reverse {
-            // SAFETY: as above.
-            let state = unsafe { &mut *state };
-            if let Some(out) = existing(slot, epoch, cfg, pkt, &keys.reverse, state, false, now) {
-                return out;
+            if let Some(out) = existing(slot, epoch, cfg, pkt, keys, state, now)? {
+                return Ok(out);
             }
         }
     }
@@ -153,8 +153,45 @@ fn is_stateful(proto: u8, l4: &L4) -> bool {
     }
 }
 
-/// A packet of a tracked flow; `forward` is true in the initiator's direction. `None` means the
-/// flow had expired and was forgotten: decide the packet as new.
+/// The zones of the packet's addresses, with the source's port binding checked. `host` is
+/// scratch space for the host table's key.
+#[inline(always)]
+fn zones(
+    slot: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    host: &mut HostKey,
+) -> Result<(ZoneMatch, ZoneMatch), Reason> {
+    let hosts = cfg.flags & FLAG_HOST_TABLE != 0;
+    let src = zone::lookup(slot, hosts, host, pkt.ip.v6, &pkt.ip.src);
+    let dst = zone::lookup(slot, hosts, host, pkt.ip.v6, &pkt.ip.dst);
+    zone::check_ingress(slot, &src, pkt.ifindex)?;
+    Ok((src, dst))
+}
+
+/// Whether the packet (its source on canonical side `side`) travels from the initiator.
+#[inline(always)]
+fn is_forward(flow: &FlowState, side: u32) -> bool {
+    (side as u8 & 1) == flow.initiator()
+}
+
+/// Whether `side` was seen arriving on `ifindex` under the flow's epoch, zones checked.
+#[inline(always)]
+fn port_checked(flow: &FlowState, side: u32, ifindex: u32) -> bool {
+    let i = (side & 1) as usize;
+    flow.flags & (FLOW_PORT_CHECKED << i) != 0 && flow.ports[i] == ifindex
+}
+
+/// Records that `side` arrived on `ifindex`, zones checked, under the flow's epoch.
+#[inline(always)]
+fn note_port(flow: &mut FlowState, side: u32, ifindex: u32) {
+    let i = (side & 1) as usize;
+    flow.ports[i] = ifindex;
+    flow.flags |= FLOW_PORT_CHECKED << i;
+}
+
+/// A packet of a tracked flow (`keys.side` is its source's side of the canonical key). `None`
+/// means the flow had expired and was forgotten: decide the packet as new.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn existing(
@@ -162,11 +199,10 @@ fn existing(
     epoch: u32,
     cfg: &Config,
     pkt: &Packet,
-    key: &FlowKey,
+    keys: &mut FlowKeys,
     flow: &mut FlowState,
-    forward: bool,
     now: u64,
-) -> Option<Outcome> {
+) -> Result<Option<Outcome>, Reason> {
     let proto = pkt.ip.proto;
     let idle = if proto == IPPROTO_TCP {
         cfg.tcp_idle_secs
@@ -174,49 +210,62 @@ fn existing(
         cfg.udp_idle_secs
     };
     if now.saturating_sub(flow.last_seen_ns) > idle as u64 * NS_PER_SEC {
-        let _ = FLOWS.remove(key);
+        let _ = FLOWS.remove(&keys.canonical);
         stats::flow_event(FLOW_EXPIRED);
-        return None;
+        return Ok(None);
     }
-    let flags = pkt.l4.tcp_flags;
-    // Re-check before anything else reads `flow.conduit`: an id of an older generation may
-    // name another conduit (or none) in the policy now in force.
-    if flow.epoch != epoch {
-        // Re-check in the initiator's direction: the key holds it. An echo flow was opened by
-        // an echo request (its key's ports hold the echo identifier, not a service).
-        let (src, dst) = if forward {
-            (pkt.src, pkt.dst)
-        } else {
-            (pkt.dst, pkt.src)
-        };
-        let service = match proto {
-            IPPROTO_ICMP => ICMP_ECHO_REQUEST as u16,
-            IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
-            _ => key.dport,
-        };
-        match conduit::admit(slot, cfg, proto, &src, &dst, service) {
-            Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
-                flow.conduit = rule.conduit;
-                flow.inspect = rule.inspect;
-                flow.rule = rule.rule;
-                flow.epoch = epoch;
-                stats::flow_event(FLOW_REVALIDATED);
-            }
-            // Now decided by a default: no longer a tracked flow of any conduit.
-            Ok(rule) => {
-                let _ = FLOWS.remove(key);
-                stats::flow_event(FLOW_CLOSED);
-                return Some(Outcome::pass(rule.conduit));
-            }
-            Err(_) => {
-                let _ = FLOWS.remove(key);
-                stats::flow_event(FLOW_REVOKED);
-                return Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked));
+    if flow.epoch == epoch && port_checked(flow, keys.side, pkt.ifindex) {
+        // Same policy, same side, same port: its zones and their port bindings cannot have
+        // changed.
+        stats::path_event(PATH_FLOW_HIT);
+    } else {
+        let (src, dst) = zones(slot, cfg, pkt, &mut keys.host)?;
+        // Re-check before anything else reads `flow.conduit`: an id of an older generation
+        // may name another conduit (or none) in the policy now in force.
+        if flow.epoch != epoch {
+            // Re-check in the initiator's direction. An echo flow was opened by an echo
+            // request (its key's ports hold the echo identifier, not a service).
+            let (src, dst, service) = if is_forward(flow, keys.side) {
+                (src, dst, keys.forward.dport)
+            } else {
+                (dst, src, keys.forward.sport)
+            };
+            let service = match proto {
+                IPPROTO_ICMP => ICMP_ECHO_REQUEST as u16,
+                IPPROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
+                _ => service,
+            };
+            match conduit::admit(slot, cfg, proto, &src, &dst, service) {
+                Ok(rule) if rule.conduit >= FIRST_CONDUIT => {
+                    flow.conduit = rule.conduit;
+                    flow.inspect = rule.inspect;
+                    flow.rule = rule.rule;
+                    flow.epoch = epoch;
+                    // Ports checked under the older policy prove nothing under this one.
+                    flow.flags &= !(FLOW_PORT_CHECKED | (FLOW_PORT_CHECKED << 1));
+                    stats::flow_event(FLOW_REVALIDATED);
+                }
+                // Now decided by a default: no longer a tracked flow of any conduit.
+                Ok(rule) => {
+                    let _ = FLOWS.remove(&keys.canonical);
+                    stats::flow_event(FLOW_CLOSED);
+                    return Ok(Some(Outcome::pass(rule.conduit)));
+                }
+                Err(_) => {
+                    let _ = FLOWS.remove(&keys.canonical);
+                    stats::flow_event(FLOW_REVOKED);
+                    return Ok(Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked)));
+                }
             }
         }
+        note_port(flow, keys.side, pkt.ifindex);
     }
+    // Read again rather than kept: few values may live across the calls above (registers
+    // spilled there would cost stack the program does not have).
+    let forward = is_forward(flow, keys.side);
+    let flags = pkt.l4.tcp_flags;
     if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-        return Some(Outcome::deny(flow.conduit, Reason::ReverseSyn));
+        return Ok(Some(Outcome::deny(flow.conduit, Reason::ReverseSyn)));
     }
     flow.last_seen_ns = now;
     let conduit = flow.conduit;
@@ -225,7 +274,7 @@ fn existing(
         // An inspected flow's RST is the inspector's to judge (`stream::note_delivery`): one
         // its receiver would discard must not end tracking.
         if flags & TCP_RST != 0 && inspect == INSPECT_NONE {
-            let _ = FLOWS.remove(key);
+            let _ = FLOWS.remove(&keys.canonical);
             stats::flow_event(FLOW_CLOSED);
         } else if flags & TCP_FIN != 0 {
             flow.tcp_state = TCP_CLOSING;
@@ -233,19 +282,94 @@ fn existing(
             flow.tcp_state = TCP_ESTABLISHED;
         }
     }
-    Some(Outcome::inspected(conduit, inspect, rule, forward))
+    Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)))
 }
 
-/// A packet that belongs to no tracked flow.
+/// A packet that belongs to no tracked flow: the decision cache first, then zones and
+/// conduits; a denial is remembered for the next packet of the same kind.
 #[inline(always)]
-fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now: u64) -> Outcome {
-    let key = &keys.forward;
+fn admit(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
+    now: u64,
+) -> Result<Outcome, Reason> {
+    let proto = pkt.ip.proto;
+    let flags = pkt.l4.tcp_flags;
+    keys.deny.tuple = keys.forward;
+    // Everything the decision below depends on besides the tuple and the policy: the kind of
+    // TCP segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
+    keys.deny.tuple._pad[0] = match proto {
+        IPPROTO_TCP if flags & TCP_RST != 0 => DENY_TCP_RST,
+        IPPROTO_TCP if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => DENY_TCP_SYN,
+        IPPROTO_TCP => DENY_TCP_OTHER,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => pkt.l4.icmp_type,
+        _ => 0,
+    };
+    keys.deny.epoch = epoch;
+    keys.deny.ifindex = pkt.ifindex;
+    // SAFETY: the value is copied out at once, never held across a map update.
+    if let Some(d) = unsafe { DENIALS.get(&keys.deny) } {
+        let (conduit, reason, dflags) = (d.conduit, d.reason, d.flags);
+        if let Some(reason) = Reason::from_u8(reason) {
+            stats::path_event(PATH_DENIAL_CACHED);
+            if dflags & DENIAL_NO_RESET != 0 {
+                return Err(reason);
+            }
+            return Ok(Outcome::deny(conduit, reason));
+        }
+    }
+    let (src, dst) = match zones(slot, cfg, pkt, &mut keys.host) {
+        Ok(z) => z,
+        Err(reason) => {
+            remember(keys, CONDUIT_NONE, reason, DENIAL_NO_RESET);
+            return Err(reason);
+        }
+    };
+    let out = decide_new(slot, epoch, cfg, pkt, keys, &src, &dst, now);
+    // A full flow table is a state of the moment, not a decision about the tuple.
+    if out.reason != Reason::None && out.reason != Reason::FlowTableFull {
+        remember(keys, out.conduit, out.reason, 0);
+    }
+    Ok(out)
+}
+
+/// Stores a denial of the packet in hand in the decision cache. The key names the policy's
+/// epoch: an entry can never decide a packet under another policy, and the LRU reclaims the
+/// stale ones.
+#[inline(always)]
+fn remember(keys: &FlowKeys, conduit: u16, reason: Reason, flags: u8) {
+    let denial = Denial {
+        conduit,
+        reason: reason as u8,
+        flags,
+    };
+    if DENIALS.insert(&keys.deny, &denial, 0).is_ok() {
+        stats::path_event(PATH_DENIAL_STORED);
+    }
+}
+
+/// Zones and conduits decide a packet of no tracked flow.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decide_new(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
+    src: &ZoneMatch,
+    dst: &ZoneMatch,
+    now: u64,
+) -> Outcome {
     let proto = pkt.ip.proto;
     let l4 = pkt.l4;
     let flags = l4.tcp_flags;
     let syn = proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
     let midstream = proto == IPPROTO_TCP && !syn;
-    match conduit::admit(slot, cfg, proto, &pkt.src, &pkt.dst, l4.service(proto)) {
+    match conduit::admit(slot, cfg, proto, src, dst, l4.service(proto)) {
         // Decided by a default (intra-zone, unzoned, action): nothing to track.
         Ok(rule) if rule.conduit < FIRST_CONDUIT => Outcome::pass(rule.conduit),
         Ok(rule) => {
@@ -256,22 +380,23 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
                 if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
                     return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
                 }
-                return open(key, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now, true);
+                return open(pkt, keys, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now, true);
             }
             if !is_stateful(proto, l4) {
                 return Outcome::pass(rule.conduit);
             }
             let state = if syn { TCP_SYN_SENT } else { 0 };
-            open(key, epoch, &rule, state, 0, now, true)
+            open(pkt, keys, epoch, &rule, state, 0, now, true)
         }
         Err(reason) => {
             // A segment of a connection the responder side is sending, opened before tracking
             // began: adopt it in the initiator's direction if a conduit allows that.
             if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
-                if let Ok(rule) = conduit::admit(slot, cfg, proto, &pkt.dst, &pkt.src, l4.sport) {
+                if let Ok(rule) = conduit::admit(slot, cfg, proto, dst, src, l4.sport) {
                     if rule.conduit >= FIRST_CONDUIT {
                         return open(
-                            &keys.reverse,
+                            pkt,
+                            keys,
                             epoch,
                             &rule,
                             TCP_ESTABLISHED,
@@ -294,11 +419,14 @@ fn admit(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet, keys: &FlowKeys, now
     }
 }
 
-/// Tracks a new flow under `key` (initiator direction); `to_server` says whether the packet in
-/// hand travels in that direction.
+/// Tracks a new flow under the canonical key; `to_server` says whether the packet in hand
+/// travels from the initiator (it opened the flow) or to it (an adopted connection's
+/// responder spoke first).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn open(
-    key: &FlowKey,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
     epoch: u32,
     rule: &PortRule,
     tcp_state: u8,
@@ -307,7 +435,12 @@ fn open(
     to_server: bool,
 ) -> Outcome {
     let conduit = rule.conduit;
-    let state = FlowState {
+    // The packet's side of the canonical key; the initiator is the other one when the
+    // responder's packet opened the flow.
+    let side = (keys.side & 1) as u8;
+    let initiator = if to_server { side } else { side ^ 1 };
+    // Built in the scratch entry: the stack has no room for it.
+    keys.fresh = FlowState {
         last_seen_ns: now,
         epoch,
         conduit,
@@ -316,15 +449,21 @@ fn open(
         inspect: rule.inspect,
         _pad: 0,
         rule: rule.rule,
+        ports: [0; 2],
         _pad2: [0; 4],
     };
-    if FLOWS.insert(key, &state, 0).is_err() {
+    if initiator == SIDE_HIGH {
+        keys.fresh.flags |= FLOW_INITIATOR_HIGH;
+    }
+    // The zones of this packet were resolved and its port checked on the way here.
+    note_port(&mut keys.fresh, keys.side, pkt.ifindex);
+    if FLOWS.insert(&keys.canonical, &keys.fresh, 0).is_err() {
         stats::flow_event(FLOW_INSERT_FAILED);
         return Outcome::deny(conduit, Reason::FlowTableFull);
     }
     if flags & ADOPTED != 0 {
         stats::flow_event(FLOW_ADOPTED);
-        events::adopted(key, epoch, conduit);
+        events::adopted(&keys.forward, !to_server, epoch, conduit);
     } else {
         stats::flow_event(FLOW_CREATED);
     }

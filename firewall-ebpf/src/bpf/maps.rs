@@ -11,17 +11,22 @@ use aya_ebpf::{
 use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS, MAX_PROTOCOL_RULES},
     config::Config,
-    counters::{Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, REASON_STATS_LEN},
+    counters::{
+        Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, PATH_STATS_LEN, REASON_STATS_LEN,
+    },
     enip::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipScratch, EnipStatKey,
         EnipTagKey, EnipTrace, ECOUNTS_LEN,
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
-    flow::{FlowKey, FlowKeys, FlowState, MAX_FLOWS},
+    flow::{Denial, DenyKey, FlowKey, FlowKeys, FlowState, MAX_DENIALS, MAX_FLOWS},
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
     },
-    zone::{ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_PREFIXES, MAX_ZONES},
+    zone::{
+        HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_HOST_ENTRIES,
+        MAX_PREFIXES, MAX_ZONES,
+    },
     SLOTS,
 };
 
@@ -40,6 +45,11 @@ pub static ZONES_V4: LpmTrie<ZoneKeyV4, ZoneMatch> =
 pub static ZONES_V6: LpmTrie<ZoneKeyV6, ZoneMatch> =
     LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
+/// Full-length prefixes (named hosts), found by hash before the tries are walked.
+#[map]
+pub static ZONE_HOSTS: HashMap<HostKey, ZoneMatch> =
+    HashMap::with_max_entries(MAX_HOST_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static ZONE_INFO: Array<ZoneInfo> = Array::with_max_entries(SLOTS * MAX_ZONES, 0);
 
@@ -56,6 +66,10 @@ pub static CONDUITS: Array<ConduitInfo> = Array::with_max_entries(SLOTS * MAX_CO
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// The decision cache: denials of untracked packets, by tuple, segment class, epoch and port.
+#[map]
+pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(MAX_DENIALS, 0);
+
 #[map]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);
 
@@ -65,6 +79,9 @@ pub static CONDUIT_STATS: PerCpuArray<Traffic> =
 
 #[map]
 pub static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STATS_LEN, 0);
+
+#[map]
+pub static PATH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PATH_STATS_LEN, 0);
 
 #[map]
 pub static TRACE: PerCpuArray<Trace> = PerCpuArray::with_max_entries(1, 0);

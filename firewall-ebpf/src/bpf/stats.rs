@@ -8,7 +8,7 @@ use firewall_common::counters::{conduit_stats_index, reason_index, Trace, VERDIC
 
 use super::{
     events,
-    maps::{CONDUIT_STATS, FLOW_STATS, REASON_STATS, TRACE},
+    maps::{CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
 };
@@ -81,6 +81,15 @@ pub fn record(ctx: &XdpContext, d: &Accounted) {
 #[inline(always)]
 pub fn flow_event(index: u32) {
     if let Some(n) = FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Counts a shortcut taken (`PATH_*`).
+#[inline(always)]
+pub fn path_event(index: u32) {
+    if let Some(n) = PATH_STATS.get_ptr_mut(index) {
         // SAFETY: as above.
         unsafe { *n += 1 };
     }

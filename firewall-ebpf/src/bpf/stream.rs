@@ -20,7 +20,7 @@ use firewall_common::{
 use super::{
     delivery,
     l4::{TCP_FIN, TCP_RST, TCP_SYN},
-    maps::FLOWS,
+    maps::{FLOWS, FLOW_KEYS},
     packet::ptr_at_mut,
     reset,
     stats::{self, Accounted},
@@ -139,7 +139,12 @@ pub fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
         guard.flags |= GUARD_RESET;
         // The main program leaves an inspected flow's RST to this check (a forged one must not
         // end tracking): the connection is over for the flow table now.
-        if FLOWS.remove(&ic.key).is_ok() {
+        // `FLOWS` is keyed canonically: the main program left this packet's key in the
+        // scratch entry before the tail call.
+        let removed = FLOW_KEYS
+            .get(0)
+            .is_some_and(|keys| FLOWS.remove(&keys.canonical).is_ok());
+        if removed {
             stats::flow_event(FLOW_CLOSED);
         }
     }

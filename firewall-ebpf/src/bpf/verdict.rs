@@ -1,5 +1,6 @@
-//! One decision per packet: parse, resolve zones, track the flow, then apply the deciding
-//! conduit's mode (`enforce`/`monitor`) and deny behaviour (`drop`/`reset`).
+//! One decision per packet: parse, track the flow (resolving zones only where the flow entry
+//! does not answer), then apply the deciding conduit's mode (`enforce`/`monitor`) and deny
+//! behaviour (`drop`/`reset`).
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
@@ -19,7 +20,6 @@ use super::{
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
     maps::{ACTIVE, CONDUITS, CONFIG, FLOW_KEYS, INSPECT_CTX},
     packet::load,
-    zone,
 };
 
 pub enum Action {
@@ -148,18 +148,14 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
             return Ok(j);
         }
     }
-    let src = zone::lookup(slot, ip.v6, &ip.src);
-    let dst = zone::lookup(slot, ip.v6, &ip.dst);
-    // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    zone::check_ingress(slot, &src, ifindex)?;
     let pkt = Packet {
         ip: &ip,
         l4: &l4,
-        src,
-        dst,
+        // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     };
-    let mut outcome = flow::track(slot, epoch, cfg, &pkt);
+    // Zones are resolved inside, only when the flow entry does not already answer.
+    let mut outcome = flow::track(slot, epoch, cfg, &pkt)?;
     if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
         // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
         // UDP hands over seq/ack/flags 0.
@@ -187,7 +183,7 @@ fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
     ic.key = if outcome.to_server {
         keys.forward
     } else {
-        keys.reverse
+        keys.forward.reversed()
     };
     ic.seq = l4.seq;
     ic.ack = l4.ack;

@@ -5,7 +5,9 @@
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use firewall_common::{
-    counters::{conduit_stats_index, reason_index, Traffic, FLOW_STATS_LEN, VERDICT_COUNT},
+    counters::{
+        conduit_stats_index, reason_index, Traffic, FLOW_STATS_LEN, PATH_STATS_LEN, VERDICT_COUNT,
+    },
     event::EVENT_STATS_LEN,
     flow::{FlowKey, FlowState},
     reason::REASON_COUNT,
@@ -136,6 +138,20 @@ impl Datapath {
     /// Events sent, rate-limited and lost to a full ring (`firewall_common::event`).
     pub fn event_stats(&self) -> Result<[u64; EVENT_STATS_LEN as usize]> {
         read_event_stats(&self.maps.event_stats)
+    }
+
+    /// Shortcuts the datapath took (`PATH_*`), summed over CPUs.
+    pub fn path_stats(&self) -> Result<[u64; PATH_STATS_LEN as usize]> {
+        let mut out = [0u64; PATH_STATS_LEN as usize];
+        for (i, cell) in out.iter_mut().enumerate() {
+            *cell = sum(&self.maps.path_stats, i as u32, "PATH_STATS")?;
+        }
+        Ok(out)
+    }
+
+    /// Entries in the decision cache (walks the keys; for tests and status).
+    pub fn denial_count(&self) -> usize {
+        self.maps.denials.keys().filter(Result::is_ok).count()
     }
 
     /// Number of entries in the flow table (walks the keys; for status and metrics, not hot paths).

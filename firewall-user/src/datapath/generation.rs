@@ -7,12 +7,12 @@ use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, PerCpuValues};
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo, ConduitKey, MAX_PROTOCOL_RULES},
-    config::ACTIVE_INDEX,
+    config::{ACTIVE_INDEX, FLAG_HOST_TABLE},
     counters::{conduit_stats_index, Traffic, VERDICT_COUNT},
     enip::{EnipClassKey, EnipRule, EnipStatKey, EnipTagKey},
     modbus::{ModbusRule, ModbusStatKey},
     slot_of,
-    zone::{zone_index, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZonePortKey},
+    zone::{zone_index, HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZonePortKey},
 };
 
 use super::{attach::ifindex, maps::Maps, Datapath};
@@ -52,12 +52,15 @@ impl Datapath {
             .map_or((0, 0, 0), |g| (g.zones, g.conduits, g.protocol_rules));
 
         purge_slot(&mut self.maps, slot, old_zones, old_conduits, old_rules)?;
-        let (zones, conduits) = fill_slot(&mut self.maps, slot, policy)?;
+        let (zones, conduits, hosts) = fill_slot(&mut self.maps, slot, policy)?;
         let protocol_rules = fill_modbus(&mut self.maps, slot, policy)?;
         let protocol_rules = protocol_rules.max(fill_enip(&mut self.maps, slot, policy)?);
 
         let mut config = policy.config;
         config.epoch = epoch;
+        if hosts > 0 {
+            config.flags |= FLAG_HOST_TABLE;
+        }
         self.maps
             .config
             .set(slot, config, 0)
@@ -177,6 +180,15 @@ fn purge_slot(
     for key in stale_v6 {
         maps.zones_v6.remove(&key).context("purging ZONES_V6")?;
     }
+    let stale_hosts: Vec<HostKey> = maps
+        .zone_hosts
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot == slot)
+        .collect();
+    for key in stale_hosts {
+        maps.zone_hosts.remove(&key).context("purging ZONE_HOSTS")?;
+    }
     let stale_ports: Vec<ZonePortKey> = maps
         .zone_ports
         .keys()
@@ -271,10 +283,21 @@ fn fill_enip(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<u16>
     Ok(highest)
 }
 
-/// Writes every entry of `policy` into `slot`; returns the highest zone and conduit ids used.
-fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16, u16)> {
+/// Writes every entry of `policy` into `slot`; returns the highest zone and conduit ids used
+/// and the number of full-length prefixes (also written to the host table).
+fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16, u16, usize)> {
     let slot_be = slot.to_be_bytes();
+    let mut hosts = 0;
     for p in &policy.prefixes_v4 {
+        if p.prefix_len == 32 {
+            // IPv4-mapped, as the datapath holds IPv4 addresses.
+            let mut addr = [0u8; 16];
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12..].copy_from_slice(&p.addr);
+            insert_host(maps, slot, false, addr, p.target)?;
+            hosts += 1;
+        }
         let key = Key::new(
             SLOT_BITS + p.prefix_len,
             ZoneKeyV4 {
@@ -287,6 +310,10 @@ fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16
             .context("writing ZONES_V4")?;
     }
     for p in &policy.prefixes_v6 {
+        if p.prefix_len == 128 {
+            insert_host(maps, slot, true, p.addr, p.target)?;
+            hosts += 1;
+        }
         let key = Key::new(
             SLOT_BITS + p.prefix_len,
             ZoneKeyV6 {
@@ -340,5 +367,22 @@ fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16
             .context("writing CONDUITS")?;
         conduits = conduits.max(*conduit);
     }
-    Ok((zones, conduits))
+    Ok((zones, conduits, hosts))
+}
+
+fn insert_host(
+    maps: &mut Maps,
+    slot: u32,
+    v6: bool,
+    addr: [u8; 16],
+    target: firewall_common::zone::ZoneMatch,
+) -> Result<()> {
+    let key = HostKey {
+        slot,
+        v6: v6 as u32,
+        addr,
+    };
+    maps.zone_hosts
+        .insert(key, target, 0)
+        .context("writing ZONE_HOSTS")
 }
