@@ -20,7 +20,7 @@ use anyhow::Result;
 use firewall_common::{
     counters::{
         Traffic, FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED,
-        FLOW_REVOKED, FLOW_STAT_NAMES, VERDICT_NAMES, VERDICT_PASS,
+        FLOW_REVOKED, FLOW_STAT_NAMES, PATH_STAT_NAMES, VERDICT_NAMES, VERDICT_PASS,
     },
     event::{EVENTS_RATE_LIMITED, EVENTS_RING_FULL},
     flow::MAX_FLOWS,
@@ -52,6 +52,7 @@ pub struct Metrics {
     flow_events: IntCounterVec,
     flow_insert_failures: IntCounter,
     flow_evictions: IntCounter,
+    datapath_paths: IntCounterVec,
     policy_epoch: IntGauge,
     policy_load_time: Gauge,
     policy_loads: IntCounterVec,
@@ -194,6 +195,17 @@ impl Metrics {
             "Estimated LRU evictions: flows inserted minus flows removed minus entries (BPF \
              cannot observe evictions; exact when the table is quiet)."
         );
+        let datapath_paths = family!(
+            IntCounterVec,
+            "otfw_datapath_paths_total",
+            "Shortcuts the datapath took: flow_hit (a tracked flow's packet decided from its \
+             flow entry alone), denial_cached (an untracked packet denied from the decision \
+             cache), denial_stored (a denial remembered in it).",
+            ["path"]
+        );
+        for name in PATH_STAT_NAMES {
+            datapath_paths.with_label_values(&[name]);
+        }
         let policy_epoch = family!(
             IntGauge,
             "otfw_policy_epoch",
@@ -268,6 +280,7 @@ impl Metrics {
             flow_events,
             flow_insert_failures,
             flow_evictions,
+            datapath_paths,
             policy_epoch,
             policy_load_time,
             policy_loads,
@@ -377,6 +390,9 @@ impl Metrics {
             &self.flow_insert_failures,
             counters.flows[FLOW_INSERT_FAILED as usize],
         );
+        for (name, n) in PATH_STAT_NAMES.iter().zip(datapath.path_stats()?) {
+            raise(&self.datapath_paths.with_label_values(&[name]), n);
+        }
         let fresh = self
             .flow_count
             .is_none_or(|(at, _)| at.elapsed() >= FLOW_COUNT_TTL);

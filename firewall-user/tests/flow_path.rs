@@ -1,0 +1,337 @@
+//! Table tests of the datapath's shortcuts: the flow entry that answers a tracked flow's
+//! packets without zone resolution, the decision cache of denied untracked packets, and the
+//! host table consulted before the tries. Each shortcut must decide exactly as the long way
+//! would (the verdicts are checked row by row, as in every table test), and must be taken when
+//! it should (counted in `PATH_STATS`). Needs root and BPF; fails (never skips) without them.
+
+mod common;
+
+use common::{
+    frames::ip,
+    policy::{Conduit, Policy},
+    table::{case, drop, frame, frame_on, load, monitor, pass, reset, run, Step, NONE},
+    TestInterface,
+};
+use firewall_common::{
+    counters::{PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN},
+    flow::MAX_DENIALS,
+    reason::Reason::{MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, Spoofed, Unzoned},
+};
+use otfw::datapath::Datapath;
+
+const IT4: &str = "10.0.2.10";
+const OT4: &str = "10.0.1.20";
+
+fn it_ot() -> Policy {
+    Policy::new()
+        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
+        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
+        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
+        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
+        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
+}
+
+/// `it_ot` with one more conduit declared first: every conduit id moves up by one.
+fn it_ot_shifted() -> Policy {
+    Policy::new()
+        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
+        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
+        .conduit(Conduit::new("ssh", "it", "ot").tcp(22))
+        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
+        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
+        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
+}
+
+fn paths(dp: &Datapath) -> [u64; PATH_STATS_LEN as usize] {
+    dp.path_stats().expect("reading PATH_STATS")
+}
+
+/// Runs `cases` on a freshly loaded datapath (a table checks the counters of the whole run) and
+/// returns it with how often each shortcut was taken: (flow hits, denials stored, denials
+/// decided from the cache).
+fn run_counting(cases: Vec<common::table::Case>) -> (Datapath, [u64; 3]) {
+    let mut dp = load();
+    run(&mut dp, cases);
+    let p = paths(&dp);
+    let counts = [
+        p[PATH_FLOW_HIT as usize],
+        p[PATH_DENIAL_STORED as usize],
+        p[PATH_DENIAL_CACHED as usize],
+    ];
+    (dp, counts)
+}
+
+#[test]
+fn flow_entry() {
+    let p = it_ot();
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let mut dp = load();
+
+    // Each side's first packet resolves zones (the SYN while opening the flow, the SYN-ACK
+    // on its side's first arrival); every later packet is answered by the entry alone.
+    let (_, [hits, ..]) = run_counting(vec![case(
+        "established flow, both directions",
+        &p,
+        vec![
+            frame(c.syn(40000, 502), pass("modbus").creates()),
+            frame(s.syn_ack(502, 40000), pass("modbus")),
+            frame(c.ack(40000, 502), pass("modbus")),
+            frame(s.ack(502, 40000), pass("modbus")),
+            frame(c.ack(40000, 502), pass("modbus")),
+            frame(c.ack(40000, 502), pass("modbus")),
+            frame(c.ack(40000, 502), pass("modbus")),
+        ],
+    )]);
+    assert_eq!(hits, 5, "packets answered by the flow entry alone");
+
+    // A swap re-decides the flow once (from whichever side speaks first), and the ports
+    // checked under the older policy are checked again under the new one.
+    let (_, [hits, ..]) = run_counting(vec![case(
+        "revalidated after a swap, then answered by the entry again",
+        &p,
+        vec![
+            frame(c.syn(40001, 502), pass("modbus").creates()),
+            frame(s.syn_ack(502, 40001), pass("modbus")),
+            Step::Install(it_ot_shifted()),
+            frame(s.ack(502, 40001), pass("modbus").revalidates()),
+            frame(c.ack(40001, 502), pass("modbus")),
+            frame(c.ack(40001, 502), pass("modbus")),
+            frame(s.ack(502, 40001), pass("modbus")),
+            Step::Install(it_ot()),
+            frame(c.ack(40001, 502), pass("modbus").revalidates()),
+            frame(c.ack(40001, 502), pass("modbus")),
+        ],
+    )]);
+    assert_eq!(
+        hits, 3,
+        "after each swap only re-checked sides hit the entry"
+    );
+
+    // Two swaps in a row while the flow is idle: the entry's epoch names neither slot's
+    // generation any more by the time it is seen, and it is still re-decided, exactly once.
+    let zones_only = Policy::new()
+        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
+        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"]);
+    run(
+        &mut dp,
+        vec![
+            case(
+                "two swaps while idle, the conduit kept",
+                &p,
+                vec![
+                    frame(c.udp(5000, 161, b"get"), pass("snmp").creates()),
+                    Step::Install(zones_only.clone()),
+                    Step::Install(it_ot_shifted()),
+                    frame(s.udp(161, 5000, b"response"), pass("snmp").revalidates()),
+                    frame(c.udp(5000, 161, b"get"), pass("snmp")),
+                ],
+            ),
+            case(
+                "two swaps while idle, the conduit gone",
+                &p,
+                vec![
+                    frame(c.udp(5001, 161, b"get"), pass("snmp").creates()),
+                    Step::Install(it_ot_shifted()),
+                    Step::Install(zones_only),
+                    frame(
+                        s.udp(161, 5001, b"response"),
+                        drop(PolicyRevoked, NONE).revokes(),
+                    ),
+                    frame(s.udp(161, 5001, b"response"), drop(NoConduit, NONE)),
+                ],
+            ),
+            case(
+                "echo: the request's flow answers replies, not requests the other way",
+                &p,
+                vec![
+                    frame(c.echo_request(7, 1), pass("ping").creates()),
+                    frame(s.echo_reply(7, 1), pass("ping")),
+                    frame(s.echo_request(7, 2), drop(NoConduit, NONE)),
+                    frame(c.echo_reply(7, 2), drop(NotTracked, NONE)),
+                    frame(c.echo_request(7, 3), pass("ping")),
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn flow_entry_and_ports() {
+    // A zone bound to ports: the entry remembers the port each side arrived on, and a packet
+    // of the same flow arriving elsewhere is checked again, and refused.
+    let port = TestInterface::create("otfwfp0");
+    let lo = otfw::datapath::ifindex("lo").expect("ifindex of lo");
+    let p = it_ot().ports("it", &["lo"]);
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let (_, [hits, ..]) = run_counting(vec![case(
+        "a flow's side arriving on another port",
+        &p,
+        vec![
+            frame_on(lo, c.syn(40000, 502), pass("modbus").creates()),
+            frame_on(port.ifindex, s.syn_ack(502, 40000), pass("modbus")),
+            frame_on(lo, c.ack(40000, 502), pass("modbus")),
+            frame_on(port.ifindex, c.ack(40000, 502), drop(Spoofed, NONE)),
+            frame_on(port.ifindex, c.ack(40000, 502), drop(Spoofed, NONE)),
+            frame_on(lo, c.ack(40000, 502), pass("modbus")),
+            // The responder's zone has no ports: it may move.
+            frame_on(lo, s.ack(502, 40000), pass("modbus")),
+            frame_on(lo, s.ack(502, 40000), pass("modbus")),
+        ],
+    )]);
+    // The client's two ACKs from lo, and the server's second ACK from its new port.
+    assert_eq!(hits, 3, "packets answered by the flow entry alone");
+}
+
+#[test]
+fn decision_cache() {
+    let port = TestInterface::create("otfwfp1");
+    let p = it_ot();
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let allow_back = it_ot().conduit(Conduit::new("back", "ot", "it").tcp(502));
+
+    let (_, [_, stored, cached]) = run_counting(vec![case(
+        "a repeated denied tuple is decided from the cache",
+        &p,
+        vec![
+            frame(s.syn(40000, 502), drop(NoConduit, NONE)),
+            frame(s.syn(40000, 502), drop(NoConduit, NONE)),
+            frame(s.syn(40000, 502), drop(NoConduit, NONE)),
+            // Another kind of segment of the same tuple is another decision.
+            frame(s.ack(40000, 502), drop(NotTracked, NONE)),
+            frame(s.ack(40000, 502), drop(NotTracked, NONE)),
+            // A swap to a policy allowing the tuple: the cached denial does not apply.
+            Step::Install(allow_back.clone()),
+            frame(s.syn(40000, 502), pass("back").creates()),
+            frame(c.syn_ack(502, 40000), pass("back")),
+            // And back: denied again, decided afresh under the new epoch.
+            Step::Install(it_ot()),
+            frame(s.syn(40001, 502), drop(NoConduit, NONE)),
+            frame(s.syn(40001, 502), drop(NoConduit, NONE)),
+        ],
+    )]);
+    assert_eq!(
+        (stored, cached),
+        (3, 4),
+        "(denials stored, decided from the cache)"
+    );
+
+    // The cached decision keeps what makes the verdict: the conduit (its mode and deny
+    // behaviour apply again), and that a spoofed source is never answered with a reset.
+    let restricted = it_ot().ports("it", &["lo"]).reset();
+    let watched = Policy::new()
+        .zone("it", &["10.0.2.0/24"])
+        .zone("ot", &["10.0.1.0/24"])
+        .conduit(Conduit::new("modbus", "it", "ot").tcp(502).monitor())
+        .midstream_deny();
+    let (mut dp, [_, stored, cached]) = run_counting(vec![
+        case(
+            "reset repeated from the cache",
+            &p.clone().reset(),
+            vec![
+                frame(s.syn(40002, 502), reset(NoConduit, NONE)),
+                frame(s.syn(40002, 502), reset(NoConduit, NONE)),
+            ],
+        ),
+        case(
+            "spoofed: never reset, also from the cache",
+            &restricted,
+            vec![
+                frame_on(port.ifindex, c.syn(40000, 502), drop(Spoofed, NONE)),
+                frame_on(port.ifindex, c.syn(40000, 502), drop(Spoofed, NONE)),
+                // The same tuple from the zone's own port is another decision.
+                frame(c.syn(40000, 502), pass("modbus").creates()),
+            ],
+        ),
+        case(
+            "monitor repeated from the cache",
+            &watched,
+            vec![
+                frame(c.ack(40000, 502), monitor(MidstreamDenied, "modbus")),
+                frame(c.ack(40000, 502), monitor(MidstreamDenied, "modbus")),
+            ],
+        ),
+        case(
+            "unzoned denial repeated",
+            &p,
+            vec![
+                frame(ip("192.0.2.1", OT4).syn(1, 502), drop(Unzoned, NONE)),
+                frame(ip("192.0.2.1", OT4).syn(1, 502), drop(Unzoned, NONE)),
+            ],
+        ),
+    ]);
+    assert_eq!(
+        (stored, cached),
+        (4, 4),
+        "(denials stored, decided from the cache)"
+    );
+
+    // Bounded: a flood of distinct denied tuples never grows the cache past its size.
+    let before = dp.denial_count();
+    assert!(before <= MAX_DENIALS as usize);
+    let flood = MAX_DENIALS + 2048;
+    for i in 0..flood {
+        let src = format!("10.0.1.{}", 1 + (i % 250));
+        let sport = 1024 + (i / 250) as u16;
+        let d = dp
+            .run_frame(&ip(&src, IT4).syn(sport, 502))
+            .expect("running a flood frame");
+        assert!(d.dropped(), "flood frame {i} was not dropped");
+    }
+    let after = dp.denial_count();
+    assert!(
+        after <= MAX_DENIALS as usize && after > MAX_DENIALS as usize / 2,
+        "decision cache holds {after} entries after {flood} distinct denials (size {MAX_DENIALS})"
+    );
+}
+
+#[test]
+fn host_table() {
+    // Named hosts and single-address networks are found by hash; the verdicts must be those
+    // of the longest-prefix match: the host wins over the network around it, in both families,
+    // and an IPv4-mapped IPv6 address is not the IPv4 host.
+    let p = Policy::new()
+        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
+        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
+        .zone("eng", &["10.0.2.77/32", "2001:db8:2::77/128"])
+        .host("ot", "plc", "10.0.1.20")
+        .conduit(Conduit::new("it-ot", "it", "ot").tcp(502))
+        .conduit(Conduit::new("eng-ot", "eng", "ot").tcp(502).tcp(44818));
+    let mut dp = load();
+    run(
+        &mut dp,
+        vec![case(
+            "hosts before networks",
+            &p,
+            vec![
+                frame(
+                    ip("10.0.2.10", OT4).syn(40000, 44818),
+                    drop(NoConduit, NONE),
+                ),
+                frame(
+                    ip("10.0.2.77", OT4).syn(40000, 44818),
+                    pass("eng-ot").creates(),
+                ),
+                frame(
+                    ip("10.0.2.77", OT4).syn(40001, 502),
+                    pass("eng-ot").creates(),
+                ),
+                frame(
+                    ip("10.0.2.10", OT4).syn(40001, 502),
+                    pass("it-ot").creates(),
+                ),
+                frame(
+                    ip("2001:db8:2::77", "2001:db8:1::20").syn(40000, 44818),
+                    pass("eng-ot").creates(),
+                ),
+                frame(
+                    ip("2001:db8:2::78", "2001:db8:1::20").syn(40000, 44818),
+                    drop(NoConduit, NONE),
+                ),
+                frame(
+                    ip("::ffff:10.0.2.77", "2001:db8:1::20").syn(40000, 44818),
+                    drop(Unzoned, NONE),
+                ),
+            ],
+        )],
+    );
+}
