@@ -43,6 +43,24 @@ pub fn tcp(sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A TCP SYN of flood frame number `n` to `dport`: from one of the 126 addresses of the
+/// client's network (198.51.100.1-126) and one of 60,000 source ports, so 7.5 million frames
+/// pass before a tuple repeats.
+pub fn flood(n: u32, dport: u16) -> Vec<u8> {
+    let host = 1 + (n % 126) as u8;
+    let sport = 1024 + ((n / 126) % 60_000) as u16;
+    let [a, b, c, _] = CLIENT.octets();
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4([a, b, c, host], SERVER.octets(), 64)
+        .tcp(sport, dport, ISN, 64240)
+        .syn();
+    let mut frame = Vec::with_capacity(builder.size(0));
+    builder
+        .write(&mut frame, &[])
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
 /// A UDP datagram from the client to the server.
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)

@@ -20,7 +20,7 @@ use firewall_common::config::FLAG_TRACE;
 use serde::Serialize;
 
 use crate::{
-    datapath::{Baseline, Datapath},
+    datapath::{Baseline, Datapath, TimedRun},
     policy::{check_str, compiled::CompiledPolicy},
 };
 use frames::*;
@@ -108,6 +108,9 @@ pub struct Case {
     pub note: &'static str,
     /// The expected XDP action.
     pub action: u32,
+    /// Every run gets a tuple never seen before (a randomised flood): timed one run per
+    /// syscall, the baseline too, instead of `repeat` runs of one frame.
+    pub fresh_tuples: bool,
     #[serde(skip)]
     setup: Vec<Vec<u8>>,
     #[serde(skip)]
@@ -159,6 +162,7 @@ fn case(
         inspected,
         note,
         action,
+        fresh_tuples: false,
         setup,
         frame_len: frame.len(),
         frame,
@@ -179,18 +183,31 @@ pub fn cases() -> Vec<Case> {
         ),
         case(
             "l4_deny",
-            "L4 denied (TCP SYN, no conduit)",
+            "L4 denied, one tuple repeated (TCP SYN, no conduit)",
             true,
-            "parse, two LPM lookups, flow miss, four conduit-key lookups and the rule scan",
+            "parse, flow miss, decision cache hit",
             XDP_DROP,
             vec![],
             tcp(40100, DENIED_PORT, true, &[]),
         ),
+        Case {
+            fresh_tuples: true,
+            ..case(
+                "l4_deny_flood",
+                "L4 denied, every frame a new tuple (randomised flood)",
+                true,
+                "parse, flow miss, cache miss, zone lookups (host hash or trie), four \
+                 conduit-key lookups and the rule scan, the denial remembered",
+                XDP_DROP,
+                vec![],
+                tcp(40100, DENIED_PORT, true, &[]),
+            )
+        },
         case(
             "tcp_tracked",
             "TCP allowed (tracked flow, 64-byte payload)",
             true,
-            "parse, two LPM lookups, flow hit",
+            "parse, flow hit (no zone lookup)",
             XDP_PASS,
             open(40101, TCP_PORT),
             tcp(40101, TCP_PORT, false, &[0x55; 64]),
@@ -327,11 +344,18 @@ pub fn run(opts: &Options) -> Result<Report> {
     );
 
     let mut samples = Vec::new();
+    let mut flood = 0u32;
     for round in 0..opts.rounds {
         for (s, datapath) in datapaths.iter().enumerate() {
             for (c, case) in cases.iter().enumerate() {
-                let base = baseline.time_frame(yardstick, opts.repeat)?;
-                let run = datapath.time_frame(&case.frame, opts.repeat)?;
+                let (base, run) = if case.fresh_tuples {
+                    time_fresh(&baseline, datapath, yardstick, opts.repeat, &mut flood)?
+                } else {
+                    (
+                        baseline.time_frame(yardstick, opts.repeat)?,
+                        datapath.time_frame(&case.frame, opts.repeat)?,
+                    )
+                };
                 if run.action != case.action {
                     bail!(
                         "case {} returned XDP action {} instead of {} with the {} conduit \
@@ -370,6 +394,45 @@ pub fn run(opts: &Options) -> Result<Report> {
         samples,
         control,
     })
+}
+
+/// Frames of a flood from the client's zone, each with a tuple not seen before (`next` counts
+/// them across calls): a source address of the zone's network and a source port.
+const FLOOD_FRAMES: u32 = 2000;
+
+/// Times `min(repeat, FLOOD_FRAMES)` flood frames one run each, and the baseline's yardstick
+/// one run each in between (the same per-syscall overhead on both sides); returns the average
+/// per run of each.
+fn time_fresh(
+    baseline: &Baseline,
+    datapath: &Datapath,
+    yardstick: &[u8],
+    repeat: u32,
+    next: &mut u32,
+) -> Result<(TimedRun, TimedRun)> {
+    let n = repeat.clamp(1, FLOOD_FRAMES);
+    let (mut base_total, mut run_total) = (Duration::ZERO, Duration::ZERO);
+    let mut action = XDP_DROP;
+    for _ in 0..n {
+        let frame = frames::flood(*next, DENIED_PORT);
+        *next = next.wrapping_add(1);
+        base_total += baseline.time_frame(yardstick, 1)?.per_run;
+        let run = datapath.time_frame(&frame, 1)?;
+        run_total += run.per_run;
+        if run.action != XDP_DROP {
+            action = run.action;
+        }
+    }
+    Ok((
+        TimedRun {
+            action: XDP_PASS,
+            per_run: base_total / n,
+        },
+        TimedRun {
+            action,
+            per_run: run_total / n,
+        },
+    ))
 }
 
 fn compile(size: Size) -> Result<(CompiledPolicy, usize)> {
