@@ -69,9 +69,23 @@ pub const PATH_FLOW_HIT: u32 = 0;
 pub const PATH_DENIAL_CACHED: u32 = 1;
 /// A denial remembered in the decision cache.
 pub const PATH_DENIAL_STORED: u32 = 2;
-pub const PATH_STATS_LEN: u32 = 3;
-pub const PATH_STAT_NAMES: [&str; PATH_STATS_LEN as usize] =
-    ["flow_hit", "denial_cached", "denial_stored"];
+/// An allowed frame forwarded port to port by the fast path (`XDP_REDIRECT`).
+pub const PATH_REDIRECTED: u32 = 3;
+/// An allowed frame the fast path left to the bridge: its source address was not (or not on
+/// this port) in the mirror, so the bridge must see it and learn.
+pub const PATH_BRIDGE_LEARNS: u32 = 4;
+/// A source address seen on another port than the mirror had it on: its entry was dropped
+/// from the mirror (the controller then rewrites the mirror from the bridge's view).
+pub const PATH_FDB_MOVED: u32 = 5;
+pub const PATH_STATS_LEN: u32 = 6;
+pub const PATH_STAT_NAMES: [&str; PATH_STATS_LEN as usize] = [
+    "flow_hit",
+    "denial_cached",
+    "denial_stored",
+    "redirected",
+    "bridge_learns",
+    "fdb_moved",
+];
 
 /// Map `TRACE` (per-CPU, one entry): the last decision, written only when `FLAG_TRACE` is set.
 #[repr(C)]

@@ -123,6 +123,8 @@ pub struct FlowKeys {
     pub host: crate::zone::HostKey,
     /// The entry of a flow being opened, built here to be inserted.
     pub fresh: FlowState,
+    /// The fast path's keys: destination and source MAC address (`FDB`).
+    pub macs: [crate::fastpath::MacKey; 2],
 }
 
 /// TCP flow states as far as a middlebox needs them.

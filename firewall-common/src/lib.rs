@@ -9,6 +9,7 @@ pub mod config;
 pub mod counters;
 pub mod enip;
 pub mod event;
+pub mod fastpath;
 pub mod flow;
 pub mod modbus;
 pub mod reason;

@@ -1,7 +1,8 @@
 //! User-space only: `aya::Pod` for every map type.
 
 use crate::{
-    conduit::*, config::*, counters::*, enip::*, event::*, flow::*, modbus::*, stream::*, zone::*,
+    conduit::*, config::*, counters::*, enip::*, event::*, fastpath::*, flow::*, modbus::*,
+    stream::*, zone::*,
 };
 
 macro_rules! pod {
@@ -28,6 +29,10 @@ pod!(
     DenyKey,
     Denial,
     HostKey,
+    MacKey,
+    FdbEntry,
+    FastPort,
+    FastPathState,
     Traffic,
     Trace,
     AddressRange,

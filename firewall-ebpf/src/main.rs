@@ -14,6 +14,7 @@ mod bpf {
     pub mod eth;
     pub mod events;
     pub mod flow;
+    pub mod forward;
     pub mod ip;
     pub mod l4;
     pub mod maps;
@@ -32,7 +33,7 @@ mod entry {
 
     use firewall_common::conduit::INSPECT_NONE;
 
-    use crate::bpf::{enip, maps::INSPECTORS, modbus, reset, stats, verdict};
+    use crate::bpf::{enip, forward, maps::INSPECTORS, modbus, reset, stats, verdict};
 
     #[xdp]
     pub fn otfw(ctx: XdpContext) -> u32 {
@@ -46,7 +47,7 @@ mod entry {
         }
         stats::account(&ctx, &decision);
         match decision.action {
-            verdict::Action::Pass => xdp_action::XDP_PASS,
+            verdict::Action::Pass => forward::pass(&ctx),
             verdict::Action::Drop => xdp_action::XDP_DROP,
             verdict::Action::Reset => reset::answer(&ctx),
         }

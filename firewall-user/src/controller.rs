@@ -16,7 +16,10 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{bridge_ports, Datapath, EnipDenied, ModbusDenied, ModeChoice},
+    datapath::{
+        bridge_ports, Datapath, EnipDenied, FastPathStatus, Mirror, ModbusDenied, ModeChoice,
+        Sysfs, SYNC_INTERVAL,
+    },
     events::{self, Event},
     observe::Observer,
     policy::compiled::{Attachment, CompiledPolicy},
@@ -33,6 +36,8 @@ pub struct RunOptions {
     /// How often the policy file is checked for changes.
     pub watch_interval: Duration,
     pub xdp_mode: ModeChoice,
+    /// Forward allowed frames port to port where the bridge's state allows (`datapath::fastpath`).
+    pub fast_path: bool,
     pub observe: ObserveOptions,
 }
 
@@ -62,11 +67,13 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         (None, true, Attachment::Interfaces(ifaces)) => ifaces.clone(),
     };
 
-    let instance = opts.bridge.clone().or_else(|| match &policy.attachment {
+    let bridge = opts.bridge.clone().or_else(|| match &policy.attachment {
         Attachment::Bridge(bridge) if opts.interfaces.is_empty() => Some(bridge.clone()),
         _ => None,
     });
-    let instance = instance.unwrap_or_else(|| ports.first().cloned().unwrap_or_default());
+    let instance = bridge
+        .clone()
+        .unwrap_or_else(|| ports.first().cloned().unwrap_or_default());
     let mut observer = Observer::new(&opts.observe, &file, &instance)?;
     let mut datapath = Datapath::load_pinned(observer.pin_dir().as_deref())?;
     let epoch = datapath.install(&policy)?.epoch;
@@ -94,6 +101,9 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         ports: attached.ports.len(),
     });
 
+    let mut fast_path = FastPath::new(opts.fast_path, bridge, &attached);
+    fast_path.sync(&mut datapath, &mut observer);
+    let mut fast_path_sync = tokio::time::interval(SYNC_INTERVAL);
     let mut watch = tokio::time::interval(opts.watch_interval);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = watch_fd(datapath.take_logger())?;
@@ -154,6 +164,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 }
             } => observer.scrape(&datapath, reply),
             _ = user1.recv() => emit_stats(&datapath),
+            _ = fast_path_sync.tick() => fast_path.sync(&mut datapath, &mut observer),
             ready = readable(&mut modbus_events) => {
                 let names = datapath.active().map(|g| &g.names);
                 drain(ready?, |bytes| {
@@ -168,6 +179,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = terminate.recv() => break,
         }
     }
+    // Every frame back to the bridge before the programs go.
+    fast_path.stop(&mut datapath);
     let names: Vec<String> = attached.ports.iter().map(|p| p.name.clone()).collect();
     datapath.detach(attached);
     for port in &names {
@@ -179,6 +192,87 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
 }
 
 /// Reads the counters and emits them as a `stats` event (SIGUSR1).
+/// The controller's side of the fast path: reads the bridge, writes the mirror, reports changes.
+struct FastPath {
+    wanted: bool,
+    bridge: Option<String>,
+    ports: Vec<u32>,
+    sysfs: Sysfs,
+    mirror: Mirror,
+    /// The last status reported (only changes are).
+    status: Option<FastPathStatus>,
+}
+
+impl FastPath {
+    fn new(wanted: bool, bridge: Option<String>, attached: &crate::datapath::Attached) -> Self {
+        FastPath {
+            wanted,
+            bridge,
+            ports: attached.ports.iter().map(|p| p.ifindex).collect(),
+            sysfs: Sysfs::default(),
+            mirror: Mirror::default(),
+            status: None,
+        }
+    }
+
+    fn sync(&mut self, datapath: &mut Datapath, observer: &mut Observer) {
+        let status = match (self.wanted, &self.bridge) {
+            (false, _) => Ok(FastPathStatus::Off("switched off (--fast-path off)".into())),
+            (true, None) => Ok(FastPathStatus::Off(
+                "no bridge (attached to interfaces by name)".into(),
+            )),
+            (true, Some(bridge)) => match self.sysfs.read(bridge) {
+                Ok(view) => datapath.sync_fast_path(&mut self.mirror, Some(&view), &self.ports),
+                Err(e) => Ok(FastPathStatus::Off(format!("reading the bridge: {e:#}"))),
+            },
+        };
+        let status = status.unwrap_or_else(|e| {
+            // A map write failed: stop redirecting rather than trust a half-written mirror.
+            let _ = datapath.stop_fast_path(&mut self.mirror);
+            FastPathStatus::Off(format!("updating the mirror failed: {e:#}"))
+        });
+        if let FastPathStatus::Off(_) = status {
+            if let Err(e) = datapath.stop_fast_path(&mut self.mirror) {
+                log::warn!("switching the fast path off: {e:#}");
+            }
+        }
+        if self.status.as_ref() != Some(&status) {
+            self.report(&status, observer);
+            self.status = Some(status);
+        }
+    }
+
+    fn report(&self, status: &FastPathStatus, observer: &mut Observer) {
+        // The address count changes all the time; only the state and the ports are news.
+        let (enabled, ports, reason) = match status {
+            FastPathStatus::On { ports, .. } => (true, ports.as_slice(), None),
+            FastPathStatus::Off(why) => (false, &[][..], Some(why.as_str())),
+        };
+        let same = match (&self.status, status) {
+            (Some(FastPathStatus::On { ports: a, .. }), FastPathStatus::On { ports: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        log::info!("fast path {status}");
+        observer.fast_path(status);
+        events::emit(&Event::FastPath {
+            enabled,
+            ports,
+            reason,
+        });
+    }
+
+    fn stop(&mut self, datapath: &mut Datapath) {
+        if let Err(e) = datapath.stop_fast_path(&mut self.mirror) {
+            log::warn!("switching the fast path off: {e:#}");
+        }
+    }
+}
+
 fn emit_stats(datapath: &Datapath) {
     let counters = datapath.counters();
     let conduits = datapath.conduit_traffic();

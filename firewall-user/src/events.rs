@@ -49,6 +49,14 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// The fast path started, changed its ports, or stopped (with the reason).
+    FastPath {
+        enabled: bool,
+        /// The ports it forwards between, when enabled.
+        ports: &'a [String],
+        /// Why it is off, when disabled.
+        reason: Option<&'a str>,
+    },
     /// A packet was denied (dropped, reset, or passed in monitor mode); rate-limited at the
     /// source.
     Denied(PacketEvent),
@@ -187,6 +195,7 @@ impl Event<'_> {
             Event::Attached { .. } => "attached",
             Event::Ready { .. } => "ready",
             Event::Detached { .. } => "detached",
+            Event::FastPath { .. } => "fast_path",
             Event::Denied(_) => "denied",
             Event::FlowAdopted(_) => "flow_adopted",
             Event::Stats { .. } => "stats",

@@ -57,6 +57,7 @@ pub struct Metrics {
     policy_load_time: Gauge,
     policy_loads: IntCounterVec,
     port_attached: IntGaugeVec,
+    fast_path: IntGauge,
     events: IntCounterVec,
     events_lost: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
@@ -200,7 +201,9 @@ impl Metrics {
             "otfw_datapath_paths_total",
             "Shortcuts the datapath took: flow_hit (a tracked flow's packet decided from its \
              flow entry alone), denial_cached (an untracked packet denied from the decision \
-             cache), denial_stored (a denial remembered in it).",
+             cache), denial_stored (a denial remembered in it), redirected (an allowed frame \
+             forwarded port to port by the fast path), bridge_learns (an allowed frame left to \
+             the bridge because it has not learnt its source on that port).",
             ["path"]
         );
         for name in PATH_STAT_NAMES {
@@ -227,6 +230,12 @@ impl Metrics {
             "otfw_port_attached",
             "1 while the XDP program is attached to the bridge port, in the labelled XDP mode.",
             ["port", "mode"]
+        );
+        let fast_path = family!(
+            IntGauge,
+            "otfw_fast_path_enabled",
+            "1 while the fast path forwards allowed frames port to port (XDP_REDIRECT); \
+             frames it takes are counted in otfw_datapath_paths_total{path=\"redirected\"}."
         );
         let events = family!(
             IntCounterVec,
@@ -285,6 +294,7 @@ impl Metrics {
             policy_load_time,
             policy_loads,
             port_attached,
+            fast_path,
             events,
             events_lost,
             totals: ConduitTotals::default(),
@@ -312,6 +322,10 @@ impl Metrics {
         self.port_attached
             .with_label_values(&[port, mode])
             .set(attached as i64);
+    }
+
+    pub fn fast_path(&self, enabled: bool) {
+        self.fast_path.set(enabled as i64);
     }
 
     /// Folds the counts of the generation the next install replaces (call before `install`).

@@ -118,6 +118,15 @@ impl Observer {
         self.save();
     }
 
+    pub fn fast_path(&mut self, status: &crate::datapath::FastPathStatus) {
+        self.metrics
+            .fast_path(matches!(status, crate::datapath::FastPathStatus::On { .. }));
+        if let Some(state) = self.state.as_mut() {
+            state.fast_path = Some(status.to_string());
+        }
+        self.save();
+    }
+
     pub fn scrape(&mut self, datapath: &Datapath, reply: ScrapeRequest) {
         match self.metrics.scrape(datapath) {
             Ok(body) => {

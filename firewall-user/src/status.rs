@@ -55,6 +55,9 @@ pub struct State {
     pub events_file: Option<String>,
     pub pin_dir: String,
     pub ports: Vec<PortState>,
+    /// The fast path's state as last reported (`on (...)` or `off: why`).
+    #[serde(default)]
+    pub fast_path: Option<String>,
     /// The generations in the two slots, oldest first.
     pub generations: Vec<GenerationState>,
 }
@@ -286,6 +289,9 @@ impl Report {
         let _ = writeln!(out, "ports:");
         for p in &s.ports {
             let _ = writeln!(out, "  {:<16} {} XDP", p.name, p.mode);
+        }
+        if let Some(fast_path) = &s.fast_path {
+            let _ = writeln!(out, "fast path: {fast_path}");
         }
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 //! would (the verdicts are checked row by row, as in every table test), and must be taken when
 //! it should (counted in `PATH_STATS`). Needs root and BPF; fails (never skips) without them.
 
+#[allow(dead_code)]
 mod common;
 
 use common::{

@@ -4,7 +4,8 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray,
+        RingBuf,
     },
 };
 
@@ -19,6 +20,7 @@ use firewall_common::{
         EnipTagKey, EnipTrace, ECOUNTS_LEN,
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
+    fastpath::{FastPathState, FastPort, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
     flow::{Denial, DenyKey, FlowKey, FlowKeys, FlowState, MAX_DENIALS, MAX_FLOWS},
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
@@ -181,3 +183,20 @@ pub static ENIP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// never written.
 #[map]
 pub static ZERO_FLOW: Array<EnipFlow> = Array::with_max_entries(1, 0);
+
+/// The fast path's validity (`FastPathState`, one entry).
+#[map]
+pub static FAST_PATH: Array<FastPathState> = Array::with_max_entries(1, 0);
+
+/// Ports that may send and receive redirected frames, by ifindex.
+#[map]
+pub static FAST_PORTS: HashMap<u32, FastPort> = HashMap::with_max_entries(MAX_FAST_PORTS, 0);
+
+/// The redirect targets: the same ports, by ifindex.
+#[map]
+pub static FAST_TX: DevMapHash = DevMapHash::with_max_entries(MAX_FAST_PORTS, 0);
+
+/// The mirror of the bridge's forwarding database, kept by the controller (and pruned here
+/// when an address shows up on another port).
+#[map]
+pub static FDB: HashMap<MacKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, BPF_F_NO_PREALLOC);

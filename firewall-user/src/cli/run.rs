@@ -10,6 +10,12 @@ use crate::{
     datapath::ModeChoice,
 };
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The policy to enforce; reloaded on SIGHUP and whenever its contents change.
@@ -28,6 +34,11 @@ pub struct RunArgs {
     /// `generic` works on every device (slower); `native` fails where the driver lacks it.
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub xdp_mode: ModeChoice,
+    /// The fast path: allowed frames between two ports whose destination the bridge has learnt
+    /// are forwarded port to port by XDP_REDIRECT, skipping the bridge (which still handles
+    /// everything else). `off` leaves every frame to the bridge.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub fast_path: Switch,
     /// Serve Prometheus metrics on ADDR (`/metrics`); `off` disables.
     #[arg(long, value_name = "ADDR", default_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics: String,
@@ -62,6 +73,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         interfaces: args.iface,
         watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.1)),
         xdp_mode: args.xdp_mode,
+        fast_path: args.fast_path == Switch::On,
         observe: ObserveOptions {
             metrics,
             events_file: args.events_file,

@@ -3,7 +3,8 @@
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        ProgramArray, RingBuf,
     },
     Ebpf,
 };
@@ -14,6 +15,7 @@ use firewall_common::{
     enip::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipStatKey, EnipTagKey, EnipTrace,
     },
+    fastpath::{FastPathState, FastPort, FdbEntry, MacKey},
     flow::{Denial, DenyKey, FlowKey, FlowState},
     modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
@@ -32,6 +34,10 @@ pub struct Maps {
     pub flows: HashMap<MapData, FlowKey, FlowState>,
     pub denials: HashMap<MapData, DenyKey, Denial>,
     pub path_stats: PerCpuArray<MapData, u64>,
+    pub fast_path: Array<MapData, FastPathState>,
+    pub fast_ports: HashMap<MapData, u32, FastPort>,
+    pub fast_tx: DevMapHash<MapData>,
+    pub fdb: HashMap<MapData, MacKey, FdbEntry>,
     pub reason_stats: PerCpuArray<MapData, u64>,
     pub conduit_stats: PerCpuArray<MapData, Traffic>,
     pub flow_stats: PerCpuArray<MapData, u64>,
@@ -88,6 +94,10 @@ impl Maps {
             flows: typed!(ebpf, "FLOWS"),
             denials: typed!(ebpf, "DENIALS"),
             path_stats: typed!(ebpf, "PATH_STATS"),
+            fast_path: typed!(ebpf, "FAST_PATH"),
+            fast_ports: typed!(ebpf, "FAST_PORTS"),
+            fast_tx: typed!(ebpf, "FAST_TX"),
+            fdb: typed!(ebpf, "FDB"),
             reason_stats: typed!(ebpf, "REASON_STATS"),
             conduit_stats: typed!(ebpf, "CONDUIT_STATS"),
             flow_stats: typed!(ebpf, "FLOW_STATS"),

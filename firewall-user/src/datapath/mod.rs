@@ -6,6 +6,7 @@ mod baseline;
 mod counters;
 mod enip;
 mod ethtool;
+mod fastpath;
 mod generation;
 mod maps;
 mod modbus;
@@ -20,6 +21,10 @@ pub use attach::{bridge_ports, ifindex, Attached, AttachedPort, ModeChoice, Port
 pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
 pub use enip::{EnipDenied, EnipTraffic};
+pub use fastpath::{
+    parse_brforward, BridgePort, BridgeView, FastPathStatus, Learnt, Mirror, Sysfs, SYNC_INTERVAL,
+    VALIDITY,
+};
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
 pub use pin::{check_bpffs, pin_dir, unpin, PinnedMaps};

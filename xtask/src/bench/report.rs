@@ -167,7 +167,11 @@ impl<'a> Report<'a> {
                 ),
                 target: format!("<= {}", x(target)),
                 status: met(r <= target, || {
-                    format!("by {:.2}x ({:.0}% over)", r - target, (r / target - 1.0) * 100.0)
+                    format!(
+                        "by {:.2}x ({:.0}% over)",
+                        r - target,
+                        (r / target - 1.0) * 100.0
+                    )
                 }),
             });
         }

@@ -1,0 +1,85 @@
+//! The fast path: an allowed frame whose destination the bridge has learnt on another
+//! otfw port is sent there directly (`XDP_REDIRECT` through `FAST_TX`), skipping the bridge.
+//! Only what the mirror of the bridge's state answers exactly takes it; everything else
+//! (broadcast, multicast, unknown or local destinations, a source the bridge has not learnt on
+//! this port, a port not forwarding, a frame too big for the egress port, a stale mirror) is
+//! passed to the bridge, which stays the slow path and the source of truth.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+
+use firewall_common::{
+    counters::{PATH_BRIDGE_LEARNS, PATH_FDB_MOVED, PATH_REDIRECTED},
+    fastpath::FDB_LOCAL,
+};
+
+use super::{
+    maps::{FAST_PATH, FAST_PORTS, FAST_TX, FDB, FLOW_KEYS},
+    packet::{frame_len, load},
+    stats,
+};
+
+/// The action for a frame the policy passes: a redirect when the fast path can take it,
+/// `XDP_PASS` (to the bridge) otherwise.
+#[inline(always)]
+pub fn pass(ctx: &XdpContext) -> u32 {
+    redirect(ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn redirect(ctx: &XdpContext) -> Option<u32> {
+    let state = FAST_PATH.get(0)?;
+    // SAFETY: reading the monotonic clock has no preconditions.
+    if unsafe { bpf_ktime_get_ns() } > state.valid_until_ns {
+        return None;
+    }
+    // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: values are copied out at once, never held across a map update.
+    unsafe { FAST_PORTS.get(&ingress) }?;
+    let macs: [u8; 12] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
+    // Group addresses (broadcast, multicast, STP, LLDP) are the bridge's to flood or consume.
+    if macs[0] & 1 != 0 {
+        return None;
+    }
+    // The keys live in the per-CPU scratch entry: the stack has no room for them.
+    let keys = FLOW_KEYS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
+    let [dst, src] = unsafe { &mut (*keys).macs };
+    dst.mac = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
+    src.mac = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+    // The bridge learns from what it sees: a source it has not learnt on this port (new, or
+    // moved here) must go through it. A moved address's old entry is dropped from the mirror
+    // at once, so frames to it stop going to the port it left.
+    // SAFETY: as above.
+    match unsafe { FDB.get(&*src) } {
+        Some(e) if e.ifindex == ingress => {}
+        Some(_) => {
+            let _ = FDB.remove(&*src);
+            stats::path_event(PATH_FDB_MOVED);
+            stats::path_event(PATH_BRIDGE_LEARNS);
+            return None;
+        }
+        None => {
+            stats::path_event(PATH_BRIDGE_LEARNS);
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    let (egress, flags) = unsafe { FDB.get(dst) }.map(|e| (e.ifindex, e.flags))?;
+    // For the gateway itself, or back out of the port it came in on: the bridge decides.
+    if flags & FDB_LOCAL != 0 || egress == ingress {
+        return None;
+    }
+    // SAFETY: as above.
+    let max_frame = unsafe { FAST_PORTS.get(&egress) }?.max_frame;
+    if frame_len(ctx) > max_frame as usize {
+        return None;
+    }
+    match FAST_TX.redirect(egress, xdp_action::XDP_PASS as u64) {
+        Ok(action) => {
+            stats::path_event(PATH_REDIRECTED);
+            Some(action)
+        }
+        Err(_) => None,
+    }
+}
