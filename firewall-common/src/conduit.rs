@@ -37,6 +37,11 @@ pub const INSPECT_NONE: u8 = 0;
 pub const INSPECT_MODBUS: u8 = 1;
 pub const INSPECT_ENIP: u8 = 2;
 pub const INSPECT_ENIP_IO: u8 = 3;
+/// Slot of `INSPECTORS` holding the fast path's forwarder, which the inspectors tail call for
+/// a frame they pass (inlined there, it would add to their stack, which has no room).
+pub const FORWARD_SLOT: u32 = 4;
+/// Entries of `INSPECTORS`.
+pub const INSPECTOR_SLOTS: u32 = 5;
 
 /// Protocol rules (a conduit's `modbus:` or `enip:` item) are numbered across the policy from 1;
 /// 0 means "no protocol rule". Their contents live in the inspector's own maps.

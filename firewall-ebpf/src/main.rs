@@ -56,19 +56,27 @@ mod entry {
     /// Modbus/TCP inspection, tail called from `otfw` (slot `INSPECT_MODBUS` of `INSPECTORS`).
     #[xdp]
     pub fn otfw_modbus(ctx: XdpContext) -> u32 {
-        modbus::inspect(&ctx)
+        // What an inspector passes takes the fast path like any other allowed frame (a
+        // request neutralised in place included: the redirect sends the frame as it is now).
+        forward::after_inspection(&ctx, modbus::inspect(&ctx))
     }
 
     /// EtherNet/IP and CIP inspection (TCP and UDP 44818), slot `INSPECT_ENIP`.
     #[xdp]
     pub fn otfw_enip(ctx: XdpContext) -> u32 {
-        enip::inspect(&ctx)
+        forward::after_inspection(&ctx, enip::inspect(&ctx))
     }
 
     /// Implicit I/O (UDP 2222) pinholes, slot `INSPECT_ENIP_IO`.
     #[xdp]
     pub fn otfw_enip_io(ctx: XdpContext) -> u32 {
-        enip::inspect_io(&ctx)
+        forward::after_inspection(&ctx, enip::inspect_io(&ctx))
+    }
+
+    /// The fast path for frames an inspector passed (slot `FORWARD_SLOT` of `INSPECTORS`).
+    #[xdp]
+    pub fn otfw_forward(ctx: XdpContext) -> u32 {
+        forward::pass(&ctx)
     }
 
     #[panic_handler]

@@ -7,7 +7,7 @@ use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash as _, Hasher as _},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Result};
@@ -17,13 +17,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     datapath::{
-        bridge_ports, Datapath, EnipDenied, FastPathStatus, Mirror, ModbusDenied, ModeChoice,
-        Sysfs, SYNC_INTERVAL,
+        bridge_nftables, bridge_ports, common_bridge, Datapath, EnipDenied, FastPathChoice,
+        FastPathStatus, Mirror, ModbusDenied, ModeChoice, Sysfs, SYNC_INTERVAL,
     },
     events::{self, Event},
     observe::Observer,
     policy::compiled::{Attachment, CompiledPolicy},
 };
+
+use firewall_common::counters::PATH_STAT_NAMES;
 
 pub use crate::observe::ObserveOptions;
 
@@ -36,8 +38,8 @@ pub struct RunOptions {
     /// How often the policy file is checked for changes.
     pub watch_interval: Duration,
     pub xdp_mode: ModeChoice,
-    /// Forward allowed frames port to port where the bridge's state allows (`datapath::fastpath`).
-    pub fast_path: bool,
+    /// Which ports forward allowed frames port to port (`datapath::fastpath`).
+    pub fast_path: FastPathChoice,
     pub observe: ObserveOptions,
 }
 
@@ -101,6 +103,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         ports: attached.ports.len(),
     });
 
+    // Ports named one by one may still be the ports of one bridge.
+    let bridge = bridge.or_else(|| common_bridge(&ports));
     let mut fast_path = FastPath::new(opts.fast_path, bridge, &attached);
     fast_path.sync(&mut datapath, &mut observer);
     let mut fast_path_sync = tokio::time::interval(SYNC_INTERVAL);
@@ -194,35 +198,61 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
 /// Reads the counters and emits them as a `stats` event (SIGUSR1).
 /// The controller's side of the fast path: reads the bridge, writes the mirror, reports changes.
 struct FastPath {
-    wanted: bool,
+    choice: FastPathChoice,
     bridge: Option<String>,
     ports: Vec<u32>,
     sysfs: Sysfs,
     mirror: Mirror,
     /// The last status reported (only changes are).
     status: Option<FastPathStatus>,
+    /// Bridge-family nftables tables, checked every `NFT_CHECK` (it runs a program).
+    nftables: Option<String>,
+    nft_checked: Option<Instant>,
 }
 
+const NFT_CHECK: Duration = Duration::from_secs(5);
+
 impl FastPath {
-    fn new(wanted: bool, bridge: Option<String>, attached: &crate::datapath::Attached) -> Self {
+    fn new(
+        choice: FastPathChoice,
+        bridge: Option<String>,
+        attached: &crate::datapath::Attached,
+    ) -> Self {
         FastPath {
-            wanted,
+            choice,
             bridge,
-            ports: attached.ports.iter().map(|p| p.ifindex).collect(),
+            ports: choice.ports(attached),
             sysfs: Sysfs::default(),
             mirror: Mirror::default(),
             status: None,
+            nftables: None,
+            nft_checked: None,
         }
     }
 
     fn sync(&mut self, datapath: &mut Datapath, observer: &mut Observer) {
-        let status = match (self.wanted, &self.bridge) {
-            (false, _) => Ok(FastPathStatus::Off("switched off (--fast-path off)".into())),
-            (true, None) => Ok(FastPathStatus::Off(
+        let status = match (self.choice, &self.bridge) {
+            (FastPathChoice::Off, _) => {
+                Ok(FastPathStatus::Off("switched off (--fast-path off)".into()))
+            }
+            (_, None) => Ok(FastPathStatus::Off(
                 "no bridge (attached to interfaces by name)".into(),
             )),
-            (true, Some(bridge)) => match self.sysfs.read(bridge) {
-                Ok(view) => datapath.sync_fast_path(&mut self.mirror, Some(&view), &self.ports),
+            _ if self.ports.len() < 2 => Ok(FastPathStatus::Off(
+                "fewer than two ports in generic XDP mode (--fast-path on includes native ports)"
+                    .into(),
+            )),
+            (_, Some(bridge)) => match self.sysfs.read(bridge) {
+                Ok(mut view) => {
+                    if self.nft_checked.is_none_or(|at| at.elapsed() >= NFT_CHECK) {
+                        self.nftables = bridge_nftables();
+                        self.nft_checked = Some(Instant::now());
+                    }
+                    if view.blocker.is_none() {
+                        view.blocker = self.nftables.clone();
+                    }
+                    datapath.sync_fast_path(&mut self.mirror, Some(&view), &self.ports)
+                }
                 Err(e) => Ok(FastPathStatus::Off(format!("reading the bridge: {e:#}"))),
             },
         };
@@ -280,7 +310,17 @@ fn emit_stats(datapath: &Datapath) {
     match (counters, conduits, requests) {
         (Ok(counters), Ok(conduits), Ok(requests)) => {
             let epoch = datapath.active().map(|g| g.epoch);
-            events::emit(&Event::stats(epoch, &counters, &conduits, &requests));
+            let mut event = Event::stats(epoch, &counters, &conduits, &requests);
+            if let (Event::Stats { paths, .. }, Ok(counts)) = (&mut event, datapath.path_stats()) {
+                paths.extend(
+                    PATH_STAT_NAMES
+                        .iter()
+                        .zip(counts)
+                        .filter(|(_, n)| *n != 0)
+                        .map(|(&name, n)| (name, n)),
+                );
+            }
+            events::emit(&event);
         }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             log::error!("SIGUSR1: reading the counters failed: {e:#}")

@@ -76,6 +76,10 @@ pub enum Event<'a> {
         /// function, CIP service) and verdict, e.g.
         /// `{"enip": {"hmi": {"write_tag": {"drop": 1}}}}`.
         requests: RequestsByProtocol,
+        /// Shortcuts the datapath took (`otfw_datapath_paths_total`), e.g.
+        /// `{"flow_hit": 9, "redirected": 7}`.
+        #[serde(skip_serializing_if = "IndexMap::is_empty")]
+        paths: IndexMap<&'static str, u64>,
     },
     /// A Modbus request was refused (or, in monitor mode, would have been): the flow, the
     /// request and the reason.
@@ -166,6 +170,7 @@ impl Event<'_> {
             conduits: by_conduit,
             flows,
             requests: by_protocol,
+            paths: IndexMap::new(),
         }
     }
 }

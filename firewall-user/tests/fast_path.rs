@@ -6,6 +6,8 @@
 
 #[allow(dead_code)]
 mod common;
+#[path = "common/modbus.rs"]
+mod modbus_common;
 
 use std::{thread, time::Duration};
 
@@ -150,6 +152,11 @@ fn fast_path_takes_exactly_what_the_bridge_would_forward_to_a_known_port() {
             "{what}"
         );
     }
+    // VLAN-tagged frames stay on the bridge.
+    assert_eq!(
+        lab.action(&ip(IT4, OT4).vlan(10).syn(40001, 502)),
+        (XDP_PASS, Reason::None)
+    );
     // A source the bridge has not learnt goes to the bridge, so that it learns it.
     assert_eq!(
         lab.action(&with_macs(c.ack(40000, 502), MAC_DST, STRANGER_MAC)),
@@ -198,4 +205,26 @@ fn fast_path_takes_exactly_what_the_bridge_would_forward_to_a_known_port() {
     assert_eq!(lab.action(&allowed), (XDP_REDIRECT, Reason::None));
     thread::sleep(VALIDITY + Duration::from_millis(200));
     assert_eq!(lab.action(&allowed), (XDP_PASS, Reason::None));
+}
+
+#[test]
+fn inspected_frames_take_the_fast_path_once_the_inspector_passes_them() {
+    let port = TestInterface::create("otfwfp4");
+    let lo = otfw::datapath::ifindex("lo").expect("ifindex of lo");
+    let mut lab = Lab {
+        dp: modbus_common::datapath(&modbus_common::policy("functions: [read]", "")),
+        mirror: Mirror::default(),
+        lo,
+        other: port.ifindex,
+    };
+    let mut conn = modbus_common::Conn::new(40000, 502);
+    conn.open(&mut lab.dp);
+    lab.sync(Some(&view(lo, port.ifindex, 3, 1500)));
+    let read = conn.send(&mut lab.dp, &modbus_common::read(3, 0, 1));
+    assert_eq!((read.action, read.reason), (XDP_REDIRECT, Reason::None));
+    let write = conn.send(&mut lab.dp, &modbus_common::write_single_register(0, 1));
+    assert_eq!(
+        write.action, XDP_DROP,
+        "a refused request is never forwarded"
+    );
 }

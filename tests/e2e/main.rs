@@ -6,6 +6,7 @@ mod common;
 mod controller;
 mod enip;
 mod evasion;
+mod fast_path;
 mod firewall;
 mod lab;
 mod metrics;

@@ -8,12 +8,13 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 
 use firewall_common::{
+    conduit::FORWARD_SLOT,
     counters::{PATH_BRIDGE_LEARNS, PATH_FDB_MOVED, PATH_REDIRECTED},
     fastpath::FDB_LOCAL,
 };
 
 use super::{
-    maps::{FAST_PATH, FAST_PORTS, FAST_TX, FDB, FLOW_KEYS},
+    maps::{FAST_PATH, FAST_PORTS, FAST_TX, FDB, FLOW_KEYS, INSPECTORS},
     packet::{frame_len, load},
     stats,
 };
@@ -23,6 +24,17 @@ use super::{
 #[inline(always)]
 pub fn pass(ctx: &XdpContext) -> u32 {
     redirect(ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// An inspector's action; a pass goes on to the fast path's forwarder (`otfw_forward`) by tail
+/// call, or to the bridge if the forwarder is not installed.
+#[inline(always)]
+pub fn after_inspection(ctx: &XdpContext, action: u32) -> u32 {
+    if action == xdp_action::XDP_PASS {
+        // SAFETY: a tail call from the program's top-level function, with its own context.
+        unsafe { INSPECTORS.tail_call(ctx, FORWARD_SLOT) };
+    }
+    action
 }
 
 #[inline(always)]
@@ -36,9 +48,14 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: values are copied out at once, never held across a map update.
     unsafe { FAST_PORTS.get(&ingress) }?;
-    let macs: [u8; 12] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
+    let macs: [u8; 14] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
     // Group addresses (broadcast, multicast, STP, LLDP) are the bridge's to flood or consume.
     if macs[0] & 1 != 0 {
+        return None;
+    }
+    // VLAN-tagged frames stay on the bridge: where a driver strips the tag into metadata, a
+    // redirect would not carry it.
+    if (macs[12] == 0x81 && macs[13] == 0x00) || (macs[12] == 0x88 && macs[13] == 0xa8) {
         return None;
     }
     // The keys live in the per-CPU scratch entry: the stack has no room for them.

@@ -10,7 +10,9 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
-    conduit::{ConduitInfo, ConduitKey, RuleSet, MAX_CONDUITS, MAX_PROTOCOL_RULES},
+    conduit::{
+        ConduitInfo, ConduitKey, RuleSet, INSPECTOR_SLOTS, MAX_CONDUITS, MAX_PROTOCOL_RULES,
+    },
     config::Config,
     counters::{
         Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, PATH_STATS_LEN, REASON_STATS_LEN,
@@ -94,7 +96,7 @@ pub static FLOW_KEYS: PerCpuArray<FlowKeys> = PerCpuArray::with_max_entries(1, 0
 
 /// Payload inspectors, indexed by `INSPECT_*`; the main program tail calls into them.
 #[map]
-pub static INSPECTORS: ProgramArray = ProgramArray::with_max_entries(4, 0);
+pub static INSPECTORS: ProgramArray = ProgramArray::with_max_entries(INSPECTOR_SLOTS, 0);
 
 /// What the main program hands the inspector (per CPU, one entry).
 #[map]

@@ -7,14 +7,8 @@ use clap::Args;
 
 use crate::{
     controller::{self, ObserveOptions, RunOptions},
-    datapath::ModeChoice,
+    datapath::{FastPathChoice, ModeChoice},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Switch {
-    On,
-    Off,
-}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -36,9 +30,12 @@ pub struct RunArgs {
     pub xdp_mode: ModeChoice,
     /// The fast path: allowed frames between two ports whose destination the bridge has learnt
     /// are forwarded port to port by XDP_REDIRECT, skipping the bridge (which still handles
-    /// everything else). `off` leaves every frame to the bridge.
-    #[arg(long, value_enum, default_value_t = Switch::On)]
-    pub fast_path: Switch,
+    /// everything else). `auto`: between ports in generic XDP mode, where the kernel
+    /// transmits redirected frames itself; `on`: native-mode ports too (their drivers must
+    /// transmit redirected frames, ndo_xdp_xmit; a veth only does when its peer runs XDP);
+    /// `off`: every frame to the bridge.
+    #[arg(long, value_enum, default_value_t = FastPathChoice::Auto)]
+    pub fast_path: FastPathChoice,
     /// Serve Prometheus metrics on ADDR (`/metrics`); `off` disables.
     #[arg(long, value_name = "ADDR", default_value = crate::metrics::DEFAULT_ADDR)]
     pub metrics: String,
@@ -73,7 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         interfaces: args.iface,
         watch_interval: Duration::from_secs_f64(args.watch_interval.max(0.1)),
         xdp_mode: args.xdp_mode,
-        fast_path: args.fast_path == Switch::On,
+        fast_path: args.fast_path,
         observe: ObserveOptions {
             metrics,
             events_file: args.events_file,

@@ -74,6 +74,30 @@ pub fn bridge_ports(bridge: &str) -> Result<Vec<String>> {
     Ok(ports)
 }
 
+/// The bridge all of `ports` belong to, if they are ports of one bridge (ports named one by one
+/// may still be the ports of one bridge; the fast path needs to know it).
+pub fn common_bridge(ports: &[String]) -> Option<String> {
+    let mut bridge = None;
+    for port in ports {
+        let master = std::fs::read_link(Path::new("/sys/class/net").join(port).join("master"))
+            .ok()?
+            .file_name()?
+            .to_string_lossy()
+            .into_owned();
+        match &bridge {
+            None => bridge = Some(master),
+            Some(b) if *b == master => {}
+            Some(_) => return None,
+        }
+    }
+    let bridge = bridge?;
+    Path::new("/sys/class/net")
+        .join(&bridge)
+        .join("bridge")
+        .exists()
+        .then_some(bridge)
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = CString::new(name).context("interface name contains NUL")?;
     // SAFETY: if_nametoindex reads a valid NUL-terminated string.

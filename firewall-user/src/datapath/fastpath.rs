@@ -35,6 +35,34 @@ const FDB_RECORD: usize = 16;
 /// The Ethernet header a port's MTU does not count.
 const ETH_HLEN: u32 = 14;
 
+/// Which ports the fast path may use (`otfw run --fast-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FastPathChoice {
+    /// Ports attached in generic mode: the kernel transmits their redirected frames through
+    /// the normal transmit path, whatever the egress driver.
+    Auto,
+    /// Native-mode ports too: their drivers must implement ndo_xdp_xmit, or redirected frames
+    /// are dropped.
+    On,
+    Off,
+}
+
+impl FastPathChoice {
+    /// The attached ports (by ifindex) the fast path may use.
+    pub fn ports(self, attached: &super::Attached) -> Vec<u32> {
+        attached
+            .ports
+            .iter()
+            .filter(|p| match self {
+                FastPathChoice::Auto => p.mode == super::PortMode::Generic,
+                FastPathChoice::On => true,
+                FastPathChoice::Off => false,
+            })
+            .map(|p| p.ifindex)
+            .collect()
+    }
+}
+
 /// One bridge port as the fast path sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgePort {
@@ -118,10 +146,14 @@ impl Sysfs {
                 Some("the bridge filters VLANs (membership and tagging are not mirrored)".into());
         }
         for table in ["iptables", "ip6tables", "arptables"] {
+            // The global switch, and the bridge's own (`ip link set BR type bridge
+            // nf_call_iptables 1`).
             let sysctl = self.bridge_sysctl.join(format!("bridge-nf-call-{table}"));
-            if view.blocker.is_none() && read_flag(&sysctl)? {
+            let own = dev.join(format!("bridge/nf_call_{table}"));
+            if view.blocker.is_none() && (read_flag(&sysctl)? || read_flag(&own)?) {
                 view.blocker = Some(format!(
-                    "br_netfilter passes bridged frames to {table} (bridge-nf-call-{table} = 1)"
+                    "br_netfilter passes this bridge's frames to {table}, which redirected \
+                     frames would skip"
                 ));
             }
         }
@@ -148,6 +180,28 @@ impl Sysfs {
         view.fdb = parse_brforward(&raw);
         Ok(view)
     }
+}
+
+/// The bridge-family nftables tables, if the `nft` tool is there to list them: their chains
+/// see bridged frames, which redirected frames would skip. `None` when there are none (or no
+/// `nft`: tables made without it are not seen).
+pub fn bridge_nftables() -> Option<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables", "bridge"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tables: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table bridge "))
+        .collect();
+    (!tables.is_empty()).then(|| {
+        format!(
+            "nftables bridge-family tables ({}) filter bridged frames, which redirected frames \
+             would skip",
+            tables.join(", ")
+        )
+    })
 }
 
 /// `struct __fdb_entry` records: MAC, port number (low byte), is_local, ageing timer (u32),
@@ -273,6 +327,16 @@ impl Datapath {
                     }
                 })
                 .or_insert(entry);
+        }
+        if mirror.syncs == 0 {
+            // Maps taken over from an earlier controller may hold its mirror: record what is
+            // there, so that whatever the bridge no longer says is removed below.
+            for key in self.maps.fdb.keys().filter_map(Result::ok) {
+                mirror.fdb.insert(key, FdbEntry::default());
+            }
+            for ifindex in self.maps.fast_ports.keys().filter_map(Result::ok) {
+                mirror.ports.insert(ifindex, FastPort::default());
+            }
         }
         let moved = self.path_stats()?[PATH_FDB_MOVED as usize];
         let full = mirror.syncs.is_multiple_of(FULL_WRITE_EVERY) || moved != mirror.moved;

@@ -15,15 +15,17 @@ mod test_run;
 
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
-use firewall_common::conduit::{INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS};
+use firewall_common::conduit::{FORWARD_SLOT, INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS};
 
-pub use attach::{bridge_ports, ifindex, Attached, AttachedPort, ModeChoice, PortMode};
+pub use attach::{
+    bridge_ports, common_bridge, ifindex, Attached, AttachedPort, ModeChoice, PortMode,
+};
 pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
 pub use enip::{EnipDenied, EnipTraffic};
 pub use fastpath::{
-    parse_brforward, BridgePort, BridgeView, FastPathStatus, Learnt, Mirror, Sysfs, SYNC_INTERVAL,
-    VALIDITY,
+    bridge_nftables, parse_brforward, BridgePort, BridgeView, FastPathChoice, FastPathStatus,
+    Learnt, Mirror, Sysfs, SYNC_INTERVAL, VALIDITY,
 };
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
@@ -43,6 +45,8 @@ const MODBUS_PROGRAM: &str = "otfw_modbus";
 /// `INSPECT_ENIP_IO`).
 const ENIP_PROGRAM: &str = "otfw_enip";
 const ENIP_IO_PROGRAM: &str = "otfw_enip_io";
+/// The fast path for frames an inspector passed (slot `FORWARD_SLOT` of `INSPECTORS`).
+const FORWARD_PROGRAM: &str = "otfw_forward";
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -93,13 +97,14 @@ impl Datapath {
         // Inspectors go into their program array before anything is attached: a packet
         // handed to a missing inspector is dropped (`inspector_missing`).
         for (name, slot, what) in [
-            (MODBUS_PROGRAM, INSPECT_MODBUS, "Modbus inspector"),
-            (ENIP_PROGRAM, INSPECT_ENIP, "EtherNet/IP inspector"),
+            (MODBUS_PROGRAM, INSPECT_MODBUS as u32, "Modbus inspector"),
+            (ENIP_PROGRAM, INSPECT_ENIP as u32, "EtherNet/IP inspector"),
             (
                 ENIP_IO_PROGRAM,
-                INSPECT_ENIP_IO,
+                INSPECT_ENIP_IO as u32,
                 "EtherNet/IP implicit I/O inspector",
             ),
+            (FORWARD_PROGRAM, FORWARD_SLOT, "fast path forwarder"),
         ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -113,7 +118,7 @@ impl Datapath {
                 .fd()
                 .with_context(|| format!("the {what} has no fd"))?;
             maps.inspectors
-                .set(slot as u32, fd, 0)
+                .set(slot, fd, 0)
                 .with_context(|| format!("installing the {what} in INSPECTORS"))?;
         }
         Ok(Datapath {
