@@ -4,6 +4,8 @@
 //! than Ethernet are judged as if their packets had arrived on an Ethernet port (`capture`).
 //! With a `write` path, the frames the gateway would forward are written there as it would
 //! forward them (refused Modbus requests neutralised, answers restored), dropped ones left out.
+//! The captured answer to a refused request is replaced, before judging, by the exception the
+//! live server sends to the neutralised request ([`answers`]).
 //!
 //! What a capture cannot tell: the bridge port a frame arrived on (anti-spoofing is not checked:
 //! every frame counts as arriving on a permitted port), and real time (flows do not expire
@@ -14,6 +16,8 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
 };
+
+mod answers;
 
 use anyhow::{Context as _, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -49,6 +53,15 @@ struct FrameRecord<'a> {
     /// (`--checksums repair`, the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     checksum: Option<&'static str>,
+    /// `substituted` when the frame carries the answer to a refused request: the captured
+    /// answer was replaced by the exception the live server sends to the neutralised request
+    /// (what the frame's verdict is about), not judged itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'static str>,
+    /// `shifted` when its sequence or acknowledgement number was moved to follow an earlier
+    /// substituted answer of a different length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<&'static str>,
     /// Modbus ADUs whose header the inspector decided in this frame.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     adus: &'a [crate::datapath::Adu],
@@ -74,6 +87,11 @@ pub struct Summary {
     pub by_conduit: BTreeMap<String, BTreeMap<&'static str, usize>>,
     /// TCP checksums recomputed before judging (`Checksums::Repair`).
     pub checksums_repaired: usize,
+    /// Frames whose captured answer to a refused request was replaced by the live server's
+    /// exception (counted by verdict as well).
+    pub answers_substituted: usize,
+    /// Frames whose sequence or acknowledgement number followed a substituted answer.
+    pub sequence_shifted: usize,
 }
 
 /// Replays `captures` under `policy`, writing JSON lines to `out`.
@@ -96,6 +114,7 @@ pub fn replay(
     datapath.enable_trace()?;
 
     let mut summary = Summary::default();
+    let mut answers = answers::LiveAnswers::default();
     for path in captures {
         let frames = capture::read(path)?;
         let file = path.display().to_string();
@@ -105,10 +124,14 @@ pub fn replay(
             let repaired =
                 checksums == Checksums::Repair && offload::repair_tcp_checksum(&mut frame);
             summary.checksums_repaired += repaired as usize;
+            let live = answers.before_judging(&mut frame);
+            summary.answers_substituted += (live.substituted != 0) as usize;
+            summary.sequence_shifted += live.shifted as usize;
             let frame = &frame;
             let d = datapath
                 .run_frame(frame)
                 .with_context(|| format!("{file}: frame {}", i + 1))?;
+            answers.after_judging(frame, &d);
             let action = VERDICT_NAMES
                 .get(d.verdict as usize)
                 .copied()
@@ -135,6 +158,8 @@ pub fn replay(
                 conduit: conduit.filter(|_| d.conduit_id != firewall_common::conduit::CONDUIT_NONE),
                 packet: describe(frame),
                 checksum: repaired.then_some("repaired"),
+                answer: (live.substituted != 0).then_some("substituted"),
+                sequence: live.shifted.then_some("shifted"),
                 adus: &d.adus,
                 cip: &d.cip,
             };
