@@ -51,6 +51,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
         "{} frames from {} file(s): {} passed, {} refused, {} dropped",
         summary.frames, summary.files, summary.passed, summary.refused, summary.dropped
     );
+    if summary.answers_substituted != 0 {
+        eprintln!(
+            "{} frames: captured answers to refused requests replaced by the exception a live \
+             server sends to the neutralised request; {} frames renumbered after them",
+            summary.answers_substituted, summary.sequence_shifted
+        );
+    }
     if summary.checksums_repaired != 0 {
         eprintln!(
             "{} TCP checksums repaired before judging (checksum offload on the capturing host; \

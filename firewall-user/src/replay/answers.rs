@@ -9,9 +9,10 @@
 //! The exception rarely has the captured answer's length: the server's sequence numbers after
 //! it, and the client's acknowledgements of them, are shifted by the difference for the rest of
 //! the connection, and the IP length and checksums follow. Retransmitted answers are replaced
-//! alike. What is not followed: an answer whose MBAP header is split across segments (framing
-//! of the server's stream resumes at the next segment), a refused request whose header was in
-//! an earlier segment than its function code, and SACK blocks (left as captured).
+//! alike, and SACK blocks follow the acknowledgements. What is not followed: an answer whose
+//! MBAP header is split across segments (framing of the server's stream resumes at the next
+//! segment), and a refused request whose header was in an earlier segment than its function
+//! code.
 
 use std::{collections::HashMap, net::IpAddr, ops::Range};
 
@@ -88,18 +89,25 @@ impl LiveAnswers {
             return Rewrite::default();
         };
         if let Some(c) = self.connections.get(&(s.src, s.dst)) {
-            // From the client: it acknowledges the server's stream as captured.
-            let Some(ack) = s.ack else {
-                return Rewrite::default();
-            };
-            let live = c.live_seq(ack);
-            if live == ack {
-                return Rewrite::default();
+            // From the client: it acknowledges (and selectively acknowledges) the server's
+            // stream as captured.
+            let checksum_ok = offload::tcp_checksum_ok(frame).unwrap_or(true);
+            let ack = s.ack.map(|_| s.tcp + 8);
+            let mut shifted = false;
+            for at in ack.into_iter().chain(sack_edges(frame, &s)) {
+                let captured = u32::from_be_bytes(frame[at..at + 4].try_into().unwrap());
+                let live = c.live_seq(captured);
+                if live != captured {
+                    frame[at..at + 4].copy_from_slice(&live.to_be_bytes());
+                    shifted = true;
+                }
             }
-            rewrite(frame, &s, s.seq, Some(live), None);
+            if shifted {
+                offload::set_tcp_checksum(frame, checksum_ok);
+            }
             return Rewrite {
                 substituted: 0,
-                shifted: true,
+                shifted,
             };
         }
         let Some(c) = self.connections.get_mut(&(s.dst, s.src)) else {
@@ -112,7 +120,7 @@ impl LiveAnswers {
         if substituted == 0 && seq == s.seq {
             return Rewrite::default();
         }
-        rewrite(frame, &s, seq, s.ack, spliced.map(|(p, _)| p));
+        rewrite(frame, &s, seq, spliced.map(|(p, _)| p));
         Rewrite {
             substituted,
             shifted: seq != s.seq,
@@ -294,10 +302,37 @@ fn segment(frame: &[u8]) -> Option<Segment> {
     })
 }
 
-/// Gives segment `s` of `frame` these sequence and acknowledgement numbers and, if given, this
-/// payload (the IP length follows, an Ethernet trailer goes), then its checksums: right if the
-/// captured TCP checksum was, else wrong again.
-fn rewrite(frame: &mut Vec<u8>, s: &Segment, seq: u32, ack: Option<u32>, payload: Option<Vec<u8>>) {
+/// Frame offsets of the SACK block edges (option 5) in the TCP header of segment `s`.
+fn sack_edges(frame: &[u8], s: &Segment) -> Vec<usize> {
+    let mut edges = Vec::new();
+    let options = s.tcp + 20..s.payload.start;
+    let mut at = options.start;
+    while at < options.end {
+        match frame[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let Some(&len) = frame.get(at + 1).filter(|&&l| l >= 2) else {
+                    break;
+                };
+                let end = at + len as usize;
+                if end > options.end {
+                    break;
+                }
+                if kind == 5 {
+                    edges.extend((at + 2..end).step_by(4).filter(|e| e + 4 <= end));
+                }
+                at = end;
+            }
+        }
+    }
+    edges
+}
+
+/// Gives segment `s` of `frame` this sequence number and, if given, this payload (the IP
+/// length follows, an Ethernet trailer goes), then its checksums: right if the captured TCP
+/// checksum was, else wrong again.
+fn rewrite(frame: &mut Vec<u8>, s: &Segment, seq: u32, payload: Option<Vec<u8>>) {
     let checksum_ok = offload::tcp_checksum_ok(frame).unwrap_or(true);
     if let Some(payload) = payload {
         let grown = payload.len() as i64 - s.payload.len() as i64;
@@ -316,9 +351,6 @@ fn rewrite(frame: &mut Vec<u8>, s: &Segment, seq: u32, ack: Option<u32>, payload
         }
     }
     frame[s.tcp + 4..s.tcp + 8].copy_from_slice(&seq.to_be_bytes());
-    if let Some(ack) = ack {
-        frame[s.tcp + 8..s.tcp + 12].copy_from_slice(&ack.to_be_bytes());
-    }
     offload::set_tcp_checksum(frame, checksum_ok);
 }
 
@@ -458,6 +490,46 @@ mod tests {
         // Before the answer nothing moves.
         let mut early = tcp(true, 1015, 5000, &[]);
         assert_eq!(live.before_judging(&mut early), Rewrite::default());
+    }
+
+    #[test]
+    fn sack_blocks_follow_the_acknowledgements() {
+        let mut live = refused(7);
+        let mut frame = tcp(false, 5000, 1015, &write_answer(7));
+        live.before_judging(&mut frame);
+        let mut ack = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(CLIENT, SERVER, 64)
+            .tcp(40000, 502, 1015, 64240)
+            .ack(5012)
+            .options(&[
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::Noop,
+                etherparse::TcpOptionElement::SelectiveAcknowledgement(
+                    (5023, 5034),
+                    [Some((5045, 5056)), None, None],
+                ),
+            ])
+            .unwrap()
+            .write(&mut ack, &[])
+            .unwrap();
+        assert!(live.before_judging(&mut ack).shifted);
+        let p = SlicedPacket::from_ethernet(&ack).unwrap();
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!("not TCP")
+        };
+        assert_eq!(t.acknowledgment_number(), 5009);
+        let sack: Vec<_> = t
+            .options_iterator()
+            .filter_map(|o| match o.unwrap() {
+                etherparse::TcpOptionElement::SelectiveAcknowledgement(first, rest) => {
+                    Some((first, rest))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sack, [((5020, 5031), [Some((5042, 5053)), None, None])]);
+        assert_consistent(&ack);
     }
 
     #[test]
