@@ -75,6 +75,7 @@ struct Segment {
     tcp: usize,
     seq: u32,
     ack: Option<u32>,
+    syn: bool,
     payload: Range<usize>,
 }
 
@@ -88,6 +89,12 @@ impl LiveAnswers {
         let Some(s) = segment(frame) else {
             return Rewrite::default();
         };
+        if s.syn {
+            // A new connection on the same addresses and ports starts afresh.
+            self.connections.remove(&(s.src, s.dst));
+            self.connections.remove(&(s.dst, s.src));
+            return Rewrite::default();
+        }
         if let Some(c) = self.connections.get(&(s.src, s.dst)) {
             // From the client: it acknowledges (and selectively acknowledges) the server's
             // stream as captured.
@@ -298,6 +305,7 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         tcp: offset(tcp.slice()),
         seq: tcp.sequence_number(),
         ack: tcp.ack().then(|| tcp.acknowledgment_number()),
+        syn: tcp.syn(),
         payload: start..start + tcp.payload().len(),
     })
 }
@@ -358,7 +366,7 @@ fn rewrite(frame: &mut Vec<u8>, s: &Segment, seq: u32, payload: Option<Vec<u8>>)
 mod tests {
     use super::*;
     use crate::datapath::{Adu, Decision};
-    use etherparse::PacketBuilder;
+    use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader};
     use firewall_common::reason::Reason;
 
     const CLIENT: [u8; 4] = [10, 0, 0, 1];
@@ -366,16 +374,21 @@ mod tests {
     /// The neutral function code the datapath gave the refused request.
     const NEUTRAL: u8 = 60;
 
-    fn tcp(from_client: bool, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    /// A segment of the connection up to its TCP header, flags to be added.
+    fn builder(from_client: bool, seq: u32) -> PacketBuilderStep<TcpHeader> {
         let (src, dst, sport, dport) = if from_client {
             (CLIENT, SERVER, 40000, 502)
         } else {
             (SERVER, CLIENT, 502, 40000)
         };
-        let mut frame = Vec::new();
         PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
             .ipv4(src, dst, 64)
             .tcp(sport, dport, seq, 64240)
+    }
+
+    fn tcp(from_client: bool, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        builder(from_client, seq)
             .ack(ack)
             .psh()
             .write(&mut frame, payload)
@@ -425,6 +438,14 @@ mod tests {
             cip: Vec::new(),
         };
         live.after_judging(&judged, &d);
+        live
+    }
+
+    /// `refused`, and the captured answer (server seq 5000, 12 bytes) replaced.
+    fn answered(tid: u16) -> LiveAnswers {
+        let mut live = refused(tid);
+        let mut answer = tcp(false, 5000, 1015, &write_answer(tid));
+        live.before_judging(&mut answer);
         live
     }
 
@@ -494,13 +515,9 @@ mod tests {
 
     #[test]
     fn sack_blocks_follow_the_acknowledgements() {
-        let mut live = refused(7);
-        let mut frame = tcp(false, 5000, 1015, &write_answer(7));
-        live.before_judging(&mut frame);
+        let mut live = answered(7);
         let mut ack = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(CLIENT, SERVER, 64)
-            .tcp(40000, 502, 1015, 64240)
+        builder(true, 1015)
             .ack(5012)
             .options(&[
                 etherparse::TcpOptionElement::Noop,
@@ -566,6 +583,20 @@ mod tests {
         );
         assert_eq!(payload(&tail), b"");
         assert_eq!(segment(&tail).unwrap().seq, 5009);
+    }
+
+    #[test]
+    fn a_new_connection_on_the_same_ports_starts_afresh() {
+        let mut live = answered(7);
+        let mut syn = Vec::new();
+        builder(true, 9000).syn().write(&mut syn, &[]).unwrap();
+        let before = syn.clone();
+        assert_eq!(live.before_judging(&mut syn), Rewrite::default());
+        assert_eq!(syn, before);
+        let mut later = tcp(false, 5020, 9001, &read_answer(8));
+        let before = later.clone();
+        assert_eq!(live.before_judging(&mut later), Rewrite::default());
+        assert_eq!(later, before);
     }
 
     #[test]
