@@ -1,21 +1,23 @@
 //! Reading captures (pcap and pcapng, through pcap-file) into the Ethernet frames the datapath
 //! judges, in file order. Packets captured with another link-layer header (Linux cooked, BSD
 //! loopback, raw IP) are turned into Ethernet frames ([`LinkType::to_ethernet`]); the interfaces
-//! of a pcapng file may differ in link type.
+//! of a pcapng file may differ in link type. [`Writer`] writes frames back out (as Ethernet).
 
 mod cooked;
 mod link;
 mod loopback;
+mod write;
 
-use std::{fs::File, io::BufReader, path::Path};
+use std::{fs::File, io::BufReader, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _, Result};
 use pcap_file::{
     pcap::PcapReader,
-    pcapng::{Block, PcapNgReader},
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
 };
 
 pub use link::LinkType;
+pub use write::Writer;
 
 /// The pcapng section header block type, as the first four bytes of the file.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
@@ -28,6 +30,8 @@ pub struct Frame {
     pub data: Vec<u8>,
     /// The link type the packet was captured with.
     pub link: LinkType,
+    /// When it was captured (since the Unix epoch).
+    pub timestamp: Duration,
 }
 
 /// Every packet of the capture at `path` as an Ethernet frame, in order.
@@ -70,7 +74,8 @@ fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
         let number = frames.len() + 1;
         let packet =
             packet.with_context(|| format!("capture {}: frame {number}", path.display()))?;
-        frames.push(frame(path, number, link, packet.data.into_owned())?);
+        let data = packet.data.into_owned();
+        frames.push(frame(path, number, link, packet.timestamp, data)?);
     }
     Ok(frames)
 }
@@ -87,19 +92,25 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
                 frames.len()
             )
         })?;
-        let (interface, data) = match block {
-            Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned()),
-            Block::SimplePacket(p) => (0, p.data.into_owned()),
-            Block::Packet(p) => (p.interface_id as u32, p.data.into_owned()),
+        // pcap-file hands over the raw timestamp as nanoseconds whatever the interface's
+        // resolution (`raw_units`): scaled below once the interface is known.
+        let (interface, raw_units, data) = match block {
+            Block::EnhancedPacket(p) => (p.interface_id, p.timestamp, p.data.into_owned()),
+            Block::SimplePacket(p) => (0, Duration::ZERO, p.data.into_owned()),
+            Block::Packet(p) => (
+                p.interface_id as u32,
+                Duration::from_nanos(p.timestamp),
+                p.data.into_owned(),
+            ),
             _ => continue,
         };
         let number = frames.len() + 1;
         // Checked per packet, not per interface declared: an interface of a link type otfw
         // cannot read is no obstacle while no packet on it is to be judged.
-        let datalink = reader
+        let (datalink, timestamp) = reader
             .interfaces()
             .get(interface as usize)
-            .map(|i| i.linktype)
+            .map(|i| (i.linktype, timestamp(raw_units, &i.options)))
             .with_context(|| {
                 format!(
                     "capture {}: frame {number} on undeclared interface {interface}",
@@ -112,14 +123,44 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
                 path.display()
             )
         })?;
-        frames.push(frame(path, number, link, data)?);
+        frames.push(frame(path, number, link, timestamp, data)?);
     }
     Ok(frames)
 }
 
-fn frame(path: &Path, number: usize, link: LinkType, packet: Vec<u8>) -> Result<Frame> {
+/// A pcapng timestamp of `raw` units (handed over as nanoseconds) on an interface with these
+/// options: `if_tsresol` gives the unit, 10^-n s or, with the high bit set, 2^-n s; without it
+/// the unit is a microsecond.
+fn timestamp(raw: Duration, options: &[InterfaceDescriptionOption]) -> Duration {
+    let resolution = options
+        .iter()
+        .find_map(|o| match o {
+            InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+            _ => None,
+        })
+        .unwrap_or(6);
+    let raw = raw.as_nanos();
+    let exponent = u32::from(resolution & 0x7f);
+    let base: u128 = if resolution & 0x80 != 0 { 2 } else { 10 };
+    let nanos = base
+        .checked_pow(exponent)
+        .map_or(0, |per_second| raw * 1_000_000_000 / per_second);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+fn frame(
+    path: &Path,
+    number: usize,
+    link: LinkType,
+    timestamp: Duration,
+    packet: Vec<u8>,
+) -> Result<Frame> {
     let data = link
         .to_ethernet(packet)
         .map_err(|e| anyhow!("capture {}: frame {number}: {e}", path.display()))?;
-    Ok(Frame { data, link })
+    Ok(Frame {
+        data,
+        link,
+        timestamp,
+    })
 }

@@ -34,6 +34,25 @@ pub fn repair_tcp_checksum(frame: &mut [u8]) -> bool {
     true
 }
 
+/// Whether the TCP checksum of `frame` is right (`None`: not a whole TCP segment).
+pub fn tcp_checksum_ok(frame: &[u8]) -> Option<bool> {
+    let (offset, checksum) = correct_checksum(frame)?;
+    Some(frame.get(offset + 16..offset + 18)? == checksum.to_be_bytes())
+}
+
+/// Sets the TCP checksum of `frame` after its segment was rewritten: the right one if `ok`,
+/// else a wrong one, so that a segment captured with a bad checksum stays bad.
+pub fn set_tcp_checksum(frame: &mut [u8], ok: bool) {
+    let Some((offset, checksum)) = correct_checksum(frame) else {
+        return;
+    };
+    // One bit off is never an equivalent one's-complement form of the right sum.
+    let checksum = if ok { checksum } else { checksum ^ 1 };
+    if let Some(field) = frame.get_mut(offset + 16..offset + 18) {
+        field.copy_from_slice(&checksum.to_be_bytes());
+    }
+}
+
 /// The TCP header's offset in `frame` and the checksum it should carry.
 fn correct_checksum(frame: &[u8]) -> Option<(usize, u16)> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;

@@ -2,16 +2,26 @@
 //! (BPF_PROG_TEST_RUN), in order, with the maps carried from frame to frame, so flows behave as
 //! on a live bridge. One JSON object per frame, then a summary. Captures of other link types
 //! than Ethernet are judged as if their packets had arrived on an Ethernet port (`capture`).
+//! With a `write` path, the frames the gateway would forward are written there as it would
+//! forward them (refused Modbus requests neutralised, answers restored), dropped ones left out.
+//! The captured answer to a refused request is replaced, before judging, by the exception the
+//! live server sends to the neutralised request ([`answers`]).
 //!
 //! What a capture cannot tell: the bridge port a frame arrived on (anti-spoofing is not checked:
 //! every frame counts as arriving on a permitted port), and real time (flows do not expire
 //! between frames, however far apart their timestamps are).
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+mod answers;
 
 use anyhow::{Context as _, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use firewall_common::counters::VERDICT_NAMES;
+use firewall_common::counters::{VERDICT_NAMES, VERDICT_REFUSE};
 use serde::Serialize;
 
 use crate::{
@@ -29,10 +39,11 @@ struct FrameRecord<'a> {
     /// not Ethernet: the frame was judged with a synthesised Ethernet header.
     #[serde(skip_serializing_if = "Option::is_none")]
     link: Option<&'static str>,
-    /// `pass` or `drop`: what happened to the frame.
+    /// `pass`, `drop` or `refuse`: what happened to the frame (`refuse`: forwarded with its
+    /// refused Modbus requests neutralised, `on_deny: refuse`).
     verdict: &'static str,
     /// The accounting verdict: `pass`, `drop`, `monitor` (passed, would be dropped in enforce
-    /// mode) or `reset` (dropped and answered with a TCP reset).
+    /// mode), `reset` (dropped and answered with a TCP reset) or `refuse`.
     action: &'static str,
     reason: &'static str,
     conduit: Option<&'a str>,
@@ -42,6 +53,15 @@ struct FrameRecord<'a> {
     /// (`--checksums repair`, the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     checksum: Option<&'static str>,
+    /// `substituted` when the frame carries the answer to a refused request: the captured
+    /// answer was replaced by the exception the live server sends to the neutralised request
+    /// (what the frame's verdict is about), not judged itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer: Option<&'static str>,
+    /// `shifted` when its sequence or acknowledgement number was moved to follow an earlier
+    /// substituted answer of a different length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<&'static str>,
     /// Modbus ADUs whose header the inspector decided in this frame.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     adus: &'a [crate::datapath::Adu],
@@ -56,6 +76,8 @@ pub struct Summary {
     pub files: usize,
     pub frames: usize,
     pub passed: usize,
+    /// Frames forwarded with refused requests neutralised in them (`on_deny: refuse`).
+    pub refused: usize,
     pub dropped: usize,
     /// Frames by accounting verdict.
     pub by_action: BTreeMap<&'static str, usize>,
@@ -65,6 +87,11 @@ pub struct Summary {
     pub by_conduit: BTreeMap<String, BTreeMap<&'static str, usize>>,
     /// TCP checksums recomputed before judging (`Checksums::Repair`).
     pub checksums_repaired: usize,
+    /// Frames whose captured answer to a refused request was replaced by the live server's
+    /// exception (counted by verdict as well).
+    pub answers_substituted: usize,
+    /// Frames whose sequence or acknowledgement number followed a substituted answer.
+    pub sequence_shifted: usize,
 }
 
 /// Replays `captures` under `policy`, writing JSON lines to `out`.
@@ -72,8 +99,10 @@ pub fn replay(
     policy: &CompiledPolicy,
     captures: &[PathBuf],
     checksums: Checksums,
+    write: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<Summary> {
+    let mut writer = write.map(capture::Writer::create).transpose()?;
     let mut datapath = Datapath::load()?;
     let mut policy = policy.clone();
     // The ingress port is unknown in a capture (see the module comment).
@@ -85,41 +114,61 @@ pub fn replay(
     datapath.enable_trace()?;
 
     let mut summary = Summary::default();
+    let mut answers = answers::LiveAnswers::default();
     for path in captures {
         let frames = capture::read(path)?;
         let file = path.display().to_string();
         summary.files += 1;
         for (i, captured) in frames.into_iter().enumerate() {
-            let (mut frame, link) = (captured.data, captured.link);
+            let (mut frame, link, timestamp) = (captured.data, captured.link, captured.timestamp);
             let repaired =
                 checksums == Checksums::Repair && offload::repair_tcp_checksum(&mut frame);
             summary.checksums_repaired += repaired as usize;
+            let live = answers.before_judging(&mut frame);
+            summary.answers_substituted += (live.substituted != 0) as usize;
+            summary.sequence_shifted += live.shifted as usize;
             let frame = &frame;
             let d = datapath
                 .run_frame(frame)
                 .with_context(|| format!("{file}: frame {}", i + 1))?;
+            answers.after_judging(frame, &d);
             let action = VERDICT_NAMES
                 .get(d.verdict as usize)
                 .copied()
                 .unwrap_or("unknown");
+            let refused = d.passed() && d.verdict == VERDICT_REFUSE as u8;
+            let verdict = match (d.passed(), refused) {
+                (true, true) => "refuse",
+                (true, false) => "pass",
+                (false, _) => "drop",
+            };
+            if let Some(writer) = writer.as_mut() {
+                if d.passed() {
+                    writer.write(timestamp, &d.frame_out)?;
+                }
+            }
             let conduit = generation.names.conduit(d.conduit_id);
             let record = FrameRecord {
                 file: &file,
                 frame: i + 1,
                 link: (link != capture::LinkType::Ethernet).then(|| link.name()),
-                verdict: if d.passed() { "pass" } else { "drop" },
+                verdict,
                 action,
                 reason: d.reason.name(),
                 conduit: conduit.filter(|_| d.conduit_id != firewall_common::conduit::CONDUIT_NONE),
                 packet: describe(frame),
                 checksum: repaired.then_some("repaired"),
+                answer: (live.substituted != 0).then_some("substituted"),
+                sequence: live.shifted.then_some("shifted"),
                 adus: &d.adus,
                 cip: &d.cip,
             };
             serde_json::to_writer(&mut *out, &record)?;
             out.write_all(b"\n")?;
             summary.frames += 1;
-            if d.passed() {
+            if refused {
+                summary.refused += 1;
+            } else if d.passed() {
                 summary.passed += 1;
             } else {
                 summary.dropped += 1;
@@ -139,6 +188,9 @@ pub fn replay(
     #[derive(Serialize)]
     struct Wrapper<'a> {
         summary: &'a Summary,
+    }
+    if let Some(writer) = writer {
+        writer.finish()?;
     }
     serde_json::to_writer(&mut *out, &Wrapper { summary: &summary })?;
     out.write_all(b"\n")?;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use firewall_common::{
-    counters::{FLOW_STAT_NAMES, VERDICT_PASS},
+    counters::{FLOW_STAT_NAMES, VERDICT_COUNT, VERDICT_NAMES, VERDICT_PASS, VERDICT_REFUSE},
     event::EVENT_STAT_NAMES,
     flow::MAX_FLOWS,
     reason::Reason,
@@ -153,6 +153,9 @@ pub struct ConduitLine {
     pub packets: u64,
     pub bytes: u64,
     pub denied_packets: u64,
+    /// Of the denied packets, those forwarded with their refused requests answered in-band
+    /// (`on_deny: refuse`).
+    pub refused_packets: u64,
 }
 
 /// The summary `otfw status` prints.
@@ -162,6 +165,11 @@ pub struct Report {
     pub epoch: u32,
     pub passed_packets: u64,
     pub denied_packets: u64,
+    /// Non-zero denials by verdict (`drop`, `monitor`, `reset`, `refuse`).
+    pub denied_by_verdict: Vec<(String, u64)>,
+    /// Of the denied packets, those forwarded with their refused requests answered in-band
+    /// (verdict `refuse`).
+    pub refused_packets: u64,
     /// Non-zero denials by reason.
     pub denied_by_reason: Vec<(String, u64)>,
     pub top_by_traffic: Vec<ConduitLine>,
@@ -184,29 +192,7 @@ pub fn report(state: State) -> Result<Report> {
     })?;
     let epoch = maps.active_epoch()?;
     let counters = maps.counters()?;
-    let mut passed = 0;
-    let mut denied = 0;
-    let mut by_reason = Vec::new();
-    for (code, row) in counters.reasons.iter().enumerate() {
-        for (verdict, &n) in row.iter().enumerate() {
-            if verdict == VERDICT_PASS as usize {
-                passed += n;
-            } else {
-                denied += n;
-            }
-        }
-        let n: u64 = row
-            .iter()
-            .enumerate()
-            .filter(|&(v, _)| v != VERDICT_PASS as usize)
-            .map(|(_, n)| n)
-            .sum();
-        if n != 0 {
-            let name = Reason::NAMES.get(code).copied().unwrap_or("unknown");
-            by_reason.push((name.to_string(), n));
-        }
-    }
-    by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let packets = Packets::count(&counters.reasons);
     let names = state
         .generations
         .iter()
@@ -227,6 +213,9 @@ pub fn report(state: State) -> Result<Report> {
                 if verdict != VERDICT_PASS as usize {
                     line.denied_packets += traffic.packets;
                 }
+                if verdict == VERDICT_REFUSE as usize {
+                    line.refused_packets += traffic.packets;
+                }
             }
             line
         })
@@ -246,9 +235,11 @@ pub fn report(state: State) -> Result<Report> {
     };
     Ok(Report {
         epoch,
-        passed_packets: passed,
-        denied_packets: denied,
-        denied_by_reason: by_reason,
+        passed_packets: packets.passed,
+        denied_packets: packets.denied,
+        refused_packets: packets.by_verdict[VERDICT_REFUSE as usize],
+        denied_by_verdict: packets.denied_by_verdict(),
+        denied_by_reason: packets.by_reason,
         top_by_traffic: top(|l| l.packets),
         top_by_denied: top(|l| l.denied_packets),
         flow_entries: maps.flow_count(),
@@ -257,6 +248,51 @@ pub fn report(state: State) -> Result<Report> {
         events: named(&EVENT_STAT_NAMES, &maps.event_stats()?),
         state,
     })
+}
+
+/// The packet counters of the datapath summed up.
+struct Packets {
+    passed: u64,
+    denied: u64,
+    by_verdict: [u64; VERDICT_COUNT as usize],
+    /// Non-zero denials (any verdict but pass) by reason, most first.
+    by_reason: Vec<(String, u64)>,
+}
+
+impl Packets {
+    /// From the `[reason][verdict]` counters.
+    fn count(reasons: &[[u64; VERDICT_COUNT as usize]]) -> Self {
+        let mut by_verdict = [0; VERDICT_COUNT as usize];
+        let mut by_reason = Vec::new();
+        for (code, row) in reasons.iter().enumerate() {
+            for (verdict, &n) in row.iter().enumerate() {
+                by_verdict[verdict] += n;
+            }
+            let denied: u64 = row.iter().sum::<u64>() - row[VERDICT_PASS as usize];
+            if denied != 0 {
+                let name = Reason::NAMES.get(code).copied().unwrap_or("unknown");
+                by_reason.push((name.to_string(), denied));
+            }
+        }
+        by_reason.sort_by_key(|r| std::cmp::Reverse(r.1));
+        let passed = by_verdict[VERDICT_PASS as usize];
+        Self {
+            passed,
+            denied: by_verdict.iter().sum::<u64>() - passed,
+            by_verdict,
+            by_reason,
+        }
+    }
+
+    fn denied_by_verdict(&self) -> Vec<(String, u64)> {
+        VERDICT_NAMES
+            .iter()
+            .zip(self.by_verdict)
+            .enumerate()
+            .filter(|&(v, (_, n))| v != VERDICT_PASS as usize && n != 0)
+            .map(|(_, (name, n))| (name.to_string(), n))
+            .collect()
+    }
 }
 
 impl Report {
@@ -293,11 +329,28 @@ impl Report {
         if let Some(fast_path) = &s.fast_path {
             let _ = writeln!(out, "fast path: {fast_path}");
         }
+        let verdicts: Vec<String> = self
+            .denied_by_verdict
+            .iter()
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect();
         let _ = writeln!(
             out,
-            "packets: {} passed, {} denied",
-            self.passed_packets, self.denied_packets
+            "packets: {} passed, {} denied{}",
+            self.passed_packets,
+            self.denied_packets,
+            if verdicts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", verdicts.join(", "))
+            }
         );
+        if self.refused_packets != 0 {
+            let _ = writeln!(
+                out,
+                "  refuse: forwarded with the refused requests answered in-band (on_deny: refuse)"
+            );
+        }
         for (reason, n) in &self.denied_by_reason {
             let _ = writeln!(out, "  {reason:<24} {n}");
         }
@@ -309,8 +362,8 @@ impl Report {
             for l in lines {
                 let _ = writeln!(
                     out,
-                    "  {:<28} {:>10} packets {:>12} bytes {:>8} denied",
-                    l.conduit, l.packets, l.bytes, l.denied_packets
+                    "  {:<28} {:>10} packets {:>12} bytes {:>8} denied {:>8} refused",
+                    l.conduit, l.packets, l.bytes, l.denied_packets, l.refused_packets
                 );
             }
         };
@@ -344,5 +397,87 @@ impl Report {
             .collect();
         let _ = writeln!(out, "events:  {}", events.join(", "));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firewall_common::counters::{VERDICT_DROP, VERDICT_MONITOR};
+
+    fn report(reasons: &[[u64; VERDICT_COUNT as usize]]) -> Report {
+        let packets = Packets::count(reasons);
+        Report {
+            state: State::default(),
+            epoch: 1,
+            passed_packets: packets.passed,
+            denied_packets: packets.denied,
+            refused_packets: packets.by_verdict[VERDICT_REFUSE as usize],
+            denied_by_verdict: packets.denied_by_verdict(),
+            denied_by_reason: packets.by_reason,
+            top_by_traffic: Vec::new(),
+            top_by_denied: vec![ConduitLine {
+                conduit: "hmi-plc".into(),
+                packets: 30,
+                bytes: 3000,
+                denied_packets: 7,
+                refused_packets: 5,
+            }],
+            flow_entries: 0,
+            flow_capacity: MAX_FLOWS,
+            flow_events: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn row(verdict: u32, n: u64) -> [u64; VERDICT_COUNT as usize] {
+        let mut row = [0; VERDICT_COUNT as usize];
+        row[verdict as usize] = n;
+        row
+    }
+
+    #[test]
+    fn refused_packets_are_counted_and_shown_apart() {
+        let mut reasons = vec![[0; VERDICT_COUNT as usize]; Reason::NAMES.len()];
+        reasons[Reason::None as usize] = row(VERDICT_PASS, 100);
+        reasons[Reason::ModbusFunctionDenied as usize] = row(VERDICT_REFUSE, 5);
+        reasons[Reason::ModbusFunctionDenied as usize][VERDICT_MONITOR as usize] = 1;
+        reasons[Reason::NoConduit as usize] = row(VERDICT_DROP, 2);
+        let r = report(&reasons);
+        assert_eq!(
+            (r.passed_packets, r.denied_packets, r.refused_packets),
+            (100, 8, 5)
+        );
+        assert_eq!(
+            r.denied_by_verdict,
+            [
+                ("drop".into(), 2),
+                ("monitor".into(), 1),
+                ("refuse".into(), 5)
+            ]
+        );
+        assert_eq!(
+            r.denied_by_reason,
+            [
+                ("modbus_function_denied".into(), 6),
+                ("no_conduit".into(), 2)
+            ]
+        );
+        let text = r.render();
+        assert!(
+            text.contains("packets: 100 passed, 8 denied (drop 2, monitor 1, refuse 5)"),
+            "{text}"
+        );
+        assert!(text.contains("refuse: forwarded with the refused requests answered in-band"));
+        assert!(text.contains("7 denied        5 refused"), "{text}");
+    }
+
+    #[test]
+    fn without_denials_no_verdicts_are_listed() {
+        let mut reasons = vec![[0; VERDICT_COUNT as usize]; Reason::NAMES.len()];
+        reasons[Reason::None as usize] = row(VERDICT_PASS, 3);
+        let text = report(&reasons).render();
+        assert!(text.contains("packets: 3 passed, 0 denied\n"), "{text}");
+        assert!(!text.contains("refuse:"));
     }
 }

@@ -145,8 +145,14 @@ fn policy() -> CompiledPolicy {
 /// The per-frame JSON records of `otfw replay` of `path`, without the summary.
 fn judged(policy: &CompiledPolicy, path: &Path) -> Vec<Value> {
     let mut out = Vec::new();
-    replay(policy, &[path.to_owned()], Checksums::Repair, &mut out)
-        .unwrap_or_else(|e| panic!("replaying {}: {e:#}", path.display()));
+    replay(
+        policy,
+        &[path.to_owned()],
+        Checksums::Repair,
+        None,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("replaying {}: {e:#}", path.display()));
     String::from_utf8(out)
         .unwrap()
         .lines()

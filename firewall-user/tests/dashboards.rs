@@ -95,6 +95,14 @@ fn grafana_dashboard_uses_only_served_metrics_and_a_datasource_variable() {
     ] {
         assert!(used.contains(wanted), "the dashboard shows no {wanted}");
     }
+    // Requests refused in-band (`on_deny: refuse`) are forwarded: shown apart from drops.
+    for family in ["otfw_requests_total", "otfw_conduit_packets_total"] {
+        assert!(
+            all.iter()
+                .any(|e| e.contains(family) && e.contains("verdict=\"refuse\"")),
+            "the dashboard shows no {family} with verdict refuse"
+        );
+    }
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub struct ReplayArgs {
     /// captured (captures from a mirror port or tap).
     #[arg(long, value_enum, default_value_t = crate::offload::Checksums::Repair)]
     pub checksums: crate::offload::Checksums,
+    /// Write the frames the gateway would forward, as it would forward them (refused requests
+    /// neutralised, answers restored; dropped frames left out), to this pcap file (Ethernet).
+    #[arg(long, value_name = "OUT.pcap")]
+    pub write: Option<PathBuf>,
     /// pcap or pcapng files (Ethernet, Linux cooked, BSD loopback or raw IP), replayed in the
     /// order given.
     #[arg(required = true, value_name = "CAPTURE")]
@@ -34,13 +38,26 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let summary = crate::replay::replay(&policy, &args.captures, args.checksums, &mut out)?;
+    let summary = crate::replay::replay(
+        &policy,
+        &args.captures,
+        args.checksums,
+        args.write.as_deref(),
+        &mut out,
+    )?;
     use std::io::Write as _;
     out.flush().context("writing to stdout")?;
     eprintln!(
-        "{} frames from {} file(s): {} passed, {} dropped",
-        summary.frames, summary.files, summary.passed, summary.dropped
+        "{} frames from {} file(s): {} passed, {} refused, {} dropped",
+        summary.frames, summary.files, summary.passed, summary.refused, summary.dropped
     );
+    if summary.answers_substituted != 0 {
+        eprintln!(
+            "{} frames: captured answers to refused requests replaced by the exception a live \
+             server sends to the neutralised request; {} frames renumbered after them",
+            summary.answers_substituted, summary.sequence_shifted
+        );
+    }
     if summary.checksums_repaired != 0 {
         eprintln!(
             "{} TCP checksums repaired before judging (checksum offload on the capturing host; \

@@ -17,12 +17,18 @@ use otfw::{
 /// A policy whose one conduit, `read-only`, joins every address to every other with `allow`
 /// (YAML list items indented by six spaces); adopted mid-stream flows, ARP passes.
 pub fn policy(allow: &str) -> String {
+    policy_on_deny(allow, "drop")
+}
+
+/// `policy` with this `on_deny` (`drop`, `reset` or `refuse`).
+pub fn policy_on_deny(allow: &str, on_deny: &str) -> String {
     format!(
         "version: 1
 gateway:
   bridge: br-corpus
 defaults:
   action: deny
+  on_deny: {on_deny}
   intra_zone: deny
   midstream: adopt
   non_ip: [arp]
@@ -75,18 +81,8 @@ struct Tally {
     other_passed: usize,
 }
 
-/// Replays every capture under `../shared/pcaps/<protocol>` (frames for which `in_scope` holds)
-/// through a fresh datapath with `policy` installed and tracing on. `oracle` reads a capture
-/// into its frames (by 1-based number); `check` judges the decision on a frame the oracle
-/// knows, or returns `None` if the frame carries no request. Fails with every failure found.
-pub fn replay<O>(
-    protocol: &str,
-    name_width: usize,
-    policy: &str,
-    in_scope: impl Fn(&[u8]) -> bool,
-    oracle: impl Fn(&Path) -> HashMap<usize, O>,
-    check: impl Fn(&O, &Decision) -> Option<Seen>,
-) {
+/// Every capture under `../shared/pcaps/<protocol>`, sorted. Fails if the corpus is missing.
+pub fn captures(protocol: &str) -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/pcaps")
         .join(protocol);
@@ -100,6 +96,22 @@ pub fn replay<O>(
         .map(|e| e.unwrap().path())
         .collect();
     captures.sort();
+    captures
+}
+
+/// Replays every capture under `../shared/pcaps/<protocol>` (frames for which `in_scope` holds)
+/// through a fresh datapath with `policy` installed and tracing on. `oracle` reads a capture
+/// into its frames (by 1-based number); `check` judges the decision on a frame the oracle
+/// knows, or returns `None` if the frame carries no request. Fails with every failure found.
+pub fn replay<O>(
+    protocol: &str,
+    name_width: usize,
+    policy: &str,
+    in_scope: impl Fn(&[u8]) -> bool,
+    oracle: impl Fn(&Path) -> HashMap<usize, O>,
+    check: impl Fn(&O, &Decision) -> Option<Seen>,
+) {
+    let captures = captures(protocol);
     let (loaded, diagnostics) = check_str("corpus.yaml", policy);
     let compiled = loaded
         .unwrap_or_else(|| panic!("policy: {diagnostics:#?}"))
