@@ -7,15 +7,15 @@ mod cooked;
 mod link;
 mod loopback;
 
-use std::{fs::File, io::BufReader, path::Path};
+use std::{fs::File, io::BufReader, path::Path, time::Duration};
 
 use anyhow::{anyhow, Context as _, Result};
 use pcap_file::{
     pcap::PcapReader,
-    pcapng::{Block, PcapNgReader},
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
 };
 
-pub use link::LinkType;
+pub use link::{LinkType, SYNTHETIC_DESTINATION, SYNTHETIC_SOURCE};
 
 /// The pcapng section header block type, as the first four bytes of the file.
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
@@ -28,6 +28,9 @@ pub struct Frame {
     pub data: Vec<u8>,
     /// The link type the packet was captured with.
     pub link: LinkType,
+    /// When the packet was captured, since the Unix epoch (zero where the capture records no
+    /// time: pcapng simple packet blocks).
+    pub timestamp: Duration,
 }
 
 /// Every packet of the capture at `path` as an Ethernet frame, in order.
@@ -70,7 +73,14 @@ fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
         let number = frames.len() + 1;
         let packet =
             packet.with_context(|| format!("capture {}: frame {number}", path.display()))?;
-        frames.push(frame(path, number, link, packet.data.into_owned())?);
+        let timestamp = packet.timestamp;
+        frames.push(frame(
+            path,
+            number,
+            link,
+            packet.data.into_owned(),
+            timestamp,
+        )?);
     }
     Ok(frames)
 }
@@ -87,19 +97,23 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
                 frames.len()
             )
         })?;
-        let (interface, data) = match block {
-            Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned()),
-            Block::SimplePacket(p) => (0, p.data.into_owned()),
-            Block::Packet(p) => (p.interface_id as u32, p.data.into_owned()),
+        let (interface, data, ticks) = match block {
+            Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned(), p.timestamp),
+            Block::SimplePacket(p) => (0, p.data.into_owned(), Duration::ZERO),
+            Block::Packet(p) => (
+                p.interface_id as u32,
+                p.data.into_owned(),
+                Duration::from_nanos(p.timestamp),
+            ),
             _ => continue,
         };
         let number = frames.len() + 1;
         // Checked per packet, not per interface declared: an interface of a link type otfw
         // cannot read is no obstacle while no packet on it is to be judged.
-        let datalink = reader
+        let (datalink, timestamp) = reader
             .interfaces()
             .get(interface as usize)
-            .map(|i| i.linktype)
+            .map(|i| (i.linktype, pcapng_time(&i.options, ticks)))
             .with_context(|| {
                 format!(
                     "capture {}: frame {number} on undeclared interface {interface}",
@@ -112,14 +126,50 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
                 path.display()
             )
         })?;
-        frames.push(frame(path, number, link, data)?);
+        frames.push(frame(path, number, link, data, timestamp)?);
     }
     Ok(frames)
 }
 
-fn frame(path: &Path, number: usize, link: LinkType, packet: Vec<u8>) -> Result<Frame> {
+/// pcap-file hands over a pcapng timestamp as raw ticks (read as nanoseconds); the interface's
+/// `if_tsresol` says what a tick is: 10^-n seconds, or 2^-n with the high bit set, microseconds
+/// when absent.
+fn pcapng_time(options: &[InterfaceDescriptionOption], ticks: Duration) -> Duration {
+    let ticks = ticks.as_nanos();
+    let resolution = options
+        .iter()
+        .find_map(|o| match o {
+            InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+            _ => None,
+        })
+        .unwrap_or(6);
+    let nanos = if resolution & 0x80 == 0 {
+        let exp = u32::from(resolution);
+        if exp <= 9 {
+            ticks.saturating_mul(10u128.pow(9 - exp))
+        } else {
+            ticks / 10u128.saturating_pow(exp - 9)
+        }
+    } else {
+        let exp = u32::from(resolution & 0x7f).min(127);
+        ticks.saturating_mul(1_000_000_000) >> exp
+    };
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+fn frame(
+    path: &Path,
+    number: usize,
+    link: LinkType,
+    packet: Vec<u8>,
+    timestamp: Duration,
+) -> Result<Frame> {
     let data = link
         .to_ethernet(packet)
         .map_err(|e| anyhow!("capture {}: frame {number}: {e}", path.display()))?;
-    Ok(Frame { data, link })
+    Ok(Frame {
+        data,
+        link,
+        timestamp,
+    })
 }

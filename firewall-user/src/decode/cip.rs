@@ -167,10 +167,13 @@ pub fn request(bytes: &[u8], depth: usize, out: &mut Vec<Request>) -> Result<(),
     Ok(())
 }
 
+/// What a request path addresses: (class, instance, tag).
+pub type PathTarget = (Option<u16>, Option<u32>, Option<String>);
+
 /// A request path: (class, instance, tag). Logical class/instance/member/connection point/
 /// attribute segments (8, 16 and 32 bit) and ANSI symbolic segments; anything else, two
 /// classes, or a class and a tag, is an error.
-pub fn parse_path(path: &[u8]) -> Result<(Option<u16>, Option<u32>, Option<String>), Error> {
+pub fn parse_path(path: &[u8]) -> Result<PathTarget, Error> {
     let mut r = Reader::new(path);
     let (mut class, mut instance, mut tag): (Option<u16>, Option<u32>, Option<String>) =
         (None, None, None);

@@ -50,7 +50,9 @@ pub fn split_adu(stream: &[u8]) -> Result<Option<(Adu<'_>, usize)>, Error> {
 }
 
 /// The four data tables a request addresses, named as in policies (`addresses:` keys).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Table {
     Coils,

@@ -110,6 +110,22 @@ impl DeviceId {
         }
     }
 
+    /// Adds what another observation of the same device found (its values win).
+    pub fn merge_id(&mut self, other: &DeviceId) {
+        self.conformity = self.conformity.max(other.conformity);
+        for (mine, theirs) in [
+            (&mut self.vendor_name, &other.vendor_name),
+            (&mut self.product_code, &other.product_code),
+            (&mut self.revision, &other.revision),
+        ] {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        self.objects
+            .extend(other.objects.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.vendor_name.is_none()
             && self.product_code.is_none()

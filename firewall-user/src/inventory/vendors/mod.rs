@@ -86,7 +86,7 @@ impl MacVendors {
         self.blocks.push((bits, map));
         // Longest prefix first: an MA-S block lies inside an MA-L the IEEE registered to
         // itself.
-        self.blocks.sort_by(|a, b| b.0.cmp(&a.0));
+        self.blocks.sort_by_key(|b| std::cmp::Reverse(b.0));
         Ok(())
     }
 
