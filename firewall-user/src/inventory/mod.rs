@@ -11,7 +11,9 @@
 
 pub mod identity;
 pub mod observe;
+pub mod report;
 pub mod vendors;
+pub mod zones;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
