@@ -15,8 +15,10 @@ pub const MESSAGE_ROUTER: u16 = 0x02;
 pub const CONNECTION_MANAGER: u16 = 0x06;
 pub const SVC_MULTIPLE_SERVICE_PACKET: u8 = 0x0A;
 pub const SVC_UNCONNECTED_SEND: u8 = 0x52;
-/// Containers nest; the datapath follows three levels, so deeper nesting is an error here too.
-const MAX_DEPTH: usize = 3;
+// The datapath's limits (firewall_common::enip): a message it would refuse for its size,
+// nesting or request count is one this decoder cannot read either, so what is learned from a
+// flow never allows less than the flow needs.
+use firewall_common::enip::{MAX_DEPTH, MAX_MSP_COUNT, MAX_REQUESTS, MSG_MAX};
 
 /// One encapsulation message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,15 @@ pub fn requests(message: &Message) -> Result<Vec<Request>, Error> {
         CMD_SEND_UNIT_DATA => ITEM_CONNECTED_DATA,
         _ => return Ok(Vec::new()),
     };
+    if ENCAP_LEN + message.data.len() > MSG_MAX as usize {
+        return Err(Error::new(
+            2,
+            format!(
+                "message of {} bytes, longer than {MSG_MAX}",
+                ENCAP_LEN + message.data.len()
+            ),
+        ));
+    }
     let mut r = Reader::new(message.data);
     r.take(6, "interface handle and timeout")?;
     let items = items(&mut r)?;
@@ -107,12 +118,21 @@ pub fn requests(message: &Message) -> Result<Vec<Request>, Error> {
         };
         request(cip, 0, &mut out)?;
     }
+    if out.len() > MAX_REQUESTS as usize {
+        return Err(Error::new(
+            ENCAP_LEN,
+            format!(
+                "{} requests in one message, more than {MAX_REQUESTS}",
+                out.len()
+            ),
+        ));
+    }
     Ok(out)
 }
 
 /// Decodes the request in `bytes` and, for containers, the requests inside it.
 pub fn request(bytes: &[u8], depth: usize, out: &mut Vec<Request>) -> Result<(), Error> {
-    if depth > MAX_DEPTH {
+    if depth >= MAX_DEPTH as usize {
         return Err(Error::new(
             0,
             format!("requests nested deeper than {MAX_DEPTH}"),
@@ -139,9 +159,24 @@ pub fn request(bytes: &[u8], depth: usize, out: &mut Vec<Request>) -> Result<(),
     if tag.is_none() && class == Some(MESSAGE_ROUTER) && service == SVC_MULTIPLE_SERVICE_PACKET {
         let mut d = Reader::new(data);
         let count = d.u16_le("service count").map_err(shift)? as usize;
+        if count == 0 || count > MAX_MSP_COUNT as usize {
+            return Err(Error::new(
+                data_at,
+                format!("{count} services in a Multiple Service Packet, not 1..{MAX_MSP_COUNT}"),
+            ));
+        }
         let mut offsets = Vec::with_capacity(count.min(64));
         for _ in 0..count {
             offsets.push(d.u16_le("service offset").map_err(shift)? as usize);
+        }
+        if offsets[0] != 2 + 2 * count {
+            return Err(Error::new(
+                data_at + 2,
+                format!(
+                    "first service offset {} does not follow the offsets",
+                    offsets[0]
+                ),
+            ));
         }
         for (i, &start) in offsets.iter().enumerate() {
             let end = offsets.get(i + 1).copied().unwrap_or(data.len());
@@ -161,6 +196,18 @@ pub fn request(bytes: &[u8], depth: usize, out: &mut Vec<Request>) -> Result<(),
         let size = d.u16_le("message size").map_err(shift)? as usize;
         let at = d.pos();
         let embedded = d.take(size, "embedded message").map_err(shift)?;
+        if size % 2 == 1 {
+            d.take(1, "pad byte").map_err(shift)?;
+        }
+        let route = d.u8("route path size").map_err(shift)? as usize;
+        d.take(1, "reserved byte").map_err(shift)?;
+        d.take(2 * route, "route path").map_err(shift)?;
+        if d.remaining() != 0 {
+            return Err(Error::new(
+                data_at + d.pos(),
+                format!("{} bytes after the route path", d.remaining()),
+            ));
+        }
         request(embedded, depth + 1, out)
             .map_err(|e| Error::new(data_at + at + e.offset, e.message))?;
     }

@@ -10,6 +10,7 @@
 //! - `report` (`otfw inventory`) and `learn` (`otfw learn`) read the model.
 
 pub mod identity;
+pub mod learn;
 pub mod observe;
 pub mod report;
 pub mod vendors;
