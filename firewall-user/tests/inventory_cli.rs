@@ -3,6 +3,9 @@
 //! checked field by field against tshark's decoding of the same frames (the independent
 //! oracle); and the JSON, CSV and state file forms.
 
+#[path = "common/pcaps.rs"]
+mod pcaps;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -13,13 +16,7 @@ use regex::Regex;
 use serde_json::Value;
 
 fn pcaps() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the corpus lives in ../shared/pcaps next to the repository",
-        dir.display()
-    );
-    dir
+    pcaps::dir()
 }
 
 fn captures() -> Vec<PathBuf> {

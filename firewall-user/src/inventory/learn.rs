@@ -604,11 +604,13 @@ fn modbus_item(c: &Conversation, seen: &str) -> String {
         );
         let _ = writeln!(s, "          functions: [read]");
     } else {
-        let list: Vec<String> = functions
-            .keys()
-            .map(|f| if f.contains('/') { quote(f) } else { f.clone() })
-            .collect();
-        for (f, seen) in &functions {
+        // In code order: 3 before 16, "8/4" after 8.
+        let mut ordered: Vec<(&String, &Seen)> = functions.iter().collect();
+        ordered.sort_by_key(|(f, _)| {
+            let (code, sub) = f.split_once('/').unwrap_or((f.as_str(), ""));
+            (code.parse::<u8>().unwrap_or(0), sub.parse::<u16>().ok())
+        });
+        for (f, seen) in &ordered {
             let _ = writeln!(
                 s,
                 "          #   {}: {} requests, {}",
@@ -617,6 +619,16 @@ fn modbus_item(c: &Conversation, seen: &str) -> String {
                 span(seen)
             );
         }
+        let list: Vec<String> = ordered
+            .iter()
+            .map(|(f, _)| {
+                if f.contains('/') {
+                    quote(f)
+                } else {
+                    (*f).clone()
+                }
+            })
+            .collect();
         let _ = writeln!(s, "          functions: [{}]", list.join(", "));
     }
     if !m.addresses.is_empty() {

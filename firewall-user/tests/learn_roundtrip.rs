@@ -1,0 +1,305 @@
+//! `otfw learn` -> `otfw check` -> `otfw replay` on every shared capture (root: the replays run
+//! the XDP program): the policy learned from a capture passes `otfw check` and lets the
+//! capture through; the only frames it drops are frames a policy allowing everything drops
+//! too (malformed IP or TCP, which no policy can allow). And what was not seen is denied: a
+//! Modbus write injected into a capture of reads, a CIP Write Tag to a tag never addressed,
+//! and genuine Write Tag requests against a policy learned without them.
+
+#[path = "common/pcaps.rs"]
+mod pcaps;
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use etherparse::{SlicedPacket, TransportSlice};
+use otfw::{capture, offload::Checksums, policy::check_str, replay::replay};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
+use serde_json::Value;
+
+fn pcaps() -> PathBuf {
+    pcaps::dir()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("otfw-learn-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `otfw learn --capture CAPTURE -o DIR/learned.yaml`, then `otfw check` on the result; the
+/// policy text.
+fn learn(capture: &Path, dir: &Path) -> String {
+    let out_file = dir.join("learned.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_otfw"))
+        .args(["learn", "--capture"])
+        .arg(capture)
+        .arg("-o")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "otfw learn {}: {}",
+        capture.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_otfw"))
+        .arg("check")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "otfw check of the policy learned from {}: {}",
+        capture.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::read_to_string(out_file).unwrap()
+}
+
+/// The per-frame records and the summary of replaying `capture` under `policy`.
+fn replayed(policy: &str, capture: &Path) -> (Vec<Value>, Value) {
+    let (loaded, diagnostics) = check_str("learned.yaml", policy);
+    let compiled = loaded
+        .unwrap_or_else(|| panic!("policy: {diagnostics:#?}"))
+        .compiled;
+    let mut out = Vec::new();
+    replay(
+        &compiled,
+        &[capture.to_owned()],
+        Checksums::Repair,
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("replaying {} (needs root): {e:#}", capture.display()));
+    let mut records: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = records.pop().unwrap()["summary"].clone();
+    (records, summary)
+}
+
+fn dropped(records: &[Value]) -> BTreeSet<u64> {
+    records
+        .iter()
+        .filter(|r| r["verdict"] == "drop")
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect()
+}
+
+/// A policy that allows everything, passing the same non-IP frames as `learned`.
+fn allow_all(learned: &str) -> String {
+    let non_ip = learned
+        .lines()
+        .find(|l| l.trim_start().starts_with("non_ip:"))
+        .expect("the learned policy lists non_ip")
+        .trim();
+    format!(
+        "version: 1\ngateway: {{ bridge: br-ot }}\ndefaults:\n  action: allow\n  intra_zone: allow\n  \
+         unzoned: allow\n  {non_ip}\nzones: {{}}\nconduits: []\n"
+    )
+}
+
+#[test]
+fn every_capture_passes_the_policy_learned_from_it() {
+    let mut captures = Vec::new();
+    for protocol in ["modbus", "enip"] {
+        for e in std::fs::read_dir(pcaps().join(protocol)).unwrap() {
+            captures.push(e.unwrap().path());
+        }
+    }
+    captures.sort();
+    assert!(captures.len() >= 20, "the corpus is incomplete");
+    let dir = scratch("all");
+    let mut failures = Vec::new();
+    for capture in &captures {
+        let name = capture.file_name().unwrap().to_string_lossy().into_owned();
+        let policy = learn(capture, &dir);
+        let (records, summary) = replayed(&policy, capture);
+        let learned_drops = dropped(&records);
+        let (everything, _) = replayed(&allow_all(&policy), capture);
+        let unavoidable = dropped(&everything);
+        let reasons: BTreeSet<&str> = records
+            .iter()
+            .filter(|r| r["verdict"] == "drop")
+            .map(|r| r["reason"].as_str().unwrap())
+            .collect();
+        println!(
+            "{name:<48} {:>6} frames {:>3} dropped {reasons:?} ({} dropped under allow-all)",
+            summary["frames"],
+            learned_drops.len(),
+            unavoidable.len()
+        );
+        if !learned_drops.is_subset(&unavoidable) {
+            let extra: Vec<String> = records
+                .iter()
+                .filter(|r| {
+                    let f = r["frame"].as_u64().unwrap();
+                    learned_drops.contains(&f) && !unavoidable.contains(&f)
+                })
+                .take(5)
+                .map(|r| format!("frame {} {} ({})", r["frame"], r["reason"], r["packet"]))
+                .collect();
+            failures.push(format!("{name}: {}", extra.join("; ")));
+        }
+        if summary["by_action"].get("monitor").is_some() {
+            failures.push(format!(
+                "{name}: the learned policy monitors instead of enforcing"
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Writes the frames of `capture` into a pcap at `path`, each passed through `edit` first
+/// (frame number from 1, Ethernet bytes); returns the numbers of the frames `edit` changed.
+fn rewrite(
+    capture: &Path,
+    path: &Path,
+    mut edit: impl FnMut(usize, &mut Vec<u8>) -> bool,
+) -> Vec<usize> {
+    let frames = capture::read(capture).unwrap();
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(File::create(path).unwrap(), header).unwrap();
+    let mut changed = Vec::new();
+    for (i, f) in frames.into_iter().enumerate() {
+        let mut data = f.data;
+        if edit(i + 1, &mut data) {
+            changed.push(i + 1);
+        }
+        writer
+            .write_packet(&PcapPacket::new(f.timestamp, data.len() as u32, &data))
+            .unwrap();
+    }
+    changed
+}
+
+/// Where the TCP payload of `frame` starts and its destination port.
+fn tcp_payload(frame: &[u8]) -> Option<(usize, u16)> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    match p.transport {
+        Some(TransportSlice::Tcp(t)) if !t.payload().is_empty() => {
+            let start = t.payload().as_ptr() as usize - frame.as_ptr() as usize;
+            Some((start, t.destination_port()))
+        }
+        _ => None,
+    }
+}
+
+fn verdict_of(records: &[Value], frame: usize) -> &Value {
+    records
+        .iter()
+        .find(|r| r["frame"] == frame as u64)
+        .unwrap_or_else(|| panic!("no record of frame {frame}"))
+}
+
+#[test]
+fn an_injected_modbus_write_is_denied() {
+    // Polling with Read Holding Registers (3) only.
+    let original = pcaps().join("modbus/ndpi_modbus.pcap");
+    let dir = scratch("modbus");
+    let policy = learn(&original, &dir);
+    assert!(policy.contains("functions: [3]"), "{policy}");
+    // The tenth request becomes Write Single Register (6) to the same address: a well-formed
+    // write, same length, same TCP sequence.
+    let injected = dir.join("injected.pcap");
+    let mut requests = 0;
+    let changed = rewrite(&original, &injected, |_, frame| {
+        let Some((start, port)) = tcp_payload(frame) else {
+            return false;
+        };
+        if port != 502 || frame.get(start + 7) != Some(&3) {
+            return false;
+        }
+        requests += 1;
+        if requests != 10 {
+            return false;
+        }
+        frame[start + 7] = 6;
+        true
+    });
+    assert_eq!(changed.len(), 1, "one request rewritten");
+    let (records, _) = replayed(&policy, &injected);
+    let r = verdict_of(&records, changed[0]);
+    assert_eq!(r["verdict"], "drop", "{r}");
+    assert_eq!(r["reason"], "modbus_function_denied", "{r}");
+    // Every frame before it passed.
+    assert!(records
+        .iter()
+        .filter(|x| x["frame"].as_u64().unwrap() < changed[0] as u64)
+        .all(|x| x["verdict"] == "pass"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The offsets in `frame`'s TCP payload (to port 44818) of CIP requests with `service` on a
+/// symbolic path: service, path size, 0x91.
+fn tag_requests(frame: &[u8], service: u8) -> Vec<usize> {
+    let Some((start, 44818)) = tcp_payload(frame) else {
+        return Vec::new();
+    };
+    (start..frame.len().saturating_sub(3))
+        .filter(|&i| frame[i] == service && frame[i + 2] == 0x91 && frame[i + 1] > 0)
+        .collect()
+}
+
+#[test]
+fn write_tags_not_seen_are_denied() {
+    // pycomm3 reading and writing tags of a cpppo controller simulator.
+    let original = pcaps().join("enip/peers_cpppo_pycomm3_vs_cpppo.pcapng");
+    let dir = scratch("enip");
+    let policy = learn(&original, &dir);
+    assert!(policy.contains("write_tag"), "{policy}");
+
+    // A Write Tag to a tag the capture never addressed ("Tag" renamed "Tbg").
+    let injected = dir.join("other-tag.pcap");
+    let mut done = false;
+    let changed = rewrite(&original, &injected, |_, frame| {
+        if done {
+            return false;
+        }
+        for at in tag_requests(frame, 0x4D) {
+            if frame.get(at + 3..at + 7) == Some(&[3, b'T', b'a', b'g'][..]) {
+                frame[at + 5] = b'b';
+                done = true;
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(changed.len(), 1, "one Write Tag of `Tag` rewritten");
+    let (records, _) = replayed(&policy, &injected);
+    let r = verdict_of(&records, changed[0]);
+    assert_eq!(r["verdict"], "drop", "{r}");
+    assert_eq!(r["reason"], "cip_tag_denied", "{r}");
+
+    // Learned from the same traffic with its Write Tags turned into Read Tags, the policy
+    // allows no write: the genuine Write Tag requests are denied.
+    let reads_only = dir.join("reads-only.pcap");
+    let writes = rewrite(&original, &reads_only, |_, frame| {
+        let at = tag_requests(frame, 0x4D);
+        for &i in &at {
+            frame[i] = 0x4C;
+        }
+        !at.is_empty()
+    });
+    assert!(!writes.is_empty(), "the capture has Write Tag requests");
+    let read_policy = learn(&reads_only, &dir);
+    assert!(!read_policy.contains("write_tag"), "{read_policy}");
+    let (records, _) = replayed(&read_policy, &original);
+    let first_write = verdict_of(&records, writes[0]);
+    assert_eq!(first_write["verdict"], "drop", "{first_write}");
+    assert_eq!(first_write["reason"], "cip_service_denied", "{first_write}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
