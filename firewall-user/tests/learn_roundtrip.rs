@@ -36,9 +36,19 @@ fn scratch(name: &str) -> PathBuf {
 /// `otfw learn --capture CAPTURE -o DIR/learned.yaml`, then `otfw check` on the result; the
 /// policy text.
 fn learn(capture: &Path, dir: &Path) -> String {
+    learn_with_zones(capture, None, dir)
+}
+
+/// `otfw learn` with `--zones ZONES` if given.
+fn learn_with_zones(capture: &Path, zones: Option<&Path>, dir: &Path) -> String {
     let out_file = dir.join("learned.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_otfw"))
-        .args(["learn", "--capture"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_otfw"));
+    cmd.arg("learn");
+    if let Some(z) = zones {
+        cmd.arg("--zones").arg(z);
+    }
+    let out = cmd
+        .arg("--capture")
         .arg(capture)
         .arg("-o")
         .arg(&out_file)
@@ -301,5 +311,41 @@ fn write_tags_not_seen_are_denied() {
     let first_write = verdict_of(&records, writes[0]);
     assert_eq!(first_write["verdict"], "drop", "{first_write}");
     assert_eq!(first_write["reason"], "cip_service_denied", "{first_write}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn zones_and_hosts_of_a_policy_are_kept() {
+    // The ITI capture: a client (10.1.1.167) asks a 1756-ENBT/A (10.1.1.164) who it is.
+    let capture = pcaps().join("enip/iti_enip_test.pcap");
+    let dir = scratch("zones");
+    let zones = dir.join("current.yaml");
+    std::fs::write(
+        &zones,
+        "version: 1\ngateway: { interfaces: [eth1, eth2] }\nzones:\n  cell:\n    \
+         networks: [10.1.1.160/29]\n    security_level: 3\n    hosts:\n      plc: 10.1.1.164\n\
+         conduits: []\n",
+    )
+    .unwrap();
+    let text = learn_with_zones(&capture, Some(&zones), &dir);
+    let (loaded, diagnostics) = check_str("learned.yaml", &text);
+    let policy = loaded
+        .unwrap_or_else(|| panic!("{diagnostics:#?}\n{text}"))
+        .policy;
+    assert_eq!(
+        policy.gateway,
+        otfw::policy::validated::Attachment::Interfaces(vec!["eth1".into(), "eth2".into()])
+    );
+    let cell = &policy.zones[0];
+    assert_eq!((cell.name.as_str(), cell.security_level), ("cell", Some(3)));
+    // The named host keeps its name; the client, inside the zone, gets one.
+    assert_eq!(cell.hosts[0].name, "plc");
+    assert_eq!(cell.hosts[1].addr.to_string(), "10.1.1.167");
+    assert_eq!(policy.conduits.len(), 1);
+    assert_eq!(
+        policy.endpoint_name(&policy.conduits[0].to),
+        "cell/plc",
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -148,9 +148,8 @@ impl Learn<'_> {
             let flows: u64 = conversations.iter().map(|c| c.flows).sum();
             let _ = writeln!(
                 out,
-                "\n  # {client} -> {server}: {} packets in {flows} flows, {}",
-                seen.count,
-                span(&seen)
+                "\n  # {client} -> {server}: {}",
+                packets_in_flows(&seen, flows)
             );
             let _ = writeln!(out, "  - name: {}", quote(&name));
             let _ = writeln!(out, "    from: {}", quote(&from));
@@ -464,12 +463,7 @@ fn conduit_items(conversations: &[&Conversation]) -> Vec<String> {
     // EtherNet/IP over TCP and UDP on one port is one rule.
     let mut enip: BTreeMap<u16, Vec<&Conversation>> = BTreeMap::new();
     for c in conversations {
-        let seen = format!(
-            "{} packets in {} flows, {}",
-            c.packets.count,
-            c.flows,
-            span(&c.packets)
-        );
+        let seen = packets_in_flows(&c.packets, c.flows);
         match (c.transport, c.application) {
             (Transport::Tcp, Application::Modbus) if c.undecoded == 0 => {
                 items.push(modbus_item(c, &seen));
@@ -613,10 +607,9 @@ fn modbus_item(c: &Conversation, seen: &str) -> String {
         for (f, seen) in &ordered {
             let _ = writeln!(
                 s,
-                "          #   {}: {} requests, {}",
+                "          #   {}: {}",
                 function_name(f),
-                seen.count,
-                span(seen)
+                counted(seen, "request")
             );
         }
         let list: Vec<String> = ordered
@@ -679,11 +672,9 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
     for c in conversations {
         let _ = writeln!(
             s,
-            "      # enip {} {port}: {} packets in {} flows, {}",
+            "      # enip {} {port}: {}",
             c.transport,
-            c.packets.count,
-            c.flows,
-            span(&c.packets)
+            packets_in_flows(&c.packets, c.flows)
         );
     }
     let _ = writeln!(s, "      - enip:");
@@ -701,9 +692,8 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
     for (c, seen) in &used.commands {
         let _ = writeln!(
             s,
-            "          #   command 0x{c:04x}: {} messages, {}",
-            seen.count,
-            span(seen)
+            "          #   command 0x{c:04x}: {}",
+            counted(seen, "message")
         );
     }
     let _ = writeln!(s, "          commands: [{}]", commands.join(", "));
@@ -742,9 +732,8 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
         }
         let _ = writeln!(
             s,
-            "          #   service {key}: {} requests, {}",
-            seen.count,
-            span(seen)
+            "          #   service {key}: {}",
+            counted(seen, "request")
         );
         // Requests addressed to a class are allowed on that class only (`objects`); tag
         // services on symbolic paths under `services`.
@@ -803,12 +792,7 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
             );
         } else {
             for (t, seen) in &used.tags {
-                let _ = writeln!(
-                    s,
-                    "          #   tag {t}: {} requests, {}",
-                    seen.count,
-                    span(seen)
-                );
+                let _ = writeln!(s, "          #   tag {t}: {}", counted(seen, "request"));
             }
             let tags: Vec<String> = used.tags.keys().map(|t| quote(t)).collect();
             let _ = writeln!(s, "          tags: [{}]", tags.join(", "));
@@ -869,6 +853,18 @@ fn ethertype_name(t: u16) -> String {
         NON_IP_STP => "stp".to_owned(),
         t => format!("0x{t:04x}"),
     }
+}
+
+/// `3 requests, FIRST .. LAST`.
+fn counted(s: &Seen, what: &str) -> String {
+    let plural = if s.count == 1 { "" } else { "s" };
+    format!("{} {what}{plural}, {}", s.count, span(s))
+}
+
+/// `12 packets in 1 flow, FIRST .. LAST`.
+fn packets_in_flows(s: &Seen, flows: u64) -> String {
+    let plural = if flows == 1 { "" } else { "s" };
+    format!("{} packets in {flows} flow{plural}, {}", s.count, span(s))
 }
 
 /// `first .. last` of what was seen.
