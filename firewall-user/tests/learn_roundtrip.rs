@@ -349,3 +349,143 @@ fn zones_and_hosts_of_a_policy_are_kept() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One Ethernet frame from `src` to `dst` MAC with the packet `build` makes.
+fn frame(
+    build: impl FnOnce(etherparse::PacketBuilderStep<etherparse::Ethernet2Header>, &mut Vec<u8>),
+    src: u8,
+    dst: [u8; 6],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    build(
+        etherparse::PacketBuilder::ethernet2([0x00, 0x00, 0xbc, 0, 0, src], dst),
+        &mut out,
+    );
+    out
+}
+
+/// A ListIdentity reply of a 1756-L61 (vendor 1, type 14, product 54, revision 20.11).
+fn list_identity_reply() -> Vec<u8> {
+    let mut item = vec![1, 0, 0, 2, 0xaf, 0x12, 10, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0];
+    item.extend([1, 0, 14, 0, 54, 0, 20, 11, 0x60, 0, 0x44, 0x33, 0x22, 0x11]);
+    item.push(17);
+    item.extend(b"1756-L61/B LOGIX5");
+    item.push(3);
+    let mut data = 1u16.to_le_bytes().to_vec();
+    data.extend(0x0Cu16.to_le_bytes());
+    data.extend((item.len() as u16).to_le_bytes());
+    data.extend(item);
+    let mut m = 0x63u16.to_le_bytes().to_vec();
+    m.extend((data.len() as u16).to_le_bytes());
+    m.extend([0; 20]);
+    m.extend(data);
+    m
+}
+
+#[test]
+fn broadcasts_multicasts_and_pings_are_learned() {
+    const BROADCAST: [u8; 6] = [0xff; 6];
+    let (client, plc) = ([10, 0, 0, 5], [10, 0, 0, 7]);
+    let mac_client = [0, 0, 0xbc, 0, 0, 5];
+    let v6 = |last: u8| {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = last;
+        a
+    };
+    let mut list_identity = 0x63u16.to_le_bytes().to_vec();
+    list_identity.extend([0; 22]);
+    let udp = |src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8], to: [u8; 6]| {
+        frame(
+            |b, o| {
+                b.ipv4(src, dst, 64)
+                    .udp(ports.0, ports.1)
+                    .write(o, payload)
+                    .unwrap()
+            },
+            src[3],
+            to,
+        )
+    };
+    // Echo request from `a` to `b` and its reply, IPv4 or IPv6 by the addresses' length.
+    let ping = |a: u8, b: u8, v4: bool| -> [Vec<u8>; 2] {
+        [(a, b, false), (b, a, true)].map(|(from, to, reply)| {
+            let mac = [0, 0, 0xbc, 0, 0, to];
+            frame(
+                |p, o| {
+                    let step = if v4 {
+                        p.ipv4([10, 0, 0, from], [10, 0, 0, to], 64)
+                    } else {
+                        p.ipv6(v6(from), v6(to), 64)
+                    };
+                    match (v4, reply) {
+                        (true, false) => step.icmpv4_echo_request(1, 1).write(o, b"ping"),
+                        (true, true) => step.icmpv4_echo_reply(1, 1).write(o, b"ping"),
+                        (false, false) => step.icmpv6_echo_request(1, 1).write(o, b"ping"),
+                        (false, true) => step.icmpv6_echo_reply(1, 1).write(o, b"ping"),
+                    }
+                    .unwrap()
+                },
+                from,
+                mac,
+            )
+        })
+    };
+    let mut frames: Vec<Vec<u8>> = vec![
+        // ListIdentity broadcast over UDP, answered by unicast from 44818.
+        udp(client, [255; 4], (50000, 44818), &list_identity, BROADCAST),
+        udp(
+            plc,
+            client,
+            (44818, 50000),
+            &list_identity_reply(),
+            mac_client,
+        ),
+        // A DHCP discover (from 0.0.0.0) and an mDNS query (multicast).
+        udp([0; 4], [255; 4], (68, 67), &[1; 240], BROADCAST),
+        udp(
+            client,
+            [224, 0, 0, 251],
+            (5353, 5353),
+            &[0; 12],
+            [1, 0, 0x5e, 0, 0, 0xfb],
+        ),
+    ];
+    frames.extend(ping(5, 7, true));
+    frames.extend(ping(5, 7, false));
+    let dir = scratch("broadcast");
+    let capture = dir.join("synthetic.pcap");
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(File::create(&capture).unwrap(), header).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let at = std::time::Duration::from_secs(1_700_000_000 + i as u64);
+        writer
+            .write_packet(&PcapPacket::new(at, f.len() as u32, f))
+            .unwrap();
+    }
+    drop(writer);
+
+    let policy = learn(&capture, &dir);
+    println!("{policy}");
+    for expected in [
+        "\"broadcast-multicast\":",
+        "\"255.255.255.255/32\"",
+        "\"224.0.0.251/32\"",
+        "\"0.0.0.0/32\"",
+        "types: [echo_request]",
+        "1756-l61-b-logix5-10-0-0-7",
+        "commands: [list_identity]",
+        "h-10-0-0-5-to-broadcast-255-255-255-255",
+        "\"unspecified-0-0-0-0\": \"0.0.0.0\"",
+        "answers from udp/44818",
+    ] {
+        assert!(policy.contains(expected), "{expected} missing in\n{policy}");
+    }
+    let (records, summary) = replayed(&policy, &capture);
+    assert_eq!(summary["dropped"], 0, "{records:#?}\n{policy}");
+    assert_eq!(summary["frames"], frames.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -354,10 +354,9 @@ impl Learn<'_> {
             .and_then(|a| a.identity.label())
             .map(|l| slug(&l))
             .filter(|l| !l.is_empty());
-        let base = match (label, is_unicast(ip)) {
-            (Some(l), _) => format!("{l}-{address}"),
-            (None, true) => format!("h-{address}"),
-            (None, false) => format!("to-{address}"),
+        let base = match label {
+            Some(l) => format!("{l}-{address}"),
+            None => format!("{}-{address}", address_kind(ip)),
         };
         let mut name = base.clone();
         let mut n = 2;
@@ -398,6 +397,16 @@ impl Learn<'_> {
         }
         parts.push(format!("seen {}", span(&a.seen)));
         Some(parts.join("; "))
+    }
+}
+
+/// `h` (a host), `broadcast`, `multicast` or `unspecified`: how host names start.
+fn address_kind(ip: IpAddr) -> &'static str {
+    match ip {
+        _ if is_unicast(ip) => "h",
+        IpAddr::V4(v4) if v4.is_broadcast() => "broadcast",
+        _ if ip.is_unspecified() => "unspecified",
+        _ => "multicast",
     }
 }
 
@@ -486,7 +495,13 @@ fn conduit_items(conversations: &[&Conversation]) -> Vec<String> {
                         "CIP implicit I/O; `io: true` on an enip rule would tie it to the \
                          Forward_Open that opens it (port {CIP_IO_PORT})"
                     ),
-                    (Application::Other, _) => "not decoded".to_owned(),
+                    (Application::Other, _) => match c.answers_from {
+                        Some(from) => format!(
+                            "answers from udp/{from} to a request the client sent to a broadcast \
+                             or multicast address; its port may change from run to run"
+                        ),
+                        None => "not decoded".to_owned(),
+                    },
                 };
                 let map = if c.transport == Transport::Tcp {
                     &mut tcp
@@ -864,7 +879,12 @@ fn counted(s: &Seen, what: &str) -> String {
 /// `12 packets in 1 flow, FIRST .. LAST`.
 fn packets_in_flows(s: &Seen, flows: u64) -> String {
     let plural = if flows == 1 { "" } else { "s" };
-    format!("{} packets in {flows} flow{plural}, {}", s.count, span(s))
+    let packets = if s.count == 1 { "" } else { "s" };
+    format!(
+        "{} packet{packets} in {flows} flow{plural}, {}",
+        s.count,
+        span(s)
+    )
 }
 
 /// `first .. last` of what was seen.

@@ -249,6 +249,10 @@ pub struct Conversation {
     pub modbus: Option<ModbusUse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enip: Option<EnipUse>,
+    /// For UDP: the well-known port the client sent from, when it did (an EtherNet/IP device
+    /// answering a broadcast ListIdentity from 44818 starts a flow of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers_from: Option<u16>,
     /// Client messages the decoder could not read, and the first such problem.
     #[serde(default)]
     pub undecoded: u64,
@@ -272,6 +276,7 @@ impl Conversation {
             flows: 1,
             modbus: None,
             enip: None,
+            answers_from: None,
             undecoded: 0,
             decode_error: None,
         }
@@ -303,6 +308,7 @@ impl Conversation {
             merge_tally(&mut mine.services, &theirs.services);
             merge_tally(&mut mine.tags, &theirs.tags);
         }
+        self.answers_from = self.answers_from.or(other.answers_from);
         self.undecoded += other.undecoded;
         if self.decode_error.is_none() {
             self.decode_error.clone_from(&other.decode_error);

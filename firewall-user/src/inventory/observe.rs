@@ -285,6 +285,11 @@ impl Observer {
             .or_insert_with(|| {
                 Conversation::new((client.0, server.0, transport, server.1), application, at)
             });
+        if transport == Transport::Udp && client.1 == ENIP_PORT && server.1 != ENIP_PORT {
+            if let Some(c) = self.inventory.conversations.get_mut(&conv_key) {
+                c.answers_from = Some(ENIP_PORT);
+            }
+        }
         let service = Service {
             transport,
             port: server.1,
