@@ -47,7 +47,12 @@ fn otfw(args: &[&str], captures: &[&Path]) -> std::process::Output {
 
 fn inventory_json(capture: &Path) -> Vec<Value> {
     let out = otfw(&["--json"], &[capture]);
-    serde_json::from_slice(&out.stdout).expect("otfw inventory --json prints JSON")
+    let doc: Value =
+        serde_json::from_slice(&out.stdout).expect("otfw inventory --json prints JSON");
+    doc["assets"]
+        .as_array()
+        .expect("an array of assets")
+        .clone()
 }
 
 /// One field of tshark's PDML: (showname, show).
@@ -241,7 +246,8 @@ fn csv_and_state_file() {
     let state_arg = state.to_str().unwrap();
     otfw(&["--json", "--state", state_arg], &[&modbus]);
     let out = otfw(&["--json", "--state", state_arg], &[&enip]);
-    let assets: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let assets = doc["assets"].as_array().unwrap();
     let ips: Vec<&str> = assets.iter().map(|a| a["ip"].as_str().unwrap()).collect();
     assert!(
         ips.contains(&"127.0.0.1") && ips.contains(&"10.1.1.164"),
@@ -249,8 +255,39 @@ fn csv_and_state_file() {
     );
     // The state alone, without captures.
     let out = otfw(&["--json", "--state", state_arg], &[]);
-    let again: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(again, assets);
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again, doc);
+    // The Modbus conversation of the first capture, with what was requested.
+    let modbus_conversation = doc["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["service"] == "tcp/502"
+                && c["modbus"]["functions"]
+                    .as_array()
+                    .is_some_and(|f| f.len() > 10)
+        })
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    let modbus = &modbus_conversation["modbus"];
+    let functions: Vec<&str> = modbus["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(functions[0], "read_coils (1)", "{functions:?}");
+    assert!(
+        functions.contains(&"read_device_identification (43/14)"),
+        "{functions:?}"
+    );
+    // As tshark decodes the requests: 3 from 1 (8 registers), 6 at 1, 16 from 1 (4), 22 at
+    // 10, 23 reading from 1 (4) and writing from 2 (3).
+    assert_eq!(
+        modbus["addresses"]["holding_registers"],
+        serde_json::json!(["1-8", "10"]),
+        "{modbus}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -266,7 +303,8 @@ fn zones_come_from_a_policy() {
     .unwrap();
     let enip = pcaps().join("enip/iti_enip_test.pcap");
     let out = otfw(&["--json", "--zones", policy.to_str().unwrap()], &[&enip]);
-    let assets: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let assets = doc["assets"].as_array().unwrap();
     let by_ip = |ip: &str| assets.iter().find(|a| a["ip"] == ip).unwrap().clone();
     assert_eq!(by_ip("10.1.1.164")["zone"], "cell");
     assert_eq!(by_ip("10.1.1.164")["host"], "enbt");

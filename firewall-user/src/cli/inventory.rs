@@ -52,10 +52,11 @@ pub struct InventoryArgs {
     /// into one zone per IPv4 /24 or IPv6 /64.
     #[arg(long, value_name = "POLICY")]
     pub zones: Option<PathBuf>,
-    /// One JSON array of assets.
+    /// One JSON document: `assets` and `conversations` (client, server, port, Modbus units,
+    /// functions and address ranges, CIP commands, services and tags).
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
-    /// CSV, one row per asset.
+    /// CSV, one row per asset (conversations are in the text and JSON forms).
     #[arg(long)]
     pub csv: bool,
 }
@@ -67,13 +68,14 @@ pub fn run(args: &InventoryArgs) -> anyhow::Result<u8> {
         None => Zones::propose(&inventory),
     };
     let records = report::records(&inventory, &zones, &MacVendors::load_default());
+    let conversations = report::conversations(&inventory, &zones);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        report::write_json(&records, &mut out)?;
+        report::write_json(&records, &conversations, &mut out)?;
     } else if args.csv {
         report::write_csv(&records, &mut out)?;
     } else {
-        report::write_text(&records, &mut out)?;
+        report::write_text(&records, &conversations, &mut out)?;
     }
     out.flush().context("writing to stdout")?;
     Ok(0)

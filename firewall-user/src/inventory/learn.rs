@@ -613,12 +613,7 @@ fn modbus_item(c: &Conversation, seen: &str) -> String {
         );
         let _ = writeln!(s, "          functions: [read]");
     } else {
-        // In code order: 3 before 16, "8/4" after 8.
-        let mut ordered: Vec<(&String, &Seen)> = functions.iter().collect();
-        ordered.sort_by_key(|(f, _)| {
-            let (code, sub) = f.split_once('/').unwrap_or((f.as_str(), ""));
-            (code.parse::<u8>().unwrap_or(0), sub.parse::<u16>().ok())
-        });
+        let ordered = in_code_order(&functions);
         for (f, seen) in &ordered {
             let _ = writeln!(
                 s,
@@ -656,8 +651,18 @@ fn modbus_item(c: &Conversation, seen: &str) -> String {
     s
 }
 
-/// `read_holding_registers (3)`, `diagnostics 8/4`.
-fn function_name(f: &str) -> String {
+/// Modbus functions as tallied (`"3"`, `"8/4"`) in code order: 3 before 16, 8/4 after 8.
+pub fn in_code_order(functions: &Tally<String>) -> Vec<(&String, &Seen)> {
+    let mut ordered: Vec<(&String, &Seen)> = functions.iter().collect();
+    ordered.sort_by_key(|(f, _)| {
+        let (code, sub) = f.split_once('/').unwrap_or((f.as_str(), ""));
+        (code.parse::<u8>().unwrap_or(0), sub.parse::<u16>().ok())
+    });
+    ordered
+}
+
+/// `read_holding_registers (3)`, `diagnostics (8/4)`.
+pub fn function_name(f: &str) -> String {
     let (code, sub) = match f.split_once('/') {
         Some((c, s)) => (c.parse::<u8>().ok(), s.parse::<u16>().ok()),
         None => (f.parse().ok(), None),
@@ -694,16 +699,7 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
     }
     let _ = writeln!(s, "      - enip:");
     let _ = writeln!(s, "          port: {port}");
-    let commands: Vec<String> = used
-        .commands
-        .keys()
-        .map(|c| {
-            COMMANDS
-                .iter()
-                .find(|(_, code)| code == c)
-                .map_or_else(|| format!("0x{c:04x}"), |(n, _)| (*n).to_owned())
-        })
-        .collect();
+    let commands: Vec<String> = used.commands.keys().map(|c| command_name(*c)).collect();
     for (c, seen) in &used.commands {
         let _ = writeln!(
             s,
@@ -814,6 +810,14 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
         }
     }
     s
+}
+
+/// An encapsulation command by name (`list_identity`), else as a number (`0x0099`).
+pub fn command_name(code: u16) -> String {
+    COMMANDS
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or_else(|| format!("0x{code:04x}"), |(n, _)| (*n).to_owned())
 }
 
 fn merge_into<K: Ord + Clone>(into: &mut Tally<K>, from: &Tally<K>) {

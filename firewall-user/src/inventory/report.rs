@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use super::{
     identity::modbus::DeviceId,
+    learn::{command_name, function_name, in_code_order},
     vendors::{self, MacVendors},
     zones::Zones,
-    Asset, Inventory,
+    Application, Asset, Conversation, Inventory,
 };
 
 /// One asset as `otfw inventory` shows it.
@@ -150,8 +151,125 @@ pub fn describe(r: &AssetRecord) -> String {
     r.mac_vendors.join(", ")
 }
 
-pub fn write_json(records: &[AssetRecord], out: &mut impl Write) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, records)?;
+/// Traffic from a client to one port of a server, as `otfw inventory` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConversationRecord {
+    pub client: IpAddr,
+    pub client_zone: Option<String>,
+    pub server: IpAddr,
+    pub server_zone: Option<String>,
+    /// `tcp/502`.
+    pub service: String,
+    pub application: Application,
+    pub packets: u64,
+    pub flows: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modbus: Option<ModbusRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enip: Option<EnipRecord>,
+    /// Client messages otfw could not decode, and the first problem.
+    pub undecoded: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModbusRecord {
+    pub units: Vec<u8>,
+    /// `read_holding_registers (3)`, `diagnostics (8/4)`.
+    pub functions: Vec<String>,
+    /// Per table, the address ranges requested (`"0-9"`).
+    pub addresses: std::collections::BTreeMap<&'static str, Vec<String>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EnipRecord {
+    pub commands: Vec<String>,
+    /// `0x0e@0x01` (service at class) or `0x4c@tag` (on a symbolic path).
+    pub services: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// The conversations of `inventory`, by client zone, then server zone, then addresses.
+pub fn conversations(inventory: &Inventory, zones: &Zones) -> Vec<ConversationRecord> {
+    let zone = |ip: IpAddr| zones.zone_of(ip).map(|z| zones.zones[z].name.clone());
+    let mut out: Vec<ConversationRecord> = inventory
+        .conversations
+        .values()
+        .map(|c| conversation(c, &zone))
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.client_zone, &a.server_zone, a.client, a.server).cmp(&(
+            &b.client_zone,
+            &b.server_zone,
+            b.client,
+            b.server,
+        ))
+    });
+    out
+}
+
+fn conversation(c: &Conversation, zone: &dyn Fn(IpAddr) -> Option<String>) -> ConversationRecord {
+    let range = |&(lo, hi): &(u16, u16)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    };
+    ConversationRecord {
+        client: c.client,
+        client_zone: zone(c.client),
+        server: c.server,
+        server_zone: zone(c.server),
+        service: format!("{}/{}", c.transport, c.port),
+        application: c.application,
+        packets: c.packets.count,
+        flows: c.flows,
+        first_seen: c.packets.first.to_string(),
+        last_seen: c.packets.last.to_string(),
+        modbus: c.modbus.as_ref().map(|m| ModbusRecord {
+            units: m.units.keys().copied().collect(),
+            functions: in_code_order(&m.functions)
+                .into_iter()
+                .map(|(f, _)| function_name(f))
+                .collect(),
+            addresses: m
+                .addresses
+                .iter()
+                .map(|(t, r)| (t.key(), r.iter().map(range).collect()))
+                .collect(),
+        }),
+        enip: c.enip.as_ref().map(|e| EnipRecord {
+            commands: e.commands.keys().map(|c| command_name(*c)).collect(),
+            services: e.services.keys().cloned().collect(),
+            tags: e.tags.keys().cloned().collect(),
+        }),
+        undecoded: c.undecoded,
+        decode_error: c.decode_error.clone(),
+    }
+}
+
+/// The JSON document: `{"assets": [...], "conversations": [...]}`.
+pub fn write_json(
+    records: &[AssetRecord],
+    conversations: &[ConversationRecord],
+    out: &mut impl Write,
+) -> Result<()> {
+    #[derive(Serialize)]
+    struct Document<'a> {
+        assets: &'a [AssetRecord],
+        conversations: &'a [ConversationRecord],
+    }
+    serde_json::to_writer_pretty(
+        &mut *out,
+        &Document {
+            assets: records,
+            conversations,
+        },
+    )?;
     writeln!(out)?;
     Ok(())
 }
@@ -214,8 +332,12 @@ pub fn write_csv(records: &[AssetRecord], out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// A table per zone for people.
-pub fn write_text(records: &[AssetRecord], out: &mut impl Write) -> Result<()> {
+/// A table per zone for people, then the conversations.
+pub fn write_text(
+    records: &[AssetRecord],
+    conversations: &[ConversationRecord],
+    out: &mut impl Write,
+) -> Result<()> {
     let mut zone: Option<Option<&str>> = None;
     for r in records {
         if zone != Some(r.zone.as_deref()) {
@@ -236,6 +358,42 @@ pub fn write_text(records: &[AssetRecord], out: &mut impl Write) -> Result<()> {
             r.serves.join(" "),
             r.uses.join(" "),
             describe(r)
+        )?;
+    }
+    if !conversations.is_empty() {
+        writeln!(out, "conversations")?;
+    }
+    for c in conversations {
+        let mut what = Vec::new();
+        if let Some(m) = &c.modbus {
+            let units: Vec<String> = m.units.iter().map(u8::to_string).collect();
+            what.push(format!("units [{}]", units.join(" ")));
+            what.push(format!("functions [{}]", m.functions.join(", ")));
+            for (table, ranges) in &m.addresses {
+                what.push(format!("{table} [{}]", ranges.join(" ")));
+            }
+        }
+        if let Some(e) = &c.enip {
+            what.push(format!("commands [{}]", e.commands.join(" ")));
+            if !e.services.is_empty() {
+                what.push(format!("services [{}]", e.services.join(" ")));
+            }
+            if !e.tags.is_empty() {
+                what.push(format!("tags [{}]", e.tags.join(" ")));
+            }
+        }
+        if let Some(e) = &c.decode_error {
+            what.push(format!("{} undecoded ({e})", c.undecoded));
+        }
+        writeln!(
+            out,
+            "  {} -> {} {}  {} packets, last {}  {}",
+            c.client,
+            c.server,
+            c.service,
+            c.packets,
+            c.last_seen,
+            what.join("  ")
         )?;
     }
     Ok(())
