@@ -939,6 +939,119 @@ mod tests {
         );
     }
 
+    use crate::inventory::{tally, Time};
+
+    fn at() -> Time {
+        Time::from_unix(std::time::Duration::from_secs(1_700_000_000))
+    }
+
+    /// A conversation from 10.0.0.1 to 10.0.0.2.
+    fn conversation(transport: Transport, port: u16, app: Application) -> Conversation {
+        let (c, s) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        Conversation::new((c, s, transport, port), app, at())
+    }
+
+    fn learned(conversations: Vec<Conversation>) -> (String, policy::Policy) {
+        let mut inventory = Inventory::default();
+        for c in conversations {
+            inventory.conversations.insert(c.key(), c);
+        }
+        let yaml = Learn {
+            inventory: &inventory,
+            policy: None,
+            sources: vec![],
+        }
+        .policy_yaml();
+        let (loaded, diagnostics) = policy::check_str("learned.yaml", &yaml);
+        let loaded = loaded.unwrap_or_else(|| panic!("{diagnostics:#?}\n{yaml}"));
+        (yaml, loaded.policy)
+    }
+
+    #[test]
+    fn many_ports_become_ranges_within_the_rule_limit() {
+        let ports: Vec<u16> = (0..40).map(|i| 1000 + 7 * i).collect();
+        let (yaml, policy) = learned(
+            ports
+                .iter()
+                .map(|&p| conversation(Transport::Tcp, p, Application::Other))
+                .collect(),
+        );
+        let policy::validated::Allow::Tcp(ranges) = &policy.conduits[0].allow[0] else {
+            panic!("{yaml}");
+        };
+        assert!(
+            ranges.len() <= firewall_common::conduit::MAX_RULES,
+            "{yaml}"
+        );
+        for p in ports {
+            assert!(
+                policy::validated::ranges_cover(ranges, policy::validated::PortRange::single(p)),
+                "port {p} in {yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn modbus_tables_fit_and_odd_requests_are_written_as_the_format_allows() {
+        let mut c = conversation(Transport::Tcp, 502, Application::Modbus);
+        let mut m = ModbusUse::default();
+        tally(&mut m.units, 3, at());
+        tally(&mut m.functions, "3".into(), at());
+        tally(&mut m.functions, "8/100".into(), at());
+        tally(&mut m.functions, "8/4".into(), at());
+        let ranges: Vec<(u16, u16)> = (0..12).map(|i| (i * 100, i * 100 + 9)).collect();
+        m.addresses.insert(Table::HoldingRegisters, ranges);
+        c.modbus = Some(m);
+        let idle = conversation(Transport::Tcp, 5020, Application::Modbus);
+        let (yaml, policy) = learned(vec![c, idle]);
+        let mut rules = policy.conduits[0].allow.iter().filter_map(|a| match a {
+            policy::validated::Allow::Modbus(m) => Some(m),
+            _ => None,
+        });
+        let (busy, idle) = (rules.next().unwrap(), rules.next().unwrap());
+        assert_eq!(busy.units, Some([3].into()));
+        // 8/100 cannot be named: the whole of 8 it is, and 8/4 with it.
+        assert!(busy.functions.contains_key(&8) && busy.functions.contains_key(&3));
+        assert_eq!(
+            busy.addresses.holding_registers.as_ref().map(Vec::len),
+            Some(firewall_common::modbus::MAX_RANGES),
+            "{yaml}"
+        );
+        // Connections without requests: no unit, so no request, is allowed.
+        assert_eq!(
+            (idle.port, idle.units.clone()),
+            (5020, Some(Default::default()))
+        );
+    }
+
+    #[test]
+    fn tags_are_listed_unless_a_list_would_refuse_what_was_seen() {
+        let enip = |services: &[&str], tags: &[&str]| {
+            let mut c = conversation(Transport::Tcp, 44818, Application::Enip);
+            let mut e = EnipUse::default();
+            tally(&mut e.commands, 0x6F, at());
+            for s in services {
+                tally(&mut e.services, (*s).into(), at());
+            }
+            for t in tags {
+                tally(&mut e.tags, (*t).into(), at());
+            }
+            c.enip = Some(e);
+            c
+        };
+        let (yaml, _) = learned(vec![enip(&["0x4c@tag", "0x0e@0x01"], &["Line1.Speed"])]);
+        assert!(yaml.contains("tags: [\"Line1.Speed\"]"), "{yaml}");
+        assert!(yaml.contains("services: [read_tag]"), "{yaml}");
+        assert!(
+            yaml.contains("{ class: 0x01, services: [get_attribute_single] }"),
+            "{yaml}"
+        );
+        let (yaml, _) = learned(vec![enip(&["0x4c@tag", "0x4c@0x6b"], &["A"])]);
+        assert!(!yaml.contains("tags: ["), "by instance: {yaml}");
+        let (yaml, _) = learned(vec![enip(&["0x4c@tag"], &["a b"])]);
+        assert!(!yaml.contains("tags: ["), "a blank: {yaml}");
+    }
+
     #[test]
     fn names_are_slugs() {
         assert_eq!(slug("1756-ENBT/A"), "1756-enbt-a");
