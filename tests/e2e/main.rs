@@ -7,6 +7,7 @@ mod controller;
 mod enip;
 mod evasion;
 mod firewall;
+mod inventory;
 mod lab;
 mod metrics;
 mod modbus;
