@@ -2,17 +2,19 @@
 //! is recorded on the bridge (dumpcap), then `otfw inventory` must name the PLC as the peers
 //! describe it (the Modbus device identification the client received, cpppo's ListIdentity)
 //! and `otfw learn` must write a policy that passes `otfw check` and lets the recorded traffic
-//! through `otfw replay` without a drop.
+//! through `otfw replay` without a drop. Then `otfw run` enforces the learned policy on the lab
+//! with the inventory exported as metrics: the same reads pass, a write nobody made while
+//! learning is refused, and `/metrics` lists the PLC with its identity.
 
 use std::{path::Path, process::Command, time::Duration};
 
 use otfw_tests::{
-    require_enip_peers, require_modbus_peers, target_binary, venv_python, EnipClient, EnipOp,
-    EnipResult, Lab,
+    free_loopback_addr, require_enip_peers, require_modbus_peers, scrape, target_binary,
+    venv_python, EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 use serde_json::Value;
 
-use crate::common;
+use crate::common::{self, Firewall};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -171,6 +173,72 @@ fn inventory_and_learned_policy_from_real_peers() {
     assert!(policy.contains("tags: [\"Line1_Speed\"]"), "{policy}");
     let summary = otfw(&["replay", "--policy", learned.to_str().unwrap()], &capture);
     assert_eq!(summary["summary"]["dropped"], 0, "{summary:#}\n{policy}");
+
+    // Enforce what was learned, with the inventory exported.
+    let state = dir.join("inventory.json");
+    otfw(
+        &[
+            "inventory",
+            "--json",
+            "--state",
+            state.to_str().unwrap(),
+            "--capture",
+        ],
+        &capture,
+    );
+    let metrics = free_loopback_addr().unwrap();
+    let _fw = Firewall::start_with(
+        &lab,
+        &policy,
+        &[
+            "--metrics",
+            &metrics.to_string(),
+            "--inventory",
+            state.to_str().unwrap(),
+        ],
+    );
+    let modbus = lab
+        .modbus_server("plc", 502)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let results = lab
+        .modbus(
+            ModbusClient::Pymodbus,
+            "client",
+            modbus.addr,
+            1,
+            TIMEOUT,
+            &[
+                ModbusOp::Read(Table::HoldingRegisters, 0, 4),
+                ModbusOp::WriteRegister(0, 7),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(matches!(results[0], ModbusResult::Ok(_)), "{results:?}");
+    assert!(
+        !matches!(results[1], ModbusResult::Ok(_)),
+        "a write was never learned: {results:?}"
+    );
+    let body = scrape(metrics).unwrap_or_else(|e| panic!("{e:#}"));
+    let plc_series = body
+        .lines()
+        .find(|l| l.starts_with("otfw_asset_info{") && l.contains(&format!("ip=\"{plc_ip}\"")))
+        .unwrap_or_else(|| panic!("no asset series of the PLC in\n{body}"));
+    let zone = plc["zone"].as_str().unwrap();
+    assert!(
+        plc_series.contains(&format!("zone=\"{zone}\"")),
+        "{plc_series}"
+    );
+    assert!(
+        plc_series.contains(&format!(
+            "product=\"{}\"",
+            e["product_name"].as_str().unwrap()
+        )),
+        "{plc_series}"
+    );
+    assert!(
+        body.contains(&format!("otfw_assets{{zone=\"{zone}\"}} 3")),
+        "three lab hosts in {zone}:\n{body}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

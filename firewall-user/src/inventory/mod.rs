@@ -9,6 +9,7 @@
 //! - `identity` parses what devices say about themselves; `vendors` names vendors.
 //! - `report` (`otfw inventory`) and `learn` (`otfw learn`) read the model.
 
+pub mod exporter;
 pub mod identity;
 pub mod learn;
 pub mod observe;
