@@ -65,7 +65,7 @@ pub fn run(args: &InventoryArgs) -> anyhow::Result<u8> {
     let inventory = args.source.observe()?;
     let zones = match &args.zones {
         Some(path) => Zones::from_policy(path)?.0,
-        None => Zones::propose(&inventory),
+        None => Zones::propose(inventory.assets.keys().copied()),
     };
     let records = report::records(&inventory, &zones, &MacVendors::load_default());
     let conversations = report::conversations(&inventory, &zones);

@@ -172,7 +172,7 @@ fn read(path: &Path, policy: &Path, macs: &MacVendors) -> Result<Vec<report::Ass
             zones: loaded.policy.zones,
             proposed: false,
         },
-        Err(_) => Zones::propose(&inventory),
+        Err(_) => Zones::propose(inventory.assets.keys().copied()),
     };
     Ok(report::records(&inventory, &zones, macs))
 }

@@ -63,6 +63,9 @@ pub struct Learn<'a> {
     pub sources: Vec<String>,
 }
 
+/// One conduit to write: (client, server), its conversations, its allow items as YAML.
+type Learned<'a> = ((IpAddr, IpAddr), Vec<&'a Conversation>, Vec<String>);
+
 /// A zone of the learned policy.
 struct ZoneOut {
     zone: Zone,
@@ -75,13 +78,25 @@ impl Learn<'_> {
     /// The candidate policy as YAML, with comments.
     pub fn policy_yaml(&self) -> String {
         let inv = self.inventory;
-        let mut zones = self.zones();
-        // Every conversation end becomes a host.
-        let mut ends: BTreeSet<IpAddr> = BTreeSet::new();
+        // The conduits first: only their ends become hosts (conversations that yield no rule,
+        // such as neighbour discovery, leave no trace in the policy).
+        let mut pairs: BTreeMap<(IpAddr, IpAddr), Vec<&Conversation>> = BTreeMap::new();
         for c in inv.conversations.values() {
-            ends.insert(c.client);
-            ends.insert(c.server);
+            pairs.entry((c.client, c.server)).or_default().push(c);
         }
+        let conduits: Vec<Learned> = pairs
+            .into_iter()
+            .map(|(pair, cs)| {
+                let items = conduit_items(&cs);
+                (pair, cs, items)
+            })
+            .filter(|(_, _, items)| !items.is_empty())
+            .collect();
+        let ends: BTreeSet<IpAddr> = conduits
+            .iter()
+            .flat_map(|((c, s), _, _)| [*c, *s])
+            .collect();
+        let mut zones = self.zones(&ends);
         let lookup = Zones {
             zones: zones.iter().map(|z| z.zone.clone()).collect(),
             proposed: false,
@@ -91,7 +106,7 @@ impl Learn<'_> {
             .iter()
             .flat_map(|z| z.zone.hosts.iter().map(|h| h.name.clone()))
             .collect();
-        for ip in ends {
+        for &ip in &ends {
             let Some(z) = lookup.zone_of(ip) else {
                 continue;
             };
@@ -117,11 +132,6 @@ impl Learn<'_> {
                 .map(|(z, h)| format!("{}/{h}", zones[*z].zone.name))
         };
 
-        let mut pairs: BTreeMap<(IpAddr, IpAddr), Vec<&Conversation>> = BTreeMap::new();
-        for c in inv.conversations.values() {
-            pairs.entry((c.client, c.server)).or_default().push(c);
-        }
-
         let mut out = String::new();
         self.header(&mut out);
         self.gateway_and_defaults(&mut out);
@@ -131,16 +141,12 @@ impl Learn<'_> {
         }
         out.push_str("\nconduits:\n");
         let mut any = false;
-        for ((client, server), conversations) in &pairs {
-            let (Some(from), Some(to)) = (end(client), end(server)) else {
+        for ((client, server), conversations, items) in conduits {
+            let (Some(from), Some(to)) = (end(&client), end(&server)) else {
                 continue;
             };
             let host = |e: &str| e.split_once('/').map_or(e, |(_, h)| h).to_owned();
             let name = format!("{}-to-{}", host(&from), host(&to));
-            let items = conduit_items(conversations);
-            if items.is_empty() {
-                continue;
-            }
             let mut seen = conversations[0].packets;
             for c in &conversations[1..] {
                 seen.merge(&c.packets);
@@ -260,8 +266,7 @@ impl Learn<'_> {
 
     /// The zones of the policy, or proposed ones; plus zones for addresses outside them and
     /// for broadcast and multicast destinations.
-    fn zones(&self) -> Vec<ZoneOut> {
-        let inv = self.inventory;
+    fn zones(&self, ends: &BTreeSet<IpAddr>) -> Vec<ZoneOut> {
         let mut out: Vec<ZoneOut> = match self.policy {
             Some(p) => p
                 .zones
@@ -272,7 +277,7 @@ impl Learn<'_> {
                     host_comments: BTreeMap::new(),
                 })
                 .collect(),
-            None => Zones::propose(inv)
+            None => Zones::propose(ends.iter().copied())
                 .zones
                 .into_iter()
                 .map(|zone| ZoneOut {
@@ -282,11 +287,6 @@ impl Learn<'_> {
                 })
                 .collect(),
         };
-        let mut ends: BTreeSet<IpAddr> = BTreeSet::new();
-        for c in inv.conversations.values() {
-            ends.insert(c.client);
-            ends.insert(c.server);
-        }
         let mut special: Vec<IpAddr> = Vec::new();
         let mut outside: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
         {
@@ -294,7 +294,7 @@ impl Learn<'_> {
                 zones: out.iter().map(|z| z.zone.clone()).collect(),
                 proposed: false,
             };
-            for ip in ends {
+            for &ip in ends {
                 if !is_unicast(ip) {
                     special.push(ip);
                 } else if lookup.zone_of(ip).is_none() {

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr, path::Path};
 use anyhow::{bail, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{observe::is_unicast, Inventory};
+use super::observe::is_unicast;
 use crate::policy::{self, validated::Zone};
 
 /// The prefix length of a proposed IPv4 zone.
@@ -43,13 +43,13 @@ impl Zones {
         }
     }
 
-    /// One zone per subnet holding an asset, named after it (`net-10.1.1.0-24`).
-    pub fn propose(inventory: &Inventory) -> Zones {
-        let subnets: BTreeSet<IpNet> = inventory
-            .assets
-            .keys()
-            .filter(|ip| is_unicast(**ip))
-            .map(|ip| subnet(*ip))
+    /// One zone per subnet holding one of `addresses` (broadcast and multicast ones aside),
+    /// named after it (`net-10.1.1.0-24`).
+    pub fn propose(addresses: impl IntoIterator<Item = IpAddr>) -> Zones {
+        let subnets: BTreeSet<IpNet> = addresses
+            .into_iter()
+            .filter(|ip| is_unicast(*ip))
+            .map(subnet)
             .collect();
         Zones {
             zones: subnets
