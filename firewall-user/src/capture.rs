@@ -173,3 +173,29 @@ fn frame(
         timestamp,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcapng_ticks_follow_if_tsresol() {
+        // pcap-file reads raw ticks as nanoseconds.
+        let ticks = Duration::from_nanos(1_500_000);
+        assert_eq!(
+            pcapng_time(&[], ticks),
+            Duration::from_millis(1500),
+            "microseconds"
+        );
+        let nanos = [InterfaceDescriptionOption::IfTsResol(9)];
+        assert_eq!(pcapng_time(&nanos, ticks), Duration::from_micros(1500));
+        let binary = [InterfaceDescriptionOption::IfTsResol(0x80 | 10)];
+        assert_eq!(
+            pcapng_time(&binary, Duration::from_nanos(2048)),
+            Duration::from_secs(2),
+            "1/1024 s ticks"
+        );
+        let pico = [InterfaceDescriptionOption::IfTsResol(12)];
+        assert_eq!(pcapng_time(&pico, ticks), Duration::from_nanos(1500));
+    }
+}
