@@ -16,7 +16,7 @@ use pcap_file::{
     pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
 };
 
-pub use link::LinkType;
+pub use link::{LinkType, SYNTHETIC_DESTINATION, SYNTHETIC_SOURCE};
 pub use write::Writer;
 
 /// The pcapng section header block type, as the first four bytes of the file.

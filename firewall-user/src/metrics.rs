@@ -6,7 +6,8 @@
 //! except conduit counters, which live in a generation slot and restart from zero when the slot
 //! is reused (every second reload): `ConduitTotals` keeps them monotonic per conduit name.
 //! Labels are bounded by the policy (conduit and zone names, protocols, reason codes, verdicts,
-//! ports); no addresses.
+//! ports); no addresses, except in the asset series of `--inventory` (`inventory::exporter`),
+//! which have a fixed cap.
 
 mod http;
 mod totals;
@@ -62,6 +63,8 @@ pub struct Metrics {
     events_lost: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
     pub totals: ConduitTotals,
+    /// The inventory's assets (`otfw run --inventory`).
+    pub assets: crate::inventory::exporter::AssetMetrics,
     /// Inspector requests of generations no longer in force.
     requests_retired: RequestCounts,
     flow_count: Option<(Instant, usize)>,
@@ -277,6 +280,7 @@ impl Metrics {
         for result in ["loaded", "rejected"] {
             policy_loads.with_label_values(&[result]);
         }
+        let assets = crate::inventory::exporter::AssetMetrics::new(&mut register)?;
         Ok(Metrics {
             registry,
             families,
@@ -298,6 +302,7 @@ impl Metrics {
             events,
             events_lost,
             totals: ConduitTotals::default(),
+            assets,
             requests_retired: RequestCounts::new(),
             flow_count: None,
         })

@@ -24,6 +24,8 @@ pub struct ObserveOptions {
     pub instance: Option<String>,
     /// Pin maps and write the state file for `otfw status`.
     pub pin: bool,
+    /// An inventory state file whose assets are exported as metrics.
+    pub inventory: Option<PathBuf>,
 }
 
 pub struct Observer {
@@ -32,6 +34,7 @@ pub struct Observer {
     /// Set when pinning: the state file's contents.
     state: Option<State>,
     metrics_addr: Option<SocketAddr>,
+    inventory: Option<crate::inventory::exporter::Followed>,
 }
 
 impl Observer {
@@ -65,6 +68,9 @@ impl Observer {
             events: DatapathEvents::default(),
             state,
             metrics_addr: opts.metrics,
+            inventory: opts.inventory.clone().map(|path| {
+                crate::inventory::exporter::Followed::new(path, PathBuf::from(policy_file))
+            }),
         })
     }
 
@@ -128,6 +134,9 @@ impl Observer {
     }
 
     pub fn scrape(&mut self, datapath: &Datapath, reply: ScrapeRequest) {
+        if let Some(records) = self.inventory.as_mut().and_then(|i| i.changed()) {
+            self.metrics.assets.set(&records);
+        }
         match self.metrics.scrape(datapath) {
             Ok(body) => {
                 let _ = reply.send(body);

@@ -8,6 +8,7 @@ mod enip;
 mod evasion;
 mod fast_path;
 mod firewall;
+mod inventory;
 mod lab;
 mod metrics;
 mod modbus;

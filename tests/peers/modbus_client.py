@@ -7,10 +7,13 @@ and the demo. Run it with the venv's python inside a client's namespace:
 Each OP is `read_coils:ADDR:COUNT`, `read_discrete_inputs:ADDR:COUNT`,
 `read_holding_registers:ADDR:COUNT`, `read_input_registers:ADDR:COUNT`,
 `write_coil:ADDR:0|1`, `write_register:ADDR:VALUE`, `write_coils:ADDR:V,V,...` or
-`write_registers:ADDR:V,V,...` (protocol addresses, 0-based as on the wire). The ops run in
-order on one connection (reopened after a failure) and each prints one JSON line:
+`write_registers:ADDR:V,V,...` (protocol addresses, 0-based as on the wire), or
+`read_device_identification:OBJECT:CODE` (function 43/14 from object id OBJECT with read device
+id code CODE: 1 basic, 2 regular, 3 extended, 4 one object). The ops run in order on one
+connection (reopened after a failure) and each prints one JSON line:
 
     {"op": ..., "address": ..., "result": "ok", "values": [...]}   (values for reads)
+    {"op": ..., "result": "ok", "objects": {"0": "...", ...}}      (device identification)
     {"op": ..., "result": "exception", "code": N}                 the server refused
     {"op": ..., "result": "timeout"}         no answer within --timeout (nothing retried)
     {"op": ..., "result": "reset"}           the connection was reset
@@ -40,16 +43,17 @@ READS = {
     "read_input_registers",
 }
 WRITES = {"write_coil", "write_register", "write_coils", "write_registers"}
+IDENTIFICATION = "read_device_identification"
 
 
 def parse_op(text):
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in READS | WRITES:
+    if len(parts) != 3 or parts[0] not in READS | WRITES | {IDENTIFICATION}:
         raise argparse.ArgumentTypeError(f"bad op `{text}` (see --help)")
     name, address, arg = parts
     try:
         address = int(address, 0)
-        if name in READS:
+        if name in READS or name == IDENTIFICATION:
             arg = int(arg, 0)
         elif name in ("write_coil", "write_register"):
             arg = int(arg, 0)
@@ -62,6 +66,17 @@ def parse_op(text):
 
 def run_op(client, unit, name, address, arg):
     """Returns the result fields of one op."""
+    if name == IDENTIFICATION:
+        response = client.read_device_information(
+            read_code=arg, object_id=address, device_id=unit
+        )
+        if response.isError():
+            return {"result": "exception", "code": getattr(response, "exception_code", None)}
+        objects = {
+            str(k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+            for k, v in response.information.items()
+        }
+        return {"result": "ok", "objects": objects}
     if name in READS:
         response = getattr(client, name)(address, count=arg, device_id=unit)
     elif name == "write_coil":

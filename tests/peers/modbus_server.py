@@ -19,6 +19,9 @@ Output, one JSON object per line on stdout:
 
 The datastore dumps read the server's own memory, so they tell what the server holds
 whatever the firewall let through. The server exits by itself after --lifetime seconds.
+
+It answers Read Device Identification (function 43, MEI type 14) with the objects of
+IDENTITY (basic, regular and one extended object), as a PLC describes itself.
 """
 
 import argparse
@@ -28,11 +31,24 @@ import logging
 import signal
 import sys
 
+from pymodbus.pdu.device import ModbusDeviceIdentification
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 REGISTERS = 100
 BITS = 64
+
+# Read Device Identification objects by id: 0-2 basic, 3-6 regular, 0x80.. extended.
+IDENTITY = {
+    0x00: "otfw lab",
+    0x01: "OTFW-PLC-1",
+    0x02: "v1.2.3",
+    0x03: "https://example.invalid/otfw",
+    0x04: "otfw test PLC",
+    0x05: "pymodbus simulator",
+    0x06: "cell-1 line",
+    0x80: "rack 2 slot 0",
+}
 
 
 def initial_values():
@@ -89,7 +105,8 @@ async def main():
     # pymodbus logs to the root logger; keep stdout for the JSON lines.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
 
-    server = ModbusTcpServer(device(), address=(args.host, args.port))
+    identity = ModbusDeviceIdentification(info={k: v.encode() for k, v in IDENTITY.items()})
+    server = ModbusTcpServer(device(), identity=identity, address=(args.host, args.port))
     await server.serve_forever(background=True)
     emit("ready", host=args.host, port=args.port)
 

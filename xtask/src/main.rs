@@ -9,6 +9,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vendors;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,8 @@ enum Command {
     /// Measure otfw (per-packet cost, scaling, bridge throughput, control plane, latency) and
     /// write target/bench/report.md with charts; `--quick` is a smoke run.
     Bench(bench::BenchArgs),
+    /// Regenerate the CIP vendor and device type tables of the inventory from tshark.
+    Vendors,
     /// A traffic endpoint of the benchmark, run inside a lab namespace.
     #[command(hide = true)]
     BenchPeer(bench::peer::PeerArgs),
@@ -54,6 +57,7 @@ fn main() {
         Command::Demo(args) => demo::run(&repo, &args),
         Command::Bench(args) => bench::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
+        Command::Vendors => vendors::run(&repo),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpreplay",
     "netsniff-ng",
     "python3-venv",
+    // The IEEE MA-L/MA-M/MA-S registries: MAC vendors of the inventory (read at run time).
+    "ieee-data",
     // The benchmark's charts render text with DejaVu Sans.
     "fonts-dejavu-core",
 ];

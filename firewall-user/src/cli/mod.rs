@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod check;
 pub mod diff;
+pub mod inventory;
+pub mod learn;
 pub mod replay;
 pub mod run;
 pub mod status;
@@ -33,6 +35,15 @@ pub enum Command {
     /// removed) or `~` (changed).
     #[command(after_help = diff::EXIT_STATUS)]
     Diff(diff::DiffArgs),
+    /// The assets seen in captures, by zone: addresses, MACs, identity, last seen.
+    ///
+    /// Passive: everything comes from the traffic recorded, nothing is sent to a device.
+    Inventory(inventory::InventoryArgs),
+    /// Write a candidate policy allowing exactly what captures show, for review.
+    ///
+    /// One conduit per client/server host pair with the Modbus functions, units and address
+    /// ranges and the CIP services and tags seen, commented with counts and first/last seen.
+    Learn(learn::LearnArgs),
     /// Enforce a policy on the ports of the gateway bridge until SIGINT/SIGTERM.
     ///
     /// JSON events go to stdout. SIGHUP reloads the policy; SIGUSR1 prints the datapath's
@@ -53,6 +64,8 @@ impl Cli {
         match self.command {
             Command::Check(args) => check::run(&args),
             Command::Diff(args) => diff::run(&args),
+            Command::Inventory(args) => inventory::run(&args),
+            Command::Learn(args) => learn::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
             Command::Status(args) => status::run(&args),

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Do not pin maps or write the state file (`otfw status` cannot see this instance).
     #[arg(long)]
     pub no_pin: bool,
+    /// Export the assets of this inventory state file (kept by `otfw inventory --state`) as
+    /// `otfw_asset_info` series, sorted into the policy's zones; read again when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -76,6 +80,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             events_file: args.events_file,
             instance: args.instance,
             pin: !args.no_pin,
+            inventory: args.inventory,
         },
     };
     runtime.block_on(controller::run(opts, super::load_compiled))?;
