@@ -85,6 +85,7 @@ fn replayed(policy: &str, capture: &Path) -> (Vec<Value>, Value) {
         &compiled,
         &[capture.to_owned()],
         Checksums::Repair,
+        None,
         &mut out,
     )
     .unwrap_or_else(|e| panic!("replaying {} (needs root): {e:#}", capture.display()));
