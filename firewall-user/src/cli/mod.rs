@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod config;
 pub mod diff;
 pub mod replay;
 pub mod run;
