@@ -44,6 +44,11 @@ pub enum Event<'a> {
         port: &'a str,
         ifindex: u32,
         mode: String,
+        /// The link is pinned: enforcement outlives the controller.
+        pinned: bool,
+        /// The port was already enforced through a pinned link, which now runs this
+        /// controller's program.
+        taken_over: bool,
     },
     /// Enforcement is running on every port.
     Ready { ports: usize },

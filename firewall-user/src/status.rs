@@ -1,7 +1,8 @@
 //! What a running `otfw run` leaves for `otfw status`: its maps pinned under
 //! `/sys/fs/bpf/otfw/<instance>/` and a state file `/run/otfw/<instance>.json` (bpffs holds
-//! only BPF objects) naming what the maps' ids mean. Both are removed on a clean shutdown; a
-//! crashed controller's are replaced by the next `otfw run` of the instance.
+//! only BPF objects) naming what the maps' ids mean. Both stay when the controller exits (the
+//! pinned program goes on enforcing): the next `otfw run` of the instance takes them over, and
+//! `otfw stop` removes them.
 
 use std::{
     fmt::Write as _,
@@ -32,6 +33,9 @@ pub struct PortState {
     pub name: String,
     pub ifindex: u32,
     pub mode: String,
+    /// otfw switched GRO off on the port (generic mode); `otfw stop` switches it on again.
+    #[serde(default)]
+    pub gro_switched_off: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,56 @@ impl State {
     }
 }
 
+impl State {
+    /// The state file an earlier controller of `instance` left, if it can be read.
+    pub fn previous(instance: &str) -> Option<State> {
+        let text = std::fs::read_to_string(state_path(instance)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Held by the one controller of an instance for its whole life (an exclusive `flock` on
+/// `/run/otfw/<instance>.lock`, released by the kernel however the process ends): a second
+/// `otfw run` of the instance, or an `otfw stop` while it runs, is refused.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    pub fn take(instance: &str) -> Result<InstanceLock> {
+        use std::os::fd::AsRawFd as _;
+        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = State::previous(instance).map_or_else(
+                || "another process".to_string(),
+                |s| format!("process {}", s.pid),
+            );
+            bail!(
+                "otfw instance `{instance}` is already running ({pid} holds {}): one controller \
+                 per instance and port",
+                path.display()
+            );
+        }
+        Ok(InstanceLock { _file: file, path })
+    }
+
+    /// Releases the lock and removes its file: the instance is gone (`otfw stop`, or a start
+    /// that failed with nothing enforced).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
@@ -132,9 +186,20 @@ pub fn find(instance: Option<&str>) -> Result<State> {
     let state: State =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if !alive(state.pid) {
+        let enforced = crate::datapath::enforced_ports(Path::new(&state.pin_dir));
+        let pinned = if enforced.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its pinned program still enforces the last policy on {} (`otfw stop \
+                 --instance {}` removes it)",
+                enforced.join(", "),
+                state.instance
+            )
+        };
         bail!(
-            "otfw instance {} is not running: process {} is gone (stale {}; the next `otfw \
-             run` of the instance replaces it)",
+            "otfw instance {} is not running: process {} is gone{pinned}. The next `otfw run` \
+             of the instance takes over ({})",
             state.instance,
             state.pid,
             path.display()

@@ -69,6 +69,9 @@ impl Firewall {
         Self::start_with(lab, policy_text, &[])
     }
 
+    /// Starts `otfw run` with `args`. Unless they name an `--instance` (whose pins the test
+    /// then manages), it runs with `--no-pin`: enforcement ends with the process, as the tests
+    /// that stop it expect.
     pub fn start_with(lab: &Lab, policy_text: &str, args: &[&str]) -> Firewall {
         let policy = PolicyFile(
             std::env::temp_dir().join(format!("otfwt-policy-{}.yaml", std::process::id())),
@@ -83,6 +86,9 @@ impl Firewall {
             .arg("--watch-interval")
             .arg("0.2")
             .args(args);
+        if !args.contains(&"--instance") {
+            command.arg("--no-pin");
+        }
         for port in lab.ports() {
             command.arg("--iface").arg(port);
         }

@@ -6,6 +6,7 @@ mod common;
 mod controller;
 mod enip;
 mod evasion;
+mod failsecure;
 mod firewall;
 mod lab;
 mod metrics;

@@ -47,10 +47,13 @@ pub struct RunArgs {
     /// Append every event line to this file too (stdout always gets them).
     #[arg(long, value_name = "PATH")]
     pub events_file: Option<PathBuf>,
-    /// Name of this instance for `otfw status` (default: the bridge, or the first port).
+    /// Name of this instance: its pins live in /sys/fs/bpf/otfw/NAME, and `otfw status` and
+    /// `otfw stop` take it (default: the bridge, or the first port).
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
-    /// Do not pin maps or write the state file (`otfw status` cannot see this instance).
+    /// Pin nothing and write no state file: enforcement ends when this process exits (links
+    /// detached), and `otfw status` cannot see the instance. For tests and experiments, not
+    /// for a gateway.
     #[arg(long)]
     pub no_pin: bool,
 }

@@ -1,0 +1,260 @@
+//! Fail secure: `otfw run` pins its program, links and maps, so enforcement survives the
+//! controller (SIGKILL included), a restarted controller takes the pinned state over without an
+//! unprotected moment, only `otfw stop` removes enforcement, and a second instance on the same
+//! ports is refused. Traffic runs through every step and is counted where it arrives.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use otfw_tests::{target_binary, HoldSummary, HostSpec, Lab, LabProcess};
+
+use crate::common::{self, v4, Firewall, START};
+
+/// The pinned instance these tests run.
+const INSTANCE: &str = "otfwt";
+
+/// `a` (left) may reach `b` (right) on TCP 5020 and UDP 5353; nothing may go from right to
+/// left. Flows first seen without their SYN are refused, so a held connection survives only if
+/// its flow entry does.
+const POLICY: &str = "\
+version: 1
+gateway: { interfaces: [otfwt-a, otfwt-b] }
+defaults: { action: deny, midstream: deny, non_ip: [arp] }
+zones:
+  left: { networks: [198.51.100.0/25] }
+  right: { networks: [198.51.100.128/25] }
+conduits:
+  - name: left-to-right
+    from: left
+    to: right
+    allow: [{ tcp: { ports: [5020] } }, { udp: { ports: [5353] } }]
+";
+
+fn hosts() -> Vec<HostSpec> {
+    vec![
+        HostSpec::new("a", "198.51.100.1/24"),
+        HostSpec::new("b", "198.51.100.129/24"),
+    ]
+}
+
+fn otfw(args: &[&str]) -> Output {
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    Command::new(otfw).args(args).output().expect("run otfw")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Removes the instance's pins when the test ends, passed or failed. Declared before the lab,
+/// so it runs after the lab has killed the controller (`otfw stop` refuses while one runs).
+struct Unpin;
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
+            let _ = otfw(&["stop", "--instance", INSTANCE]);
+        }
+    }
+}
+
+fn start(lab: &Lab) -> Firewall {
+    Firewall::start_with(lab, POLICY, &["--metrics", "off", "--instance", INSTANCE])
+}
+
+/// Whether an XDP program is attached to each of the lab's ports.
+fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
+    lab.ports()
+        .iter()
+        .map(|port| {
+            let out = Command::new("ip")
+                .args(["link", "show", "dev", port])
+                .output()
+                .unwrap();
+            text(&out.stdout).contains("xdp")
+        })
+        .collect()
+}
+
+/// Datagrams a UDP echo server received, from its output.
+fn received(server: LabProcess) -> usize {
+    server
+        .stop()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("received "))
+        .count()
+}
+
+fn sigkill(process: LabProcess) {
+    let pid = libc::pid_t::try_from(process.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    process
+        .wait(Duration::from_secs(5))
+        .expect("otfw run did not die on SIGKILL");
+}
+
+#[test]
+fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
+    let _unpin = Unpin;
+    let lab = common::lab(&hosts());
+    let fw = start(&lab);
+    let _tcp = lab.tcp_echo_server("b", 5020).unwrap();
+    let allowed_server = lab.udp_echo_server("b", 5353).unwrap();
+    // Right to left has no conduit.
+    let denied_server = lab.udp_echo_server("a", 5354).unwrap();
+
+    let mut hold = lab
+        .hold_tcp(
+            "a",
+            v4(&lab, "b", 5020),
+            Duration::from_millis(100),
+            Duration::from_secs(9),
+        )
+        .unwrap();
+    hold.wait_for_line(|l| l.contains("result=ok"), START)
+        .unwrap();
+
+    let (allowed, denied, restarted) = std::thread::scope(|s| {
+        let allowed = s.spawn(|| {
+            lab.udp_exchange("a", v4(&lab, "b", 5353), 40, Duration::from_millis(150))
+                .unwrap()
+        });
+        let denied = s.spawn(|| {
+            lab.udp_exchange("b", v4(&lab, "a", 5354), 30, Duration::from_millis(200))
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let Firewall { process, policy } = fw;
+        sigkill(process);
+        drop(policy);
+        assert_eq!(
+            xdp_on_ports(&lab),
+            [true, true],
+            "the links went with the controller"
+        );
+        // No controller at all for a while: the pinned program alone enforces.
+        std::thread::sleep(Duration::from_millis(1500));
+        let restarted = start(&lab);
+        (allowed.join().unwrap(), denied.join().unwrap(), restarted)
+    });
+    let summary = HoldSummary::from_output(&hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
+    let allowed_received = received(allowed_server);
+    let denied_received = received(denied_server);
+    println!(
+        "allowed udp: sent {} received {} (server {allowed_received}), expected all; denied \
+         udp: sent {} received {} (server {denied_received}), expected 0; held tcp: ok {} \
+         failed {}, expected unbroken",
+        allowed.sent, allowed.received, denied.sent, denied.received, summary.ok, summary.failed
+    );
+    assert_eq!(allowed.received, allowed.sent, "allowed datagrams lost");
+    assert_eq!(allowed_received, allowed.sent as usize);
+    assert_eq!(denied_received, 0, "denied datagrams passed");
+    assert_eq!(denied.received, 0);
+    assert!(
+        summary.unbroken(),
+        "the held connection broke (its flow entry was lost?): {summary:?}"
+    );
+
+    // The restart took the links over and kept the counters: every denied datagram, before
+    // and after the SIGKILL, is counted.
+    let mut restarted = restarted;
+    let stderr = restarted.process.stderr();
+    assert!(stderr.contains("took over otfwt-a"), "{stderr}");
+    let pid = libc::pid_t::try_from(restarted.process.pid()).unwrap();
+    // SAFETY: signalling the otfw process this test started, by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let stats = restarted
+        .process
+        .wait_for_line(|l| l.contains(r#""event":"stats""#), START)
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let dropped = stats["reasons"]["no_conduit"]["drop"].as_u64().unwrap_or(0);
+    println!(
+        "no_conduit drops counted across the restart: {dropped}, expected >= {}",
+        denied.sent
+    );
+    assert!(dropped >= u64::from(denied.sent), "{stats}");
+    assert_eq!(
+        stats["epoch"], 2,
+        "the restart installed generation 2: {stats}"
+    );
+
+    // A clean exit leaves enforcement in place too; only `otfw stop` removes it.
+    let Firewall { process, .. } = restarted;
+    let output = process.stop();
+    assert!(!output.stdout.contains(r#""event":"detached""#));
+    assert_eq!(xdp_on_ports(&lab), [true, true]);
+    let _denied_server = lab.udp_echo_server("a", 5354).unwrap();
+    let after_exit = lab
+        .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
+        .unwrap();
+    assert_eq!(after_exit.received, 0, "denied traffic passed after exit");
+
+    let stop = otfw(&["stop", "--instance", INSTANCE]);
+    let out = text(&stop.stdout);
+    assert!(stop.status.success(), "{out}{}", text(&stop.stderr));
+    assert!(
+        out.contains("enforcement removed from otfwt-a, otfwt-b"),
+        "{out}"
+    );
+    assert_eq!(xdp_on_ports(&lab), [false, false], "{out}");
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+    let unfiltered = lab
+        .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
+        .unwrap();
+    assert_eq!(
+        unfiltered.received, 3,
+        "after otfw stop the bridge forwards"
+    );
+}
+
+#[test]
+fn a_second_instance_on_the_same_ports_is_refused() {
+    let _unpin = Unpin;
+    let lab = common::lab(&hosts());
+    let _fw = start(&lab);
+    let policy = std::env::temp_dir().join(format!("otfwt-second-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).unwrap();
+    let policy_arg = policy.to_str().unwrap();
+
+    // `otfw run` with `args` must fail; its stderr.
+    let refused = |args: &[&str]| {
+        let mut all = vec!["run", "--policy", policy_arg, "--metrics", "off"];
+        all.extend_from_slice(args);
+        let out = otfw(&all);
+        let message = text(&out.stderr);
+        assert!(!out.status.success(), "{all:?} was not refused: {message}");
+        message
+    };
+
+    let message = refused(&["--instance", INSTANCE]);
+    assert!(
+        message.contains("otfw instance `otfwt` is already running"),
+        "{message}"
+    );
+
+    let message = refused(&["--instance", "otfwt2"]);
+    assert!(
+        message.contains("otfwt-a is already enforced by otfw instance `otfwt`"),
+        "{message}"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf/otfw/otfwt2").exists(),
+        "the refused instance left pins"
+    );
+    assert!(
+        !Path::new("/run/otfw/otfwt2.json").exists(),
+        "the refused instance left a state file"
+    );
+
+    // Unpinned, too: the port is taken.
+    let message = refused(&["--no-pin"]);
+    assert!(
+        message.contains("already enforced by otfw instance"),
+        "{message}"
+    );
+    let _ = std::fs::remove_file(&policy);
+}
