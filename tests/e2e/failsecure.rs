@@ -258,3 +258,111 @@ fn a_second_instance_on_the_same_ports_is_refused() {
     );
     let _ = std::fs::remove_file(&policy);
 }
+
+/// Pins the BPF object pinned at `from` at `to` as well (`BPF_OBJ_GET`, `BPF_OBJ_PIN`; bpffs
+/// does not rename).
+fn pin_again(from: &Path, to: &Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap();
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap();
+    /// The `BPF_OBJ_GET` / `BPF_OBJ_PIN` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let bpf = |cmd: libc::c_long, attr: &ObjAttr| {
+        // SAFETY: the bpf syscall reads `attr` and the NUL-terminated path it points to.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *const ObjAttr,
+                std::mem::size_of::<ObjAttr>(),
+            )
+        }
+    };
+    let fd = bpf(
+        7, // BPF_OBJ_GET
+        &ObjAttr {
+            pathname: from.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        },
+    );
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {from:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    let pinned = bpf(
+        6, // BPF_OBJ_PIN
+        &ObjAttr {
+            pathname: to.as_ptr() as u64,
+            bpf_fd: fd as u32,
+            file_flags: 0,
+        },
+    );
+    let error = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor BPF_OBJ_GET returned, once.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(pinned, 0, "BPF_OBJ_PIN {to:?}: {error}");
+}
+
+/// A version whose maps differ from the pinned ones refuses to take over and leaves the old
+/// program enforcing. The differing layout is made by pinning another map (`ACTIVE`, an array)
+/// at `FLOWS`'s place; the running program is unaffected, since it holds its maps itself.
+#[test]
+fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
+    let _unpin = Unpin;
+    let lab = common::lab(&hosts());
+    let Firewall { process, .. } = start(&lab);
+    sigkill(process);
+    let maps = Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("maps");
+    std::fs::remove_file(maps.join("FLOWS")).unwrap();
+    pin_again(&maps.join("ACTIVE"), &maps.join("FLOWS"));
+
+    let policy = std::env::temp_dir().join(format!("otfwt-layout-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = otfw(&[
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--metrics",
+        "off",
+        "--instance",
+        INSTANCE,
+    ]);
+    let _ = std::fs::remove_file(&policy);
+    let message = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("do not fit this version of otfw: FLOWS (type 2, needs "),
+        "{message}"
+    );
+    assert!(message.contains("otfw stop"), "{message}");
+    assert_eq!(xdp_on_ports(&lab), [true, true], "enforcement was removed");
+    assert!(
+        std::fs::read_dir(Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("links"))
+            .unwrap()
+            .count()
+            == 2,
+        "the refused start changed the link pins"
+    );
+
+    let _allowed = lab.udp_echo_server("b", 5353).unwrap();
+    let _denied = lab.udp_echo_server("a", 5354).unwrap();
+    let allowed = lab
+        .udp_exchange("a", v4(&lab, "b", 5353), 3, Duration::from_millis(300))
+        .unwrap();
+    let denied = lab
+        .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
+        .unwrap();
+    println!(
+        "after the refused takeover: allowed {}/{} (expected 3), denied {}/{} (expected 0)",
+        allowed.received, allowed.sent, denied.received, denied.sent
+    );
+    assert_eq!(allowed.received, 3);
+    assert_eq!(denied.received, 0);
+}
