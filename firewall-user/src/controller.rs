@@ -26,7 +26,10 @@ use crate::{
     },
     events::{self, Event},
     observe::Observer,
-    policy::compiled::{Attachment, CompiledPolicy},
+    policy::{
+        compiled::{Attachment, CompiledPolicy},
+        git::commit_of,
+    },
 };
 
 pub use crate::observe::ObserveOptions;
@@ -92,9 +95,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let start = async {
         let mut datapath = Datapath::load_pinned(pin_dir.as_deref())?;
         let epoch = datapath.install(&policy)?.epoch;
-        log::info!("policy {file} in force (epoch {epoch})");
-        observer.loaded(epoch, &policy);
-        events::emit(&loaded_event(&file, epoch, &policy));
+        in_force(&mut observer, &opts.policy, &file, epoch, &policy);
         let scrapes = observer.serve_metrics().await?;
         let links = pin_dir.as_deref().map(links_dir);
         let attached = datapath.attach(&ports, opts.xdp_mode, links.as_deref())?;
@@ -269,9 +270,7 @@ fn reload(
         Ok(policy) => match datapath.install(&policy) {
             Ok(generation) => {
                 let epoch = generation.epoch;
-                log::info!("policy {file} in force (epoch {epoch})");
-                observer.loaded(epoch, &policy);
-                events::emit(&loaded_event(file, epoch, &policy));
+                in_force(observer, path, file, epoch, &policy);
             }
             Err(e) => {
                 observer.rejected();
@@ -299,8 +298,26 @@ fn reload(
     }
 }
 
-fn loaded_event<'a>(file: &'a str, epoch: u32, policy: &CompiledPolicy) -> Event<'a> {
-    Event::PolicyLoaded {
+/// A generation was installed: logged, recorded (with the git commit of the policy file, if
+/// any) and announced as `policy_loaded`.
+fn in_force(
+    observer: &mut Observer,
+    path: &std::path::Path,
+    file: &str,
+    epoch: u32,
+    policy: &CompiledPolicy,
+) {
+    let git = commit_of(path);
+    match &git {
+        Some(g) => log::info!(
+            "policy {file} in force (epoch {epoch}, commit {}{})",
+            g.commit,
+            if g.dirty { ", work tree dirty" } else { "" }
+        ),
+        None => log::info!("policy {file} in force (epoch {epoch})"),
+    }
+    observer.loaded(epoch, policy, git.as_ref());
+    events::emit(&Event::PolicyLoaded {
         file,
         epoch,
         zones: policy.zone_info.len(),
@@ -309,7 +326,8 @@ fn loaded_event<'a>(file: &'a str, epoch: u32, policy: &CompiledPolicy) -> Event
             .conduits
             .len()
             .saturating_sub(firewall_common::conduit::FIRST_CONDUIT as usize),
-    }
+        git: git.as_ref(),
+    });
 }
 
 /// A hash of the file's contents (None if unreadable): editors replace files in ways mtime

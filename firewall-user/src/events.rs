@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::{
     datapath::{ConduitTraffic, Counters},
     metrics::RequestCounts,
+    policy::git::PolicyCommit,
 };
 
 #[derive(Serialize)]
@@ -31,6 +32,8 @@ pub enum Event<'a> {
         epoch: u32,
         zones: usize,
         conduits: usize,
+        /// The commit of the git work tree holding the file, if it is in one.
+        git: Option<&'a PolicyCommit>,
     },
     /// A policy file was refused; the generation in force (if any) stays.
     PolicyRejected {

@@ -11,7 +11,7 @@ use crate::{
     datapath::{self, AttachedPort, Datapath},
     events::{self, DatapathEvents},
     metrics::{self, Metrics, ScrapeRequest},
-    policy::compiled::CompiledPolicy,
+    policy::{compiled::CompiledPolicy, git::PolicyCommit},
     status::{InstanceLock, PortState, State},
 };
 
@@ -111,11 +111,12 @@ impl Observer {
         self.metrics.before_install(datapath);
     }
 
-    pub fn loaded(&mut self, epoch: u32, policy: &CompiledPolicy) {
-        self.metrics.policy_loaded(epoch, SystemTime::now());
+    pub fn loaded(&mut self, epoch: u32, policy: &CompiledPolicy, git: Option<&PolicyCommit>) {
+        self.metrics.policy_loaded(epoch, SystemTime::now(), git);
         self.events.generation(epoch, policy);
         if let Some(state) = self.state.as_mut() {
             state.generation(epoch, &policy.names.conduits);
+            state.policy_git = git.cloned();
         }
         self.save();
     }

@@ -55,6 +55,9 @@ pub struct State {
     pub version: String,
     pub started_at: String,
     pub policy_file: String,
+    /// The git commit of the policy in force, when its file is in a git work tree.
+    #[serde(default)]
+    pub policy_git: Option<crate::policy::git::PolicyCommit>,
     pub metrics: Option<String>,
     pub events_file: Option<String>,
     pub pin_dir: String,
@@ -341,6 +344,18 @@ impl Report {
             "policy:  {} (epoch {}, loaded {loaded})",
             s.policy_file, self.epoch
         );
+        if let Some(git) = &s.policy_git {
+            let _ = writeln!(
+                out,
+                "commit:  {}{}",
+                git.commit,
+                if git.dirty {
+                    " (work tree dirty: uncommitted changes)"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "metrics: {}",
@@ -403,5 +418,67 @@ impl Report {
             .collect();
         let _ = writeln!(out, "events:  {}", events.join(", "));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::git::PolicyCommit;
+
+    fn report(policy_git: Option<PolicyCommit>) -> String {
+        Report {
+            state: State {
+                instance: "br0".into(),
+                policy_file: "/etc/otfw/policy.yaml".into(),
+                policy_git,
+                ..State::default()
+            },
+            epoch: 1,
+            passed_packets: 0,
+            denied_packets: 0,
+            denied_by_reason: Vec::new(),
+            top_by_traffic: Vec::new(),
+            top_by_denied: Vec::new(),
+            flow_entries: 0,
+            flow_capacity: 1,
+            flow_events: Vec::new(),
+            events: Vec::new(),
+        }
+        .render()
+    }
+
+    #[test]
+    fn the_report_names_the_policy_commit_and_a_dirty_tree() {
+        let commit = "0123456789abcdef0123456789abcdef01234567".to_string();
+        let clean = report(Some(PolicyCommit {
+            commit: commit.clone(),
+            dirty: false,
+        }));
+        assert!(
+            clean.lines().any(|l| l == format!("commit:  {commit}")),
+            "{clean}"
+        );
+        let dirty = report(Some(PolicyCommit {
+            commit: commit.clone(),
+            dirty: true,
+        }));
+        assert!(
+            dirty
+                .lines()
+                .any(|l| l == format!("commit:  {commit} (work tree dirty: uncommitted changes)")),
+            "{dirty}"
+        );
+        assert!(!report(None).contains("commit:"));
+    }
+
+    #[test]
+    fn state_files_of_earlier_versions_still_read() {
+        let old = r#"{"instance":"br0","pid":1,"version":"0.1.0","started_at":"","policy_file":"p",
+            "metrics":null,"events_file":null,"pin_dir":"/sys/fs/bpf/otfw/br0",
+            "ports":[{"name":"eth1","ifindex":2,"mode":"native"}],"generations":[]}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        assert_eq!(state.policy_git, None);
+        assert!(!state.ports[0].gro_switched_off);
     }
 }

@@ -77,6 +77,11 @@ impl Firewall {
             std::env::temp_dir().join(format!("otfwt-policy-{}.yaml", std::process::id())),
         );
         std::fs::write(&policy.0, policy_text).expect("write policy");
+        Self::start_file(lab, policy, args)
+    }
+
+    /// As `start_with`, for a policy file the test wrote where it wants it.
+    pub fn start_file(lab: &Lab, policy: PolicyFile, args: &[&str]) -> Firewall {
         let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
         let mut command = Command::new(otfw);
         command

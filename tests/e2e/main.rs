@@ -11,3 +11,4 @@ mod firewall;
 mod lab;
 mod metrics;
 mod modbus;
+mod policy_git;

@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpreplay",
     "netsniff-ng",
     "python3-venv",
+    // Policies from git: the controller records the commit it enforces (and its tests).
+    "git",
     // The benchmark's charts render text with DejaVu Sans.
     "fonts-dejavu-core",
 ];
