@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use otfw_tests::{target_binary, HoldSummary, HostSpec, Lab, LabProcess};
+use otfw_tests::{
+    modbus_initial as initial, require_modbus_peers, target_binary, Datastore, HoldSummary,
+    HostSpec, Lab, LabProcess, ModbusClient, ModbusOp, ModbusResult, Table,
+};
 
 use crate::common::{self, v4, Firewall, START};
 
@@ -57,6 +60,23 @@ impl Drop for Unpin {
             let _ = otfw(&["stop", "--instance", INSTANCE]);
         }
     }
+}
+
+/// `otfw run --policy POLICY --metrics off ARGS` to its end (for starts that must fail).
+fn run_to_exit(args: &[&str]) -> Output {
+    let policy = std::env::temp_dir().join(format!("otfwt-once-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut all = vec![
+        "run",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--metrics",
+        "off",
+    ];
+    all.extend_from_slice(args);
+    let out = otfw(&all);
+    let _ = std::fs::remove_file(&policy);
+    out
 }
 
 fn start(lab: &Lab) -> Firewall {
@@ -216,17 +236,11 @@ fn a_second_instance_on_the_same_ports_is_refused() {
     let _unpin = Unpin;
     let lab = common::lab(&hosts());
     let _fw = start(&lab);
-    let policy = std::env::temp_dir().join(format!("otfwt-second-{}.yaml", std::process::id()));
-    std::fs::write(&policy, POLICY).unwrap();
-    let policy_arg = policy.to_str().unwrap();
-
     // `otfw run` with `args` must fail; its stderr.
     let refused = |args: &[&str]| {
-        let mut all = vec!["run", "--policy", policy_arg, "--metrics", "off"];
-        all.extend_from_slice(args);
-        let out = otfw(&all);
+        let out = run_to_exit(args);
         let message = text(&out.stderr);
-        assert!(!out.status.success(), "{all:?} was not refused: {message}");
+        assert!(!out.status.success(), "{args:?} was not refused: {message}");
         message
     };
 
@@ -256,7 +270,6 @@ fn a_second_instance_on_the_same_ports_is_refused() {
         message.contains("already enforced by otfw instance"),
         "{message}"
     );
-    let _ = std::fs::remove_file(&policy);
 }
 
 /// Pins the BPF object pinned at `from` at `to` as well (`BPF_OBJ_GET`, `BPF_OBJ_PIN`; bpffs
@@ -323,18 +336,7 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
     std::fs::remove_file(maps.join("FLOWS")).unwrap();
     pin_again(&maps.join("ACTIVE"), &maps.join("FLOWS"));
 
-    let policy = std::env::temp_dir().join(format!("otfwt-layout-{}.yaml", std::process::id()));
-    std::fs::write(&policy, POLICY).unwrap();
-    let out = otfw(&[
-        "run",
-        "--policy",
-        policy.to_str().unwrap(),
-        "--metrics",
-        "off",
-        "--instance",
-        INSTANCE,
-    ]);
-    let _ = std::fs::remove_file(&policy);
+    let out = run_to_exit(&["--instance", INSTANCE]);
     let message = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{message}");
     assert!(
@@ -365,4 +367,92 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
     );
     assert_eq!(allowed.received, 3);
     assert_eq!(denied.received, 0);
+}
+
+/// Modbus inspection needs the inspectors in the pinned `INSPECTORS` array: polling a PLC
+/// through a read-only conduit goes on with the controller running, SIGKILLed, and restarted,
+/// and every write is refused in each phase.
+#[test]
+fn modbus_inspection_goes_on_without_a_controller() {
+    require_modbus_peers().unwrap_or_else(|e| panic!("{e:#}"));
+    let _unpin = Unpin;
+    let lab = common::lab(&common::plant_hosts());
+    let policy = common::plant_policy(
+        "modbus",
+        "reset",
+        "{ functions: [read] }",
+        "{ functions: [read, write] }",
+    );
+    let args = ["--metrics", "off", "--instance", INSTANCE];
+    let fw = Firewall::start_with(&lab, &policy, &args);
+    let mut server = lab
+        .modbus_server("plc", 502)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let plc = server.addr;
+    // One poll: a read the conduit allows, then a write it refuses (with a reset).
+    let ops = [
+        ModbusOp::Read(Table::HoldingRegisters, 0, 2),
+        ModbusOp::WriteRegister(0, 999),
+    ];
+    let expected = [
+        ModbusResult::Ok(vec![
+            initial::holding_register(0),
+            initial::holding_register(1),
+        ]),
+        ModbusResult::Reset,
+    ];
+    const POLLS: usize = 3;
+    let polls = |phase: &str| {
+        for n in 0..POLLS {
+            let results = lab
+                .modbus(
+                    ModbusClient::TokioModbus,
+                    "client",
+                    plc,
+                    1,
+                    Duration::from_secs(2),
+                    &ops,
+                )
+                .unwrap_or_else(|e| panic!("{phase}: {e:#}"));
+            assert_eq!(results, expected, "{phase}, poll {n}");
+        }
+        println!(
+            "{phase}: {POLLS} polls, {POLLS} reads answered, {POLLS} writes refused (expected all)"
+        );
+    };
+
+    polls("controller running");
+    let Firewall { process, .. } = fw;
+    sigkill(process);
+    polls("no controller");
+    let _fw = Firewall::start_with(&lab, &policy, &args);
+    polls("controller restarted");
+    assert_eq!(server.datastore().unwrap(), Datastore::initial());
+}
+
+/// A start that fails on its second port leaves the first one as it found it: no program, no
+/// pins, no state file.
+#[test]
+fn a_failed_start_leaves_no_port_half_configured() {
+    let _unpin = Unpin;
+    let lab = common::lab(&hosts());
+    let out = run_to_exit(&[
+        "--instance",
+        INSTANCE,
+        "--iface",
+        "otfwt-a",
+        "--iface",
+        "otfwt-nosuch",
+    ]);
+    let message = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{message}");
+    assert!(
+        message.contains("no interface named otfwt-nosuch"),
+        "{message}"
+    );
+    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+    assert!(!Path::new("/run/otfw")
+        .join(format!("{INSTANCE}.json"))
+        .exists());
 }
