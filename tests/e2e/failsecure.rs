@@ -83,18 +83,26 @@ fn start(lab: &Lab) -> Firewall {
     Firewall::start_with(lab, POLICY, &["--metrics", "off", "--instance", INSTANCE])
 }
 
-/// Whether an XDP program is attached to each of the lab's ports.
-fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
+/// The id of the XDP program on each of the lab's ports (`ip -d link`), `None` where there is
+/// none.
+fn xdp_programs(lab: &Lab) -> Vec<Option<u32>> {
     lab.ports()
         .iter()
         .map(|port| {
             let out = Command::new("ip")
-                .args(["link", "show", "dev", port])
+                .args(["-d", "link", "show", "dev", port])
                 .output()
                 .unwrap();
-            text(&out.stdout).contains("xdp")
+            let text = text(&out.stdout);
+            let (_, after) = text.split_once("prog/xdp id ")?;
+            after.split_whitespace().next()?.parse().ok()
         })
         .collect()
+}
+
+/// Whether an XDP program is attached to each of the lab's ports.
+fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
+    xdp_programs(lab).iter().map(Option::is_some).collect()
 }
 
 /// Datagrams a UDP echo server received, from its output.
@@ -147,6 +155,7 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
                 .unwrap()
         });
         std::thread::sleep(Duration::from_millis(1500));
+        let before = xdp_programs(&lab);
         let Firewall { process, policy } = fw;
         sigkill(process);
         drop(policy);
@@ -158,6 +167,14 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         // No controller at all for a while: the pinned program alone enforces.
         std::thread::sleep(Duration::from_millis(1500));
         let restarted = start(&lab);
+        let after = xdp_programs(&lab);
+        println!("XDP programs on the ports: {before:?} before, {after:?} after the restart");
+        for (old, new) in before.iter().zip(&after) {
+            assert!(
+                old.is_some() && new.is_some() && old != new,
+                "the restart did not swap its program in: {before:?} -> {after:?}"
+            );
+        }
         (allowed.join().unwrap(), denied.join().unwrap(), restarted)
     });
     let summary = HoldSummary::from_output(&hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
