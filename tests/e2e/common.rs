@@ -49,6 +49,17 @@ pub fn leftovers() -> Vec<String> {
     Lab::leftovers(PREFIX).expect("listing the lab's namespaces and links")
 }
 
+/// Datagrams a UDP echo server (`Lab::udp_echo_server`) received, counted from its output once
+/// it is stopped: what arrived, whatever the sender saw.
+pub fn datagrams_received(server: LabProcess) -> usize {
+    server
+        .stop()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("received "))
+        .count()
+}
+
 /// A policy file in the temp directory, removed when dropped.
 pub struct PolicyFile(pub PathBuf);
 

@@ -105,16 +105,6 @@ fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
     xdp_programs(lab).iter().map(Option::is_some).collect()
 }
 
-/// Datagrams a UDP echo server received, from its output.
-fn received(server: LabProcess) -> usize {
-    server
-        .stop()
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("received "))
-        .count()
-}
-
 fn sigkill(process: LabProcess) {
     let pid = libc::pid_t::try_from(process.pid()).unwrap();
     // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
@@ -178,8 +168,8 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         (allowed.join().unwrap(), denied.join().unwrap(), restarted)
     });
     let summary = HoldSummary::from_output(&hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
-    let allowed_received = received(allowed_server);
-    let denied_received = received(denied_server);
+    let allowed_received = common::datagrams_received(allowed_server);
+    let denied_received = common::datagrams_received(denied_server);
     println!(
         "allowed udp: sent {} received {} (server {allowed_received}), expected all; denied \
          udp: sent {} received {} (server {denied_received}), expected 0; held tcp: ok {} \
