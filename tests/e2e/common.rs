@@ -25,6 +25,15 @@ pub fn two_hosts() -> Vec<HostSpec> {
     ]
 }
 
+/// `a` in the left half of one /24, `b` in the right half: two zones split by address, no
+/// routes needed.
+pub fn left_right_hosts() -> Vec<HostSpec> {
+    vec![
+        HostSpec::new("a", "198.51.100.1/24"),
+        HostSpec::new("b", "198.51.100.129/24"),
+    ]
+}
+
 /// A lab of `hosts` whose traffic helpers use this build's `otfw-peer`. Fails the test with
 /// the reason (not root, no bpffs, ...) when the lab cannot be built.
 pub fn lab(hosts: &[HostSpec]) -> Lab {

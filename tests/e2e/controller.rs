@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use otfw_tests::{HoldSummary, HostSpec, LabProcess, TcpOutcome};
+use otfw_tests::{HoldSummary, Lab, LabProcess, TcpOutcome};
 use serde_json::Value;
 
 use crate::common::{self, v4, Firewall};
@@ -27,6 +27,14 @@ conduits:
       - tcp: { ports: [5020] }
 ";
 
+/// The lab of [`common::left_right_hosts`] with `otfw run` enforcing [`POLICY`] (the policy
+/// file lives as long as the `Firewall`).
+fn start() -> (Lab, Firewall) {
+    let lab = common::lab(&common::left_right_hosts());
+    let fw = Firewall::start(&lab, POLICY);
+    (lab, fw)
+}
+
 fn event(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or(Value::Null)
 }
@@ -48,11 +56,7 @@ fn request_stats(otfw: &mut LabProcess) -> Value {
 
 #[test]
 fn sigusr1_reports_counters_by_reason_and_conduit() {
-    let lab = common::lab(&[
-        HostSpec::new("a", "198.51.100.1/24"),
-        HostSpec::new("b", "198.51.100.129/24"),
-    ]);
-    let fw = Firewall::start(&lab, POLICY);
+    let (lab, fw) = start();
     let mut otfw = fw.process;
 
     let _server = lab.tcp_echo_server("b", 5020).unwrap();
@@ -113,11 +117,7 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
 /// misses an exchange and no denied datagram arrives.
 #[test]
 fn a_hundred_reloads_under_traffic_lose_nothing_and_pass_nothing() {
-    let lab = common::lab(&[
-        HostSpec::new("a", "198.51.100.1/24"),
-        HostSpec::new("b", "198.51.100.129/24"),
-    ]);
-    let fw = Firewall::start(&lab, POLICY);
+    let (lab, fw) = start();
     let mut otfw = fw.process;
     let _server = lab.tcp_echo_server("b", 5020).unwrap();
     // Right to left has no conduit.

@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use otfw_tests::{
-    modbus_initial as initial, require_modbus_peers, target_binary, Datastore, HoldSummary,
-    HostSpec, Lab, LabProcess, ModbusClient, ModbusOp, ModbusResult, Table,
+    modbus_initial as initial, require_modbus_peers, target_binary, Datastore, HoldSummary, Lab,
+    LabProcess, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 
 use crate::common::{self, v4, Firewall, START};
@@ -33,13 +33,6 @@ conduits:
     to: right
     allow: [{ tcp: { ports: [5020] } }, { udp: { ports: [5353] } }]
 ";
-
-fn hosts() -> Vec<HostSpec> {
-    vec![
-        HostSpec::new("a", "198.51.100.1/24"),
-        HostSpec::new("b", "198.51.100.129/24"),
-    ]
-}
 
 fn otfw(args: &[&str]) -> Output {
     let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
@@ -117,7 +110,7 @@ fn sigkill(process: LabProcess) {
 #[test]
 fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     let _unpin = Unpin;
-    let lab = common::lab(&hosts());
+    let lab = common::lab(&common::left_right_hosts());
     let fw = start(&lab);
     let _tcp = lab.tcp_echo_server("b", 5020).unwrap();
     let allowed_server = lab.udp_echo_server("b", 5353).unwrap();
@@ -241,7 +234,7 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
 #[test]
 fn a_second_instance_on_the_same_ports_is_refused() {
     let _unpin = Unpin;
-    let lab = common::lab(&hosts());
+    let lab = common::lab(&common::left_right_hosts());
     let _fw = start(&lab);
     // `otfw run` with `args` must fail; its stderr.
     let refused = |args: &[&str]| {
@@ -336,7 +329,7 @@ fn pin_again(from: &Path, to: &Path) {
 #[test]
 fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
     let _unpin = Unpin;
-    let lab = common::lab(&hosts());
+    let lab = common::lab(&common::left_right_hosts());
     let Firewall { process, .. } = start(&lab);
     sigkill(process);
     let maps = Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("maps");
@@ -442,7 +435,7 @@ fn modbus_inspection_goes_on_without_a_controller() {
 #[test]
 fn a_failed_start_leaves_no_port_half_configured() {
     let _unpin = Unpin;
-    let lab = common::lab(&hosts());
+    let lab = common::lab(&common::left_right_hosts());
     let out = run_to_exit(&[
         "--instance",
         INSTANCE,

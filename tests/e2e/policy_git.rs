@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use otfw_tests::{free_loopback_addr, scrape, HostSpec};
+use otfw_tests::{free_loopback_addr, scrape};
 use serde_json::Value;
 
 use crate::common::{self, Firewall, PolicyFile, START};
@@ -64,10 +64,7 @@ fn every_load_records_the_commit_in_force() {
     git(&tree.0, &["commit", "-q", "-m", "reviewed policy"]);
     let first = git(&tree.0, &["rev-parse", "HEAD"]);
 
-    let lab = common::lab(&[
-        HostSpec::new("a", "198.51.100.1/24"),
-        HostSpec::new("b", "198.51.100.129/24"),
-    ]);
+    let lab = common::lab(&common::left_right_hosts());
     let metrics = free_loopback_addr().unwrap();
     let mut fw = Firewall::start_file(
         &lab,
