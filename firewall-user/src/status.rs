@@ -114,14 +114,17 @@ pub struct InstanceLock {
 impl InstanceLock {
     pub fn take(instance: &str) -> Result<InstanceLock> {
         use std::os::fd::AsRawFd as _;
-        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        const NEEDS: &str = "otfw run and otfw stop need root (CAP_BPF, CAP_NET_ADMIN, \
+                             CAP_SYS_ADMIN for bpffs, and write access to /run/otfw)";
+        std::fs::create_dir_all(STATE_DIR)
+            .with_context(|| format!("creating {STATE_DIR}; {NEEDS}"))?;
         let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .with_context(|| format!("opening {}; {NEEDS}", path.display()))?;
         // SAFETY: flock on a file descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let pid = State::previous(instance).map_or_else(

@@ -456,3 +456,53 @@ fn a_failed_start_leaves_no_port_half_configured() {
         .join(format!("{INSTANCE}.json"))
         .exists());
 }
+
+/// otfw never replaces an XDP program it did not pin: here one from an unpinned `otfw run`,
+/// which for the pinned instance is just another program on the port.
+#[test]
+fn a_port_carrying_another_xdp_program_is_refused() {
+    let _unpin = Unpin;
+    let lab = common::lab(&common::left_right_hosts());
+    let _other = Firewall::start(&lab, POLICY);
+    let before = xdp_programs(&lab);
+    let out = run_to_exit(&["--instance", INSTANCE]);
+    let message = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{message}");
+    assert!(
+        message.contains("otfwt-a already carries an XDP program that otfw did not install"),
+        "{message}"
+    );
+    assert_eq!(xdp_programs(&lab), before, "the other program was touched");
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+}
+
+/// Without privileges the start fails with a clear error and touches no port.
+#[test]
+fn a_start_without_privileges_fails_cleanly() {
+    let _unpin = Unpin;
+    let lab = common::lab(&common::left_right_hosts());
+    let policy = std::env::temp_dir().join(format!("otfwt-nopriv-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).unwrap();
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    // As `nobody`, with no capabilities.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(otfw)
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .args(["--metrics", "off", "--instance", INSTANCE])
+        .output()
+        .expect("setpriv (util-linux) runs otfw as nobody");
+    let _ = std::fs::remove_file(&policy);
+    let message = text(&out.stderr);
+    println!("as nobody: {message}");
+    assert_ne!(out.status.code(), Some(0), "{message}");
+    assert!(message.contains("need root"), "{message}");
+    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+}
