@@ -113,6 +113,16 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             return Err(e);
         }
     };
+    for port in enforced_before
+        .iter()
+        .filter(|p| !attached.ports.iter().any(|a| &a.name == *p))
+    {
+        log::warn!(
+            "{port} is no longer among the ports to enforce, but its pinned link stays (with \
+             the previous program, on the shared maps); only `otfw stop` removes enforcement, \
+             for the whole instance"
+        );
+    }
     observer.adopt(&mut attached.ports);
     observer.attached(&attached.ports);
     for port in &attached.ports {

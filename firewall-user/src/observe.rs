@@ -65,6 +65,15 @@ impl Observer {
                 );
             }
             let previous = State::previous(&instance);
+            // Ports still enforced through the pins stay on record (their GRO change included,
+            // for `otfw stop`) even if this start fails before it attaches.
+            let enforced = datapath::enforced_ports(&dir);
+            let ports = previous
+                .iter()
+                .flat_map(|p| &p.ports)
+                .filter(|p| enforced.contains(&p.name))
+                .cloned()
+                .collect();
             let state = State {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -74,6 +83,7 @@ impl Observer {
                 events_file: opts.events_file.as_ref().map(|p| p.display().to_string()),
                 pin_dir: datapath::pin_dir(&instance).display().to_string(),
                 instance,
+                ports,
                 ..State::default()
             };
             (Some(state), previous, Some(lock))
@@ -147,6 +157,7 @@ impl Observer {
             self.metrics.port(&port.name, &mode, true);
             self.events.port(port.ifindex, &port.name);
             if let Some(state) = self.state.as_mut() {
+                state.ports.retain(|p| p.name != port.name);
                 state.ports.push(PortState {
                     name: port.name.clone(),
                     ifindex: port.ifindex,
