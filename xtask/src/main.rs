@@ -1,5 +1,5 @@
-//! Orchestration for otfw: installing prerequisites, running the tests, the demo and the
-//! benchmark.
+//! Orchestration for otfw: installing prerequisites, running the tests, the demo, the
+//! benchmark, and packaging.
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod package;
 mod setup;
 mod test;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Measure otfw (per-packet cost, scaling, bridge throughput, control plane, latency) and
     /// write target/bench/report.md with charts; `--quick` is a smoke run.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/package/otfw_VERSION_ARCH.deb): the binary, the systemd
+    /// unit, /etc/otfw/otfw.yaml, the example policy, dashboards and alert rules, the docs.
+    Package(package::PackageArgs),
     /// A traffic endpoint of the benchmark, run inside a lab namespace.
     #[command(hide = true)]
     BenchPeer(bench::peer::PeerArgs),
@@ -53,6 +57,7 @@ fn main() {
         Command::Test(args) => test::run(&repo, &args),
         Command::Demo(args) => demo::run(&repo, &args),
         Command::Bench(args) => bench::run(&repo, &args),
+        Command::Package(args) => package::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
     };
     if let Err(error) = result {

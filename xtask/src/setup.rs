@@ -39,6 +39,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     // Policies from git: the controller records the commit it enforces (and its tests).
     "git",
+    // The package test checks the unit with systemd-analyze.
+    "systemd",
     // The benchmark's charts render text with DejaVu Sans.
     "fonts-dejavu-core",
 ];

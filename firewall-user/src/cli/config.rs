@@ -306,6 +306,21 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configuration_reads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/otfw.yaml");
+        let config = RunConfig::read(&path, true).unwrap().unwrap();
+        assert_eq!(
+            config.policy,
+            Some(path.parent().unwrap().join("policy.yaml"))
+        );
+        assert_eq!(config.xdp_mode, Some(XdpMode(ModeChoice::Auto)));
+        assert_eq!(
+            config.events_file.as_deref(),
+            Some(Path::new("/var/log/otfw/events.jsonl"))
+        );
+    }
+
+    #[test]
     fn an_empty_file_sets_nothing_and_defaults_match_the_flags() {
         assert_eq!(
             RunConfig::parse("# nothing yet\n").unwrap(),
