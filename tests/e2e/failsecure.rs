@@ -455,6 +455,17 @@ fn a_failed_start_leaves_no_port_half_configured() {
     assert!(!Path::new("/run/otfw")
         .join(format!("{INSTANCE}.json"))
         .exists());
+    // Nothing to stop, and `otfw stop` says so.
+    let stop = otfw(&["stop", "--instance", INSTANCE]);
+    let message = text(&stop.stderr);
+    assert_eq!(stop.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("no pinned otfw instance `otfwt`"),
+        "{message}"
+    );
+    assert!(!Path::new("/run/otfw")
+        .join(format!("{INSTANCE}.lock"))
+        .exists());
 }
 
 /// otfw never replaces an XDP program it did not pin: here one from an unpinned `otfw run`,

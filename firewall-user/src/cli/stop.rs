@@ -59,6 +59,7 @@ pub fn run(args: &StopArgs) -> anyhow::Result<u8> {
     })?;
     let dir = pin_dir(&instance);
     if !dir.exists() {
+        lock.remove();
         bail!(
             "no pinned otfw instance `{instance}` ({} does not exist); nothing to remove",
             dir.display()
