@@ -1,7 +1,11 @@
 //! `otfw run`: load a policy, attach to the bridge ports, enforce; reload on SIGHUP and when the
-//! policy file changes; print the datapath counters as a `stats` event on SIGUSR1; detach
-//! cleanly on SIGINT/SIGTERM. A policy that fails to load is reported and the generation in
-//! force stays.
+//! policy file changes; print the datapath counters as a `stats` event on SIGUSR1; exit on
+//! SIGINT/SIGTERM. A policy that fails to load is reported and the generation in force stays.
+//!
+//! Fail secure: the program, its links and maps are pinned (`datapath::pin`), so enforcement
+//! goes on with the policy in force when the controller exits, however it exits; the next
+//! controller of the instance takes the pinned state over. Only with `--no-pin` are the links
+//! the controller's own, detached when it exits.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -17,12 +21,16 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     datapath::{
-        bridge_nftables, bridge_ports, common_bridge, Datapath, EnipDenied, FastPathChoice,
-        FastPathStatus, Mirror, ModbusDenied, ModeChoice, Sysfs, SYNC_INTERVAL,
+        bridge_nftables, bridge_ports, common_bridge, enforced_ports, links_dir, remove_pins,
+        Datapath, EnipDenied, FastPathChoice, FastPathStatus, Mirror, ModbusDenied, ModeChoice,
+        Sysfs, SYNC_INTERVAL,
     },
     events::{self, Event},
     observe::Observer,
-    policy::compiled::{Attachment, CompiledPolicy},
+    policy::{
+        compiled::{Attachment, CompiledPolicy},
+        git::commit_of,
+    },
 };
 
 use firewall_common::counters::PATH_STAT_NAMES;
@@ -77,20 +85,70 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         .clone()
         .unwrap_or_else(|| ports.first().cloned().unwrap_or_default());
     let mut observer = Observer::new(&opts.observe, &file, &instance)?;
-    let mut datapath = Datapath::load_pinned(observer.pin_dir().as_deref())?;
-    let epoch = datapath.install(&policy)?.epoch;
-    log::info!("policy {file} in force (epoch {epoch})");
-    observer.loaded(epoch, &policy);
-    events::emit(&loaded_event(&file, epoch, &policy));
-    let mut scrapes = observer.serve_metrics().await?;
-    let attached = datapath.attach(&ports, opts.xdp_mode)?;
+    let pin_dir = observer.pin_dir();
+    let enforced_before = pin_dir.as_deref().map(enforced_ports).unwrap_or_default();
+    if !enforced_before.is_empty() {
+        log::info!(
+            "taking over the pinned enforcement of {} from {}",
+            enforced_before.join(", "),
+            pin_dir
+                .as_deref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    // A start that fails before any port is enforced leaves no pins behind; with ports already
+    // enforced (a takeover), whatever is pinned keeps enforcing.
+    let start = async {
+        let mut datapath = Datapath::load_pinned(pin_dir.as_deref())?;
+        let epoch = datapath.install(&policy)?.epoch;
+        in_force(&mut observer, &opts.policy, &file, epoch, &policy);
+        let scrapes = observer.serve_metrics().await?;
+        let links = pin_dir.as_deref().map(links_dir);
+        let attached = datapath.attach(&ports, opts.xdp_mode, links.as_deref())?;
+        anyhow::Ok((datapath, scrapes, attached))
+    };
+    let (mut datapath, mut scrapes, mut attached) = match start.await {
+        Ok(started) => started,
+        Err(e) => {
+            if let (Some(dir), true) = (&pin_dir, enforced_before.is_empty()) {
+                if enforced_ports(dir).is_empty() {
+                    let _ = remove_pins(dir);
+                    observer.abandon();
+                }
+            }
+            return Err(e);
+        }
+    };
+    for port in enforced_before
+        .iter()
+        .filter(|p| !attached.ports.iter().any(|a| &a.name == *p))
+    {
+        log::warn!(
+            "{port} is no longer among the ports to enforce, but its pinned link stays (with \
+             the previous program, on the shared maps); only `otfw stop` removes enforcement, \
+             for the whole instance"
+        );
+    }
+    observer.adopt(&mut attached.ports);
     observer.attached(&attached.ports);
     for port in &attached.ports {
-        log::info!("attached to {} ({} XDP)", port.name, port.mode);
+        if port.taken_over {
+            log::info!(
+                "took over {} ({} XDP): the new program replaced the old one on its pinned \
+                 link atomically",
+                port.name,
+                port.mode
+            );
+        } else {
+            log::info!("attached to {} ({} XDP)", port.name, port.mode);
+        }
         events::emit(&Event::Attached {
             port: &port.name,
             ifindex: port.ifindex,
             mode: port.mode.to_string(),
+            pinned: port.pinned(),
+            taken_over: port.taken_over,
         });
     }
     // Handlers first: whoever waits for `ready` may signal at once (SIGUSR1 would otherwise
@@ -183,15 +241,26 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = terminate.recv() => break,
         }
     }
-    // Every frame back to the bridge before the programs go.
+    // Every frame back to the bridge: the mirror is not kept without the controller (a pinned
+    // program keeps enforcing on the slow path).
     fast_path.stop(&mut datapath);
-    let names: Vec<String> = attached.ports.iter().map(|p| p.name.clone()).collect();
-    datapath.detach(attached);
-    for port in &names {
+    let pinned: Vec<String> = attached
+        .ports
+        .iter()
+        .filter(|p| p.pinned())
+        .map(|p| p.name.clone())
+        .collect();
+    for port in &datapath.detach(attached) {
         log::info!("detached from {port}");
         events::emit(&Event::Detached { port });
     }
-    observer.shutdown();
+    if let (false, Some(instance)) = (pinned.is_empty(), observer.instance()) {
+        log::info!(
+            "exiting; the pinned program goes on enforcing the policy in force on {} (`otfw \
+             stop --instance {instance}` removes it)",
+            pinned.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -344,9 +413,7 @@ fn reload(
         Ok(policy) => match datapath.install(&policy) {
             Ok(generation) => {
                 let epoch = generation.epoch;
-                log::info!("policy {file} in force (epoch {epoch})");
-                observer.loaded(epoch, &policy);
-                events::emit(&loaded_event(file, epoch, &policy));
+                in_force(observer, path, file, epoch, &policy);
             }
             Err(e) => {
                 observer.rejected();
@@ -374,8 +441,26 @@ fn reload(
     }
 }
 
-fn loaded_event<'a>(file: &'a str, epoch: u32, policy: &CompiledPolicy) -> Event<'a> {
-    Event::PolicyLoaded {
+/// A generation was installed: logged, recorded (with the git commit of the policy file, if
+/// any) and announced as `policy_loaded`.
+fn in_force(
+    observer: &mut Observer,
+    path: &std::path::Path,
+    file: &str,
+    epoch: u32,
+    policy: &CompiledPolicy,
+) {
+    let git = commit_of(path);
+    match &git {
+        Some(g) => log::info!(
+            "policy {file} in force (epoch {epoch}, commit {}{})",
+            g.commit,
+            if g.dirty { ", work tree dirty" } else { "" }
+        ),
+        None => log::info!("policy {file} in force (epoch {epoch})"),
+    }
+    observer.loaded(epoch, policy, git.as_ref());
+    events::emit(&Event::PolicyLoaded {
         file,
         epoch,
         zones: policy.zone_info.len(),
@@ -384,7 +469,8 @@ fn loaded_event<'a>(file: &'a str, epoch: u32, policy: &CompiledPolicy) -> Event
             .conduits
             .len()
             .saturating_sub(firewall_common::conduit::FIRST_CONDUIT as usize),
-    }
+        git: git.as_ref(),
+    });
 }
 
 /// A hash of the file's contents (None if unreadable): editors replace files in ways mtime

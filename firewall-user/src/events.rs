@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::{
     datapath::{ConduitTraffic, Counters},
     metrics::RequestCounts,
+    policy::git::PolicyCommit,
 };
 
 #[derive(Serialize)]
@@ -31,6 +32,8 @@ pub enum Event<'a> {
         epoch: u32,
         zones: usize,
         conduits: usize,
+        /// The commit of the git work tree holding the file, if it is in one.
+        git: Option<&'a PolicyCommit>,
     },
     /// A policy file was refused; the generation in force (if any) stays.
     PolicyRejected {
@@ -44,6 +47,11 @@ pub enum Event<'a> {
         port: &'a str,
         ifindex: u32,
         mode: String,
+        /// The link is pinned: enforcement outlives the controller.
+        pinned: bool,
+        /// The port was already enforced through a pinned link, which now runs this
+        /// controller's program.
+        taken_over: bool,
     },
     /// Enforcement is running on every port.
     Ready { ports: usize },

@@ -35,7 +35,10 @@ use prometheus::{
 pub use http::{bind, serve, ScrapeRequest, DEFAULT_ADDR};
 pub use totals::{ConduitKey, ConduitTotals};
 
-use crate::datapath::{Datapath, EnipTraffic, ModbusTraffic};
+use crate::{
+    datapath::{Datapath, EnipTraffic, ModbusTraffic},
+    policy::git::PolicyCommit,
+};
 
 /// How long a flow-table entry count (a walk over the table's keys) is reused.
 const FLOW_COUNT_TTL: Duration = Duration::from_secs(5);
@@ -55,6 +58,7 @@ pub struct Metrics {
     flow_evictions: IntCounter,
     datapath_paths: IntCounterVec,
     policy_epoch: IntGauge,
+    policy_commit: IntGaugeVec,
     policy_load_time: Gauge,
     policy_loads: IntCounterVec,
     port_attached: IntGaugeVec,
@@ -217,6 +221,13 @@ impl Metrics {
             "otfw_policy_epoch",
             "The policy generation in force (0: none)."
         );
+        let policy_commit = family!(
+            IntGaugeVec,
+            "otfw_policy_commit_info",
+            "Always 1; the git commit of the policy in force and whether its work tree was dirty \
+             (no series when the policy file is not in a git work tree).",
+            ["commit", "dirty"]
+        );
         let policy_load_time = family!(
             Gauge,
             "otfw_policy_last_load_timestamp_seconds",
@@ -295,6 +306,7 @@ impl Metrics {
             flow_evictions,
             datapath_paths,
             policy_epoch,
+            policy_commit,
             policy_load_time,
             policy_loads,
             port_attached,
@@ -313,9 +325,16 @@ impl Metrics {
         &self.families
     }
 
-    pub fn policy_loaded(&self, epoch: u32, at: SystemTime) {
+    pub fn policy_loaded(&self, epoch: u32, at: SystemTime, git: Option<&PolicyCommit>) {
         self.policy_loads.with_label_values(&["loaded"]).inc();
         self.policy_epoch.set(epoch as i64);
+        self.policy_commit.reset();
+        if let Some(git) = git {
+            let dirty = if git.dirty { "true" } else { "false" };
+            self.policy_commit
+                .with_label_values(&[git.commit.as_str(), dirty])
+                .set(1);
+        }
         self.policy_load_time.set(unix_seconds(at));
     }
 

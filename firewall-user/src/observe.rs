@@ -11,8 +11,8 @@ use crate::{
     datapath::{self, AttachedPort, Datapath},
     events::{self, DatapathEvents},
     metrics::{self, Metrics, ScrapeRequest},
-    policy::compiled::CompiledPolicy,
-    status::{PortState, State},
+    policy::{compiled::CompiledPolicy, git::PolicyCommit},
+    status::{InstanceLock, PortState, State},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,10 @@ pub struct Observer {
     events: DatapathEvents,
     /// Set when pinning: the state file's contents.
     state: Option<State>,
+    /// The state file an earlier controller of the instance left (ports it attached).
+    previous: Option<State>,
+    /// Held while pinning: one controller per instance.
+    lock: Option<InstanceLock>,
     metrics_addr: Option<SocketAddr>,
     inventory: Option<crate::inventory::exporter::Followed>,
 }
@@ -43,13 +47,37 @@ impl Observer {
         if let Some(path) = &opts.events_file {
             events::open_file(path)?;
         }
-        let state = if opts.pin {
+        let (state, previous, lock) = if opts.pin {
             datapath::check_bpffs()?;
             let instance = opts
                 .instance
                 .clone()
                 .unwrap_or_else(|| instance.to_string());
-            Some(State {
+            let lock = InstanceLock::take(&instance)?;
+            let dir = datapath::pin_dir(&instance);
+            if dir.exists() && datapath::enforced_ports(&dir).is_empty() {
+                // Nothing enforces through these pins (their ports are gone, or a start failed
+                // before attaching): stale, so start afresh.
+                let removed = datapath::remove_pins(&dir)?;
+                log::info!(
+                    "removed the stale pins of instance {instance} from {} ({} programs, {} \
+                     maps; no port was enforced through them)",
+                    dir.display(),
+                    removed.programs,
+                    removed.maps
+                );
+            }
+            let previous = State::previous(&instance);
+            // Ports still enforced through the pins stay on record (their GRO change included,
+            // for `otfw stop`) even if this start fails before it attaches.
+            let enforced = datapath::enforced_ports(&dir);
+            let ports = previous
+                .iter()
+                .flat_map(|p| &p.ports)
+                .filter(|p| enforced.contains(&p.name))
+                .cloned()
+                .collect();
+            let state = State {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -58,15 +86,19 @@ impl Observer {
                 events_file: opts.events_file.as_ref().map(|p| p.display().to_string()),
                 pin_dir: datapath::pin_dir(&instance).display().to_string(),
                 instance,
+                ports,
                 ..State::default()
-            })
+            };
+            (Some(state), previous, Some(lock))
         } else {
-            None
+            (None, None, None)
         };
         Ok(Observer {
             metrics: Metrics::new()?,
             events: DatapathEvents::default(),
             state,
+            previous,
+            lock,
             metrics_addr: opts.metrics,
             inventory: opts.inventory.clone().map(|path| {
                 crate::inventory::exporter::Followed::new(path, PathBuf::from(policy_file))
@@ -95,11 +127,12 @@ impl Observer {
         self.metrics.before_install(datapath);
     }
 
-    pub fn loaded(&mut self, epoch: u32, policy: &CompiledPolicy) {
-        self.metrics.policy_loaded(epoch, SystemTime::now());
+    pub fn loaded(&mut self, epoch: u32, policy: &CompiledPolicy, git: Option<&PolicyCommit>) {
+        self.metrics.policy_loaded(epoch, SystemTime::now(), git);
         self.events.generation(epoch, policy);
         if let Some(state) = self.state.as_mut() {
             state.generation(epoch, &policy.names.conduits);
+            state.policy_git = git.cloned();
         }
         self.save();
     }
@@ -108,16 +141,34 @@ impl Observer {
         self.metrics.policy_rejected();
     }
 
+    /// Ports taken over from an earlier controller run in the mode it chose, with GRO as it
+    /// left it: both come from its state file.
+    pub fn adopt(&self, ports: &mut [AttachedPort]) {
+        let known = self.previous.as_ref().map_or(&[][..], |s| &s.ports[..]);
+        for port in ports.iter_mut().filter(|p| p.taken_over) {
+            if let Some(before) = known.iter().find(|k| k.name == port.name) {
+                if before.mode == datapath::PortMode::Native.to_string() {
+                    port.mode = datapath::PortMode::Native;
+                } else if before.mode == datapath::PortMode::Generic.to_string() {
+                    port.mode = datapath::PortMode::Generic;
+                }
+                port.gro_switched_off = before.gro_switched_off;
+            }
+        }
+    }
+
     pub fn attached(&mut self, ports: &[AttachedPort]) {
         for port in ports {
             let mode = port.mode.to_string();
             self.metrics.port(&port.name, &mode, true);
             self.events.port(port.ifindex, &port.name);
             if let Some(state) = self.state.as_mut() {
+                state.ports.retain(|p| p.name != port.name);
                 state.ports.push(PortState {
                     name: port.name.clone(),
                     ifindex: port.ifindex,
                     mode,
+                    gro_switched_off: port.gro_switched_off,
                 });
             }
         }
@@ -154,12 +205,19 @@ impl Observer {
         }
     }
 
-    /// Clean shutdown: the pins and the state file go.
-    pub fn shutdown(&mut self) {
+    /// A start that failed with nothing enforced: no state file stays behind.
+    pub fn abandon(&mut self) {
         if let Some(state) = self.state.take() {
-            datapath::unpin(std::path::Path::new(&state.pin_dir));
             State::remove(&state.instance);
         }
+        if let Some(lock) = self.lock.take() {
+            lock.remove();
+        }
+    }
+
+    /// Where the instance's enforcement is pinned, for the message at exit.
+    pub fn instance(&self) -> Option<&str> {
+        self.state.as_ref().map(|s| s.instance.as_str())
     }
 
     fn save(&self) {

@@ -1,7 +1,8 @@
 //! What a running `otfw run` leaves for `otfw status`: its maps pinned under
 //! `/sys/fs/bpf/otfw/<instance>/` and a state file `/run/otfw/<instance>.json` (bpffs holds
-//! only BPF objects) naming what the maps' ids mean. Both are removed on a clean shutdown; a
-//! crashed controller's are replaced by the next `otfw run` of the instance.
+//! only BPF objects) naming what the maps' ids mean. Both stay when the controller exits (the
+//! pinned program goes on enforcing): the next `otfw run` of the instance takes them over, and
+//! `otfw stop` removes them.
 
 use std::{
     fmt::Write as _,
@@ -32,6 +33,9 @@ pub struct PortState {
     pub name: String,
     pub ifindex: u32,
     pub mode: String,
+    /// otfw switched GRO off on the port (generic mode); `otfw stop` switches it on again.
+    #[serde(default)]
+    pub gro_switched_off: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,9 @@ pub struct State {
     pub version: String,
     pub started_at: String,
     pub policy_file: String,
+    /// The git commit of the policy in force, when its file is in a git work tree.
+    #[serde(default)]
+    pub policy_git: Option<crate::policy::git::PolicyCommit>,
     pub metrics: Option<String>,
     pub events_file: Option<String>,
     pub pin_dir: String,
@@ -87,6 +94,59 @@ impl State {
         });
         let keep = self.generations.len().saturating_sub(2);
         self.generations.drain(..keep);
+    }
+}
+
+impl State {
+    /// The state file an earlier controller of `instance` left, if it can be read.
+    pub fn previous(instance: &str) -> Option<State> {
+        let text = std::fs::read_to_string(state_path(instance)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Held by the one controller of an instance for its whole life (an exclusive `flock` on
+/// `/run/otfw/<instance>.lock`, released by the kernel however the process ends): a second
+/// `otfw run` of the instance, or an `otfw stop` while it runs, is refused.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    pub fn take(instance: &str) -> Result<InstanceLock> {
+        use std::os::fd::AsRawFd as _;
+        const NEEDS: &str = "otfw run and otfw stop need root (CAP_BPF, CAP_NET_ADMIN, \
+                             CAP_SYS_ADMIN for bpffs, and write access to /run/otfw)";
+        std::fs::create_dir_all(STATE_DIR)
+            .with_context(|| format!("creating {STATE_DIR}; {NEEDS}"))?;
+        let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}; {NEEDS}", path.display()))?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = State::previous(instance).map_or_else(
+                || "another process".to_string(),
+                |s| format!("process {}", s.pid),
+            );
+            bail!(
+                "otfw instance `{instance}` is already running ({pid} holds {}): one controller \
+                 per instance and port",
+                path.display()
+            );
+        }
+        Ok(InstanceLock { _file: file, path })
+    }
+
+    /// Releases the lock and removes its file: the instance is gone (`otfw stop`, or a start
+    /// that failed with nothing enforced).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -135,9 +195,20 @@ pub fn find(instance: Option<&str>) -> Result<State> {
     let state: State =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if !alive(state.pid) {
+        let enforced = crate::datapath::enforced_ports(Path::new(&state.pin_dir));
+        let pinned = if enforced.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; its pinned program still enforces the last policy on {} (`otfw stop \
+                 --instance {}` removes it)",
+                enforced.join(", "),
+                state.instance
+            )
+        };
         bail!(
-            "otfw instance {} is not running: process {} is gone (stale {}; the next `otfw \
-             run` of the instance replaces it)",
+            "otfw instance {} is not running: process {} is gone{pinned}. The next `otfw run` \
+             of the instance takes over ({})",
             state.instance,
             state.pid,
             path.display()
@@ -315,6 +386,18 @@ impl Report {
             "policy:  {} (epoch {}, loaded {loaded})",
             s.policy_file, self.epoch
         );
+        if let Some(git) = &s.policy_git {
+            let _ = writeln!(
+                out,
+                "commit:  {}{}",
+                git.commit,
+                if git.dirty {
+                    " (work tree dirty: uncommitted changes)"
+                } else {
+                    ""
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "metrics: {}",
@@ -479,5 +562,65 @@ mod tests {
         let text = report(&reasons).render();
         assert!(text.contains("packets: 3 passed, 0 denied\n"), "{text}");
         assert!(!text.contains("refuse:"));
+    }
+
+    use crate::policy::git::PolicyCommit;
+
+    fn rendered(policy_git: Option<PolicyCommit>) -> String {
+        Report {
+            state: State {
+                instance: "br0".into(),
+                policy_file: "/etc/otfw/policy.yaml".into(),
+                policy_git,
+                ..State::default()
+            },
+            epoch: 1,
+            passed_packets: 0,
+            denied_packets: 0,
+            refused_packets: 0,
+            denied_by_verdict: Vec::new(),
+            denied_by_reason: Vec::new(),
+            top_by_traffic: Vec::new(),
+            top_by_denied: Vec::new(),
+            flow_entries: 0,
+            flow_capacity: 1,
+            flow_events: Vec::new(),
+            events: Vec::new(),
+        }
+        .render()
+    }
+
+    #[test]
+    fn the_report_names_the_policy_commit_and_a_dirty_tree() {
+        let commit = "0123456789abcdef0123456789abcdef01234567".to_string();
+        let clean = rendered(Some(PolicyCommit {
+            commit: commit.clone(),
+            dirty: false,
+        }));
+        assert!(
+            clean.lines().any(|l| l == format!("commit:  {commit}")),
+            "{clean}"
+        );
+        let dirty = rendered(Some(PolicyCommit {
+            commit: commit.clone(),
+            dirty: true,
+        }));
+        assert!(
+            dirty
+                .lines()
+                .any(|l| l == format!("commit:  {commit} (work tree dirty: uncommitted changes)")),
+            "{dirty}"
+        );
+        assert!(!rendered(None).contains("commit:"));
+    }
+
+    #[test]
+    fn state_files_of_earlier_versions_still_read() {
+        let old = r#"{"instance":"br0","pid":1,"version":"0.1.0","started_at":"","policy_file":"p",
+            "metrics":null,"events_file":null,"pin_dir":"/sys/fs/bpf/otfw/br0",
+            "ports":[{"name":"eth1","ifindex":2,"mode":"native"}],"generations":[]}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        assert_eq!(state.policy_git, None);
+        assert!(!state.ports[0].gro_switched_off);
     }
 }

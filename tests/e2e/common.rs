@@ -25,6 +25,15 @@ pub fn two_hosts() -> Vec<HostSpec> {
     ]
 }
 
+/// `a` in the left half of one /24, `b` in the right half: two zones split by address, no
+/// routes needed.
+pub fn left_right_hosts() -> Vec<HostSpec> {
+    vec![
+        HostSpec::new("a", "198.51.100.1/24"),
+        HostSpec::new("b", "198.51.100.129/24"),
+    ]
+}
+
 /// A lab of `hosts` whose traffic helpers use this build's `otfw-peer`. Fails the test with
 /// the reason (not root, no bpffs, ...) when the lab cannot be built.
 pub fn lab(hosts: &[HostSpec]) -> Lab {
@@ -49,6 +58,17 @@ pub fn leftovers() -> Vec<String> {
     Lab::leftovers(PREFIX).expect("listing the lab's namespaces and links")
 }
 
+/// Datagrams a UDP echo server (`Lab::udp_echo_server`) received, counted from its output once
+/// it is stopped: what arrived, whatever the sender saw.
+pub fn datagrams_received(server: LabProcess) -> usize {
+    server
+        .stop()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("received "))
+        .count()
+}
+
 /// A policy file in the temp directory, removed when dropped.
 pub struct PolicyFile(pub PathBuf);
 
@@ -69,11 +89,19 @@ impl Firewall {
         Self::start_with(lab, policy_text, &[])
     }
 
+    /// Starts `otfw run` with `args`. Unless they name an `--instance` (whose pins the test
+    /// then manages), it runs with `--no-pin`: enforcement ends with the process, as the tests
+    /// that stop it expect.
     pub fn start_with(lab: &Lab, policy_text: &str, args: &[&str]) -> Firewall {
         let policy = PolicyFile(
             std::env::temp_dir().join(format!("otfwt-policy-{}.yaml", std::process::id())),
         );
         std::fs::write(&policy.0, policy_text).expect("write policy");
+        Self::start_file(lab, policy, args)
+    }
+
+    /// As `start_with`, for a policy file the test wrote where it wants it.
+    pub fn start_file(lab: &Lab, policy: PolicyFile, args: &[&str]) -> Firewall {
         let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
         let mut command = Command::new(otfw);
         command
@@ -83,6 +111,9 @@ impl Firewall {
             .arg("--watch-interval")
             .arg("0.2")
             .args(args);
+        if !args.contains(&"--instance") {
+            command.arg("--no-pin");
+        }
         for port in lab.ports() {
             command.arg("--iface").arg(port);
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use otfw_tests::{HostSpec, LabProcess, TcpOutcome};
+use otfw_tests::{HoldSummary, Lab, LabProcess, TcpOutcome};
 use serde_json::Value;
 
 use crate::common::{self, v4, Firewall};
@@ -27,6 +27,14 @@ conduits:
       - tcp: { ports: [5020] }
 ";
 
+/// The lab of [`common::left_right_hosts`] with `otfw run` enforcing [`POLICY`] (the policy
+/// file lives as long as the `Firewall`).
+fn start() -> (Lab, Firewall) {
+    let lab = common::lab(&common::left_right_hosts());
+    let fw = Firewall::start(&lab, POLICY);
+    (lab, fw)
+}
+
 fn event(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or(Value::Null)
 }
@@ -48,11 +56,7 @@ fn request_stats(otfw: &mut LabProcess) -> Value {
 
 #[test]
 fn sigusr1_reports_counters_by_reason_and_conduit() {
-    let lab = common::lab(&[
-        HostSpec::new("a", "198.51.100.1/24"),
-        HostSpec::new("b", "198.51.100.129/24"),
-    ]);
-    let fw = Firewall::start(&lab, POLICY);
+    let (lab, fw) = start();
     let mut otfw = fw.process;
 
     let _server = lab.tcp_echo_server("b", 5020).unwrap();
@@ -107,4 +111,52 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
         "{}",
         output.stdout
     );
+}
+
+/// 100 reloads (SIGHUP, each a new generation) while traffic runs: the held connection never
+/// misses an exchange and no denied datagram arrives.
+#[test]
+fn a_hundred_reloads_under_traffic_lose_nothing_and_pass_nothing() {
+    let (lab, fw) = start();
+    let mut otfw = fw.process;
+    let _server = lab.tcp_echo_server("b", 5020).unwrap();
+    // Right to left has no conduit.
+    let denied_server = lab.udp_echo_server("a", 5354).unwrap();
+    let mut hold = lab
+        .hold_tcp(
+            "a",
+            v4(&lab, "b", 5020),
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    hold.wait_for_line(|l| l.contains("result=ok"), common::START)
+        .unwrap();
+    let pid = libc::pid_t::try_from(otfw.pid()).unwrap();
+    const RELOADS: u32 = 100;
+    let denied = std::thread::scope(|s| {
+        let denied = s.spawn(|| {
+            lab.udp_exchange("b", v4(&lab, "a", 5354), 30, Duration::from_millis(100))
+                .unwrap()
+        });
+        for n in 0..RELOADS {
+            // SAFETY: signalling the otfw process this test started, by its PID.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+            let line = otfw
+                .wait_for_line(|l| is_event(l, "policy_loaded"), common::START)
+                .unwrap();
+            assert_eq!(event(&line)["epoch"], n + 2, "{line}");
+        }
+        denied.join().unwrap()
+    });
+    let summary = HoldSummary::from_output(&hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
+    let arrived = common::datagrams_received(denied_server);
+    println!(
+        "{RELOADS} reloads: held tcp ok {} failed {} (expected unbroken); denied udp sent {} \
+         arrived {arrived} (expected 0)",
+        summary.ok, summary.failed, denied.sent
+    );
+    assert!(summary.unbroken(), "{summary:?}");
+    assert_eq!(arrived, 0);
+    assert_eq!(denied.received, 0);
 }

@@ -233,9 +233,23 @@ fn status_summarises_a_running_instance_and_fails_without_one() {
     assert!(text.contains("otfwt-a"), "{text}");
     assert!(text.contains("left-to-right"), "{text}");
 
+    // The controller exits; its pinned program goes on enforcing until `otfw stop`.
     fw.process.stop();
     let gone = otfw_status(&["--instance", "otfwt"]);
     assert!(!gone.status.success());
+    let message = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        message.contains("otfw instance otfwt is not running")
+            && message.contains("still enforces the last policy on otfwt-a, otfwt-b"),
+        "{message}"
+    );
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    let stop = Command::new(otfw)
+        .args(["stop", "--instance", "otfwt"])
+        .output()
+        .expect("run otfw stop");
+    assert!(stop.status.success(), "{stop:?}");
+    let gone = otfw_status(&["--instance", "otfwt"]);
     let message = String::from_utf8_lossy(&gone.stderr);
     assert!(
         message.contains("no otfw instance otfwt is running"),

@@ -1,5 +1,5 @@
-//! Orchestration for otfw: installing prerequisites, running the tests, the demo and the
-//! benchmark.
+//! Orchestration for otfw: installing prerequisites, running the tests, the demo, the
+//! benchmark, and packaging.
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod vendors;
@@ -43,6 +44,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Regenerate the CIP vendor and device type tables of the inventory from tshark.
     Vendors,
+    /// Build the Debian package (target/package/otfw_VERSION_ARCH.deb): the binary, the systemd
+    /// unit, /etc/otfw/otfw.yaml, the example policy, dashboards and alert rules, the docs.
+    Package(package::PackageArgs),
     /// A traffic endpoint of the benchmark, run inside a lab namespace.
     #[command(hide = true)]
     BenchPeer(bench::peer::PeerArgs),
@@ -56,6 +60,7 @@ fn main() {
         Command::Test(args) => test::run(&repo, &args),
         Command::Demo(args) => demo::run(&repo, &args),
         Command::Bench(args) => bench::run(&repo, &args),
+        Command::Package(args) => package::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
         Command::Vendors => vendors::run(&repo),
     };

@@ -39,6 +39,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     // The IEEE MA-L/MA-M/MA-S registries: MAC vendors of the inventory (read at run time).
     "ieee-data",
+    // Policies from git: the controller records the commit it enforces (and its tests).
+    "git",
+    // The package test checks the unit with systemd-analyze.
+    "systemd",
     // The benchmark's charts render text with DejaVu Sans.
     "fonts-dejavu-core",
 ];

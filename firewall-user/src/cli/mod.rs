@@ -2,12 +2,14 @@
 
 pub mod bench;
 pub mod check;
+pub mod config;
 pub mod diff;
 pub mod inventory;
 pub mod learn;
 pub mod replay;
 pub mod run;
 pub mod status;
+pub mod stop;
 
 use std::path::Path;
 
@@ -44,15 +46,23 @@ pub enum Command {
     /// One conduit per client/server host pair with the Modbus functions, units and address
     /// ranges and the CIP services and tags seen, commented with counts and first/last seen.
     Learn(learn::LearnArgs),
-    /// Enforce a policy on the ports of the gateway bridge until SIGINT/SIGTERM.
+    /// Enforce a policy on the ports of the gateway bridge.
     ///
     /// JSON events go to stdout. SIGHUP reloads the policy; SIGUSR1 prints the datapath's
-    /// counters as a `stats` event.
+    /// counters as a `stats` event. The program, its links and maps are pinned under
+    /// /sys/fs/bpf/otfw/INSTANCE: when the controller exits (SIGTERM, crash), enforcement goes
+    /// on, and the next `otfw run` takes it over; `otfw stop` ends it. With --no-pin, the
+    /// controller detaches when it exits.
     Run(run::RunArgs),
     /// Run the frames of pcap/pcapng captures through the XDP program; one JSON line per frame.
     Replay(replay::ReplayArgs),
     /// Summarise a running `otfw run`: ports, policy, top conduits, drops (read-only).
     Status(status::StatusArgs),
+    /// End an instance's enforcement: remove its pinned links, programs and maps.
+    ///
+    /// `otfw run` pins what it enforces with, so enforcement outlives the controller (crash,
+    /// restart, upgrade); this is the only way to remove it. The controller must have exited.
+    Stop(stop::StopArgs),
     /// Measure the datapath for `cargo xtask bench` (JSON on stdout).
     #[command(hide = true)]
     BenchDatapath(bench::BenchArgs),
@@ -69,6 +79,7 @@ impl Cli {
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
             Command::Status(args) => status::run(&args),
+            Command::Stop(args) => stop::run(&args),
             Command::BenchDatapath(args) => bench::run(&args),
         }
     }

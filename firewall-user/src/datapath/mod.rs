@@ -18,7 +18,7 @@ use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use firewall_common::conduit::{FORWARD_SLOT, INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS};
 
 pub use attach::{
-    bridge_ports, common_bridge, ifindex, Attached, AttachedPort, ModeChoice, PortMode,
+    bridge_ports, common_bridge, gro_on, ifindex, Attached, AttachedPort, ModeChoice, PortMode,
 };
 pub use baseline::Baseline;
 pub use counters::{ConduitTraffic, Counters};
@@ -29,7 +29,10 @@ pub use fastpath::{
 };
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
-pub use pin::{check_bpffs, pin_dir, unpin, PinnedMaps};
+pub use pin::{
+    check_bpffs, enforced_ports, instance_enforcing, links_dir, pin_dir, remove as remove_pins,
+    IncompatibleLayout, PinnedMaps, Removed, BPFFS,
+};
 pub use test_run::{Adu, CipRequest, Decision, TimedRun};
 
 use maps::Maps;
@@ -64,10 +67,33 @@ impl Datapath {
         Self::load_pinned(None)
     }
 
-    /// Loads the object and, with `pin_dir`, pins the maps `otfw status` reads there.
+    /// Loads the object; with `pin_dir`, onto the maps pinned there (created and pinned where
+    /// missing, see `pin`), and pins its programs there once they are verified. Pinned maps of
+    /// another layout are refused before anything changes (`pin::IncompatibleLayout`).
     pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Datapath> {
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
+        let pinnable = match pin_dir {
+            Some(dir) => {
+                pin::check_bpffs()?;
+                let maps = pin::pinnable_maps(OBJECT)?;
+                pin::check_layout(dir, &maps)?;
+                let maps_dir = pin::maps_dir(dir);
+                std::fs::create_dir_all(&maps_dir)
+                    .with_context(|| format!("creating {}", maps_dir.display()))?;
+                maps.into_iter()
+                    .map(|(name, _)| {
+                        let path = maps_dir.join(&name);
+                        (name, path)
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pinnable {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader
             .verifier_log_level(if std::env::var_os("OTFW_VERIFIER_LOG").is_some() {
                 aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS
             } else {
@@ -82,9 +108,6 @@ impl Datapath {
             })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
-        if let Some(dir) = pin_dir {
-            pin::pin_maps(&ebpf, dir)?;
-        }
         let mut maps = Maps::take(&mut ebpf)?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM)
@@ -120,6 +143,9 @@ impl Datapath {
             maps.inspectors
                 .set(slot, fd, 0)
                 .with_context(|| format!("installing the {what} in INSPECTORS"))?;
+        }
+        if let Some(dir) = pin_dir {
+            pin::pin_programs(&mut ebpf, dir)?;
         }
         Ok(Datapath {
             ebpf,

@@ -1,12 +1,26 @@
-//! Pinning the maps `otfw status` reads under bpffs (`/sys/fs/bpf/otfw/<instance>/`), and opening
-//! them again from another process. Only maps are pinned, not the XDP links: enforcement ends
-//! with the controller (as before), and the pins only make a running instance observable.
+//! Fail-secure pinning. Everything an instance enforces with lives under one bpffs directory,
+//! `/sys/fs/bpf/otfw/<instance>/`:
+//!
+//! - `maps/<MAP>`: every map of the object (flows, policy slots, counters, event rings);
+//! - `programs/<program>`: the XDP program and its inspectors;
+//! - `links/<port>`: the XDP link of each port.
+//!
+//! A pinned link keeps its program on the port after `otfw run` exits for any reason (SIGKILL
+//! included), and the program keeps its maps: enforcement goes on with the policy in force. The
+//! next `otfw run` of the instance reuses the pinned maps (flows and counters kept) and swaps its
+//! freshly verified program into each pinned link atomically (`BPF_LINK_UPDATE`), so no packet
+//! meets an unprotected port. Only `otfw stop` removes the pins, and with them the enforcement.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray},
     Ebpf,
 };
 use firewall_common::{
@@ -23,26 +37,28 @@ use super::counters::{
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
-/// The maps `otfw status` needs.
-const PINNED: [&str; 6] = [
-    "ACTIVE",
-    "REASON_STATS",
-    "CONDUIT_STATS",
-    "FLOW_STATS",
-    "FLOWS",
-    "EVENT_STATS",
-];
-
 /// The pin directory of an instance.
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new(BPFFS).join("otfw").join(instance)
+}
+
+pub fn maps_dir(dir: &Path) -> PathBuf {
+    dir.join("maps")
+}
+
+pub fn programs_dir(dir: &Path) -> PathBuf {
+    dir.join("programs")
+}
+
+pub fn links_dir(dir: &Path) -> PathBuf {
+    dir.join("links")
 }
 
 /// Fails with what to do when bpffs is not mounted.
 pub fn check_bpffs() -> Result<()> {
     // SAFETY: statfs on a valid NUL-terminated path into an initialised struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    let path = CString::new(BPFFS).expect("no NUL");
     let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     if ret != 0 || st.f_type as i64 != BPF_FS_MAGIC {
@@ -54,35 +70,262 @@ pub fn check_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// Pins the status maps of a freshly loaded object into `dir` (created; stale pins of a
-/// controller that died are replaced).
-pub(super) fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<()> {
-    check_bpffs()?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in PINNED {
-        let map: &Map = ebpf
-            .map(name)
-            .with_context(|| format!("map {name} is missing from the XDP object"))?;
-        let path = dir.join(name);
-        if path.exists() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("removing the stale pin {}", path.display()))?;
+/// The maps of an object that are pinned: all but the per-program global data sections
+/// (`.rodata`, `.bss`, `.data`), which belong to one build of the program.
+pub(super) fn pinnable_maps(object: &[u8]) -> Result<Vec<(String, aya_obj::Map)>> {
+    let parsed = aya_obj::Object::parse(object).context("reading the XDP object's maps")?;
+    let mut maps: Vec<(String, aya_obj::Map)> = parsed
+        .maps
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    maps.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(maps)
+}
+
+/// Compares every pinned map with the object's definition of it. Maps the object adds are
+/// created at load; maps it no longer has stay pinned (unused) until `otfw stop`.
+pub(super) fn check_layout(dir: &Path, maps: &[(String, aya_obj::Map)]) -> Result<()> {
+    let mut differences = Vec::new();
+    for (name, def) in maps {
+        let path = maps_dir(dir).join(name);
+        if !path.exists() {
+            continue;
         }
-        map.pin(&path)
-            .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let ring = def.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+        let mut diff = Vec::new();
+        if pinned_type != def.map_type() {
+            diff.push(format!("type {pinned_type}, needs {}", def.map_type()));
+        }
+        // A ring buffer's size is rounded to pages at creation and its key/value sizes are 0.
+        if !ring {
+            for (what, pinned, wanted) in [
+                ("key size", info.key_size(), def.key_size()),
+                ("value size", info.value_size(), def.value_size()),
+                ("max entries", info.max_entries(), def.max_entries()),
+                ("flags", info.map_flags(), def.map_flags()),
+            ] {
+                if pinned != wanted && !(what == "max entries" && wanted == 0) {
+                    diff.push(format!("{what} {pinned}, needs {wanted}"));
+                }
+            }
+        }
+        if !diff.is_empty() {
+            differences.push(format!("{name} ({})", diff.join(", ")));
+        }
+    }
+    if !differences.is_empty() {
+        bail!(IncompatibleLayout {
+            dir: dir.to_path_buf(),
+            differences,
+        });
     }
     Ok(())
 }
 
-/// Removes an instance's pins (clean shutdown). The maps live on only while a process holds them.
-pub fn unpin(dir: &Path) {
-    for name in PINNED {
-        let _ = std::fs::remove_file(dir.join(name));
-    }
-    let _ = std::fs::remove_dir(dir);
+/// The pinned maps were made by a version whose map layout differs from this one's. Nothing
+/// was changed: the pinned enforcement stays in force.
+#[derive(Debug)]
+pub struct IncompatibleLayout {
+    pub dir: PathBuf,
+    pub differences: Vec<String>,
 }
 
-/// The pinned maps of a running instance, opened from another process.
+impl std::fmt::Display for IncompatibleLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the pinned maps in {} do not fit this version of otfw: {}. Nothing was changed: \
+             the pinned program keeps enforcing the policy it had. To switch versions, run \
+             `otfw stop` for this instance in a maintenance window (the ports forward \
+             unfiltered until the next start) and start `otfw run` again",
+            self.dir.display(),
+            self.differences.join("; ")
+        )
+    }
+}
+
+impl std::error::Error for IncompatibleLayout {}
+
+/// Pins every program of a freshly loaded object into `programs/`, replacing the pins of an
+/// earlier version (links keep whichever program they run until they are updated).
+pub(super) fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
+    let programs = programs_dir(dir);
+    std::fs::create_dir_all(&programs)
+        .with_context(|| format!("creating {}", programs.display()))?;
+    for (name, program) in ebpf.programs_mut() {
+        let path = programs.join(name);
+        remove_pin(&path)?;
+        program
+            .pin(&path)
+            .with_context(|| format!("pinning the program {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing the pin {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A BPF object opened from its pin (`BPF_OBJ_GET`).
+pub(super) fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let attr = ObjGet {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    // SAFETY: the bpf syscall reads `attr` (size given) and the NUL-terminated path it points to.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface an XDP link is attached to; 0 once the device is gone (the link is defunct).
+/// aya's `LinkInfo` does not expose it, so `bpf_link_info` is read here.
+pub(super) fn link_ifindex(link: &OwnedFd) -> std::io::Result<u32> {
+    /// `struct bpf_link_info`: type, id, prog_id, then a union aligned to 8 whose XDP member
+    /// starts with the ifindex.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        union: [u64; 8],
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let mut info = LinkInfo::default();
+    let attr = InfoByFd {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: the kernel writes at most `info_len` bytes into `info`, which outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info.link_type != BPF_LINK_TYPE_XDP {
+        return Err(std::io::Error::other("not an XDP link"));
+    }
+    Ok(info.union[0] as u32)
+}
+
+/// The ports of an instance's pinned links that still carry its program.
+pub fn enforced_ports(dir: &Path) -> Vec<String> {
+    let mut ports: Vec<String> = std::fs::read_dir(links_dir(dir))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    open_pinned(&e.path())
+                        .and_then(|fd| link_ifindex(&fd))
+                        .is_ok_and(|ifindex| ifindex != 0)
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort();
+    ports
+}
+
+/// The otfw instance whose pinned link carries `port`, if any.
+pub fn instance_enforcing(port: &str) -> Option<String> {
+    let root = Path::new(BPFFS).join("otfw");
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| enforced_ports(&e.path()).iter().any(|p| p == port))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// What `remove` took away.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Ports whose link was live, i.e. where enforcement ended.
+    pub ports: Vec<String>,
+    pub programs: usize,
+    pub maps: usize,
+}
+
+/// Removes every pin of an instance. Once no process holds them, links detach and programs and
+/// maps are freed: with no controller running, enforcement ends here.
+pub fn remove(dir: &Path) -> Result<Removed> {
+    let mut removed = Removed {
+        ports: enforced_ports(dir),
+        ..Removed::default()
+    };
+    for (sub, count) in [
+        (links_dir(dir), None),
+        (programs_dir(dir), Some(&mut removed.programs)),
+        (maps_dir(dir), Some(&mut removed.maps)),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        let mut n = 0;
+        for entry in entries.filter_map(|e| e.ok()) {
+            remove_pin(&entry.path())?;
+            n += 1;
+        }
+        if let Some(count) = count {
+            *count = n;
+        }
+        std::fs::remove_dir(&sub).with_context(|| format!("removing {}", sub.display()))?;
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))?
+        }
+        _ => {}
+    }
+    Ok(removed)
+}
+
+/// The pinned maps `otfw status` reads, opened from another process.
 pub struct PinnedMaps {
     active: Array<MapData, u32>,
     reason_stats: PerCpuArray<MapData, u64>,
@@ -93,7 +336,7 @@ pub struct PinnedMaps {
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
-    let path = dir.join(name);
+    let path = maps_dir(dir).join(name);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Map::from_map_data(data)
         .and_then(T::try_from)

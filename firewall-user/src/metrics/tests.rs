@@ -35,6 +35,7 @@ fn families_follow_prometheus_conventions() {
         "otfw_flow_insert_failures_total",
         "otfw_flow_evictions_total",
         "otfw_policy_epoch",
+        "otfw_policy_commit_info",
         "otfw_policy_last_load_timestamp_seconds",
         "otfw_policy_loads_total",
         "otfw_port_attached",
@@ -68,6 +69,7 @@ fn a_fresh_exporter_serves_build_info_and_zeroed_counters() {
     metrics.policy_loaded(
         3,
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        None,
     );
     metrics.policy_rejected();
     metrics.port("eth1", "native", true);
@@ -87,6 +89,37 @@ fn a_fresh_exporter_serves_build_info_and_zeroed_counters() {
     ] {
         assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
     }
+}
+
+#[test]
+fn the_commit_info_names_only_the_policy_in_force() {
+    let metrics = Metrics::new().unwrap();
+    let at = SystemTime::UNIX_EPOCH;
+    let first = PolicyCommit {
+        commit: "1111111111111111111111111111111111111111".into(),
+        dirty: false,
+    };
+    metrics.policy_loaded(1, at, Some(&first));
+    let body = text(&metrics);
+    let line = format!(
+        "otfw_policy_commit_info{{commit=\"{}\",dirty=\"false\"}} 1",
+        first.commit
+    );
+    assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
+    let second = PolicyCommit {
+        commit: "2222222222222222222222222222222222222222".into(),
+        dirty: true,
+    };
+    metrics.policy_loaded(2, at, Some(&second));
+    let body = text(&metrics);
+    assert!(!body.contains(&first.commit), "{body}");
+    let line = format!(
+        "otfw_policy_commit_info{{commit=\"{}\",dirty=\"true\"}} 1",
+        second.commit
+    );
+    assert!(body.lines().any(|l| l == line), "{line} not in\n{body}");
+    metrics.policy_loaded(3, at, None);
+    assert!(!text(&metrics).contains("otfw_policy_commit_info{"));
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod compiled;
 pub mod diff;
 pub mod enip;
+pub mod git;
 pub mod lint;
 pub mod modbus;
 pub mod model;

@@ -600,7 +600,7 @@ fn start_otfw(lab: &Lab, otfw: &Path, policy: &Path, mode: &str) -> Result<LabPr
         .arg("--policy")
         .arg(policy)
         .args(["--iface", PORT_A, "--iface", PORT_B, "--xdp-mode", mode])
-        .args(["--watch-interval", "3600"])
+        .args(["--watch-interval", "3600", "--no-pin"])
         .env("RUST_LOG", "warn");
     let mut process = lab.spawn_command(command)?;
     process.wait_for_line(|l| l.contains("\"event\":\"ready\""), START)?;

@@ -42,7 +42,9 @@ impl Controller {
         let mut command = Command::new(otfw);
         command
             .current_dir(repo)
-            .args(["run", "--policy", POLICY, "--metrics", &metrics.to_string()])
+            // Unpinned: the demo's enforcement ends with its controller.
+            .args(["run", "--policy", POLICY, "--no-pin"])
+            .args(["--metrics", &metrics.to_string()])
             .env("RUST_LOG", "info");
         // SAFETY: the closure runs between fork and exec and only makes the prctl system
         // call, which is async-signal-safe.
