@@ -175,3 +175,146 @@ fn fast_path_off_leaves_every_frame_to_the_bridge() {
     assert_eq!(exchange(&lab, v4(&lab, "b", 5353), 10), 10);
     assert_eq!(redirected(&mut fw.process), 0);
 }
+
+/// Runs `args` in `host`'s namespace and fails the test if it fails.
+fn in_host(lab: &Lab, host: &str, args: &[&str]) {
+    let out = lab
+        .exec(host, args)
+        .expect("running a command in a lab host");
+    assert!(
+        out.success(),
+        "{host}: {} failed: {}",
+        args.join(" "),
+        out.stderr
+    );
+}
+
+#[test]
+fn a_moved_address_is_followed_at_once() {
+    // b (plant) answers first; then its address and MAC move to c, behind another port.
+    let lab = common::lab(&[
+        HostSpec::new("a", "198.51.100.10/24"),
+        HostSpec::new("b", "198.51.100.200/24").mac("02:00:00:00:00:b0"),
+        HostSpec::new("c", "198.51.100.201/24"),
+    ]);
+    let policy = POLICY.replace("[otfwt-a, otfwt-b]", "[otfwt-a, otfwt-b, otfwt-c]");
+    let mut fw = Firewall::start(&lab, &policy);
+    assert_eq!(fast_path_event(&mut fw.process)["enabled"], true);
+    let _on_b = lab.udp_echo_server("b", 5353).unwrap();
+    let _on_c = lab.udp_echo_server("c", 5353).unwrap();
+    let b = v4(&lab, "b", 5353);
+    assert_eq!(exchange(&lab, b, 3), 3);
+    std::thread::sleep(SETTLE);
+    assert_eq!(exchange(&lab, b, 10), 10);
+
+    // The move: b goes away, c takes its MAC and address, a asks again who has it (as after
+    // a cable is moved; c's answer is the first frame of the MAC on its new port).
+    in_host(&lab, "b", &["ip", "link", "set", "dev", "eth0", "down"]);
+    in_host(
+        &lab,
+        "c",
+        &[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            "eth0",
+            "address",
+            "02:00:00:00:00:b0",
+        ],
+    );
+    // c's own address goes: answers must come from the moved one.
+    in_host(&lab, "c", &["ip", "addr", "flush", "dev", "eth0"]);
+    in_host(
+        &lab,
+        "c",
+        &["ip", "addr", "add", "198.51.100.200/24", "dev", "eth0"],
+    );
+    in_host(&lab, "a", &["ip", "neigh", "flush", "all"]);
+    assert_eq!(exchange(&lab, b, 3), 3, "traffic to the moved address");
+    let moved = paths(&mut fw.process);
+    assert!(
+        moved["fdb_moved"].as_u64().unwrap_or(0) >= 1,
+        "the datapath did not see the move: {moved}"
+    );
+    std::thread::sleep(SETTLE);
+    let before = redirected(&mut fw.process);
+    assert_eq!(
+        exchange(&lab, b, 10),
+        10,
+        "traffic to the address on its new port"
+    );
+    let after = redirected(&mut fw.process);
+    assert!(after >= before + 20, "redirected {before} -> {after}");
+    println!(
+        "moved address: {} frames redirected for 10 exchanges",
+        after - before
+    );
+}
+
+/// The lab's peer for frames the lab's kernel cannot make itself (802.1Q tags).
+fn vlan_peer() -> [String; 2] {
+    [
+        otfw_tests::venv_python()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .display()
+            .to_string(),
+        otfw_tests::repo_root()
+            .join("tests/peers/vlan_frames.py")
+            .display()
+            .to_string(),
+    ]
+}
+
+#[test]
+fn vlan_tagged_traffic_arrives_intact_through_the_bridge() {
+    let lab = common::lab(&[
+        HostSpec::new("a", "198.51.100.10/24"),
+        HostSpec::new("b", "198.51.100.200/24").mac("02:00:00:00:00:b0"),
+    ]);
+    let mut fw = Firewall::start(&lab, POLICY);
+    assert_eq!(fast_path_event(&mut fw.process)["enabled"], true);
+    // Both addresses learnt by the bridge (and the mirror), as for untagged traffic.
+    let _echo = lab.udp_echo_server("b", 5353).unwrap();
+    assert_eq!(exchange(&lab, v4(&lab, "b", 5353), 3), 3);
+    std::thread::sleep(SETTLE);
+    let [python, script] = vlan_peer();
+    let mut capture = lab
+        .spawn(
+            "b",
+            &[python.as_str(), &script, "capture", "eth0", "5353", "3"],
+        )
+        .expect("starting the capture in b");
+    capture
+        .wait_for_line(|l| l == "ready", START)
+        .expect("capture ready");
+    let before = redirected(&mut fw.process);
+    let sent = lab
+        .exec(
+            "a",
+            &[
+                python.as_str(),
+                &script,
+                "send",
+                "eth0",
+                "02:00:00:00:00:b0",
+                "198.51.100.10",
+                "198.51.100.200",
+                "5353",
+                "10",
+                "20",
+            ],
+        )
+        .expect("sending tagged frames");
+    assert!(sent.success(), "{}", sent.stderr);
+    let line = capture
+        .wait_for_line(|l| l.starts_with('{'), START)
+        .expect("capture result");
+    let seen = event(&line);
+    println!("vlan: {seen}");
+    assert_eq!(seen["received"], 20, "{seen}");
+    assert_eq!(seen["vlans"], serde_json::json!([10]), "{seen}");
+    assert_eq!(seen["intact"], true, "{seen}");
+    // Tagged frames are the bridge's: none was redirected.
+    assert_eq!(redirected(&mut fw.process), before);
+}

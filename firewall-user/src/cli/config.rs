@@ -170,8 +170,8 @@ impl RunConfig {
             &mut config.events_file,
             &mut config.inventory,
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             if file.is_relative() {
                 *file = base.join(&*file);

@@ -96,6 +96,17 @@ pub(super) fn check_layout(dir: &Path, maps: &[(String, aya_obj::Map)]) -> Resul
             .with_context(|| format!("reading the pinned map {}", path.display()))?;
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let ring = def.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+        // The kernel makes device maps read-only for programs (BPF_F_RDONLY_PROG) itself.
+        let devmap = [
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP as u32,
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH as u32,
+        ]
+        .contains(&def.map_type());
+        let pinned_flags = if devmap {
+            info.map_flags() & !aya_obj::generated::BPF_F_RDONLY_PROG
+        } else {
+            info.map_flags()
+        };
         let mut diff = Vec::new();
         if pinned_type != def.map_type() {
             diff.push(format!("type {pinned_type}, needs {}", def.map_type()));
@@ -106,7 +117,7 @@ pub(super) fn check_layout(dir: &Path, maps: &[(String, aya_obj::Map)]) -> Resul
                 ("key size", info.key_size(), def.key_size()),
                 ("value size", info.value_size(), def.value_size()),
                 ("max entries", info.max_entries(), def.max_entries()),
-                ("flags", info.map_flags(), def.map_flags()),
+                ("flags", pinned_flags, def.map_flags()),
             ] {
                 if pinned != wanted && !(what == "max entries" && wanted == 0) {
                     diff.push(format!("{what} {pinned}, needs {wanted}"));
