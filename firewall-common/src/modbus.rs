@@ -289,6 +289,11 @@ pub struct ModbusScratch {
     /// The flow's refusals, updated as the segment is framed (written back if it passes).
     pub refusals: Refusals,
     pub _pad2: [u8; 6],
+    /// ADU counting: the counter key of the run of ADUs being counted (low, high word) and
+    /// its length. In map memory, not on the stack, so the verifier does not follow every
+    /// combination of keys through the loop.
+    pub count_key: [u32; 2],
+    pub count_run: u32,
 }
 
 /// Byte rewrites per segment: two per restored answer, one per refused request.

@@ -974,6 +974,11 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
     let Some(t) = MODBUS_ADUS.get_ptr(0) else {
         return 0;
     };
+    let Some(c) = MODBUS_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot, this CPU only; the framing that used the scratch is done.
+    unsafe { (*c).count_run = 0 };
     for i in 0..MAX_ADUS {
         if i as u64 >= adus {
             break;
@@ -998,21 +1003,38 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
         } else {
             (verdict, 0)
         };
-        otfw_modbus_count(
-            slot as u64
-                | (a.function as u64) << 8
-                | (kind as u64) << 16
-                | (detail as u64) << 24
-                | (conduit as u64) << 32,
-        );
+        let key = slot as u64
+            | (a.function as u64) << 8
+            | (kind as u64) << 16
+            | (detail as u64) << 24
+            | (conduit as u64) << 32;
+        // Batched: a run of ADUs with the same counter (pipelined polls of one function) is
+        // one map update.
+        // SAFETY: as above.
+        unsafe {
+            let pending = (*c).count_key[0] as u64 | ((*c).count_key[1] as u64) << 32;
+            if (*c).count_run != 0 && key != pending {
+                otfw_modbus_count(pending, (*c).count_run as u64);
+                (*c).count_run = 0;
+            }
+            (*c).count_key = [key as u32, (key >> 32) as u32];
+            (*c).count_run += 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        if (*c).count_run != 0 {
+            let pending = (*c).count_key[0] as u64 | ((*c).count_key[1] as u64) << 32;
+            otfw_modbus_count(pending, (*c).count_run as u64);
+        }
     }
     0
 }
 
-/// Increments one `MODBUS_STATS` counter; the key is packed as `ModbusStatKey` is laid out.
+/// Adds `n` to one `MODBUS_STATS` counter; the key is packed as `ModbusStatKey` is laid out.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn otfw_modbus_count(packed: u64) -> u64 {
+pub extern "C" fn otfw_modbus_count(packed: u64, n: u64) -> u64 {
     let key = ModbusStatKey {
         slot: packed as u8,
         function: (packed >> 8) as u8,
@@ -1021,11 +1043,11 @@ pub extern "C" fn otfw_modbus_count(packed: u64) -> u64 {
         conduit: (packed >> 32) as u16,
         _pad: 0,
     };
-    if let Some(n) = MODBUS_STATS.get_ptr_mut(&key) {
+    if let Some(count) = MODBUS_STATS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value, this CPU only.
-        unsafe { *n += 1 };
+        unsafe { *count += n };
     } else {
-        let _ = MODBUS_STATS.insert(&key, &1, 0);
+        let _ = MODBUS_STATS.insert(&key, &n, 0);
     }
     0
 }
