@@ -1,8 +1,9 @@
 //! Through the bridge: two lab namespaces joined by a bridge, frames from trafgen in one,
 //! counted on arrival in the other, with the filters applied in turn in the same run:
-//! nothing, otfw (native and generic XDP), an nftables bridge-family ruleset and iptables with
-//! the u32 match doing the same checks. Also the latency of a Modbus-shaped ping-pong through
-//! each, and a policy swap to 10,000 conduits under traffic.
+//! nothing, otfw (native and generic XDP, each with its fast path and without), an nftables
+//! bridge-family ruleset and iptables with the u32 match doing the same checks. Also the
+//! latency of a Modbus-shaped ping-pong through each, the same ping-pong while a third
+//! namespace floods denied frames, and a policy swap to 10,000 conduits under traffic.
 //!
 //! Traffic never leaves the lab: trafgen sends from inside namespace `bench-a` to the MAC of
 //! `bench-b`; frames are addressed to 198.51.100.201, an address of the plant zone that no host
@@ -25,11 +26,17 @@ use crate::cmd;
 const PREFIX: &str = "bench";
 const PORT_A: &str = "bench-a";
 const PORT_B: &str = "bench-b";
+/// The flooder's port: idle except during the flood measurement.
+const PORT_C: &str = "bench-c";
 const BRIDGE: &str = "br-bench";
 const MAC_A: &str = "02:00:00:00:00:0a";
 const MAC_B: &str = "02:00:00:00:00:c8";
+const MAC_C: &str = "02:00:00:00:00:0c";
 const IP_A: &str = "198.51.100.10";
 const IP_B: &str = "198.51.100.200";
+/// The flooder, in the office zone like a: its frames are denied by the conduit's rules, not
+/// by zone resolution.
+const IP_C: &str = "198.51.100.20";
 /// In the plant zone, on no host: the receiver counts these frames and drops them.
 const IP_SINK: &str = "198.51.100.201";
 const NFT_TABLE: &str = "otfwbench";
@@ -44,31 +51,60 @@ pub enum Filter {
     /// The trivial baseline program in native mode: what native XDP on the ports costs by
     /// itself, so that otfw's own share can be told apart.
     Trivial,
+    /// Native XDP, every passed frame to the bridge (`--fast-path off`).
     OtfwNative,
+    /// Native XDP with `--fast-path on`; the namespaces' veth ends get GRO switched on, which
+    /// gives them the NAPI receive queue that `ndo_xdp_xmit` of a veth delivers into.
+    OtfwNativeFast,
+    /// Generic XDP with the default `--fast-path auto` (on for generic-mode ports).
+    OtfwGenericFast,
+    /// Generic XDP, `--fast-path off`.
     OtfwGeneric,
     Nft,
     Iptables,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 6] = [
+    pub const ALL: [Filter; 8] = [
         Filter::None,
         Filter::Trivial,
         Filter::OtfwNative,
+        Filter::OtfwNativeFast,
+        Filter::OtfwGenericFast,
         Filter::OtfwGeneric,
         Filter::Nft,
         Filter::Iptables,
     ];
 
+    /// The otfw rows whose allowed frames the fast path forwards.
+    pub const FAST: [Filter; 2] = [Filter::OtfwGenericFast, Filter::OtfwNativeFast];
+
     pub fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
             Filter::Trivial => "trivial XDP, native",
-            Filter::OtfwNative => "otfw, native XDP",
-            Filter::OtfwGeneric => "otfw, generic XDP",
+            Filter::OtfwNative => "otfw native, bridge",
+            Filter::OtfwNativeFast => "otfw native, fast path",
+            Filter::OtfwGenericFast => "otfw generic, fast path",
+            Filter::OtfwGeneric => "otfw generic, bridge",
             Filter::Nft => "nftables bridge",
             Filter::Iptables => "iptables u32",
         }
+    }
+
+    /// `otfw run`'s `--xdp-mode` and `--fast-path` for the otfw rows.
+    pub fn otfw_mode(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Filter::OtfwNative => Some(("native", "off")),
+            Filter::OtfwNativeFast => Some(("native", "on")),
+            Filter::OtfwGenericFast => Some(("generic", "auto")),
+            Filter::OtfwGeneric => Some(("generic", "off")),
+            Filter::None | Filter::Trivial | Filter::Nft | Filter::Iptables => None,
+        }
+    }
+
+    pub fn fast_path(self) -> bool {
+        Filter::FAST.contains(&self)
     }
 }
 
@@ -80,6 +116,9 @@ pub struct Options {
     /// Ping-pong round trips per filter and round.
     pub latency_samples: u32,
     pub swap_conduits: usize,
+    /// Ping-pong round trips per flood phase, and rounds of the three phases.
+    pub flood_samples: u32,
+    pub flood_rounds: usize,
 }
 
 impl Options {
@@ -90,6 +129,8 @@ impl Options {
             packets: 250_000,
             latency_samples: 2500,
             swap_conduits: 10_000,
+            flood_samples: 2000,
+            flood_rounds: 3,
         }
     }
 
@@ -100,6 +141,8 @@ impl Options {
             packets: 2000,
             latency_samples: 100,
             swap_conduits: 300,
+            flood_samples: 100,
+            flood_rounds: 1,
         }
     }
 }
@@ -120,6 +163,9 @@ pub struct Trial {
     /// The XDP program's own run time per run during the burst, from the kernel's BPF run-time
     /// statistics (XDP filters only).
     pub program_ns: Option<f64>,
+    /// Frames the fast path redirected during the burst, from the controller's `stats` event
+    /// (`otfw run` rows only).
+    pub redirected: Option<u64>,
 }
 
 impl Trial {
@@ -154,6 +200,50 @@ pub struct Latency {
     pub errors: u32,
 }
 
+/// What the flooder sends while the polling runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodKind {
+    /// No flood: the polling's reference, measured alternately with the floods.
+    Quiet,
+    /// Every frame a denied SYN of a tuple not seen before: no decision cache can hold them.
+    NewTuples,
+    /// The same denied SYN over and over: the decision cache's case.
+    OneTuple,
+}
+
+impl FloodKind {
+    pub const ALL: [FloodKind; 3] = [FloodKind::Quiet, FloodKind::NewTuples, FloodKind::OneTuple];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FloodKind::Quiet => "no flood",
+            FloodKind::NewTuples => "flood, every frame a new tuple",
+            FloodKind::OneTuple => "flood, one repeated tuple",
+        }
+    }
+}
+
+/// One phase of the flood measurement: a ping-pong from a to b while c floods (or not).
+#[derive(Debug)]
+pub struct FloodPhase {
+    pub kind: FloodKind,
+    pub rtt_ns: Vec<u64>,
+    pub errors: u32,
+    pub error: Option<String>,
+    /// Frames the flooder's device sent, and over how long.
+    pub sent: u64,
+    pub secs: f64,
+    /// The datapath's shortcut counters over the phase (`stats` event `paths`).
+    pub denial_stored: u64,
+    pub denial_cached: u64,
+}
+
+#[derive(Debug)]
+pub struct Flood {
+    pub filter: Filter,
+    pub phases: Vec<FloodPhase>,
+}
+
 #[derive(Debug)]
 pub struct Swap {
     pub conduits: usize,
@@ -176,6 +266,7 @@ pub struct Bridge {
     pub checks: Vec<Check>,
     pub latency: Vec<Latency>,
     pub swap: Swap,
+    pub flood: Flood,
     pub memory: Vec<Memory>,
     pub iptables_version: String,
 }
@@ -198,9 +289,10 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
     let hosts = [
         HostSpec::new("a", &format!("{IP_A}/24")).mac(MAC_A),
         HostSpec::new("b", &format!("{IP_B}/24")).mac(MAC_B),
+        HostSpec::new("c", &format!("{IP_C}/24")).mac(MAC_C),
     ];
     let lab = Lab::with_options(LabOptions::new(PREFIX), &hosts)?;
-    ensure!(lab.bridge() == BRIDGE && lab.ports() == [PORT_A, PORT_B]);
+    ensure!(lab.bridge() == BRIDGE && lab.ports() == [PORT_A, PORT_B, PORT_C]);
     // Whatever happens below, the rules go before the lab does.
     let _cleanup = RulesCleanup;
 
@@ -245,8 +337,17 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             if round == 0 && f == 1 {
                 checks.push(check(&lab, &files, Filter::None)?);
             }
-            let reference =
-                retried(|| burst(&lab, &files, Filter::None, round, opts.packets, None, None))?;
+            let reference = retried(|| {
+                burst(
+                    &lab,
+                    &files,
+                    Filter::None,
+                    round,
+                    opts.packets,
+                    None,
+                    &mut Applied::Nothing,
+                )
+            })?;
             if f == 1 {
                 let ping = ping(&lab, tools, opts.latency_samples, 0)?;
                 latency[0].rtt_ns.extend(&ping.rtt_ns);
@@ -254,14 +355,27 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             }
             let reference_pps = reference.pps();
             trials.push(reference);
-            let applied = apply(&lab, tools, &files, filter)?;
+            let mut applied = apply(&lab, tools, &files, filter)?;
             if round == 0 {
-                let check = check(&lab, &files, filter)?;
+                let check = check(&lab, &files, filter).map_err(|e| {
+                    if filter == Filter::OtfwNativeFast {
+                        e.context(
+                            "a native veth delivers redirected frames only into a NAPI \
+                             receive queue: does this kernel give one to a veth with GRO on \
+                             (5.13 or later)?",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
                 // A ruleset that stops allowed traffic or lets writes through measures the
                 // wrong thing.
                 let filters_function = match filter {
                     Filter::Nft | Filter::Iptables => true,
-                    Filter::OtfwNative | Filter::OtfwGeneric => opts.modbus_inspected,
+                    Filter::OtfwNative
+                    | Filter::OtfwNativeFast
+                    | Filter::OtfwGenericFast
+                    | Filter::OtfwGeneric => opts.modbus_inspected,
                     Filter::None | Filter::Trivial => false,
                 };
                 ensure!(
@@ -278,7 +392,7 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
                 );
                 checks.push(check);
             }
-            trials.push(retried(|| {
+            let trial = retried(|| {
                 burst(
                     &lab,
                     &files,
@@ -286,9 +400,25 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
                     round,
                     opts.packets,
                     Some(reference_pps),
-                    applied.holder(),
+                    &mut applied,
                 )
-            })?);
+            })?;
+            // A fast-path row whose frames all went through the bridge would measure the
+            // bridge path under the wrong name, and the other rows must not redirect.
+            if let Some(redirected) = trial.redirected {
+                ensure!(
+                    !filter.fast_path() || redirected > 0,
+                    "{}: the fast path redirected none of the {} frames of the burst",
+                    filter.label(),
+                    trial.received
+                );
+                ensure!(
+                    filter.fast_path() || redirected == 0,
+                    "{}: {redirected} frames redirected with the fast path off",
+                    filter.label()
+                );
+            }
+            trials.push(trial);
             let ping = ping(&lab, tools, opts.latency_samples, 0)?;
             ensure!(
                 ping.errors == 0,
@@ -300,9 +430,13 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
             latency[f].errors += ping.errors;
             applied.verify()?;
             drop(applied);
+            if filter == Filter::OtfwNativeFast {
+                set_gro(&lab, false)?;
+            }
         }
     }
     drop(stats);
+    let flood = flood(&lab, tools, &files, opts)?;
     let (swap, memory) = swap(&lab, tools, &files, opts)?;
     drop(server);
     lab.close()?;
@@ -311,6 +445,7 @@ pub fn measure(tools: &Tools, opts: &Options) -> Result<Bridge> {
         checks,
         latency,
         swap,
+        flood,
         memory,
         iptables_version: cmd::stdout_of("iptables", ["--version"])
             .unwrap_or_default()
@@ -328,6 +463,8 @@ struct Files {
     write: PathBuf,
     check_read: PathBuf,
     nft: PathBuf,
+    flood_new: PathBuf,
+    flood_one: PathBuf,
 }
 
 impl Files {
@@ -341,12 +478,22 @@ impl Files {
             write: work.join("modbus-write.trafgen"),
             check_read: work.join("modbus-read-check.trafgen"),
             nft: work.join("filter.nft"),
+            flood_new: work.join("flood-new-tuples.trafgen"),
+            flood_one: work.join("flood-one-tuple.trafgen"),
         };
         fs::write(&files.policy, LAB_POLICY)?;
         fs::write(&files.read, trafgen_conf(40000, 3))?;
         fs::write(&files.check_read, trafgen_conf(41000, 3))?;
         fs::write(&files.write, trafgen_conf(41001, 6))?;
         fs::write(&files.nft, NFT_RULESET)?;
+        // Source and destination port both step with every frame; their ranges (64,512 and
+        // 127 values) are coprime, so a tuple repeats only after 8 million frames, far more
+        // than the decision cache holds.
+        fs::write(
+            &files.flood_new,
+            flood_conf("dinc(1024, 65535)", "dinc(1000, 1126)"),
+        )?;
+        fs::write(&files.flood_one, flood_conf("40500", "102"))?;
         Ok(files)
     }
 }
@@ -356,7 +503,7 @@ impl Files {
 const LAB_POLICY: &str = "\
 version: 1
 gateway:
-  interfaces: [bench-a, bench-b]
+  interfaces: [bench-a, bench-b, bench-c]
 defaults:
   action: deny
   intra_zone: allow
@@ -419,6 +566,16 @@ fn iptables_rules() -> Vec<Vec<String>> {
     .collect()
 }
 
+/// A trafgen packet of the flood: a SYN from c to a port of the plant that no conduit allows,
+/// with the given source and destination port (constants or trafgen's dynamic fields).
+fn flood_conf(sport: &str, dport: &str) -> String {
+    format!(
+        "/* Denied SYN flood, written by cargo xtask bench */\n{{\n  \
+         eth(da={MAC_B}, sa={MAC_C}),\n  ipv4(sa={IP_C}, da={IP_SINK}, ttl=64, df),\n  \
+         tcp(sp={sport}, dp={dport}, seq=1000, syn, win=64240)\n}}\n"
+    )
+}
+
 /// A trafgen packet: one Modbus/TCP request with function `function` from host a to the sink
 /// address on b's MAC, as the data segment of an established connection.
 fn trafgen_conf(sport: u16, function: u8) -> String {
@@ -433,7 +590,9 @@ fn trafgen_conf(sport: u16, function: u8) -> String {
 /// What a filter left in place, removed on drop.
 enum Applied {
     Nothing,
-    /// `otfw run`, or the process holding the trivial program.
+    /// The process holding the trivial program.
+    Baseline(LabProcess),
+    /// `otfw run`.
     Otfw(LabProcess),
     Nft,
     Iptables,
@@ -449,15 +608,16 @@ fn apply(lab: &Lab, tools: &Tools, files: &Files, filter: Filter) -> Result<Appl
                 .args(["--iface", PORT_A, "--iface", PORT_B]);
             let mut process = lab.spawn_command(command)?;
             process.wait_for_line(|l| l.contains("\"event\":\"ready\""), START)?;
-            Applied::Otfw(process)
+            Applied::Baseline(process)
         }
-        Filter::OtfwNative | Filter::OtfwGeneric => {
-            let mode = if filter == Filter::OtfwNative {
-                "native"
-            } else {
-                "generic"
-            };
-            Applied::Otfw(start_otfw(lab, tools.otfw, &files.policy, mode)?)
+        Filter::OtfwNative
+        | Filter::OtfwNativeFast
+        | Filter::OtfwGenericFast
+        | Filter::OtfwGeneric => {
+            if filter == Filter::OtfwNativeFast {
+                set_gro(lab, true)?;
+            }
+            Applied::Otfw(start_otfw(lab, tools.otfw, &files.policy, filter)?)
         }
         Filter::Nft => {
             cmd::run(Command::new("nft").arg("-f").arg(&files.nft))?;
@@ -489,15 +649,23 @@ impl Applied {
     /// The process holding the XDP program, if any.
     fn holder(&self) -> Option<u32> {
         match self {
-            Applied::Otfw(process) => Some(process.pid()),
+            Applied::Otfw(process) | Applied::Baseline(process) => Some(process.pid()),
             _ => None,
+        }
+    }
+
+    /// The datapath's shortcut counters (`otfw run` only).
+    fn paths(&mut self) -> Result<Option<serde_json::Value>> {
+        match self {
+            Applied::Otfw(process) => paths(process).map(Some),
+            _ => Ok(None),
         }
     }
 
     /// Fails if the filter is no longer in place (a crashed controller, rules removed).
     fn verify(&self) -> Result<()> {
         match self {
-            Applied::Otfw(process) => {
+            Applied::Otfw(process) | Applied::Baseline(process) => {
                 let pid = process.pid();
                 ensure!(
                     Path::new(&format!("/proc/{pid}")).exists(),
@@ -536,7 +704,7 @@ impl Applied {
 impl Drop for Applied {
     fn drop(&mut self) {
         match self {
-            Applied::Nothing | Applied::Otfw(_) => {}
+            Applied::Nothing | Applied::Otfw(_) | Applied::Baseline(_) => {}
             Applied::Nft => delete_nft(),
             Applied::Iptables => delete_iptables(),
         }
@@ -593,18 +761,77 @@ impl Drop for RulesCleanup {
     }
 }
 
-fn start_otfw(lab: &Lab, otfw: &Path, policy: &Path, mode: &str) -> Result<LabProcess> {
+/// Starts `otfw run` as `filter` (one of the otfw rows) asks, and waits until it is ready and
+/// its fast path is on or off as asked.
+fn start_otfw(lab: &Lab, otfw: &Path, policy: &Path, filter: Filter) -> Result<LabProcess> {
+    let (mode, fast_path) = filter
+        .otfw_mode()
+        .with_context(|| format!("{} is not an otfw row", filter.label()))?;
     let mut command = Command::new(otfw);
     command
         .arg("run")
         .arg("--policy")
         .arg(policy)
-        .args(["--iface", PORT_A, "--iface", PORT_B, "--xdp-mode", mode])
+        .args(["--iface", PORT_A, "--iface", PORT_B, "--iface", PORT_C])
+        .args(["--xdp-mode", mode, "--fast-path", fast_path])
         .args(["--watch-interval", "3600", "--no-pin"])
         .env("RUST_LOG", "warn");
     let mut process = lab.spawn_command(command)?;
     process.wait_for_line(|l| l.contains("\"event\":\"ready\""), START)?;
+    // The controller reports the fast path's state after `ready`, once it has read the bridge
+    // and filled the mirror.
+    let line = process.wait_for_line(|l| l.contains("\"event\":\"fast_path\""), START)?;
+    let event: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("fast_path event {line}"))?;
+    ensure!(
+        event["enabled"] == filter.fast_path(),
+        "{}: the fast path is not as asked: {line}",
+        filter.label()
+    );
     Ok(process)
+}
+
+/// SIGUSR1, then the `paths` of the `stats` event the controller answers with.
+fn paths(otfw: &mut LabProcess) -> Result<serde_json::Value> {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our running child.
+    if unsafe { libc::kill(otfw.pid() as libc::pid_t, libc::SIGUSR1) } != 0 {
+        bail!("SIGUSR1 to otfw: {}", std::io::Error::last_os_error());
+    }
+    let line = otfw.wait_for_line(|l| l.contains("\"event\":\"stats\""), START)?;
+    let event: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("stats event {line}"))?;
+    Ok(event["paths"].clone())
+}
+
+/// How far a `paths` counter moved between two `stats` events.
+fn path_delta(before: &serde_json::Value, after: &serde_json::Value, path: &str) -> u64 {
+    let count = |v: &serde_json::Value| v[path].as_u64().unwrap_or(0);
+    count(after).saturating_sub(count(before))
+}
+
+/// Switches GRO on or off on the veth ends inside namespaces a and b. With GRO on, a veth
+/// without an XDP program of its own has a NAPI receive queue, the only place a native-mode
+/// `XDP_REDIRECT` from its peer can deliver to (without it the frames are dropped).
+fn set_gro(lab: &Lab, on: bool) -> Result<()> {
+    for host in ["a", "b"] {
+        let out = lab.exec(
+            host,
+            &[
+                "ethtool",
+                "-K",
+                "eth0",
+                "gro",
+                if on { "on" } else { "off" },
+            ],
+        )?;
+        ensure!(
+            out.success(),
+            "switching GRO {} on eth0 in {host}: {}",
+            if on { "on" } else { "off" },
+            out.stderr.trim_end()
+        );
+    }
+    Ok(())
 }
 
 fn counter(lab: &Lab, host: &str, name: &str) -> Result<u64> {
@@ -683,8 +910,10 @@ fn burst(
     round: usize,
     packets: u64,
     reference_pps: Option<f64>,
-    holder: Option<u32>,
+    applied: &mut Applied,
 ) -> Result<Trial> {
+    let holder = applied.holder();
+    let paths_before = applied.paths()?;
     let program = holder.map(program_run_time);
     let rx = counter(lab, "b", "rx_packets")?;
     let tx = counter(lab, "a", "tx_packets")?;
@@ -699,6 +928,10 @@ fn burst(
         let runs = runs_after.checked_sub(runs).filter(|&r| r > 0)?;
         Some(time_after.saturating_sub(time) as f64 / runs as f64)
     });
+    let redirected = match (paths_before, applied.paths()?) {
+        (Some(before), Some(after)) => Some(path_delta(&before, &after, "redirected")),
+        _ => None,
+    };
     Ok(Trial {
         filter,
         round,
@@ -708,6 +941,7 @@ fn burst(
         cpu,
         reference_pps,
         program_ns,
+        redirected,
     })
 }
 
@@ -764,6 +998,84 @@ fn program_run_time(pid: u32) -> (u64, u64) {
         })
 }
 
+/// Modbus polling from a to b through otfw (generic XDP with its fast path, the default
+/// shape) while c floods denied SYNs at trafgen's full rate, alternated with the same polling
+/// without the flood.
+fn flood(lab: &Lab, tools: &Tools, files: &Files, opts: &Options) -> Result<Flood> {
+    let filter = Filter::OtfwGenericFast;
+    let mut applied = apply(lab, tools, files, filter)?;
+    let mut phases = Vec::new();
+    for round in 0..opts.flood_rounds {
+        for kind in FloodKind::ALL {
+            println!(
+                "bench: flood round {}/{}: Modbus polling through {}, {}",
+                round + 1,
+                opts.flood_rounds,
+                filter.label(),
+                kind.label()
+            );
+            let conf = match kind {
+                FloodKind::Quiet => None,
+                FloodKind::NewTuples => Some(&files.flood_new),
+                FloodKind::OneTuple => Some(&files.flood_one),
+            };
+            let before = applied.paths()?.unwrap_or_default();
+            let tx = counter(lab, "c", "tx_packets")?;
+            let start = Instant::now();
+            let flooder = conf
+                .map(|conf| {
+                    let conf = conf.to_string_lossy();
+                    lab.spawn(
+                        "c",
+                        &[
+                            "trafgen",
+                            "--dev",
+                            "eth0",
+                            "--conf",
+                            conf.as_ref(),
+                            "--cpus",
+                            "1",
+                            "--no-sock-mem",
+                        ],
+                    )
+                })
+                .transpose()?;
+            if flooder.is_some() {
+                // The flood at full rate before the polling starts.
+                thread::sleep(Duration::from_millis(300));
+            }
+            let polled = ping(lab, tools, opts.flood_samples, 0)?;
+            if let Some(mut flooder) = flooder {
+                ensure!(
+                    flooder.is_running(),
+                    "trafgen stopped flooding early: {}",
+                    flooder.stderr()
+                );
+                flooder.stop();
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let sent = counter(lab, "c", "tx_packets")?.saturating_sub(tx);
+            let after = applied.paths()?.unwrap_or_default();
+            ensure!(
+                kind == FloodKind::Quiet || sent > 0,
+                "the flooder sent nothing"
+            );
+            phases.push(FloodPhase {
+                kind,
+                rtt_ns: polled.rtt_ns,
+                errors: polled.errors,
+                error: polled.error,
+                sent,
+                secs,
+                denial_stored: path_delta(&before, &after, "denial_stored"),
+                denial_cached: path_delta(&before, &after, "denial_cached"),
+            });
+        }
+    }
+    applied.verify()?;
+    Ok(Flood { filter, phases })
+}
+
 fn ping(lab: &Lab, tools: &Tools, count: u32, interval_us: u64) -> Result<PingResult> {
     let to = format!("{IP_B}:502");
     let count_arg = count.to_string();
@@ -805,7 +1117,7 @@ fn swap(lab: &Lab, tools: &Tools, files: &Files, opts: &Options) -> Result<(Swap
     )?;
     let policy = tools.work.join("swap.yaml");
     fs::copy(&files.example, &policy)?;
-    let mut otfw = start_otfw(lab, tools.otfw, &policy, "native")?;
+    let mut otfw = start_otfw(lab, tools.otfw, &policy, Filter::OtfwNative)?;
     let pid = otfw.pid();
     thread::sleep(Duration::from_millis(300));
     let mut memory = vec![memory_of(pid, "example.yaml")?];

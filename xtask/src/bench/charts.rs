@@ -323,7 +323,7 @@ fn throughput(path: &Path, br: &Bridge) -> Result<()> {
         .draw()
         .map_err(e)?;
     for (i, (f, s)) in summaries.iter().enumerate() {
-        let color = if matches!(f, Filter::OtfwNative | Filter::OtfwGeneric) {
+        let color = if f.otfw_mode().is_some() {
             RGBColor(31, 119, 180)
         } else if matches!(f, Filter::None | Filter::Trivial) {
             RGBColor(150, 150, 150)

@@ -5,9 +5,11 @@
 //!    trivial program measured alternately with it (`otfw bench-datapath`, in firewall-user:
 //!    it needs the eBPF object, which this crate must not).
 //! 2. The same with policies of 1 to 10,000 conduits and 10,000 zone prefixes.
-//! 3. Frames per second through the lab bridge with no filter, otfw, nftables and iptables u32.
+//! 3. Frames per second through the lab bridge with no filter, otfw (native and generic XDP,
+//!    each with its fast path and without), nftables and iptables u32.
 //! 4. Control plane: compile and swap of 10,000 conduits, controller and map memory.
 //! 5. Latency of a request/response exchange through the bridge, per filter.
+//! 6. The same exchange while a third namespace floods denied frames, against no flood.
 //!
 //! Writes `target/bench/report.md` and PNG charts there, and prints the summary table. `--quick` runs everything once with small counts: a smoke test for CI.
 
