@@ -163,6 +163,14 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
 
     // Ports named one by one may still be the ports of one bridge.
     let bridge = bridge.or_else(|| common_bridge(&ports));
+    let risky = opts.fast_path.risky_ports(&attached);
+    if !risky.is_empty() {
+        log::warn!(
+            "--fast-path on with native XDP on veth ports ({}): frames redirected to them are \
+             dropped unless the peer runs XDP or has GRO on; use --fast-path auto otherwise",
+            risky.join(", ")
+        );
+    }
     let mut fast_path = FastPath::new(opts.fast_path, bridge, &attached);
     fast_path.sync(&mut datapath, &mut observer);
     let mut fast_path_sync = tokio::time::interval(SYNC_INTERVAL);

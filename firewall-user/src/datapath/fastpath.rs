@@ -48,6 +48,22 @@ pub enum FastPathChoice {
 }
 
 impl FastPathChoice {
+    /// Native-mode veth ports `on` would use: a native veth delivers a redirected frame only
+    /// when its peer runs XDP or has GRO on (NAPI), otherwise the kernel drops it. The
+    /// controller cannot see the peer (another namespace), so it says so.
+    pub fn risky_ports(self, attached: &super::Attached) -> Vec<String> {
+        if self != FastPathChoice::On {
+            return Vec::new();
+        }
+        attached
+            .ports
+            .iter()
+            .filter(|p| p.mode == super::PortMode::Native)
+            .filter(|p| super::ethtool::driver(&p.name).as_deref() == Some("veth"))
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     /// The attached ports (by ifindex) the fast path may use.
     pub fn ports(self, attached: &super::Attached) -> Vec<u32> {
         attached
