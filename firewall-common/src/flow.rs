@@ -186,7 +186,9 @@ pub const MAX_DENIALS: u32 = 65536;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DenyKey {
-    /// The packet's tuple in its own direction; `_pad[0]` holds `class`.
+    /// The packet's tuple in its own direction; `_pad[0]` holds `class`; the source port is 0
+    /// except for mid-stream TCP segments (`DENY_TCP_OTHER`), the only untracked packets whose
+    /// decision depends on it.
     pub tuple: FlowKey,
     pub epoch: u32,
     /// The bridge port it arrived on (the zones' port bindings depend on it).

@@ -197,9 +197,15 @@ fn decision_cache() {
             frame(s.syn(40000, 502), drop(NoConduit, NONE)),
             frame(s.syn(40000, 502), drop(NoConduit, NONE)),
             frame(s.syn(40000, 502), drop(NoConduit, NONE)),
+            // A SYN flood varying its source port is one decision.
+            frame(s.syn(40005, 502), drop(NoConduit, NONE)),
+            frame(s.syn(40006, 502), drop(NoConduit, NONE)),
             // Another kind of segment of the same tuple is another decision.
             frame(s.ack(40000, 502), drop(NotTracked, NONE)),
             frame(s.ack(40000, 502), drop(NotTracked, NONE)),
+            // A mid-stream segment's source port matters (it could be adopted the other way):
+            // another port, another decision.
+            frame(s.ack(40001, 502), drop(NotTracked, NONE)),
             // A swap to a policy allowing the tuple: the cached denial does not apply.
             Step::Install(allow_back.clone()),
             frame(s.syn(40000, 502), pass("back").creates()),
@@ -212,7 +218,7 @@ fn decision_cache() {
     )]);
     assert_eq!(
         (stored, cached),
-        (3, 4),
+        (4, 6),
         "(denials stored, decided from the cache)"
     );
 
@@ -272,9 +278,10 @@ fn decision_cache() {
     let flood = MAX_DENIALS + 2048;
     for i in 0..flood {
         let src = format!("10.0.1.{}", 1 + (i % 250));
-        let sport = 1024 + (i / 250) as u16;
+        // Distinct in what the cache keys on (the source port is not: see the SYN flood above).
+        let dport = 1024 + (i / 250) as u16;
         let d = dp
-            .run_frame(&ip(&src, IT4).syn(sport, 502))
+            .run_frame(&ip(&src, IT4).syn(40000, dport))
             .expect("running a flood frame");
         assert!(d.dropped(), "flood frame {i} was not dropped");
     }

@@ -308,6 +308,12 @@ fn admit(
         IPPROTO_ICMP | IPPROTO_ICMPV6 => pkt.l4.icmp_type,
         _ => 0,
     };
+    // The source port decides nothing for a packet of no flow except a mid-stream TCP segment
+    // (adopted in the other direction, where it is the service): leaving it out lets a flood
+    // that varies it (a SYN flood, a UDP spray) hit the cache.
+    if keys.deny.tuple._pad[0] != DENY_TCP_OTHER {
+        keys.deny.tuple.sport = 0;
+    }
     keys.deny.epoch = epoch;
     keys.deny.ifindex = pkt.ifindex;
     // SAFETY: the value is copied out at once, never held across a map update.
