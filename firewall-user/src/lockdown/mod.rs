@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{compiled::CompiledPolicy, enip, modbus};
 
+mod control;
+pub use control::{Control, InForce};
+
 /// Where lockdown orders are kept (persistent: a lockdown outlives restarts and reboots).
 pub const LOCKDOWN_DIR: &str = "/var/lib/otfw";
 
