@@ -1,7 +1,8 @@
 //! Lockdown for incident response with real traffic: a Modbus write and a plain TCP conduit
 //! work, `otfw lockdown read-only` refuses the write within a second while reads go on and
-//! closes the TCP conduit, the lockdown survives a controller restart, `isolate ZONE` cuts the
-//! zone off and nothing else, and `release` restores the policy in full.
+//! closes the TCP conduit, the lockdown survives a controller restart and applies to a reloaded
+//! policy, `isolate ZONE` cuts the zone off and nothing else, and `release` restores the policy
+//! in full.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -223,6 +224,19 @@ fn lockdown_read_only_and_isolate_through_a_restart_until_released() {
     );
     assert!(read_ok(modbus(&lab, "eng", plc, read.clone())));
     assert_ne!(tcp(&lab, "eng", plc_tcp), TcpOutcome::Echoed);
+
+    // A policy reload (the file changed) is locked down as well.
+    let reloaded = fw.rewrite(&POLICY.replace("ports: [5021]", "ports: [5021, 5022]"));
+    assert!(
+        reloaded.contains(r#""event":"policy_loaded""#),
+        "{reloaded}"
+    );
+    assert_eq!(
+        modbus(&lab, "eng", plc, write(4321)),
+        ModbusResult::Exception(1)
+    );
+    assert_ne!(tcp(&lab, "eng", plc_tcp), TcpOutcome::Echoed);
+    assert!(status().contains("LOCKDOWN: read-only"), "{}", status());
 
     // Isolating a zone the policy lacks is refused; the lockdown in force stays.
     let (out, _) = lockdown(&["isolate", "nowhere"]);
