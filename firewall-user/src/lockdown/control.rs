@@ -25,6 +25,8 @@ pub struct Control {
     /// `None` without pinning (`--no-pin`): no order file, no lockdown.
     instance: Option<String>,
     order: Option<Order>,
+    /// The last error reading the order file, so that it is logged once, not every tick.
+    unreadable: Option<String>,
 }
 
 impl Control {
@@ -47,6 +49,7 @@ impl Control {
         Control {
             instance: instance.map(str::to_owned),
             order,
+            unreadable: None,
         }
     }
 
@@ -91,10 +94,15 @@ impl Control {
         let wanted = match Order::read(&instance) {
             Ok(wanted) => wanted,
             Err(e) => {
-                log::error!("{e:#}; the lockdown in force stays");
+                let error = format!("{e:#}");
+                if self.unreadable.as_ref() != Some(&error) {
+                    log::error!("{error}; the lockdown in force stays");
+                    self.unreadable = Some(error);
+                }
                 return;
             }
         };
+        self.unreadable = None;
         if wanted == self.order {
             return;
         }
