@@ -26,6 +26,7 @@ use crate::{
         Sysfs, SYNC_INTERVAL,
     },
     events::{self, Event},
+    lockdown,
     observe::Observer,
     policy::{
         compiled::{Attachment, CompiledPolicy},
@@ -56,7 +57,7 @@ pub type PolicyLoader = fn(&std::path::Path) -> std::result::Result<CompiledPoli
 
 pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let file = opts.policy.display().to_string();
-    let policy = match load(&opts.policy) {
+    let mut policy = match load(&opts.policy) {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -86,6 +87,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
         .unwrap_or_else(|| ports.first().cloned().unwrap_or_default());
     let mut observer = Observer::new(&opts.observe, &file, &instance)?;
     let pin_dir = observer.pin_dir();
+    let mut lockdown = lockdown::Control::open(observer.instance());
     let enforced_before = pin_dir.as_deref().map(enforced_ports).unwrap_or_default();
     if !enforced_before.is_empty() {
         log::info!(
@@ -101,8 +103,9 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     // enforced (a takeover), whatever is pinned keeps enforcing.
     let start = async {
         let mut datapath = Datapath::load_pinned(pin_dir.as_deref())?;
-        let epoch = datapath.install(&policy)?.epoch;
+        let epoch = datapath.install(&lockdown.restrict(&policy)?)?.epoch;
         in_force(&mut observer, &opts.policy, &file, epoch, &policy);
+        lockdown.started(epoch, &mut observer);
         let scrapes = observer.serve_metrics().await?;
         let links = pin_dir.as_deref().map(links_dir);
         let attached = datapath.attach(&ports, opts.xdp_mode, links.as_deref())?;
@@ -157,6 +160,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut user1 = signal(SignalKind::user_defined1())?;
+    // `otfw lockdown` changed the instance's lockdown order.
+    let mut user2 = signal(SignalKind::user_defined2())?;
     events::emit(&Event::Ready {
         ports: attached.ports.len(),
     });
@@ -190,9 +195,11 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = hangup.recv() => {
                 log::info!("SIGHUP: reloading {file}");
                 fingerprint = file_fingerprint(&opts.policy);
-                reload(&mut datapath, &mut observer, &opts.policy, &file, load);
+                reload(&mut datapath, &mut observer, &opts.policy, &file, load, &mut policy, &lockdown);
             }
+            _ = user2.recv() => lockdown.reread(&mut datapath, &mut observer, &policy),
             _ = watch.tick() => {
+                lockdown.reread(&mut datapath, &mut observer, &policy);
                 let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
                 if lost != events_lost {
                     events_lost = lost;
@@ -208,7 +215,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                     fingerprint = now;
                     if fingerprint.is_some() {
                         log::info!("{file} changed: reloading");
-                        reload(&mut datapath, &mut observer, &opts.policy, &file, load);
+                        reload(&mut datapath, &mut observer, &opts.policy, &file, load, &mut policy, &lockdown);
                     } else {
                         log::warn!("{file} cannot be read; the policy in force stays");
                     }
@@ -405,12 +412,15 @@ fn emit_stats(datapath: &Datapath) {
     }
 }
 
+/// Loads the policy file again into `base` and installs it, restricted by the lockdown in force.
 fn reload(
     datapath: &mut Datapath,
     observer: &mut Observer,
     path: &std::path::Path,
     file: &str,
     load: PolicyLoader,
+    base: &mut CompiledPolicy,
+    lockdown: &lockdown::Control,
 ) {
     let kept = datapath.active().map(|g| g.epoch);
     let loaded = load(path);
@@ -418,10 +428,14 @@ fn reload(
         observer.before_install(datapath);
     }
     match loaded {
-        Ok(policy) => match datapath.install(&policy) {
-            Ok(generation) => {
-                let epoch = generation.epoch;
+        Ok(policy) => match lockdown
+            .restrict(&policy)
+            .and_then(|restricted| Ok(datapath.install(&restricted)?.epoch))
+        {
+            Ok(epoch) => {
                 in_force(observer, path, file, epoch, &policy);
+                lockdown.installed(epoch, observer);
+                *base = policy;
             }
             Err(e) => {
                 observer.rejected();

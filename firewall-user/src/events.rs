@@ -65,6 +65,29 @@ pub enum Event<'a> {
         /// Why it is off, when disabled.
         reason: Option<&'a str>,
     },
+    /// A lockdown (`otfw lockdown`) is in force from generation `epoch` on; also when a
+    /// controller starts under a kept order.
+    Lockdown {
+        /// `read-only` or `isolate`.
+        mode: &'static str,
+        /// The isolated zone (`isolate`).
+        zone: Option<&'a str>,
+        /// When it was ordered (RFC 3339).
+        since: &'a str,
+        epoch: u32,
+    },
+    /// The lockdown was released: generation `epoch` is the policy in force in full.
+    LockdownReleased {
+        mode: &'static str,
+        zone: Option<&'a str>,
+        epoch: u32,
+    },
+    /// A lockdown order could not be applied (`mode` null: a release); the one in force stays.
+    LockdownRefused {
+        mode: Option<&'static str>,
+        zone: Option<&'a str>,
+        error: &'a str,
+    },
     /// A packet was denied (dropped, reset, or passed in monitor mode); rate-limited at the
     /// source.
     Denied(PacketEvent),
@@ -209,6 +232,9 @@ impl Event<'_> {
             Event::Ready { .. } => "ready",
             Event::Detached { .. } => "detached",
             Event::FastPath { .. } => "fast_path",
+            Event::Lockdown { .. } => "lockdown",
+            Event::LockdownReleased { .. } => "lockdown_released",
+            Event::LockdownRefused { .. } => "lockdown_refused",
             Event::Denied(_) => "denied",
             Event::FlowAdopted(_) => "flow_adopted",
             Event::Stats { .. } => "stats",

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod decode;
 pub mod events;
 pub mod inventory;
+pub mod lockdown;
 pub mod metrics;
 pub mod observe;
 pub mod offload;

@@ -63,6 +63,7 @@ pub struct Metrics {
     policy_loads: IntCounterVec,
     port_attached: IntGaugeVec,
     fast_path: IntGauge,
+    lockdown: IntGaugeVec,
     events: IntCounterVec,
     events_lost: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
@@ -251,6 +252,13 @@ impl Metrics {
             "1 while the fast path forwards allowed frames port to port (XDP_REDIRECT); \
              frames it takes are counted in otfw_datapath_paths_total{path=\"redirected\"}."
         );
+        let lockdown = family!(
+            IntGaugeVec,
+            "otfw_lockdown",
+            "1 while a lockdown (otfw lockdown) restricts the policy in force: mode read-only \
+             or isolate, zone the isolated zone (empty for read-only). No series: no lockdown.",
+            ["mode", "zone"]
+        );
         let events = family!(
             IntCounterVec,
             "otfw_events_total",
@@ -311,6 +319,7 @@ impl Metrics {
             policy_loads,
             port_attached,
             fast_path,
+            lockdown,
             events,
             events_lost,
             totals: ConduitTotals::default(),
@@ -346,6 +355,19 @@ impl Metrics {
         self.port_attached
             .with_label_values(&[port, mode])
             .set(attached as i64);
+    }
+
+    pub fn policy_epoch(&self, epoch: u32) {
+        self.policy_epoch.set(epoch as i64);
+    }
+
+    pub fn lockdown(&self, lockdown: Option<&crate::lockdown::Lockdown>) {
+        self.lockdown.reset();
+        if let Some(lockdown) = lockdown {
+            self.lockdown
+                .with_label_values(&[lockdown.mode(), lockdown.zone().unwrap_or("")])
+                .set(1);
+        }
     }
 
     pub fn fast_path(&self, enabled: bool) {

@@ -137,6 +137,34 @@ impl Observer {
         self.save();
     }
 
+    /// A generation restricted by a new lockdown order (or by none, on release) is in force:
+    /// the policy file's is unchanged, so only the epoch moves.
+    pub fn relocked(&mut self, epoch: u32, policy: &CompiledPolicy) {
+        self.metrics.policy_epoch(epoch);
+        self.events.generation(epoch, policy);
+        if let Some(state) = self.state.as_mut() {
+            state.generation(epoch, &policy.names.conduits);
+        }
+    }
+
+    /// The lockdown in force from now on (`None`: none).
+    pub fn lockdown(&mut self, lockdown: Option<crate::lockdown::InForce>) {
+        self.metrics
+            .lockdown(lockdown.as_ref().map(|l| &l.order.lockdown));
+        if let Some(state) = self.state.as_mut() {
+            state.lockdown = lockdown;
+            state.lockdown_refused = None;
+        }
+        self.save();
+    }
+
+    pub fn lockdown_refused(&mut self, error: &str) {
+        if let Some(state) = self.state.as_mut() {
+            state.lockdown_refused = Some(error.to_string());
+        }
+        self.save();
+    }
+
     pub fn rejected(&mut self) {
         self.metrics.policy_rejected();
     }

@@ -65,6 +65,12 @@ pub struct State {
     /// The fast path's state as last reported (`on (...)` or `off: why`).
     #[serde(default)]
     pub fast_path: Option<String>,
+    /// The lockdown in force (`otfw lockdown`), if any.
+    #[serde(default)]
+    pub lockdown: Option<crate::lockdown::InForce>,
+    /// Why the controller refused the last lockdown order, if it did.
+    #[serde(default)]
+    pub lockdown_refused: Option<String>,
     /// The generations in the two slots, oldest first.
     pub generations: Vec<GenerationState>,
 }
@@ -408,6 +414,13 @@ impl Report {
         let _ = writeln!(out, "ports:");
         for p in &s.ports {
             let _ = writeln!(out, "  {:<16} {} XDP", p.name, p.mode);
+        }
+        if let Some(lockdown) = &s.lockdown {
+            let _ = writeln!(
+                out,
+                "LOCKDOWN: {} since {} (epoch {}; `otfw lockdown release` ends it)",
+                lockdown.order.lockdown, lockdown.order.since, lockdown.epoch
+            );
         }
         if let Some(fast_path) = &s.fast_path {
             let _ = writeln!(out, "fast path: {fast_path}");

@@ -194,3 +194,13 @@ conduits:
 "#
     )
 }
+
+/// Kills `process` (a controller) with SIGKILL and waits for it to die.
+pub fn sigkill(process: LabProcess) {
+    let pid = libc::pid_t::try_from(process.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    process
+        .wait(Duration::from_secs(5))
+        .expect("otfw run did not die on SIGKILL");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use otfw_tests::{
     modbus_initial as initial, require_modbus_peers, target_binary, Datastore, HoldSummary, Lab,
-    LabProcess, ModbusClient, ModbusOp, ModbusResult, Table,
+    ModbusClient, ModbusOp, ModbusResult, Table,
 };
 
 use crate::common::{self, v4, Firewall, START};
@@ -98,15 +98,6 @@ fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
     xdp_programs(lab).iter().map(Option::is_some).collect()
 }
 
-fn sigkill(process: LabProcess) {
-    let pid = libc::pid_t::try_from(process.pid()).unwrap();
-    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    process
-        .wait(Duration::from_secs(5))
-        .expect("otfw run did not die on SIGKILL");
-}
-
 #[test]
 fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     let _unpin = Unpin;
@@ -140,7 +131,7 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         std::thread::sleep(Duration::from_millis(1500));
         let before = xdp_programs(&lab);
         let Firewall { process, policy } = fw;
-        sigkill(process);
+        common::sigkill(process);
         drop(policy);
         assert_eq!(
             xdp_on_ports(&lab),
@@ -331,7 +322,7 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
     let _unpin = Unpin;
     let lab = common::lab(&common::left_right_hosts());
     let Firewall { process, .. } = start(&lab);
-    sigkill(process);
+    common::sigkill(process);
     let maps = Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("maps");
     std::fs::remove_file(maps.join("FLOWS")).unwrap();
     pin_again(&maps.join("ACTIVE"), &maps.join("FLOWS"));
@@ -423,7 +414,7 @@ fn modbus_inspection_goes_on_without_a_controller() {
 
     polls("controller running");
     let Firewall { process, .. } = fw;
-    sigkill(process);
+    common::sigkill(process);
     polls("no controller");
     let _fw = Firewall::start_with(&lab, &policy, &args);
     polls("controller restarted");

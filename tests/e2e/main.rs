@@ -11,6 +11,7 @@ mod fast_path;
 mod firewall;
 mod inventory;
 mod lab;
+mod lockdown;
 mod metrics;
 mod modbus;
 mod policy_git;

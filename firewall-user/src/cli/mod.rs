@@ -6,6 +6,7 @@ pub mod config;
 pub mod diff;
 pub mod inventory;
 pub mod learn;
+pub mod lockdown;
 pub mod replay;
 pub mod run;
 pub mod status;
@@ -46,6 +47,12 @@ pub enum Command {
     /// One conduit per client/server host pair with the Modbus functions, units and address
     /// ranges and the CIP services and tags seen, commented with counts and first/last seen.
     Learn(learn::LearnArgs),
+    /// Incident response: restrict the policy in force at once, until released.
+    ///
+    /// The order is kept (/var/lib/otfw/INSTANCE.lockdown) and survives controller restarts
+    /// and reboots; the running controller applies it within a second, without reading the
+    /// policy file. Needs root on the gateway; there is no remote interface.
+    Lockdown(lockdown::LockdownArgs),
     /// Enforce a policy on the ports of the gateway bridge.
     ///
     /// JSON events go to stdout. SIGHUP reloads the policy; SIGUSR1 prints the datapath's
@@ -76,6 +83,7 @@ impl Cli {
             Command::Diff(args) => diff::run(&args),
             Command::Inventory(args) => inventory::run(&args),
             Command::Learn(args) => learn::run(&args),
+            Command::Lockdown(args) => lockdown::run(&args),
             Command::Run(args) => run::run(args),
             Command::Replay(args) => replay::run(args),
             Command::Status(args) => status::run(&args),

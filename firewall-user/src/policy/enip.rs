@@ -189,6 +189,40 @@ impl EnipRules {
             })
     }
 
+    /// These rules narrowed to the `read` preset (lockdown): of the services they allow, the
+    /// read services stay (named or through `objects`, on the same classes); commands, tags and
+    /// I/O stay as they are (cyclic I/O keeps the process running; isolating a zone stops it).
+    pub fn read_only(&self) -> EnipRules {
+        let read: Vec<CipService> = READ.iter().filter_map(|n| service(n)).collect();
+        let services = read
+            .iter()
+            .copied()
+            .filter(|s| self.all_services || self.services.contains(s))
+            .collect();
+        let objects = self
+            .objects
+            .iter()
+            .map(|(&class, codes)| {
+                let kept: BTreeSet<u8> = codes
+                    .iter()
+                    .copied()
+                    .filter(|&c| {
+                        read.iter()
+                            .any(|s| s.code == c && s.target.matches_class(class))
+                    })
+                    .collect();
+                (class, kept)
+            })
+            .filter(|(_, codes)| !codes.is_empty())
+            .collect();
+        EnipRules {
+            all_services: false,
+            services,
+            objects,
+            ..self.clone()
+        }
+    }
+
     /// Whether any service that changes data or device state is allowed (lint input).
     pub fn grants_write_or_admin(&self) -> bool {
         WRITE

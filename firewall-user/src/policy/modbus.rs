@@ -73,6 +73,19 @@ impl SubFunctions {
         }
     }
 
+    /// The sub-functions both allow; `None` when there are none.
+    fn intersect(&self, other: &SubFunctions) -> Option<SubFunctions> {
+        use SubFunctions::*;
+        match (self, other) {
+            (Any, x) | (x, Any) => Some(x.clone()),
+            (Only(set), x) | (x, Only(set)) => {
+                let kept: BTreeSet<u16> = set.iter().copied().filter(|&s| x.allows(s)).collect();
+                (!kept.is_empty()).then_some(Only(kept))
+            }
+            (AllExcept(a), AllExcept(b)) => Some(AllExcept(a | b)),
+        }
+    }
+
     pub fn allows(&self, sub: u16) -> bool {
         match self {
             SubFunctions::Any => true,
@@ -124,6 +137,22 @@ impl ModbusRules {
             None => subs,
         };
         self.functions.insert(code, merged);
+    }
+
+    /// These rules narrowed to the `read` preset (lockdown): the read functions they allow
+    /// stay, with their units, address ranges and refusal; every other function goes.
+    pub fn read_only(&self) -> ModbusRules {
+        let mut read = ModbusRules::default();
+        add_function(&mut read, &Scalar::Text("read".into())).expect("the read preset resolves");
+        let functions = self
+            .functions
+            .iter()
+            .filter_map(|(&code, subs)| Some((code, subs.intersect(read.functions.get(&code)?)?)))
+            .collect();
+        ModbusRules {
+            functions,
+            ..self.clone()
+        }
     }
 
     /// Whether any function that changes data or programs a device is allowed (lint input).
