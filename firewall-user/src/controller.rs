@@ -32,6 +32,7 @@ use crate::{
         compiled::{Attachment, CompiledPolicy},
         git::commit_of,
     },
+    rollout,
 };
 
 use firewall_common::counters::PATH_STAT_NAMES;
@@ -88,6 +89,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut observer = Observer::new(&opts.observe, &file, &instance)?;
     let pin_dir = observer.pin_dir();
     let mut lockdown = lockdown::Control::open(observer.instance());
+    // `otfw apply` waiting for `otfw confirm`: rolled back at its deadline.
+    let mut rollout = rollout::Watch::new(observer.instance());
     let enforced_before = pin_dir.as_deref().map(enforced_ports).unwrap_or_default();
     if !enforced_before.is_empty() {
         log::info!(
@@ -200,6 +203,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = user2.recv() => lockdown.reread(&mut datapath, &mut observer, &policy),
             _ = watch.tick() => {
                 lockdown.reread(&mut datapath, &mut observer, &policy);
+                // A rollback writes the old policy into the file: the check below reloads it.
+                rollout.tick();
                 let lost = datapath.modbus_events_lost().unwrap_or(events_lost);
                 if lost != events_lost {
                     events_lost = lost;

@@ -57,6 +57,13 @@ pub enum Event<'a> {
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
     Detached { port: &'a str },
+    /// `otfw apply` put a policy in force that rolls back unless confirmed by `confirm_by`
+    /// (seconds since the Unix epoch).
+    PolicyApplied { file: &'a str, confirm_by: u64 },
+    /// `otfw confirm`: the applied policy stays.
+    PolicyConfirmed { file: &'a str },
+    /// The applied policy was not confirmed by `deadline`: the policy before it is back.
+    PolicyRolledBack { file: &'a str, deadline: u64 },
     /// The fast path started, changed its ports, or stopped (with the reason).
     FastPath {
         enabled: bool,
@@ -232,6 +239,9 @@ impl Event<'_> {
             Event::Ready { .. } => "ready",
             Event::Detached { .. } => "detached",
             Event::FastPath { .. } => "fast_path",
+            Event::PolicyApplied { .. } => "policy_applied",
+            Event::PolicyConfirmed { .. } => "policy_confirmed",
+            Event::PolicyRolledBack { .. } => "policy_rolled_back",
             Event::Lockdown { .. } => "lockdown",
             Event::LockdownReleased { .. } => "lockdown_released",
             Event::LockdownRefused { .. } => "lockdown_refused",

@@ -14,4 +14,5 @@ pub mod observe;
 pub mod offload;
 pub mod policy;
 pub mod replay;
+pub mod rollout;
 pub mod status;

@@ -15,3 +15,4 @@ mod lockdown;
 mod metrics;
 mod modbus;
 mod policy_git;
+mod rollout;

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod learn;
 pub mod lockdown;
 pub mod replay;
+pub mod rollout;
 pub mod run;
 pub mod status;
 pub mod stop;
@@ -28,6 +29,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Put a policy in force that rolls back unless `otfw confirm` arrives in time.
+    ///
+    /// The new policy is checked, written into the file `otfw run` enforces (the old one kept
+    /// in /var/lib/otfw/INSTANCE.previous.yaml) and loaded at once; at the deadline, unless
+    /// confirmed, the controller writes the old policy back and loads it: a change that cuts
+    /// off the engineer who made it undoes itself.
+    Apply(rollout::ApplyArgs),
+    /// Keep the policy `otfw apply` put in force (no rollback).
+    Confirm(rollout::ConfirmArgs),
     /// Check policy files: report every error and warning, exit 1 if any file has an error.
     Check(check::CheckArgs),
     /// Explain what changing policy OLD into NEW does to what is allowed, line by line.
@@ -79,6 +89,8 @@ impl Cli {
     /// Runs the chosen subcommand; returns the process exit code.
     pub fn run(self) -> anyhow::Result<u8> {
         match self.command {
+            Command::Apply(args) => rollout::apply(&args),
+            Command::Confirm(args) => rollout::confirm(&args),
             Command::Check(args) => check::run(&args),
             Command::Diff(args) => diff::run(&args),
             Command::Inventory(args) => inventory::run(&args),

@@ -14,8 +14,6 @@
 //! controller that starts, or reloads its policy, applies the order again.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -105,20 +103,8 @@ impl Order {
 
     /// Keeps the order for `instance` (root-only file, replaced atomically).
     pub fn save(&self, instance: &str) -> Result<()> {
-        std::fs::create_dir_all(LOCKDOWN_DIR)
-            .with_context(|| format!("creating {LOCKDOWN_DIR} (otfw lockdown needs root)"))?;
-        let path = lockdown_path(instance);
-        let tmp = path.with_extension("lockdown.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {} (otfw lockdown needs root)", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        crate::rollout::write_private(&lockdown_path(instance), &serde_json::to_vec_pretty(self)?)
+            .context("keeping the lockdown order (otfw lockdown needs root)")
     }
 
     /// Removes the order kept for `instance`; whether there was one.

@@ -1,0 +1,144 @@
+//! Safe rollout with real traffic: `otfw apply NEW --confirm-within` puts a policy in force at
+//! once; unconfirmed, the controller rolls back to the policy before it at the deadline (the
+//! change that would have locked the engineer out undoes itself); confirmed, it stays.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use otfw_tests::{target_binary, HostSpec, TcpOutcome};
+use serde_json::Value;
+
+use crate::common::{self, v4, Firewall};
+
+/// The pinned instance of this test (pins and rollout files removed at the end).
+const INSTANCE: &str = "otfwt-rollout";
+const CONNECT: Duration = Duration::from_millis(1500);
+
+/// `office` may reach the plant on TCP `port`.
+fn policy(port: u16) -> String {
+    format!(
+        "version: 1
+gateway: {{ interfaces: [otfwt-a, otfwt-b] }}
+defaults: {{ action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp] }}
+zones:
+  office: {{ networks: [198.51.100.0/25] }}
+  plant: {{ networks: [198.51.100.128/25] }}
+conduits:
+  - name: office-to-plant
+    from: office
+    to: plant
+    allow: [{{ tcp: {{ ports: [{port}] }} }}]
+"
+    )
+}
+
+fn otfw(args: &[&str]) -> Output {
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(otfw).args(args).output().expect("run otfw");
+    eprintln!(
+        "otfw {} -> {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Removes the instance's pins and rollout files when the test ends, passed or failed.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for file in ["apply", "previous.yaml"] {
+            let _ =
+                std::fs::remove_file(Path::new("/var/lib/otfw").join(format!("{INSTANCE}.{file}")));
+        }
+        if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
+            let _ = otfw(&["stop", "--instance", INSTANCE]);
+        }
+    }
+}
+
+/// `otfw apply FILE --confirm-within WITHIN` for the test's instance; whether it succeeded.
+fn apply(file: &Path, within: &str) -> bool {
+    let file = file.to_str().unwrap();
+    otfw(&[
+        "apply",
+        file,
+        "--confirm-within",
+        within,
+        "--instance",
+        INSTANCE,
+    ])
+    .status
+    .success()
+}
+
+fn event(fw: &mut Firewall, event: &str, within: Duration) -> Value {
+    let marker = format!(r#""event":"{event}""#);
+    let line = fw
+        .process
+        .wait_for_line(|l| l.contains(&marker), within)
+        .unwrap_or_else(|e| panic!("no {event} event: {e:#}"));
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn apply_rolls_back_unless_confirmed() {
+    let _cleanup = Cleanup;
+    let lab = common::lab(&[
+        HostSpec::new("a", "198.51.100.10/24"),
+        HostSpec::new("b", "198.51.100.200/24"),
+    ]);
+    let mut fw = Firewall::start_with(&lab, &policy(5020), &["--instance", INSTANCE]);
+    let _b5020 = lab.tcp_echo_server("b", 5020).unwrap();
+    let _b5021 = lab.tcp_echo_server("b", 5021).unwrap();
+    let (old, new) = (v4(&lab, "b", 5020), v4(&lab, "b", 5021));
+    let echo = |to| lab.tcp_echo("a", to, "hi", CONNECT).unwrap();
+    assert_eq!(echo(old), TcpOutcome::Echoed);
+    assert_eq!(echo(new), TcpOutcome::TimedOut);
+
+    // A policy with errors is refused and changes nothing.
+    let broken = std::env::temp_dir().join("otfwt-rollout-broken.yaml");
+    std::fs::write(&broken, "version: 1\nzones: [\n").unwrap();
+    assert!(!apply(&broken, "2s"));
+    assert_eq!(echo(old), TcpOutcome::Echoed);
+
+    // Applied, not confirmed: in force at once, rolled back at the deadline.
+    let next = std::env::temp_dir().join("otfwt-rollout-next.yaml");
+    std::fs::write(&next, policy(5021)).unwrap();
+    assert!(apply(&next, "3s"));
+    event(&mut fw, "policy_applied", Duration::from_secs(5));
+    assert_eq!(
+        echo(new),
+        TcpOutcome::Echoed,
+        "the applied policy is in force"
+    );
+    assert_eq!(echo(old), TcpOutcome::TimedOut);
+    let rolled = event(&mut fw, "policy_rolled_back", Duration::from_secs(10));
+    println!("rolled back: {rolled}");
+    event(&mut fw, "policy_loaded", Duration::from_secs(5));
+    assert_eq!(
+        echo(old),
+        TcpOutcome::Echoed,
+        "the policy before the apply is back"
+    );
+    assert_eq!(echo(new), TcpOutcome::TimedOut);
+    assert!(
+        !otfw(&["confirm", "--instance", INSTANCE]).status.success(),
+        "nothing to confirm"
+    );
+
+    // Applied and confirmed: it stays past the deadline.
+    assert!(apply(&next, "3s"));
+    event(&mut fw, "policy_applied", Duration::from_secs(5));
+    assert!(otfw(&["confirm", "--instance", INSTANCE]).status.success());
+    event(&mut fw, "policy_confirmed", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(echo(new), TcpOutcome::Echoed, "the confirmed policy stays");
+    assert_eq!(echo(old), TcpOutcome::TimedOut);
+    let _ = std::fs::remove_file(next);
+    let _ = std::fs::remove_file(broken);
+}
