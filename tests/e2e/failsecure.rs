@@ -459,6 +459,33 @@ fn a_failed_start_leaves_no_port_half_configured() {
         .exists());
 }
 
+/// Without a BPF filesystem (unmounted in a mount namespace of its own, so the host keeps
+/// its own), `otfw run` says what to do, exits non-zero and touches no port.
+#[test]
+fn a_start_without_a_bpf_filesystem_fails_cleanly() {
+    let _unpin = Unpin;
+    let lab = common::lab(&common::left_right_hosts());
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    let policy = std::env::temp_dir().join(format!("otfwt-nobpffs-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).unwrap();
+    let script = format!(
+        "umount /sys/fs/bpf && exec {} run --policy {} --metrics off --instance {INSTANCE}",
+        otfw.display(),
+        policy.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("running unshare");
+    let _ = std::fs::remove_file(&policy);
+    let message = text(&out.stderr);
+    println!("without bpffs: exit {:?}: {message}", out.status.code());
+    assert_ne!(out.status.code(), Some(0), "{message}");
+    assert!(message.contains("bpffs is not mounted"), "{message}");
+    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+}
+
 /// otfw never replaces an XDP program it did not pin: here one from an unpinned `otfw run`,
 /// which for the pinned instance is just another program on the port.
 #[test]
