@@ -39,15 +39,19 @@ pub fn after_inspection(ctx: &XdpContext, action: u32) -> u32 {
 
 #[inline(always)]
 fn redirect(ctx: &XdpContext) -> Option<u32> {
-    let state = FAST_PATH.get(0)?;
-    // SAFETY: reading the monotonic clock has no preconditions.
-    if unsafe { bpf_ktime_get_ns() } > state.valid_until_ns {
+    let valid_until = FAST_PATH.get(0)?.valid_until_ns;
+    // Switched off (0): no clock read for the frames of a gateway without the fast path.
+    if valid_until == 0 {
         return None;
     }
     // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: values are copied out at once, never held across a map update.
     unsafe { FAST_PORTS.get(&ingress) }?;
+    // SAFETY: reading the monotonic clock has no preconditions.
+    if unsafe { bpf_ktime_get_ns() } > valid_until {
+        return None;
+    }
     let macs: [u8; 14] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
     // Group addresses (broadcast, multicast, STP, LLDP) are the bridge's to flood or consume.
     if macs[0] & 1 != 0 {
