@@ -11,7 +11,7 @@ use common::{
         arp_request, ethernet, ip, padded, patched, stp_bpdu, tagged, tcp_header, truncated, Ip,
         ETH_HLEN,
     },
-    policy::{Conduit, Policy, ETH_P_LLDP},
+    policy::{it_ot, it_ot_shifted, Conduit, Policy, ETH_P_LLDP},
     table::{
         case, drop, frame, frame_on, load, monitor, pass, reset, run, Case, Expect, Step, DEFAULT,
         INTRA_ZONE, NONE, UNZONED,
@@ -41,16 +41,6 @@ fn v4() -> Ip {
 /// Client (zone `it`) to server (zone `ot`), IPv6.
 fn v6() -> Ip {
     ip(IT6, OT6)
-}
-
-/// Two zones, `it` opening to `ot`: Modbus, SNMP and ping.
-fn it_ot() -> Policy {
-    Policy::new()
-        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
-        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
-        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
-        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
-        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
 }
 
 fn one(name: &'static str, policy: &Policy, f: Vec<u8>, expect: Expect) -> Case {
@@ -1234,17 +1224,6 @@ fn modes_and_resets() {
             ),
         ],
     );
-}
-
-/// Policy A with one more conduit declared first: every conduit id of A moves up by one.
-fn it_ot_shifted() -> Policy {
-    Policy::new()
-        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
-        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
-        .conduit(Conduit::new("ssh", "it", "ot").tcp(22))
-        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
-        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
-        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use common::{
     frames::ip,
-    policy::{Conduit, Policy},
+    policy::{it_ot, it_ot_shifted, Conduit, Policy},
     table::{case, drop, frame, frame_on, load, monitor, pass, reset, run, Step, NONE},
     TestInterface,
 };
@@ -22,26 +22,6 @@ use otfw::datapath::Datapath;
 
 const IT4: &str = "10.0.2.10";
 const OT4: &str = "10.0.1.20";
-
-fn it_ot() -> Policy {
-    Policy::new()
-        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
-        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
-        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
-        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
-        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
-}
-
-/// `it_ot` with one more conduit declared first: every conduit id moves up by one.
-fn it_ot_shifted() -> Policy {
-    Policy::new()
-        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
-        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"])
-        .conduit(Conduit::new("ssh", "it", "ot").tcp(22))
-        .conduit(Conduit::new("modbus", "it", "ot").tcp(502))
-        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
-        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
-}
 
 fn paths(dp: &Datapath) -> [u64; PATH_STATS_LEN as usize] {
     dp.path_stats().expect("reading PATH_STATS")

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use otfw_tests::{target_binary, HostSpec, Lab, LabOptions, LabProcess};
@@ -203,4 +203,23 @@ pub fn sigkill(process: LabProcess) {
     process
         .wait(Duration::from_secs(5))
         .expect("otfw run did not die on SIGKILL");
+}
+
+/// Runs the `otfw` binary with `args` to completion.
+pub fn otfw(args: &[&str]) -> Output {
+    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+    Command::new(otfw).args(args).output().expect("run otfw")
+}
+
+/// `otfw`, its command, status and output printed for the test log.
+pub fn otfw_logged(args: &[&str]) -> Output {
+    let out = otfw(args);
+    eprintln!(
+        "otfw {} -> {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

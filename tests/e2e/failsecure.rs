@@ -12,7 +12,7 @@ use otfw_tests::{
     ModbusClient, ModbusOp, ModbusResult, Table,
 };
 
-use crate::common::{self, v4, Firewall, START};
+use crate::common::{self, otfw, v4, Firewall, START};
 
 /// The pinned instance these tests run.
 const INSTANCE: &str = "otfwt";
@@ -33,11 +33,6 @@ conduits:
     to: right
     allow: [{ tcp: { ports: [5020] } }, { udp: { ports: [5353] } }]
 ";
-
-fn otfw(args: &[&str]) -> Output {
-    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
-    Command::new(otfw).args(args).output().expect("run otfw")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -6,16 +6,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use otfw_tests::{
-    free_loopback_addr, require_modbus_peers, scrape, target_binary, Lab, ModbusClient, ModbusOp,
-    ModbusResult, Table, TcpOutcome,
+    free_loopback_addr, require_modbus_peers, scrape, Lab, ModbusClient, ModbusOp, ModbusResult,
+    Table, TcpOutcome,
 };
 use serde_json::Value;
 
-use crate::common::{self, v4, Firewall};
+use crate::common::{self, otfw, otfw_logged, v4, Firewall};
 
 /// The pinned instance of this test (pins and lockdown order removed at the end).
 const INSTANCE: &str = "otfwt-lockdown";
@@ -49,26 +49,15 @@ conduits:
     allow: [{ tcp: { ports: [5021] } }]
 ";
 
-fn otfw(args: &[&str]) -> Output {
-    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
-    Command::new(otfw).args(args).output().expect("run otfw")
-}
-
 /// `otfw lockdown ARGS --instance INSTANCE`, printed for the test log; how long it took.
 fn lockdown(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
     let mut all = vec!["lockdown"];
     all.extend_from_slice(args);
     all.extend(["--instance", INSTANCE]);
-    let out = otfw(&all);
+    let out = otfw_logged(&all);
     let took = started.elapsed();
-    eprintln!(
-        "otfw {} -> {} in {took:.1?}\n{}{}",
-        all.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("(in {took:.1?})");
     (out, took)
 }
 

@@ -3,13 +3,12 @@
 //! change that would have locked the engineer out undoes itself); confirmed, it stays.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use otfw_tests::{target_binary, HostSpec, TcpOutcome};
+use otfw_tests::{HostSpec, TcpOutcome};
 use serde_json::Value;
 
-use crate::common::{self, v4, Firewall};
+use crate::common::{self, otfw_logged, v4, Firewall};
 
 /// The pinned instance of this test (pins and rollout files removed at the end).
 const INSTANCE: &str = "otfwt-rollout";
@@ -33,19 +32,6 @@ conduits:
     )
 }
 
-fn otfw(args: &[&str]) -> Output {
-    let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
-    let out = Command::new(otfw).args(args).output().expect("run otfw");
-    eprintln!(
-        "otfw {} -> {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Removes the instance's pins and rollout files when the test ends, passed or failed.
 struct Cleanup;
 
@@ -56,7 +42,7 @@ impl Drop for Cleanup {
                 std::fs::remove_file(Path::new("/var/lib/otfw").join(format!("{INSTANCE}.{file}")));
         }
         if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
-            let _ = otfw(&["stop", "--instance", INSTANCE]);
+            let _ = otfw_logged(&["stop", "--instance", INSTANCE]);
         }
     }
 }
@@ -64,7 +50,7 @@ impl Drop for Cleanup {
 /// `otfw apply FILE --confirm-within WITHIN` for the test's instance; whether it succeeded.
 fn apply(file: &Path, within: &str) -> bool {
     let file = file.to_str().unwrap();
-    otfw(&[
+    otfw_logged(&[
         "apply",
         file,
         "--confirm-within",
@@ -127,14 +113,18 @@ fn apply_rolls_back_unless_confirmed() {
     );
     assert_eq!(echo(new), TcpOutcome::TimedOut);
     assert!(
-        !otfw(&["confirm", "--instance", INSTANCE]).status.success(),
+        !otfw_logged(&["confirm", "--instance", INSTANCE])
+            .status
+            .success(),
         "nothing to confirm"
     );
 
     // Applied and confirmed: it stays past the deadline.
     assert!(apply(&next, "3s"));
     event(&mut fw, "policy_applied", Duration::from_secs(5));
-    assert!(otfw(&["confirm", "--instance", INSTANCE]).status.success());
+    assert!(otfw_logged(&["confirm", "--instance", INSTANCE])
+        .status
+        .success());
     event(&mut fw, "policy_confirmed", Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(echo(new), TcpOutcome::Echoed, "the confirmed policy stays");

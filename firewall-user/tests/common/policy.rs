@@ -390,3 +390,25 @@ impl Policy {
         }
     }
 }
+
+/// Two zones, `it` opening to `ot`: Modbus, SNMP and ping.
+pub fn it_ot() -> Policy {
+    it_ot_with(&[])
+}
+
+/// `it_ot` with one more conduit declared first: every conduit id moves up by one.
+pub fn it_ot_shifted() -> Policy {
+    it_ot_with(&[Conduit::new("ssh", "it", "ot").tcp(22)])
+}
+
+fn it_ot_with(first: &[Conduit]) -> Policy {
+    let mut p = Policy::new()
+        .zone("it", &["10.0.2.0/24", "2001:db8:2::/64"])
+        .zone("ot", &["10.0.1.0/24", "2001:db8:1::/64"]);
+    for c in first {
+        p = p.conduit(c.clone());
+    }
+    p.conduit(Conduit::new("modbus", "it", "ot").tcp(502))
+        .conduit(Conduit::new("snmp", "it", "ot").udp(161))
+        .conduit(Conduit::new("ping", "it", "ot").icmp(8).icmpv6(128))
+}
