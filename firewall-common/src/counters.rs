@@ -50,7 +50,9 @@ pub const FLOW_REVOKED: u32 = 4;
 pub const FLOW_REVALIDATED: u32 = 5;
 /// A tracked flow removed by a reset, or released because a default now decides it.
 pub const FLOW_CLOSED: u32 = 6;
-pub const FLOW_STATS_LEN: u32 = 7;
+/// A flow answered by its responder, moved from `EMBRYOS` to `FLOWS`.
+pub const FLOW_PROMOTED: u32 = 7;
+pub const FLOW_STATS_LEN: u32 = 8;
 pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
     "created",
     "adopted",
@@ -59,6 +61,7 @@ pub const FLOW_STAT_NAMES: [&str; FLOW_STATS_LEN as usize] = [
     "revoked",
     "revalidated",
     "closed",
+    "promoted",
 ];
 
 /// Map `PATH_STATS` (per-CPU u64): the shortcuts the datapath took. Facts about cost, not

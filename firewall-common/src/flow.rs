@@ -1,6 +1,21 @@
-//! Tracked flows: the LRU table that lets replies through.
+//! Tracked flows: the tables that let replies through, and what bounds them.
+//!
+//! Two tables, so that a flood of flows nobody answers cannot push out the ones that work:
+//! a new flow waits in `EMBRYOS` (LRU) until its responder answers, and only then moves to
+//! `FLOWS`, where each zone may hold at most its share (`ZoneInfo::max_flows`) of the entries,
+//! charged to the initiator's zone. The shares add up to no more than the table, so `FLOWS`
+//! never fills and its LRU never evicts: a zone that opens connections as fast as it can
+//! exhausts its own share, never another zone's flows.
 
+/// Entries of `FLOWS`: established flows (answered, or adopted mid-stream).
 pub const MAX_FLOWS: u32 = 262144;
+/// Entries of `EMBRYOS`: flows waiting for their first answer (a TCP SYN, a UDP datagram or
+/// an echo request nobody answered yet). LRU: under a SYN flood the oldest go first, and a
+/// handshake completes in far less time than the flood needs to cycle the table.
+pub const MAX_EMBRYOS: u32 = 65536;
+/// Idle time after which a TCP flow that saw a FIN is forgotten, however long
+/// `timeouts.tcp` is: a closed connection must not hold its zone's share for hours.
+pub const TCP_CLOSING_IDLE_SECS: u32 = 60;
 
 /// A flow's 5-tuple. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). Ports are in host
 /// order; for ICMP echo both ports carry the identifier so that the reversed key of a reply
@@ -123,6 +138,10 @@ pub struct FlowKeys {
     pub host: crate::zone::HostKey,
     /// The entry of a flow being opened, built here to be inserted.
     pub fresh: FlowState,
+    /// The table the packet's flow was found in (`TABLE_*`), and its flags (`FlowState::flags`)
+    /// for the inspector.
+    pub table: u32,
+    pub flow_flags: u32,
     /// The fast path's keys: destination and source MAC address (`FDB`).
     pub macs: [crate::fastpath::MacKey; 2],
 }
@@ -140,7 +159,17 @@ pub const FLOW_INITIATOR_HIGH: u8 = 1 << 1;
 /// port under the flow's epoch.
 pub const FLOW_PORT_CHECKED: u8 = 1 << 2;
 
-/// Value of map `FLOWS`.
+/// The flow counts against its zone's share of `FLOWS` (`FlowState::charge`).
+pub const FLOW_CHARGED: u8 = 1 << 4;
+/// The flow's inspector keeps state for it: an inspector that finds no state for such a flow
+/// lost it (evicted), and must not start afresh in the middle of the stream.
+pub const FLOW_INSPECTED: u8 = 1 << 5;
+
+/// `FlowKeys::table`: where the packet's flow entry is.
+pub const TABLE_FLOWS: u32 = 0;
+pub const TABLE_EMBRYOS: u32 = 1;
+
+/// Value of maps `FLOWS` and `EMBRYOS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -160,7 +189,35 @@ pub struct FlowState {
     /// where `FLOW_PORT_CHECKED << side` is set). A packet from the same side on the same port under the same epoch needs no zone
     /// lookup: its addresses, the zones and their ports cannot have changed without a swap.
     pub ports: [u32; 2],
-    pub _pad2: [u8; 4],
+    /// The initiator's zone as `ZoneInfo::charge`: whose share of `FLOWS` the flow uses
+    /// (valid with `FLOW_CHARGED`). A stable id, not the zone's index, which a policy swap
+    /// may give to another zone.
+    pub charge: u32,
+    /// The zone's share (`ZoneInfo::max_flows`) under the policy that admitted the flow,
+    /// checked again when it is promoted to `FLOWS`.
+    pub max_flows: u32,
+    pub _pad2: u32,
+}
+
+/// Map `ZONE_FLOWS`, by `ZoneInfo::charge`: the flows the datapath put into and took out of
+/// `FLOWS` for the zone (atomic adds). The flows in `FLOWS` charged to the zone are
+/// `opened - closed - ZONE_SWEPT[charge]`, the last being those the controller removed as
+/// expired: each counter has one kind of writer, so none is ever overwritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneFlows {
+    pub opened: u64,
+    pub closed: u64,
+}
+
+impl ZoneFlows {
+    /// The flows charged to the zone now, given the controller's sweep count.
+    #[inline(always)]
+    pub fn live(&self, swept: u64) -> u64 {
+        self.opened
+            .saturating_sub(self.closed)
+            .saturating_sub(swept)
+    }
 }
 
 impl FlowState {

@@ -155,10 +155,16 @@ pub enum Reason {
     /// More refused Modbus requests awaiting their answer than a flow keeps
     /// (`modbus::REFUSALS_MAX`): the connection is reset.
     ModbusRefusalsFull = 68,
+    /// A new flow whose initiator's zone already holds its share of the flow table
+    /// (`ZoneInfo::max_flows`): the zone's other flows, and every other zone's, are kept.
+    FlowQuota = 69,
+    /// A segment of an inspected flow whose inspector state is gone (evicted): framing cannot
+    /// be resumed safely in the middle of the stream, so the connection is reset.
+    InspectorStateLost = 70,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 69;
+pub const REASON_COUNT: u32 = 71;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -232,6 +238,8 @@ impl Reason {
         "modbus_refused_split",
         "modbus_refused_answer",
         "modbus_refusals_full",
+        "flow_quota",
+        "inspector_state_lost",
     ];
 
     pub const fn name(self) -> &'static str {

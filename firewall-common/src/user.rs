@@ -26,6 +26,7 @@ pod!(
     ConduitInfo,
     FlowKey,
     FlowState,
+    ZoneFlows,
     DenyKey,
     Denial,
     HostKey,

@@ -61,6 +61,29 @@ pub const ZONE_FLAG_PORTS: u32 = 1 << 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZoneInfo {
     pub flags: u32,
+    /// The zone's stable id for flow accounting (a hash of its name; `UNZONED_CHARGE` for
+    /// index 0): the key of `ZONE_FLOWS`, the same across policy swaps.
+    pub charge: u32,
+    /// How many flows of `FLOWS` the zone's hosts may have opened at once (its share).
+    pub max_flows: u32,
+    pub _pad: u32,
+}
+
+/// `ZoneInfo::charge` of flows opened by hosts in no zone.
+pub const UNZONED_CHARGE: u32 = 0;
+
+/// The stable id of a zone for flow accounting: FNV-1a of its name, never `UNZONED_CHARGE`.
+pub fn zone_charge(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    if h == UNZONED_CHARGE {
+        1
+    } else {
+        h
+    }
 }
 
 /// Map `ZONE_PORTS` key: an address of `zone` may arrive on the port with `ifindex`.

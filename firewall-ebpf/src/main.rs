@@ -5,6 +5,10 @@
 //! says `on_deny: reset`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no `AtomicU64::fetch_add`; the intrinsic lowers to the BPF atomic add
+// (shared counters of `ZONE_FLOWS`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod bpf {
@@ -55,6 +59,9 @@ mod entry {
 
     /// Modbus/TCP inspection, tail called from `otfw` (slot `INSPECT_MODBUS` of `INSPECTORS`).
     #[xdp]
+    // Inlined into the program's entry: the inspector's deepest call chain needs all of the
+    // verifier's eight frames.
+    #[inline(always)]
     pub fn otfw_modbus(ctx: XdpContext) -> u32 {
         // What an inspector passes takes the fast path like any other allowed frame (a
         // request neutralised in place included: the redirect sends the frame as it is now).
@@ -63,6 +70,9 @@ mod entry {
 
     /// EtherNet/IP and CIP inspection (TCP and UDP 44818), slot `INSPECT_ENIP`.
     #[xdp]
+    // Inlined into the program's entry: the inspector's deepest call chain needs all of the
+    // verifier's eight frames.
+    #[inline(always)]
     pub fn otfw_enip(ctx: XdpContext) -> u32 {
         forward::after_inspection(&ctx, enip::inspect(&ctx))
     }

@@ -3,7 +3,8 @@
 
 use firewall_common::conduit::*;
 use firewall_common::config::*;
-use firewall_common::zone::{ZoneInfo, ZoneMatch, ZONE_FLAG_PORTS};
+use firewall_common::flow::MAX_FLOWS;
+use firewall_common::zone::{zone_charge, ZoneInfo, ZoneMatch, UNZONED_CHARGE, ZONE_FLAG_PORTS};
 use otfw::policy::compiled::{Attachment, RuleKey};
 use otfw::policy::enip::{CipService, CipTarget};
 use otfw::policy::modbus::SubFunctions;
@@ -587,8 +588,31 @@ fn compiles_ids_names_prefixes_and_config() {
     assert_eq!(c.prefixes_v6[0].target, zm(2, 0));
     assert_eq!(
         c.zone_info,
-        vec![(1, ZoneInfo { flags: 0 }), (2, ZoneInfo { flags: 0 })]
+        vec![
+            (
+                1,
+                ZoneInfo {
+                    flags: 0,
+                    charge: zone_charge("first"),
+                    max_flows: MAX_FLOWS / 3,
+                    _pad: 0
+                }
+            ),
+            (
+                2,
+                ZoneInfo {
+                    flags: 0,
+                    charge: zone_charge("second"),
+                    max_flows: MAX_FLOWS / 3,
+                    _pad: 0
+                }
+            )
+        ]
     );
+    // Hosts in no zone share the table like one more zone.
+    assert_eq!(c.unzoned_info.charge, UNZONED_CHARGE);
+    assert_eq!(c.unzoned_info.max_flows, MAX_FLOWS / 3);
+    assert_ne!(zone_charge("first"), zone_charge("second"));
     let info = |mode, on_deny| ConduitInfo {
         mode,
         on_deny,
@@ -646,7 +670,10 @@ fn compiles_config_flags_and_pseudo_conduits_from_defaults() {
         vec![(
             1,
             ZoneInfo {
-                flags: ZONE_FLAG_PORTS
+                flags: ZONE_FLAG_PORTS,
+                charge: zone_charge("a"),
+                max_flows: MAX_FLOWS / 2,
+                _pad: 0
             }
         )]
     );

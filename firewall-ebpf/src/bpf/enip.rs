@@ -79,6 +79,9 @@ enum Commit {
     Recheck,
 }
 
+// Inlined into its program: a call frame of its own would push the deepest chain of
+// inspector calls past the verifier's eight frames.
+#[inline(always)]
 pub fn inspect(ctx: &XdpContext) -> u32 {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
         return xdp_action::XDP_DROP;
@@ -144,7 +147,16 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         return action;
     }
 
-    let Some(flow) = flow_state(ic) else {
+    let mut flow = ENIP_FLOWS.get_ptr_mut(&ic.key);
+    if flow.is_none() {
+        // Out of line: verified once, not along every path of the framing below.
+        match otfw_enip_missing(monitor as u64) {
+            stream::MISSING_SYN => return stream::stateless_syn(ctx, &mut acc, ic, monitor),
+            stream::MISSING_LOST => return stream::lost(ctx, &mut acc, monitor),
+            _ => flow = ENIP_FLOWS.get_ptr_mut(&ic.key),
+        }
+    }
+    let Some(flow) = flow else {
         acc.reason = Reason::FlowTableFull as u8;
         acc.verdict = VERDICT_DROP;
         stats::record(ctx, &acc);
@@ -445,29 +457,47 @@ fn result(s: &EnipScratch) -> (u8, bool) {
     (R_NONE, true)
 }
 
-#[inline(always)]
-fn flow_state(ic: &InspectContext) -> Option<*mut EnipFlow> {
-    if let Some(f) = ENIP_FLOWS.get_ptr_mut(&ic.key) {
-        return Some(f);
-    }
-    let fresh = otfw_enip_fresh_flow();
-    if fresh == 0 {
-        return None;
-    }
-    ENIP_FLOWS.get_ptr_mut(&ic.key)
-}
-
-/// Inserts a zeroed `EnipFlow` for the packet's flow (the value is too big for the stack: it
-/// is copied from `ZERO_FLOW`, which is never written).
+/// The flow has no state: decides what that means (`stream::missing`) and creates the state
+/// where it is to be kept. Returns `stream::MISSING_*`; for `MISSING_LOST` the new state answers
+/// every later segment with a reset (unless `monitor`).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn otfw_enip_fresh_flow() -> u64 {
-    let (Some(ic), Some(z)) = (INSPECT_CTX.get_ptr(0), ZERO_FLOW.get_ptr(0)) else {
-        return 0;
+pub extern "C" fn otfw_enip_missing(monitor: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return stream::MISSING_CREATE;
     };
-    // SAFETY: per-CPU context for this packet; a map value of the right type.
-    let ok = unsafe { ENIP_FLOWS.insert(&(*ic).key, &*z, 0) }.is_ok();
-    ok as u64
+    // SAFETY: per-CPU context for this packet, only read.
+    let ic = unsafe { &*ic };
+    let missing = stream::missing(ic);
+    if missing == stream::MISSING_SYN {
+        return missing;
+    }
+    let Some(zero) = ZERO_FLOW.get_ptr(0) else {
+        return missing;
+    };
+    // SAFETY: a map value of the right type (the value is too big for the stack: it is copied
+    // from `ZERO_FLOW`, which is never written).
+    if unsafe { ENIP_FLOWS.insert(&ic.key, &*zero, 0) }.is_err() {
+        return missing;
+    }
+    let Some(flow) = ENIP_FLOWS.get_ptr_mut(&ic.key) else {
+        return stream::MISSING_CREATE;
+    };
+    // SAFETY: a map value, valid for the program's run.
+    let flow = unsafe { &mut *flow };
+    stream::mark_inspected();
+    if missing == stream::MISSING_LOST {
+        if monitor == 0 {
+            flow.flags |= EFLOW_RESET;
+        }
+    } else if ic.tcp_flags & TCP_SYN != 0 {
+        // The server's SYN-ACK: the client's stream starts at what it acknowledges, and the
+        // connection is followed from its start.
+        flow.flags = EFLOW_SYN;
+        flow.streams[0].next_seq = ic.ack;
+        flow.streams[0].flags = ESTREAM_SYNCED;
+    }
+    missing
 }
 
 #[inline(always)]

@@ -8,22 +8,25 @@
 //! decided from zones and conduits, and their denials remembered (`DENIALS`), so that a flood
 //! repeating a denied tuple costs one more lookup, not the resolution again.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
     config::{Config, FLAG_HOST_TABLE, FLAG_MIDSTREAM_ADOPT},
     counters::{
-        FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED,
+        FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_PROMOTED,
         FLOW_REVALIDATED, FLOW_REVOKED, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT,
     },
     flow::{
-        Denial, FlowKeys, FlowState, DENIAL_NO_RESET, DENY_TCP_OTHER, DENY_TCP_RST, DENY_TCP_SYN,
-        FLOW_ADOPTED as ADOPTED, FLOW_INITIATOR_HIGH, FLOW_PORT_CHECKED, SIDE_HIGH, TCP_CLOSING,
-        TCP_ESTABLISHED, TCP_SYN_SENT,
+        Denial, FlowKeys, FlowState, ZoneFlows, DENIAL_NO_RESET, DENY_TCP_OTHER, DENY_TCP_RST,
+        DENY_TCP_SYN, FLOW_ADOPTED as ADOPTED, FLOW_CHARGED, FLOW_INITIATOR_HIGH,
+        FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
+        TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     reason::Reason,
-    zone::{HostKey, ZoneMatch},
+    zone::{zone_index, HostKey, ZoneMatch},
 };
 
 use super::{
@@ -33,7 +36,7 @@ use super::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    maps::{DENIALS, FLOWS, FLOW_KEYS},
+    maps::{DENIALS, EMBRYOS, FLOWS, FLOW_KEYS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
     stats, zone,
 };
 
@@ -131,10 +134,23 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             };
             keys.canonical.mark_echo(initiator);
         }
-        if let Some(state) = FLOWS.get_ptr_mut(&keys.canonical) {
+        // Established flows first: their packets are the traffic; a miss costs one more
+        // lookup, in the table of flows not answered yet.
+        let found = match FLOWS.get_ptr_mut(&keys.canonical) {
+            Some(state) => {
+                keys.table = TABLE_FLOWS;
+                Some(state)
+            }
+            None => {
+                keys.table = TABLE_EMBRYOS;
+                EMBRYOS.get_ptr_mut(&keys.canonical)
+            }
+        };
+        if let Some(state) = found {
             // SAFETY: LRU values stay valid for the program's run; concurrent writers on other
             // CPUs only race on plain integer fields, which is harmless for this state.
             let state = unsafe { &mut *state };
+            keys.flow_flags = state.flags as u32;
             if let Some(out) = existing(slot, epoch, cfg, pkt, keys, state, now)? {
                 return Ok(out);
             }
@@ -204,13 +220,15 @@ fn existing(
     now: u64,
 ) -> Result<Option<Outcome>, Reason> {
     let proto = pkt.ip.proto;
-    let idle = if proto == IPPROTO_TCP {
-        cfg.tcp_idle_secs
-    } else {
+    let idle = if proto != IPPROTO_TCP {
         cfg.udp_idle_secs
+    } else if flow.tcp_state == TCP_CLOSING && cfg.tcp_idle_secs > TCP_CLOSING_IDLE_SECS {
+        TCP_CLOSING_IDLE_SECS
+    } else {
+        cfg.tcp_idle_secs
     };
     if now.saturating_sub(flow.last_seen_ns) > idle as u64 * NS_PER_SEC {
-        let _ = FLOWS.remove(&keys.canonical);
+        forget(keys);
         stats::flow_event(FLOW_EXPIRED);
         return Ok(None);
     }
@@ -247,12 +265,12 @@ fn existing(
                 }
                 // Now decided by a default: no longer a tracked flow of any conduit.
                 Ok(rule) => {
-                    let _ = FLOWS.remove(&keys.canonical);
+                    forget(keys);
                     stats::flow_event(FLOW_CLOSED);
                     return Ok(Some(Outcome::pass(rule.conduit)));
                 }
                 Err(_) => {
-                    let _ = FLOWS.remove(&keys.canonical);
+                    forget(keys);
                     stats::flow_event(FLOW_REVOKED);
                     return Ok(Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked)));
                 }
@@ -274,15 +292,101 @@ fn existing(
         // An inspected flow's RST is the inspector's to judge (`stream::note_delivery`): one
         // its receiver would discard must not end tracking.
         if flags & TCP_RST != 0 && inspect == INSPECT_NONE {
-            let _ = FLOWS.remove(&keys.canonical);
+            forget(keys);
             stats::flow_event(FLOW_CLOSED);
+            return Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)));
         } else if flags & TCP_FIN != 0 {
             flow.tcp_state = TCP_CLOSING;
         } else if !forward && flags & TCP_SYN != 0 {
             flow.tcp_state = TCP_ESTABLISHED;
         }
     }
+    // The responder answered (a RST is no answer: the inspector, or the branch above, ends the
+    // flow): the flow is established and takes its place in its zone's share.
+    if keys.table == TABLE_EMBRYOS && !forward && flags & TCP_RST == 0 {
+        if let Err(reason) = promote(keys, flow) {
+            return Ok(Some(Outcome::deny(conduit, reason)));
+        }
+    }
     Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)))
+}
+
+/// Moves an answered flow from `EMBRYOS` to `FLOWS`, charged to its initiator's zone, if the
+/// zone's share has room; otherwise the flow is forgotten and the answer denied.
+#[inline(always)]
+fn promote(keys: &mut FlowKeys, flow: &FlowState) -> Result<(), Reason> {
+    keys.fresh = *flow;
+    let charge = keys.fresh.charge;
+    if !has_room(charge, keys.fresh.max_flows) {
+        let _ = EMBRYOS.remove(&keys.canonical);
+        return Err(Reason::FlowQuota);
+    }
+    keys.fresh.flags |= FLOW_CHARGED;
+    if FLOWS.insert(&keys.canonical, &keys.fresh, 0).is_err() {
+        stats::flow_event(FLOW_INSERT_FAILED);
+        return Err(Reason::FlowTableFull);
+    }
+    count(charge, false);
+    let _ = EMBRYOS.remove(&keys.canonical);
+    keys.table = TABLE_FLOWS;
+    keys.flow_flags = keys.fresh.flags as u32;
+    stats::flow_event(FLOW_PROMOTED);
+    Ok(())
+}
+
+/// Whether the zone with `charge` holds fewer than `max` flows in `FLOWS`.
+#[inline(always)]
+fn has_room(charge: u32, max: u32) -> bool {
+    // SAFETY: plain counters, copied out at once.
+    let swept = unsafe { ZONE_SWEPT.get(&charge) }.copied().unwrap_or(0);
+    match unsafe { ZONE_FLOWS.get(&charge) } {
+        Some(z) => z.live(swept) < max as u64,
+        None => max > 0,
+    }
+}
+
+/// Counts a flow of the zone with `charge` into (`closed` false) or out of `FLOWS`.
+#[inline(always)]
+fn count(charge: u32, closed: bool) {
+    let mut entry = ZONE_FLOWS.get_ptr_mut(&charge);
+    if entry.is_none() {
+        let _ = ZONE_FLOWS.insert(&charge, &ZoneFlows::default(), BPF_NOEXIST as u64);
+        entry = ZONE_FLOWS.get_ptr_mut(&charge);
+    }
+    let Some(z) = entry else {
+        return;
+    };
+    // SAFETY: a map value stays valid for the program's run; other CPUs update the same
+    // counters, hence the atomic add.
+    unsafe {
+        let counter = if closed {
+            &raw mut (*z).closed
+        } else {
+            &raw mut (*z).opened
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1);
+    }
+}
+
+/// Removes the packet's flow from the table it was found in (`keys.table`), giving its zone's
+/// share back. Only the remover that succeeds counts it out, so a flow removed by two CPUs (or
+/// by the controller's sweep) at once is counted once.
+#[inline(always)]
+pub fn forget(keys: &FlowKeys) -> bool {
+    if keys.table == TABLE_EMBRYOS {
+        return EMBRYOS.remove(&keys.canonical).is_ok();
+    }
+    // SAFETY: copied out before the removal.
+    let charged = unsafe { FLOWS.get(&keys.canonical) }
+        .filter(|f| f.flags & FLOW_CHARGED != 0)
+        .map(|f| f.charge);
+    let removed = FLOWS.remove(&keys.canonical).is_ok();
+    if removed {
+        if let Some(charge) = charged {
+            count(charge, true);
+        }
+    }
+    removed
 }
 
 /// A packet that belongs to no tracked flow: the decision cache first, then zones and
@@ -386,13 +490,22 @@ fn decide_new(
                 if cfg.flags & FLAG_MIDSTREAM_ADOPT == 0 {
                     return Outcome::deny(rule.conduit, Reason::MidstreamDenied);
                 }
-                return open(pkt, keys, epoch, &rule, TCP_ESTABLISHED, ADOPTED, now, true);
+                let to = Opening::new(slot, src, TCP_ESTABLISHED, ADOPTED);
+                return open(pkt, keys, epoch, &rule, to, now, true);
             }
             if !is_stateful(proto, l4) {
                 return Outcome::pass(rule.conduit);
             }
             let state = if syn { TCP_SYN_SENT } else { 0 };
-            open(pkt, keys, epoch, &rule, state, 0, now, true)
+            open(
+                pkt,
+                keys,
+                epoch,
+                &rule,
+                Opening::new(slot, src, state, 0),
+                now,
+                true,
+            )
         }
         Err(reason) => {
             // A segment of a connection the responder side is sending, opened before tracking
@@ -400,16 +513,8 @@ fn decide_new(
             if midstream && flags & TCP_RST == 0 && cfg.flags & FLAG_MIDSTREAM_ADOPT != 0 {
                 if let Ok(rule) = conduit::admit(slot, cfg, proto, dst, src, l4.sport) {
                     if rule.conduit >= FIRST_CONDUIT {
-                        return open(
-                            pkt,
-                            keys,
-                            epoch,
-                            &rule,
-                            TCP_ESTABLISHED,
-                            ADOPTED,
-                            now,
-                            false,
-                        );
+                        let to = Opening::new(slot, dst, TCP_ESTABLISHED, ADOPTED);
+                        return open(pkt, keys, epoch, &rule, to, now, false);
                     }
                 }
             }
@@ -425,22 +530,51 @@ fn decide_new(
     }
 }
 
+/// How a new flow starts: its TCP state, flags, and the initiator's zone (whose share of
+/// `FLOWS` it will use).
+#[derive(Clone, Copy)]
+struct Opening {
+    tcp_state: u8,
+    flags: u8,
+    charge: u32,
+    max_flows: u32,
+}
+
+impl Opening {
+    #[inline(always)]
+    fn new(slot: u32, initiator: &ZoneMatch, tcp_state: u8, flags: u8) -> Opening {
+        let info = ZONE_INFO
+            .get(zone_index(slot, initiator.zone))
+            .copied()
+            .unwrap_or_default();
+        Opening {
+            tcp_state,
+            flags,
+            charge: info.charge,
+            max_flows: info.max_flows,
+        }
+    }
+}
+
 /// Tracks a new flow under the canonical key; `to_server` says whether the packet in hand
 /// travels from the initiator (it opened the flow) or to it (an adopted connection's
-/// responder spoke first).
+/// responder spoke first). A flow adopted mid-stream is established at once (`FLOWS`, charged
+/// to its zone); any other waits in `EMBRYOS` for its answer. A zone at its share opens none.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn open(
     pkt: &Packet,
     keys: &mut FlowKeys,
     epoch: u32,
     rule: &PortRule,
-    tcp_state: u8,
-    flags: u8,
+    to: Opening,
     now: u64,
     to_server: bool,
 ) -> Outcome {
     let conduit = rule.conduit;
+    let (tcp_state, flags) = (to.tcp_state, to.flags);
+    if !has_room(to.charge, to.max_flows) {
+        return Outcome::deny(conduit, Reason::FlowQuota);
+    }
     // The packet's side of the canonical key; the initiator is the other one when the
     // responder's packet opened the flow.
     let side = (keys.side & 1) as u8;
@@ -456,18 +590,32 @@ fn open(
         _pad: 0,
         rule: rule.rule,
         ports: [0; 2],
-        _pad2: [0; 4],
+        charge: to.charge,
+        max_flows: to.max_flows,
+        _pad2: 0,
     };
     if initiator == SIDE_HIGH {
         keys.fresh.flags |= FLOW_INITIATOR_HIGH;
     }
     // The zones of this packet were resolved and its port checked on the way here.
     note_port(&mut keys.fresh, keys.side, pkt.ifindex);
-    if FLOWS.insert(&keys.canonical, &keys.fresh, 0).is_err() {
+    let adopted = flags & ADOPTED != 0;
+    if adopted {
+        keys.fresh.flags |= FLOW_CHARGED;
+    }
+    let inserted = if adopted {
+        FLOWS.insert(&keys.canonical, &keys.fresh, 0)
+    } else {
+        EMBRYOS.insert(&keys.canonical, &keys.fresh, 0)
+    };
+    if inserted.is_err() {
         stats::flow_event(FLOW_INSERT_FAILED);
         return Outcome::deny(conduit, Reason::FlowTableFull);
     }
-    if flags & ADOPTED != 0 {
+    keys.table = if adopted { TABLE_FLOWS } else { TABLE_EMBRYOS };
+    keys.flow_flags = keys.fresh.flags as u32;
+    if adopted {
+        count(to.charge, false);
         stats::flow_event(FLOW_ADOPTED);
         events::adopted(&keys.forward, !to_server, epoch, conduit);
     } else {

@@ -23,7 +23,10 @@ use firewall_common::{
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     fastpath::{FastPathState, FastPort, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
-    flow::{Denial, DenyKey, FlowKey, FlowKeys, FlowState, MAX_DENIALS, MAX_FLOWS},
+    flow::{
+        Denial, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, MAX_DENIALS, MAX_EMBRYOS,
+        MAX_FLOWS,
+    },
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
     },
@@ -67,8 +70,25 @@ pub static CONDUIT_RULES: HashMap<ConduitKey, RuleSet> =
 #[map]
 pub static CONDUITS: Array<ConduitInfo> = Array::with_max_entries(SLOTS * MAX_CONDUITS, 0);
 
+/// Established flows (answered, or adopted), each charged to its initiator's zone. LRU only as
+/// a last resort: the zones' shares add up to no more than its size (`firewall_common::flow`).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Flows waiting for their responder's first answer; a flood of them evicts only its own kind.
+#[map]
+pub static EMBRYOS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_EMBRYOS, 0);
+
+/// Flows each zone put into and took out of `FLOWS`, by `ZoneInfo::charge` (atomic adds).
+#[map]
+pub static ZONE_FLOWS: HashMap<u32, ZoneFlows> =
+    HashMap::with_max_entries(2 * MAX_ZONES + 1, BPF_F_NO_PREALLOC);
+
+/// Flows of each zone the controller removed from `FLOWS` as expired, by `ZoneInfo::charge`
+/// (written by the controller only).
+#[map]
+pub static ZONE_SWEPT: HashMap<u32, u64> =
+    HashMap::with_max_entries(2 * MAX_ZONES + 1, BPF_F_NO_PREALLOC);
 
 /// The decision cache: denials of untracked packets, by tuple, segment class, epoch and port.
 #[map]

@@ -78,6 +78,9 @@ struct Refuse {
     exception: u8,
 }
 
+// Inlined into its program: a call frame of its own would push the deepest chain of
+// inspector calls past the verifier's eight frames.
+#[inline(always)]
 pub fn inspect(ctx: &XdpContext) -> u32 {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
         return xdp_action::XDP_DROP;
@@ -107,7 +110,16 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
-    let Some(flow) = flow_state(ic) else {
+    let mut flow = MODBUS_FLOWS.get_ptr_mut(&ic.key);
+    if flow.is_none() {
+        // Out of line: verified once, not along every path of the framing below.
+        match otfw_modbus_missing(monitor as u64) {
+            stream::MISSING_SYN => return stream::stateless_syn(ctx, &mut acc, ic, monitor),
+            stream::MISSING_LOST => return stream::lost(ctx, &mut acc, monitor),
+            _ => flow = MODBUS_FLOWS.get_ptr_mut(&ic.key),
+        }
+    }
+    let Some(flow) = flow else {
         acc.reason = Reason::FlowTableFull as u8;
         acc.verdict = VERDICT_DROP;
         stats::record(ctx, &acc);
@@ -273,15 +285,41 @@ fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
     true
 }
 
-/// The flow's framing state, created (unsynchronised) on its first inspected packet.
-#[inline(always)]
-fn flow_state(ic: &InspectContext) -> Option<*mut ModbusFlow> {
-    if let Some(f) = MODBUS_FLOWS.get_ptr_mut(&ic.key) {
-        return Some(f);
+/// The flow has no framing state: decides what that means (`stream::missing`) and creates the
+/// state where it is to be kept. Returns `stream::MISSING_*`; for `MISSING_LOST` the new state
+/// answers every later segment with a reset (unless `monitor`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_missing(monitor: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return stream::MISSING_CREATE;
+    };
+    // SAFETY: per-CPU context for this packet, only read.
+    let ic = unsafe { &*ic };
+    let missing = stream::missing(ic);
+    if missing == stream::MISSING_SYN {
+        return missing;
     }
     let fresh = ModbusFlow::default();
-    MODBUS_FLOWS.insert(&ic.key, &fresh, 0).ok()?;
-    MODBUS_FLOWS.get_ptr_mut(&ic.key)
+    if MODBUS_FLOWS.insert(&ic.key, &fresh, 0).is_err() {
+        return stream::MISSING_CREATE;
+    }
+    let Some(flow) = MODBUS_FLOWS.get_ptr_mut(&ic.key) else {
+        return stream::MISSING_CREATE;
+    };
+    // SAFETY: a map value, valid for the program's run.
+    let flow = unsafe { &mut *flow };
+    stream::mark_inspected();
+    if missing == stream::MISSING_LOST {
+        if monitor == 0 {
+            flow.flags |= MODBUS_RESET;
+        }
+    } else if ic.tcp_flags & TCP_SYN != 0 {
+        // The server's SYN-ACK: the client's stream starts at what it acknowledges.
+        flow.streams[0].next_seq = ic.ack;
+        flow.streams[0].flags = STREAM_SYNCED;
+    }
+    missing
 }
 
 /// A SYN (client) or SYN-ACK (server) fixes where the sender's stream starts. A SYN inside a

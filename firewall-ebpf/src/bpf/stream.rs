@@ -12,15 +12,16 @@ use aya_ebpf::{
 };
 use firewall_common::{
     counters::{FLOW_CLOSED, VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
+    flow::{FLOW_INSPECTED, TABLE_EMBRYOS},
     modbus::InspectContext,
     reason::Reason,
     stream::{TcpGuard, GUARD_FIN, GUARD_RESET},
 };
 
 use super::{
-    delivery,
-    l4::{TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{FLOWS, FLOW_KEYS},
+    delivery, flow,
+    l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{EMBRYOS, FLOWS, FLOW_KEYS},
     packet::ptr_at_mut,
     reset,
     stats::{self, Accounted},
@@ -141,13 +142,107 @@ pub fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
         // end tracking): the connection is over for the flow table now.
         // `FLOWS` is keyed canonically: the main program left this packet's key in the
         // scratch entry before the tail call.
-        let removed = FLOW_KEYS
-            .get(0)
-            .is_some_and(|keys| FLOWS.remove(&keys.canonical).is_ok());
+        let removed = FLOW_KEYS.get(0).is_some_and(flow::forget);
         if removed {
             stats::flow_event(FLOW_CLOSED);
         }
     }
+}
+
+/// What an inspector does with a TCP segment of a flow it keeps no state for (`missing`).
+/// Start keeping state: at the server's SYN-ACK (where both streams start, the client's at its
+/// acknowledgement number), or on the first segment of a flow adopted mid-stream.
+pub const MISSING_CREATE: u64 = 0;
+/// A client SYN: nothing is kept until the server answers, so that a SYN flood cannot push the
+/// state of working connections out of the inspector's table (`stateless_syn`).
+pub const MISSING_SYN: u64 = 1;
+/// The state of a flow the inspector was following is gone (evicted): framing cannot be
+/// resumed in the middle of the stream without trusting the sender's segment boundaries, so
+/// the connection is reset (`lost`, `Reason::InspectorStateLost`).
+pub const MISSING_LOST: u64 = 2;
+
+#[inline(always)]
+pub fn missing(ic: &InspectContext) -> u64 {
+    let flags = ic.tcp_flags;
+    if flags & TCP_SYN != 0 {
+        return if flags & TCP_ACK == 0 {
+            MISSING_SYN
+        } else {
+            MISSING_CREATE
+        };
+    }
+    let followed = FLOW_KEYS
+        .get(0)
+        .is_some_and(|keys| keys.flow_flags & FLOW_INSPECTED as u32 != 0);
+    if followed {
+        MISSING_LOST
+    } else {
+        MISSING_CREATE
+    }
+}
+
+/// Marks the packet's flow (left in the scratch by the main program) as one whose inspector
+/// keeps state: from now on, state that goes missing was lost.
+#[inline(always)]
+pub fn mark_inspected() {
+    let Some(keys) = FLOW_KEYS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, this CPU only, for this packet.
+    let keys = unsafe { &mut *keys };
+    let entry = if keys.table == TABLE_EMBRYOS {
+        EMBRYOS.get_ptr_mut(&keys.canonical)
+    } else {
+        FLOWS.get_ptr_mut(&keys.canonical)
+    };
+    if let Some(f) = entry {
+        // SAFETY: a map value, valid for the program's run.
+        unsafe { (*f).flags |= FLOW_INSPECTED };
+        keys.flow_flags |= FLOW_INSPECTED as u32;
+    }
+}
+
+/// A client SYN of a flow with no inspector state. Without payload it moves nothing the
+/// inspector frames (the state starts at the server's SYN-ACK), so the checksum, urgent and TTL
+/// checks have nothing to protect: a bad SYN is the receiver's to discard. With payload (TCP
+/// Fast Open) it is refused as on a followed flow. Accounts it and returns the action.
+#[inline(always)]
+pub fn stateless_syn(
+    ctx: &XdpContext,
+    acc: &mut Accounted,
+    ic: &InspectContext,
+    monitor: bool,
+) -> u32 {
+    if ic.payload_len == 0 {
+        stats::record(ctx, acc);
+        return xdp_action::XDP_PASS;
+    }
+    acc.reason = Reason::TcpDataOnSyn as u8;
+    if monitor {
+        acc.verdict = VERDICT_MONITOR;
+        stats::record(ctx, acc);
+        return xdp_action::XDP_PASS;
+    }
+    acc.verdict = VERDICT_DROP;
+    stats::record(ctx, acc);
+    xdp_action::XDP_DROP
+}
+
+/// A segment of a flow whose inspector state was lost (`Missing::Lost`): the connection is
+/// reset (the segment goes on as a RST to its receiver; the caller marks the fresh state so
+/// that later segments of either side are answered with RSTs). In monitor mode it passes and
+/// the fresh state resynchronises, as for a flow adopted mid-stream.
+#[inline(always)]
+pub fn lost(ctx: &XdpContext, acc: &mut Accounted, monitor: bool) -> u32 {
+    acc.reason = Reason::InspectorStateLost as u8;
+    if monitor {
+        acc.verdict = VERDICT_MONITOR;
+        stats::record(ctx, acc);
+        return xdp_action::XDP_PASS;
+    }
+    acc.verdict = VERDICT_RESET;
+    stats::record(ctx, acc);
+    reset::forward(ctx)
 }
 
 /// Refuses a segment the receiver would not deliver as framed (`undeliverable`), accounting

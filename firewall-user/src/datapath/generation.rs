@@ -325,6 +325,9 @@ fn fill_slot(maps: &mut Maps, slot: u32, policy: &CompiledPolicy) -> Result<(u16
             .insert(&key, p.target, 0)
             .context("writing ZONES_V6")?;
     }
+    maps.zone_info
+        .set(zone_index(slot, 0), policy.unzoned_info, 0)
+        .context("writing ZONE_INFO")?;
     let mut zones = 0;
     for (zone, info) in &policy.zone_info {
         maps.zone_info

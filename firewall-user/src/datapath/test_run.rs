@@ -264,6 +264,19 @@ impl Datapath {
             // A flow may have been evicted in the meantime; that is fine.
             let _ = self.maps.flows.remove(&key);
         }
+        let keys: Vec<FlowKey> = self.maps.embryos.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.maps.embryos.remove(&key);
+        }
+        // With the flows gone, so is every zone's use of its share.
+        let charges: Vec<u32> = self.maps.zone_flows.keys().filter_map(Result::ok).collect();
+        for charge in charges {
+            let _ = self.maps.zone_flows.remove(&charge);
+        }
+        let charges: Vec<u32> = self.maps.zone_swept.keys().filter_map(Result::ok).collect();
+        for charge in charges {
+            let _ = self.maps.zone_swept.remove(&charge);
+        }
         Ok(())
     }
 }

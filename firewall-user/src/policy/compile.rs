@@ -17,7 +17,10 @@ use firewall_common::config::{
     Config, FLAG_DEFAULT_ALLOW, FLAG_INTRA_ZONE_ALLOW, FLAG_MIDSTREAM_ADOPT, FLAG_UNZONED_ALLOW,
     MAX_NON_IP,
 };
-use firewall_common::zone::{ZoneInfo, ZoneMatch, MAX_PREFIXES, NO_HOST, ZONE_FLAG_PORTS};
+use firewall_common::flow::MAX_FLOWS;
+use firewall_common::zone::{
+    zone_charge, ZoneInfo, ZoneMatch, MAX_PREFIXES, NO_HOST, UNZONED_CHARGE, ZONE_FLAG_PORTS,
+};
 use firewall_common::SLOTS;
 use ipnet::IpNet;
 
@@ -41,6 +44,13 @@ pub struct CompileError {
     pub message: String,
 }
 
+/// Each zone's share of the established-flow table, hosts in no zone counting as one more
+/// zone: equal shares that add up to no more than the table, so that no zone can make the
+/// table evict another zone's flows (`firewall_common::flow`).
+pub fn flow_share(zones: usize) -> u32 {
+    MAX_FLOWS / (zones as u32 + 1)
+}
+
 pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     let mut errors = Vec::new();
     let (prefixes_v4, prefixes_v6) = prefixes(policy, &mut errors);
@@ -48,6 +58,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
+    let max_flows = flow_share(policy.zones.len());
     let zone_info = policy
         .zones
         .iter()
@@ -58,9 +69,21 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
             } else {
                 ZONE_FLAG_PORTS
             };
-            (Policy::zone_id(i), ZoneInfo { flags })
+            let info = ZoneInfo {
+                flags,
+                charge: zone_charge(&z.name),
+                max_flows,
+                _pad: 0,
+            };
+            (Policy::zone_id(i), info)
         })
         .collect();
+    let unzoned_info = ZoneInfo {
+        flags: 0,
+        charge: UNZONED_CHARGE,
+        max_flows,
+        _pad: 0,
+    };
     let zone_ports = policy
         .zones
         .iter()
@@ -115,6 +138,7 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Vec<CompileError>> {
         prefixes_v4,
         prefixes_v6,
         zone_info,
+        unzoned_info,
         zone_ports,
         rules,
         conduits: pseudo.chain(own).collect(),

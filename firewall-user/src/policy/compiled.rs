@@ -46,6 +46,8 @@ pub struct CompiledPolicy {
     pub prefixes_v6: Vec<Prefix<16>>,
     /// `(zone id, info)` for every zone.
     pub zone_info: Vec<(u16, ZoneInfo)>,
+    /// What index 0 (no zone) gets: the flow share of hosts in no zone.
+    pub unzoned_info: ZoneInfo,
     /// `(zone id, interface name)`: anti-spoofing; names are resolved to ifindexes at install.
     pub zone_ports: Vec<(u16, String)>,
     pub rules: Vec<(RuleKey, RuleSet)>,

@@ -14,8 +14,9 @@ use firewall_common::{
         Config, FLAG_DEFAULT_ALLOW, FLAG_INTRA_ZONE_ALLOW, FLAG_MIDSTREAM_ADOPT,
         FLAG_UNZONED_ALLOW, MAX_NON_IP,
     },
-    zone::{ZoneInfo, ZoneMatch, ZONE_FLAG_PORTS},
+    zone::{zone_charge, ZoneInfo, ZoneMatch, UNZONED_CHARGE, ZONE_FLAG_PORTS},
 };
+use otfw::policy::compile::flow_share;
 use otfw::policy::compiled::{
     Attachment, CompiledPolicy, Names, Prefix, RuleKey, PSEUDO_CONDUIT_NAMES,
 };
@@ -123,6 +124,8 @@ pub struct Policy {
     on_deny: u8,
     zones: Vec<Zone>,
     conduits: Vec<Conduit>,
+    /// Every zone's share of the flow table, instead of the compiler's equal shares.
+    max_flows: Option<u32>,
 }
 
 impl Default for Policy {
@@ -136,6 +139,7 @@ impl Default for Policy {
             on_deny: ON_DENY_DROP,
             zones: Vec::new(),
             conduits: Vec::new(),
+            max_flows: None,
         }
     }
 }
@@ -189,6 +193,12 @@ impl Policy {
 
     pub fn conduit(mut self, conduit: Conduit) -> Policy {
         self.conduits.push(conduit);
+        self
+    }
+
+    /// Gives every zone (and hosts in no zone) this share of the flow table.
+    pub fn max_flows(mut self, flows: u32) -> Policy {
+        self.max_flows = Some(flows);
         self
     }
 
@@ -321,7 +331,15 @@ impl Policy {
             } else {
                 ZONE_FLAG_PORTS
             };
-            zone_info.push((id, ZoneInfo { flags }));
+            zone_info.push((
+                id,
+                ZoneInfo {
+                    flags,
+                    charge: zone_charge(&zone.name),
+                    max_flows: self.max_flows.unwrap_or(flow_share(self.zones.len())),
+                    _pad: 0,
+                },
+            ));
             zone_ports.extend(zone.ports.iter().map(|p| (id, p.clone())));
             names.zones.push(zone.name.clone());
         }
@@ -379,6 +397,12 @@ impl Policy {
             prefixes_v4,
             prefixes_v6,
             zone_info,
+            unzoned_info: ZoneInfo {
+                flags: 0,
+                charge: UNZONED_CHARGE,
+                max_flows: self.max_flows.unwrap_or(flow_share(self.zones.len())),
+                _pad: 0,
+            },
             zone_ports,
             rules,
             conduits,
