@@ -183,6 +183,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     fast_path.sync(&mut datapath, &mut observer);
     let mut fast_path_sync = tokio::time::interval(SYNC_INTERVAL);
     let mut watch = tokio::time::interval(opts.watch_interval);
+    // Flows idle past their timeout that no packet found expired (`Datapath::sweep_flows`).
+    let mut flow_sweep = tokio::time::interval(FLOW_SWEEP_INTERVAL);
     // The program's own log messages (aya-log), forwarded to stderr as they arrive.
     let mut kernel_log = watch_fd(datapath.take_logger())?;
     // Denied packets and adopted flows, rate-limited by the datapath.
@@ -247,6 +249,10 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             } => observer.scrape(&datapath, reply),
             _ = user1.recv() => emit_stats(&datapath),
             _ = fast_path_sync.tick() => fast_path.sync(&mut datapath, &mut observer),
+            _ = flow_sweep.tick() => match datapath.sweep_flows() {
+                Ok(sweep) => observer.flows_swept(sweep.swept),
+                Err(e) => log::warn!("sweeping idle flows failed: {e:#}"),
+            },
             ready = readable(&mut modbus_events) => {
                 let names = datapath.active().map(|g| &g.names);
                 drain(ready?, |bytes| {
@@ -298,6 +304,10 @@ struct FastPath {
     nftables: Option<String>,
     nft_checked: Option<Instant>,
 }
+
+/// How often idle flows are swept out of the flow table: a flow expired a little late only
+/// holds its zone's share that much longer.
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 const NFT_CHECK: Duration = Duration::from_secs(5);
 

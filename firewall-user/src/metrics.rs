@@ -53,6 +53,9 @@ pub struct Metrics {
     denied: IntCounterVec,
     parse_errors: IntCounterVec,
     flow_entries: IntGauge,
+    zone_flows: IntGaugeVec,
+    zone_flow_share: IntGaugeVec,
+    flows_swept: IntCounter,
     flow_events: IntCounterVec,
     flow_insert_failures: IntCounter,
     flow_evictions: IntCounter,
@@ -179,6 +182,27 @@ impl Metrics {
             IntGauge,
             "otfw_flow_table_entries",
             "Tracked flows in the flow table (counted at most every 5 seconds)."
+        );
+        let zone_flows = family!(
+            IntGaugeVec,
+            "otfw_zone_flows",
+            "Established flows each zone's hosts opened, against the zone's share of the flow \
+             table (otfw_zone_flow_share); a zone at its share opens no more (flow_quota). \
+             Counted at most every 5 seconds.",
+            ["zone"]
+        );
+        let zone_flow_share = family!(
+            IntGaugeVec,
+            "otfw_zone_flow_share",
+            "How many established flows each zone's hosts may hold at once: an equal share of \
+             the flow table, hosts in no zone counting as one more zone.",
+            ["zone"]
+        );
+        let flows_swept = family!(
+            IntCounter,
+            "otfw_flows_swept_total",
+            "Idle flows the controller removed from the flow table (their timeout passed \
+             without a packet to find them expired)."
         );
         let flow_capacity = family!(
             IntGauge,
@@ -309,6 +333,9 @@ impl Metrics {
             denied,
             parse_errors,
             flow_entries,
+            zone_flows,
+            zone_flow_share,
+            flows_swept,
             flow_events,
             flow_insert_failures,
             flow_evictions,
@@ -391,6 +418,11 @@ impl Metrics {
     }
 
     /// Reads the datapath and returns the text exposition of every family.
+    /// Flows the controller's sweep removed (`Datapath::sweep_flows`).
+    pub fn flows_swept(&self, n: u64) {
+        self.flows_swept.inc_by(n);
+    }
+
     pub fn scrape(&mut self, datapath: &Datapath) -> Result<String> {
         self.refresh(datapath)?;
         let mut body = Vec::new();
@@ -462,8 +494,21 @@ impl Metrics {
             self.flow_entries.set(entries as i64);
             let f = &counters.flows;
             let inserted = f[FLOW_CREATED as usize] + f[FLOW_ADOPTED as usize];
-            let removed =
-                f[FLOW_EXPIRED as usize] + f[FLOW_REVOKED as usize] + f[FLOW_CLOSED as usize];
+            let removed = f[FLOW_EXPIRED as usize]
+                + f[FLOW_REVOKED as usize]
+                + f[FLOW_CLOSED as usize]
+                + self.flows_swept.get();
+            self.zone_flows.reset();
+            self.zone_flow_share.reset();
+            for share in datapath.zone_shares()? {
+                let labels = [share.zone.as_str()];
+                self.zone_flows
+                    .with_label_values(&labels)
+                    .set(share.flows as i64);
+                self.zone_flow_share
+                    .with_label_values(&labels)
+                    .set(share.max_flows as i64);
+            }
             raise(
                 &self.flow_evictions,
                 inserted.saturating_sub(removed + entries as u64),

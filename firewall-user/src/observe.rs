@@ -225,6 +225,11 @@ impl Observer {
         }
     }
 
+    /// Flows the controller's sweep removed.
+    pub fn flows_swept(&self, n: u64) {
+        self.metrics.flows_swept(n);
+    }
+
     /// One record of the datapath's event ring.
     pub fn datapath_event(&self, record: &[u8]) {
         match self.events.decode(record) {

@@ -439,8 +439,12 @@ fn admit(
         }
     };
     let out = decide_new(slot, epoch, cfg, pkt, keys, &src, &dst, now);
-    // A full flow table is a state of the moment, not a decision about the tuple.
-    if out.reason != Reason::None && out.reason != Reason::FlowTableFull {
+    // A full flow table or a zone at its share is a state of the moment, not a decision about
+    // the tuple.
+    if out.reason != Reason::None
+        && out.reason != Reason::FlowTableFull
+        && out.reason != Reason::FlowQuota
+    {
         remember(keys, out.conduit, out.reason, 0);
     }
     Ok(out)

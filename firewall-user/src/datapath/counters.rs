@@ -155,8 +155,9 @@ impl Datapath {
     }
 
     /// Number of entries in the flow table (walks the keys; for status and metrics, not hot paths).
+    /// Tracked flows: established (`FLOWS`) and waiting for an answer (`EMBRYOS`).
     pub fn flow_count(&self) -> usize {
-        count_flows(&self.maps.flows)
+        count_flows(&self.maps.flows) + count_flows(&self.maps.embryos)
     }
 
     /// The ring buffer of datapath events, for the controller's event loop (taken once).

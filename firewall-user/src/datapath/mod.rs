@@ -7,6 +7,7 @@ mod counters;
 mod enip;
 mod ethtool;
 mod fastpath;
+mod flows;
 mod generation;
 mod maps;
 mod modbus;
@@ -27,6 +28,7 @@ pub use fastpath::{
     bridge_nftables, parse_brforward, BridgePort, BridgeView, FastPathChoice, FastPathStatus,
     Learnt, Mirror, Sysfs, SYNC_INTERVAL, VALIDITY,
 };
+pub use flows::{Sweep, ZoneShare};
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
 pub use pin::{

@@ -258,6 +258,23 @@ impl Datapath {
     }
 
     /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
+    /// Forgets the Modbus framing state of the flow with `key` (initiator's direction), as an
+    /// eviction from its table would: tests of what the inspector does with state it lost.
+    pub fn evict_modbus_state(&mut self, key: &FlowKey) -> Result<()> {
+        self.maps
+            .modbus_flows
+            .remove(key)
+            .context("removing from MODBUS_FLOWS")
+    }
+
+    /// Entries of the inspectors' state tables: (Modbus, EtherNet/IP).
+    pub fn inspector_states(&self) -> (usize, usize) {
+        (
+            self.maps.modbus_flows.keys().filter(Result::is_ok).count(),
+            self.maps.enip_flows.keys().filter(Result::is_ok).count(),
+        )
+    }
+
     pub fn clear_flows(&mut self) -> Result<()> {
         let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(Result::ok).collect();
         for key in keys {
