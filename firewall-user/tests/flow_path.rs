@@ -16,7 +16,9 @@ use common::{
 use firewall_common::{
     counters::{PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN},
     flow::MAX_DENIALS,
-    reason::Reason::{MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, Spoofed, Unzoned},
+    reason::Reason::{
+        FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, Spoofed, Unzoned,
+    },
 };
 use otfw::datapath::Datapath;
 
@@ -321,5 +323,35 @@ fn host_table() {
                 ),
             ],
         )],
+    );
+}
+
+#[test]
+fn zone_share() {
+    // Each zone may hold one established flow: the answer promotes the first; the second
+    // zone-`it` SYN is refused while the first holds the share, and is not cached as a denial
+    // (it passes once the share is free again).
+    let p = it_ot().max_flows(1);
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let (_, [_, stored, cached]) = run_counting(vec![case(
+        "one established flow per zone",
+        &p,
+        vec![
+            frame(c.syn(40000, 502), pass("modbus").creates()),
+            frame(s.syn_ack(502, 40000), pass("modbus").promotes()),
+            frame(c.syn(40001, 502), drop(FlowQuota, "modbus")),
+            frame(c.syn(40001, 502), drop(FlowQuota, "modbus")),
+            frame(
+                c.tcp(40000, 502, "R", 1001, 0, &[]),
+                pass("modbus").closes(),
+            ),
+            frame(c.syn(40001, 502), pass("modbus").creates()),
+            frame(s.syn_ack(502, 40001), pass("modbus").promotes()),
+        ],
+    )]);
+    assert_eq!(
+        (stored, cached),
+        (0, 0),
+        "a zone at its share is not a cached denial"
     );
 }

@@ -484,20 +484,20 @@ pub extern "C" fn otfw_enip_missing(monitor: u64) -> u64 {
         return stream::MISSING_CREATE;
     };
     // SAFETY: a map value, valid for the program's run.
-    let flow = unsafe { &mut *flow };
-    stream::mark_inspected();
-    if missing == stream::MISSING_LOST {
-        if monitor == 0 {
-            flow.flags |= EFLOW_RESET;
-        }
-    } else if ic.tcp_flags & TCP_SYN != 0 {
-        // The server's SYN-ACK: the client's stream starts at what it acknowledges, and the
-        // connection is followed from its start.
-        flow.flags = EFLOW_SYN;
-        flow.streams[0].next_seq = ic.ack;
-        flow.streams[0].flags = ESTREAM_SYNCED;
+    stream::start_state(unsafe { &mut *flow }, ic, missing, monitor)
+}
+
+impl stream::FollowedFlow for EnipFlow {
+    fn reset_later(&mut self) {
+        self.flags |= EFLOW_RESET;
     }
-    missing
+
+    /// The connection is also followed from its start (a session must be registered).
+    fn started_by_syn_ack(&mut self, ack: u32) {
+        self.flags = EFLOW_SYN;
+        self.streams[0].next_seq = ack;
+        self.streams[0].flags = ESTREAM_SYNCED;
+    }
 }
 
 #[inline(always)]

@@ -308,18 +308,18 @@ pub extern "C" fn otfw_modbus_missing(monitor: u64) -> u64 {
         return stream::MISSING_CREATE;
     };
     // SAFETY: a map value, valid for the program's run.
-    let flow = unsafe { &mut *flow };
-    stream::mark_inspected();
-    if missing == stream::MISSING_LOST {
-        if monitor == 0 {
-            flow.flags |= MODBUS_RESET;
-        }
-    } else if ic.tcp_flags & TCP_SYN != 0 {
-        // The server's SYN-ACK: the client's stream starts at what it acknowledges.
-        flow.streams[0].next_seq = ic.ack;
-        flow.streams[0].flags = STREAM_SYNCED;
+    stream::start_state(unsafe { &mut *flow }, ic, missing, monitor)
+}
+
+impl stream::FollowedFlow for ModbusFlow {
+    fn reset_later(&mut self) {
+        self.flags |= MODBUS_RESET;
     }
-    missing
+
+    fn started_by_syn_ack(&mut self, ack: u32) {
+        self.streams[0].next_seq = ack;
+        self.streams[0].flags = STREAM_SYNCED;
+    }
 }
 
 /// A SYN (client) or SYN-ACK (server) fixes where the sender's stream starts. A SYN inside a

@@ -181,6 +181,36 @@ pub fn missing(ic: &InspectContext) -> u64 {
     }
 }
 
+/// An inspector's per-flow state, as `start_state` prepares it.
+pub trait FollowedFlow {
+    /// Every later segment, either side, is to be answered with a reset.
+    fn reset_later(&mut self);
+    /// The server's SYN-ACK starts the state: the client's stream starts at `ack`, what it
+    /// acknowledges.
+    fn started_by_syn_ack(&mut self, ack: u32);
+}
+
+/// Prepares state just created for the packet's flow (`missing` said `missing`): marks the
+/// flow as followed, and either starts the streams at a SYN-ACK or, for lost state, arranges
+/// the reset (unless `monitor`). Returns `missing`.
+#[inline(always)]
+pub fn start_state<F: FollowedFlow>(
+    flow: &mut F,
+    ic: &InspectContext,
+    missing: u64,
+    monitor: u64,
+) -> u64 {
+    mark_inspected();
+    if missing == MISSING_LOST {
+        if monitor == 0 {
+            flow.reset_later();
+        }
+    } else if ic.tcp_flags & TCP_SYN != 0 {
+        flow.started_by_syn_ack(ic.ack);
+    }
+    missing
+}
+
 /// Marks the packet's flow (left in the scratch by the main program) as one whose inspector
 /// keeps state: from now on, state that goes missing was lost.
 #[inline(always)]

@@ -197,6 +197,7 @@ impl Policy {
     }
 
     /// Gives every zone (and hosts in no zone) this share of the flow table.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
     pub fn max_flows(mut self, flows: u32) -> Policy {
         self.max_flows = Some(flows);
         self

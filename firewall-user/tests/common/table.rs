@@ -95,6 +95,7 @@ impl Expect {
     /// The responder's first answer: the flow moves to the established table. Checked in a
     /// table only if one of its rows says so (the tables written before the two flow tables
     /// leave promotions out).
+    #[allow(dead_code)] // not every test binary that shares this module uses it
     pub fn promotes(mut self) -> Expect {
         self.flows.push(FLOW_PROMOTED);
         self
