@@ -80,13 +80,14 @@ pub struct Metrics {
 
 /// Flow table events exported under `otfw_flow_events_total{event}`; insert failures have their
 /// own family.
-const FLOW_EVENTS: [u32; 6] = [
+const FLOW_EVENTS: [u32; 7] = [
     FLOW_CREATED,
     FLOW_ADOPTED,
     FLOW_EXPIRED,
     FLOW_REVOKED,
     firewall_common::counters::FLOW_REVALIDATED,
     FLOW_CLOSED,
+    firewall_common::counters::FLOW_PROMOTED,
 ];
 
 /// The protocol a parse or sanity error belongs to, if `reason` is one.
@@ -207,14 +208,16 @@ impl Metrics {
         let flow_capacity = family!(
             IntGauge,
             "otfw_flow_table_capacity",
-            "Size of the flow table (LRU: when full, the least recently used flow is evicted)."
+            "Size of the table of established flows (shared among the zones: \
+             otfw_zone_flow_share)."
         );
         flow_capacity.set(MAX_FLOWS as i64);
         let flow_events = family!(
             IntCounterVec,
             "otfw_flow_events_total",
-            "Flow table events: created, adopted (mid-stream), expired, revoked (by a new \
-             policy), revalidated, closed (reset, or now decided by a default).",
+            "Flow table events: created (waiting for an answer), promoted (answered: \
+             established), adopted (mid-stream), expired, revoked (by a new policy), \
+             revalidated, closed (reset, or now decided by a default).",
             ["event"]
         );
         let flow_insert_failures = family!(

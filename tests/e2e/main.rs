@@ -6,6 +6,7 @@ mod common;
 mod controller;
 mod enip;
 mod evasion;
+mod exhaustion;
 mod failsecure;
 mod fast_path;
 mod firewall;

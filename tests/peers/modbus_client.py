@@ -2,7 +2,7 @@
 and the demo. Run it with the venv's python inside a client's namespace:
 
     .venv/bin/python tests/peers/modbus_client.py --host 198.51.100.30 [--port 502]
-        [--unit 1] [--timeout 2] OP [OP ...]
+        [--unit 1] [--timeout 2] [--interval 0] OP [OP ...]
 
 Each OP is `read_coils:ADDR:COUNT`, `read_discrete_inputs:ADDR:COUNT`,
 `read_holding_registers:ADDR:COUNT`, `read_input_registers:ADDR:COUNT`,
@@ -32,6 +32,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -115,13 +116,17 @@ def main():
     parser.add_argument("--port", type=int, default=502)
     parser.add_argument("--unit", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=2.0)
+    # Seconds between ops: a poller's pace (an HMI polls; it does not hammer).
+    parser.add_argument("--interval", type=float, default=0.0)
     parser.add_argument("ops", nargs="+", type=parse_op)
     args = parser.parse_args()
     # pymodbus logs failures itself; they go to stderr, results to stdout.
     logging.basicConfig(stream=sys.stderr, level=logging.CRITICAL)
 
     client = ModbusTcpClient(args.host, port=args.port, timeout=args.timeout, retries=0)
-    for name, address, arg in args.ops:
+    for index, (name, address, arg) in enumerate(args.ops):
+        if index and args.interval:
+            time.sleep(args.interval)
         line = {"op": name, "address": address}
         try:
             if not client.connect():

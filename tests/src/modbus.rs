@@ -88,7 +88,7 @@ pub enum ModbusOp {
 
 impl ModbusOp {
     /// The op as both client programs take it, e.g. `read_coils:0:8`.
-    fn arg(&self) -> String {
+    pub fn arg(&self) -> String {
         match self {
             ModbusOp::Read(table, address, count) => {
                 format!("{}:{address}:{count}", table.read_op())
