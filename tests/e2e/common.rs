@@ -137,6 +137,35 @@ impl Firewall {
             )
             .unwrap_or_else(|e| panic!("no reload: {e:#}"))
     }
+
+    /// Waits for the next `event` line and parses it.
+    pub fn event(&mut self, event: &str, within: Duration) -> serde_json::Value {
+        let marker = format!(r#""event":"{event}""#);
+        let line = self
+            .process
+            .wait_for_line(|l| l.contains(&marker), within)
+            .unwrap_or_else(|e| panic!("no {event} event: {e:#}"));
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// Two zones that split one /24 for hosts at .10 (`office`) and .200 (`plant`): `office` may
+/// reach the plant on TCP `port`, nothing else crosses.
+pub fn office_plant_policy(port: u16) -> String {
+    format!(
+        "version: 1
+gateway: {{ interfaces: [otfwt-a, otfwt-b] }}
+defaults: {{ action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp] }}
+zones:
+  office: {{ networks: [198.51.100.0/25] }}
+  plant: {{ networks: [198.51.100.128/25] }}
+conduits:
+  - name: office-to-plant
+    from: office
+    to: plant
+    allow: [{{ tcp: {{ ports: [{port}] }} }}]
+"
+    )
 }
 
 /// An enterprise client, an engineering workstation and the PLC, in three zones that split

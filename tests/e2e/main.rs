@@ -14,5 +14,6 @@ mod lab;
 mod lockdown;
 mod metrics;
 mod modbus;
+mod permissions;
 mod policy_git;
 mod rollout;

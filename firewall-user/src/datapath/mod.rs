@@ -77,9 +77,8 @@ impl Datapath {
                 pin::check_bpffs()?;
                 let maps = pin::pinnable_maps(OBJECT)?;
                 pin::check_layout(dir, &maps)?;
+                pin::make_dirs(dir)?;
                 let maps_dir = pin::maps_dir(dir);
-                std::fs::create_dir_all(&maps_dir)
-                    .with_context(|| format!("creating {}", maps_dir.display()))?;
                 maps.into_iter()
                     .map(|(name, _)| {
                         let path = maps_dir.join(&name);
