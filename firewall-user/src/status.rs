@@ -124,7 +124,7 @@ pub struct InstanceLock {
 impl InstanceLock {
     pub fn take(instance: &str) -> Result<InstanceLock> {
         const NEEDS: &str = "otfw run and otfw stop need root (CAP_BPF, CAP_NET_ADMIN, \
-                             CAP_SYS_ADMIN for bpffs, and write access to /run/otfw)";
+                             CAP_PERFMON, and write access to /run/otfw)";
         private::dir(Path::new(STATE_DIR)).context(NEEDS)?;
         let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
         let file =

@@ -234,6 +234,27 @@ pub fn sigkill(process: LabProcess) {
         .expect("otfw run did not die on SIGKILL");
 }
 
+/// The id of the XDP program attached to each of the lab's ports, if any (`ip -d link`).
+pub fn xdp_programs(lab: &Lab) -> Vec<Option<u32>> {
+    lab.ports()
+        .iter()
+        .map(|port| {
+            let out = Command::new("ip")
+                .args(["-d", "link", "show", "dev", port])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (_, after) = text.split_once("prog/xdp id ")?;
+            after.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether an XDP program is attached to each of the lab's ports.
+pub fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
+    xdp_programs(lab).iter().map(Option::is_some).collect()
+}
+
 /// Runs the `otfw` binary with `args` to completion.
 pub fn otfw(args: &[&str]) -> Output {
     let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));

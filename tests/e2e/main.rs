@@ -16,4 +16,5 @@ mod metrics;
 mod modbus;
 mod permissions;
 mod policy_git;
+mod privileges;
 mod rollout;

@@ -251,6 +251,25 @@ fn a_policy_file_others_can_write_is_refused_at_start_and_at_reload() {
     );
     assert_eq!(echo(old), TcpOutcome::Echoed, "nothing attached");
 
+    // `--check-config` predicts that; the configuration file's key overrides like the flag.
+    let checked = otfw_logged(&["run", "--check-config", "--policy", &file]);
+    assert_eq!(checked.status.code(), Some(1));
+    assert!(
+        text(&checked.stderr).contains(&format!("chmod go-w {file}")),
+        "{}",
+        text(&checked.stderr)
+    );
+    let config = policy_file(
+        "config",
+        &format!("policy: {file}\nallow_insecure_policy_permissions: true\n"),
+        0o644,
+    );
+    let config_arg = config.0.to_str().unwrap();
+    let checked = otfw_logged(&["run", "--check-config", "--config", config_arg]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(text(&checked.stdout).contains("allow_insecure_policy_permissions: true"));
+    assert!(text(&checked.stderr).contains("accepted: --allow-insecure-policy-permissions"));
+
     // With the override it starts, and says what it accepted.
     let fw = Firewall::start_file(
         &lab,

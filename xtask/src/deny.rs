@@ -17,7 +17,14 @@ pub fn check(repo: &Path) -> Result<()> {
     // whole inclusion graphs.
     run(
         repo,
-        &["deny", "check", "--hide-inclusion-graph", "bans", "licenses", "sources"],
+        &[
+            "deny",
+            "check",
+            "--hide-inclusion-graph",
+            "bans",
+            "licenses",
+            "sources",
+        ],
     )?;
     let mut fetch = cmd::cargo(repo, &["deny", "fetch", "db"], &[])?;
     let fetched = cmd::capture(&mut fetch)?;

@@ -101,9 +101,9 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!(
-                "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN) and \
-                 a kernel with BPF and XDP support"
-            )
+                    "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN, \
+                 CAP_PERFMON) and a kernel with BPF and XDP support"
+                )
             })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
@@ -113,9 +113,10 @@ impl Datapath {
             .context("the XDP program is missing from the object")?
             .try_into()
             .context("the program in the object is not an XDP program")?;
-        program
-            .load()
-            .context("the kernel verifier rejected the XDP program")?;
+        program.load().context(
+            "the kernel verifier rejected the XDP program (`Permission denied` below means a \
+                 missing capability: otfw run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+        )?;
         // Inspectors go into their program array before anything is attached: a packet
         // handed to a missing inspector is dropped (`inspector_missing`).
         for (name, slot, what) in [
