@@ -111,13 +111,19 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Opens `path` for writing without truncating it, creating it 0600 if missing (lock files).
+/// One an older version left with a looser mode is tightened: it holds nothing to protect, only
+/// its mode is wrong.
 pub fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(FILE_MODE)
-        .open(path)
+        .open(path)?;
+    if file.metadata()?.mode() & 0o7777 != FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -181,6 +187,11 @@ mod tests {
         let lock = root.join("x.lock");
         drop(open(&lock).unwrap());
         assert_eq!(mode(&lock), FILE_MODE);
+        let old_lock = root.join("old.lock");
+        std::fs::write(&old_lock, "").unwrap();
+        std::fs::set_permissions(&old_lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open(&old_lock).unwrap());
+        assert_eq!(mode(&old_lock), FILE_MODE);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

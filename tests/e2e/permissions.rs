@@ -102,6 +102,10 @@ fn pins_and_kept_files_are_root_only_and_looser_directories_are_tightened() {
     ] {
         loosened(dir);
     }
+    // The lock file an older version left, with its mode then.
+    let lock = Path::new(RUN_DIR).join(format!("{INSTANCE}.lock"));
+    std::fs::write(&lock, "").unwrap();
+    chmod(&lock, 0o644);
     let mut fw = Firewall::start_with(&lab, &office_plant_policy(5020), &["--instance", INSTANCE]);
     let stderr = fw.process.stderr();
     assert!(
