@@ -531,9 +531,10 @@ fn in_force(
     });
 }
 
-/// A hash of the file's contents, mode and owner (None if unreadable): editors replace files
-/// in ways mtime alone does not reliably show, and a touch without change should not reload;
-/// a `chmod go-w` of a file refused for its permissions should.
+/// A hash of the file's contents, and the mode and owner of the file and its directory (None
+/// if unreadable): editors replace files in ways mtime alone does not reliably show, and a
+/// touch without change should not reload; a `chmod go-w` of a file (or directory) refused
+/// for its permissions should.
 fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
@@ -541,6 +542,10 @@ fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     (meta.mode(), meta.uid()).hash(&mut h);
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| std::fs::metadata(real.parent()?).ok());
+    dir.map(|d| (d.mode(), d.uid())).hash(&mut h);
     Some(h.finish())
 }
 

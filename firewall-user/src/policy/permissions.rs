@@ -1,7 +1,8 @@
 //! Who may change a policy file. Whoever can write the file `otfw run` enforces decides what
 //! crosses the gateway, so a file that users other than root (or the user running otfw) can
 //! write is refused: group- or world-writable, or owned by another user (an owner can always
-//! `chmod` their file back to writable). `otfw run`, `otfw apply` and the reloads of the
+//! `chmod` their file back to writable), and likewise a file whose directory lets others
+//! replace it (writable by others without the sticky bit, or owned by another user). `otfw run`, `otfw apply` and the reloads of the
 //! running controller refuse it unless `--allow-insecure-policy-permissions` says otherwise;
 //! `otfw check`, which CI runs on checkouts owned by whoever cloned them, only warns.
 
@@ -47,6 +48,28 @@ pub fn check(path: &Path) -> Result<(), Insecure> {
             "it belongs to uid {owner}, who can make it writable at will"
         ));
         fixes.push(format!("`chown root {file}`"));
+    }
+    // Whoever can write the directory can replace the file, unless the sticky bit reserves
+    // that to the file's owner (as in /tmp).
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf));
+    if let Some((dir, dir_meta)) = dir.and_then(|d| std::fs::metadata(&d).ok().map(|m| (d, m))) {
+        let dir_mode = dir_meta.mode() & 0o7777;
+        let shown = dir.display();
+        if dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0 {
+            problems.push(format!(
+                "its directory {shown} (mode {dir_mode:04o}) lets others replace it"
+            ));
+            fixes.push(format!("`chmod go-w {shown}`"));
+        }
+        let dir_owner = dir_meta.uid();
+        if dir_owner != 0 && dir_owner != crate::private::euid() {
+            problems.push(format!(
+                "its directory {shown} belongs to uid {dir_owner}, who can replace it"
+            ));
+            fixes.push(format!("`chown root {shown}`"));
+        }
     }
     if problems.is_empty() {
         return Ok(());
@@ -104,6 +127,35 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
         }
         assert_eq!(check(Path::new("/nonexistent/otfw-policy.yaml")), Ok(()));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_exposes_its_policy_files() {
+        let dir = std::env::temp_dir().join(format!("otfw-permissions-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.yaml");
+        std::fs::write(&path, "version: 1\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check(&path).unwrap_err().to_string();
+        let shown = std::fs::canonicalize(&dir).unwrap();
+        assert!(
+            err.contains(&format!(
+                "its directory {} (mode 0777) lets others replace it",
+                shown.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("chmod go-w {}", shown.display())),
+            "{err}"
+        );
+        // The sticky bit (as on /tmp) keeps others from replacing a file they do not own.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(check(&path), Ok(()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(check(&path), Ok(()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
