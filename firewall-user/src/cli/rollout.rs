@@ -24,7 +24,7 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
     /// Apply the policy even if users other than root can change its file (group- or
-    /// world-writable, or owned by another user).
+    /// world-writable, owned by another user, or in a directory others can write).
     #[arg(long)]
     pub allow_insecure_policy_permissions: bool,
 }

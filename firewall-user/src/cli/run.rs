@@ -72,8 +72,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
     /// Enforce the policy file even if users other than root can change it (group- or
-    /// world-writable, or owned by another user); otherwise such a file is refused, at start
-    /// and at every reload.
+    /// world-writable, owned by another user, or in a directory others can write); otherwise
+    /// such a file is refused, at start and at every reload.
     #[arg(long)]
     pub allow_insecure_policy_permissions: bool,
 }
