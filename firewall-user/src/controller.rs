@@ -31,6 +31,7 @@ use crate::{
     policy::{
         compiled::{Attachment, CompiledPolicy},
         git::commit_of,
+        permissions::{self, OVERRIDE_FLAG},
     },
     rollout,
 };
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub xdp_mode: ModeChoice,
     /// Which ports forward allowed frames port to port (`datapath::fastpath`).
     pub fast_path: FastPathChoice,
+    /// Load a policy file that users other than root can change (`policy::permissions`).
+    pub allow_insecure_policy_permissions: bool,
     pub observe: ObserveOptions,
 }
 
@@ -58,7 +61,14 @@ pub type PolicyLoader = fn(&std::path::Path) -> std::result::Result<CompiledPoli
 
 pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let file = opts.policy.display().to_string();
-    let mut policy = match load(&opts.policy) {
+    // Taken before the first load: a change made while the controller starts (after the
+    // file was read) is seen by the first check of the watch below.
+    let mut fingerprint = file_fingerprint(&opts.policy);
+    let load = TrustedLoader {
+        load,
+        allow_insecure: opts.allow_insecure_policy_permissions,
+    };
+    let mut policy = match load.load(&opts.policy) {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -194,7 +204,6 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     let mut enip_events = watch_fd(datapath.take_enip_events())?;
     let mut events_lost = 0;
     let mut enip_events_lost = 0;
-    let mut fingerprint = file_fingerprint(&opts.policy);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
@@ -433,12 +442,12 @@ fn reload(
     observer: &mut Observer,
     path: &std::path::Path,
     file: &str,
-    load: PolicyLoader,
+    load: TrustedLoader,
     base: &mut CompiledPolicy,
     lockdown: &lockdown::Control,
 ) {
     let kept = datapath.active().map(|g| g.epoch);
-    let loaded = load(path);
+    let loaded = load.load(path);
     if loaded.is_ok() {
         observer.before_install(datapath);
     }
@@ -478,6 +487,28 @@ fn reload(
     }
 }
 
+/// How the controller reads its policy file, at start and at every reload.
+#[derive(Clone, Copy)]
+struct TrustedLoader {
+    load: PolicyLoader,
+    /// `--allow-insecure-policy-permissions`.
+    allow_insecure: bool,
+}
+
+impl TrustedLoader {
+    /// Loads the policy file if only root (or otfw's user) can change it, or if the operator
+    /// accepted that others can (then with a warning each time).
+    fn load(&self, path: &std::path::Path) -> std::result::Result<CompiledPolicy, Vec<String>> {
+        if let Err(insecure) = permissions::check(path) {
+            if !self.allow_insecure {
+                return Err(vec![insecure.to_string()]);
+            }
+            log::warn!("{} (accepted: {OVERRIDE_FLAG})", insecure.0);
+        }
+        (self.load)(path)
+    }
+}
+
 /// A generation was installed: logged, recorded (with the git commit of the policy file, if
 /// any) and announced as `policy_loaded`.
 fn in_force(
@@ -510,12 +541,21 @@ fn in_force(
     });
 }
 
-/// A hash of the file's contents (None if unreadable): editors replace files in ways mtime
-/// alone does not reliably show, and a touch without change should not reload.
+/// A hash of the file's contents, and the mode and owner of the file and its directory (None
+/// if unreadable): editors replace files in ways mtime alone does not reliably show, and a
+/// touch without change should not reload; a `chmod go-w` of a file (or directory) refused
+/// for its permissions should.
 fn file_fingerprint(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
     let bytes = std::fs::read(path).ok()?;
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
+    (meta.mode(), meta.uid()).hash(&mut h);
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| std::fs::metadata(real.parent()?).ok());
+    dir.map(|d| (d.mode(), d.uid())).hash(&mut h);
     Some(h.finish())
 }
 

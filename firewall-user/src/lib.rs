@@ -1,4 +1,8 @@
 //! otfw: the user-space controller of the OT segmentation firewall.
+//!
+//! `unsafe` appears only where a kernel interface has no safe wrapper (the bpf syscall, ioctls,
+//! signals, rlimits), each block with a `SAFETY:` note saying why it is sound.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
 pub mod capture;
@@ -13,6 +17,7 @@ pub mod metrics;
 pub mod observe;
 pub mod offload;
 pub mod policy;
+pub mod private;
 pub mod replay;
 pub mod rollout;
 pub mod status;

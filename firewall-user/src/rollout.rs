@@ -11,8 +11,6 @@
 //! deadline rolls back at once.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::{self, Event},
     lockdown::LOCKDOWN_DIR,
+    private,
 };
 
 /// A policy applied and not yet confirmed.
@@ -51,26 +50,12 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Writes `bytes` to `path` whole or not at all (a temporary file renamed over it), readable by
-/// root only: the files here decide what a gateway enforces.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {} (needs root)", dir.display()))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {} (needs root)", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+/// Keeps `bytes` in `path`, a file of the root-only state directory (created 0700 if missing),
+/// written whole or not at all and readable by root only: the files there decide what a
+/// gateway enforces.
+pub fn keep(path: &Path, bytes: &[u8]) -> Result<()> {
+    private::dir(Path::new(LOCKDOWN_DIR))?;
+    private::write(path, bytes)
 }
 
 impl Pending {
@@ -86,7 +71,7 @@ impl Pending {
     }
 
     pub fn save(&self, instance: &str) -> Result<()> {
-        write_private(&pending_path(instance), &serde_json::to_vec_pretty(self)?)
+        keep(&pending_path(instance), &serde_json::to_vec_pretty(self)?)
     }
 
     /// Removes the record (and the copy of the old policy); whether there was one.
@@ -155,7 +140,7 @@ impl Watch {
                     p.previous.display()
                 )
             })
-            .and_then(|old| write_private(&p.policy_file, &old));
+            .and_then(|old| private::write(&p.policy_file, &old));
         match restored {
             Ok(()) => {
                 log::warn!(

@@ -19,7 +19,10 @@ use firewall_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::{pin_dir, PinnedMaps};
+use crate::{
+    datapath::{pin_dir, PinnedMaps},
+    private,
+};
 
 /// Where state files live.
 pub const STATE_DIR: &str = "/run/otfw";
@@ -78,13 +81,11 @@ pub struct State {
 impl State {
     /// Writes the state file atomically (temporary file, then rename).
     pub fn save(&self) -> Result<()> {
-        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        let path = state_path(&self.instance);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        private::dir(Path::new(STATE_DIR))?;
+        private::write(
+            &state_path(&self.instance),
+            &serde_json::to_vec_pretty(self)?,
+        )
     }
 
     pub fn remove(instance: &str) {
@@ -122,31 +123,30 @@ pub struct InstanceLock {
 
 impl InstanceLock {
     pub fn take(instance: &str) -> Result<InstanceLock> {
-        use std::os::fd::AsRawFd as _;
         const NEEDS: &str = "otfw run and otfw stop need root (CAP_BPF, CAP_NET_ADMIN, \
-                             CAP_SYS_ADMIN for bpffs, and write access to /run/otfw)";
-        std::fs::create_dir_all(STATE_DIR)
-            .with_context(|| format!("creating {STATE_DIR}; {NEEDS}"))?;
+                             CAP_PERFMON, and write access to /run/otfw)";
+        private::dir(Path::new(STATE_DIR)).context(NEEDS)?;
         let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}; {NEEDS}", path.display()))?;
-        // SAFETY: flock on a file descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let pid = State::previous(instance).map_or_else(
-                || "another process".to_string(),
-                |s| format!("process {}", s.pid),
-            );
-            bail!(
+        let file =
+            private::open(&path).with_context(|| format!("opening {}; {NEEDS}", path.display()))?;
+        // An exclusive flock(2), released by the kernel when the process ends.
+        match file.try_lock() {
+            Ok(()) => Ok(InstanceLock { _file: file, path }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = State::previous(instance).map_or_else(
+                    || "another process".to_string(),
+                    |s| format!("process {}", s.pid),
+                );
+                bail!(
                 "otfw instance `{instance}` is already running ({pid} holds {}): one controller \
                  per instance and port",
                 path.display()
             );
+            }
         }
-        Ok(InstanceLock { _file: file, path })
     }
 
     /// Releases the lock and removes its file: the instance is gone (`otfw stop`, or a start
@@ -157,8 +157,7 @@ impl InstanceLock {
 }
 
 fn alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// The state of `instance`, or of the only running instance.

@@ -86,3 +86,32 @@ fn json_output() {
     assert_eq!(list[1]["column"], 5);
     assert_eq!(list[1]["severity"], "error");
 }
+
+/// A policy file other users can write draws a warning naming the fix, not an error: CI checks
+/// checkouts; `otfw run` is the one that refuses it.
+#[test]
+fn a_policy_file_others_can_write_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = write_policy(
+        "writable.yaml",
+        &std::fs::read_to_string(example()).unwrap(),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = otfw_check(&[&path]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = path.display();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{file}:1:1: warning: mode 0664 lets its group write it: whoever can change a policy \
+             file decides what this gateway lets through. Fix it with `chmod go-w {file}`; otfw \
+             run and otfw apply refuse this file\n"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ok: 1 file checked, 0 errors"), "{stderr}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = otfw_check(&[&path]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("chmod"), "{stderr}");
+}

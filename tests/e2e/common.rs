@@ -137,6 +137,35 @@ impl Firewall {
             )
             .unwrap_or_else(|e| panic!("no reload: {e:#}"))
     }
+
+    /// Waits for the next `event` line and parses it.
+    pub fn event(&mut self, event: &str, within: Duration) -> serde_json::Value {
+        let marker = format!(r#""event":"{event}""#);
+        let line = self
+            .process
+            .wait_for_line(|l| l.contains(&marker), within)
+            .unwrap_or_else(|e| panic!("no {event} event: {e:#}"));
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// Two zones that split one /24 for hosts at .10 (`office`) and .200 (`plant`): `office` may
+/// reach the plant on TCP `port`, nothing else crosses.
+pub fn office_plant_policy(port: u16) -> String {
+    format!(
+        "version: 1
+gateway: {{ interfaces: [otfwt-a, otfwt-b] }}
+defaults: {{ action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp] }}
+zones:
+  office: {{ networks: [198.51.100.0/25] }}
+  plant: {{ networks: [198.51.100.128/25] }}
+conduits:
+  - name: office-to-plant
+    from: office
+    to: plant
+    allow: [{{ tcp: {{ ports: [{port}] }} }}]
+"
+    )
 }
 
 /// An enterprise client, an engineering workstation and the PLC, in three zones that split
@@ -203,6 +232,27 @@ pub fn sigkill(process: LabProcess) {
     process
         .wait(Duration::from_secs(5))
         .expect("otfw run did not die on SIGKILL");
+}
+
+/// The id of the XDP program attached to each of the lab's ports, if any (`ip -d link`).
+pub fn xdp_programs(lab: &Lab) -> Vec<Option<u32>> {
+    lab.ports()
+        .iter()
+        .map(|port| {
+            let out = Command::new("ip")
+                .args(["-d", "link", "show", "dev", port])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (_, after) = text.split_once("prog/xdp id ")?;
+            after.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether an XDP program is attached to each of the lab's ports.
+pub fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
+    xdp_programs(lab).iter().map(Option::is_some).collect()
 }
 
 /// Runs the `otfw` binary with `args` to completion.

@@ -71,28 +71,6 @@ fn start(lab: &Lab) -> Firewall {
     Firewall::start_with(lab, POLICY, &["--metrics", "off", "--instance", INSTANCE])
 }
 
-/// The id of the XDP program on each of the lab's ports (`ip -d link`), `None` where there is
-/// none.
-fn xdp_programs(lab: &Lab) -> Vec<Option<u32>> {
-    lab.ports()
-        .iter()
-        .map(|port| {
-            let out = Command::new("ip")
-                .args(["-d", "link", "show", "dev", port])
-                .output()
-                .unwrap();
-            let text = text(&out.stdout);
-            let (_, after) = text.split_once("prog/xdp id ")?;
-            after.split_whitespace().next()?.parse().ok()
-        })
-        .collect()
-}
-
-/// Whether an XDP program is attached to each of the lab's ports.
-fn xdp_on_ports(lab: &Lab) -> Vec<bool> {
-    xdp_programs(lab).iter().map(Option::is_some).collect()
-}
-
 #[test]
 fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     let _unpin = Unpin;
@@ -124,19 +102,19 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
                 .unwrap()
         });
         std::thread::sleep(Duration::from_millis(1500));
-        let before = xdp_programs(&lab);
+        let before = common::xdp_programs(&lab);
         let Firewall { process, policy } = fw;
         common::sigkill(process);
         drop(policy);
         assert_eq!(
-            xdp_on_ports(&lab),
+            common::xdp_on_ports(&lab),
             [true, true],
             "the links went with the controller"
         );
         // No controller at all for a while: the pinned program alone enforces.
         std::thread::sleep(Duration::from_millis(1500));
         let restarted = start(&lab);
-        let after = xdp_programs(&lab);
+        let after = common::xdp_programs(&lab);
         println!("XDP programs on the ports: {before:?} before, {after:?} after the restart");
         for (old, new) in before.iter().zip(&after) {
             assert!(
@@ -192,7 +170,7 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     let Firewall { process, .. } = restarted;
     let output = process.stop();
     assert!(!output.stdout.contains(r#""event":"detached""#));
-    assert_eq!(xdp_on_ports(&lab), [true, true]);
+    assert_eq!(common::xdp_on_ports(&lab), [true, true]);
     let _denied_server = lab.udp_echo_server("a", 5354).unwrap();
     let after_exit = lab
         .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
@@ -206,7 +184,7 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         out.contains("enforcement removed from otfwt-a, otfwt-b"),
         "{out}"
     );
-    assert_eq!(xdp_on_ports(&lab), [false, false], "{out}");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false], "{out}");
     assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
     let unfiltered = lab
         .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
@@ -330,7 +308,11 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
         "{message}"
     );
     assert!(message.contains("otfw stop"), "{message}");
-    assert_eq!(xdp_on_ports(&lab), [true, true], "enforcement was removed");
+    assert_eq!(
+        common::xdp_on_ports(&lab),
+        [true, true],
+        "enforcement was removed"
+    );
     assert!(
         std::fs::read_dir(Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("links"))
             .unwrap()
@@ -436,7 +418,7 @@ fn a_failed_start_leaves_no_port_half_configured() {
         message.contains("no interface named otfwt-nosuch"),
         "{message}"
     );
-    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false], "{message}");
     assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
     assert!(!Path::new("/run/otfw")
         .join(format!("{INSTANCE}.json"))
@@ -477,7 +459,7 @@ fn a_start_without_a_bpf_filesystem_fails_cleanly() {
     println!("without bpffs: exit {:?}: {message}", out.status.code());
     assert_ne!(out.status.code(), Some(0), "{message}");
     assert!(message.contains("bpffs is not mounted"), "{message}");
-    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false], "{message}");
     assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
 }
 
@@ -488,7 +470,7 @@ fn a_port_carrying_another_xdp_program_is_refused() {
     let _unpin = Unpin;
     let lab = common::lab(&common::left_right_hosts());
     let _other = Firewall::start(&lab, POLICY);
-    let before = xdp_programs(&lab);
+    let before = common::xdp_programs(&lab);
     let out = run_to_exit(&["--instance", INSTANCE]);
     let message = text(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{message}");
@@ -496,7 +478,11 @@ fn a_port_carrying_another_xdp_program_is_refused() {
         message.contains("otfwt-a already carries an XDP program that otfw did not install"),
         "{message}"
     );
-    assert_eq!(xdp_programs(&lab), before, "the other program was touched");
+    assert_eq!(
+        common::xdp_programs(&lab),
+        before,
+        "the other program was touched"
+    );
     assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
 }
 
@@ -527,6 +513,6 @@ fn a_start_without_privileges_fails_cleanly() {
     println!("as nobody: {message}");
     assert_ne!(out.status.code(), Some(0), "{message}");
     assert!(message.contains("need root"), "{message}");
-    assert_eq!(xdp_on_ports(&lab), [false, false], "{message}");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false], "{message}");
     assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
 }

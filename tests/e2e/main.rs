@@ -15,5 +15,7 @@ mod lab;
 mod lockdown;
 mod metrics;
 mod modbus;
+mod permissions;
 mod policy_git;
+mod privileges;
 mod rollout;

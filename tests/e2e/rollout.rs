@@ -6,31 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use otfw_tests::{HostSpec, TcpOutcome};
-use serde_json::Value;
 
-use crate::common::{self, otfw_logged, v4, Firewall};
+use crate::common::{self, office_plant_policy, otfw_logged, v4, Firewall};
 
 /// The pinned instance of this test (pins and rollout files removed at the end).
 const INSTANCE: &str = "otfwt-rollout";
 const CONNECT: Duration = Duration::from_millis(1500);
-
-/// `office` may reach the plant on TCP `port`.
-fn policy(port: u16) -> String {
-    format!(
-        "version: 1
-gateway: {{ interfaces: [otfwt-a, otfwt-b] }}
-defaults: {{ action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp] }}
-zones:
-  office: {{ networks: [198.51.100.0/25] }}
-  plant: {{ networks: [198.51.100.128/25] }}
-conduits:
-  - name: office-to-plant
-    from: office
-    to: plant
-    allow: [{{ tcp: {{ ports: [{port}] }} }}]
-"
-    )
-}
 
 /// Removes the instance's pins and rollout files when the test ends, passed or failed.
 struct Cleanup;
@@ -62,15 +43,6 @@ fn apply(file: &Path, within: &str) -> bool {
     .success()
 }
 
-fn event(fw: &mut Firewall, event: &str, within: Duration) -> Value {
-    let marker = format!(r#""event":"{event}""#);
-    let line = fw
-        .process
-        .wait_for_line(|l| l.contains(&marker), within)
-        .unwrap_or_else(|e| panic!("no {event} event: {e:#}"));
-    serde_json::from_str(&line).unwrap()
-}
-
 #[test]
 fn apply_rolls_back_unless_confirmed() {
     let _cleanup = Cleanup;
@@ -78,7 +50,7 @@ fn apply_rolls_back_unless_confirmed() {
         HostSpec::new("a", "198.51.100.10/24"),
         HostSpec::new("b", "198.51.100.200/24"),
     ]);
-    let mut fw = Firewall::start_with(&lab, &policy(5020), &["--instance", INSTANCE]);
+    let mut fw = Firewall::start_with(&lab, &office_plant_policy(5020), &["--instance", INSTANCE]);
     let _b5020 = lab.tcp_echo_server("b", 5020).unwrap();
     let _b5021 = lab.tcp_echo_server("b", 5021).unwrap();
     let (old, new) = (v4(&lab, "b", 5020), v4(&lab, "b", 5021));
@@ -94,18 +66,18 @@ fn apply_rolls_back_unless_confirmed() {
 
     // Applied, not confirmed: in force at once, rolled back at the deadline.
     let next = std::env::temp_dir().join("otfwt-rollout-next.yaml");
-    std::fs::write(&next, policy(5021)).unwrap();
+    std::fs::write(&next, office_plant_policy(5021)).unwrap();
     assert!(apply(&next, "3s"));
-    event(&mut fw, "policy_applied", Duration::from_secs(5));
+    fw.event("policy_applied", Duration::from_secs(5));
     assert_eq!(
         echo(new),
         TcpOutcome::Echoed,
         "the applied policy is in force"
     );
     assert_eq!(echo(old), TcpOutcome::TimedOut);
-    let rolled = event(&mut fw, "policy_rolled_back", Duration::from_secs(10));
+    let rolled = fw.event("policy_rolled_back", Duration::from_secs(10));
     println!("rolled back: {rolled}");
-    event(&mut fw, "policy_loaded", Duration::from_secs(5));
+    fw.event("policy_loaded", Duration::from_secs(5));
     assert_eq!(
         echo(old),
         TcpOutcome::Echoed,
@@ -121,11 +93,11 @@ fn apply_rolls_back_unless_confirmed() {
 
     // Applied and confirmed: it stays past the deadline.
     assert!(apply(&next, "3s"));
-    event(&mut fw, "policy_applied", Duration::from_secs(5));
+    fw.event("policy_applied", Duration::from_secs(5));
     assert!(otfw_logged(&["confirm", "--instance", INSTANCE])
         .status
         .success());
-    event(&mut fw, "policy_confirmed", Duration::from_secs(5));
+    fw.event("policy_confirmed", Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(echo(new), TcpOutcome::Echoed, "the confirmed policy stays");
     assert_eq!(echo(old), TcpOutcome::TimedOut);

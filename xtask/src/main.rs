@@ -3,10 +3,12 @@
 //!
 //! Invoked as `cargo xtask <command>` (an alias in `.cargo/config.toml`). This is not the
 //! build: `cargo build` builds the product on its own once the prerequisites are there.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod bench;
 mod cmd;
 mod demo;
+mod deny;
 mod package;
 mod setup;
 mod test;

@@ -48,6 +48,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask test` runs `cargo deny check` (deny.toml) before the tests.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The shared library a correctly built bpf-linker loads; another LLVM major cannot link
 /// the nightly's bitcode.
@@ -63,6 +65,7 @@ pub fn run(repo: &Path) -> Result<()> {
     debian_packages()?;
     nightly_toolchain()?;
     bpf_linker()?;
+    cargo_deny()?;
     python_venv(repo)?;
     bpffs()?;
     Ok(())
@@ -279,6 +282,31 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn cargo_deny() -> Result<()> {
+    const STEP: &str = "cargo-deny";
+    let binary = cmd::cargo_home()?.join("bin").join("cargo-deny");
+    // `cargo-deny 0.20.2`
+    let installed = cmd::stdout_of(&binary, ["--version"]).is_some_and(|version| {
+        version
+            .split_whitespace()
+            .any(|word| word == CARGO_DENY_VERSION)
+    });
+    if installed {
+        report(STEP, "ok (already installed)");
+        return Ok(());
+    }
+    report(
+        STEP,
+        &format!("installing {CARGO_DENY_VERSION} (takes 5-15 minutes)"),
+    );
+    cmd::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "--locked", "--force", "cargo-deny"])
+            .args(["--version", CARGO_DENY_VERSION]),
+    )
+    .context("installing cargo-deny failed")
 }
 
 fn python_venv(repo: &Path) -> Result<()> {

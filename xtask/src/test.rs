@@ -1,5 +1,5 @@
-//! `cargo xtask test`: setup, then the whole test suite, then a smoke run of the benchmark
-//! (`cargo xtask bench --quick`).
+//! `cargo xtask test`: setup, `cargo deny check` (`deny`), then the whole test suite, then a
+//! smoke run of the benchmark (`cargo xtask bench --quick`).
 //!
 //! Unit tests run in parallel. Integration test binaries (`tests/` of every crate: the
 //! end-to-end lab, datapath tests) share kernel state such as the lab bridge, namespaces and
@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::{bench, cmd, setup};
+use crate::{bench, cmd, deny, setup};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -29,6 +29,7 @@ pub fn run(repo: &Path, args: &TestArgs) -> Result<()> {
     if !args.no_setup {
         setup::run(repo)?;
     }
+    deny::check(repo)?;
     // The binaries the end-to-end tests start (`otfw`, `otfw-peer`) are not built by
     // `cargo test` for a crate other than their own.
     cargo(repo, &["build", "--bins"], &[])?;

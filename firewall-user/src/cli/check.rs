@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::policy::{self, Diagnostic};
+use crate::policy::{self, permissions, Diagnostic, Severity};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -23,9 +23,26 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     let diagnostics: Vec<Diagnostic> = args
         .files
         .iter()
-        .flat_map(|path| match policy::load(path) {
-            Ok(loaded) => loaded.warnings,
-            Err(diagnostics) => diagnostics,
+        .flat_map(|path| {
+            // Checkouts in CI belong to whoever cloned them: a warning, not an error, here;
+            // `otfw run` and `otfw apply` refuse such a file.
+            let permissions = permissions::check(path).err().map(|insecure| Diagnostic {
+                file: path.display().to_string(),
+                line: 1,
+                col: 1,
+                severity: Severity::Warning,
+                message: format!(
+                    "{}; otfw run and otfw apply refuse this file",
+                    insecure
+                        .0
+                        .trim_start_matches(&format!("{}: ", path.display()))
+                ),
+            });
+            let diagnostics = match policy::load(path) {
+                Ok(loaded) => loaded.warnings,
+                Err(diagnostics) => diagnostics,
+            };
+            permissions.into_iter().chain(diagnostics)
         })
         .collect();
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();

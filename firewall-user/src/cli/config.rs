@@ -39,6 +39,7 @@ pub struct RunConfig {
     pub instance: Option<String>,
     pub no_pin: Option<bool>,
     pub inventory: Option<PathBuf>,
+    pub allow_insecure_policy_permissions: Option<bool>,
 }
 
 /// The file as YAML types give it. Values with rules of their own are checked after parsing,
@@ -57,6 +58,7 @@ struct FileConfig {
     instance: Option<String>,
     no_pin: Option<bool>,
     inventory: Option<PathBuf>,
+    allow_insecure_policy_permissions: Option<bool>,
 }
 
 /// Seconds between checks of the policy file; positive.
@@ -234,6 +236,7 @@ impl RunConfig {
             instance: file.instance,
             no_pin: file.no_pin,
             inventory: file.inventory,
+            allow_insecure_policy_permissions: file.allow_insecure_policy_permissions,
         })
     }
 
@@ -258,6 +261,9 @@ impl RunConfig {
             instance: flags.instance.or(self.instance),
             no_pin: flags.no_pin.or(self.no_pin),
             inventory: flags.inventory.or(self.inventory),
+            allow_insecure_policy_permissions: flags
+                .allow_insecure_policy_permissions
+                .or(self.allow_insecure_policy_permissions),
         }
     }
 }
@@ -282,6 +288,7 @@ pub struct Effective {
     pub no_pin: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<PathBuf>,
+    pub allow_insecure_policy_permissions: bool,
 }
 
 impl RunConfig {
@@ -315,6 +322,9 @@ impl RunConfig {
             instance: self.instance,
             no_pin: self.no_pin.unwrap_or(false),
             inventory: self.inventory,
+            allow_insecure_policy_permissions: self
+                .allow_insecure_policy_permissions
+                .unwrap_or(false),
         })
     }
 }
@@ -333,7 +343,8 @@ mod tests {
              metrics: 0.0.0.0:9725\n\
              events_file: /var/log/otfw/events.jsonl\n\
              instance: gw1\n\
-             no_pin: true\n",
+             no_pin: true\n\
+             allow_insecure_policy_permissions: true\n",
         )
         .unwrap();
         let effective = config.effective(None).unwrap();
@@ -348,6 +359,7 @@ mod tests {
         );
         assert_eq!(effective.instance.as_deref(), Some("gw1"));
         assert!(effective.no_pin);
+        assert!(effective.allow_insecure_policy_permissions);
         let ports = RunConfig::parse("iface: [eth1, eth2]\n").unwrap();
         assert_eq!(ports.iface, Some(vec!["eth1".into(), "eth2".into()]));
     }
@@ -386,6 +398,29 @@ mod tests {
             crate::metrics::DEFAULT_ADDR
         );
         assert!(!effective.no_pin);
+        assert!(!effective.allow_insecure_policy_permissions);
+    }
+
+    #[test]
+    fn metrics_are_served_on_loopback_unless_configured_otherwise() {
+        let effective = RunConfig {
+            policy: Some("p.yaml".into()),
+            ..RunConfig::default()
+        }
+        .effective(None)
+        .unwrap();
+        let addr = effective.metrics.0.expect("metrics are on by default");
+        assert!(
+            addr.ip().is_loopback(),
+            "the default metrics address {addr} is reachable from the network"
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/otfw.yaml");
+        let packaged = RunConfig::read(&path, true).unwrap().unwrap();
+        let packaged = packaged
+            .metrics
+            .and_then(|m| m.0)
+            .expect("packaged metrics address");
+        assert!(packaged.ip().is_loopback(), "packaged: {packaged}");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use crate::{
-    rollout::{previous_path, unix_now, write_private, Pending},
+    policy::permissions::{self, OVERRIDE_FLAG},
+    private,
+    rollout::{keep, previous_path, unix_now, Pending},
     status::{self, State},
 };
 
@@ -21,6 +23,10 @@ pub struct ApplyArgs {
     /// The instance (`otfw run --instance`); may be left out when one instance runs.
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
+    /// Apply the policy even if users other than root can change its file (group- or
+    /// world-writable, owned by another user, or in a directory others can write).
+    #[arg(long)]
+    pub allow_insecure_policy_permissions: bool,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +50,13 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<u8> {
             p.deadline
         );
     }
+    // Nor does one that others could have changed since it was reviewed.
+    if let Err(insecure) = permissions::check(&args.policy) {
+        if !args.allow_insecure_policy_permissions {
+            bail!("{insecure}; nothing was changed");
+        }
+        log::warn!("{} (accepted: {OVERRIDE_FLAG})", insecure.0);
+    }
     // A policy with errors never reaches the file the controller watches.
     if let Err(errors) = super::load_compiled(&args.policy) {
         for e in &errors {
@@ -56,7 +69,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("reading {}", args.policy.display()))?;
     let old = std::fs::read(&target).with_context(|| format!("reading {}", target.display()))?;
     let previous = previous_path(&instance);
-    write_private(&previous, &old)?;
+    keep(&previous, &old)?;
     let deadline = unix_now() + args.confirm_within.as_secs().max(1);
     Pending {
         policy_file: target.clone(),
@@ -65,7 +78,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<u8> {
     }
     .save(&instance)?;
     let before = state.generations.last().map_or(0, |g| g.epoch);
-    write_private(&target, &new)?;
+    private::write(&target, &new)?;
     // SAFETY: sending a signal to the pid the controller recorded for itself.
     if unsafe { libc::kill(state.pid as libc::pid_t, libc::SIGHUP) } != 0 {
         return Err(std::io::Error::last_os_error())

@@ -13,6 +13,7 @@ use super::config::{
 use crate::{
     controller::{self, ObserveOptions, RunOptions},
     datapath::{FastPathChoice, ModeChoice},
+    policy::permissions::{self, OVERRIDE_FLAG},
 };
 
 #[derive(Debug, Args)]
@@ -70,6 +71,11 @@ pub struct RunArgs {
     /// `otfw_asset_info` series, sorted into the policy's zones; read again when it changes.
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
+    /// Enforce the policy file even if users other than root can change it (group- or
+    /// world-writable, owned by another user, or in a directory others can write); otherwise
+    /// such a file is refused, at start and at every reload.
+    #[arg(long)]
+    pub allow_insecure_policy_permissions: bool,
 }
 
 fn parse_watch_interval(text: &str) -> Result<WatchInterval, String> {
@@ -98,6 +104,9 @@ impl RunArgs {
             instance: self.instance.clone(),
             no_pin: self.no_pin.then_some(true),
             inventory: self.inventory.clone(),
+            allow_insecure_policy_permissions: self
+                .allow_insecure_policy_permissions
+                .then_some(true),
         }
     }
 
@@ -136,6 +145,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         watch_interval: Duration::from_secs_f64(settings.watch_interval.max(0.1)),
         xdp_mode: settings.xdp_mode.0,
         fast_path: settings.fast_path.0,
+        allow_insecure_policy_permissions: settings.allow_insecure_policy_permissions,
         observe: ObserveOptions {
             metrics: settings.metrics.0,
             events_file: settings.events_file,
@@ -156,6 +166,12 @@ fn check(config: Option<&std::path::Path>, settings: &Effective) -> anyhow::Resu
     );
     println!("# otfw run settings from {source}");
     print!("{}", serde_yaml::to_string(settings)?);
+    if let Err(insecure) = permissions::check(&settings.policy) {
+        if !settings.allow_insecure_policy_permissions {
+            bail!("{insecure}");
+        }
+        log::warn!("{} (accepted: {OVERRIDE_FLAG})", insecure.0);
+    }
     match super::load_compiled(&settings.policy) {
         Ok(policy) => {
             println!(

@@ -368,7 +368,7 @@ fn pin_link(program: &mut Xdp, id: XdpLinkId, pin: &Path) -> Result<()> {
         )
     })?;
     if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::private::dir(dir)?;
     }
     link.pin(pin)?;
     Ok(())

@@ -1,6 +1,8 @@
 //! The few ethtool ioctls otfw needs on its ports: the driver's name (native XDP on a veth
 //! cannot send resets back) and generic receive offload (generic XDP sees merged segments).
 
+use std::os::fd::AsRawFd as _;
+
 use anyhow::{bail, Result};
 
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
@@ -43,19 +45,14 @@ fn ioctl<T>(name: &str, data: &mut T) -> std::io::Result<()> {
         *dst = src as libc::c_char;
     }
     req.ifr_ifru.ifru_data = (data as *mut T).cast();
-    // SAFETY: a datagram socket only to issue the ioctl; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // Any socket carries device ioctls to the network namespace it was made in; an unbound
+    // Unix datagram socket needs no address and is closed when dropped.
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
     // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live command structure
-    // of the layout the command names.
-    let ret = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
+    // of the layout the command names; the kernel writes only inside that structure.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
     if ret != 0 {
-        return Err(error);
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -79,9 +79,8 @@ impl Datapath {
                 pin::check_bpffs()?;
                 let maps = pin::pinnable_maps(OBJECT)?;
                 pin::check_layout(dir, &maps)?;
+                pin::make_dirs(dir)?;
                 let maps_dir = pin::maps_dir(dir);
-                std::fs::create_dir_all(&maps_dir)
-                    .with_context(|| format!("creating {}", maps_dir.display()))?;
                 maps.into_iter()
                     .map(|(name, _)| {
                         let path = maps_dir.join(&name);
@@ -104,9 +103,9 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| {
                 anyhow::anyhow!(
-                "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN) and \
-                 a kernel with BPF and XDP support"
-            )
+                    "loading the XDP object failed: {e}. otfw needs root (CAP_BPF, CAP_NET_ADMIN, \
+                 CAP_PERFMON) and a kernel with BPF and XDP support"
+                )
             })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .context("the XDP object has no log buffer (AYA_LOGS)")?;
@@ -116,9 +115,10 @@ impl Datapath {
             .context("the XDP program is missing from the object")?
             .try_into()
             .context("the program in the object is not an XDP program")?;
-        program
-            .load()
-            .context("the kernel verifier rejected the XDP program")?;
+        program.load().context(
+            "the kernel verifier rejected the XDP program (`Permission denied` below means a \
+                 missing capability: otfw run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+        )?;
         // Inspectors go into their program array before anything is attached: a packet
         // handed to a missing inspector is dropped (`inspector_missing`).
         for (name, slot, what) in [

@@ -54,11 +54,31 @@ pub fn links_dir(dir: &Path) -> PathBuf {
     dir.join("links")
 }
 
+/// Makes the instance's pin directory and its `maps/`, `programs/` and `links/`, and the
+/// `otfw` directory above it, root-only (`crate::private::dir`: created 0700, a looser one
+/// tightened). The pins inside are 0600: the kernel creates every pin with read and write
+/// for its owner only (less the umask).
+pub fn make_dirs(dir: &Path) -> Result<()> {
+    if let Some(root) = dir.parent() {
+        crate::private::dir(root)?;
+    }
+    for dir in [
+        dir.to_path_buf(),
+        maps_dir(dir),
+        programs_dir(dir),
+        links_dir(dir),
+    ] {
+        crate::private::dir(&dir)?;
+    }
+    Ok(())
+}
+
 /// Fails with what to do when bpffs is not mounted.
 pub fn check_bpffs() -> Result<()> {
-    // SAFETY: statfs on a valid NUL-terminated path into an initialised struct.
+    // SAFETY: all-zero is a valid statfs (plain integers).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let path = CString::new(BPFFS).expect("no NUL");
+    // SAFETY: statfs(2) reads the NUL-terminated path and writes only into `st`.
     let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     if ret != 0 || st.f_type as i64 != BPF_FS_MAGIC {
@@ -165,8 +185,7 @@ impl std::error::Error for IncompatibleLayout {}
 /// earlier version (links keep whichever program they run until they are updated).
 pub(super) fn pin_programs(ebpf: &mut Ebpf, dir: &Path) -> Result<()> {
     let programs = programs_dir(dir);
-    std::fs::create_dir_all(&programs)
-        .with_context(|| format!("creating {}", programs.display()))?;
+    crate::private::dir(&programs)?;
     for (name, program) in ebpf.programs_mut() {
         let path = programs.join(name);
         remove_pin(&path)?;

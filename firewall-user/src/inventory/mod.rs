@@ -403,7 +403,7 @@ impl Inventory {
     }
 
     /// Writes the state file: to a temporary file beside it, then renamed over it, so a crash
-    /// leaves the old state or the new one, never half of one.
+    /// leaves the old state or the new one, never half of one; readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<()> {
         let state = StateFile {
             version: STATE_VERSION,
@@ -411,14 +411,10 @@ impl Inventory {
             conversations: self.conversations.values().cloned().collect(),
             non_ip: self.non_ip.clone(),
         };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        let text = serde_json::to_string_pretty(&state)?;
-        std::fs::write(&tmp, text + "\n")
-            .with_context(|| format!("writing the inventory state {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("replacing the inventory state {}", path.display()))
+        // Owner-only (0600) from creation: it maps every asset of the plant.
+        let text = serde_json::to_string_pretty(&state)? + "\n";
+        crate::private::write(path, text.as_bytes())
+            .with_context(|| format!("keeping the inventory state {}", path.display()))
     }
 }
 

@@ -103,7 +103,7 @@ impl Order {
 
     /// Keeps the order for `instance` (root-only file, replaced atomically).
     pub fn save(&self, instance: &str) -> Result<()> {
-        crate::rollout::write_private(&lockdown_path(instance), &serde_json::to_vec_pretty(self)?)
+        crate::rollout::keep(&lockdown_path(instance), &serde_json::to_vec_pretty(self)?)
             .context("keeping the lockdown order (otfw lockdown needs root)")
     }
 

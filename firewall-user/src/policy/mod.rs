@@ -14,6 +14,7 @@ pub mod git;
 pub mod lint;
 pub mod modbus;
 pub mod model;
+pub mod permissions;
 pub mod source;
 pub mod validate;
 pub mod validated;

@@ -1002,9 +1002,8 @@ impl RunTimeStats {
             bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
         }
         // SAFETY: the syscall returned a new fd that nothing else owns.
-        Ok(RunTimeStats {
-            _fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(RunTimeStats { _fd: fd })
     }
 }
 

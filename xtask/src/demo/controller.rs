@@ -45,6 +45,9 @@ impl Controller {
             // Unpinned: the demo's enforcement ends with its controller.
             .args(["run", "--policy", POLICY, "--no-pin"])
             .args(["--metrics", &metrics.to_string()])
+            // The example policy is the checkout's, owned by whoever cloned the repository (not
+            // root, who runs the demo); on a lab that is no gateway, that is accepted.
+            .arg("--allow-insecure-policy-permissions")
             .env("RUST_LOG", "info");
         // SAFETY: the closure runs between fork and exec and only makes the prctl system
         // call, which is async-signal-safe.
