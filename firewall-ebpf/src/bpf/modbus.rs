@@ -221,8 +221,10 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         };
         acc.verdict = VERDICT_RESET;
         action = reset::forward(ctx);
-    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied {
-        // Every refusal in the segment was neutralised; the rest of it passes untouched.
+    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied && run.committed {
+        // Every refusal in the segment was neutralised and the rest of it framed: it passes
+        // with the refused requests rewritten. (Not committed: something else in the segment
+        // could not be framed, and it is dropped below.)
         acc.reason = run.reason;
         acc.verdict = VERDICT_REFUSE;
     } else if run.reason != Reason::None as u8 {
@@ -415,7 +417,10 @@ fn segment(
     if run.fail {
         return run;
     }
-    let refused_only = run.refused != 0 && !run.denied;
+    // Refused requests alone let the segment pass (neutralised), and only if framing went
+    // through the whole segment: bytes after a request that stopped it (an unframed ADU in a
+    // segment that must be whole ADUs) were never decided.
+    let refused_only = run.refused != 0 && !run.denied && run.framed;
     if run.reason != Reason::None as u8 && !(monitor && run.framed) && !refused_only {
         if !request {
             return unframed_response(request, st, run);
@@ -550,10 +555,17 @@ fn frame(
     };
     *outstanding = s.outstanding;
     if stopped {
-        // A carried prefix ends the segment without a refusal.
-        if run.reason == 0 {
+        // A carried prefix ends the segment, with no refusal before it or only refused
+        // requests (neutralised when the segment passes): the prefix is the next segment's to
+        // decide, and its bytes reach the server now, so the stream must carry them.
+        if run.reason == 0 || (run.refused != 0 && !run.denied && s.have != 0) {
             run.carry = s.have;
             run.framed = true;
+        } else if run.refused != 0 && !run.denied {
+            // A refusal never stops framing: what stopped it after one is an ADU that does
+            // not fit a segment that must be whole ADUs. The bytes from there were never
+            // decided, so the segment cannot pass as refused.
+            run.reason = Reason::ModbusUnframed as u8;
         }
         return run;
     }

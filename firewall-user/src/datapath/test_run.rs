@@ -12,7 +12,6 @@ use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
     enip::{REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
-    flow::FlowKey,
     modbus::{ADU_REQUEST, KIND_NAMES},
     reason::Reason,
 };
@@ -259,12 +258,29 @@ impl Datapath {
 
     /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
     pub fn clear_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            // A flow may have been evicted in the meantime; that is fine.
-            let _ = self.maps.flows.remove(&key);
-        }
+        clear(&mut self.maps.flows);
         Ok(())
+    }
+
+    /// Forgets every connection the program knows: tracked flows, the inspectors' stream state
+    /// (a blocked or reset Modbus or EtherNet/IP flow, framing, sessions, CIP connections) and
+    /// cached denials, so that a conversation replayed on the same ports is decided exactly as
+    /// it was the first time.
+    pub fn forget_connections(&mut self) -> Result<()> {
+        clear(&mut self.maps.flows);
+        clear(&mut self.maps.modbus_flows);
+        clear(&mut self.maps.enip_flows);
+        clear(&mut self.maps.enip_conns);
+        clear(&mut self.maps.denials);
+        Ok(())
+    }
+}
+
+fn clear<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        // An entry may have been evicted in the meantime; that is fine.
+        let _ = map.remove(&key);
     }
 }
 
