@@ -420,6 +420,23 @@ fn the_oracle_finds_what_it_must() {
         oracle::judge(Protocol::Enip, &w, false)[0],
         Judgement::Forbidden(_)
     ));
+    // A member name that is not text: judged by its service and the listed prefix.
+    let path = enip_common::cat(&[
+        enip_common::tag_path("Line1_Speed"),
+        vec![0x91, 3, 0x00, 0xff, 0x62, 0],
+    ]);
+    for (service, allowed) in [(0x4C, true), (0x4D, false)] {
+        let m = enip_common::rr(
+            enip_common::SESSION,
+            &enip_common::req(service, &path, &[1, 0]),
+        );
+        let j = oracle::judge(Protocol::Enip, &m, false);
+        assert_eq!(
+            j[0] == Judgement::Allowed,
+            allowed,
+            "service {service:#x}: {j:?}"
+        );
+    }
     // Out of order, overlapping: the first copy of a waiting byte or the last one.
     for (overlap, want) in [(Overlap::FirstWins, &read), (Overlap::LastWins, &write)] {
         let mut r = Receiver::new(overlap);

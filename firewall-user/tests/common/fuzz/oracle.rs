@@ -4,7 +4,7 @@
 //! and every request checked against the fuzzed policy as its documentation states it
 //! (policies/README.md), written out here a second time rather than compiled from the policy.
 
-use otfw::decode::{cip, modbus};
+use otfw::decode::{self, cip, modbus};
 
 /// The Modbus rule of the fuzzed conduit, in the policy format.
 pub const MODBUS_RULE: &str = "units: [1, 255], functions: [read], addresses: { \
@@ -126,6 +126,46 @@ fn judge_enip(stream: &[u8]) -> Vec<Judgement> {
     out
 }
 
+/// The CIP requests of a message, with symbol bytes that are not text (which the decoder
+/// refuses: it names tags for people) read as `~`. The datapath matches a tag name byte for
+/// byte against the listed names, which are text: such a byte never matches one, and `~`
+/// matches none either, so the judgement is the same.
+fn requests_with_any_symbols(message: &cip::Message) -> Result<Vec<cip::Request>, decode::Error> {
+    let mut data = message.data.to_vec();
+    // Each round makes one more symbol text; a message has at most a few dozen.
+    for _ in 0..64 {
+        let copy = cip::Message {
+            data: &data,
+            ..*message
+        };
+        let err = match cip::requests(&copy) {
+            Err(e) if e.message == "symbol is not text" => e,
+            other => return other,
+        };
+        // The error's offset counts from the CIP request in the data item (after the
+        // sequence count of a connected one); the symbol's length byte precedes it.
+        let mut r = decode::Reader::new(&data);
+        r.take(6, "interface handle and timeout")?;
+        let items = cip::items(&mut r)?;
+        let Some(item) = items.iter().find(|i| matches!(i.kind, 0xB1 | 0xB2)) else {
+            return Err(err);
+        };
+        let sequence = if item.kind == 0xB1 { 2 } else { 0 };
+        let start = item.data.as_ptr() as usize - data.as_ptr() as usize + sequence + err.offset;
+        let len = usize::from(*data.get(start.wrapping_sub(1)).ok_or(err.clone())?);
+        let Some(name) = data.get_mut(start..start + len) else {
+            return Err(err);
+        };
+        name.iter_mut()
+            .filter(|b| **b >= 0x80)
+            .for_each(|b| *b = b'~');
+    }
+    cip::requests(&cip::Message {
+        data: &data,
+        ..*message
+    })
+}
+
 fn tag_listed(tag: &str) -> bool {
     let tag = tag.to_ascii_lowercase();
     tag == "recipe.setpoint" || tag.starts_with("line1_")
@@ -140,7 +180,7 @@ fn enip_message(message: &cip::Message) -> Judgement {
     if message.status != 0 {
         return forbidden(format!("status {} in a request", message.status));
     }
-    let requests = match cip::requests(message) {
+    let requests = match requests_with_any_symbols(message) {
         Ok(r) => r,
         Err(e) => return forbidden(format!("undecodable: {e}")),
     };
