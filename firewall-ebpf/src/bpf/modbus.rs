@@ -221,10 +221,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         };
         acc.verdict = VERDICT_RESET;
         action = reset::forward(ctx);
-    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied && run.committed {
-        // Every refusal in the segment was neutralised and the rest of it framed: it passes
-        // with the refused requests rewritten. (Not committed: something else in the segment
-        // could not be framed, and it is dropped below.)
+    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied {
+        // Every refusal in the segment was neutralised; the rest of it passes untouched.
         acc.reason = run.reason;
         acc.verdict = VERDICT_REFUSE;
     } else if run.reason != Reason::None as u8 {
@@ -425,7 +423,13 @@ fn segment(
         if !request {
             return unframed_response(request, st, run);
         }
-        return run;
+        // Not framed to its end: the segment does not pass, so its refusals are not carried
+        // out (nor recorded).
+        return Run {
+            refused: 0,
+            rewrites: 0,
+            ..run
+        };
     }
     let mut run = run;
     run.committed = true;
