@@ -566,6 +566,69 @@ fn midstream_flows_sync_on_whole_adus() {
     expect(&d, Reason::ModbusFunctionDenied, "a whole write");
 }
 
+/// Found by the packet fuzzer (`packet_fuzz.rs`, `on_deny: refuse`): a segment whose refused
+/// requests are neutralised passes, so every other byte in it must have been decided or carried.
+/// Before the fix, a header prefix carried after a refused request was forgotten (the next
+/// segment was framed from its own first byte while the server joined the two), and in a
+/// segment that must be whole ADUs (mid-stream sync, a retransmission) the bytes after an
+/// unframed ADU that followed a refused request passed undecided.
+#[test]
+fn refused_requests_leave_no_byte_undecided() {
+    use firewall_common::counters::VERDICT_REFUSE;
+    let mut dp = datapath(&policy(
+        "functions: [read], addresses: { holding_registers: [\"0-99\"] }",
+        "    on_deny: refuse",
+    ));
+    let neutral = |d: &otfw::datapath::Decision, at: usize| {
+        // Ethernet + IPv4 + TCP without options, then the payload.
+        d.frame_out[14 + 20 + 20 + at]
+    };
+    // The refused read carries the first six bytes of the next ADU's header: tid, protocol
+    // 0, length 6. The next segment, `01 06 00 00 00 06`, completes it for the server as unit
+    // 1, write_single_register 0 := 6; framed from its own first byte it would look like the
+    // start of a read's header.
+    let mut c = conn(&mut dp, 33000);
+    let mut first = read(3, 500, 1);
+    first.extend([0x00, 0x09, 0x00, 0x00, 0x00, 0x06]);
+    let d = c.send(&mut dp, &first);
+    assert!(d.passed(), "{d:?}");
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    assert_eq!(d.reason, Reason::ModbusAddressDenied, "{d:?}");
+    let d = c.send(&mut dp, &[0x01, 0x06, 0x00, 0x00, 0x00, 0x06]);
+    assert!(d.passed(), "{d:?}");
+    assert_eq!(
+        d.verdict as u32, VERDICT_REFUSE,
+        "the write is refused: {d:?}"
+    );
+    assert_eq!(d.reason, Reason::ModbusFunctionDenied, "{d:?}");
+    assert_eq!(neutral(&d, 1), 60, "the server reads the write neutralised");
+
+    // Mid-stream, a segment must be whole plausible ADUs: a refused read, then an ADU with
+    // protocol id 0xaf6c, then a write. The write was never framed: nothing passes.
+    let c = Conn::new(33001, 502);
+    let mut segment = read(3, 500, 1);
+    segment.extend([0x76, 0x9e, 0xaf, 0x6c, 0x00, 0x02, 0xff, 0x2b]);
+    segment.extend(write_single_register(0, 6));
+    let d = run(&mut dp, &c.client_frame(1000, "PA", &segment));
+    expect(
+        &d,
+        Reason::ModbusUnframed,
+        "refused read, bad header, write",
+    );
+    // The same with the segment ending inside the second ADU's header.
+    let c = Conn::new(33002, 502);
+    let mut segment = read(3, 500, 1);
+    segment.extend(&write_single_register(0, 6)[..5]);
+    let d = run(&mut dp, &c.client_frame(1000, "PA", &segment));
+    expect(&d, Reason::ModbusUnframed, "refused read, part of a header");
+    // A whole refused request still syncs a mid-stream flow and passes neutralised.
+    let c = Conn::new(33003, 502);
+    let d = run(&mut dp, &c.client_frame(1000, "PA", &read(3, 500, 1)));
+    assert!(d.passed(), "{d:?}");
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    assert_eq!(neutral(&d, 7), 60);
+}
+
 #[test]
 fn responses_are_accounted_not_policed() {
     let mut dp = datapath(&policy("functions: [read]", ""));

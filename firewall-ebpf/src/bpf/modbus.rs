@@ -453,12 +453,21 @@ fn segment(
     if run.fail {
         return run;
     }
-    let refused_only = run.refused != 0 && !run.denied;
+    // Refused requests alone let the segment pass (neutralised), and only if framing went
+    // through the whole segment: bytes after a request that stopped it (an unframed ADU in a
+    // segment that must be whole ADUs) were never decided.
+    let refused_only = run.refused != 0 && !run.denied && run.framed;
     if run.reason != Reason::None as u8 && !(monitor && run.framed) && !refused_only {
         if !request {
             return unframed_response(request, st, run);
         }
-        return run;
+        // Not framed to its end: the segment does not pass, so its refusals are not carried
+        // out (nor recorded).
+        return Run {
+            refused: 0,
+            rewrites: 0,
+            ..run
+        };
     }
     let mut run = run;
     run.committed = true;
@@ -588,10 +597,17 @@ fn frame(
     };
     *outstanding = s.outstanding;
     if stopped {
-        // A carried prefix ends the segment without a refusal.
-        if run.reason == 0 {
+        // A carried prefix ends the segment, with no refusal before it or only refused
+        // requests (neutralised when the segment passes): the prefix is the next segment's to
+        // decide, and its bytes reach the server now, so the stream must carry them.
+        if run.reason == 0 || (run.refused != 0 && !run.denied && s.have != 0) {
             run.carry = s.have;
             run.framed = true;
+        } else if run.refused != 0 && !run.denied {
+            // A refusal never stops framing: what stopped it after one is an ADU that does
+            // not fit a segment that must be whole ADUs. The bytes from there were never
+            // decided, so the segment cannot pass as refused.
+            run.reason = Reason::ModbusUnframed as u8;
         }
         return run;
     }

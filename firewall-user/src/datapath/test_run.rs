@@ -12,7 +12,6 @@ use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
     enip::{REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
-    flow::FlowKey,
     modbus::{ADU_REQUEST, KIND_NAMES},
     reason::Reason,
 };
@@ -257,7 +256,6 @@ impl Datapath {
         })
     }
 
-    /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
     /// Forgets the Modbus framing state of the flow with `key` (initiator's direction), as an
     /// eviction from its table would: tests of what the inspector does with state it lost.
     pub fn evict_modbus_state(&mut self, key: &FlowKey) -> Result<()> {
@@ -275,26 +273,35 @@ impl Datapath {
         )
     }
 
+    /// Forgets every tracked flow, so that test cases sharing one loaded program start alike.
     pub fn clear_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.maps.flows.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            // A flow may have been evicted in the meantime; that is fine.
-            let _ = self.maps.flows.remove(&key);
-        }
-        let keys: Vec<FlowKey> = self.maps.embryos.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.maps.embryos.remove(&key);
-        }
+        clear(&mut self.maps.flows);
+        clear(&mut self.maps.embryos);
         // With the flows gone, so is every zone's use of its share.
-        let charges: Vec<u32> = self.maps.zone_flows.keys().filter_map(Result::ok).collect();
-        for charge in charges {
-            let _ = self.maps.zone_flows.remove(&charge);
-        }
-        let charges: Vec<u32> = self.maps.zone_swept.keys().filter_map(Result::ok).collect();
-        for charge in charges {
-            let _ = self.maps.zone_swept.remove(&charge);
-        }
+        clear(&mut self.maps.zone_flows);
+        clear(&mut self.maps.zone_swept);
         Ok(())
+    }
+
+    /// Forgets every connection the program knows: tracked flows, the inspectors' stream state
+    /// (a blocked or reset Modbus or EtherNet/IP flow, framing, sessions, CIP connections) and
+    /// cached denials, so that a conversation replayed on the same ports is decided exactly as
+    /// it was the first time.
+    pub fn forget_connections(&mut self) -> Result<()> {
+        self.clear_flows()?;
+        clear(&mut self.maps.modbus_flows);
+        clear(&mut self.maps.enip_flows);
+        clear(&mut self.maps.enip_conns);
+        clear(&mut self.maps.denials);
+        Ok(())
+    }
+}
+
+fn clear<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        // An entry may have been evicted in the meantime; that is fine.
+        let _ = map.remove(&key);
     }
 }
 
