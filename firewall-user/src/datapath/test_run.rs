@@ -258,7 +258,7 @@ impl Datapath {
 
     /// Forgets the Modbus framing state of the flow with `key` (initiator's direction), as an
     /// eviction from its table would: tests of what the inspector does with state it lost.
-    pub fn evict_modbus_state(&mut self, key: &FlowKey) -> Result<()> {
+    pub fn evict_modbus_state(&mut self, key: &firewall_common::flow::FlowKey) -> Result<()> {
         self.maps
             .modbus_flows
             .remove(key)
