@@ -1,7 +1,8 @@
 //! `otfw inventory` and `otfw learn` on a capture: frames -> assets, conversations and their
 //! Modbus and EtherNet/IP uses (reassembled streams through the user-space decoders) -> the
 //! report and the learned candidate policy. Whatever the capture holds, none of it may panic,
-//! and the learned policy must be one `otfw check` reads (it may draw errors, never a panic).
+//! and the learned policy must pass `otfw check` (warnings allowed): `otfw learn` promises a
+//! policy that allows exactly what was seen.
 
 #![no_main]
 
@@ -33,5 +34,9 @@ fuzz_target!(|data: &[u8]| {
         sources: vec!["fuzz.pcap".to_string()],
     }
     .policy_yaml();
-    let _ = check_str("learned.yaml", &learned);
+    let (loaded, diagnostics) = check_str("learned.yaml", &learned);
+    assert!(
+        loaded.is_some(),
+        "the learned policy does not pass otfw check: {diagnostics:?}\n{learned}"
+    );
 });

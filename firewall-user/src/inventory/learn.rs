@@ -51,6 +51,8 @@ pub const DEFAULT_BRIDGE: &str = "br-ot";
 const MAX_NAMED_DIAGNOSTIC: u16 = 63;
 /// Non-IP entries the datapath holds.
 const MAX_NON_IP: usize = 8;
+/// The highest encapsulation command a rule can allow (the datapath's command bitmap).
+const MAX_ENIP_COMMAND: u16 = 0x00FF;
 /// Longest tag name the datapath compares.
 const MAX_TAG_LEN: usize = 64;
 
@@ -472,6 +474,12 @@ fn conduit_items(conversations: &[&Conversation]) -> Vec<String> {
     // EtherNet/IP over TCP and UDP on one port is one rule.
     let mut enip: BTreeMap<u16, Vec<&Conversation>> = BTreeMap::new();
     for c in conversations {
+        // Port 0 is reserved: a policy cannot allow it (`otfw check` refuses the rule), and the
+        // datapath drops what is sent to it for want of a conduit. What was seen there yields
+        // no rule. (For ICMP, `port` is the message type, and type 0 is an echo reply.)
+        if c.port == 0 && c.transport != Transport::Icmp {
+            continue;
+        }
         let seen = packets_in_flows(&c.packets, c.flows);
         match (c.transport, c.application) {
             (Transport::Tcp, Application::Modbus) if c.undecoded == 0 => {
@@ -699,11 +707,23 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
     }
     let _ = writeln!(s, "      - enip:");
     let _ = writeln!(s, "          port: {port}");
-    let commands: Vec<String> = used.commands.keys().map(|c| command_name(*c)).collect();
+    // Commands above 0x00FF are reserved: the datapath refuses them whatever a rule says, and
+    // `otfw check` refuses a rule that names one, so they are noted, not written.
+    let commands: Vec<String> = used
+        .commands
+        .keys()
+        .filter(|&&c| c <= MAX_ENIP_COMMAND)
+        .map(|c| command_name(*c))
+        .collect();
     for (c, seen) in &used.commands {
+        let reserved = if *c > MAX_ENIP_COMMAND {
+            " (reserved: refused by the datapath, not allowed here)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "          #   command 0x{c:04x}: {}",
+            "          #   command 0x{c:04x}: {}{reserved}",
             counted(seen, "message")
         );
     }
@@ -989,6 +1009,50 @@ mod tests {
                 "port {p} in {yaml}"
             );
         }
+    }
+
+    #[test]
+    fn reserved_encapsulation_commands_are_noted_not_allowed() {
+        let mut c = conversation(Transport::Tcp, 44818, Application::Enip);
+        let mut e = EnipUse::default();
+        tally(&mut e.commands, 0x65, at());
+        tally(&mut e.commands, 0x0640, at());
+        c.enip = Some(e);
+        let (yaml, policy) = learned(vec![c]);
+        let policy::validated::Allow::Enip(rules) = &policy.conduits[0].allow[0] else {
+            panic!("{yaml}");
+        };
+        assert_eq!(
+            rules.commands.iter().copied().collect::<Vec<_>>(),
+            [0x65],
+            "{yaml}"
+        );
+        assert!(yaml.contains("command 0x0640: "), "{yaml}");
+    }
+
+    #[test]
+    fn traffic_to_port_0_yields_no_rule() {
+        let mut modbus = conversation(Transport::Tcp, 0, Application::Modbus);
+        let mut m = ModbusUse::default();
+        tally(&mut m.units, 1, at());
+        tally(&mut m.functions, "3".into(), at());
+        modbus.modbus = Some(m);
+        let (yaml, policy) = learned(vec![
+            modbus,
+            conversation(Transport::Udp, 0, Application::Other),
+            conversation(Transport::Tcp, 22, Application::Other),
+        ]);
+        assert_eq!(policy.conduits.len(), 1, "{yaml}");
+        assert_eq!(
+            policy.conduits[0].allow,
+            [policy::validated::Allow::Tcp(vec![
+                policy::validated::PortRange::single(22)
+            ])],
+            "{yaml}"
+        );
+        // Nothing else was seen: no conduit at all, rather than one with nothing to allow.
+        let (yaml, policy) = learned(vec![conversation(Transport::Udp, 0, Application::Other)]);
+        assert!(policy.conduits.is_empty(), "{yaml}");
     }
 
     #[test]
