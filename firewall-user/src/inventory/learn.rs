@@ -189,7 +189,7 @@ impl Learn<'_> {
         out.push_str("# Review every conduit (and `otfw diff` it against the current policy)\n");
         out.push_str("# before enforcing it; run it in `mode: monitor` first.\n");
         for s in &self.sources {
-            let _ = writeln!(out, "# Source: {s}");
+            let _ = writeln!(out, "# Source: {}", comment(s));
         }
         if let Some(s) = all {
             let _ = writeln!(
@@ -398,7 +398,7 @@ impl Learn<'_> {
             parts.push(a.macs.iter().cloned().collect::<Vec<_>>().join(" "));
         }
         parts.push(format!("seen {}", span(&a.seen)));
-        Some(parts.join("; "))
+        Some(comment(&parts.join("; ")))
     }
 }
 
@@ -823,7 +823,8 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
             );
         } else {
             for (t, seen) in &used.tags {
-                let _ = writeln!(s, "          #   tag {t}: {}", counted(seen, "request"));
+                let (t, seen) = (comment(t), counted(seen, "request"));
+                let _ = writeln!(s, "          #   tag {t}: {seen}");
             }
             let tags: Vec<String> = used.tags.keys().map(|t| quote(t)).collect();
             let _ = writeln!(s, "          tags: [{}]", tags.join(", "));
@@ -934,6 +935,22 @@ fn slug(text: &str) -> String {
 }
 
 /// A YAML double-quoted scalar.
+/// `text` as it may stand in a YAML comment: devices name themselves and their tags, and a
+/// line break in a name (`\n`, `\r`, NEL, U+2028, U+2029, which serde_yaml also ends lines at)
+/// would end the comment and put the rest of the name into the policy. Such characters, and
+/// every other control character, are written as escapes.
+fn comment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn quote(text: &str) -> String {
     serde_json::to_string(text).expect("a string serialises")
 }
@@ -959,7 +976,7 @@ mod tests {
         );
     }
 
-    use crate::inventory::{tally, Time};
+    use crate::inventory::{tally, Asset, Time};
 
     fn at() -> Time {
         Time::from_unix(std::time::Duration::from_secs(1_700_000_000))
@@ -1028,6 +1045,51 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("command 0x0640: "), "{yaml}");
+    }
+
+    #[test]
+    fn names_from_devices_cannot_break_out_of_comments() {
+        let mut c = conversation(Transport::Tcp, 44818, Application::Enip);
+        let mut e = EnipUse::default();
+        tally(&mut e.commands, 0x6f, at());
+        tally(&mut e.services, "0x4c@tag".into(), at());
+        // A device whose product name carries line breaks and a key.
+        c.enip = Some(e);
+        let mut inventory = Inventory::default();
+        let mut asset = Asset {
+            ip: c.server,
+            macs: Default::default(),
+            seen: c.packets,
+            serves: Default::default(),
+            uses: Default::default(),
+            identity: Default::default(),
+        };
+        asset.identity.enip = Some(crate::inventory::identity::enip::Identity {
+            encapsulation_version: 1,
+            socket_address: std::net::Ipv4Addr::UNSPECIFIED,
+            socket_port: 44818,
+            vendor_id: 1,
+            device_type: 12,
+            product_code: 58,
+            revision_major: 4,
+            revision_minor: 3,
+            status: 0,
+            serial_number: 1,
+            product_name: "PLC\n\u{2028}zones: {}\u{85}".into(),
+            state: 3,
+        });
+        inventory.assets.insert(c.server, asset);
+        inventory.conversations.insert(c.key(), c);
+        let yaml = Learn {
+            inventory: &inventory,
+            policy: None,
+            sources: vec!["shift\n.pcap".into()],
+        }
+        .policy_yaml();
+        let (loaded, diagnostics) = policy::check_str("learned.yaml", &yaml);
+        assert!(loaded.is_some(), "{diagnostics:#?}\n{yaml}");
+        assert!(yaml.contains(r"PLC\n\u{2028}zones: {} rev 4.03"), "{yaml}");
+        assert!(yaml.contains(r"# Source: shift\n.pcap"), "{yaml}");
     }
 
     #[test]
