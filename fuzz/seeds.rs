@@ -321,15 +321,19 @@ fn records(dir: &Path) {
         adus: 1,
         records: 2,
     };
-    let mut adus = AduTrace::default();
-    adus.count = 1;
+    let mut adus = AduTrace {
+        count: 1,
+        ..AduTrace::default()
+    };
     adus.adus[0].kind = ADU_REQUEST;
     adus.adus[0].unit = 1;
     adus.adus[0].function = 3;
     adus.adus[0].quantity = 4;
     record(dir, "trace-adus", 3, &[bytes_of(&trace), bytes_of(&adus)]);
-    let mut cip = EnipTrace::default();
-    cip.count = 2;
+    let mut cip = EnipTrace {
+        count: 2,
+        ..EnipTrace::default()
+    };
     cip.records[0] = EnipRecord {
         command: 0x6f,
         kind: REC_COMMAND,
