@@ -8,7 +8,12 @@ mod link;
 mod loopback;
 mod write;
 
-use std::{fs::File, io::BufReader, path::Path, time::Duration};
+use std::{
+    fs::File,
+    io::{BufReader, Read},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use pcap_file::{
@@ -43,55 +48,49 @@ pub fn frames(path: &Path) -> Result<Vec<Vec<u8>>> {
 /// Fails on a link type otfw cannot read (naming it), when a packet on it arrives, and on a
 /// packet too short for its link header.
 pub fn read(path: &Path) -> Result<Vec<Frame>> {
+    let file = File::open(path).with_context(|| format!("opening capture {}", path.display()))?;
+    read_from(&path.display().to_string(), BufReader::new(file))
+}
+
+/// Every packet of the capture read from `input` (pcap or pcapng, told apart by the first
+/// bytes), named `name` in errors. Anything that is not a well-formed capture is an error,
+/// never a panic: captures come from anywhere.
+pub fn read_from(name: &str, mut input: impl Read) -> Result<Vec<Frame>> {
     let mut magic = [0u8; 4];
-    {
-        use std::io::Read as _;
-        File::open(path)
-            .with_context(|| format!("opening capture {}", path.display()))?
-            .read_exact(&mut magic)
-            .with_context(|| {
-                format!(
-                    "capture {}: not a pcap or pcapng file (too short)",
-                    path.display()
-                )
-            })?;
-    }
-    let file = BufReader::new(File::open(path)?);
+    input
+        .read_exact(&mut magic)
+        .with_context(|| format!("capture {name}: not a pcap or pcapng file (too short)"))?;
+    // The readers parse the file header themselves: hand them the magic back.
+    let input = magic.as_slice().chain(input);
     if magic == PCAPNG_MAGIC {
-        read_pcapng(path, file)
+        read_pcapng(name, input)
     } else {
-        read_pcap(path, file)
+        read_pcap(name, input)
     }
 }
 
-fn read_pcap(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
-    let mut reader = PcapReader::new(file)
-        .with_context(|| format!("capture {}: not a pcap or pcapng file", path.display()))?;
+fn read_pcap(name: &str, input: impl Read) -> Result<Vec<Frame>> {
+    let mut reader = PcapReader::new(input)
+        .with_context(|| format!("capture {name}: not a pcap or pcapng file"))?;
     let link = LinkType::from_datalink(reader.header().datalink)
-        .map_err(|e| anyhow!("capture {}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("capture {name}: {e}"))?;
     let mut frames = Vec::new();
     while let Some(packet) = reader.next_packet() {
         let number = frames.len() + 1;
-        let packet =
-            packet.with_context(|| format!("capture {}: frame {number}", path.display()))?;
+        let packet = packet.with_context(|| format!("capture {name}: frame {number}"))?;
         let data = packet.data.into_owned();
-        frames.push(frame(path, number, link, packet.timestamp, data)?);
+        frames.push(frame(name, number, link, packet.timestamp, data)?);
     }
     Ok(frames)
 }
 
-fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
-    let mut reader = PcapNgReader::new(file)
-        .with_context(|| format!("capture {}: not a valid pcapng file", path.display()))?;
+fn read_pcapng(name: &str, input: impl Read) -> Result<Vec<Frame>> {
+    let mut reader = PcapNgReader::new(input)
+        .with_context(|| format!("capture {name}: not a valid pcapng file"))?;
     let mut frames = Vec::new();
     while let Some(block) = reader.next_block() {
-        let block = block.with_context(|| {
-            format!(
-                "capture {}: block after frame {}",
-                path.display(),
-                frames.len()
-            )
-        })?;
+        let block =
+            block.with_context(|| format!("capture {name}: block after frame {}", frames.len()))?;
         // pcap-file hands over the raw timestamp as nanoseconds whatever the interface's
         // resolution (`raw_units`): scaled below once the interface is known.
         let (interface, raw_units, data) = match block {
@@ -112,18 +111,11 @@ fn read_pcapng(path: &Path, file: BufReader<File>) -> Result<Vec<Frame>> {
             .get(interface as usize)
             .map(|i| (i.linktype, timestamp(raw_units, &i.options)))
             .with_context(|| {
-                format!(
-                    "capture {}: frame {number} on undeclared interface {interface}",
-                    path.display()
-                )
+                format!("capture {name}: frame {number} on undeclared interface {interface}")
             })?;
-        let link = LinkType::from_datalink(datalink).map_err(|e| {
-            anyhow!(
-                "capture {}: interface {interface} (frame {number}): {e}",
-                path.display()
-            )
-        })?;
-        frames.push(frame(path, number, link, timestamp, data)?);
+        let link = LinkType::from_datalink(datalink)
+            .map_err(|e| anyhow!("capture {name}: interface {interface} (frame {number}): {e}"))?;
+        frames.push(frame(name, number, link, timestamp, data)?);
     }
     Ok(frames)
 }
@@ -149,7 +141,7 @@ fn timestamp(raw: Duration, options: &[InterfaceDescriptionOption]) -> Duration 
 }
 
 fn frame(
-    path: &Path,
+    name: &str,
     number: usize,
     link: LinkType,
     timestamp: Duration,
@@ -157,7 +149,7 @@ fn frame(
 ) -> Result<Frame> {
     let data = link
         .to_ethernet(packet)
-        .map_err(|e| anyhow!("capture {}: frame {number}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("capture {name}: frame {number}: {e}"))?;
     Ok(Frame {
         data,
         link,

@@ -9,6 +9,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod deny;
+mod fuzz;
 mod package;
 mod setup;
 mod test;
@@ -44,6 +45,10 @@ enum Command {
     /// Measure otfw (per-packet cost, scaling, bridge throughput, control plane, latency) and
     /// write target/bench/report.md with charts; `--quick` is a smoke run.
     Bench(bench::BenchArgs),
+    /// Run setup, then fuzz the parsers of untrusted input (policies, captures, the inventory,
+    /// datapath records, Modbus and EtherNet/IP decoders) with libFuzzer, each target for
+    /// `--seconds`.
+    Fuzz(fuzz::FuzzArgs),
     /// Regenerate the CIP vendor and device type tables of the inventory from tshark.
     Vendors,
     /// Build the Debian package (target/package/otfw_VERSION_ARCH.deb): the binary, the systemd
@@ -62,6 +67,7 @@ fn main() {
         Command::Test(args) => test::run(&repo, &args),
         Command::Demo(args) => demo::run(&repo, &args),
         Command::Bench(args) => bench::run(&repo, &args),
+        Command::Fuzz(args) => fuzz::run(&repo, &args),
         Command::Package(args) => package::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
         Command::Vendors => vendors::run(&repo),

@@ -50,6 +50,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// `cargo xtask test` runs `cargo deny check` (deny.toml) before the tests.
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// cargo-fuzz runs the libFuzzer targets of `fuzz/` (`cargo xtask fuzz`, and briefly in
+/// `cargo xtask test`) with the nightly toolchain.
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The shared library a correctly built bpf-linker loads; another LLVM major cannot link
 /// the nightly's bitcode.
@@ -66,6 +69,7 @@ pub fn run(repo: &Path) -> Result<()> {
     nightly_toolchain()?;
     bpf_linker()?;
     cargo_deny()?;
+    cargo_fuzz()?;
     python_venv(repo)?;
     bpffs()?;
     Ok(())
@@ -246,14 +250,16 @@ fn nightly_toolchain() -> Result<()> {
     .context("the eBPF program is built with -Z build-std=core, which needs rust-src")
 }
 
+/// Whether `binary --version` runs and names `version` (`bpf-linker 0.13.0`, `cargo-fuzz 0.13.1`).
+fn reports_version(binary: &Path, version: &str) -> bool {
+    cmd::stdout_of(binary, ["--version"])
+        .is_some_and(|output| output.split_whitespace().any(|word| word == version))
+}
+
 fn bpf_linker() -> Result<()> {
     const STEP: &str = "bpf-linker";
     let binary = cmd::cargo_home()?.join("bin").join("bpf-linker");
-    let version_ok = cmd::stdout_of(&binary, ["--version"]).is_some_and(|version| {
-        version
-            .split_whitespace()
-            .any(|word| word == BPF_LINKER_VERSION)
-    });
+    let version_ok = reports_version(&binary, BPF_LINKER_VERSION);
     let llvm_ok = || {
         cmd::stdout_of("ldd", [&binary]).is_some_and(|libraries| libraries.contains(LLVM_LIBRARY))
     };
@@ -287,13 +293,7 @@ fn bpf_linker() -> Result<()> {
 fn cargo_deny() -> Result<()> {
     const STEP: &str = "cargo-deny";
     let binary = cmd::cargo_home()?.join("bin").join("cargo-deny");
-    // `cargo-deny 0.20.2`
-    let installed = cmd::stdout_of(&binary, ["--version"]).is_some_and(|version| {
-        version
-            .split_whitespace()
-            .any(|word| word == CARGO_DENY_VERSION)
-    });
-    if installed {
+    if reports_version(&binary, CARGO_DENY_VERSION) {
         report(STEP, "ok (already installed)");
         return Ok(());
     }
@@ -307,6 +307,25 @@ fn cargo_deny() -> Result<()> {
             .args(["--version", CARGO_DENY_VERSION]),
     )
     .context("installing cargo-deny failed")
+}
+
+fn cargo_fuzz() -> Result<()> {
+    const STEP: &str = "cargo-fuzz";
+    let binary = cmd::cargo_home()?.join("bin").join("cargo-fuzz");
+    if reports_version(&binary, CARGO_FUZZ_VERSION) {
+        report(STEP, "ok (already installed)");
+        return Ok(());
+    }
+    report(
+        STEP,
+        &format!("installing {CARGO_FUZZ_VERSION} (takes about a minute)"),
+    );
+    cmd::run(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "--locked", "--force", "cargo-fuzz"])
+            .args(["--version", CARGO_FUZZ_VERSION]),
+    )
+    .context("installing cargo-fuzz failed (it builds from crates.io with the stable toolchain)")
 }
 
 fn python_venv(repo: &Path) -> Result<()> {

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, `cargo deny check` (`deny`), then the whole test suite, then a
-//! smoke run of the benchmark (`cargo xtask bench --quick`).
+//! short run of every fuzz target (`cargo xtask fuzz --seconds 25`), then a smoke run of the
+//! benchmark (`cargo xtask bench --quick`).
 //!
 //! Unit tests run in parallel. Integration test binaries (`tests/` of every crate: the
 //! end-to-end lab, datapath tests) share kernel state such as the lab bridge, namespaces and
@@ -10,13 +11,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::{bench, cmd, deny, setup};
+use crate::{bench, cmd, deny, fuzz, setup};
 
 #[derive(Args)]
 pub struct TestArgs {
     /// Skip `cargo xtask setup` (when the prerequisites are known to be there).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the short fuzzing run (every fuzz target for 25 seconds).
+    #[arg(long)]
+    no_fuzz: bool,
     /// Skip the benchmark smoke run (`cargo xtask bench --quick`) at the end.
     #[arg(long)]
     no_bench: bool,
@@ -38,6 +42,15 @@ pub fn run(repo: &Path, args: &TestArgs) -> Result<()> {
     let mut serial = vec!["--test-threads=1".to_string()];
     serial.extend(args.test_args.iter().cloned());
     cargo(repo, &["test", "--test", "*"], &serial)?;
+    if !args.no_fuzz {
+        // Long runs are `cargo xtask fuzz`; this one fails the tests on a crash that the seeds
+        // and the corpus of earlier runs lead to quickly.
+        println!(
+            "test: fuzzing every target for {} s (skip with --no-fuzz)",
+            fuzz::TEST_SECONDS
+        );
+        fuzz::fuzz(repo, fuzz::TARGETS, fuzz::TEST_SECONDS).context("a fuzz target crashed")?;
+    }
     if args.no_bench {
         return Ok(());
     }

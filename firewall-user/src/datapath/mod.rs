@@ -35,7 +35,7 @@ pub use pin::{
     check_bpffs, enforced_ports, instance_enforcing, links_dir, pin_dir, remove as remove_pins,
     IncompatibleLayout, PinnedMaps, Removed, BPFFS,
 };
-pub use test_run::{Adu, CipRequest, Decision, TimedRun};
+pub use test_run::{traced_adus, traced_cip_requests, Adu, CipRequest, Decision, TimedRun};
 
 use maps::Maps;
 

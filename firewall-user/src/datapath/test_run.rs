@@ -11,8 +11,9 @@ use aya::{
 use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
-    enip::{REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
-    modbus::{ADU_REQUEST, KIND_NAMES},
+    enip::{EnipTrace, REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
+    flow::FlowKey,
+    modbus::{AduTrace, ADU_REQUEST, KIND_NAMES},
     reason::Reason,
 };
 use serde::Serialize;
@@ -97,6 +98,91 @@ impl Decision {
 /// `Trace::verdict` of the sentinel written before each run: no real verdict has this value.
 const UNTRACED: u8 = u8::MAX;
 
+/// The name of a frame's verdict as the trace holds it (`unknown` for a value no verdict has).
+fn verdict_name(verdict: u8) -> &'static str {
+    VERDICT_NAMES
+        .get(verdict as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The Modbus ADUs the program recorded for the frame `trace` describes: the first
+/// `trace.adus` entries of `recorded` (at most as many as it holds), with the frame's verdict.
+pub fn traced_adus(trace: &Trace, recorded: &AduTrace) -> Vec<Adu> {
+    let frame_verdict = verdict_name(trace.verdict);
+    recorded
+        .adus
+        .iter()
+        .take(trace.adus as usize)
+        .map(|a| {
+            let request = a.kind == ADU_REQUEST;
+            Adu {
+                direction: if request {
+                    "request"
+                } else {
+                    KIND_NAMES
+                        .get(a.kind as usize)
+                        .copied()
+                        .unwrap_or("unknown")
+                },
+                unit: a.unit,
+                function: a.function,
+                address: a.address,
+                quantity: a.quantity,
+                sub: a.sub,
+                verdict: if matches!(frame_verdict, "monitor" | "refuse") && a.reason == 0 {
+                    "pass"
+                } else {
+                    frame_verdict
+                },
+                reason: Reason::from_u8(a.reason).map_or("unknown", Reason::name),
+            }
+        })
+        .collect()
+}
+
+/// The EtherNet/IP requests the program recorded for the frame `trace` describes: the first
+/// `trace.records` entries of `recorded` (at most as many as it holds), with names resolved.
+pub fn traced_cip_requests(trace: &Trace, recorded: &EnipTrace) -> Vec<CipRequest> {
+    let frame_verdict = verdict_name(trace.verdict);
+    recorded
+        .records
+        .iter()
+        .take(trace.records as usize)
+        .map(|r| {
+            let symbolic = r.flags & REC_SYMBOLIC != 0;
+            CipRequest {
+                kind: match r.kind {
+                    REC_COMMAND => "command",
+                    REC_CIP => "cip",
+                    _ => "io",
+                },
+                command: if r.kind == REC_IO {
+                    String::new()
+                } else {
+                    super::enip::command_name(r.command)
+                },
+                service: if r.kind == REC_CIP {
+                    super::enip::service_name(r.service, r.class, symbolic)
+                } else {
+                    String::new()
+                },
+                code: r.service,
+                class: if symbolic { SYMBOL_CLASS } else { r.class },
+                instance: r.instance,
+                tag: super::enip::tag(r),
+                depth: r.depth,
+                verdict: if frame_verdict == "monitor" && r.reason == 0 {
+                    "pass"
+                } else {
+                    frame_verdict
+                },
+                reason: Reason::from_u8(r.reason).map_or("unknown", Reason::name),
+            }
+        })
+        .collect()
+}
+
 impl Datapath {
     /// Turns per-decision tracing on: needed by `run_frame`. Off on a live gateway.
     pub fn enable_trace(&mut self) -> Result<()> {
@@ -158,39 +244,7 @@ impl Datapath {
                 .get(cpu)
                 .copied()
                 .unwrap_or_default();
-            let frame_verdict = VERDICT_NAMES
-                .get(trace.verdict as usize)
-                .copied()
-                .unwrap_or("unknown");
-            recorded
-                .adus
-                .iter()
-                .take(trace.adus as usize)
-                .map(|a| {
-                    let request = a.kind == ADU_REQUEST;
-                    Adu {
-                        direction: if request {
-                            "request"
-                        } else {
-                            KIND_NAMES
-                                .get(a.kind as usize)
-                                .copied()
-                                .unwrap_or("unknown")
-                        },
-                        unit: a.unit,
-                        function: a.function,
-                        address: a.address,
-                        quantity: a.quantity,
-                        sub: a.sub,
-                        verdict: if matches!(frame_verdict, "monitor" | "refuse") && a.reason == 0 {
-                            "pass"
-                        } else {
-                            frame_verdict
-                        },
-                        reason: Reason::from_u8(a.reason).map_or("unknown", Reason::name),
-                    }
-                })
-                .collect()
+            traced_adus(&trace, &recorded)
         };
         let cip = if trace.records == 0 {
             Vec::new()
@@ -203,46 +257,7 @@ impl Datapath {
                 .get(cpu)
                 .copied()
                 .unwrap_or_default();
-            let frame_verdict = VERDICT_NAMES
-                .get(trace.verdict as usize)
-                .copied()
-                .unwrap_or("unknown");
-            recorded
-                .records
-                .iter()
-                .take(trace.records as usize)
-                .map(|r| {
-                    let symbolic = r.flags & REC_SYMBOLIC != 0;
-                    CipRequest {
-                        kind: match r.kind {
-                            REC_COMMAND => "command",
-                            REC_CIP => "cip",
-                            _ => "io",
-                        },
-                        command: if r.kind == REC_IO {
-                            String::new()
-                        } else {
-                            super::enip::command_name(r.command)
-                        },
-                        service: if r.kind == REC_CIP {
-                            super::enip::service_name(r.service, r.class, symbolic)
-                        } else {
-                            String::new()
-                        },
-                        code: r.service,
-                        class: if symbolic { SYMBOL_CLASS } else { r.class },
-                        instance: r.instance,
-                        tag: super::enip::tag(r),
-                        depth: r.depth,
-                        verdict: if frame_verdict == "monitor" && r.reason == 0 {
-                            "pass"
-                        } else {
-                            frame_verdict
-                        },
-                        reason: Reason::from_u8(r.reason).map_or("unknown", Reason::name),
-                    }
-                })
-                .collect()
+            traced_cip_requests(&trace, &recorded)
         };
         Ok(Decision {
             cip,
@@ -258,7 +273,7 @@ impl Datapath {
 
     /// Forgets the Modbus framing state of the flow with `key` (initiator's direction), as an
     /// eviction from its table would: tests of what the inspector does with state it lost.
-    pub fn evict_modbus_state(&mut self, key: &firewall_common::flow::FlowKey) -> Result<()> {
+    pub fn evict_modbus_state(&mut self, key: &FlowKey) -> Result<()> {
         self.maps
             .modbus_flows
             .remove(key)

@@ -51,6 +51,8 @@ pub const DEFAULT_BRIDGE: &str = "br-ot";
 const MAX_NAMED_DIAGNOSTIC: u16 = 63;
 /// Non-IP entries the datapath holds.
 const MAX_NON_IP: usize = 8;
+/// The highest encapsulation command a rule can allow (the datapath's command bitmap).
+const MAX_ENIP_COMMAND: u16 = 0x00FF;
 /// Longest tag name the datapath compares.
 const MAX_TAG_LEN: usize = 64;
 
@@ -187,7 +189,7 @@ impl Learn<'_> {
         out.push_str("# Review every conduit (and `otfw diff` it against the current policy)\n");
         out.push_str("# before enforcing it; run it in `mode: monitor` first.\n");
         for s in &self.sources {
-            let _ = writeln!(out, "# Source: {s}");
+            let _ = writeln!(out, "# Source: {}", comment(s));
         }
         if let Some(s) = all {
             let _ = writeln!(
@@ -396,7 +398,7 @@ impl Learn<'_> {
             parts.push(a.macs.iter().cloned().collect::<Vec<_>>().join(" "));
         }
         parts.push(format!("seen {}", span(&a.seen)));
-        Some(parts.join("; "))
+        Some(comment(&parts.join("; ")))
     }
 }
 
@@ -472,6 +474,12 @@ fn conduit_items(conversations: &[&Conversation]) -> Vec<String> {
     // EtherNet/IP over TCP and UDP on one port is one rule.
     let mut enip: BTreeMap<u16, Vec<&Conversation>> = BTreeMap::new();
     for c in conversations {
+        // Port 0 is reserved: a policy cannot allow it (`otfw check` refuses the rule), and the
+        // datapath drops what is sent to it for want of a conduit. What was seen there yields
+        // no rule. (For ICMP, `port` is the message type, and type 0 is an echo reply.)
+        if c.port == 0 && c.transport != Transport::Icmp {
+            continue;
+        }
         let seen = packets_in_flows(&c.packets, c.flows);
         match (c.transport, c.application) {
             (Transport::Tcp, Application::Modbus) if c.undecoded == 0 => {
@@ -699,11 +707,23 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
     }
     let _ = writeln!(s, "      - enip:");
     let _ = writeln!(s, "          port: {port}");
-    let commands: Vec<String> = used.commands.keys().map(|c| command_name(*c)).collect();
+    // Commands above 0x00FF are reserved: the datapath refuses them whatever a rule says, and
+    // `otfw check` refuses a rule that names one, so they are noted, not written.
+    let commands: Vec<String> = used
+        .commands
+        .keys()
+        .filter(|&&c| c <= MAX_ENIP_COMMAND)
+        .map(|c| command_name(*c))
+        .collect();
     for (c, seen) in &used.commands {
+        let reserved = if *c > MAX_ENIP_COMMAND {
+            " (reserved: refused by the datapath, not allowed here)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "          #   command 0x{c:04x}: {}",
+            "          #   command 0x{c:04x}: {}{reserved}",
             counted(seen, "message")
         );
     }
@@ -803,7 +823,8 @@ fn enip_item(port: u16, conversations: &[&Conversation]) -> String {
             );
         } else {
             for (t, seen) in &used.tags {
-                let _ = writeln!(s, "          #   tag {t}: {}", counted(seen, "request"));
+                let (t, seen) = (comment(t), counted(seen, "request"));
+                let _ = writeln!(s, "          #   tag {t}: {seen}");
             }
             let tags: Vec<String> = used.tags.keys().map(|t| quote(t)).collect();
             let _ = writeln!(s, "          tags: [{}]", tags.join(", "));
@@ -914,6 +935,22 @@ fn slug(text: &str) -> String {
 }
 
 /// A YAML double-quoted scalar.
+/// `text` as it may stand in a YAML comment: devices name themselves and their tags, and a
+/// line break in a name (`\n`, `\r`, NEL, U+2028, U+2029, which serde_yaml also ends lines at)
+/// would end the comment and put the rest of the name into the policy. Such characters, and
+/// every other control character, are written as escapes.
+fn comment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn quote(text: &str) -> String {
     serde_json::to_string(text).expect("a string serialises")
 }
@@ -939,7 +976,7 @@ mod tests {
         );
     }
 
-    use crate::inventory::{tally, Time};
+    use crate::inventory::{tally, Asset, Time};
 
     fn at() -> Time {
         Time::from_unix(std::time::Duration::from_secs(1_700_000_000))
@@ -989,6 +1026,95 @@ mod tests {
                 "port {p} in {yaml}"
             );
         }
+    }
+
+    #[test]
+    fn reserved_encapsulation_commands_are_noted_not_allowed() {
+        let mut c = conversation(Transport::Tcp, 44818, Application::Enip);
+        let mut e = EnipUse::default();
+        tally(&mut e.commands, 0x65, at());
+        tally(&mut e.commands, 0x0640, at());
+        c.enip = Some(e);
+        let (yaml, policy) = learned(vec![c]);
+        let policy::validated::Allow::Enip(rules) = &policy.conduits[0].allow[0] else {
+            panic!("{yaml}");
+        };
+        assert_eq!(
+            rules.commands.iter().copied().collect::<Vec<_>>(),
+            [0x65],
+            "{yaml}"
+        );
+        assert!(yaml.contains("command 0x0640: "), "{yaml}");
+    }
+
+    #[test]
+    fn names_from_devices_cannot_break_out_of_comments() {
+        let mut c = conversation(Transport::Tcp, 44818, Application::Enip);
+        let mut e = EnipUse::default();
+        tally(&mut e.commands, 0x6f, at());
+        tally(&mut e.services, "0x4c@tag".into(), at());
+        // A device whose product name carries line breaks and a key.
+        c.enip = Some(e);
+        let mut inventory = Inventory::default();
+        let mut asset = Asset {
+            ip: c.server,
+            macs: Default::default(),
+            seen: c.packets,
+            serves: Default::default(),
+            uses: Default::default(),
+            identity: Default::default(),
+        };
+        asset.identity.enip = Some(crate::inventory::identity::enip::Identity {
+            encapsulation_version: 1,
+            socket_address: std::net::Ipv4Addr::UNSPECIFIED,
+            socket_port: 44818,
+            vendor_id: 1,
+            device_type: 12,
+            product_code: 58,
+            revision_major: 4,
+            revision_minor: 3,
+            status: 0,
+            serial_number: 1,
+            product_name: "PLC\n\u{2028}zones: {}\u{85}".into(),
+            state: 3,
+        });
+        inventory.assets.insert(c.server, asset);
+        inventory.conversations.insert(c.key(), c);
+        let yaml = Learn {
+            inventory: &inventory,
+            policy: None,
+            sources: vec!["shift\n.pcap".into()],
+        }
+        .policy_yaml();
+        let (loaded, diagnostics) = policy::check_str("learned.yaml", &yaml);
+        assert!(loaded.is_some(), "{diagnostics:#?}\n{yaml}");
+        assert!(yaml.contains(r"PLC\n\u{2028}zones: {} rev 4.03"), "{yaml}");
+        assert!(yaml.contains(r"# Source: shift\n.pcap"), "{yaml}");
+    }
+
+    #[test]
+    fn traffic_to_port_0_yields_no_rule() {
+        let mut modbus = conversation(Transport::Tcp, 0, Application::Modbus);
+        let mut m = ModbusUse::default();
+        tally(&mut m.units, 1, at());
+        tally(&mut m.functions, "3".into(), at());
+        modbus.modbus = Some(m);
+        let (yaml, policy) = learned(vec![
+            modbus,
+            conversation(Transport::Udp, 0, Application::Other),
+            conversation(Transport::Tcp, 22, Application::Other),
+        ]);
+        assert_eq!(policy.conduits.len(), 1, "{yaml}");
+        assert_eq!(
+            policy.conduits[0].allow,
+            [policy::validated::Allow::Tcp(vec![
+                policy::validated::PortRange::single(22)
+            ])],
+            "{yaml}"
+        );
+        // Nothing else was seen: no conduit at all, rather than one with nothing to allow.
+        let (yaml, policy) = learned(vec![conversation(Transport::Udp, 0, Application::Other)]);
+        assert!(policy.conduits.is_empty(), "{yaml}");
     }
 
     #[test]

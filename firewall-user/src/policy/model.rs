@@ -511,6 +511,25 @@ conduits:
     }
 
     #[test]
+    fn serde_yaml_errors_at_the_end_stay_inside_the_file() {
+        // yaml-rust2 reads this; serde_yaml's scanner fails at the end of the input, which it
+        // places on a fourth line (after the `\r` break of line 2 and the last line, "= ").
+        let text = "!1\n&a:\r:= ";
+        let (doc, messages) = read_str(text);
+        assert!(doc.is_none());
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("p.yaml:3:4: error: could not find expected ':'")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().all(|m| !m.starts_with("p.yaml:4:")),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
     fn structural_errors_are_reported_at_serde_yaml_s_location() {
         let (doc, messages) = read_str("version: 1\ndefaults:\n  action: alow\n");
         assert!(doc.is_none());

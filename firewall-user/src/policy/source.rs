@@ -28,6 +28,25 @@ impl Position {
             col: marker.col() + 1,
         }
     }
+
+    /// Just past the last character of `text`, counting line breaks as yaml-rust2 does
+    /// (`\n`, `\r\n`, a lone `\r`) and columns in characters.
+    fn end_of(text: &str) -> Position {
+        let mut end = Position::START;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            let line_break = c == '\n' || (c == '\r' && chars.peek() != Some(&'\n'));
+            if line_break {
+                end = Position {
+                    line: end.line + 1,
+                    col: 1,
+                };
+            } else if c != '\r' {
+                end.col += 1;
+            }
+        }
+        end
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,6 +118,9 @@ fn parent(path: &str) -> Option<&str> {
 pub struct SourceMap {
     values: HashMap<String, Position>,
     keys: HashMap<String, Position>,
+    /// Just past the last character of the text (`None` for a map of no text): no diagnostic
+    /// points further.
+    end: Option<Position>,
 }
 
 /// A mapping key that appears twice in one mapping.
@@ -119,11 +141,24 @@ pub struct SyntaxError {
 impl SourceMap {
     /// Indexes `text`. Duplicate keys do not stop the indexing: each is returned.
     pub fn parse(text: &str) -> Result<(SourceMap, Vec<DuplicateKey>), SyntaxError> {
-        let mut indexer = Indexer::default();
+        // At the end of the input yaml-rust2 moves its marker to the start of the line after
+        // the last (as if the file ended with a line break): what it finds there (an error, the
+        // empty value of a last `key:`) is at the end of the file, not on a line the file does
+        // not have.
+        let end = Position::end_of(text);
+        let mut indexer = Indexer {
+            end,
+            map: SourceMap {
+                end: Some(end),
+                ..SourceMap::default()
+            },
+            stack: Vec::new(),
+            duplicates: Vec::new(),
+        };
         Parser::new_from_str(text)
             .load(&mut indexer, false)
             .map_err(|e| SyntaxError {
-                at: Position::from_marker(e.marker()),
+                at: Position::from_marker(e.marker()).min(end),
                 message: e.info().to_string(),
             })?;
         Ok((indexer.map, indexer.duplicates))
@@ -167,8 +202,9 @@ enum Frame {
     ComplexKey,
 }
 
-#[derive(Default)]
 struct Indexer {
+    /// The end of the text: no position lies past it.
+    end: Position,
     map: SourceMap,
     stack: Vec<Frame>,
     duplicates: Vec<DuplicateKey>,
@@ -226,7 +262,7 @@ impl Indexer {
 
 impl MarkedEventReceiver for Indexer {
     fn on_event(&mut self, event: Event, marker: Marker) {
-        let at = Position::from_marker(&marker);
+        let at = Position::from_marker(&marker).min(self.end);
         let complex = self.in_complex_key();
         match event {
             Event::Scalar(..) | Event::Alias(_) if complex => {}
@@ -284,6 +320,9 @@ impl<'a> Diagnostics<'a> {
     }
 
     pub fn push(&mut self, at: Position, severity: Severity, message: impl Into<String>) {
+        // Positions from elsewhere (serde_yaml's, like yaml-rust2's, can lie on the line after
+        // the last when the text does not end with a line break) stop at the end of the file.
+        let at = self.source.end.map_or(at, |end| at.min(end));
         self.list.push(Diagnostic {
             file: self.file.to_string(),
             line: at.line,
@@ -382,6 +421,54 @@ mod tests {
     fn syntax_errors_carry_their_position() {
         let err = SourceMap::parse("a: [1\nb: 2").unwrap_err();
         assert_eq!(err.at, at(2, 2));
+    }
+
+    #[test]
+    fn syntax_errors_at_the_end_of_the_file_point_inside_it() {
+        // The last line has no line break: the error is at its end, not on a line 3.
+        let err = SourceMap::parse("a: 1\nb").unwrap_err();
+        assert_eq!(err.at, at(2, 2), "{err:?}");
+        let err = SourceMap::parse("a: 1\r\nzones: [x\r\n  y").unwrap_err();
+        assert_eq!(err.at, at(3, 4), "{err:?}");
+        // With a final line break the end of the file is the start of the next line.
+        let err = SourceMap::parse("a: 1\nb\n").unwrap_err();
+        assert_eq!(err.at, at(3, 1), "{err:?}");
+    }
+
+    #[test]
+    fn an_empty_last_value_is_at_the_end_of_the_file() {
+        let (map, _) = SourceMap::parse("a: 1\nb:").unwrap();
+        assert_eq!(map.value("b"), at(2, 3));
+        let (map, _) = SourceMap::parse("zones:\n  cell:   # no networks").unwrap();
+        assert_eq!(map.value("zones.cell"), at(2, 24));
+    }
+
+    #[test]
+    fn diagnostics_stop_at_the_end_of_the_file() {
+        let (map, _) = SourceMap::parse("a: 1\nb: x").unwrap();
+        let mut diagnostics = Diagnostics::new("p.yaml", &map);
+        diagnostics.push(at(3, 1), Severity::Error, "past the end");
+        diagnostics.push(at(2, 2), Severity::Error, "inside");
+        let lines: Vec<String> = diagnostics
+            .into_sorted()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "p.yaml:2:2: error: inside",
+                "p.yaml:2:5: error: past the end"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_end_of_a_text_counts_breaks_as_yaml_does() {
+        assert_eq!(Position::end_of(""), at(1, 1));
+        assert_eq!(Position::end_of("ab"), at(1, 3));
+        assert_eq!(Position::end_of("a\nbé"), at(2, 3));
+        assert_eq!(Position::end_of("a\r\nb\rc\n"), at(4, 1));
     }
 
     #[test]
