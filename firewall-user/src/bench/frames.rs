@@ -43,6 +43,21 @@ pub fn tcp(sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The server's SYN-ACK to `tcp(sport, dport, true, ..)`: it answers the flow, which the
+/// datapath then holds as established (an unanswered flow waits in another table).
+pub fn syn_ack(sport: u16, dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC)
+        .ipv4(SERVER.octets(), CLIENT.octets(), 64)
+        .tcp(dport, sport, 1999, 64240)
+        .syn()
+        .ack(ISN + 1);
+    let mut frame = Vec::with_capacity(builder.size(0));
+    builder
+        .write(&mut frame, &[])
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
 /// A TCP SYN of flood frame number `n` to `dport`: from one of the 126 addresses of the
 /// client's network (198.51.100.1-126) and one of 60,000 source ports, so 7.5 million frames
 /// pass before a tuple repeats.

@@ -170,7 +170,7 @@ fn case(
 }
 
 pub fn cases() -> Vec<Case> {
-    let open = |sport, dport| vec![tcp(sport, dport, true, &[])];
+    let open = |sport, dport| vec![tcp(sport, dport, true, &[]), syn_ack(sport, dport)];
     vec![
         case(
             "non_ip",
