@@ -593,7 +593,7 @@ fn compiles_ids_names_prefixes_and_config() {
                 1,
                 ZoneInfo {
                     flags: 0,
-                    charge: zone_charge("first"),
+                    charge: zone_charge("a"),
                     max_flows: MAX_FLOWS / 3,
                     _pad: 0
                 }
@@ -602,7 +602,7 @@ fn compiles_ids_names_prefixes_and_config() {
                 2,
                 ZoneInfo {
                     flags: 0,
-                    charge: zone_charge("second"),
+                    charge: zone_charge("b"),
                     max_flows: MAX_FLOWS / 3,
                     _pad: 0
                 }
@@ -612,7 +612,7 @@ fn compiles_ids_names_prefixes_and_config() {
     // Hosts in no zone share the table like one more zone.
     assert_eq!(c.unzoned_info.charge, UNZONED_CHARGE);
     assert_eq!(c.unzoned_info.max_flows, MAX_FLOWS / 3);
-    assert_ne!(zone_charge("first"), zone_charge("second"));
+    assert_ne!(zone_charge("a"), zone_charge("b"));
     let info = |mode, on_deny| ConduitInfo {
         mode,
         on_deny,
