@@ -12,6 +12,7 @@ pub mod event;
 pub mod fastpath;
 pub mod flow;
 pub mod modbus;
+pub mod observed;
 pub mod reason;
 pub mod stream;
 pub mod zone;

@@ -2,7 +2,7 @@
 
 use crate::{
     conduit::*, config::*, counters::*, enip::*, event::*, fastpath::*, flow::*, modbus::*,
-    stream::*, zone::*,
+    observed::*, stream::*, zone::*,
 };
 
 macro_rules! pod {
@@ -49,6 +49,7 @@ pod!(
     ModbusEvent,
     DatapathEvent,
     EventBucket,
+    ObservedHeader,
     EnipRule,
     EnipClassKey,
     EnipTagKey,

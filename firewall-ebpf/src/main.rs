@@ -23,6 +23,7 @@ mod bpf {
     pub mod l4;
     pub mod maps;
     pub mod modbus;
+    pub mod observe;
     pub mod packet;
     pub mod reset;
     pub mod stats;

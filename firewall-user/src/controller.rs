@@ -26,6 +26,7 @@ use crate::{
         Sysfs, SYNC_INTERVAL,
     },
     events::{self, Event},
+    inventory::{self, live::LiveInventory},
     lockdown,
     observe::Observer,
     policy::{
@@ -202,6 +203,17 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     // Denied Modbus and EtherNet/IP requests, from the inspectors' ring buffers.
     let mut modbus_events = watch_fd(datapath.take_modbus_events())?;
     let mut enip_events = watch_fd(datapath.take_enip_events())?;
+    // Flow answers and identity answers copied by the datapath, kept as the instance's
+    // inventory (`inventory::live`).
+    let mut observed = watch_fd(datapath.take_observed())?;
+    let mut inventory = observer.inventory_path().map(LiveInventory::open);
+    if let Some(live) = &inventory {
+        log::info!(
+            "keeping the inventory of the live datapath in {}",
+            live.path().display()
+        );
+    }
+    let mut inventory_save = tokio::time::interval(inventory::live::SAVE_INTERVAL);
     let mut events_lost = 0;
     let mut enip_events_lost = 0;
     loop {
@@ -242,6 +254,18 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            ready = readable(&mut observed) => {
+                let mut guard = ready?;
+                let ring = guard.get_inner_mut();
+                let clock = inventory::live::Clock::now();
+                while let Some(record) = ring.next() {
+                    if let Some(live) = inventory.as_mut() {
+                        live.record(&record, &clock);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = inventory_save.tick() => save_inventory(&mut inventory),
             ready = readable(&mut datapath_events) => {
                 let mut guard = ready?;
                 let ring = guard.get_inner_mut();
@@ -276,6 +300,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = terminate.recv() => break,
         }
     }
+    save_inventory(&mut inventory);
     // Every frame back to the bridge: the mirror is not kept without the controller (a pinned
     // program keeps enforcing on the slow path).
     fast_path.stop(&mut datapath);
@@ -299,7 +324,15 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     Ok(())
 }
 
-/// Reads the counters and emits them as a `stats` event (SIGUSR1).
+/// Adds what the datapath showed since the last save to the inventory state file.
+fn save_inventory(inventory: &mut Option<LiveInventory>) {
+    if let Some(live) = inventory.as_mut() {
+        if let Err(e) = live.save() {
+            log::warn!("keeping the inventory in {}: {e:#}", live.path().display());
+        }
+    }
+}
+
 /// The controller's side of the fast path: reads the bridge, writes the mirror, reports changes.
 struct FastPath {
     choice: FastPathChoice,

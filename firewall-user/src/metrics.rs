@@ -25,6 +25,7 @@ use firewall_common::{
     },
     event::{EVENTS_RATE_LIMITED, EVENTS_RING_FULL},
     flow::MAX_FLOWS,
+    observed::OBSERVED_STAT_NAMES,
     reason::Reason,
 };
 use prometheus::{
@@ -69,6 +70,7 @@ pub struct Metrics {
     lockdown: IntGaugeVec,
     events: IntCounterVec,
     events_lost: IntCounterVec,
+    observed_frames: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
     pub totals: ConduitTotals,
     /// The inventory's assets (`otfw run --inventory`).
@@ -299,6 +301,17 @@ impl Metrics {
              enip_ring_full (controller too slow), write_error (stdout or events file failed).",
             ["cause"]
         );
+        let observed_frames = family!(
+            IntCounterVec,
+            "otfw_observed_frames_total",
+            "Frames the datapath copied for the live inventory (flow answers, Modbus 43/14 and \
+             ListIdentity replies), by result: sent, rate_limited (its token bucket), ring_full \
+             (controller too slow).",
+            ["result"]
+        );
+        for result in OBSERVED_STAT_NAMES {
+            observed_frames.with_label_values(&[result]);
+        }
         let build_info = family!(
             IntGaugeVec,
             "otfw_build_info",
@@ -352,6 +365,7 @@ impl Metrics {
             lockdown,
             events,
             events_lost,
+            observed_frames,
             totals: ConduitTotals::default(),
             assets,
             requests_retired: RequestCounts::new(),
@@ -541,6 +555,9 @@ impl Metrics {
             &self.events_lost.with_label_values(&["ring_full"]),
             lost[EVENTS_RING_FULL as usize],
         );
+        for (result, n) in OBSERVED_STAT_NAMES.iter().zip(datapath.observed_stats()?) {
+            raise(&self.observed_frames.with_label_values(&[result]), n);
+        }
         let written = crate::events::written();
         for (event, n) in &written.by_event {
             raise(&self.events.with_label_values(&[event]), *n);

@@ -24,7 +24,8 @@ pub struct ObserveOptions {
     pub instance: Option<String>,
     /// Pin maps and write the state file for `otfw status`.
     pub pin: bool,
-    /// An inventory state file whose assets are exported as metrics.
+    /// The inventory state file the controller keeps (from the datapath's observed frames)
+    /// and exports as metrics; default with pinning: `/var/lib/otfw/<instance>.inventory.json`.
     pub inventory: Option<PathBuf>,
 }
 
@@ -47,6 +48,7 @@ impl Observer {
         if let Some(path) = &opts.events_file {
             events::open_file(path)?;
         }
+        let mut inventory = opts.inventory.clone();
         let (state, previous, lock) = if opts.pin {
             datapath::check_bpffs()?;
             let instance = opts
@@ -67,6 +69,7 @@ impl Observer {
                     removed.maps
                 );
             }
+            inventory.get_or_insert_with(|| crate::inventory::live::state_path(&instance));
             let previous = State::previous(&instance);
             // Ports still enforced through the pins stay on record (their GRO change included,
             // for `otfw stop`) even if this start fails before it attaches.
@@ -100,10 +103,15 @@ impl Observer {
             previous,
             lock,
             metrics_addr: opts.metrics,
-            inventory: opts.inventory.clone().map(|path| {
+            inventory: inventory.map(|path| {
                 crate::inventory::exporter::Followed::new(path, PathBuf::from(policy_file))
             }),
         })
+    }
+
+    /// The inventory state file the controller keeps, if any.
+    pub fn inventory_path(&self) -> Option<PathBuf> {
+        self.inventory.as_ref().map(|f| f.path().to_path_buf())
     }
 
     /// Where the datapath's maps are to be pinned, if anywhere.

@@ -2,12 +2,12 @@
 //! rate-limited per CPU before the ring is touched, with what was sent and lost counted in
 //! `EVENT_STATS`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray, programs::XdpContext};
 
 use firewall_common::{
     event::{
-        reason_has_tuple, DatapathEvent, EVENTS_RATE_LIMITED, EVENTS_RING_FULL, EVENTS_SENT,
-        EVENT_ADOPTED, EVENT_BURST, EVENT_DENIED, EVENT_HAS_TUPLE, EVENT_RATE,
+        reason_has_tuple, DatapathEvent, EventBucket, EVENTS_RATE_LIMITED, EVENTS_RING_FULL,
+        EVENTS_SENT, EVENT_ADOPTED, EVENT_BURST, EVENT_DENIED, EVENT_HAS_TUPLE, EVENT_RATE,
     },
     flow::FlowKey,
 };
@@ -31,23 +31,33 @@ fn count(index: u32) {
 /// Takes one event's worth of credit from this CPU's bucket; false (and counted) if empty.
 #[inline(always)]
 fn admit() -> bool {
-    let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
+    if take_credit(&EVENT_BUCKET, COST_NS, BURST_NS) {
+        return true;
+    }
+    count(EVENTS_RATE_LIMITED);
+    false
+}
+
+/// Takes `cost_ns` of credit from this CPU's entry of a token bucket map (credit grows with
+/// time up to `burst_ns`); false if there is not enough.
+#[inline(always)]
+pub fn take_credit(buckets: &PerCpuArray<EventBucket>, cost_ns: u64, burst_ns: u64) -> bool {
+    let Some(bucket) = buckets.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: as above.
+    // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
     let bucket = unsafe { &mut *bucket };
     let now = unsafe { bpf_ktime_get_ns() };
     let credit = bucket
         .credit_ns
         .saturating_add(now.saturating_sub(bucket.last_ns));
     bucket.last_ns = now;
-    let credit = if credit > BURST_NS { BURST_NS } else { credit };
-    if credit < COST_NS {
+    let credit = if credit > burst_ns { burst_ns } else { credit };
+    if credit < cost_ns {
         bucket.credit_ns = credit;
-        count(EVENTS_RATE_LIMITED);
         return false;
     }
-    bucket.credit_ns = credit - COST_NS;
+    bucket.credit_ns = credit - cost_ns;
     true
 }
 

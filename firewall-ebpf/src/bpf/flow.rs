@@ -42,6 +42,14 @@ use super::{
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// Marks in `FlowKeys::flow_flags` above the flow's own flags (`FlowState::flags` is a u8),
+/// for the inventory and learning (`observe`): the packet is the answer that moved its flow
+/// from `EMBRYOS` to `FLOWS` (once per flow)...
+pub const OBSERVE_ANSWERED: u32 = 1 << 8;
+/// ... or a packet of no established flow (it opened one, was adopted, or was decided without
+/// one).
+pub const OBSERVE_UNTRACKED: u32 = 1 << 9;
+
 /// What flow tracking decided: `reason` is `Reason::None` for a pass; the conduit is the one to
 /// account the packet to. A plain struct, not an enum with payloads: LLVM leaves the unused
 /// payload bytes of such enums undefined, and the verifier rejects reads of undefined registers.
@@ -118,6 +126,7 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     keys.forward.proto = proto;
     keys.forward._pad = [0; 3];
     keys.side = 0;
+    keys.flow_flags = 0;
     let now = unsafe { bpf_ktime_get_ns() };
     if is_stateful(proto, pkt.l4) {
         let side = keys.forward.canonical_into(&mut keys.canonical);
@@ -156,7 +165,9 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             }
         }
     }
-    admit(slot, epoch, cfg, pkt, keys, now)
+    let out = admit(slot, epoch, cfg, pkt, keys, now);
+    keys.flow_flags |= OBSERVE_UNTRACKED;
+    out
 }
 
 /// TCP, UDP and ICMP echo are tracked; other packets are decided one by one.
@@ -329,7 +340,7 @@ fn promote(keys: &mut FlowKeys, flow: &FlowState) -> Result<(), Reason> {
     count(charge, false);
     let _ = EMBRYOS.remove(&keys.canonical);
     keys.table = TABLE_FLOWS;
-    keys.flow_flags = keys.fresh.flags as u32;
+    keys.flow_flags = keys.fresh.flags as u32 | OBSERVE_ANSWERED;
     stats::flow_event(FLOW_PROMOTED);
     Ok(())
 }

@@ -30,6 +30,7 @@ use firewall_common::{
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
     },
+    observed::{LEARN_RING_BYTES, LEARN_STATS_LEN, OBSERVED_RING_BYTES, OBSERVED_STATS_LEN},
     zone::{
         HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey, MAX_HOST_ENTRIES,
         MAX_PREFIXES, MAX_ZONES,
@@ -160,6 +161,29 @@ pub static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entrie
 
 #[map]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+
+/// Frames for the controller's inventory: flow answers and identity answers
+/// (`firewall_common::observed`), rate-limited by `OBSERVED_BUCKET`.
+#[map]
+pub static OBSERVED: RingBuf = RingBuf::with_byte_size(OBSERVED_RING_BYTES, 0);
+
+#[map]
+pub static OBSERVED_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static OBSERVED_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OBSERVED_STATS_LEN, 0);
+
+/// The end of learning (CLOCK_MONOTONIC ns, index 0; 0 = not learning), set by `otfw learn
+/// --live`.
+#[map]
+pub static LEARN_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Frames copied while learning.
+#[map]
+pub static LEARN_FRAMES: RingBuf = RingBuf::with_byte_size(LEARN_RING_BYTES, 0);
+
+#[map]
+pub static LEARN_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LEARN_STATS_LEN, 0);
 /// Compiled `enip:` rules, indexed by `slot * MAX_PROTOCOL_RULES + rule`.
 #[map]
 pub static ENIP_RULES: Array<EnipRule> = Array::with_max_entries(SLOTS * MAX_PROTOCOL_RULES, 0);

@@ -19,6 +19,7 @@ use super::{
     ip::Ip,
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
     maps::{ACTIVE, CONDUITS, CONFIG, FLOW_KEYS, INSPECT_CTX},
+    observe,
     packet::load,
 };
 
@@ -156,6 +157,8 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     };
     // Zones are resolved inside, only when the flow entry does not already answer.
     let mut outcome = flow::track(slot, epoch, cfg, &pkt)?;
+    // Before any inspector: a tail call does not come back.
+    observe::frame(ctx, &l4);
     if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
         // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
         // UDP hands over seq/ack/flags 0.

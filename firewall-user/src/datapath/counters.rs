@@ -10,6 +10,7 @@ use firewall_common::{
     },
     event::EVENT_STATS_LEN,
     flow::{FlowKey, FlowState},
+    observed::OBSERVED_STATS_LEN,
     reason::REASON_COUNT,
     slot_of,
 };
@@ -163,5 +164,20 @@ impl Datapath {
     /// The ring buffer of datapath events, for the controller's event loop (taken once).
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.maps.events.take()
+    }
+
+    /// Frames copied for the inventory: sent, rate-limited, lost to a full ring
+    /// (`firewall_common::observed`).
+    pub fn observed_stats(&self) -> Result<[u64; OBSERVED_STATS_LEN as usize]> {
+        let mut out = [0u64; OBSERVED_STATS_LEN as usize];
+        for (i, cell) in out.iter_mut().enumerate() {
+            *cell = sum(&self.maps.observed_stats, i as u32, "OBSERVED_STATS")?;
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of frames for the inventory, for the controller (taken once).
+    pub fn take_observed(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.maps.observed.take()
     }
 }

@@ -57,6 +57,9 @@ pub struct Maps {
     pub modbus_events: Option<RingBuf<MapData>>,
     pub events: Option<RingBuf<MapData>>,
     pub event_stats: PerCpuArray<MapData, u64>,
+    /// Frames for the inventory, until the controller takes the ring buffer.
+    pub observed: Option<RingBuf<MapData>>,
+    pub observed_stats: PerCpuArray<MapData, u64>,
     pub enip_rules: Array<MapData, EnipRule>,
     pub enip_classes: HashMap<MapData, EnipClassKey, [u64; 2]>,
     pub enip_tags: HashMap<MapData, EnipTagKey, u8>,
@@ -117,6 +120,8 @@ impl Maps {
             modbus_events: Some(typed!(ebpf, "MODBUS_EVENTS")),
             events: Some(typed!(ebpf, "EVENTS")),
             event_stats: typed!(ebpf, "EVENT_STATS"),
+            observed: Some(typed!(ebpf, "OBSERVED")),
+            observed_stats: typed!(ebpf, "OBSERVED_STATS"),
             enip_rules: typed!(ebpf, "ENIP_RULES"),
             enip_classes: typed!(ebpf, "ENIP_CLASSES"),
             enip_tags: typed!(ebpf, "ENIP_TAGS"),

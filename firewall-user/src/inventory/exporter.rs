@@ -146,6 +146,10 @@ impl Followed {
         }
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The asset records when the file changed since the last call.
     pub fn changed(&mut self) -> Option<Vec<report::AssetRecord>> {
         let modified = std::fs::metadata(&self.path)

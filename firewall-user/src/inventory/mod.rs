@@ -12,6 +12,7 @@
 pub mod exporter;
 pub mod identity;
 pub mod learn;
+pub mod live;
 pub mod observe;
 pub mod report;
 pub mod vendors;

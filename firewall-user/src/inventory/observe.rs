@@ -130,6 +130,17 @@ impl Observer {
 
     /// Observes one Ethernet frame captured at `at`.
     pub fn frame(&mut self, frame: &[u8], at: Time) {
+        self.observe(frame, at, false);
+    }
+
+    /// Observes the answer that established a flow, seen without the frame that opened it (the
+    /// datapath's `flow_answered` copies): its receiver is the client. A SYN-ACK says so
+    /// itself; a UDP reply or an ICMP echo reply would otherwise make its sender the client.
+    pub fn answer(&mut self, frame: &[u8], at: Time) {
+        self.observe(frame, at, true);
+    }
+
+    fn observe(&mut self, frame: &[u8], at: Time, answer: bool) {
         let Ok(p) = SlicedPacket::from_ethernet(frame) else {
             return;
         };
@@ -181,7 +192,7 @@ impl Observer {
                     (dst, u.destination_port()),
                     Transport::Udp,
                     at,
-                    Some(true),
+                    Some(!answer),
                 );
                 self.datagram(
                     key,
@@ -191,6 +202,13 @@ impl Observer {
                     u.payload(),
                     at,
                 );
+            }
+            // An echo reply standing for its flow: the request it answers.
+            Some(TransportSlice::Icmpv4(i)) if answer && i.type_u8() == 0 => {
+                self.icmp(dst, src, 8, at, &[])
+            }
+            Some(TransportSlice::Icmpv6(i)) if answer && i.type_u8() == 129 => {
+                self.icmp(dst, src, 128, at, &[])
             }
             Some(TransportSlice::Icmpv4(i)) => self.icmp(src, dst, i.type_u8(), at, &[0, 14]),
             Some(TransportSlice::Icmpv6(i)) => self.icmp(src, dst, i.type_u8(), at, &[129]),

@@ -1,0 +1,244 @@
+//! Frame copies for the controller's inventory (`OBSERVED`) and for `otfw learn --live`
+//! (`LEARN_FRAMES`); the record is `firewall_common::observed::ObservedFrame`.
+//!
+//! Cost per packet that reaches flow tracking, established flows included: one call of the
+//! global function `otfw_observe`, which reads the flow tracker's marks and the tuple from the
+//! per-CPU `FLOW_KEYS`, compares the source port with 502 and 44818, and looks up
+//! `LEARN_UNTIL` (0 unless learning). Only TCP and UDP segments with payload from those ports
+//! read two payload bytes; only promotions, identity answers and (while learning) learned
+//! frames take a clock reading, a bucket's credit or a ring record.
+
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::xdp_md,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    maps::{PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+
+use firewall_common::{
+    flow::FlowKeys,
+    observed::{
+        ObservedFrame, ENIP_LIST_IDENTITY, LEARN_COPIED, LEARN_PORTS, LEARN_RING_FULL,
+        MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID, OBSERVED_BURST, OBSERVED_FLOW_ANSWERED,
+        OBSERVED_IDENTITY, OBSERVED_LEARN, OBSERVED_MAX_COPY, OBSERVED_RATE, OBSERVED_RATE_LIMITED,
+        OBSERVED_RING_FULL, OBSERVED_SENT,
+    },
+};
+
+use super::{
+    events::take_credit,
+    flow::{OBSERVE_ANSWERED, OBSERVE_UNTRACKED},
+    l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
+    maps::{
+        FLOW_KEYS, LEARN_FRAMES, LEARN_STATS, LEARN_UNTIL, OBSERVED, OBSERVED_BUCKET,
+        OBSERVED_STATS,
+    },
+    packet::frame_len,
+};
+
+const COST_NS: u64 = 1_000_000_000 / OBSERVED_RATE;
+const BURST_NS: u64 = OBSERVED_BURST * COST_NS;
+
+const MODBUS_PORT: u16 = 502;
+const ENIP_PORT: u16 = 44818;
+
+/// Copies the frame where it is news for the inventory or for learning. Called after flow
+/// tracking, whose keys (`FLOW_KEYS`: the packet's tuple, and the `flow::OBSERVE_*` marks)
+/// describe the packet.
+#[inline(always)]
+pub fn frame(ctx: &XdpContext, l4: &L4) {
+    // Packed scalars, as global functions require.
+    let len = frame_len(ctx);
+    let copied = if len > OBSERVED_MAX_COPY as usize {
+        OBSERVED_MAX_COPY as u64
+    } else {
+        len as u64
+    };
+    let len = if len > u16::MAX as usize {
+        u16::MAX as u64
+    } else {
+        len as u64
+    };
+    otfw_observe(
+        ctx.ctx,
+        (l4.payload as u64 & 0xffff)
+            | (l4.payload_len as u64 & 0xffff) << 16
+            | copied << 32
+            | len << 48,
+    );
+}
+
+/// The work of [`frame`], a global function: the verifier checks it once, not once for every
+/// path through the decision before it. `sizes`: `payload offset | payload length << 16 |
+/// bytes to copy << 32 | frame length << 48`. Its frame must stay within 32 bytes (with the main program's 472,
+/// rounded up to 480, the limit of 512): values are read again from `keys` and `sizes` rather
+/// than kept, and nothing is built on the stack.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
+    let Some(keys) = FLOW_KEYS.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch of the packet in hand, only read.
+    let keys = unsafe { &*keys };
+    let kind = if keys.flow_flags & OBSERVE_ANSWERED != 0 {
+        OBSERVED_FLOW_ANSWERED
+    } else if is_identity(ctx, keys, sizes) {
+        OBSERVED_IDENTITY
+    } else {
+        0
+    };
+    if kind != 0 {
+        let index = if !take_credit(&OBSERVED_BUCKET, COST_NS, BURST_NS) {
+            OBSERVED_RATE_LIMITED
+        } else if copy(ctx, sizes, &OBSERVED, kind) {
+            OBSERVED_SENT
+        } else {
+            OBSERVED_RING_FULL
+        };
+        count(&OBSERVED_STATS, index);
+    }
+    if learning() && learned(keys) {
+        let index = if copy(ctx, sizes, &LEARN_FRAMES, OBSERVED_LEARN) {
+            LEARN_COPIED
+        } else {
+            LEARN_RING_FULL
+        };
+        count(&LEARN_STATS, index);
+    }
+    0
+}
+
+/// Whether `otfw learn --live` is learning now. A deadline found past is cleared (unless a
+/// new one was set meanwhile), so that after it packets pay one lookup again, not a clock read.
+#[inline(always)]
+fn learning() -> bool {
+    let Some(until) = LEARN_UNTIL.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: an array value stays valid for the program's run.
+    let deadline = unsafe { *until };
+    if deadline == 0 {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now < deadline {
+        return true;
+    }
+    // SAFETY: as above; the compare-and-exchange leaves a deadline written since alone.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            until, deadline, 0,
+        )
+    };
+    false
+}
+
+/// What learning copies: frames of no established flow, and every TCP or UDP frame to or from
+/// a port of `LEARN_PORTS`.
+#[inline(always)]
+fn learned(keys: &FlowKeys) -> bool {
+    if keys.flow_flags & OBSERVE_UNTRACKED != 0 {
+        return true;
+    }
+    let key = &keys.forward;
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        return false;
+    }
+    let mut i = 0;
+    while i < LEARN_PORTS.len() {
+        if key.sport == LEARN_PORTS[i] || key.dport == LEARN_PORTS[i] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A Modbus Read Device Identification response (function 0x2B, MEI type 0x0E, after the
+/// 7-byte MBAP header) from port 502, or an EtherNet/IP ListIdentity reply (command 0x0063,
+/// the first two bytes of the encapsulation header, little-endian) from port 44818, over TCP
+/// or UDP.
+#[inline(always)]
+fn is_identity(ctx: *mut xdp_md, keys: &FlowKeys, sizes: u64) -> bool {
+    let key = &keys.forward;
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        return false;
+    }
+    let modbus = key.sport == MODBUS_PORT;
+    if !modbus && key.sport != ENIP_PORT {
+        return false;
+    }
+    let payload = (sizes & 0xffff) as usize;
+    let payload_len = ((sizes >> 16) & 0xffff) as usize;
+    let (at, need) = if modbus {
+        (payload + 7, 9)
+    } else {
+        (payload, 24)
+    };
+    if payload_len < need {
+        return false;
+    }
+    let mut two = [0u8; 2];
+    // SAFETY: the helper writes at most the two bytes asked for into `two`. (A direct read
+    // would need a bounds check LLVM folds out of the verifier's sight.)
+    if unsafe { bpf_xdp_load_bytes(ctx, at as u32, two.as_mut_ptr() as *mut c_void, 2) } != 0 {
+        return false;
+    }
+    if modbus {
+        two == [MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID]
+    } else {
+        u16::from_le_bytes(two) == ENIP_LIST_IDENTITY
+    }
+}
+
+/// Copies the frame (up to `OBSERVED_MAX_COPY` bytes) into a record of `ring`; false if the
+/// ring is full (or the copy failed).
+#[inline(always)]
+fn copy(ctx: *mut xdp_md, sizes: u64, ring: &RingBuf, kind: u8) -> bool {
+    let Some(mut entry) = ring.reserve::<ObservedFrame>(0) else {
+        return false;
+    };
+    // Masked here, where LLVM cannot know that the caller clamped it to OBSERVED_MAX_COPY:
+    // the verifier sees the bound on the register passed to the helper (the data area holds
+    // 2048 bytes).
+    let copied = (sizes >> 32) as u32 & 0x7ff;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to the reserved record, ours until submitted or discarded; the
+    // copy's length is at most the record's data area (checked above, and by the verifier).
+    // Fields are written one by one: a header built first would take stack this function
+    // does not have.
+    unsafe {
+        let header = core::ptr::addr_of_mut!((*record).header);
+        (*header).ktime_ns = bpf_ktime_get_ns();
+        (*header).ifindex = (*ctx).ingress_ifindex;
+        (*header).frame_len = (sizes >> 48) as u16;
+        (*header).copied = copied as u16;
+        (*header).kind = kind;
+        (*header)._pad = [0; 7];
+        if copied == 0
+            || bpf_xdp_load_bytes(
+                ctx,
+                0,
+                core::ptr::addr_of_mut!((*record).data) as *mut c_void,
+                copied,
+            ) != 0
+        {
+            entry.discard(0);
+            return false;
+        }
+    }
+    entry.submit(0);
+    true
+}
+
+#[inline(always)]
+fn count(stats: &PerCpuArray<u64>, index: u32) {
+    if let Some(n) = stats.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *n += 1 };
+    }
+}
