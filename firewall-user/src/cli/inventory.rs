@@ -8,7 +8,8 @@ use clap::Args;
 
 use crate::inventory::{report, vendors::MacVendors, zones::Zones, Inventory};
 
-/// Where observations come from: captures, and the state file of earlier runs.
+/// Where observations come from: captures, and the state file of earlier runs; without
+/// either, the inventory a running `otfw run` keeps of its live datapath.
 #[derive(Debug, Args)]
 pub struct Source {
     /// pcap or pcapng files (Ethernet, Linux cooked, BSD loopback or raw IP), read in order.
@@ -18,15 +19,18 @@ pub struct Source {
     /// inventory written back (created when missing).
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// The `otfw run` instance whose inventory to read (/var/lib/otfw/NAME.inventory.json), or
+    /// to learn from with `otfw learn --live`; may be left out when one instance runs.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 impl Source {
     /// The inventory of the state file and the captures; the state file is updated.
     pub fn observe(&self) -> anyhow::Result<Inventory> {
-        anyhow::ensure!(
-            !self.captures.is_empty() || self.state.is_some(),
-            "nothing to read: give --capture FILE... or --state FILE"
-        );
+        if self.captures.is_empty() && self.state.is_none() {
+            return self.kept_by_instance();
+        }
         let mut inventory = match &self.state {
             Some(path) if path.exists() => Inventory::load(path)?,
             _ => Inventory::default(),
@@ -41,6 +45,48 @@ impl Source {
             inventory.save(path)?;
         }
         Ok(inventory)
+    }
+
+    /// The instance whose live datapath to read: `--instance`, else the only one running.
+    pub fn instance(&self) -> anyhow::Result<String> {
+        match &self.instance {
+            Some(name) => Ok(name.clone()),
+            None => crate::status::find(None)
+                .map(|state| state.instance)
+                .context("give --capture FILE..., --state FILE or --instance NAME"),
+        }
+    }
+
+    /// The inventory `otfw run` keeps of its live datapath (read only).
+    fn kept_by_instance(&self) -> anyhow::Result<Inventory> {
+        let instance = self.instance()?;
+        let path = crate::inventory::live::state_path(&instance);
+        anyhow::ensure!(
+            path.exists(),
+            "instance {instance} has no inventory yet ({} is missing): `otfw run` writes it \
+             within seconds of seeing new flows or identity answers",
+            path.display()
+        );
+        Inventory::load(&path)
+    }
+
+    /// What the inventory was read from, for the learned policy's header.
+    pub fn describe(&self) -> Vec<String> {
+        let mut sources: Vec<String> = self
+            .captures
+            .iter()
+            .map(|p| format!("capture {}", p.display()))
+            .collect();
+        if let Some(state) = &self.state {
+            sources.push(format!("inventory state {}", state.display()));
+        }
+        if sources.is_empty() {
+            sources.push(format!(
+                "the inventory of otfw run instance {}",
+                self.instance.as_deref().unwrap_or("(the running one)")
+            ));
+        }
+        sources
     }
 }
 

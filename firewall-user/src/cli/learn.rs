@@ -1,14 +1,25 @@
 //! `otfw learn --capture FILE... [--zones POLICY] [--state FILE] [-o OUT]`: a candidate policy
 //! allowing exactly what the captures (and the state of earlier runs) show.
+//!
+//! `otfw learn --live DURATION [--instance NAME] [--zones POLICY] [-o OUT]`: the same from the
+//! running instance's datapath, which copies the frames learning needs while the deadline this
+//! command sets lies ahead (`firewall_common::observed`).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::inventory::Source;
 use crate::{
-    inventory::{learn::Learn, zones::Zones},
+    datapath::{pin_dir, LearnMaps},
+    inventory::{
+        learn::Learn,
+        live::{self, Clock},
+        observe::Observer,
+        zones::Zones,
+        Inventory,
+    },
     policy,
 };
 
@@ -16,6 +27,11 @@ use crate::{
 pub struct LearnArgs {
     #[command(flatten)]
     pub source: Source,
+    /// Learn from the running instance's datapath for this long (`30s`, `10m`, `8h`) instead of
+    /// from captures; Ctrl-C ends it early and still writes the policy.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          conflicts_with = "captures")]
+    pub live: Option<Duration>,
     /// Take zones, hosts and gateway from this policy (it must pass `otfw check`); without
     /// it, zones are proposed per IPv4 /24 or IPv6 /64 and hosts named from their identity.
     #[arg(long, value_name = "POLICY")]
@@ -26,20 +42,34 @@ pub struct LearnArgs {
 }
 
 pub fn run(args: &LearnArgs) -> anyhow::Result<u8> {
-    let inventory = args.source.observe()?;
+    // The zones are checked before anything is learned: a typo must not cost a shift.
     let given = match &args.zones {
         Some(path) => Some(Zones::from_policy(path)?.1),
         None => None,
     };
-    let mut sources: Vec<String> = args
-        .source
-        .captures
-        .iter()
-        .map(|p| format!("capture {}", p.display()))
-        .collect();
-    if let Some(state) = &args.source.state {
-        sources.push(format!("inventory state {}", state.display()));
-    }
+    let (inventory, mut sources) = match args.live {
+        Some(duration) => {
+            let instance = args.source.instance()?;
+            let mut inventory = learn_live(&instance, duration)?;
+            if let Some(state) = &args.source.state {
+                if state.exists() {
+                    let mut kept = Inventory::load(state)?;
+                    kept.merge(&inventory);
+                    inventory = kept;
+                }
+                inventory.save(state)?;
+            }
+            let mut sources = vec![format!(
+                "{} of the live datapath of otfw run instance {instance}",
+                humantime::format_duration(duration)
+            )];
+            if let Some(state) = &args.source.state {
+                sources.push(format!("inventory state {}", state.display()));
+            }
+            (inventory, sources)
+        }
+        None => (args.source.observe()?, args.source.describe()),
+    };
     if let Some(z) = &args.zones {
         sources.push(format!("zones of {}", z.display()));
     }
@@ -74,4 +104,75 @@ pub fn run(args: &LearnArgs) -> anyhow::Result<u8> {
         diagnostics.len()
     );
     Ok(0)
+}
+
+/// How often the ring of learned frames is emptied: at a few thousand frames per second the
+/// ring (about 2,000 records) has room for several of these.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Has the instance's datapath copy the frames learning needs for `duration` (or until
+/// Ctrl-C), and observes them.
+fn learn_live(instance: &str, duration: Duration) -> anyhow::Result<Inventory> {
+    let mut maps = LearnMaps::open(&pin_dir(instance))?;
+    let (copied_before, lost_before) = maps.counts()?;
+    // Left over from an earlier run that was killed: not ours to read.
+    while maps.frames.next().is_some() {}
+    let deadline = live::monotonic_ns() + duration.as_nanos() as u64;
+    maps.until
+        .set(0, deadline, 0)
+        .context("starting to learn (writing LEARN_UNTIL)")?;
+    eprintln!(
+        "otfw learn: learning from instance {instance} for {} (Ctrl-C ends it early)",
+        humantime::format_duration(duration)
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut observer = Observer::default();
+    let mut frames = 0u64;
+    let interrupted = runtime.block_on(async {
+        let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+        loop {
+            let clock = Clock::now();
+            while let Some(record) = maps.frames.next() {
+                if let Some(r) = live::decode(&record) {
+                    live::observe(&mut observer, &r, &clock);
+                    frames += 1;
+                }
+            }
+            if live::monotonic_ns() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = &mut ctrl_c => return true,
+            }
+        }
+    });
+    // Stops the copying now (the datapath would stop at the deadline by itself), unless
+    // another `otfw learn` set a deadline of its own meanwhile.
+    if maps.until.get(&0, 0).ok() == Some(deadline) {
+        let _ = maps.until.set(0, 0, 0);
+    }
+    let clock = Clock::now();
+    while let Some(record) = maps.frames.next() {
+        if let Some(r) = live::decode(&record) {
+            live::observe(&mut observer, &r, &clock);
+            frames += 1;
+        }
+    }
+    let (copied, lost) = maps.counts()?;
+    eprintln!(
+        "otfw learn: {}{frames} frames read; the datapath copied {} and lost {} to a full ring",
+        if interrupted { "interrupted; " } else { "" },
+        copied.saturating_sub(copied_before),
+        lost.saturating_sub(lost_before),
+    );
+    if lost > lost_before {
+        eprintln!(
+            "otfw learn: frames were lost: requests in them are missing from the policy; learn \
+             again with less traffic or in shorter runs"
+        );
+    }
+    Ok(observer.inventory)
 }

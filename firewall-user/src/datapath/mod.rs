@@ -33,7 +33,7 @@ pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
 pub use pin::{
     check_bpffs, enforced_ports, instance_enforcing, links_dir, pin_dir, remove as remove_pins,
-    IncompatibleLayout, PinnedMaps, Removed, BPFFS,
+    IncompatibleLayout, LearnMaps, PinnedMaps, Removed, BPFFS,
 };
 pub use test_run::{traced_adus, traced_cip_requests, Adu, CipRequest, Decision, TimedRun};
 

@@ -355,6 +355,49 @@ pub fn remove(dir: &Path) -> Result<Removed> {
     Ok(removed)
 }
 
+/// The pinned maps `otfw learn --live` uses, opened from another process: the deadline, the
+/// ring of learned frames and its counters (`firewall_common::observed`).
+pub struct LearnMaps {
+    pub until: Array<MapData, u64>,
+    pub frames: aya::maps::RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl LearnMaps {
+    /// Opens the learning maps of the instance pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<LearnMaps> {
+        let maps = maps_dir(dir);
+        if !maps.join("ACTIVE").exists() {
+            bail!(
+                "no otfw instance is pinned in {}: start `otfw run` (with pinning, the default) \
+                 first",
+                dir.display()
+            );
+        }
+        if !maps.join("LEARN_UNTIL").exists() {
+            bail!(
+                "the otfw running in {} cannot learn from the live datapath (an older version \
+                 made its maps): restart `otfw run` with this version first",
+                dir.display()
+            );
+        }
+        Ok(LearnMaps {
+            until: open(dir, "LEARN_UNTIL")?,
+            frames: open(dir, "LEARN_FRAMES")?,
+            stats: open(dir, "LEARN_STATS")?,
+        })
+    }
+
+    /// Frames copied and frames the full ring refused, since the maps were made.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        use firewall_common::observed::{LEARN_COPIED, LEARN_RING_FULL};
+        Ok((
+            super::counters::sum(&self.stats, LEARN_COPIED, "LEARN_STATS")?,
+            super::counters::sum(&self.stats, LEARN_RING_FULL, "LEARN_STATS")?,
+        ))
+    }
+}
+
 /// The pinned maps `otfw status` reads, opened from another process.
 pub struct PinnedMaps {
     active: Array<MapData, u32>,
