@@ -12,6 +12,7 @@ mod fast_path;
 mod firewall;
 mod inventory;
 mod lab;
+mod live_inventory;
 mod lockdown;
 mod metrics;
 mod modbus;

@@ -1,0 +1,304 @@
+//! Inventory and learning from the live datapath, with real peers: `otfw run` (pinned, the
+//! policy in monitor mode) keeps the instance's inventory from the frames its XDP program
+//! copies (flow answers and identity answers, no learning mode), and `otfw learn --live` writes
+//! a policy from the frames copied while it learns. The pymodbus server (with its device
+//! identification) runs on the PLC, cpppo's simulator on the engineering station; the client
+//! polls both. Then the learned policy is enforced by the same instance (a restart onto its
+//! pins): the reads and the write it saw pass, a function never seen is denied, and the
+//! inventory kept before the restart is still there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use otfw_tests::{
+    repo_root, require_enip_peers, require_modbus_peers, target_binary, venv_python, EnipClient,
+    EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
+};
+use serde_json::Value;
+
+use crate::common::{self, otfw, otfw_logged, Firewall, PolicyFile};
+
+/// The pinned instance of this test (pins and inventory removed at the end).
+const INSTANCE: &str = "otfwt-live";
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything the peers do is allowed, and the default is monitor: the controller only
+/// watches. The conduits make the datapath track the flows (a flow's answer is copied when it
+/// establishes the flow).
+const MONITOR: &str = "\
+version: 1
+gateway: { interfaces: [otfwt-client, otfwt-eng, otfwt-plc] }
+defaults: { action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp], mode: monitor }
+zones:
+  enterprise: { networks: [198.51.100.0/26], hosts: { client: 198.51.100.10 } }
+  engineering: { networks: [198.51.100.64/26], hosts: { eng: 198.51.100.70 } }
+  cell: { networks: [198.51.100.128/26], hosts: { plc: 198.51.100.130 } }
+conduits:
+  - name: client-to-plc
+    from: enterprise/client
+    to: cell/plc
+    allow: [{ tcp: { ports: [502] } }]
+  - name: client-to-eng
+    from: enterprise/client
+    to: engineering/eng
+    allow: [{ tcp: { ports: [44818] } }, { udp: { ports: [44818] } }]
+";
+
+fn inventory_file() -> PathBuf {
+    Path::new("/var/lib/otfw").join(format!("{INSTANCE}.inventory.json"))
+}
+
+/// Removes the instance's pins and inventory when the test ends, passed or failed. Declared
+/// before the lab, so it runs after the lab has ended the controller.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(inventory_file());
+        if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
+            let _ = otfw(&["stop", "--instance", INSTANCE]);
+        }
+    }
+}
+
+/// The client's Modbus polling: reads, the PLC's device identification and one write, with
+/// pymodbus. Returns the identification objects the client received.
+fn poll_modbus(lab: &Lab) -> Value {
+    let client = repo_root().join("tests/peers/modbus_client.py");
+    let out = lab
+        .exec(
+            "client",
+            &[
+                venv_python().unwrap().to_string_lossy().into_owned(),
+                client.to_string_lossy().into_owned(),
+                "--host".into(),
+                lab.host("plc").ipv4_addr().to_string(),
+                "read_holding_registers:0:4".into(),
+                "read_input_registers:0:2".into(),
+                "read_device_identification:0:3".into(),
+                "write_register:10:7".into(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(lines.iter().all(|l| l["result"] == "ok"), "{}", out.stdout);
+    lines[2]["objects"].clone()
+}
+
+/// The client's EtherNet/IP traffic with cpppo: ListIdentity and a tag read.
+fn poll_enip(lab: &Lab) {
+    let results = lab
+        .enip(
+            EnipClient::Cpppo,
+            "client",
+            common::v4(lab, "eng", 44818),
+            TIMEOUT,
+            &[EnipOp::ListIdentity, EnipOp::Read("Line1_Speed".into())],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        results.iter().all(|r| matches!(r, EnipResult::Ok(_))),
+        "{results:?}"
+    );
+}
+
+/// `otfw inventory --instance INSTANCE --json` once it shows what `done` wants, within `within`.
+fn inventory_until(within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = otfw(&["inventory", "--instance", INSTANCE, "--json"]);
+        let doc: Value = if out.status.success() {
+            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        if done(&doc) {
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the instance's inventory did not get there within {within:?}: {doc:#}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn policy_file(dir: &Path, name: &str, text: &str) -> PolicyFile {
+    let file = PolicyFile(dir.join(name));
+    std::fs::write(&file.0, text).unwrap();
+    file
+}
+
+fn asset<'a>(doc: &'a Value, ip: &str) -> Option<&'a Value> {
+    doc["assets"].as_array()?.iter().find(|a| a["ip"] == ip)
+}
+
+#[test]
+fn inventory_and_learning_from_the_live_datapath() {
+    require_modbus_peers().unwrap_or_else(|e| panic!("{e:#}"));
+    require_enip_peers().unwrap_or_else(|e| panic!("{e:#}"));
+    let _cleanup = Cleanup;
+    let _ = std::fs::remove_file(inventory_file());
+    let lab = common::lab(&common::plant_hosts());
+    let _modbus = lab
+        .modbus_server("plc", 502)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let _enip = lab
+        .enip_server("eng", 44818)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = std::env::temp_dir().join(format!("otfwt-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zones = PolicyFile(dir.join("monitor.yaml"));
+    std::fs::write(&zones.0, MONITOR).unwrap();
+    let fw = Firewall::start_file(
+        &lab,
+        policy_file(&dir, "run.yaml", MONITOR),
+        &["--metrics", "off", "--instance", INSTANCE],
+    );
+
+    // 1. The inventory of the live datapath, without learning.
+    let identification = poll_modbus(&lab);
+    poll_enip(&lab);
+    let (client_ip, plc_ip, eng_ip) = (
+        lab.host("client").ipv4_addr().to_string(),
+        lab.host("plc").ipv4_addr().to_string(),
+        lab.host("eng").ipv4_addr().to_string(),
+    );
+    let doc = inventory_until(Duration::from_secs(20), |doc| {
+        asset(doc, &plc_ip).is_some_and(|a| !a["modbus"].is_null())
+            && asset(doc, &eng_ip).is_some_and(|a| !a["enip"].is_null())
+    });
+    let plc = asset(&doc, &plc_ip).unwrap();
+    let m = &plc["modbus"];
+    assert_eq!(m["vendor_name"], identification["0"], "{plc:#}");
+    assert_eq!(m["product_code"], identification["1"], "{plc:#}");
+    assert_eq!(m["objects"]["product_name"], identification["4"], "{plc:#}");
+    let eng = asset(&doc, &eng_ip).unwrap();
+    assert_eq!(eng["enip"]["vendor_id"], 1, "cpppo's simulator: {eng:#}");
+    assert!(
+        eng["enip"]["product_name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()),
+        "{eng:#}"
+    );
+    // The flows' answers (SYN-ACKs) named the client as the client.
+    for (server, service) in [(&plc_ip, "tcp/502"), (&eng_ip, "tcp/44818")] {
+        assert!(
+            doc["conversations"].as_array().unwrap().iter().any(|c| {
+                c["client"] == client_ip.as_str()
+                    && c["server"] == server.as_str()
+                    && c["service"] == service
+            }),
+            "no conversation client -> {server} {service}: {doc:#}"
+        );
+    }
+
+    // 2. Learning from the live datapath while the peers keep polling.
+    let learned = dir.join("learned.yaml");
+    let mut learn = Command::new(target_binary("otfw").unwrap());
+    learn
+        .args(["learn", "--live", "5s", "--instance", INSTANCE, "--zones"])
+        .arg(&zones.0)
+        .arg("-o")
+        .arg(&learned);
+    let learning = lab.spawn_command(learn).expect("spawn otfw learn");
+    let started = Instant::now();
+    while !learning.stderr().contains("learning from instance") {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "otfw learn did not start learning: {}",
+            learning.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    poll_modbus(&lab);
+    poll_enip(&lab);
+    let out = learning
+        .wait(Duration::from_secs(20))
+        .expect("otfw learn did not end");
+    let stderr = out.stderr.clone();
+    eprintln!("otfw learn --live:\n{stderr}");
+    assert!(out.success(), "otfw learn --live failed:\n{stderr}");
+    let copied: u64 = stderr
+        .split("the datapath copied ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no frame count in:\n{stderr}"));
+    assert!(copied > 0, "{stderr}");
+    assert!(stderr.contains("lost 0 to a full ring"), "{stderr}");
+    let check = otfw_logged(&["check", learned.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "the learned policy fails otfw check"
+    );
+    let policy = std::fs::read_to_string(&learned).unwrap();
+    eprintln!("{policy}");
+    // The reads (3, 4), the identification (43/14) and the write (6) the client made.
+    assert!(
+        policy.contains(r#"functions: [3, 4, 6, "43/14"]"#),
+        "{policy}"
+    );
+    assert!(policy.contains(r#"tags: ["Line1_Speed"]"#), "{policy}");
+
+    // 3. The same instance enforces the learned policy (taking over its pins).
+    let stopped = fw.process.stop();
+    assert!(
+        stopped.stderr.contains("exiting"),
+        "otfw run did not exit cleanly:\n{}",
+        stopped.stderr
+    );
+    let _fw = Firewall::start_file(
+        &lab,
+        policy_file(&dir, "learned-run.yaml", &policy),
+        &["--metrics", "off", "--instance", INSTANCE],
+    );
+    let results = lab
+        .modbus(
+            ModbusClient::Pymodbus,
+            "client",
+            common::v4(&lab, "plc", 502),
+            1,
+            TIMEOUT,
+            &[
+                ModbusOp::Read(Table::HoldingRegisters, 0, 4),
+                ModbusOp::WriteRegister(10, 8),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        results.iter().all(|r| matches!(r, ModbusResult::Ok(_))),
+        "learned reads and write: {results:?}"
+    );
+    let results = lab
+        .modbus(
+            ModbusClient::Pymodbus,
+            "client",
+            common::v4(&lab, "plc", 502),
+            1,
+            TIMEOUT,
+            &[ModbusOp::WriteCoil(0, true)],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        !matches!(results[0], ModbusResult::Ok(_)),
+        "write_coil (5) was never seen while learning: {results:?}"
+    );
+    poll_enip(&lab);
+    // What the first controller kept is still there after the restart.
+    let doc = inventory_until(Duration::from_secs(1), |doc| {
+        asset(doc, &plc_ip).is_some_and(|a| !a["modbus"].is_null())
+    });
+    assert!(asset(&doc, &eng_ip).is_some_and(|a| !a["enip"].is_null()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
