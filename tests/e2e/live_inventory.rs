@@ -4,8 +4,9 @@
 //! a policy from the frames copied while it learns. The pymodbus server (with its device
 //! identification) runs on the PLC, cpppo's simulator on the engineering station; the client
 //! polls both. Then the learned policy is enforced by the same instance (a restart onto its
-//! pins): the reads and the write it saw pass, a function never seen is denied, and the
-//! inventory kept before the restart is still there.
+//! pins, with the maps of this feature removed as an older otfw would have left them): the
+//! reads and the write it saw pass, a function never seen is denied, and the inventory kept
+//! before the restart is still there.
 
 use std::{
     path::{Path, PathBuf},
@@ -258,11 +259,28 @@ fn inventory_and_learning_from_the_live_datapath() {
         "otfw run did not exit cleanly:\n{}",
         stopped.stderr
     );
+    // Pins as an otfw without live inventory left them: the maps it did not have are made
+    // at the restart, the others taken over.
+    let maps = Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("maps");
+    const NEW_MAPS: [&str; 6] = [
+        "OBSERVED",
+        "OBSERVED_BUCKET",
+        "OBSERVED_STATS",
+        "LEARN_UNTIL",
+        "LEARN_FRAMES",
+        "LEARN_STATS",
+    ];
+    for map in NEW_MAPS {
+        std::fs::remove_file(maps.join(map)).unwrap_or_else(|e| panic!("{map}: {e}"));
+    }
     let _fw = Firewall::start_file(
         &lab,
         policy_file(&dir, "learned-run.yaml", &policy),
         &["--metrics", "off", "--instance", INSTANCE],
     );
+    for map in NEW_MAPS {
+        assert!(maps.join(map).exists(), "{map} was not pinned at the restart");
+    }
     let results = lab
         .modbus(
             ModbusClient::Pymodbus,

@@ -48,11 +48,14 @@ pub enum Command {
     /// removed) or `~` (changed).
     #[command(after_help = diff::EXIT_STATUS)]
     Diff(diff::DiffArgs),
-    /// The assets seen in captures, by zone: addresses, MACs, identity, last seen.
+    /// The assets seen in captures, or by a running `otfw run`, by zone: addresses, MACs,
+    /// identity, last seen.
     ///
-    /// Passive: everything comes from the traffic recorded, nothing is sent to a device.
+    /// Passive: everything comes from the traffic recorded or copied by the datapath, nothing
+    /// is sent to a device.
     Inventory(inventory::InventoryArgs),
-    /// Write a candidate policy allowing exactly what captures show, for review.
+    /// Write a candidate policy allowing exactly what captures (or the live datapath, --live)
+    /// show, for review.
     ///
     /// One conduit per client/server host pair with the Modbus functions, units and address
     /// ranges and the CIP services and tags seen, commented with counts and first/last seen.

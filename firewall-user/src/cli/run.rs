@@ -67,8 +67,9 @@ pub struct RunArgs {
     /// for a gateway.
     #[arg(long)]
     pub no_pin: bool,
-    /// Export the assets of this inventory state file (kept by `otfw inventory --state`) as
-    /// `otfw_asset_info` series, sorted into the policy's zones; read again when it changes.
+    /// Keep the inventory of the live datapath in this state file (default with pinning:
+    /// /var/lib/otfw/INSTANCE.inventory.json; `otfw inventory --state` may feed it too), and
+    /// export its assets as `otfw_asset_info` series, sorted into the policy's zones.
     #[arg(long, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
     /// Enforce the policy file even if users other than root can change it (group- or
