@@ -224,6 +224,14 @@ conduits:
     )
 }
 
+/// Removes the inventory `otfw run --instance INSTANCE` keeps of the live datapath
+/// (`/var/lib/otfw/INSTANCE.inventory.json`), which outlives the instance by design.
+pub fn remove_inventory(instance: &str) {
+    let _ = std::fs::remove_file(
+        std::path::Path::new("/var/lib/otfw").join(format!("{instance}.inventory.json")),
+    );
+}
+
 /// Kills `process` (a controller) with SIGKILL and waits for it to die.
 pub fn sigkill(process: LabProcess) {
     let pid = libc::pid_t::try_from(process.pid()).unwrap();

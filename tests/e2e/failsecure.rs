@@ -44,6 +44,7 @@ struct Unpin;
 
 impl Drop for Unpin {
     fn drop(&mut self) {
+        common::remove_inventory(INSTANCE);
         if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
             let _ = otfw(&["stop", "--instance", INSTANCE]);
         }

@@ -48,17 +48,13 @@ conduits:
     allow: [{ tcp: { ports: [44818] } }, { udp: { ports: [44818] } }]
 ";
 
-fn inventory_file() -> PathBuf {
-    Path::new("/var/lib/otfw").join(format!("{INSTANCE}.inventory.json"))
-}
-
 /// Removes the instance's pins and inventory when the test ends, passed or failed. Declared
 /// before the lab, so it runs after the lab has ended the controller.
 struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(inventory_file());
+        common::remove_inventory(INSTANCE);
         if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
             let _ = otfw(&["stop", "--instance", INSTANCE]);
         }
@@ -149,7 +145,7 @@ fn inventory_and_learning_from_the_live_datapath() {
     require_modbus_peers().unwrap_or_else(|e| panic!("{e:#}"));
     require_enip_peers().unwrap_or_else(|e| panic!("{e:#}"));
     let _cleanup = Cleanup;
-    let _ = std::fs::remove_file(inventory_file());
+    common::remove_inventory(INSTANCE);
     let lab = common::lab(&common::plant_hosts());
     let _modbus = lab
         .modbus_server("plc", 502)
@@ -279,7 +275,10 @@ fn inventory_and_learning_from_the_live_datapath() {
         &["--metrics", "off", "--instance", INSTANCE],
     );
     for map in NEW_MAPS {
-        assert!(maps.join(map).exists(), "{map} was not pinned at the restart");
+        assert!(
+            maps.join(map).exists(),
+            "{map} was not pinned at the restart"
+        );
     }
     let results = lab
         .modbus(

@@ -76,6 +76,7 @@ struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        common::remove_inventory(INSTANCE);
         let _ =
             std::fs::remove_file(Path::new("/var/lib/otfw").join(format!("{INSTANCE}.lockdown")));
         if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {

@@ -249,6 +249,7 @@ fn status_summarises_a_running_instance_and_fails_without_one() {
         .output()
         .expect("run otfw stop");
     assert!(stop.status.success(), "{stop:?}");
+    common::remove_inventory("otfwt");
     let gone = otfw_status(&["--instance", "otfwt"]);
     let message = String::from_utf8_lossy(&gone.stderr);
     assert!(

@@ -80,6 +80,7 @@ struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        common::remove_inventory(INSTANCE);
         for file in ["apply", "previous.yaml", "lockdown"] {
             let _ = std::fs::remove_file(Path::new(KEPT_DIR).join(format!("{INSTANCE}.{file}")));
         }

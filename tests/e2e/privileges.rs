@@ -67,6 +67,7 @@ struct Unpin;
 
 impl Drop for Unpin {
     fn drop(&mut self) {
+        common::remove_inventory(INSTANCE);
         if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
             let _ = otfw_logged(&["stop", "--instance", INSTANCE]);
         }

@@ -18,6 +18,7 @@ struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        common::remove_inventory(INSTANCE);
         for file in ["apply", "previous.yaml"] {
             let _ =
                 std::fs::remove_file(Path::new("/var/lib/otfw").join(format!("{INSTANCE}.{file}")));
