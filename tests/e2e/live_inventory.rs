@@ -9,7 +9,7 @@
 //! before the restart is still there.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
