@@ -206,8 +206,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     // Flow answers and identity answers copied by the datapath, kept as the instance's
     // inventory (`inventory::live`).
     let mut observed = watch_fd(datapath.take_observed())?;
-    let mut inventory = observer.inventory_path().map(LiveInventory::open);
-    if let Some(live) = &inventory {
+    let mut live_inventory = observer.inventory_path().map(LiveInventory::open);
+    if let Some(live) = &live_inventory {
         log::info!(
             "keeping the inventory of the live datapath in {}",
             live.path().display()
@@ -259,13 +259,13 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 let ring = guard.get_inner_mut();
                 let clock = inventory::live::Clock::now();
                 while let Some(record) = ring.next() {
-                    if let Some(live) = inventory.as_mut() {
+                    if let Some(live) = live_inventory.as_mut() {
                         live.record(&record, &clock);
                     }
                 }
                 guard.clear_ready();
             }
-            _ = inventory_save.tick() => save_inventory(&mut inventory),
+            _ = inventory_save.tick() => save_inventory(&mut live_inventory),
             ready = readable(&mut datapath_events) => {
                 let mut guard = ready?;
                 let ring = guard.get_inner_mut();
@@ -300,7 +300,7 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
             _ = terminate.recv() => break,
         }
     }
-    save_inventory(&mut inventory);
+    save_inventory(&mut live_inventory);
     // Every frame back to the bridge: the mirror is not kept without the controller (a pinned
     // program keeps enforcing on the slow path).
     fast_path.stop(&mut datapath);

@@ -1,7 +1,7 @@
 //! Root-only files and directories: what the controller keeps in `/run/otfw` (state file,
-//! instance lock), `/var/lib/otfw` (lockdown orders, pending applies, the previous policy) and
-//! its bpffs directory (`/sys/fs/bpf/otfw/<instance>`) decides what a gateway enforces, so only
-//! the user running otfw (root) may read or change it.
+//! instance lock), `/var/lib/otfw` (lockdown orders, pending applies, the previous policy, the
+//! inventory) and its bpffs directory (`/sys/fs/bpf/otfw/<instance>`) decides what a gateway
+//! enforces (or maps the plant), so only the user running otfw (root) may read or change it.
 //!
 //! Modes are given when the file or directory is created (`open(2)`/`mkdir(2)` with 0600/0700),
 //! never by a `chmod` afterwards, so there is no moment in which another user could open it.
