@@ -1,5 +1,6 @@
 //! The decoders of what the datapath hands to user space: ring-buffer records (`EVENTS`,
-//! `MODBUS_EVENTS`, `ENIP_EVENTS`) and the per-decision trace (`TRACE` with `MODBUS_ADUS` or
+//! `MODBUS_EVENTS`, `ENIP_EVENTS`, the frames of `OBSERVED` and `LEARN_FRAMES` into an
+//! inventory) and the per-decision trace (`TRACE` with `MODBUS_ADUS` or
 //! `ENIP_TRACE`) that `otfw replay` reads. The records are plain data, valid for any bit
 //! pattern: every id, code and count in them must be named or reported as unknown, never
 //! trusted as an index. The first byte picks the decoder, the rest is the record.
@@ -56,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let names = Some(&policy().compiled.names);
-    match which % 5 {
+    match which % 6 {
         0 => {
             let event = events().decode(record);
             if record.len() < size_of::<DatapathEvent>() {
@@ -90,6 +91,14 @@ fuzz_target!(|data: &[u8]| {
                 let adus = traced_adus(&trace, &recorded);
                 assert!(adus.len() <= (trace.adus as usize).min(recorded.adus.len()));
                 json(&adus);
+            }
+        }
+        5 => {
+            if let Some(observed) = otfw::inventory::live::decode(record) {
+                assert!(observed.frame.len() <= record.len());
+                let mut observer = otfw::inventory::observe::Observer::default();
+                let clock = otfw::inventory::live::Clock::now();
+                otfw::inventory::live::observe(&mut observer, &observed, &clock);
             }
         }
         _ => {
