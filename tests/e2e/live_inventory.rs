@@ -15,8 +15,8 @@ use std::{
 };
 
 use otfw_tests::{
-    repo_root, require_enip_peers, require_modbus_peers, target_binary, venv_python, EnipClient,
-    EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
+    free_loopback_addr, repo_root, require_enip_peers, require_modbus_peers, scrape, target_binary,
+    venv_python, EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 use serde_json::Value;
 
@@ -157,10 +157,11 @@ fn inventory_and_learning_from_the_live_datapath() {
     std::fs::create_dir_all(&dir).unwrap();
     let zones = PolicyFile(dir.join("monitor.yaml"));
     std::fs::write(&zones.0, MONITOR).unwrap();
+    let metrics = free_loopback_addr().unwrap();
     let fw = Firewall::start_file(
         &lab,
         policy_file(&dir, "run.yaml", MONITOR),
-        &["--metrics", "off", "--instance", INSTANCE],
+        &["--metrics", &metrics.to_string(), "--instance", INSTANCE],
     );
 
     // 1. The inventory of the live datapath, without learning.
@@ -188,6 +189,14 @@ fn inventory_and_learning_from_the_live_datapath() {
             .is_some_and(|n| !n.is_empty()),
         "{eng:#}"
     );
+    let body = scrape(metrics).unwrap_or_else(|e| panic!("{e:#}"));
+    let sent: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"otfw_observed_frames_total{result="sent"} "#))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no observed frames counted in\n{body}"));
+    // Two flow answers and two identity answers at least.
+    assert!(sent >= 4, "{body}");
     // The flows' answers (SYN-ACKs) named the client as the client.
     for (server, service) in [(&plc_ip, "tcp/502"), (&eng_ip, "tcp/44818")] {
         assert!(

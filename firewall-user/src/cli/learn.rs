@@ -49,7 +49,15 @@ pub fn run(args: &LearnArgs) -> anyhow::Result<u8> {
     };
     let (inventory, mut sources) = match args.live {
         Some(duration) => {
-            let instance = args.source.instance()?;
+            let instance =
+                match &args.source.instance {
+                    Some(name) => name.clone(),
+                    None => crate::status::find(None)
+                        .context(
+                            "otfw learn --live learns from the datapath of a running `otfw run`",
+                        )?
+                        .instance,
+                };
             let mut inventory = learn_live(&instance, duration)?;
             if let Some(state) = &args.source.state {
                 if state.exists() {
