@@ -10,7 +10,7 @@ use firewall_common::{
     },
     event::EVENT_STATS_LEN,
     flow::{FlowKey, FlowState},
-    observed::OBSERVED_STATS_LEN,
+    observed::{LEARN_COPIED, LEARN_RING_FULL, OBSERVED_STATS_LEN},
     reason::REASON_COUNT,
     slot_of,
 };
@@ -179,5 +179,34 @@ impl Datapath {
     /// The ring buffer of frames for the inventory, for the controller (taken once).
     pub fn take_observed(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.maps.observed.take()
+    }
+
+    /// Sets the end of learning (CLOCK_MONOTONIC ns, 0 = off), as `otfw learn --live` does on
+    /// the pinned map.
+    pub fn set_learn_until(&mut self, deadline_ns: u64) -> Result<()> {
+        self.maps
+            .learn_until
+            .set(0, deadline_ns, 0)
+            .context("writing LEARN_UNTIL")
+    }
+
+    pub fn learn_until(&self) -> Result<u64> {
+        self.maps
+            .learn_until
+            .get(&0, 0)
+            .context("reading LEARN_UNTIL")
+    }
+
+    /// The ring buffer of frames copied while learning (taken once).
+    pub fn take_learn_frames(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.maps.learn_frames.take()
+    }
+
+    /// Frames copied while learning and frames the full ring refused.
+    pub fn learn_stats(&self) -> Result<(u64, u64)> {
+        Ok((
+            sum(&self.maps.learn_stats, LEARN_COPIED, "LEARN_STATS")?,
+            sum(&self.maps.learn_stats, LEARN_RING_FULL, "LEARN_STATS")?,
+        ))
     }
 }

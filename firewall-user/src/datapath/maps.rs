@@ -60,6 +60,10 @@ pub struct Maps {
     /// Frames for the inventory, until the controller takes the ring buffer.
     pub observed: Option<RingBuf<MapData>>,
     pub observed_stats: PerCpuArray<MapData, u64>,
+    /// Learning (`otfw learn --live` opens the pinned maps itself; these serve tests).
+    pub learn_until: Array<MapData, u64>,
+    pub learn_frames: Option<RingBuf<MapData>>,
+    pub learn_stats: PerCpuArray<MapData, u64>,
     pub enip_rules: Array<MapData, EnipRule>,
     pub enip_classes: HashMap<MapData, EnipClassKey, [u64; 2]>,
     pub enip_tags: HashMap<MapData, EnipTagKey, u8>,
@@ -122,6 +126,9 @@ impl Maps {
             event_stats: typed!(ebpf, "EVENT_STATS"),
             observed: Some(typed!(ebpf, "OBSERVED")),
             observed_stats: typed!(ebpf, "OBSERVED_STATS"),
+            learn_until: typed!(ebpf, "LEARN_UNTIL"),
+            learn_frames: Some(typed!(ebpf, "LEARN_FRAMES")),
+            learn_stats: typed!(ebpf, "LEARN_STATS"),
             enip_rules: typed!(ebpf, "ENIP_RULES"),
             enip_classes: typed!(ebpf, "ENIP_CLASSES"),
             enip_tags: typed!(ebpf, "ENIP_TAGS"),
