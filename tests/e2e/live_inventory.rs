@@ -130,6 +130,19 @@ fn inventory_until(within: Duration, done: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Waits until `otfw learn --live` has set its deadline.
+fn wait_for_learning(learning: &otfw_tests::LabProcess) {
+    let started = Instant::now();
+    while !learning.stderr().contains("learning from instance") {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "otfw learn did not start learning: {}",
+            learning.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn policy_file(dir: &Path, name: &str, text: &str) -> PolicyFile {
     let file = PolicyFile(dir.join(name));
     std::fs::write(&file.0, text).unwrap();
@@ -218,15 +231,7 @@ fn inventory_and_learning_from_the_live_datapath() {
         .arg("-o")
         .arg(&learned);
     let learning = lab.spawn_command(learn).expect("spawn otfw learn");
-    let started = Instant::now();
-    while !learning.stderr().contains("learning from instance") {
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "otfw learn did not start learning: {}",
-            learning.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_learning(&learning);
     poll_modbus(&lab);
     poll_enip(&lab);
     let out = learning
@@ -256,6 +261,29 @@ fn inventory_and_learning_from_the_live_datapath() {
         "{policy}"
     );
     assert!(policy.contains(r#"tags: ["Line1_Speed"]"#), "{policy}");
+
+    // Ctrl-C ends learning early, and the policy is still written.
+    let interrupted = dir.join("interrupted.yaml");
+    let mut learn = Command::new(target_binary("otfw").unwrap());
+    learn
+        .args(["learn", "--live", "10m", "--instance", INSTANCE, "-o"])
+        .arg(&interrupted);
+    let learning = lab.spawn_command(learn).expect("spawn otfw learn");
+    wait_for_learning(&learning);
+    poll_enip(&lab);
+    let pid = libc::pid_t::try_from(learning.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = learning
+        .wait(Duration::from_secs(10))
+        .expect("otfw learn did not end on SIGINT");
+    assert!(out.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+    let policy_interrupted = std::fs::read_to_string(&interrupted).unwrap();
+    assert!(
+        policy_interrupted.contains(r#"tags: ["Line1_Speed"]"#),
+        "{policy_interrupted}"
+    );
 
     // 3. The same instance enforces the learned policy (taking over its pins).
     let stopped = fw.process.stop();

@@ -9,6 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::inventory::Source;
 use crate::{
@@ -125,6 +126,17 @@ fn learn_live(instance: &str, duration: Duration) -> anyhow::Result<Inventory> {
     let (copied_before, lost_before) = maps.counts()?;
     // Left over from an earlier run that was killed: not ours to read.
     while maps.frames.next().is_some() {}
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Registered before learning starts: a Ctrl-C (or SIGTERM) from then on ends it early.
+    let (mut interrupt, mut terminate) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let deadline = live::monotonic_ns() + duration.as_nanos() as u64;
     maps.until
         .set(0, deadline, 0)
@@ -133,13 +145,9 @@ fn learn_live(instance: &str, duration: Duration) -> anyhow::Result<Inventory> {
         "otfw learn: learning from instance {instance} for {} (Ctrl-C ends it early)",
         humantime::format_duration(duration)
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut observer = Observer::default();
     let mut frames = 0u64;
     let interrupted = runtime.block_on(async {
-        let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
         loop {
             let clock = Clock::now();
             while let Some(record) = maps.frames.next() {
@@ -153,7 +161,8 @@ fn learn_live(instance: &str, duration: Duration) -> anyhow::Result<Inventory> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = &mut ctrl_c => return true,
+                _ = interrupt.recv() => return true,
+                _ = terminate.recv() => return true,
             }
         }
     });
