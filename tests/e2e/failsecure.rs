@@ -52,6 +52,11 @@ impl Drop for Unpin {
 
 /// `otfw run --policy POLICY --metrics off ARGS` to its end (for starts that must fail).
 fn run_to_exit(args: &[&str]) -> Output {
+    run_to_exit_in(None, args)
+}
+
+/// As `run_to_exit`, with `otfw` run by `wrapper` (a test binary that execs its arguments).
+fn run_to_exit_in(wrapper: Option<&str>, args: &[&str]) -> Output {
     let policy = std::env::temp_dir().join(format!("otfwt-once-{}.yaml", std::process::id()));
     std::fs::write(&policy, POLICY).unwrap();
     let mut all = vec![
@@ -62,7 +67,17 @@ fn run_to_exit(args: &[&str]) -> Output {
         "off",
     ];
     all.extend_from_slice(args);
-    let out = otfw(&all);
+    let out = match wrapper {
+        None => otfw(&all),
+        Some(wrapper) => {
+            let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+            Command::new(target_binary(wrapper).unwrap_or_else(|e| panic!("{e:#}")))
+                .arg(otfw)
+                .args(&all)
+                .output()
+                .expect("run otfw")
+        }
+    };
     let _ = std::fs::remove_file(&policy);
     out
 }
@@ -147,6 +162,24 @@ impl Traffic {
         );
         (changed, denied.sent)
     }
+}
+
+/// Three allowed datagrams pass and three denied ones do not (the pinned program enforces).
+fn assert_still_enforced(lab: &Lab, when: &str) {
+    let _allowed = lab.udp_echo_server("b", 5353).unwrap();
+    let _denied = lab.udp_echo_server("a", 5354).unwrap();
+    let allowed = lab
+        .udp_exchange("a", v4(lab, "b", 5353), 3, Duration::from_millis(300))
+        .unwrap();
+    let denied = lab
+        .udp_exchange("b", v4(lab, "a", 5354), 3, Duration::from_millis(300))
+        .unwrap();
+    println!(
+        "after {when}: allowed {}/{} (expected 3), denied {}/{} (expected 0)",
+        allowed.received, allowed.sent, denied.received, denied.sent
+    );
+    assert_eq!(allowed.received, 3);
+    assert_eq!(denied.received, 0);
 }
 
 /// Every port runs another program than `before` (a new controller swapped its own in).
@@ -360,20 +393,7 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
         "the refused start changed the link pins"
     );
 
-    let _allowed = lab.udp_echo_server("b", 5353).unwrap();
-    let _denied = lab.udp_echo_server("a", 5354).unwrap();
-    let allowed = lab
-        .udp_exchange("a", v4(&lab, "b", 5353), 3, Duration::from_millis(300))
-        .unwrap();
-    let denied = lab
-        .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
-        .unwrap();
-    println!(
-        "after the refused takeover: allowed {}/{} (expected 3), denied {}/{} (expected 0)",
-        allowed.received, allowed.sent, denied.received, denied.sent
-    );
-    assert_eq!(allowed.received, 3);
-    assert_eq!(denied.received, 0);
+    assert_still_enforced(&lab, "the refused takeover");
 }
 
 /// An upgrade whose maps differ from the pinned ones, started with
@@ -553,6 +573,46 @@ fn a_failed_start_leaves_no_port_half_configured() {
     assert!(!Path::new("/run/otfw")
         .join(format!("{INSTANCE}.lock"))
         .exists());
+}
+
+/// A kernel that refuses otfw's programs (here: every BPF program load answered `EACCES`, by a
+/// seccomp filter around `otfw run`): a first start says so, exits non-zero and leaves no port
+/// attached and nothing pinned; a restart of a pinned instance fails the same way and leaves
+/// the pinned program enforcing, untouched.
+#[test]
+fn a_program_the_kernel_rejects_fails_cleanly_and_keeps_the_pinned_enforcement() {
+    let _unpin = Unpin;
+    let lab = common::lab(&common::left_right_hosts());
+    let rejected = |what: &str| {
+        let out = run_to_exit_in(Some("otfw-no-programs"), &["--instance", INSTANCE]);
+        let message = text(&out.stderr);
+        println!(
+            "{what}: exit {:?}: {}",
+            out.status.code(),
+            message.trim_end()
+        );
+        assert_eq!(out.status.code(), Some(1), "{message}");
+        assert!(
+            message.contains("loading the XDP object failed")
+                || message.contains("the kernel verifier rejected"),
+            "{message}"
+        );
+        assert!(message.contains("kernel with BPF and XDP support") || message.contains("CAP_BPF"));
+    };
+    rejected("first start");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false]);
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+
+    let Firewall { process, .. } = start(&lab);
+    common::sigkill(process);
+    let before = common::xdp_programs(&lab);
+    rejected("restart of a pinned instance");
+    assert_eq!(
+        common::xdp_programs(&lab),
+        before,
+        "the failed restart changed the ports' programs"
+    );
+    assert_still_enforced(&lab, "the failed restart");
 }
 
 /// Without a BPF filesystem (unmounted in a mount namespace of its own, so the host keeps
