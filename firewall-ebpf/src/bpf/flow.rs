@@ -119,6 +119,7 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     keys.forward._pad = [0; 3];
     keys.side = 0;
     let now = unsafe { bpf_ktime_get_ns() };
+    let mut cache_checked = false;
     if is_stateful(proto, pkt.l4) {
         let side = keys.forward.canonical_into(&mut keys.canonical);
         keys.side = side as u32;
@@ -134,14 +135,25 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             };
             keys.canonical.mark_echo(initiator);
         }
-        // Established flows first: their packets are the traffic; a miss costs one more
-        // lookup, in the table of flows not answered yet.
+        // Established flows first: their packets are the traffic. On a miss, the table of
+        // flows not answered yet. A bare SYN asks the decision cache before that table: a SYN
+        // flood against a denied service is answered without the second lookup. (Only a bare
+        // SYN: it never answers anything, so a remembered denial of its key cannot stand for
+        // the answer to a flow someone else opened, which a SYN-ACK or a datagram could.)
+        let flags = pkt.l4.tcp_flags;
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
                 keys.table = TABLE_FLOWS;
                 Some(state)
             }
             None => {
+                if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+                    let hit = cached_denial(keys, pkt, epoch);
+                    if hit != 0 {
+                        return cached(hit);
+                    }
+                    cache_checked = true;
+                }
                 keys.table = TABLE_EMBRYOS;
                 EMBRYOS.get_ptr_mut(&keys.canonical)
             }
@@ -154,6 +166,12 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             if let Some(out) = existing(slot, epoch, cfg, pkt, keys, state, now)? {
                 return Ok(out);
             }
+        }
+    }
+    if !cache_checked {
+        let hit = cached_denial(keys, pkt, epoch);
+        if hit != 0 {
+            return cached(hit);
         }
     }
     admit(slot, epoch, cfg, pkt, keys, now)
@@ -389,22 +407,21 @@ pub fn forget(keys: &FlowKeys) -> bool {
     removed
 }
 
-/// A packet that belongs to no tracked flow: the decision cache first, then zones and
-/// conduits; a denial is remembered for the next packet of the same kind.
-#[inline(always)]
-fn admit(
-    slot: u32,
-    epoch: u32,
-    cfg: &Config,
-    pkt: &Packet,
-    keys: &mut FlowKeys,
-    now: u64,
-) -> Result<Outcome, Reason> {
+/// `cached_denial` found a remembered denial (the other bits: conduit, reason, flags).
+const CACHED: u64 = 1 << 32;
+
+/// Looks the packet in hand up in the decision cache (`DENIALS`), writing its key to
+/// `keys.deny`: 0 when no denial is remembered, otherwise `CACHED` with the conduit in bits
+/// 16..32, the reason in bits 8..16 and the denial's flags in bits 0..8 (see `cached`). Out of
+/// line, and its answer one register, because it is asked from two places of the main
+/// program, whose stack has no room for a second inlined copy.
+#[inline(never)]
+fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     let proto = pkt.ip.proto;
     let flags = pkt.l4.tcp_flags;
     keys.deny.tuple = keys.forward;
-    // Everything the decision below depends on besides the tuple and the policy: the kind of
-    // TCP segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
+    // Everything the decision depends on besides the tuple and the policy: the kind of TCP
+    // segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
     keys.deny.tuple._pad[0] = match proto {
         IPPROTO_TCP if flags & TCP_RST != 0 => DENY_TCP_RST,
         IPPROTO_TCP if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => DENY_TCP_SYN,
@@ -421,16 +438,39 @@ fn admit(
     keys.deny.epoch = epoch;
     keys.deny.ifindex = pkt.ifindex;
     // SAFETY: the value is copied out at once, never held across a map update.
-    if let Some(d) = unsafe { DENIALS.get(&keys.deny) } {
-        let (conduit, reason, dflags) = (d.conduit, d.reason, d.flags);
-        if let Some(reason) = Reason::from_u8(reason) {
-            stats::path_event(PATH_DENIAL_CACHED);
-            if dflags & DENIAL_NO_RESET != 0 {
-                return Err(reason);
-            }
-            return Ok(Outcome::deny(conduit, reason));
-        }
+    let Some(d) = (unsafe { DENIALS.get(&keys.deny) }) else {
+        return 0;
+    };
+    if Reason::from_u8(d.reason).is_none() {
+        return 0;
     }
+    CACHED | (d.conduit as u64) << 16 | (d.reason as u64) << 8 | d.flags as u64
+}
+
+/// The decision a `cached_denial` answer stands for.
+#[inline(always)]
+fn cached(hit: u64) -> Result<Outcome, Reason> {
+    stats::path_event(PATH_DENIAL_CACHED);
+    let conduit = (hit >> 16) as u16;
+    let reason = Reason::from_u8((hit >> 8) as u8).unwrap_or(Reason::FlowTableFull);
+    if hit as u8 & DENIAL_NO_RESET != 0 {
+        return Err(reason);
+    }
+    Ok(Outcome::deny(conduit, reason))
+}
+
+/// A packet that belongs to no tracked flow and no remembered denial (`cached_denial` was
+/// asked): zones and conduits decide, and a denial is remembered for the next packet of the
+/// same kind.
+#[inline(always)]
+fn admit(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
+    now: u64,
+) -> Result<Outcome, Reason> {
     let (src, dst) = match zones(slot, cfg, pkt, &mut keys.host) {
         Ok(z) => z,
         Err(reason) => {
