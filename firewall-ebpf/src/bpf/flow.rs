@@ -10,7 +10,7 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
@@ -118,7 +118,10 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     keys.forward.proto = proto;
     keys.forward._pad = [0; 3];
     keys.side = 0;
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse monotonic clock (the time of the last tick): idle timeouts are seconds, and
+    // reading it costs a load where the precise clock reads the hardware on every packet.
+    // SAFETY: reading the clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut cache_checked = false;
     if is_stateful(proto, pkt.l4) {
         let side = keys.forward.canonical_into(&mut keys.canonical);
@@ -148,9 +151,8 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             }
             None => {
                 if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-                    let hit = cached_denial(keys, pkt, epoch);
-                    if hit != 0 {
-                        return cached(hit);
+                    if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+                        return decided;
                     }
                     cache_checked = true;
                 }
@@ -169,9 +171,8 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
         }
     }
     if !cache_checked {
-        let hit = cached_denial(keys, pkt, epoch);
-        if hit != 0 {
-            return cached(hit);
+        if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+            return decided;
         }
     }
     admit(slot, epoch, cfg, pkt, keys, now)
@@ -441,22 +442,22 @@ fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     let Some(d) = (unsafe { DENIALS.get(&keys.deny) }) else {
         return 0;
     };
-    if Reason::from_u8(d.reason).is_none() {
-        return 0;
-    }
     CACHED | (d.conduit as u64) << 16 | (d.reason as u64) << 8 | d.flags as u64
 }
 
-/// The decision a `cached_denial` answer stands for.
+/// The decision a `cached_denial` answer stands for; `None` for none remembered, or an entry
+/// naming no reason this version knows (then the packet is decided as if nothing were remembered).
 #[inline(always)]
-fn cached(hit: u64) -> Result<Outcome, Reason> {
-    stats::path_event(PATH_DENIAL_CACHED);
-    let conduit = (hit >> 16) as u16;
-    let reason = Reason::from_u8((hit >> 8) as u8).unwrap_or(Reason::FlowTableFull);
-    if hit as u8 & DENIAL_NO_RESET != 0 {
-        return Err(reason);
+fn cached(hit: u64) -> Option<Result<Outcome, Reason>> {
+    if hit & CACHED == 0 {
+        return None;
     }
-    Ok(Outcome::deny(conduit, reason))
+    let reason = Reason::from_u8((hit >> 8) as u8)?;
+    stats::path_event(PATH_DENIAL_CACHED);
+    if hit as u8 & DENIAL_NO_RESET != 0 {
+        return Some(Err(reason));
+    }
+    Some(Ok(Outcome::deny((hit >> 16) as u16, reason)))
 }
 
 /// A packet that belongs to no tracked flow and no remembered denial (`cached_denial` was
