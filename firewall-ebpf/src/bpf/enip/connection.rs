@@ -5,10 +5,23 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use firewall_common::{conduit::MAX_PROTOCOL_RULES, enip::*, reason::Reason, slot_of};
+use firewall_common::{
+    conduit::MAX_PROTOCOL_RULES, enip::*, modbus::InspectContext, reason::Reason, slot_of,
+};
 
 use super::{b16, b32, b8, scratch};
 use crate::bpf::maps::{ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
+
+/// The key of connection `id` between the packet's client and server.
+#[inline(always)]
+pub(super) fn connection_key(ic: &InspectContext, id: u32) -> EnipConnKey {
+    EnipConnKey {
+        client: ic.key.src,
+        server: ic.key.dst,
+        id,
+        _pad: 0,
+    }
+}
 
 /// Whether a SendUnitData connection id was opened by an allowed Forward_Open on this flow's
 /// endpoints and conduit (flows adopted mid-stream learn it).
@@ -20,12 +33,7 @@ pub extern "C" fn otfw_enip_connected(id: u64) -> u64 {
     };
     // SAFETY: per-CPU context for this packet.
     let ic = unsafe { &*ic };
-    let key = EnipConnKey {
-        client: ic.key.src,
-        server: ic.key.dst,
-        id: id as u32,
-        _pad: 0,
-    };
+    let key = connection_key(ic, id as u32);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
@@ -145,12 +153,7 @@ pub extern "C" fn otfw_enip_open(ids: u64, timeout_ns: u64, flags: u64) -> u64 {
         flags: if io { CONN_IO } else { 0 },
         _pad: [0; 7],
     };
-    let mut key = EnipConnKey {
-        client: ic.key.src,
-        server: ic.key.dst,
-        id: ids as u32,
-        _pad: 0,
-    };
+    let mut key = connection_key(ic, ids as u32);
     let _ = ENIP_CONNS.insert(&key, &conn, 0);
     key.id = (ids >> 32) as u32;
     let _ = ENIP_CONNS.insert(&key, &conn, 0);
@@ -170,12 +173,7 @@ pub extern "C" fn otfw_enip_close(ids: u64) -> u64 {
     };
     // SAFETY: per-CPU context for this packet.
     let ic = unsafe { &*ic };
-    let mut key = EnipConnKey {
-        client: ic.key.src,
-        server: ic.key.dst,
-        id: ids as u32,
-        _pad: 0,
-    };
+    let mut key = connection_key(ic, ids as u32);
     let _ = ENIP_CONNS.remove(&key);
     key.id = (ids >> 32) as u32;
     let _ = ENIP_CONNS.remove(&key);

@@ -19,7 +19,10 @@ use super::{
     trace::{note, refuse},
     MASK, R_NONE,
 };
-use crate::bpf::maps::{ENIP_RULES, ENIP_TRACE};
+use crate::bpf::{
+    maps::{ENIP_RULES, ENIP_TRACE},
+    stream,
+};
 
 /// Rounds of the framing loop: a message needs at most two loads (header, then body).
 const ROUNDS: u32 = 2 * MAX_MESSAGES + 2;
@@ -152,26 +155,12 @@ pub extern "C" fn otfw_enip_next() -> u64 {
         return 0;
     };
     let len = s.len;
-    let mut pos = s.pos;
-    if pos > len {
-        pos = len;
-    }
-    if s.skip > 0 {
-        let rest = len - pos;
-        if s.skip >= rest {
-            s.skip -= rest;
-            s.pos = len;
-            s.framed = 1;
-            return 0;
-        }
-        pos += s.skip;
-        s.skip = 0;
-    }
-    s.pos = pos;
-    if pos >= len {
+    let Some(pos) = stream::next_message(len, s.pos, &mut s.skip) else {
+        s.pos = len;
         s.framed = 1;
         return 0;
-    }
+    };
+    s.pos = pos;
     let have = s.have & MASK;
     let want = if s.need == 0 {
         ENCAP_LEN.saturating_sub(have)

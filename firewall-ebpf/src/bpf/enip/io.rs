@@ -9,20 +9,20 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
-    conduit::{conduit_index, MODE_MONITOR},
-    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS},
+    conduit::MODE_MONITOR,
+    counters::{VERDICT_DROP, VERDICT_MONITOR},
     enip::*,
     reason::Reason,
-    slot_of,
 };
 
 use super::{
+    connection::connection_key,
     trace::{count_records, otfw_enip_event},
     R_NONE,
 };
 use crate::bpf::{
-    maps::{CONDUITS, ENIP_CONNS, ENIP_TRACE, INSPECT_CTX},
-    stats::{self, Accounted},
+    maps::{ENIP_CONNS, ENIP_TRACE, INSPECT_CTX},
+    stats,
 };
 
 /// Implicit I/O (UDP 2222): a sequenced address item naming a live connection opened with
@@ -33,21 +33,7 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: the per-CPU context was written by the main program for this very packet.
     let ic = unsafe { *ic };
-    let slot = slot_of(ic.epoch);
-    let info = CONDUITS
-        .get(conduit_index(slot, ic.conduit))
-        .copied()
-        .unwrap_or_default();
-    let mut acc = Accounted {
-        reason: R_NONE,
-        verdict: VERDICT_PASS,
-        conduit: ic.conduit,
-        slot,
-        epoch: ic.epoch,
-        trace: ic.trace != 0,
-        adus: 0,
-        records: 0,
-    };
+    let (info, mut acc) = stats::inspected(&ic);
     if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
@@ -109,12 +95,7 @@ pub extern "C" fn otfw_enip_io_check(id: u64) -> u64 {
     };
     // SAFETY: per-CPU context for this packet.
     let ic = unsafe { &*ic };
-    let key = EnipConnKey {
-        client: ic.key.src,
-        server: ic.key.dst,
-        id: id as u32,
-        _pad: 0,
-    };
+    let key = connection_key(ic, id as u32);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {

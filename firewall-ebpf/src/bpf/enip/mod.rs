@@ -28,21 +28,18 @@ pub use io::inspect_io;
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use firewall_common::{
-    conduit::{conduit_index, MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_RESET},
-    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
+    conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_RESET},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
     enip::*,
     modbus::InspectContext,
     reason::Reason,
-    slot_of,
     stream::TcpGuard,
 };
 
 use super::{
-    l4::{TCP_ACK, TCP_RST, TCP_SYN},
-    maps::{CONDUITS, ENIP_COUNTS, ENIP_FLOWS, ENIP_SCRATCH, ENIP_TRACE, INSPECT_CTX, ZERO_FLOW},
-    reset,
-    stats::{self, Accounted},
-    stream,
+    maps::{ENIP_COUNTS, ENIP_FLOWS, ENIP_SCRATCH, ENIP_TRACE, INSPECT_CTX, ZERO_FLOW},
+    reset, stats,
+    stream::{self, Commit, Placement},
 };
 use connection::{otfw_enip_close, otfw_enip_open};
 use encap::{frame, result, setup};
@@ -83,14 +80,6 @@ fn scratch() -> Option<&'static mut EnipScratch> {
     ENIP_SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// How a segment is to be framed (as for Modbus).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    Advance,
-    Sync,
-    Recheck,
-}
-
 // Inlined into its program: a call frame of its own would push the deepest chain of
 // inspector calls past the verifier's eight frames.
 #[inline(always)]
@@ -101,23 +90,10 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     // SAFETY: the per-CPU context was written by the main program for this very packet; it
     // is only read (by reference: a copy would cost stack the call chain below needs).
     let ic = unsafe { &*ic };
-    let slot = slot_of(ic.epoch);
-    let info = CONDUITS
-        .get(conduit_index(slot, ic.conduit))
-        .copied()
-        .unwrap_or_default();
+    let (info, mut acc) = stats::inspected(ic);
+    let slot = acc.slot;
     let monitor = info.mode == MODE_MONITOR;
     let on_deny_reset = info.on_deny == ON_DENY_RESET;
-    let mut acc = Accounted {
-        reason: R_NONE,
-        verdict: VERDICT_PASS,
-        conduit: ic.conduit,
-        slot,
-        epoch: ic.epoch,
-        trace: ic.trace != 0,
-        adus: 0,
-        records: 0,
-    };
     if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
@@ -159,67 +135,22 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         return action;
     }
 
-    let mut flow = ENIP_FLOWS.get_ptr_mut(&ic.key);
-    if flow.is_none() {
-        // Out of line: verified once, not along every path of the framing below.
-        match otfw_enip_missing(monitor as u64) {
-            stream::MISSING_SYN => return stream::stateless_syn(ctx, &mut acc, ic, monitor),
-            stream::MISSING_LOST => return stream::lost(ctx, &mut acc, monitor),
-            _ => flow = ENIP_FLOWS.get_ptr_mut(&ic.key),
-        }
-    }
-    let Some(flow) = flow else {
-        acc.reason = Reason::FlowTableFull as u8;
-        acc.verdict = VERDICT_DROP;
-        stats::record(ctx, &acc);
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: LRU values stay valid for the program's run.
-    let flow = unsafe { &mut *flow };
-    let to_server = ic.to_server != 0;
-    let flags = ic.tcp_flags;
-    if let Some(action) = stream::refuse_undeliverable(
+    let flow = match stream::followed(
         ctx,
         &mut acc,
-        &flow.guard,
         ic,
-        &mut flow.streams[(!to_server) as usize],
+        &ENIP_FLOWS,
+        |m| otfw_enip_missing(m),
         monitor,
     ) {
+        Ok(flow) => flow,
+        Err(action) => return action,
+    };
+    let blocked = Reason::EnipBlocked as u8;
+    if let Some(action) = stream::track(ctx, &mut acc, ic, flow, blocked, monitor) {
         return action;
     }
-    if flags & TCP_SYN != 0 {
-        let action = syn(ic, flow, to_server);
-        stream::note_delivery(&mut flow.guard, ic);
-        stats::record(ctx, &acc);
-        return action;
-    }
-    stream::note_delivery(&mut flow.guard, ic);
-    if flags & TCP_RST == 0 {
-        if let Some(action) = stream::refused(
-            ctx,
-            &mut acc,
-            Reason::EnipBlocked as u8,
-            flow.flags & EFLOW_RESET != 0,
-            flow.flags & EFLOW_BLOCKED != 0,
-            to_server,
-            monitor,
-        ) {
-            return action;
-        }
-    }
-    if flags & TCP_ACK != 0 {
-        let peer = if to_server {
-            &mut flow.streams[1]
-        } else {
-            &mut flow.streams[0]
-        };
-        stream::note_ack(peer, ic.ack);
-    }
-    if ic.payload_len == 0 || flags & TCP_RST != 0 {
-        stats::record(ctx, &acc);
-        return xdp_action::XDP_PASS;
-    }
+    let to_server = ic.to_server != 0;
     let flow_flags = flow.flags;
     let session = flow.session;
     let pending = flow.pending;
@@ -266,20 +197,9 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         if r == R_NONE || (monitor && framed) {
             committed = true;
             if commit != Commit::Recheck {
-                let end = ic.seq.wrapping_add(ic.payload_len);
-                let at_boundary = start == 0 && skip == 0 && have == 0;
-                let ends_at_boundary = s.skip == 0 && s.have == 0;
-                st.next_seq = end;
-                st.flags |= ESTREAM_SYNCED;
-                if commit == Commit::Sync {
-                    st.flags &= !ESTREAM_ACKED;
-                }
-                if at_boundary && ends_at_boundary {
-                    st.boundary_seq = ic.seq;
-                    st.flags |= ESTREAM_BOUNDARY;
-                } else {
-                    st.flags &= !ESTREAM_BOUNDARY;
-                }
+                let from_boundary = start == 0 && skip == 0 && have == 0;
+                let to_boundary = s.skip == 0 && s.have == 0;
+                stream::advance(st, ic, commit, from_boundary, to_boundary);
                 st.skip = s.skip;
                 let carried = if s.have > MSG_MAX { 0 } else { s.have };
                 st.have = carried as u16;
@@ -381,111 +301,62 @@ fn apply(ic: &InspectContext, flow: &mut EnipFlow, s: &mut EnipScratch) {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_missing(monitor: u64) -> u64 {
-    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
-        return stream::MISSING_CREATE;
-    };
-    // SAFETY: per-CPU context for this packet, only read.
-    let ic = unsafe { &*ic };
-    let missing = stream::missing(ic);
-    if missing == stream::MISSING_SYN {
-        return missing;
-    }
-    let Some(zero) = ZERO_FLOW.get_ptr(0) else {
-        return missing;
-    };
-    // SAFETY: a map value of the right type (the value is too big for the stack: it is copied
-    // from `ZERO_FLOW`, which is never written).
-    if unsafe { ENIP_FLOWS.insert(&ic.key, &*zero, 0) }.is_err() {
-        return missing;
-    }
-    let Some(flow) = ENIP_FLOWS.get_ptr_mut(&ic.key) else {
-        return stream::MISSING_CREATE;
-    };
-    // SAFETY: a map value, valid for the program's run.
-    stream::start_state(unsafe { &mut *flow }, ic, missing, monitor)
+    // The value is too big for the stack: it is copied from `ZERO_FLOW`, which is never
+    // written.
+    stream::create_missing(&ENIP_FLOWS, || ZERO_FLOW.get_ptr(0), monitor)
 }
 
 impl stream::FollowedFlow for EnipFlow {
-    fn reset_later(&mut self) {
-        self.flags |= EFLOW_RESET;
+    type Stream = EnipStream;
+
+    #[inline(always)]
+    fn streams(&mut self) -> &mut [EnipStream; 2] {
+        &mut self.streams
+    }
+
+    #[inline(always)]
+    fn guard(&mut self) -> &mut TcpGuard {
+        &mut self.guard
+    }
+
+    const RESET: u8 = EFLOW_RESET;
+    const BLOCKED: u8 = EFLOW_BLOCKED;
+
+    #[inline(always)]
+    fn flow_flags(&mut self) -> &mut u8 {
+        &mut self.flags
     }
 
     /// The connection is also followed from its start (a session must be registered).
+    #[inline(always)]
     fn started_by_syn_ack(&mut self, ack: u32) {
         self.flags = EFLOW_SYN;
         self.streams[0].next_seq = ack;
         self.streams[0].flags = ESTREAM_SYNCED;
     }
+
+    /// Its connections stay in `ENIP_CONNS` until they time out or close.
+    #[inline(always)]
+    fn new_connection(&mut self) {
+        self.session = 0;
+        self.flags = EFLOW_SYN;
+        self.guard = TcpGuard::default();
+        self.pending = PendingOpen::default();
+        self.conns = [FlowConn::default(); FLOW_CONNS];
+        stream::Position::clear(&mut self.streams[1]);
+    }
 }
 
+/// Places a data segment in its stream (`stream::place`): (commit, payload offset to frame
+/// from, refusal).
 #[inline(always)]
-fn syn(ic: &InspectContext, flow: &mut EnipFlow, to_server: bool) -> u32 {
-    // Data on a SYN never gets here: `delivery` refuses it (`tcp_data_on_syn`).
-    let start = ic.seq.wrapping_add(1);
-    let dir = if to_server { 0 } else { 1 };
-    let st = &mut flow.streams[dir];
-    if st.flags & ESTREAM_SYNCED != 0 && st.next_seq == start {
-        return xdp_action::XDP_PASS;
-    }
-    if to_server {
-        // A new connection on this 4-tuple: nothing of the old one applies (its connections
-        // stay in ENIP_CONNS until they time out or close).
-        flow.session = 0;
-        flow.flags = EFLOW_SYN;
-        flow.guard = TcpGuard::default();
-        flow.pending = PendingOpen::default();
-        flow.conns = [FlowConn::default(); FLOW_CONNS];
-        reset_stream(&mut flow.streams[1]);
-    }
-    let st = &mut flow.streams[dir];
-    reset_stream(st);
-    st.next_seq = start;
-    st.flags = ESTREAM_SYNCED;
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn reset_stream(st: &mut EnipStream) {
-    st.next_seq = 0;
-    st.boundary_seq = 0;
-    st.acked = 0;
-    st.skip = 0;
-    st.have = 0;
-    st.flags = 0;
-}
-
-/// Places a data segment in its stream: (commit, payload offset to frame from, refusal).
-#[inline(always)]
-fn place(st: &EnipStream, ic: &InspectContext) -> (Commit, u32, u8) {
-    let seq = ic.seq;
-    let end = seq.wrapping_add(ic.payload_len);
-    if st.flags & ESTREAM_SYNCED == 0 {
-        return (Commit::Sync, 0, R_NONE);
-    }
-    let diff = seq.wrapping_sub(st.next_seq) as i32;
-    let acked = st.flags & ESTREAM_ACKED != 0;
-    if diff == 0 {
-        (Commit::Advance, 0, R_NONE)
-    } else if diff > 0 {
-        (Commit::Advance, 0, Reason::EnipOutOfOrder as u8)
-    } else if acked && (st.acked.wrapping_sub(end) as i32) >= 0 {
-        // Wholly acknowledged: the receiver discards it. Framed as nothing.
-        (Commit::Recheck, ic.payload_len, R_NONE)
-    } else if (end.wrapping_sub(st.next_seq) as i32) <= 0 {
-        if st.flags & ESTREAM_BOUNDARY != 0
-            && seq == st.boundary_seq
-            && end == st.next_seq
-            && st.skip == 0
-            && st.have == 0
-        {
-            (Commit::Recheck, 0, R_NONE)
-        } else {
-            (Commit::Advance, 0, Reason::EnipRetransmission as u8)
-        }
-    } else if acked && (st.acked.wrapping_sub(st.next_seq) as i32) >= 0 {
-        (Commit::Advance, st.next_seq.wrapping_sub(seq), R_NONE)
-    } else {
-        (Commit::Advance, 0, Reason::EnipRetransmission as u8)
+fn place(st: &mut EnipStream, ic: &InspectContext) -> (Commit, u32, u8) {
+    match stream::place(st, ic) {
+        Placement::Frame(commit, start) => (commit, start, R_NONE),
+        // The receiver discards it: framed as nothing.
+        Placement::Discarded => (Commit::Recheck, ic.payload_len, R_NONE),
+        Placement::OutOfOrder => (Commit::Advance, 0, Reason::EnipOutOfOrder as u8),
+        Placement::Retransmission => (Commit::Advance, 0, Reason::EnipRetransmission as u8),
     }
 }
 
@@ -498,11 +369,29 @@ impl stream::Position for EnipStream {
         &mut self.flags
     }
     #[inline(always)]
-    fn next_seq(&self) -> u32 {
-        self.next_seq
+    fn next_seq(&mut self) -> &mut u32 {
+        &mut self.next_seq
+    }
+    #[inline(always)]
+    fn boundary_seq(&mut self) -> &mut u32 {
+        &mut self.boundary_seq
     }
     #[inline(always)]
     fn acked(&mut self) -> &mut u32 {
         &mut self.acked
+    }
+    #[inline(always)]
+    fn pending(&self) -> bool {
+        self.skip != 0 || self.have != 0
+    }
+    /// The carry keeps its bytes: `have` says none are held.
+    #[inline(always)]
+    fn clear(&mut self) {
+        self.next_seq = 0;
+        self.boundary_seq = 0;
+        self.acked = 0;
+        self.skip = 0;
+        self.have = 0;
+        self.flags = 0;
     }
 }
