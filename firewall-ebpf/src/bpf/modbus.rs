@@ -149,7 +149,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     acc.adus = run.adus;
 
     let mut action = xdp_action::XDP_PASS;
-    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, ic, run.rewrites)) {
+    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)) {
         // Fail closed: a refusal that cannot be carried out (or restored) ends the connection.
         flow.flags |= MODBUS_RESET;
         acc.reason = if run.fail {
@@ -194,7 +194,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
 /// Applies the byte rewrites framing queued in the scratch (refused requests neutralised,
 /// answers restored). False if one is outside the frame (fail closed).
 #[inline(always)]
-fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
+fn apply_rewrites(ctx: &XdpContext, count: u32) -> bool {
     let Some(s) = MODBUS_SCRATCH.get_ptr(0) else {
         return false;
     };
@@ -204,7 +204,7 @@ fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
         }
         // SAFETY: per-CPU scratch, this CPU only.
         let (at, value) = unsafe { ((*s).rewrite_at[i], (*s).rewrite_value[i]) };
-        if !stream::rewrite_byte(ctx, ic, at as u32, value) {
+        if stream::otfw_rewrite_byte(ctx.ctx, at as u64 | (value as u64) << 16) == 0 {
             return false;
         }
     }

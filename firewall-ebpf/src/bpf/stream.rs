@@ -3,13 +3,13 @@
 //! payload is framed (`track`: the delivery checks with the per-connection `TcpGuard`, SYN and
 //! acknowledgement tracking, flows already refused), where a data segment falls in its stream
 //! (`place`: in order, out of order, retransmitted, discarded) and moving past it (`advance`),
-//! and the in-place rewrite of a payload byte with its checksum (`rewrite_byte`). The
-//! inspector frames the payload in between. Everything is `#[inline(always)]` and generic over
-//! the inspector's flow and stream state, so each inspector is compiled (and verified) as its
-//! own code.
+//! and the in-place rewrite of a payload byte with its checksum (`otfw_rewrite_byte`). The
+//! inspector frames the payload in between. Everything but the byte rewrite (a global function,
+//! verified once) is `#[inline(always)]` and generic over the inspector's flow and stream state,
+//! so each inspector is compiled (and verified) as its own code.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, xdp_md},
     cty::c_void,
     helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     maps::LruHashMap,
@@ -554,13 +554,31 @@ fn refuse_undeliverable<F: FollowedFlow>(
     Some(xdp_action::XDP_DROP)
 }
 
+/// `rewrite_byte` on the packet `INSPECT_CTX` describes, as a global function: the verifier
+/// checks it once, not once per queued rewrite along every path of the inspector. `packed`:
+/// frame offset | new value << 16. 1 if done.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_rewrite_byte(ctx: *mut xdp_md, packed: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    if ctx.is_null() {
+        return 0;
+    }
+    let ctx = XdpContext::new(ctx);
+    // SAFETY: per-CPU context written by the main program for this packet, only read.
+    let ic = unsafe { &*ic };
+    rewrite_byte(&ctx, ic, packed as u16 as u32, (packed >> 16) as u8) as u64
+}
+
 /// Rewrites the payload byte at frame offset `at` to `value` and updates the TCP checksum
 /// incrementally (RFC 1624: HC' = ~(~HC + ~m + m')), so the segment keeps its length and
 /// sequence numbers. `m` and `m'` are the 16-bit words holding the byte before and after; the
 /// other byte of the word is the same in both and cancels out, so it is taken as 0 (it may be
 /// past the end of the segment). False if the byte or the checksum field is outside the frame.
 #[inline(always)]
-pub fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bool {
+fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bool {
     // Offsets below 16 KiB, as the verifier wants for packet pointer arithmetic.
     let header = (ic.payload.wrapping_sub(ic.header_len as u32) & 0x3fff) as usize;
     let at = (at & 0x3fff) as usize;
