@@ -121,8 +121,12 @@ pub struct ModbusStream {
 
 /// Refused requests of one flow awaiting their answer (`on_deny: refuse`). Past this bound the
 /// connection is reset (`modbus_refusals_full`): a client that pipelines more refused requests
-/// than this without reading the answers is not a client otfw keeps alive.
-pub const REFUSALS_MAX: usize = 4;
+/// than this without reading the answers is not a client otfw keeps alive. Clients do pipeline
+/// a scan's writes (five refused FC 16 writes in one segment in the iti_ModbusTCP capture). The
+/// table lives in map memory (`ModbusFlow::refusals`, copied to `ModbusScratch::refusals` while
+/// a segment is framed), not on the stack: its size costs verifier instructions, not frame
+/// space.
+pub const REFUSALS_MAX: usize = 8;
 
 /// A refused request: matched to its answer by transaction and unit id.
 #[repr(C)]

@@ -21,9 +21,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     datapath::{
-        bridge_nftables, bridge_ports, common_bridge, enforced_ports, links_dir, remove_pins,
-        Datapath, EnipDenied, FastPathChoice, FastPathStatus, Mirror, ModbusDenied, ModeChoice,
-        Sysfs, SYNC_INTERVAL,
+        bridge_nftables, bridge_ports, common_bridge, enforced_ports, finish_replacement,
+        links_dir, remove_pins, Datapath, EnipDenied, FastPathChoice, FastPathStatus, LayoutChange,
+        Mirror, ModbusDenied, ModeChoice, Sysfs, SYNC_INTERVAL,
     },
     events::{self, Event},
     inventory::{self, live::LiveInventory},
@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub fast_path: FastPathChoice,
     /// Load a policy file that users other than root can change (`policy::permissions`).
     pub allow_insecure_policy_permissions: bool,
+    /// Pinned maps of another layout (an upgrade that changed them) are replaced by fresh ones
+    /// instead of refusing to start (`datapath::LayoutChange`).
+    pub replace_incompatible_maps: bool,
     pub observe: ObserveOptions,
 }
 
@@ -116,7 +119,12 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     // A start that fails before any port is enforced leaves no pins behind; with ports already
     // enforced (a takeover), whatever is pinned keeps enforcing.
     let start = async {
-        let mut datapath = Datapath::load_pinned(pin_dir.as_deref())?;
+        let layout = if opts.replace_incompatible_maps {
+            LayoutChange::Replace
+        } else {
+            LayoutChange::Refuse
+        };
+        let mut datapath = Datapath::load_pinned(pin_dir.as_deref(), layout)?;
         let epoch = datapath.install(&lockdown.restrict(&policy)?)?.epoch;
         in_force(&mut observer, &opts.policy, &file, epoch, &policy);
         lockdown.started(epoch, &mut observer);
@@ -146,6 +154,17 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
              the previous program, on the shared maps); only `otfw stop` removes enforcement, \
              for the whole instance"
         );
+    }
+    if let (Some(differences), Some(dir)) = (datapath.replacing_maps(), &pin_dir) {
+        // Every port runs the new program now (attach is all or nothing): the old maps are
+        // only held by programs no port runs any more.
+        finish_replacement(dir)?;
+        log::info!(
+            "replaced the pinned maps of another layout ({}); every port runs this version on \
+             fresh maps",
+            differences.join("; ")
+        );
+        events::emit(&Event::MapsReplaced { differences });
     }
     observer.adopt(&mut attached.ports);
     observer.attached(&attached.ports);

@@ -53,6 +53,9 @@ pub enum Event<'a> {
         /// controller's program.
         taken_over: bool,
     },
+    /// A version with another map layout replaced the pinned maps (`--replace-incompatible-maps`):
+    /// every port runs its program on fresh maps; flows and counters started afresh.
+    MapsReplaced { differences: &'a [String] },
     /// Enforcement is running on every port.
     Ready { ports: usize },
     /// The program was detached from a port (shutdown).
@@ -236,6 +239,7 @@ impl Event<'_> {
             Event::PolicyLoaded { .. } => "policy_loaded",
             Event::PolicyRejected { .. } => "policy_rejected",
             Event::Attached { .. } => "attached",
+            Event::MapsReplaced { .. } => "maps_replaced",
             Event::Ready { .. } => "ready",
             Event::Detached { .. } => "detached",
             Event::FastPath { .. } => "fast_path",

@@ -8,6 +8,7 @@ mod modbus_common;
 
 use firewall_common::{
     counters::{VERDICT_DROP, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
+    modbus::REFUSALS_MAX,
     reason::Reason,
 };
 use modbus_common::{adu, datapath, policy, read, run, write_single_register, Conn};
@@ -181,11 +182,12 @@ fn any_other_answer_to_a_neutralised_request_resets() {
 fn refusals_awaiting_answers_are_bounded() {
     let mut dp = refusing("");
     let mut c = conn(&mut dp, 45500);
-    for tid in 0..4 {
+    let bound = REFUSALS_MAX as u16;
+    for tid in 0..bound {
         let d = c.send(&mut dp, &with_tid(write_single_register(0, 1), tid));
         assert_eq!(d.verdict as u32, VERDICT_REFUSE, "refusal {tid}");
     }
-    let d = c.send(&mut dp, &with_tid(write_single_register(0, 1), 4));
+    let d = c.send(&mut dp, &with_tid(write_single_register(0, 1), bound));
     assert_eq!(d.reason, Reason::ModbusRefusalsFull);
     assert_eq!(d.verdict as u32, VERDICT_RESET);
 }

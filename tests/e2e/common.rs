@@ -281,3 +281,83 @@ pub fn otfw_logged(args: &[&str]) -> Output {
     );
     out
 }
+
+/// An HMI polling a PLC over one pymodbus connection: `polls` reads of two holding
+/// registers, one every `interval` seconds, each result printed as it comes (the client opens
+/// a new connection only after a failure, which shows as a result other than ok).
+pub struct ModbusPolling {
+    process: LabProcess,
+    first: String,
+}
+
+impl ModbusPolling {
+    /// Starts polling from `host` and waits for the first read, which must succeed.
+    pub fn start(lab: &Lab, host: &str, plc: SocketAddr, polls: usize, interval: &str) -> Self {
+        let python = otfw_tests::venv_python().unwrap_or_else(|e| panic!("{e:#}"));
+        let client = otfw_tests::repo_root()
+            .join("tests")
+            .join("peers")
+            .join("modbus_client.py");
+        let mut args = vec![
+            python.display().to_string(),
+            client.display().to_string(),
+            "--host".into(),
+            plc.ip().to_string(),
+            "--port".into(),
+            plc.port().to_string(),
+            "--timeout".into(),
+            "2".into(),
+            "--interval".into(),
+            interval.into(),
+        ];
+        let read = otfw_tests::ModbusOp::Read(otfw_tests::Table::HoldingRegisters, 0, 2);
+        args.extend((0..polls).map(|_| read.arg()));
+        let mut process = lab.spawn(host, &args).unwrap();
+        let first = process
+            .wait_for_line(|l| l.contains(r#""result""#), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("the first read of the polling: {e:#}"));
+        assert!(first.contains(r#""result": "ok""#), "{first}");
+        ModbusPolling { process, first }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Waits for every read to be done; the results, in order.
+    pub fn finish(self, timeout: Duration) -> Vec<serde_json::Value> {
+        let out = self.process.wait(timeout).unwrap();
+        Self::results(&self.first, &out.stdout, false)
+    }
+
+    /// Ends the polling now; the results of the reads done so far.
+    pub fn stop(self) -> Vec<serde_json::Value> {
+        let out = self.process.stop();
+        Self::results(&self.first, &out.stdout, true)
+    }
+
+    /// Result lines as JSON. A stopped client may have been ended in the middle of its last
+    /// line, which alone may then be incomplete.
+    fn results(first: &str, rest: &str, stopped: bool) -> Vec<serde_json::Value> {
+        let lines: Vec<&str> = std::iter::once(first)
+            .chain(rest.lines())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let last = lines.len().saturating_sub(1);
+        lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match serde_json::from_str(l) {
+                Ok(v) => Some(v),
+                Err(_) if stopped && i == last => None,
+                Err(e) => panic!("{l}: {e}"),
+            })
+            .collect()
+    }
+}
+
+/// The reads of a polling: sent, ok, and those that failed.
+pub fn poll_tally(results: &[serde_json::Value]) -> (usize, usize, Vec<&serde_json::Value>) {
+    let failed: Vec<&serde_json::Value> = results.iter().filter(|r| r["result"] != "ok").collect();
+    (results.len(), results.len() - failed.len(), failed)
+}

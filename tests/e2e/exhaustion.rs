@@ -61,24 +61,8 @@ fn a_syn_flood_from_another_zone_leaves_the_hmi_connection_polling() {
     let python = venv_python().unwrap_or_else(|e| panic!("{e:#}"));
     let peers = repo_root().join("tests").join("peers");
 
-    // The HMI: one connection, reads back to back (the client reopens only after a failure,
-    // which would show as a result other than ok).
-    let mut hmi_args = vec![
-        python.display().to_string(),
-        peers.join("modbus_client.py").display().to_string(),
-        "--host".into(),
-        plc.ip().to_string(),
-        "--timeout".into(),
-        "2".into(),
-        "--interval".into(),
-        POLL_INTERVAL.into(),
-    ];
-    hmi_args.extend((0..POLLS).map(|_| ModbusOp::Read(Table::HoldingRegisters, 0, 2).arg()));
-    let mut hmi = lab.spawn("client", &hmi_args).unwrap();
-    let first = hmi
-        .wait_for_line(|l| l.contains(r#""result""#), Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("the HMI's first read: {e:#}"));
-    assert!(first.contains(r#""result": "ok""#), "{first}");
+    // The HMI: one connection, reads back to back.
+    let mut hmi = common::ModbusPolling::start(&lab, "client", plc, POLLS, POLL_INTERVAL);
 
     let started = Instant::now();
     let flood = lab
@@ -107,14 +91,8 @@ fn a_syn_flood_from_another_zone_leaves_the_hmi_connection_polling() {
         "the HMI finished its {POLLS} reads before the flood ended ({flooded:?}): raise POLLS"
     );
 
-    let out = hmi.wait(Duration::from_secs(120)).unwrap();
-    let results: Vec<Value> = std::iter::once(first.as_str())
-        .chain(out.stdout.lines())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
-    let ok = results.iter().filter(|r| r["result"] == "ok").count();
-    let failed: Vec<&Value> = results.iter().filter(|r| r["result"] != "ok").collect();
+    let results = hmi.finish(Duration::from_secs(120));
+    let (_, ok, failed) = common::poll_tally(&results);
     eprintln!(
         "flood from zone contractors: {} SYNs sent in {}s; HMI reads on one connection: {} \
          sent, {ok} ok, {} failed",

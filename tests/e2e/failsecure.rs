@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use otfw_tests::{
     modbus_initial as initial, require_modbus_peers, target_binary, Datastore, HoldSummary, Lab,
-    ModbusClient, ModbusOp, ModbusResult, Table,
+    LabProcess, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 
 use crate::common::{self, otfw, v4, Firewall, START};
@@ -53,6 +53,11 @@ impl Drop for Unpin {
 
 /// `otfw run --policy POLICY --metrics off ARGS` to its end (for starts that must fail).
 fn run_to_exit(args: &[&str]) -> Output {
+    run_to_exit_in(None, args)
+}
+
+/// As `run_to_exit`, with `otfw` run by `wrapper` (a test binary that execs its arguments).
+fn run_to_exit_in(wrapper: Option<&str>, args: &[&str]) -> Output {
     let policy = std::env::temp_dir().join(format!("otfwt-once-{}.yaml", std::process::id()));
     std::fs::write(&policy, POLICY).unwrap();
     let mut all = vec![
@@ -63,7 +68,17 @@ fn run_to_exit(args: &[&str]) -> Output {
         "off",
     ];
     all.extend_from_slice(args);
-    let out = otfw(&all);
+    let out = match wrapper {
+        None => otfw(&all),
+        Some(wrapper) => {
+            let otfw = target_binary("otfw").unwrap_or_else(|e| panic!("{e:#}"));
+            Command::new(target_binary(wrapper).unwrap_or_else(|e| panic!("{e:#}")))
+                .arg(otfw)
+                .args(&all)
+                .output()
+                .expect("run otfw")
+        }
+    };
     let _ = std::fs::remove_file(&policy);
     out
 }
@@ -72,37 +87,121 @@ fn start(lab: &Lab) -> Firewall {
     Firewall::start_with(lab, POLICY, &["--metrics", "off", "--instance", INSTANCE])
 }
 
+/// Traffic that runs across a change of controller: a held TCP connection (left to right,
+/// 5020) already exchanging, and echo servers for allowed (left to right, UDP 5353) and denied
+/// (right to left, no conduit: UDP 5354) datagrams.
+struct Traffic {
+    _tcp: LabProcess,
+    allowed_server: LabProcess,
+    denied_server: LabProcess,
+    hold: LabProcess,
+}
+
+impl Traffic {
+    fn start(lab: &Lab, hold_for: Duration) -> Traffic {
+        let _tcp = lab.tcp_echo_server("b", 5020).unwrap();
+        let allowed_server = lab.udp_echo_server("b", 5353).unwrap();
+        // Right to left has no conduit.
+        let denied_server = lab.udp_echo_server("a", 5354).unwrap();
+        let mut hold = lab
+            .hold_tcp(
+                "a",
+                v4(lab, "b", 5020),
+                Duration::from_millis(100),
+                hold_for,
+            )
+            .unwrap();
+        hold.wait_for_line(|l| l.contains("result=ok"), START)
+            .unwrap();
+        Traffic {
+            _tcp,
+            allowed_server,
+            denied_server,
+            hold,
+        }
+    }
+
+    /// Runs `change` 1.5 s into 40 allowed and 30 denied exchanges, then ends the traffic and
+    /// checks it: every allowed datagram arrived, no denied one, the held connection unbroken.
+    /// Returns what `change` returned and how many denied datagrams were sent.
+    fn across<T: Send>(self, lab: &Lab, change: impl FnOnce() -> T + Send) -> (T, u32) {
+        let (allowed, denied, changed) = std::thread::scope(|s| {
+            let allowed = s.spawn(|| {
+                lab.udp_exchange("a", v4(lab, "b", 5353), 40, Duration::from_millis(150))
+                    .unwrap()
+            });
+            let denied = s.spawn(|| {
+                lab.udp_exchange("b", v4(lab, "a", 5354), 30, Duration::from_millis(200))
+                    .unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(1500));
+            let changed = change();
+            (allowed.join().unwrap(), denied.join().unwrap(), changed)
+        });
+        let summary =
+            HoldSummary::from_output(&self.hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
+        let allowed_received = common::datagrams_received(self.allowed_server);
+        let denied_received = common::datagrams_received(self.denied_server);
+        println!(
+            "allowed udp: sent {} received {} (server {allowed_received}), expected all; denied \
+             udp: sent {} received {} (server {denied_received}), expected 0; held tcp: ok {} \
+             failed {}, expected unbroken",
+            allowed.sent,
+            allowed.received,
+            denied.sent,
+            denied.received,
+            summary.ok,
+            summary.failed
+        );
+        assert_eq!(allowed.received, allowed.sent, "allowed datagrams lost");
+        assert_eq!(allowed_received, allowed.sent as usize);
+        assert_eq!(denied_received, 0, "denied datagrams passed");
+        assert_eq!(denied.received, 0);
+        assert!(
+            summary.unbroken(),
+            "the held connection broke (its flow entry was lost?): {summary:?}"
+        );
+        (changed, denied.sent)
+    }
+}
+
+/// Three allowed datagrams pass and three denied ones do not (the pinned program enforces).
+fn assert_still_enforced(lab: &Lab, when: &str) {
+    let _allowed = lab.udp_echo_server("b", 5353).unwrap();
+    let _denied = lab.udp_echo_server("a", 5354).unwrap();
+    let allowed = lab
+        .udp_exchange("a", v4(lab, "b", 5353), 3, Duration::from_millis(300))
+        .unwrap();
+    let denied = lab
+        .udp_exchange("b", v4(lab, "a", 5354), 3, Duration::from_millis(300))
+        .unwrap();
+    println!(
+        "after {when}: allowed {}/{} (expected 3), denied {}/{} (expected 0)",
+        allowed.received, allowed.sent, denied.received, denied.sent
+    );
+    assert_eq!(allowed.received, 3);
+    assert_eq!(denied.received, 0);
+}
+
+/// Every port runs another program than `before` (a new controller swapped its own in).
+fn assert_swapped(lab: &Lab, before: &[Option<u32>], what: &str) {
+    let after = common::xdp_programs(lab);
+    println!("XDP programs on the ports: {before:?} before, {after:?} after the {what}");
+    for (old, new) in before.iter().zip(&after) {
+        assert!(
+            old.is_some() && new.is_some() && old != new,
+            "the {what} did not swap its program in: {before:?} -> {after:?}"
+        );
+    }
+}
+
 #[test]
 fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     let _unpin = Unpin;
     let lab = common::lab(&common::left_right_hosts());
     let fw = start(&lab);
-    let _tcp = lab.tcp_echo_server("b", 5020).unwrap();
-    let allowed_server = lab.udp_echo_server("b", 5353).unwrap();
-    // Right to left has no conduit.
-    let denied_server = lab.udp_echo_server("a", 5354).unwrap();
-
-    let mut hold = lab
-        .hold_tcp(
-            "a",
-            v4(&lab, "b", 5020),
-            Duration::from_millis(100),
-            Duration::from_secs(9),
-        )
-        .unwrap();
-    hold.wait_for_line(|l| l.contains("result=ok"), START)
-        .unwrap();
-
-    let (allowed, denied, restarted) = std::thread::scope(|s| {
-        let allowed = s.spawn(|| {
-            lab.udp_exchange("a", v4(&lab, "b", 5353), 40, Duration::from_millis(150))
-                .unwrap()
-        });
-        let denied = s.spawn(|| {
-            lab.udp_exchange("b", v4(&lab, "a", 5354), 30, Duration::from_millis(200))
-                .unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(1500));
+    let traffic = Traffic::start(&lab, Duration::from_secs(9));
+    let (restarted, denied_sent) = traffic.across(&lab, || {
         let before = common::xdp_programs(&lab);
         let Firewall { process, policy } = fw;
         common::sigkill(process);
@@ -115,33 +214,9 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         // No controller at all for a while: the pinned program alone enforces.
         std::thread::sleep(Duration::from_millis(1500));
         let restarted = start(&lab);
-        let after = common::xdp_programs(&lab);
-        println!("XDP programs on the ports: {before:?} before, {after:?} after the restart");
-        for (old, new) in before.iter().zip(&after) {
-            assert!(
-                old.is_some() && new.is_some() && old != new,
-                "the restart did not swap its program in: {before:?} -> {after:?}"
-            );
-        }
-        (allowed.join().unwrap(), denied.join().unwrap(), restarted)
+        assert_swapped(&lab, &before, "restart");
+        restarted
     });
-    let summary = HoldSummary::from_output(&hold.wait(Duration::from_secs(20)).unwrap()).unwrap();
-    let allowed_received = common::datagrams_received(allowed_server);
-    let denied_received = common::datagrams_received(denied_server);
-    println!(
-        "allowed udp: sent {} received {} (server {allowed_received}), expected all; denied \
-         udp: sent {} received {} (server {denied_received}), expected 0; held tcp: ok {} \
-         failed {}, expected unbroken",
-        allowed.sent, allowed.received, denied.sent, denied.received, summary.ok, summary.failed
-    );
-    assert_eq!(allowed.received, allowed.sent, "allowed datagrams lost");
-    assert_eq!(allowed_received, allowed.sent as usize);
-    assert_eq!(denied_received, 0, "denied datagrams passed");
-    assert_eq!(denied.received, 0);
-    assert!(
-        summary.unbroken(),
-        "the held connection broke (its flow entry was lost?): {summary:?}"
-    );
 
     // The restart took the links over and kept the counters: every denied datagram, before
     // and after the SIGKILL, is counted.
@@ -157,11 +232,8 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
         .unwrap();
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     let dropped = stats["reasons"]["no_conduit"]["drop"].as_u64().unwrap_or(0);
-    println!(
-        "no_conduit drops counted across the restart: {dropped}, expected >= {}",
-        denied.sent
-    );
-    assert!(dropped >= u64::from(denied.sent), "{stats}");
+    println!("no_conduit drops counted across the restart: {dropped}, expected >= {denied_sent}");
+    assert!(dropped >= u64::from(denied_sent), "{stats}");
     assert_eq!(
         stats["epoch"], 2,
         "the restart installed generation 2: {stats}"
@@ -322,20 +394,87 @@ fn an_incompatible_map_layout_is_refused_and_the_old_enforcement_stays() {
         "the refused start changed the link pins"
     );
 
-    let _allowed = lab.udp_echo_server("b", 5353).unwrap();
-    let _denied = lab.udp_echo_server("a", 5354).unwrap();
-    let allowed = lab
-        .udp_exchange("a", v4(&lab, "b", 5353), 3, Duration::from_millis(300))
-        .unwrap();
-    let denied = lab
+    assert_still_enforced(&lab, "the refused takeover");
+}
+
+/// An upgrade whose maps differ from the pinned ones, started with
+/// `--replace-incompatible-maps`, takes every port over without an unprotected moment: the new
+/// program runs on fresh maps, swapped into each pinned link atomically, while traffic runs.
+/// Allowed datagrams all arrive, denied ones never, and a held TCP connection goes on (its flow
+/// is adopted mid-stream, as the policy allows, since the fresh flow table does not know it).
+/// The layout difference is made as in the refusal test above.
+#[test]
+fn an_incompatible_map_layout_is_replaced_without_an_unprotected_moment() {
+    let _unpin = Unpin;
+    let policy = POLICY.replace("midstream: deny", "midstream: adopt");
+    let events = std::env::temp_dir().join(format!("otfwt-events-{}.jsonl", std::process::id()));
+    let lab = common::lab(&common::left_right_hosts());
+    let first = Firewall::start_with(&lab, &policy, &["--metrics", "off", "--instance", INSTANCE]);
+    let traffic = Traffic::start(&lab, Duration::from_secs(8));
+    let Firewall {
+        process,
+        policy: policy_file,
+    } = first;
+    common::sigkill(process);
+    let maps = Path::new("/sys/fs/bpf/otfw").join(INSTANCE).join("maps");
+    std::fs::remove_file(maps.join("FLOWS")).unwrap();
+    pin_again(&maps.join("ACTIVE"), &maps.join("FLOWS"));
+
+    let (upgraded, _) = traffic.across(&lab, || {
+        let before = common::xdp_programs(&lab);
+        let upgraded = Firewall::start_file(
+            &lab,
+            policy_file,
+            &[
+                "--metrics",
+                "off",
+                "--instance",
+                INSTANCE,
+                "--replace-incompatible-maps",
+                "--events-file",
+                events.to_str().unwrap(),
+            ],
+        );
+        assert_swapped(&lab, &before, "upgrade");
+        upgraded
+    });
+
+    let Firewall {
+        process,
+        policy: policy_file,
+    } = upgraded;
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains("replaced the pinned maps of another layout (FLOWS (type 2, needs "),
+        "{stderr}"
+    );
+    let logged = std::fs::read_to_string(&events).unwrap_or_default();
+    let _ = std::fs::remove_file(&events);
+    assert!(logged.contains(r#""event":"maps_replaced""#), "{logged}");
+    assert!(logged.contains(r#""taken_over":true"#), "{logged}");
+    let instance = Path::new("/sys/fs/bpf/otfw").join(INSTANCE);
+    assert!(
+        !instance.join("maps-next").exists(),
+        "the staged maps were not moved into place"
+    );
+    // The maps pinned now are this version's: a plain restart takes them over.
+    common::sigkill(process);
+    let restarted = Firewall::start_file(
+        &lab,
+        policy_file,
+        &["--metrics", "off", "--instance", INSTANCE],
+    );
+    let stderr = restarted.process.stderr();
+    assert!(stderr.contains("took over otfwt-a"), "{stderr}");
+    assert!(!stderr.contains("replaced the pinned maps"), "{stderr}");
+    let _denied_server = lab.udp_echo_server("a", 5354).unwrap();
+    let still_denied = lab
         .udp_exchange("b", v4(&lab, "a", 5354), 3, Duration::from_millis(300))
         .unwrap();
-    println!(
-        "after the refused takeover: allowed {}/{} (expected 3), denied {}/{} (expected 0)",
-        allowed.received, allowed.sent, denied.received, denied.sent
+    assert_eq!(
+        still_denied.received, 0,
+        "denied traffic passed after the restart"
     );
-    assert_eq!(allowed.received, 3);
-    assert_eq!(denied.received, 0);
 }
 
 /// Modbus inspection needs the inspectors in the pinned `INSPECTORS` array: polling a PLC
@@ -435,6 +574,46 @@ fn a_failed_start_leaves_no_port_half_configured() {
     assert!(!Path::new("/run/otfw")
         .join(format!("{INSTANCE}.lock"))
         .exists());
+}
+
+/// A kernel that refuses otfw's programs (here: every BPF program load answered `EACCES`, by a
+/// seccomp filter around `otfw run`): a first start says so, exits non-zero and leaves no port
+/// attached and nothing pinned; a restart of a pinned instance fails the same way and leaves
+/// the pinned program enforcing, untouched.
+#[test]
+fn a_program_the_kernel_rejects_fails_cleanly_and_keeps_the_pinned_enforcement() {
+    let _unpin = Unpin;
+    let lab = common::lab(&common::left_right_hosts());
+    let rejected = |what: &str| {
+        let out = run_to_exit_in(Some("otfw-no-programs"), &["--instance", INSTANCE]);
+        let message = text(&out.stderr);
+        println!(
+            "{what}: exit {:?}: {}",
+            out.status.code(),
+            message.trim_end()
+        );
+        assert_eq!(out.status.code(), Some(1), "{message}");
+        assert!(
+            message.contains("loading the XDP object failed")
+                || message.contains("the kernel verifier rejected"),
+            "{message}"
+        );
+        assert!(message.contains("kernel with BPF and XDP support") || message.contains("CAP_BPF"));
+    };
+    rejected("first start");
+    assert_eq!(common::xdp_on_ports(&lab), [false, false]);
+    assert!(!Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists());
+
+    let Firewall { process, .. } = start(&lab);
+    common::sigkill(process);
+    let before = common::xdp_programs(&lab);
+    rejected("restart of a pinned instance");
+    assert_eq!(
+        common::xdp_programs(&lab),
+        before,
+        "the failed restart changed the ports' programs"
+    );
+    assert_still_enforced(&lab, "the failed restart");
 }
 
 /// Without a BPF filesystem (unmounted in a mount namespace of its own, so the host keeps

@@ -20,6 +20,8 @@ use crate::common::{self, otfw, otfw_logged, v4, Firewall};
 /// The pinned instance of this test (pins and lockdown order removed at the end).
 const INSTANCE: &str = "otfwt-lockdown";
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Reads of the HMI's polling, one every 50 ms: more than the phases it runs through take.
+const POLLS: usize = 2_000;
 
 /// Engineering may read and write the PLC over Modbus and reach its TCP 5020; the client may
 /// read; the client may also reach the engineering station on TCP 5021 (no cell involved).
@@ -174,6 +176,10 @@ fn lockdown_read_only_and_isolate_through_a_restart_until_released() {
         .iter()
         .all(|l| l.starts_with('#') || !l.contains('{')));
 
+    // The client's HMI polls the PLC throughout the read-only lockdown, the controller's
+    // restart and the reload: none of its reads may fail.
+    let polling = common::ModbusPolling::start(&lab, "client", plc, POLLS, "0.05");
+
     // Read-only: in force when the command returns, within a second.
     let locked = in_force(&mut fw, &["read-only"], "lockdown");
     assert_eq!(locked["mode"], "read-only", "{locked}");
@@ -227,6 +233,18 @@ fn lockdown_read_only_and_isolate_through_a_restart_until_released() {
     );
     assert_ne!(tcp(&lab, "eng", plc_tcp), TcpOutcome::Echoed);
     assert!(status().contains("LOCKDOWN: read-only"), "{}", status());
+
+    let results = polling.stop();
+    let (sent, ok, failed) = common::poll_tally(&results);
+    println!(
+        "HMI reads through read-only lockdown, restart and reload: sent {sent}, ok {ok}, \
+         expected {sent}"
+    );
+    assert!(failed.is_empty(), "reads that failed: {failed:?}");
+    assert!(
+        sent > 10,
+        "the polling should have run through the phases: {sent} reads"
+    );
 
     // Isolating a zone the policy lacks is refused; the lockdown in force stays.
     let (out, _) = lockdown(&["isolate", "nowhere"]);

@@ -10,7 +10,7 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
@@ -126,8 +126,13 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     keys.forward.proto = proto;
     keys.forward._pad = [0; 3];
     keys.side = 0;
-    keys.flow_flags = 0;
-    let now = unsafe { bpf_ktime_get_ns() };
+    // A packet of no established flow unless one is found below (`observe`).
+    keys.flow_flags = OBSERVE_UNTRACKED;
+    // The coarse monotonic clock (the time of the last tick): idle timeouts are seconds, and
+    // reading it costs a load where the precise clock reads the hardware on every packet.
+    // SAFETY: reading the clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let mut cache_checked = false;
     if is_stateful(proto, pkt.l4) {
         let side = keys.forward.canonical_into(&mut keys.canonical);
         keys.side = side as u32;
@@ -143,14 +148,24 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             };
             keys.canonical.mark_echo(initiator);
         }
-        // Established flows first: their packets are the traffic; a miss costs one more
-        // lookup, in the table of flows not answered yet.
+        // Established flows first: their packets are the traffic. On a miss, the table of
+        // flows not answered yet. A bare SYN asks the decision cache before that table: a SYN
+        // flood against a denied service is answered without the second lookup. (Only a bare
+        // SYN: it never answers anything, so a remembered denial of its key cannot stand for
+        // the answer to a flow someone else opened, which a SYN-ACK or a datagram could.)
+        let flags = pkt.l4.tcp_flags;
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
                 keys.table = TABLE_FLOWS;
                 Some(state)
             }
             None => {
+                if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+                    if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+                        return decided;
+                    }
+                    cache_checked = true;
+                }
                 keys.table = TABLE_EMBRYOS;
                 EMBRYOS.get_ptr_mut(&keys.canonical)
             }
@@ -165,7 +180,13 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             }
         }
     }
+    if !cache_checked {
+        if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+            return decided;
+        }
+    }
     let out = admit(slot, epoch, cfg, pkt, keys, now);
+    // Opening a flow wrote its flags over the mark.
     keys.flow_flags |= OBSERVE_UNTRACKED;
     out
 }
@@ -400,22 +421,21 @@ pub fn forget(keys: &FlowKeys) -> bool {
     removed
 }
 
-/// A packet that belongs to no tracked flow: the decision cache first, then zones and
-/// conduits; a denial is remembered for the next packet of the same kind.
-#[inline(always)]
-fn admit(
-    slot: u32,
-    epoch: u32,
-    cfg: &Config,
-    pkt: &Packet,
-    keys: &mut FlowKeys,
-    now: u64,
-) -> Result<Outcome, Reason> {
+/// `cached_denial` found a remembered denial (the other bits: conduit, reason, flags).
+const CACHED: u64 = 1 << 32;
+
+/// Looks the packet in hand up in the decision cache (`DENIALS`), writing its key to
+/// `keys.deny`: 0 when no denial is remembered, otherwise `CACHED` with the conduit in bits
+/// 16..32, the reason in bits 8..16 and the denial's flags in bits 0..8 (see `cached`). Out of
+/// line, and its answer one register, because it is asked from two places of the main
+/// program, whose stack has no room for a second inlined copy.
+#[inline(never)]
+fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     let proto = pkt.ip.proto;
     let flags = pkt.l4.tcp_flags;
     keys.deny.tuple = keys.forward;
-    // Everything the decision below depends on besides the tuple and the policy: the kind of
-    // TCP segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
+    // Everything the decision depends on besides the tuple and the policy: the kind of TCP
+    // segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
     keys.deny.tuple._pad[0] = match proto {
         IPPROTO_TCP if flags & TCP_RST != 0 => DENY_TCP_RST,
         IPPROTO_TCP if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => DENY_TCP_SYN,
@@ -432,16 +452,39 @@ fn admit(
     keys.deny.epoch = epoch;
     keys.deny.ifindex = pkt.ifindex;
     // SAFETY: the value is copied out at once, never held across a map update.
-    if let Some(d) = unsafe { DENIALS.get(&keys.deny) } {
-        let (conduit, reason, dflags) = (d.conduit, d.reason, d.flags);
-        if let Some(reason) = Reason::from_u8(reason) {
-            stats::path_event(PATH_DENIAL_CACHED);
-            if dflags & DENIAL_NO_RESET != 0 {
-                return Err(reason);
-            }
-            return Ok(Outcome::deny(conduit, reason));
-        }
+    let Some(d) = (unsafe { DENIALS.get(&keys.deny) }) else {
+        return 0;
+    };
+    CACHED | (d.conduit as u64) << 16 | (d.reason as u64) << 8 | d.flags as u64
+}
+
+/// The decision a `cached_denial` answer stands for; `None` for none remembered, or an entry
+/// naming no reason this version knows (then the packet is decided as if nothing were remembered).
+#[inline(always)]
+fn cached(hit: u64) -> Option<Result<Outcome, Reason>> {
+    if hit & CACHED == 0 {
+        return None;
     }
+    let reason = Reason::from_u8((hit >> 8) as u8)?;
+    stats::path_event(PATH_DENIAL_CACHED);
+    if hit as u8 & DENIAL_NO_RESET != 0 {
+        return Some(Err(reason));
+    }
+    Some(Ok(Outcome::deny((hit >> 16) as u16, reason)))
+}
+
+/// A packet that belongs to no tracked flow and no remembered denial (`cached_denial` was
+/// asked): zones and conduits decide, and a denial is remembered for the next packet of the
+/// same kind.
+#[inline(always)]
+fn admit(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
+    now: u64,
+) -> Result<Outcome, Reason> {
     let (src, dst) = match zones(slot, cfg, pkt, &mut keys.host) {
         Ok(z) => z,
         Err(reason) => {

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
-    conduit::{conduit_index, MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
+    conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
     modbus::{
         bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
@@ -21,33 +21,21 @@ use firewall_common::{
         TABLE_INPUT_REGISTERS,
     },
     reason::Reason,
-    slot_of,
+    stream::TcpGuard,
 };
 
 use super::{
-    l4::{TCP_ACK, TCP_RST, TCP_SYN},
     maps::{
-        CONDUITS, INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_EVENTS, MODBUS_FLOWS,
-        MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
+        INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_EVENTS, MODBUS_FLOWS, MODBUS_RULES,
+        MODBUS_SCRATCH, MODBUS_STATS,
     },
     reset,
     stats::{self, Accounted},
-    stream,
+    stream::{self, Commit, Placement},
 };
 
 /// `otfw_modbus_adu` result: the prefix is incomplete, more bytes are needed.
 const NEED_MORE: u64 = 1 << 8;
-
-/// How one segment's payload is to be framed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// In order: the stream advances past the segment.
-    Advance,
-    /// First data of a stream with unknown framing: must be whole ADUs; syncs the stream.
-    Sync,
-    /// Bytes already passed, re-sent from a known boundary: must be whole ADUs; no change.
-    Recheck,
-}
 
 /// What framing a segment found.
 struct Run {
@@ -88,93 +76,31 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     // SAFETY: the per-CPU context was written by the main program for this very packet; it
     // is only read (by reference: a copy would cost stack the call chain below needs).
     let ic = unsafe { &*ic };
-    let slot = slot_of(ic.epoch);
-    let info = CONDUITS
-        .get(conduit_index(slot, ic.conduit))
-        .copied()
-        .unwrap_or_default();
+    let (info, mut acc) = stats::inspected(ic);
+    let slot = acc.slot;
     let monitor = info.mode == MODE_MONITOR;
     let on_deny_reset = info.on_deny == ON_DENY_RESET;
     let on_deny_refuse = info.on_deny == ON_DENY_REFUSE && !monitor;
-    let mut acc = Accounted {
-        reason: Reason::None as u8,
-        verdict: VERDICT_PASS,
-        conduit: ic.conduit,
-        slot,
-        epoch: ic.epoch,
-        trace: ic.trace != 0,
-        adus: 0,
-        records: 0,
-    };
     if let Some(t) = MODBUS_ADUS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
-    let mut flow = MODBUS_FLOWS.get_ptr_mut(&ic.key);
-    if flow.is_none() {
-        // Out of line: verified once, not along every path of the framing below.
-        match otfw_modbus_missing(monitor as u64) {
-            stream::MISSING_SYN => return stream::stateless_syn(ctx, &mut acc, ic, monitor),
-            stream::MISSING_LOST => return stream::lost(ctx, &mut acc, monitor),
-            _ => flow = MODBUS_FLOWS.get_ptr_mut(&ic.key),
-        }
-    }
-    let Some(flow) = flow else {
-        acc.reason = Reason::FlowTableFull as u8;
-        acc.verdict = VERDICT_DROP;
-        stats::record(ctx, &acc);
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: LRU values stay valid for the program's run; the flow's packets are processed
-    // one at a time per CPU, and a race between CPUs on one flow only affects that flow.
-    let flow = unsafe { &mut *flow };
-    let to_server = ic.to_server != 0;
-    let flags = ic.tcp_flags;
-
-    if let Some(action) = stream::refuse_undeliverable(
+    let flow = match stream::followed(
         ctx,
         &mut acc,
-        &flow.guard,
         ic,
-        &mut flow.streams[(!to_server) as usize],
+        &MODBUS_FLOWS,
+        |m| otfw_modbus_missing(m),
         monitor,
     ) {
+        Ok(flow) => flow,
+        Err(action) => return action,
+    };
+    let blocked = Reason::ModbusBlocked as u8;
+    if let Some(action) = stream::track(ctx, &mut acc, ic, flow, blocked, monitor) {
         return action;
     }
-    if flags & TCP_SYN != 0 {
-        let action = syn(ic, flow, to_server);
-        stream::note_delivery(&mut flow.guard, ic);
-        stats::record(ctx, &acc);
-        return action;
-    }
-    stream::note_delivery(&mut flow.guard, ic);
-    if flags & TCP_RST == 0 {
-        if let Some(action) = stream::refused(
-            ctx,
-            &mut acc,
-            Reason::ModbusBlocked as u8,
-            flow.flags & MODBUS_RESET != 0,
-            flow.flags & MODBUS_BLOCKED != 0,
-            to_server,
-            monitor,
-        ) {
-            return action;
-        }
-    }
-    if flags & TCP_ACK != 0 {
-        // The acknowledgement covers the other direction's stream.
-        let peer = if to_server {
-            &mut flow.streams[1]
-        } else {
-            &mut flow.streams[0]
-        };
-        stream::note_ack(peer, ic.ack);
-    }
-    // A reset's payload is never delivered.
-    if ic.payload_len == 0 || flags & TCP_RST != 0 {
-        stats::record(ctx, &acc);
-        return xdp_action::XDP_PASS;
-    }
+    let to_server = ic.to_server != 0;
 
     let rule_index = slot * MAX_PROTOCOL_RULES + ic.rule as u32;
     let event_verdict = if monitor {
@@ -223,7 +149,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     acc.adus = run.adus;
 
     let mut action = xdp_action::XDP_PASS;
-    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, ic, run.rewrites)) {
+    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)) {
         // Fail closed: a refusal that cannot be carried out (or restored) ends the connection.
         flow.flags |= MODBUS_RESET;
         acc.reason = if run.fail {
@@ -268,7 +194,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
 /// Applies the byte rewrites framing queued in the scratch (refused requests neutralised,
 /// answers restored). False if one is outside the frame (fail closed).
 #[inline(always)]
-fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
+fn apply_rewrites(ctx: &XdpContext, count: u32) -> bool {
     let Some(s) = MODBUS_SCRATCH.get_ptr(0) else {
         return false;
     };
@@ -278,7 +204,7 @@ fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
         }
         // SAFETY: per-CPU scratch, this CPU only.
         let (at, value) = unsafe { ((*s).rewrite_at[i], (*s).rewrite_value[i]) };
-        if !stream::rewrite_byte(ctx, ic, at as u32, value) {
+        if stream::otfw_rewrite_byte(ctx.ctx, at as u64 | (value as u64) << 16) == 0 {
             return false;
         }
     }
@@ -291,65 +217,41 @@ fn apply_rewrites(ctx: &XdpContext, ic: &InspectContext, count: u32) -> bool {
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_modbus_missing(monitor: u64) -> u64 {
-    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
-        return stream::MISSING_CREATE;
-    };
-    // SAFETY: per-CPU context for this packet, only read.
-    let ic = unsafe { &*ic };
-    let missing = stream::missing(ic);
-    if missing == stream::MISSING_SYN {
-        return missing;
-    }
     let fresh = ModbusFlow::default();
-    if MODBUS_FLOWS.insert(&ic.key, &fresh, 0).is_err() {
-        return stream::MISSING_CREATE;
-    }
-    let Some(flow) = MODBUS_FLOWS.get_ptr_mut(&ic.key) else {
-        return stream::MISSING_CREATE;
-    };
-    // SAFETY: a map value, valid for the program's run.
-    stream::start_state(unsafe { &mut *flow }, ic, missing, monitor)
+    stream::create_missing(&MODBUS_FLOWS, || Some(&fresh as *const ModbusFlow), monitor)
 }
 
 impl stream::FollowedFlow for ModbusFlow {
-    fn reset_later(&mut self) {
-        self.flags |= MODBUS_RESET;
+    type Stream = ModbusStream;
+
+    #[inline(always)]
+    fn streams(&mut self) -> &mut [ModbusStream; 2] {
+        &mut self.streams
     }
 
+    #[inline(always)]
+    fn guard(&mut self) -> &mut TcpGuard {
+        &mut self.guard
+    }
+
+    const RESET: u8 = MODBUS_RESET;
+    const BLOCKED: u8 = MODBUS_BLOCKED;
+
+    #[inline(always)]
+    fn flow_flags(&mut self) -> &mut u8 {
+        &mut self.flags
+    }
+
+    #[inline(always)]
     fn started_by_syn_ack(&mut self, ack: u32) {
         self.streams[0].next_seq = ack;
         self.streams[0].flags = STREAM_SYNCED;
     }
-}
 
-/// A SYN (client) or SYN-ACK (server) fixes where the sender's stream starts. A SYN inside a
-/// stream already followed (sequence number just before the next expected byte) changes
-/// nothing: otherwise a forged SYN could move the framing into the middle of an ADU.
-#[inline(always)]
-fn syn(ic: &InspectContext, flow: &mut ModbusFlow, to_server: bool) -> u32 {
-    // Data on a SYN never gets here: `delivery` refuses it (`tcp_data_on_syn`).
-    let start = ic.seq.wrapping_add(1);
-    let stream = if to_server {
-        &mut flow.streams[0]
-    } else {
-        &mut flow.streams[1]
-    };
-    if stream.flags & STREAM_SYNCED != 0 && stream.next_seq == start {
-        return xdp_action::XDP_PASS;
+    #[inline(always)]
+    fn new_connection(&mut self) {
+        *self = ModbusFlow::default();
     }
-    if to_server {
-        // A new connection on this 4-tuple: nothing of the old one applies.
-        *flow = ModbusFlow::default();
-    }
-    let stream = if to_server {
-        &mut flow.streams[0]
-    } else {
-        &mut flow.streams[1]
-    };
-    *stream = ModbusStream::default();
-    stream.next_seq = start;
-    stream.flags = STREAM_SYNCED;
-    xdp_action::XDP_PASS
 }
 
 /// Places the segment in its stream, frames it, and commits the stream state if it passes.
@@ -367,9 +269,6 @@ fn segment(
     refuse: Refuse,
 ) -> Run {
     let request = ic.to_server != 0;
-    let seq = ic.seq;
-    let len = ic.payload_len;
-    let end = seq.wrapping_add(len);
     let mut refused = Run {
         reason: Reason::None as u8,
         denied: false,
@@ -383,35 +282,15 @@ fn segment(
         rewrites: 0,
         fail: false,
     };
-    let (commit, start) = if st.flags & STREAM_SYNCED == 0 {
-        (Commit::Sync, 0)
-    } else {
-        let diff = seq.wrapping_sub(st.next_seq) as i32;
-        let acked = st.flags & STREAM_ACKED != 0;
-        if diff == 0 {
-            (Commit::Advance, 0)
-        } else if diff > 0 {
+    let (commit, start) = match stream::place(st, ic) {
+        Placement::Frame(commit, start) => (commit, start),
+        // The receiver discards every byte of it.
+        Placement::Discarded => return refused,
+        Placement::OutOfOrder => {
             refused.reason = Reason::ModbusOutOfOrder as u8;
             return unframed_response(request, st, refused);
-        } else if acked && (st.acked.wrapping_sub(end) as i32) >= 0 {
-            // Wholly acknowledged: the receiver discards every byte of it.
-            return refused;
-        } else if (end.wrapping_sub(st.next_seq) as i32) <= 0 {
-            if st.flags & STREAM_BOUNDARY != 0
-                && seq == st.boundary_seq
-                && end == st.next_seq
-                && st.skip == 0
-                && st.carry_len == 0
-            {
-                (Commit::Recheck, 0)
-            } else {
-                refused.reason = Reason::ModbusRetransmission as u8;
-                return unframed_response(request, st, refused);
-            }
-        } else if acked && (st.acked.wrapping_sub(st.next_seq) as i32) >= 0 {
-            // The old part is acknowledged and discarded by the receiver: frame the new part.
-            (Commit::Advance, st.next_seq.wrapping_sub(seq))
-        } else {
+        }
+        Placement::Retransmission => {
             refused.reason = Reason::ModbusRetransmission as u8;
             return unframed_response(request, st, refused);
         }
@@ -476,19 +355,9 @@ fn segment(
     match commit {
         Commit::Recheck => {}
         Commit::Sync | Commit::Advance => {
-            let at_boundary = start == 0 && skip == 0 && carry == 0;
-            let ends_at_boundary = run.skip == 0 && run.carry == 0;
-            st.next_seq = end;
-            st.flags |= STREAM_SYNCED;
-            if commit == Commit::Sync {
-                st.flags &= !STREAM_ACKED;
-            }
-            if at_boundary && ends_at_boundary {
-                st.boundary_seq = seq;
-                st.flags |= STREAM_BOUNDARY;
-            } else {
-                st.flags &= !STREAM_BOUNDARY;
-            }
+            let from_boundary = start == 0 && skip == 0 && carry == 0;
+            let to_boundary = run.skip == 0 && run.carry == 0;
+            stream::advance(st, ic, commit, from_boundary, to_boundary);
             st.skip = run.skip as u16;
             st.carry_len = run.carry as u8;
             if run.carry != 0 {
@@ -641,26 +510,12 @@ pub extern "C" fn otfw_modbus_next() -> u64 {
     // SAFETY: per-CPU scratch, this CPU only.
     let s = unsafe { &mut *s };
     let len = s.len;
-    let mut pos = s.pos;
-    if pos > len {
-        pos = len;
-    }
-    if s.skip > 0 {
-        let rest = len - pos;
-        if s.skip >= rest {
-            s.skip -= rest;
-            s.pos = len;
-            s.framed = 1;
-            return 0;
-        }
-        pos += s.skip;
-        s.skip = 0;
-    }
-    s.pos = pos;
-    if pos >= len {
+    let Some(pos) = stream::next_message(len, s.pos, &mut s.skip) else {
+        s.pos = len;
         s.framed = 1;
         return 0;
-    }
+    };
+    s.pos = pos;
     let c = if s.carry > CARRY_MAX as u32 {
         0
     } else {
@@ -1418,11 +1273,23 @@ impl stream::Position for ModbusStream {
         &mut self.flags
     }
     #[inline(always)]
-    fn next_seq(&self) -> u32 {
-        self.next_seq
+    fn next_seq(&mut self) -> &mut u32 {
+        &mut self.next_seq
+    }
+    #[inline(always)]
+    fn boundary_seq(&mut self) -> &mut u32 {
+        &mut self.boundary_seq
     }
     #[inline(always)]
     fn acked(&mut self) -> &mut u32 {
         &mut self.acked
+    }
+    #[inline(always)]
+    fn pending(&self) -> bool {
+        self.skip != 0 || self.carry_len != 0
+    }
+    #[inline(always)]
+    fn clear(&mut self) {
+        *self = ModbusStream::default();
     }
 }

@@ -4,11 +4,17 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use firewall_common::counters::{conduit_stats_index, reason_index, Trace, VERDICT_PASS};
+use firewall_common::{
+    conduit::{conduit_index, ConduitInfo},
+    counters::{conduit_stats_index, reason_index, Trace, VERDICT_PASS},
+    modbus::InspectContext,
+    reason::Reason,
+    slot_of,
+};
 
 use super::{
     events,
-    maps::{CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
+    maps::{CONDUITS, CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
 };
@@ -25,6 +31,29 @@ pub struct Accounted {
     pub adus: u32,
     /// EtherNet/IP records the inspector kept for this frame.
     pub records: u32,
+}
+
+/// What an inspector starts a packet the main program handed it (`ic`) with: the settings of
+/// its conduit (mode, `on_deny`) and the accounting of its decision, a pass until the inspector
+/// finds otherwise.
+#[inline(always)]
+pub fn inspected(ic: &InspectContext) -> (ConduitInfo, Accounted) {
+    let slot = slot_of(ic.epoch);
+    let info = CONDUITS
+        .get(conduit_index(slot, ic.conduit))
+        .copied()
+        .unwrap_or_default();
+    let acc = Accounted {
+        reason: Reason::None as u8,
+        verdict: VERDICT_PASS,
+        conduit: ic.conduit,
+        slot,
+        epoch: ic.epoch,
+        trace: ic.trace != 0,
+        adus: 0,
+        records: 0,
+    };
+    (info, acc)
 }
 
 #[inline(always)]

@@ -1,18 +1,23 @@
-//! What the TCP inspectors (`modbus`, `enip`) share about a stream: remembering the peer's
-//! acknowledgement, refusing the segments of a flow already refused, and the per-connection
-//! half of the delivery checks (`TcpGuard`: TTL, data after FIN or RST). Everything is
-//! `#[inline(always)]` and generic over the inspector's stream state, so each inspector is
-//! compiled (and verified) as before.
+//! The stream layer the TCP inspectors (`modbus`, `enip`) share: finding or creating a flow's
+//! state (`followed`, `create_missing`), what a segment does to the connection before its
+//! payload is framed (`track`: the delivery checks with the per-connection `TcpGuard`, SYN and
+//! acknowledgement tracking, flows already refused), where a data segment falls in its stream
+//! (`place`: in order, out of order, retransmitted, discarded) and moving past it (`advance`),
+//! and the in-place rewrite of a payload byte with its checksum (`otfw_rewrite_byte`). The
+//! inspector frames the payload in between. Everything but the byte rewrite (a global function,
+//! verified once) is `#[inline(always)]` and generic over the inspector's flow and stream state,
+//! so each inspector is compiled (and verified) as its own code.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, xdp_md},
     cty::c_void,
     helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    maps::LruHashMap,
     programs::XdpContext,
 };
 use firewall_common::{
     counters::{FLOW_CLOSED, VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
-    flow::{FLOW_INSPECTED, TABLE_EMBRYOS},
+    flow::{FlowKey, FLOW_INSPECTED, TABLE_EMBRYOS},
     modbus::InspectContext,
     reason::Reason,
     stream::{TcpGuard, GUARD_FIN, GUARD_RESET},
@@ -21,7 +26,7 @@ use firewall_common::{
 use super::{
     delivery, flow,
     l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{EMBRYOS, FLOWS, FLOW_KEYS},
+    maps::{EMBRYOS, FLOWS, FLOW_KEYS, INSPECT_CTX},
     packet::ptr_at_mut,
     reset,
     stats::{self, Accounted},
@@ -34,18 +39,24 @@ pub trait Position {
     const SYNCED: u8;
     /// `acked` holds an acknowledgement of the peer.
     const ACKED: u8;
-    /// The last passed segment ended at a message boundary.
+    /// The last passed segment began and ended at a message boundary (`boundary_seq`,
+    /// `next_seq`).
     const BOUNDARY: u8;
     fn flags(&mut self) -> &mut u8;
-    fn next_seq(&self) -> u32;
+    fn next_seq(&mut self) -> &mut u32;
+    fn boundary_seq(&mut self) -> &mut u32;
     fn acked(&mut self) -> &mut u32;
+    /// Bytes of a message are pending: still to skip, or carried undecided.
+    fn pending(&self) -> bool;
+    /// Forgets the position and what is pending (a new stream starts).
+    fn clear(&mut self);
 }
 
 /// Remembers the highest acknowledgement of `stream`, never beyond what was passed.
 #[inline(always)]
-pub fn note_ack<S: Position>(stream: &mut S, ack: u32) {
+fn note_ack<S: Position>(stream: &mut S, ack: u32) {
     let flags = *stream.flags();
-    if flags & S::SYNCED == 0 || (ack.wrapping_sub(stream.next_seq()) as i32) > 0 {
+    if flags & S::SYNCED == 0 || (ack.wrapping_sub(*stream.next_seq()) as i32) > 0 {
         return;
     }
     if flags & S::ACKED == 0 || (ack.wrapping_sub(*stream.acked()) as i32) > 0 {
@@ -59,7 +70,7 @@ pub fn note_ack<S: Position>(stream: &mut S, ack: u32) {
 /// after a drop (`blocked`) every client segment is dropped. Accounts it as `reason` and returns the
 /// action, or `None` if the segment is not refused this way.
 #[inline(always)]
-pub fn refused(
+fn refused(
     ctx: &XdpContext,
     acc: &mut Accounted,
     reason: u8,
@@ -69,26 +80,27 @@ pub fn refused(
     monitor: bool,
 ) -> Option<u32> {
     if after_reset {
-        acc.reason = reason;
-        acc.verdict = if monitor {
-            VERDICT_MONITOR
-        } else {
-            VERDICT_RESET
-        };
-        stats::record(ctx, acc);
-        return Some(if monitor {
+        return Some(if refusal(ctx, acc, reason, VERDICT_RESET, monitor) {
             xdp_action::XDP_PASS
         } else {
             reset::answer(ctx)
         });
     }
     if to_server && blocked {
-        acc.reason = reason;
-        acc.verdict = VERDICT_DROP;
-        stats::record(ctx, acc);
+        refusal(ctx, acc, reason, VERDICT_DROP, false);
         return Some(xdp_action::XDP_DROP);
     }
     None
+}
+
+/// Accounts a segment refused for `reason`: in monitor mode as monitored (it passes, and
+/// `true` says so), else with `verdict`, which the caller carries out.
+#[inline(always)]
+fn refusal(ctx: &XdpContext, acc: &mut Accounted, reason: u8, verdict: u32, monitor: bool) -> bool {
+    acc.reason = reason;
+    acc.verdict = if monitor { VERDICT_MONITOR } else { verdict };
+    stats::record(ctx, acc);
+    monitor
 }
 
 /// Why the receiver would not deliver this segment as the inspector frames it, from the segment
@@ -126,7 +138,7 @@ pub fn undeliverable(ctx: &XdpContext, guard: &TcpGuard, ic: &InspectContext) ->
 
 /// Records what a segment that passed `undeliverable` tells about the connection.
 #[inline(always)]
-pub fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
+fn note_delivery(guard: &mut TcpGuard, ic: &InspectContext) {
     let side = if ic.to_server != 0 { 0 } else { 1 };
     if ic.hop_limit > guard.ttl[side] {
         guard.ttl[side] = ic.hop_limit;
@@ -181,20 +193,273 @@ pub fn missing(ic: &InspectContext) -> u64 {
     }
 }
 
-/// An inspector's per-flow state, as `start_state` prepares it.
+/// An inspector's per-flow state, as the stream layer keeps it.
 pub trait FollowedFlow {
-    /// Every later segment, either side, is to be answered with a reset.
-    fn reset_later(&mut self);
+    type Stream: Position;
+    /// `[requests (client to server), responses]`.
+    fn streams(&mut self) -> &mut [Self::Stream; 2];
+    fn guard(&mut self) -> &mut TcpGuard;
+    /// Flag: every later segment, either side, is answered with a reset (a denial under
+    /// `on_deny: reset`, or lost state).
+    const RESET: u8;
+    /// Flag: every later client segment is dropped (a denial under `on_deny: drop`).
+    const BLOCKED: u8;
+    fn flow_flags(&mut self) -> &mut u8;
     /// The server's SYN-ACK starts the state: the client's stream starts at `ack`, what it
     /// acknowledges.
     fn started_by_syn_ack(&mut self, ack: u32);
+    /// A client SYN starts a new connection on the flow's addresses and ports: nothing of the
+    /// old one applies.
+    fn new_connection(&mut self);
+}
+
+/// The body of an inspector's out-of-line `otfw_*_missing`: the flow has no state in `flows`;
+/// decides what that means (`missing`) and creates the state where it is to be kept, from
+/// `fresh` (zeroed state; `None` if it cannot be had). Returns `MISSING_*`; for
+/// `MISSING_LOST` the new state answers every later segment with a reset (unless `monitor`).
+/// State that cannot be stored is reported as missing all the same (the caller finds none).
+#[inline(always)]
+pub fn create_missing<F: FollowedFlow>(
+    flows: &LruHashMap<FlowKey, F>,
+    fresh: impl FnOnce() -> Option<*const F>,
+    monitor: u64,
+) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return MISSING_CREATE;
+    };
+    // SAFETY: per-CPU context for this packet, only read.
+    let ic = unsafe { &*ic };
+    let missing = missing(ic);
+    if missing == MISSING_SYN {
+        return missing;
+    }
+    let Some(fresh) = fresh() else {
+        return missing;
+    };
+    // SAFETY: `fresh` points to a value of the map's type, valid for the program's run.
+    if unsafe { flows.insert(&ic.key, &*fresh, 0) }.is_err() {
+        return missing;
+    }
+    let Some(flow) = flows.get_ptr_mut(&ic.key) else {
+        return MISSING_CREATE;
+    };
+    // SAFETY: a map value, valid for the program's run.
+    start_state(unsafe { &mut *flow }, ic, missing, monitor)
+}
+
+/// The packet's flow state in `flows`, created (`create`: the inspector's `otfw_*_missing`,
+/// out of line so that it is verified once, not along every path of the framing) where it is
+/// missing. `Err(action)`: the segment was decided without state, and accounted.
+#[inline(always)]
+pub fn followed<'a, F: FollowedFlow>(
+    ctx: &XdpContext,
+    acc: &mut Accounted,
+    ic: &InspectContext,
+    flows: &'a LruHashMap<FlowKey, F>,
+    create: impl FnOnce(u64) -> u64,
+    monitor: bool,
+) -> Result<&'a mut F, u32> {
+    let mut flow = flows.get_ptr_mut(&ic.key);
+    if flow.is_none() {
+        match create(monitor as u64) {
+            MISSING_SYN => return Err(stateless_syn(ctx, acc, ic, monitor)),
+            MISSING_LOST => return Err(lost(ctx, acc, monitor)),
+            _ => flow = flows.get_ptr_mut(&ic.key),
+        }
+    }
+    let Some(flow) = flow else {
+        acc.reason = Reason::FlowTableFull as u8;
+        acc.verdict = VERDICT_DROP;
+        stats::record(ctx, acc);
+        return Err(xdp_action::XDP_DROP);
+    };
+    // SAFETY: LRU values stay valid for the program's run; the flow's packets are processed
+    // one at a time per CPU, and a race between CPUs on one flow only affects that flow.
+    Ok(unsafe { &mut *flow })
+}
+
+/// What a segment of a followed flow does before its payload is framed: the delivery checks,
+/// a SYN, a flow already refused (`blocked_reason` accounts it), the acknowledgement of the
+/// peer's stream. `Some(action)`: the segment is decided (accounted); `None`: its payload is to
+/// be framed.
+#[inline(always)]
+pub fn track<F: FollowedFlow>(
+    ctx: &XdpContext,
+    acc: &mut Accounted,
+    ic: &InspectContext,
+    flow: &mut F,
+    blocked_reason: u8,
+    monitor: bool,
+) -> Option<u32> {
+    let to_server = ic.to_server != 0;
+    let flags = ic.tcp_flags;
+    if let Some(action) = refuse_undeliverable(ctx, acc, flow, ic, monitor) {
+        return Some(action);
+    }
+    if flags & TCP_SYN != 0 {
+        syn(ic, flow);
+        note_delivery(flow.guard(), ic);
+        stats::record(ctx, acc);
+        return Some(xdp_action::XDP_PASS);
+    }
+    note_delivery(flow.guard(), ic);
+    if flags & TCP_RST == 0 {
+        if let Some(action) = refused(
+            ctx,
+            acc,
+            blocked_reason,
+            *flow.flow_flags() & F::RESET != 0,
+            *flow.flow_flags() & F::BLOCKED != 0,
+            to_server,
+            monitor,
+        ) {
+            return Some(action);
+        }
+    }
+    if flags & TCP_ACK != 0 {
+        // The acknowledgement covers the other direction's stream.
+        note_ack(&mut flow.streams()[to_server as usize], ic.ack);
+    }
+    // A reset's payload is never delivered.
+    if ic.payload_len == 0 || flags & TCP_RST != 0 {
+        stats::record(ctx, acc);
+        return Some(xdp_action::XDP_PASS);
+    }
+    None
+}
+
+/// A SYN (client) or SYN-ACK (server) fixes where the sender's stream starts. A SYN inside a
+/// stream already followed (sequence number just before the next expected byte) changes
+/// nothing: otherwise a forged SYN could move the framing into the middle of a message.
+#[inline(always)]
+fn syn<F: FollowedFlow>(ic: &InspectContext, flow: &mut F) {
+    // Data on a SYN never gets here: `delivery` refuses it (`tcp_data_on_syn`).
+    let to_server = ic.to_server != 0;
+    let side = (!to_server) as usize;
+    let start = ic.seq.wrapping_add(1);
+    let st = &mut flow.streams()[side];
+    if *st.flags() & <F::Stream as Position>::SYNCED != 0 && *st.next_seq() == start {
+        return;
+    }
+    if to_server {
+        flow.new_connection();
+    }
+    let st = &mut flow.streams()[side];
+    st.clear();
+    *st.next_seq() = start;
+    *st.flags() = <F::Stream as Position>::SYNCED;
+}
+
+/// How one segment's payload is to be framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// In order: the stream advances past the segment.
+    Advance,
+    /// First data of a stream with unknown framing: must be whole messages; syncs the stream.
+    Sync,
+    /// Bytes already passed, re-sent from a known boundary: must be whole messages; no change.
+    Recheck,
+}
+
+/// Where a data segment falls in its stream (`place`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Frame the payload from the offset, then commit as said.
+    Frame(Commit, u32),
+    /// Wholly acknowledged already: the receiver discards every byte of it.
+    Discarded,
+    /// Beyond the next byte expected: a segment before it is missing.
+    OutOfOrder,
+    /// Bytes already passed, sent again other than as the last segment from a boundary: what
+    /// the receiver makes of them cannot be known.
+    Retransmission,
+}
+
+/// Places a data segment in its stream. Bytes already passed are framed again only as a
+/// whole segment from a boundary (`Recheck`), or skipped when the receiver has acknowledged
+/// them (it discards them).
+#[inline(always)]
+pub fn place<S: Position>(st: &mut S, ic: &InspectContext) -> Placement {
+    let seq = ic.seq;
+    let end = seq.wrapping_add(ic.payload_len);
+    let flags = *st.flags();
+    if flags & S::SYNCED == 0 {
+        return Placement::Frame(Commit::Sync, 0);
+    }
+    let next = *st.next_seq();
+    let diff = seq.wrapping_sub(next) as i32;
+    let acked = flags & S::ACKED != 0;
+    if diff == 0 {
+        Placement::Frame(Commit::Advance, 0)
+    } else if diff > 0 {
+        Placement::OutOfOrder
+    } else if acked && (st.acked().wrapping_sub(end) as i32) >= 0 {
+        Placement::Discarded
+    } else if (end.wrapping_sub(next) as i32) <= 0 {
+        if flags & S::BOUNDARY != 0 && seq == *st.boundary_seq() && end == next && !st.pending() {
+            Placement::Frame(Commit::Recheck, 0)
+        } else {
+            Placement::Retransmission
+        }
+    } else if acked && (st.acked().wrapping_sub(next) as i32) >= 0 {
+        // The old part is acknowledged and discarded by the receiver: frame the new part.
+        Placement::Frame(Commit::Advance, next.wrapping_sub(seq))
+    } else {
+        Placement::Retransmission
+    }
+}
+
+/// Where framing of a payload of `len` bytes goes on from `pos`: past the `skip` bytes still to
+/// come of a message already decided (`skip` keeps what this payload does not hold). `None`:
+/// every byte of the payload is framed.
+#[inline(always)]
+pub fn next_message(len: u32, pos: u32, skip: &mut u32) -> Option<u32> {
+    let mut pos = if pos > len { len } else { pos };
+    if *skip > 0 {
+        let rest = len - pos;
+        if *skip >= rest {
+            *skip -= rest;
+            return None;
+        }
+        pos += *skip;
+        *skip = 0;
+    }
+    if pos >= len {
+        None
+    } else {
+        Some(pos)
+    }
+}
+
+/// Moves `st` past a segment that passed framed as `Sync` or `Advance` (a `Recheck` changes
+/// nothing): it began at a message boundary (`from_boundary`: framed from its first byte with
+/// nothing pending) and ended at one (`to_boundary`). What is pending is the inspector's.
+#[inline(always)]
+pub fn advance<S: Position>(
+    st: &mut S,
+    ic: &InspectContext,
+    commit: Commit,
+    from_boundary: bool,
+    to_boundary: bool,
+) {
+    *st.next_seq() = ic.seq.wrapping_add(ic.payload_len);
+    *st.flags() |= S::SYNCED;
+    if commit == Commit::Sync {
+        *st.flags() &= !S::ACKED;
+    }
+    if from_boundary && to_boundary {
+        *st.boundary_seq() = ic.seq;
+        *st.flags() |= S::BOUNDARY;
+    } else {
+        *st.flags() &= !S::BOUNDARY;
+    }
 }
 
 /// Prepares state just created for the packet's flow (`missing` said `missing`): marks the
 /// flow as followed, and either starts the streams at a SYN-ACK or, for lost state, arranges
 /// the reset (unless `monitor`). Returns `missing`.
 #[inline(always)]
-pub fn start_state<F: FollowedFlow>(
+fn start_state<F: FollowedFlow>(
     flow: &mut F,
     ic: &InspectContext,
     missing: u64,
@@ -203,7 +468,7 @@ pub fn start_state<F: FollowedFlow>(
     mark_inspected();
     if missing == MISSING_LOST {
         if monitor == 0 {
-            flow.reset_later();
+            *flow.flow_flags() |= F::RESET;
         }
     } else if ic.tcp_flags & TCP_SYN != 0 {
         flow.started_by_syn_ack(ic.ack);
@@ -237,25 +502,17 @@ pub fn mark_inspected() {
 /// checks have nothing to protect: a bad SYN is the receiver's to discard. With payload (TCP
 /// Fast Open) it is refused as on a followed flow. Accounts it and returns the action.
 #[inline(always)]
-pub fn stateless_syn(
-    ctx: &XdpContext,
-    acc: &mut Accounted,
-    ic: &InspectContext,
-    monitor: bool,
-) -> u32 {
+fn stateless_syn(ctx: &XdpContext, acc: &mut Accounted, ic: &InspectContext, monitor: bool) -> u32 {
     if ic.payload_len == 0 {
         stats::record(ctx, acc);
         return xdp_action::XDP_PASS;
     }
-    acc.reason = Reason::TcpDataOnSyn as u8;
-    if monitor {
-        acc.verdict = VERDICT_MONITOR;
-        stats::record(ctx, acc);
-        return xdp_action::XDP_PASS;
+    let reason = Reason::TcpDataOnSyn as u8;
+    if refusal(ctx, acc, reason, VERDICT_DROP, monitor) {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
-    acc.verdict = VERDICT_DROP;
-    stats::record(ctx, acc);
-    xdp_action::XDP_DROP
 }
 
 /// A segment of a flow whose inspector state was lost (`Missing::Lost`): the connection is
@@ -263,16 +520,13 @@ pub fn stateless_syn(
 /// that later segments of either side are answered with RSTs). In monitor mode it passes and
 /// the fresh state resynchronises, as for a flow adopted mid-stream.
 #[inline(always)]
-pub fn lost(ctx: &XdpContext, acc: &mut Accounted, monitor: bool) -> u32 {
-    acc.reason = Reason::InspectorStateLost as u8;
-    if monitor {
-        acc.verdict = VERDICT_MONITOR;
-        stats::record(ctx, acc);
-        return xdp_action::XDP_PASS;
+fn lost(ctx: &XdpContext, acc: &mut Accounted, monitor: bool) -> u32 {
+    let reason = Reason::InspectorStateLost as u8;
+    if refusal(ctx, acc, reason, VERDICT_RESET, monitor) {
+        xdp_action::XDP_PASS
+    } else {
+        reset::forward(ctx)
     }
-    acc.verdict = VERDICT_RESET;
-    stats::record(ctx, acc);
-    reset::forward(ctx)
 }
 
 /// Refuses a segment the receiver would not deliver as framed (`undeliverable`), accounting
@@ -281,28 +535,41 @@ pub fn lost(ctx: &XdpContext, acc: &mut Accounted, monitor: bool) -> u32 {
 /// unframed, and `stream`, the direction it would have moved, resynchronises on a later
 /// segment.
 #[inline(always)]
-pub fn refuse_undeliverable<S: Position>(
+fn refuse_undeliverable<F: FollowedFlow>(
     ctx: &XdpContext,
     acc: &mut Accounted,
-    guard: &TcpGuard,
+    flow: &mut F,
     ic: &InspectContext,
-    stream: &mut S,
     monitor: bool,
 ) -> Option<u32> {
-    let reason = undeliverable(ctx, guard, ic);
+    let reason = undeliverable(ctx, flow.guard(), ic);
     if reason == Reason::None {
         return None;
     }
-    acc.reason = reason as u8;
-    if monitor {
-        *stream.flags() &= !(S::SYNCED | S::BOUNDARY);
-        acc.verdict = VERDICT_MONITOR;
-        stats::record(ctx, acc);
+    if refusal(ctx, acc, reason as u8, VERDICT_DROP, monitor) {
+        let stream = &mut flow.streams()[(ic.to_server == 0) as usize];
+        *stream.flags() &= !(<F::Stream as Position>::SYNCED | <F::Stream as Position>::BOUNDARY);
         return Some(xdp_action::XDP_PASS);
     }
-    acc.verdict = VERDICT_DROP;
-    stats::record(ctx, acc);
     Some(xdp_action::XDP_DROP)
+}
+
+/// `rewrite_byte` on the packet `INSPECT_CTX` describes, as a global function: the verifier
+/// checks it once, not once per queued rewrite along every path of the inspector. `packed`:
+/// frame offset | new value << 16. 1 if done.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_rewrite_byte(ctx: *mut xdp_md, packed: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    if ctx.is_null() {
+        return 0;
+    }
+    let ctx = XdpContext::new(ctx);
+    // SAFETY: per-CPU context written by the main program for this packet, only read.
+    let ic = unsafe { &*ic };
+    rewrite_byte(&ctx, ic, packed as u16 as u32, (packed >> 16) as u8) as u64
 }
 
 /// Rewrites the payload byte at frame offset `at` to `value` and updates the TCP checksum
@@ -311,7 +578,7 @@ pub fn refuse_undeliverable<S: Position>(
 /// other byte of the word is the same in both and cancels out, so it is taken as 0 (it may be
 /// past the end of the segment). False if the byte or the checksum field is outside the frame.
 #[inline(always)]
-pub fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bool {
+fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bool {
     // Offsets below 16 KiB, as the verifier wants for packet pointer arithmetic.
     let header = (ic.payload.wrapping_sub(ic.header_len as u32) & 0x3fff) as usize;
     let at = (at & 0x3fff) as usize;

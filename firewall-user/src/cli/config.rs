@@ -40,6 +40,7 @@ pub struct RunConfig {
     pub no_pin: Option<bool>,
     pub inventory: Option<PathBuf>,
     pub allow_insecure_policy_permissions: Option<bool>,
+    pub replace_incompatible_maps: Option<bool>,
 }
 
 /// The file as YAML types give it. Values with rules of their own are checked after parsing,
@@ -59,6 +60,7 @@ struct FileConfig {
     no_pin: Option<bool>,
     inventory: Option<PathBuf>,
     allow_insecure_policy_permissions: Option<bool>,
+    replace_incompatible_maps: Option<bool>,
 }
 
 /// Seconds between checks of the policy file; positive.
@@ -237,6 +239,7 @@ impl RunConfig {
             no_pin: file.no_pin,
             inventory: file.inventory,
             allow_insecure_policy_permissions: file.allow_insecure_policy_permissions,
+            replace_incompatible_maps: file.replace_incompatible_maps,
         })
     }
 
@@ -264,6 +267,9 @@ impl RunConfig {
             allow_insecure_policy_permissions: flags
                 .allow_insecure_policy_permissions
                 .or(self.allow_insecure_policy_permissions),
+            replace_incompatible_maps: flags
+                .replace_incompatible_maps
+                .or(self.replace_incompatible_maps),
         }
     }
 }
@@ -289,6 +295,7 @@ pub struct Effective {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inventory: Option<PathBuf>,
     pub allow_insecure_policy_permissions: bool,
+    pub replace_incompatible_maps: bool,
 }
 
 impl RunConfig {
@@ -325,6 +332,7 @@ impl RunConfig {
             allow_insecure_policy_permissions: self
                 .allow_insecure_policy_permissions
                 .unwrap_or(false),
+            replace_incompatible_maps: self.replace_incompatible_maps.unwrap_or(false),
         })
     }
 }

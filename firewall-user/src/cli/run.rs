@@ -77,6 +77,13 @@ pub struct RunArgs {
     /// such a file is refused, at start and at every reload.
     #[arg(long)]
     pub allow_insecure_policy_permissions: bool,
+    /// When the pinned maps were made by a version with another map layout (an upgrade that
+    /// changed them), load onto fresh maps and swap the new program into each port's pinned
+    /// link atomically: no unprotected moment, but flows and counters start afresh (TCP
+    /// connections go on only where the policy adopts flows mid-stream). Without it such a
+    /// start is refused and the pinned program goes on enforcing.
+    #[arg(long)]
+    pub replace_incompatible_maps: bool,
 }
 
 fn parse_watch_interval(text: &str) -> Result<WatchInterval, String> {
@@ -108,6 +115,7 @@ impl RunArgs {
             allow_insecure_policy_permissions: self
                 .allow_insecure_policy_permissions
                 .then_some(true),
+            replace_incompatible_maps: self.replace_incompatible_maps.then_some(true),
         }
     }
 
@@ -147,6 +155,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         xdp_mode: settings.xdp_mode.0,
         fast_path: settings.fast_path.0,
         allow_insecure_policy_permissions: settings.allow_insecure_policy_permissions,
+        replace_incompatible_maps: settings.replace_incompatible_maps,
         observe: ObserveOptions {
             metrics: settings.metrics.0,
             events_file: settings.events_file,

@@ -65,8 +65,9 @@ impl Datapath {
             } else {
                 cfg.tcp_idle_secs
             };
-            // `last_seen_ns` is the kernel's monotonic clock, like ours; a packet may renew
-            // the entry after this read, so it is read again just before the removal.
+            // `last_seen_ns` is the kernel's coarse monotonic clock (at most a tick behind
+            // ours, which only errs towards keeping a flow); a packet may renew the entry
+            // after this read, so it is read again just before the removal.
             let expired =
                 |f: &FlowState| now.saturating_sub(f.last_seen_ns) > idle as u64 * NS_PER_SEC;
             if !expired(&flow) {

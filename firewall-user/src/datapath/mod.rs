@@ -32,8 +32,8 @@ pub use flows::{Sweep, ZoneShare};
 pub use generation::Generation;
 pub use modbus::{ModbusDenied, ModbusTraffic};
 pub use pin::{
-    check_bpffs, enforced_ports, instance_enforcing, links_dir, pin_dir, remove as remove_pins,
-    IncompatibleLayout, LearnMaps, PinnedMaps, Removed, BPFFS,
+    check_bpffs, enforced_ports, finish_replacement, instance_enforcing, links_dir, pin_dir,
+    remove as remove_pins, IncompatibleLayout, LearnMaps, PinnedMaps, Removed, BPFFS,
 };
 pub use test_run::{traced_adus, traced_cip_requests, Adu, CipRequest, Decision, TimedRun};
 
@@ -61,26 +61,66 @@ pub struct Datapath {
     maps: Maps,
     /// What each slot holds, so counters and decisions can be named and stale entries removed.
     slots: [Option<Generation>; 2],
+    /// Loaded onto fresh maps in place of pinned maps of another layout (the differences):
+    /// the old maps are unpinned once every port runs this program.
+    replacing_maps: Option<Vec<String>>,
+}
+
+/// What `Datapath::load_pinned` does with pinned maps whose layout differs from this version's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayoutChange {
+    /// Refuse to start; the pinned program goes on enforcing.
+    #[default]
+    Refuse,
+    /// Load onto fresh maps and replace the program on each port atomically.
+    Replace,
 }
 
 impl Datapath {
     /// Loads the object into the kernel (verifier included). Nothing is attached yet.
     pub fn load() -> Result<Datapath> {
-        Self::load_pinned(None)
+        Self::load_pinned(None, LayoutChange::Refuse)
     }
 
     /// Loads the object; with `pin_dir`, onto the maps pinned there (created and pinned where
     /// missing, see `pin`), and pins its programs there once they are verified. Pinned maps of
-    /// another layout are refused before anything changes (`pin::IncompatibleLayout`).
-    pub fn load_pinned(pin_dir: Option<&std::path::Path>) -> Result<Datapath> {
+    /// another layout are refused before anything changes (`pin::IncompatibleLayout`), unless
+    /// `layout` is `Replace`: the object then loads onto fresh maps staged in `maps-next/`,
+    /// which `pin::finish_replacement` makes the instance's maps once every port runs the new
+    /// program (`Datapath::replacing_maps` says whether that is pending).
+    pub fn load_pinned(
+        pin_dir: Option<&std::path::Path>,
+        layout: LayoutChange,
+    ) -> Result<Datapath> {
         raise_memlock_limit();
+        let mut replacing_maps = None;
         let pinnable = match pin_dir {
             Some(dir) => {
                 pin::check_bpffs()?;
                 let maps = pin::pinnable_maps(OBJECT)?;
-                pin::check_layout(dir, &maps)?;
+                if !pin::maps_dir(dir).exists() {
+                    // A replacement interrupted after the old maps were unpinned.
+                    pin::finish_replacement(dir)?;
+                }
+                let maps_dir = match pin::check_layout(dir, &maps) {
+                    Ok(()) => pin::maps_dir(dir),
+                    Err(e) if layout == LayoutChange::Replace => {
+                        let Some(incompatible) = e.downcast_ref::<IncompatibleLayout>() else {
+                            return Err(e);
+                        };
+                        log::warn!(
+                            "the pinned maps do not fit this version ({}): loading onto fresh \
+                             maps; every port gets the new program atomically, flows and \
+                             counters start afresh",
+                            incompatible.differences.join("; ")
+                        );
+                        replacing_maps = Some(incompatible.differences.clone());
+                        pin::make_dirs(dir)?;
+                        pin::stage_fresh_maps(dir)?
+                    }
+                    Err(e) => return Err(e),
+                };
                 pin::make_dirs(dir)?;
-                let maps_dir = pin::maps_dir(dir);
                 maps.into_iter()
                     .map(|(name, _)| {
                         let path = maps_dir.join(&name);
@@ -154,6 +194,7 @@ impl Datapath {
             logger: Some(logger),
             maps,
             slots: [None, None],
+            replacing_maps,
         })
     }
 
@@ -197,6 +238,11 @@ impl Datapath {
     /// which `flush` then hands to the `log` crate.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
+    }
+
+    /// The layout differences when this datapath replaces pinned maps of another layout.
+    pub fn replacing_maps(&self) -> Option<&[String]> {
+        self.replacing_maps.as_deref()
     }
 
     /// The generation now in force, if any.

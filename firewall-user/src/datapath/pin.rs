@@ -3,7 +3,9 @@
 //!
 //! - `maps/<MAP>`: every map of the object (flows, policy slots, counters, event rings);
 //! - `programs/<program>`: the XDP program and its inspectors;
-//! - `links/<port>`: the XDP link of each port.
+//! - `links/<port>`: the XDP link of each port;
+//! - `maps-next/`: only while a version with another map layout replaces the maps
+//!   (`--replace-incompatible-maps`, see [`finish_replacement`]).
 //!
 //! A pinned link keeps its program on the port after `otfw run` exits for any reason (SIGKILL
 //! included), and the program keeps its maps: enforcement goes on with the policy in force. The
@@ -44,6 +46,12 @@ pub fn pin_dir(instance: &str) -> PathBuf {
 
 pub fn maps_dir(dir: &Path) -> PathBuf {
     dir.join("maps")
+}
+
+/// Where the fresh maps of a version with another layout are pinned until every port runs its
+/// program; then they become `maps/`.
+pub fn staged_maps_dir(dir: &Path) -> PathBuf {
+    dir.join("maps-next")
 }
 
 pub fn programs_dir(dir: &Path) -> PathBuf {
@@ -170,9 +178,13 @@ impl std::fmt::Display for IncompatibleLayout {
         write!(
             f,
             "the pinned maps in {} do not fit this version of otfw: {}. Nothing was changed: \
-             the pinned program keeps enforcing the policy it had. To switch versions, run \
-             `otfw stop` for this instance in a maintenance window (the ports forward \
-             unfiltered until the next start) and start `otfw run` again",
+             the pinned program keeps enforcing the policy it had. To switch versions without \
+             an unprotected moment, start `otfw run` with --replace-incompatible-maps: this \
+             version then loads onto fresh maps and replaces the program on each port \
+             atomically (flows and counters start afresh; connections go on where the \
+             policy adopts flows mid-stream). Alternatively run `otfw stop` for this \
+             instance in a maintenance window (the ports forward unfiltered until the next \
+             start) and start `otfw run` again",
             self.dir.display(),
             self.differences.join("; ")
         )
@@ -180,6 +192,50 @@ impl std::fmt::Display for IncompatibleLayout {
 }
 
 impl std::error::Error for IncompatibleLayout {}
+
+/// Prepares `maps-next/` for a version replacing maps of another layout: empty (pins left by
+/// an earlier attempt are removed; programs still using those maps keep them) and root-only.
+pub(super) fn stage_fresh_maps(dir: &Path) -> Result<PathBuf> {
+    let staged = staged_maps_dir(dir);
+    clear(&staged)?;
+    crate::private::dir(&staged)?;
+    Ok(staged)
+}
+
+/// Completes a replacement once every port runs the new program: the old maps' pins are
+/// removed (the kernel frees those maps with the last program using them) and `maps-next/`
+/// becomes `maps/`. Also finishes a replacement interrupted between those two steps.
+pub fn finish_replacement(dir: &Path) -> Result<()> {
+    let staged = staged_maps_dir(dir);
+    if !staged.exists() {
+        return Ok(());
+    }
+    let maps = maps_dir(dir);
+    clear(&maps)?;
+    std::fs::rename(&staged, &maps).with_context(|| {
+        format!(
+            "moving the new maps from {} to {}",
+            staged.display(),
+            maps.display()
+        )
+    })
+}
+
+/// Removes a pin directory and the pins in it; nothing if it does not exist.
+fn clear(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        remove_pin(&entry.path())?;
+        removed += 1;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(removed)
+}
 
 /// Pins every program of a freshly loaded object into `programs/`, replacing the pins of an
 /// earlier version (links keep whichever program they run until they are updated).
@@ -328,24 +384,9 @@ pub fn remove(dir: &Path) -> Result<Removed> {
         ports: enforced_ports(dir),
         ..Removed::default()
     };
-    for (sub, count) in [
-        (links_dir(dir), None),
-        (programs_dir(dir), Some(&mut removed.programs)),
-        (maps_dir(dir), Some(&mut removed.maps)),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        let mut n = 0;
-        for entry in entries.filter_map(|e| e.ok()) {
-            remove_pin(&entry.path())?;
-            n += 1;
-        }
-        if let Some(count) = count {
-            *count = n;
-        }
-        std::fs::remove_dir(&sub).with_context(|| format!("removing {}", sub.display()))?;
-    }
+    clear(&links_dir(dir))?;
+    removed.programs = clear(&programs_dir(dir))?;
+    removed.maps = clear(&maps_dir(dir))? + clear(&staged_maps_dir(dir))?;
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", dir.display()))?

@@ -1,0 +1,269 @@
+//! CIP requests: each request's service and path against the rule, and what a request carries,
+//! checked with an explicit bounded work stack: the requests of a Multiple Service Packet, the
+//! embedded request of an Unconnected Send (its route path must be port segments),
+//! Forward_Open (remembered until its reply) and Forward_Close.
+
+use firewall_common::{enip::*, modbus::bit, reason::Reason, slot_of};
+
+use super::{
+    b16, b32, b8, masked,
+    path::{copy_tag, otfw_enip_path, otfw_enip_route, otfw_enip_tag},
+    scratch,
+    trace::note,
+    R_NONE,
+};
+use crate::bpf::maps::{ENIP_CLASSES, ENIP_RULES};
+
+/// Checks the CIP request at `off` (bits 0..16) of length `len` (bits 16..32) and everything
+/// nested in it, with an explicit bounded work stack. Returns the first refusal.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::CipMalformed as u64;
+    };
+    s.frame_off[0] = packed as u16;
+    s.frame_len[0] = (packed >> 16) as u16;
+    s.frame_depth[0] = 0;
+    s.frames = 1;
+    for _ in 0..MAX_REQUESTS {
+        let n = s.frames;
+        if n == 0 {
+            return 0;
+        }
+        let i = ((n - 1) as usize) & (MAX_FRAMES - 1);
+        s.frames = n - 1;
+        let arg =
+            s.frame_off[i] as u64 | (s.frame_len[i] as u64) << 16 | (s.frame_depth[i] as u64) << 32;
+        let r = otfw_enip_request(arg);
+        if r != 0 {
+            return r;
+        }
+    }
+    if s.frames != 0 {
+        return Reason::CipTooDeep as u64;
+    }
+    0
+}
+
+/// Pushes a nested request onto the work stack.
+#[inline(always)]
+fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32) -> bool {
+    let n = s.frames;
+    if n as usize >= MAX_FRAMES || depth >= MAX_DEPTH {
+        return false;
+    }
+    let i = (n as usize) & (MAX_FRAMES - 1);
+    s.frame_off[i] = off as u16;
+    s.frame_len[i] = len as u16;
+    s.frame_depth[i] = depth as u8;
+    s.frames = n + 1;
+    true
+}
+
+/// Checks one CIP request (`off | len << 16 | depth << 32`) and queues what it carries.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::CipMalformed as u64;
+    };
+    let off = arg as u16 as u32 & 0x7ff;
+    let len = (arg >> 16) as u16 as u32 & 0x7ff;
+    let depth = (arg >> 32) as u8 as u32;
+    let cmd = b16(s, 0);
+    s.requests += 1;
+    if s.requests > MAX_REQUESTS {
+        return Reason::CipTooDeep as u64;
+    }
+    if len < 2 {
+        let idx = note(s, cmd, REC_CIP, 0, 0, 0, depth, 0);
+        let _ = idx;
+        return Reason::CipMalformed as u64;
+    }
+    let service = b8(s, off);
+    let psize = b8(s, off + 1) * 2;
+    if service & 0x80 != 0 || 2 + psize > len {
+        note(s, cmd, REC_CIP, service, 0, 0, depth, 0);
+        return Reason::CipMalformed as u64;
+    }
+    let path = otfw_enip_path((off + 2) as u64 | (psize as u64) << 16);
+    let reason = path as u8;
+    let flags = (path >> 8) as u8;
+    let class = (path >> 16) as u16 as u32;
+    let instance = (path >> 32) as u32;
+    let idx = note(s, cmd, REC_CIP, service, class, instance, depth, flags);
+    if flags & REC_SYMBOLIC != 0 {
+        copy_tag(s, idx);
+    }
+    if reason != R_NONE {
+        return reason as u64;
+    }
+    let symbolic = flags & REC_SYMBOLIC != 0;
+    if !symbolic && flags & REC_CLASS == 0 {
+        return Reason::CipBadPath as u64;
+    }
+    let class = if symbolic { CLASS_SYMBOL as u32 } else { class };
+    let Some(rule) = ENIP_RULES.get(s.rule_index) else {
+        return Reason::CipServiceDenied as u64;
+    };
+    let allowed = rule.flags & ENIP_RULE_ALL_SERVICES != 0
+        || bit(&rule.any_class, masked(service, 0x7f))
+        || class_allows(s, class, service);
+    if !allowed {
+        return Reason::CipServiceDenied as u64;
+    }
+    if rule.flags & ENIP_RULE_TAGS != 0 {
+        let tag_service = (SVC_TAG_FIRST as u32..=SVC_TAG_LAST as u32).contains(&service);
+        if symbolic {
+            if otfw_enip_tag(rule.prefix_lengths) == 0 {
+                return Reason::CipTagDenied as u64;
+            }
+        } else if class == CLASS_SYMBOL as u32 && tag_service {
+            // A tag addressed by Symbol instance cannot be matched against names.
+            return Reason::CipTagDenied as u64;
+        }
+    }
+    let data = off + 2 + psize;
+    let dlen = len - 2 - psize;
+    if symbolic {
+        return 0;
+    }
+    // A Multiple Service Packet is unpacked whatever class it names (the Message Router is the
+    // only one defining it, but nothing it carries may go unchecked).
+    let r = if service == SVC_MSP as u32 {
+        msp(s, data, dlen, depth)
+    } else if class == CLASS_CONNECTION_MANAGER as u32 {
+        match service as u8 {
+            SVC_UNCONNECTED_SEND => unconnected_send(s, data, dlen, depth),
+            SVC_FORWARD_OPEN => forward_open(s, data, dlen, false),
+            SVC_LARGE_FORWARD_OPEN => forward_open(s, data, dlen, true),
+            SVC_FORWARD_CLOSE => forward_close(s, data, dlen),
+            _ => R_NONE,
+        }
+    } else {
+        R_NONE
+    };
+    r as u64
+}
+
+#[inline(always)]
+fn class_allows(s: &EnipScratch, class: u32, service: u32) -> bool {
+    let key = EnipClassKey {
+        slot: slot_of(s.epoch) as u8,
+        _pad: 0,
+        rule: s.rule,
+        class: class as u16,
+        _pad2: 0,
+    };
+    // SAFETY: a hash map value, read once.
+    match unsafe { ENIP_CLASSES.get(&key) } {
+        Some(bits) => bit(bits, masked(service, 0x7f)),
+        None => false,
+    }
+}
+
+/// Multiple Service Packet: count, offsets from the count field, requests in order.
+#[inline(always)]
+fn msp(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
+    let bad = Reason::CipBadMsp as u8;
+    if dlen < 2 {
+        return bad;
+    }
+    let count = b16(s, data);
+    if count == 0 || count > MAX_MSP_COUNT || 2 + 2 * count > dlen {
+        return bad;
+    }
+    if depth + 1 >= MAX_DEPTH {
+        return Reason::CipTooDeep as u8;
+    }
+    // Offsets are pushed last-first so that the requests are checked in order.
+    let mut next_start = dlen;
+    let mut k = 0;
+    while k < MAX_MSP_COUNT {
+        if k >= count {
+            break;
+        }
+        let i = count - 1 - k;
+        let o = b16(s, data + 2 + 2 * i);
+        let first = i == 0;
+        if o >= next_start || (first && o != 2 + 2 * count) || (!first && o < 2 + 2 * count) {
+            return bad;
+        }
+        if !push(s, data + o, next_start - o, depth + 1) {
+            return Reason::CipTooDeep as u8;
+        }
+        next_start = o;
+        k += 1;
+    }
+    R_NONE
+}
+
+/// Unconnected Send: the embedded request is checked against its own class; the route path
+/// must be port segments and end the request exactly.
+#[inline(always)]
+fn unconnected_send(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
+    let bad = Reason::CipMalformed as u8;
+    if dlen < 4 {
+        return bad;
+    }
+    let size = b16(s, data + 2);
+    let after = 4 + size + (size & 1);
+    if size < 2 || after + 2 > dlen {
+        return bad;
+    }
+    let route = b8(s, data + after) * 2;
+    if after + 2 + route != dlen {
+        return bad;
+    }
+    if otfw_enip_route((data + after + 2) as u64 | (route as u64) << 16) != 0 {
+        return Reason::CipBadPath as u8;
+    }
+    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1) {
+        return Reason::CipTooDeep as u8;
+    }
+    R_NONE
+}
+
+#[inline(always)]
+fn forward_open(s: &mut EnipScratch, data: u32, dlen: u32, large: bool) -> u8 {
+    let fixed = if large { 40 } else { 36 };
+    if dlen < fixed {
+        return Reason::CipMalformed as u8;
+    }
+    let psize = b8(s, data + fixed - 1) * 2;
+    if fixed + psize != dlen {
+        return Reason::CipMalformed as u8;
+    }
+    let transport = b8(s, data + fixed - 2);
+    s.pending = PendingOpen {
+        orig_serial: b32(s, data + 14),
+        serial: b16(s, data + 10) as u16,
+        vendor: b16(s, data + 12) as u16,
+        multiplier: b8(s, data + 18) as u8,
+        class: (transport & 0x0f) as u8,
+        _pad: [0; 2],
+    };
+    s.flow_flags |= EFLOW_PENDING;
+    R_NONE
+}
+
+#[inline(always)]
+fn forward_close(s: &mut EnipScratch, data: u32, dlen: u32) -> u8 {
+    if dlen < 12 {
+        return Reason::CipMalformed as u8;
+    }
+    let psize = b8(s, data + 10) * 2;
+    if 12 + psize != dlen {
+        return Reason::CipMalformed as u8;
+    }
+    s.closed = FlowConn {
+        o2t: 0,
+        t2o: 0,
+        orig_serial: b32(s, data + 6),
+        serial: b16(s, data + 2) as u16,
+        vendor: b16(s, data + 4) as u16,
+    };
+    s.closed_ok = 1;
+    R_NONE
+}

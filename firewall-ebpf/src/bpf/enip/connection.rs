@@ -1,0 +1,181 @@
+//! The connections Forward_Open opens (map `ENIP_CONNS`, keyed by the flow's endpoints and a
+//! connection id): learnt from a successful reply, forgotten at Forward_Close, checked for
+//! every SendUnitData (and, in `io`, every implicit I/O datagram). Responses are read, never
+//! policed.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+
+use firewall_common::{
+    conduit::MAX_PROTOCOL_RULES, enip::*, modbus::InspectContext, reason::Reason, slot_of,
+};
+
+use super::{b16, b32, b8, scratch};
+use crate::bpf::maps::{ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
+
+/// The key of connection `id` between the packet's client and server.
+#[inline(always)]
+pub(super) fn connection_key(ic: &InspectContext, id: u32) -> EnipConnKey {
+    EnipConnKey {
+        client: ic.key.src,
+        server: ic.key.dst,
+        id,
+        _pad: 0,
+    }
+}
+
+/// Whether a SendUnitData connection id was opened by an allowed Forward_Open on this flow's
+/// endpoints and conduit (flows adopted mid-stream learn it).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_connected(id: u64) -> u64 {
+    let (Some(ic), Some(s)) = (INSPECT_CTX.get_ptr(0), scratch()) else {
+        return Reason::EnipUnknownConnection as u64;
+    };
+    // SAFETY: per-CPU context for this packet.
+    let ic = unsafe { &*ic };
+    let key = connection_key(ic, id as u32);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
+        // SAFETY: LRU value, valid for this run.
+        let c = unsafe { &mut *c };
+        if c.conduit == ic.conduit && now.wrapping_sub(c.last_ns) <= c.timeout_ns {
+            c.last_ns = now;
+            return 0;
+        }
+        return Reason::EnipUnknownConnection as u64;
+    }
+    if s.flow_flags & EFLOW_SYN == 0 {
+        let conn = EnipConn {
+            timeout_ns: 3600 * 1_000_000_000,
+            last_ns: now,
+            epoch: ic.epoch,
+            conduit: ic.conduit,
+            rule: ic.rule,
+            flags: CONN_ADOPTED,
+            _pad: [0; 7],
+        };
+        let _ = ENIP_CONNS.insert(&key, &conn, 0);
+        return 0;
+    }
+    Reason::EnipUnknownConnection as u64
+}
+
+/// Reads a complete response message: the session handle of a RegisterSession reply, the
+/// connection ids of a Forward_Open reply. Responses are never policed.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let total = total as u32 & 0x7ff;
+    let cmd = b16(s, 0) as u16;
+    let status = b32(s, 8);
+    if status != 0 || s.udp != 0 {
+        return 0;
+    }
+    if cmd == CMD_REGISTER_SESSION {
+        s.session = b32(s, 4);
+        s.flow_flags |= EFLOW_SESSION;
+        return 0;
+    }
+    if cmd != CMD_SEND_RR_DATA || total < 40 || b16(s, 30) < 2 {
+        return 0;
+    }
+    let len0 = b16(s, 34);
+    let item1 = 36 + len0;
+    if item1 + 4 > total || b16(s, item1) as u16 != ITEM_UNCONNECTED_DATA {
+        return 0;
+    }
+    let cip = item1 + 4;
+    if cip + 4 > total {
+        return 0;
+    }
+    let service = b8(s, cip);
+    if (service != 0xD4 && service != 0xDB) || b8(s, cip + 2) != 0 {
+        return 0;
+    }
+    let d = cip + 4 + b8(s, cip + 3) * 2;
+    if d + 24 > total || s.flow_flags & EFLOW_PENDING == 0 {
+        return 0;
+    }
+    let conn = FlowConn {
+        o2t: b32(s, d),
+        t2o: b32(s, d + 4),
+        serial: b16(s, d + 8) as u16,
+        vendor: b16(s, d + 10) as u16,
+        orig_serial: b32(s, d + 12),
+    };
+    let p = s.pending;
+    if conn.serial != p.serial || conn.vendor != p.vendor || conn.orig_serial != p.orig_serial {
+        return 0;
+    }
+    let o2t_api = b32(s, d + 16) as u64;
+    let t2o_api = b32(s, d + 20) as u64;
+    let api = if o2t_api > t2o_api { o2t_api } else { t2o_api };
+    let mult = (p.multiplier & 7) as u64;
+    // RPI (microseconds) * 4 << multiplier; at least a second.
+    let mut timeout = api * (4u64 << mult) * 1000;
+    if timeout < 1_000_000_000 {
+        timeout = 1_000_000_000;
+    }
+    s.opened = conn;
+    s.opened_timeout_ns = timeout;
+    s.opened_ok = 1;
+    0
+}
+
+/// Records both ids of an opened connection (`ids`: o2t | t2o << 32) for the packet's
+/// endpoints. `flags`: bit 0 implicit I/O allowed by the transport class.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_open(ids: u64, timeout_ns: u64, flags: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU context for this packet.
+    let ic = unsafe { &*ic };
+    let slot = slot_of(ic.epoch);
+    let rule_io = match ENIP_RULES.get(slot * MAX_PROTOCOL_RULES + ic.rule as u32) {
+        Some(r) => r.flags & ENIP_RULE_IO != 0,
+        None => false,
+    };
+    let io = rule_io && flags & 1 != 0;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let conn = EnipConn {
+        timeout_ns,
+        last_ns: now,
+        epoch: ic.epoch,
+        conduit: ic.conduit,
+        rule: ic.rule,
+        flags: if io { CONN_IO } else { 0 },
+        _pad: [0; 7],
+    };
+    let mut key = connection_key(ic, ids as u32);
+    let _ = ENIP_CONNS.insert(&key, &conn, 0);
+    key.id = (ids >> 32) as u32;
+    let _ = ENIP_CONNS.insert(&key, &conn, 0);
+    if let Some(n) = ENIP_COUNTS.get_ptr_mut(ECOUNT_CONNECTIONS) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { *n += 1 };
+    }
+    0
+}
+
+/// Forgets both ids of a closed connection.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_close(ids: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU context for this packet.
+    let ic = unsafe { &*ic };
+    let mut key = connection_key(ic, ids as u32);
+    let _ = ENIP_CONNS.remove(&key);
+    key.id = (ids >> 32) as u32;
+    let _ = ENIP_CONNS.remove(&key);
+    0
+}

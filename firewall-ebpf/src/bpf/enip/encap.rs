@@ -1,0 +1,315 @@
+//! The encapsulation layer: frames the encapsulation messages of a segment in the scratch
+//! buffer (`frame`, with `otfw_enip_next` / `otfw_enip_step` as the loop's work) and decides
+//! each complete request message by its header: command, length, status, session. What a
+//! SendRRData / SendUnitData carries is the `cpf` layer's.
+
+use aya_ebpf::{cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext};
+
+use firewall_common::{
+    enip::*,
+    modbus::{bit, InspectContext},
+    reason::Reason,
+};
+
+use super::{
+    b16, b32,
+    connection::otfw_enip_response,
+    cpf::cpf,
+    masked, scratch,
+    trace::{note, refuse},
+    MASK, R_NONE,
+};
+use crate::bpf::{
+    maps::{ENIP_RULES, ENIP_TRACE},
+    stream,
+};
+
+/// Rounds of the framing loop: a message needs at most two loads (header, then body).
+const ROUNDS: u32 = 2 * MAX_MESSAGES + 2;
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn setup(
+    s: &mut EnipScratch,
+    ic: &InspectContext,
+    rule_index: u32,
+    event_verdict: u32,
+    monitor: bool,
+    start: u32,
+    exact: bool,
+    skip: u32,
+    have: u32,
+) {
+    s.payload = ic.payload;
+    s.len = ic.payload_len;
+    s.pos = start;
+    s.have = have;
+    s.need = 0;
+    s.skip = skip;
+    s.rule_index = rule_index;
+    s.epoch = ic.epoch;
+    s.conduit = ic.conduit;
+    s.rule = ic.rule;
+    s.request = ic.to_server;
+    s.udp = 0;
+    s.exact = exact as u8;
+    s.monitor = monitor as u8;
+    s.reason = 0;
+    s.denied = 0;
+    s.framed = 0;
+    s.event_verdict = event_verdict as u8;
+    s.flow_flags = 0;
+    s.session = 0;
+    s.messages = 0;
+    s.records = 0;
+    s.requests = 0;
+    s.opened_ok = 0;
+    s.closed_ok = 0;
+}
+
+/// The framing loop: its state lives in the scratch map, its work in global functions.
+#[inline(always)]
+pub(super) fn frame(ctx: &XdpContext, scratch: *mut EnipScratch) {
+    for round in 0..ROUNDS {
+        let next = otfw_enip_next();
+        if next == 0 {
+            break;
+        }
+        if round == ROUNDS - 1 {
+            // SAFETY: per-CPU scratch, this CPU only.
+            unsafe {
+                if (*scratch).reason == R_NONE {
+                    (*scratch).reason = Reason::EnipTooManyMessages as u8;
+                    (*scratch).denied = (*scratch).request;
+                }
+            }
+            break;
+        }
+        let (offset, at, take) = (
+            next as u32,
+            (next >> 32) as u16 as u32,
+            (next >> 48) as u16 as u32,
+        );
+        if !load(ctx, offset, scratch, at, take) {
+            // SAFETY: as above.
+            unsafe { (*scratch).reason = Reason::EnipUnframed as u8 };
+            break;
+        }
+        if otfw_enip_step(take as u64) != 0 {
+            break;
+        }
+    }
+}
+
+/// (reason, framed) after the loop.
+#[inline(always)]
+pub(super) fn result(s: &EnipScratch) -> (u8, bool) {
+    if s.reason != R_NONE {
+        return (s.reason, s.framed != 0);
+    }
+    if s.framed == 0 && s.have == 0 {
+        return (Reason::EnipTooManyMessages as u8, false);
+    }
+    if s.exact != 0 && (s.have != 0 || s.skip != 0) {
+        let r = if s.udp != 0 {
+            Reason::EnipTrailingBytes
+        } else {
+            Reason::EnipUnframed
+        };
+        return (r as u8, false);
+    }
+    (R_NONE, true)
+}
+
+/// Copies `len` payload bytes at frame offset `offset` into the message buffer at `at`.
+#[inline(always)]
+fn load(ctx: &XdpContext, offset: u32, s: *mut EnipScratch, at: u32, len: u32) -> bool {
+    // SAFETY: volatile reads of locals initialised here (see the Modbus inspector).
+    let (at, len) = unsafe {
+        (
+            core::ptr::read_volatile(&at),
+            core::ptr::read_volatile(&len),
+        )
+    };
+    if at >= MSG_MAX || len == 0 || len > MSG_MAX {
+        return false;
+    }
+    // SAFETY: as above.
+    let len = ((unsafe { core::ptr::read_volatile(&len) } - 1) & MASK) + 1;
+    // SAFETY: as above.
+    let at = unsafe { core::ptr::read_volatile(&at) } & MASK;
+    // SAFETY: `at + len` <= 2 * MSG_MAX = MSG_BUF; the helper checks the packet side.
+    unsafe {
+        let dst = (*s).msg.as_mut_ptr().add(at as usize);
+        bpf_xdp_load_bytes(ctx.ctx, offset, dst as *mut c_void, len) == 0
+    }
+}
+
+/// Where the next bytes come from. Returns 0 when the segment is done, else
+/// `offset | at << 32 | take << 48`: load `take` bytes at frame offset `offset` into the
+/// message buffer at `at`.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_next() -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let len = s.len;
+    let Some(pos) = stream::next_message(len, s.pos, &mut s.skip) else {
+        s.pos = len;
+        s.framed = 1;
+        return 0;
+    };
+    s.pos = pos;
+    let have = s.have & MASK;
+    let want = if s.need == 0 {
+        ENCAP_LEN.saturating_sub(have)
+    } else {
+        s.need.saturating_sub(have)
+    };
+    let rest = len - pos;
+    let take = if rest < want { rest } else { want };
+    if take == 0 || take > MSG_MAX {
+        s.reason = Reason::EnipUnframed as u8;
+        return 0;
+    }
+    s.payload.wrapping_add(pos) as u64 | (have as u64) << 32 | (take as u64) << 48
+}
+
+/// Commands a stream can plausibly start with when framing is being established.
+#[inline(always)]
+fn known_command(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        0x00 | 0x04 | 0x63 | 0x64 | 0x65 | 0x66 | 0x6F | 0x70 | 0x72 | 0x73
+    )
+}
+
+/// Takes `take` loaded bytes into the current message; decides it when complete. Returns 1
+/// when framing of the segment stops (a refusal, or a message continued in the next segment).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_step(take: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 1;
+    };
+    s.have += take as u32 & 0x7ff;
+    s.pos += take as u32 & 0x7ff;
+    let request = s.request != 0;
+    let exact = s.exact != 0;
+    if s.need == 0 {
+        if s.have < ENCAP_LEN {
+            return 1;
+        }
+        let total = ENCAP_LEN + b16(s, 2);
+        let cmd = b16(s, 0);
+        if exact && s.udp == 0 && (!known_command(cmd) || total > MSG_MAX) {
+            s.reason = Reason::EnipUnframed as u8;
+            return 1;
+        }
+        if total > MSG_MAX {
+            if request {
+                let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
+                refuse(s, Reason::EnipTooLong as u8, idx);
+                if s.monitor == 0 {
+                    return 1;
+                }
+            }
+            s.skip = total - s.have;
+            s.have = 0;
+            return 0;
+        }
+        s.need = total;
+    }
+    if s.have < s.need {
+        // The body follows in this segment, or the message continues in the next one.
+        return (s.pos >= s.len) as u64;
+    }
+    let total = s.need;
+    s.have = 0;
+    s.need = 0;
+    s.messages += 1;
+    if request {
+        let r = otfw_enip_message(total as u64) as u8;
+        if r != R_NONE && s.monitor == 0 {
+            return 1;
+        }
+    } else {
+        otfw_enip_response(total as u64);
+    }
+    0
+}
+
+/// Decides one complete request message of `total` bytes in the buffer. Returns its reason.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_message(total: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::EnipUnframed as u64;
+    };
+    let total = total as u32 & 0x7ff;
+    let cmd = b16(s, 0);
+    let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
+    let r = message(s, total, cmd);
+    if r != R_NONE {
+        // The denied CIP request (the last record) carries its own reason; the command
+        // record carries it too.
+        if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+            if idx < MAX_RECORDS as u32 {
+                // SAFETY: per-CPU slot, this CPU only.
+                unsafe { (*t).records[idx as usize].reason = r };
+            }
+        }
+        let last = s.records.wrapping_sub(1);
+        let at = if last < MAX_RECORDS as u32 { last } else { idx };
+        refuse(s, r, at);
+    }
+    r as u64
+}
+
+#[inline(always)]
+fn message(s: &mut EnipScratch, total: u32, cmd: u32) -> u8 {
+    let Some(rule) = ENIP_RULES.get(s.rule_index) else {
+        return Reason::EnipCommandDenied as u8;
+    };
+    if rule.flags & ENIP_RULE_PRESENT == 0 || cmd > 255 || !bit(&rule.commands, masked(cmd, 0xff)) {
+        return Reason::EnipCommandDenied as u8;
+    }
+    let len = total - ENCAP_LEN;
+    let session = b32(s, 4);
+    if b32(s, 8) != 0 {
+        return Reason::EnipBadHeader as u8;
+    }
+    match cmd as u16 {
+        CMD_LIST_IDENTITY | CMD_LIST_SERVICES | CMD_LIST_INTERFACES | CMD_UNREGISTER_SESSION => {
+            if len != 0 {
+                return Reason::EnipBadHeader as u8;
+            }
+            R_NONE
+        }
+        CMD_REGISTER_SESSION => {
+            if len != 4 {
+                return Reason::EnipBadHeader as u8;
+            }
+            R_NONE
+        }
+        CMD_SEND_RR_DATA | CMD_SEND_UNIT_DATA => {
+            if s.udp == 0 {
+                if s.flow_flags & EFLOW_SESSION != 0 {
+                    if session != s.session {
+                        return Reason::EnipBadSession as u8;
+                    }
+                } else if s.flow_flags & EFLOW_SYN != 0 {
+                    // The connection was followed from its start: no session was registered.
+                    return Reason::EnipBadSession as u8;
+                } else {
+                    // Adopted mid-stream: the first valid message teaches the handle.
+                    s.session = session;
+                    s.flow_flags |= EFLOW_SESSION;
+                }
+            }
+            cpf(s, total, cmd as u16 == CMD_SEND_UNIT_DATA)
+        }
+        _ => R_NONE,
+    }
+}

@@ -1,0 +1,116 @@
+//! Class 1 implicit I/O (UDP 2222, program `otfw_enip_io`): each datagram must name a live
+//! connection opened with `io` on its conduit between the same endpoints.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+
+use firewall_common::{
+    conduit::MODE_MONITOR,
+    counters::{VERDICT_DROP, VERDICT_MONITOR},
+    enip::*,
+    reason::Reason,
+};
+
+use super::{
+    connection::connection_key,
+    trace::{count_records, otfw_enip_event},
+    R_NONE,
+};
+use crate::bpf::{
+    maps::{ENIP_CONNS, ENIP_TRACE, INSPECT_CTX},
+    stats,
+};
+
+/// Implicit I/O (UDP 2222): a sequenced address item naming a live connection opened with
+/// `io` on this conduit, then a connected data item filling the datagram.
+pub fn inspect_io(ctx: &XdpContext) -> u32 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: the per-CPU context was written by the main program for this very packet.
+    let ic = unsafe { *ic };
+    let (info, mut acc) = stats::inspected(&ic);
+    if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe { (*t).count = 0 };
+    }
+    let mut head = [0u8; 18];
+    let mut reason = Reason::EnipIoMalformed as u8;
+    let mut id = 0u32;
+    if ic.payload_len >= 18 && ic.payload_len <= 1500 {
+        // SAFETY: 18 bytes into an 18-byte stack buffer; the helper checks the packet side.
+        let ok = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, ic.payload, head.as_mut_ptr() as *mut c_void, 18) == 0
+        };
+        let w = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+        if ok
+            && w(0) == 2
+            && w(2) == ITEM_SEQUENCED_ADDRESS
+            && w(4) == 8
+            && w(14) == ITEM_CONNECTED_DATA
+            && 18 + w(16) as u32 == ic.payload_len
+        {
+            id = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
+            reason = otfw_enip_io_check(id as u64) as u8;
+        }
+    }
+    if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this CPU only.
+        unsafe {
+            let r = &mut (*t).records[0];
+            *r = EnipRecord::default();
+            r.kind = REC_IO;
+            r.instance = id;
+            r.reason = reason;
+            (*t).count = 1;
+        }
+        acc.records = 1;
+    }
+    let mut action = xdp_action::XDP_PASS;
+    if reason != R_NONE {
+        acc.reason = reason;
+        if info.mode == MODE_MONITOR {
+            acc.verdict = VERDICT_MONITOR;
+        } else {
+            acc.verdict = VERDICT_DROP;
+            action = xdp_action::XDP_DROP;
+        }
+        otfw_enip_event((reason as u64) << 32 | acc.verdict as u64 | 1 << 40);
+    }
+    count_records(&acc);
+    stats::record(ctx, &acc);
+    action
+}
+
+/// Whether connection `id` is a live implicit I/O pinhole between the flow's endpoints.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_io_check(id: u64) -> u64 {
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return Reason::EnipIoNoConnection as u64;
+    };
+    // SAFETY: per-CPU context for this packet.
+    let ic = unsafe { &*ic };
+    let key = connection_key(ic, id as u32);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
+        // SAFETY: LRU value, valid for this run.
+        let c = unsafe { &mut *c };
+        if c.flags & CONN_IO != 0
+            && c.conduit == ic.conduit
+            && now.wrapping_sub(c.last_ns) <= c.timeout_ns
+        {
+            c.last_ns = now;
+            return 0;
+        }
+        if now.wrapping_sub(c.last_ns) > c.timeout_ns {
+            let _ = ENIP_CONNS.remove(&key);
+        }
+    }
+    Reason::EnipIoNoConnection as u64
+}

@@ -1,0 +1,170 @@
+//! What the inspector reports of a frame: one record per command and CIP request (map
+//! `ENIP_TRACE`), an event per denied request, and counters by conduit, command, service,
+//! class and verdict.
+
+use firewall_common::{
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS},
+    enip::*,
+};
+
+use super::{scratch, R_NONE};
+use crate::bpf::{
+    maps::{ENIP_COUNTS, ENIP_EVENTS, ENIP_STATS, ENIP_TRACE, INSPECT_CTX},
+    stats::Accounted,
+};
+
+/// Records a refusal: the first reason of the segment, the record's reason, an event.
+#[inline(always)]
+pub(super) fn refuse(s: &mut EnipScratch, reason: u8, idx: u32) {
+    if s.reason == R_NONE {
+        s.reason = reason;
+    }
+    s.denied = 1;
+    if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+        if idx < MAX_RECORDS as u32 {
+            // SAFETY: per-CPU slot, this CPU only; idx < MAX_RECORDS.
+            unsafe { (*t).records[idx as usize].reason = reason };
+        }
+    }
+    otfw_enip_event(idx as u64 | (reason as u64) << 32);
+}
+
+/// Appends a record; returns its index (MAX_RECORDS when the trace is full).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn note(
+    s: &mut EnipScratch,
+    command: u32,
+    kind: u8,
+    service: u32,
+    class: u32,
+    instance: u32,
+    depth: u32,
+    flags: u8,
+) -> u32 {
+    let n = s.records;
+    if n >= MAX_RECORDS as u32 {
+        return MAX_RECORDS as u32;
+    }
+    if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, this CPU only; n < MAX_RECORDS.
+        unsafe {
+            let r = &mut (*t).records[n as usize];
+            r.command = command as u16;
+            r.class = class as u16;
+            r.instance = instance;
+            r.kind = kind;
+            r.service = service as u8;
+            r.depth = depth as u8;
+            r.reason = 0;
+            r.flags = flags;
+            r.tag_len = 0;
+            (*t).count = n + 1;
+        }
+    }
+    s.records = n + 1;
+    n
+}
+
+/// Sends one denied-request event. `a`: record index (bits 0..32) | reason << 32; with bit 40
+/// set (implicit I/O), bits 0..8 are the verdict and the record is trace entry 0.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_event(a: u64) -> u64 {
+    let (Some(ic), Some(t)) = (INSPECT_CTX.get_ptr(0), ENIP_TRACE.get_ptr(0)) else {
+        return 0;
+    };
+    let io = a >> 40 & 1 != 0;
+    let (idx, verdict) = if io {
+        (0, a as u8)
+    } else {
+        let v = scratch().map_or(VERDICT_DROP as u8, |s| s.event_verdict);
+        (a as u32, v)
+    };
+    let reason = (a >> 32) as u8;
+    match ENIP_EVENTS.reserve::<EnipEvent>(0) {
+        Some(mut entry) => {
+            // SAFETY: per-CPU context and trace of this packet.
+            let (key, epoch, conduit) = unsafe { ((*ic).key, (*ic).epoch, (*ic).conduit) };
+            let mut record = if idx < MAX_RECORDS as u32 {
+                // SAFETY: idx < MAX_RECORDS.
+                unsafe { (*t).records[idx as usize] }
+            } else {
+                EnipRecord::default()
+            };
+            record.reason = reason;
+            entry.write(EnipEvent {
+                key,
+                epoch,
+                conduit,
+                verdict,
+                _pad: 0,
+                record,
+            });
+            entry.submit(0);
+        }
+        None => {
+            if let Some(n) = ENIP_COUNTS.get_ptr_mut(ECOUNT_EVENTS_LOST) {
+                // SAFETY: per-CPU slot, this CPU only.
+                unsafe { *n += 1 };
+            }
+        }
+    }
+    0
+}
+
+/// Counts the frame's records by conduit, command, service, class and verdict.
+#[inline(always)]
+pub(super) fn count_records(acc: &Accounted) {
+    if acc.records != 0 {
+        otfw_enip_count_all(
+            acc.slot as u64 | (acc.verdict as u64) << 8 | (acc.conduit as u64) << 16,
+            acc.records as u64,
+        );
+    }
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_count_all(packed: u64, records: u64) -> u64 {
+    let slot = packed as u8;
+    let verdict = (packed >> 8) as u8;
+    let conduit = (packed >> 16) as u16;
+    let Some(t) = ENIP_TRACE.get_ptr(0) else {
+        return 0;
+    };
+    for i in 0..MAX_RECORDS {
+        if i as u64 >= records {
+            break;
+        }
+        // SAFETY: per-CPU slot, this CPU only.
+        let r = unsafe { &(*t).records[i] };
+        let v = if verdict == VERDICT_MONITOR as u8 && r.reason == R_NONE {
+            VERDICT_PASS as u8
+        } else {
+            verdict
+        };
+        let class = if r.flags & REC_SYMBOLIC != 0 {
+            CLASS_SYMBOL
+        } else {
+            r.class
+        };
+        let key = EnipStatKey {
+            slot,
+            service: r.service,
+            verdict: v,
+            kind: r.kind,
+            conduit,
+            class,
+            command: r.command,
+            _pad: 0,
+        };
+        if let Some(n) = ENIP_STATS.get_ptr_mut(&key) {
+            // SAFETY: per-CPU value, this CPU only.
+            unsafe { *n += 1 };
+        } else {
+            let _ = ENIP_STATS.insert(&key, &1, 0);
+        }
+    }
+    0
+}
