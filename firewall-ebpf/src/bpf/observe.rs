@@ -1,12 +1,12 @@
 //! Frame copies for the controller's inventory (`OBSERVED`) and for `otfw learn --live`
 //! (`LEARN_FRAMES`); the record is `firewall_common::observed::ObservedFrame`.
 //!
-//! Cost per packet that reaches flow tracking, established flows included: one call of the
-//! global function `otfw_observe`, which reads the flow tracker's marks and the tuple from the
-//! per-CPU `FLOW_KEYS`, compares the source port with 502 and 44818, and looks up
-//! `LEARN_UNTIL` (0 unless learning). Only TCP and UDP segments with payload from those ports
-//! read two payload bytes; only promotions, identity answers and (while learning) learned
-//! frames take a clock reading, a bucket's credit or a ring record.
+//! Cost per packet that reaches flow tracking, established flows included: two array lookups
+//! (`LEARN_UNTIL`, 0 unless learning; the flow tracker's marks in the per-CPU `FLOW_KEYS`) and
+//! a comparison of the source port with 502 and 44818, inline. Only then, for a promotion, a
+//! segment with payload from those ports, or while learning, a call of the global function
+//! `otfw_observe`: those segments read two payload bytes; only promotions, identity answers and
+//! (while learning) learned frames take a clock reading, a bucket's credit or a ring record.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
@@ -50,6 +50,21 @@ const ENIP_PORT: u16 = 44818;
 /// describe the packet.
 #[inline(always)]
 pub fn frame(ctx: &XdpContext, l4: &L4) {
+    // What can make the frame news, checked here without a call: a learning deadline set, a
+    // segment with payload from an identity port, the answer that promoted a flow. The packet
+    // of an established flow of other ports (nearly every packet) stops here.
+    // SAFETY: array values are copied out at once.
+    let learning = unsafe { LEARN_UNTIL.get(0) }.is_some_and(|until| *until != 0);
+    let identity_port = l4.payload_len != 0 && (l4.sport == MODBUS_PORT || l4.sport == ENIP_PORT);
+    if !learning && !identity_port {
+        let Some(keys) = FLOW_KEYS.get_ptr(0) else {
+            return;
+        };
+        // SAFETY: the per-CPU scratch of the packet in hand, only read.
+        if unsafe { (*keys).flow_flags } & OBSERVE_ANSWERED == 0 {
+            return;
+        }
+    }
     // Packed scalars, as global functions require.
     let len = frame_len(ctx);
     let copied = if len > OBSERVED_MAX_COPY as usize {
