@@ -16,6 +16,14 @@ pub const DEFAULT_PORT: u16 = 44818;
 /// Class 0/1 implicit I/O.
 pub const IO_PORT: u16 = 2222;
 
+/// The service code a refused request carries to the target (`on_deny: refuse`): 0x7F is in
+/// the range CIP (Vol. 1, Appendix A) reserves (0x64-0x7F), so no object implements it and the
+/// target answers an error (general status 0x08, service not supported) without acting.
+pub const REFUSE_SERVICE: u8 = 0x7F;
+/// The general status the client gets for a refused request: 0x0F, privilege violation (the
+/// request was understood and is not permitted).
+pub const REFUSE_STATUS: u8 = 0x0F;
+
 /// Encapsulation command names.
 pub const COMMANDS: &[(&str, u16)] = &[
     ("nop", 0x0000),
@@ -436,6 +444,8 @@ fn set(bits: &mut [u64], n: usize) {
 pub fn to_map(rules: &EnipRules) -> Result<EnipMaps, (String, String)> {
     let mut rule = EnipRule {
         flags: ENIP_RULE_PRESENT,
+        refuse_service: REFUSE_SERVICE,
+        refuse_status: REFUSE_STATUS,
         ..EnipRule::default()
     };
     for &c in &rules.commands {

@@ -9,7 +9,7 @@ use firewall_common::{
     conduit::MAX_PROTOCOL_RULES, enip::*, modbus::InspectContext, reason::Reason, slot_of,
 };
 
-use super::{b16, b32, b8, scratch};
+use super::{b16, b32, b8, masked, scratch};
 use crate::bpf::maps::{ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
 
 /// The key of connection `id` between the packet's client and server.
@@ -71,6 +71,9 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     };
     let total = total as u32 & 0x7ff;
     let cmd = b16(s, 0) as u16;
+    if cmd == CMD_SEND_RR_DATA && s.udp == 0 && otfw_enip_answer(total as u64) != 0 {
+        return 0;
+    }
     let status = b32(s, 8);
     if status != 0 || s.udp != 0 {
         return 0;
@@ -124,6 +127,78 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     s.opened_timeout_ns = timeout;
     s.opened_ok = 1;
     0
+}
+
+/// `otfw_enip_answer` argument bit: the reply is too long to be read (only its header is).
+pub(super) const ANSWER_UNREAD: u64 = 1 << 16;
+
+/// Counts a SendRRData reply (`a`: its length, `ANSWER_UNREAD`) and, if it answers a refused
+/// request, checks it is the target's error reply to the neutral service and queues its
+/// restoration: service = the client's | 0x80, general status = the rule's. Returns 1 when it
+/// was such an answer (or `s.fail` is set: the connection is reset), else 0.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let total = a as u32 & 0x7ff;
+    let ordinal = s.refusals.replies;
+    s.refusals.replies = ordinal.wrapping_add(1);
+    if s.refusals.used == 0 {
+        return 0;
+    }
+    let mut slot = ENIP_REFUSALS_MAX;
+    for i in 0..ENIP_REFUSALS_MAX {
+        if s.refusals.used & (1 << i) != 0 && s.refusals.entries[i].ordinal == ordinal {
+            slot = i;
+            break;
+        }
+    }
+    if slot >= ENIP_REFUSALS_MAX {
+        return 0;
+    }
+    let e = s.refusals.entries[slot & (ENIP_REFUSALS_MAX - 1)];
+    s.refusals.used &= !(1 << slot);
+    // The reply: encapsulation status 0 and the request's sender context, a null address item
+    // and an unconnected data item holding an error reply (general status not 0) to the
+    // neutral service. Its service byte is at 40, its general status at 42.
+    let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
+    let item = b16(s, 38);
+    let expected = a & ANSWER_UNREAD == 0
+        && total >= 44
+        && b32(s, 8) == 0
+        && context == e.context
+        && b16(s, 30) >= 2
+        && b16(s, 32) as u16 == ITEM_NULL
+        && b16(s, 34) == 0
+        && b16(s, 36) as u16 == ITEM_UNCONNECTED_DATA
+        && item >= 4
+        && 40 + item <= total
+        && b8(s, 40) == (e.neutral | 0x80) as u32
+        && b8(s, 42) != 0;
+    if !expected {
+        s.fail = Reason::EnipRefusedAnswer as u8;
+        return 1;
+    }
+    if s.pos + 40 < total {
+        s.fail = Reason::EnipRefusedSplit as u8;
+        return 1;
+    }
+    let n = s.rewrites;
+    if n as usize + 2 > ENIP_REWRITES_MAX {
+        s.fail = Reason::EnipRefusalsFull as u8;
+        return 1;
+    }
+    let at = s.payload + s.pos - total + 40;
+    let i = masked(n, (ENIP_REWRITES_MAX - 1) as u32);
+    s.rewrite_at[i] = at as u16;
+    s.rewrite_value[i] = e.service | 0x80;
+    let j = masked(n + 1, (ENIP_REWRITES_MAX - 1) as u32);
+    s.rewrite_at[j] = (at + 2) as u16;
+    s.rewrite_value[j] = e.status;
+    s.rewrites = n + 2;
+    1
 }
 
 /// Records both ids of an opened connection (`ids`: o2t | t2o << 32) for the packet's
