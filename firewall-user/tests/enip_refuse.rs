@@ -275,3 +275,32 @@ fn other_denials_fall_back_to_drop() {
 fn cancel() -> Vec<u8> {
     encap(0x73, SESSION, &[])
 }
+
+#[test]
+fn the_policy_sets_the_codes() {
+    let mut dp = datapath(&policy(
+        "services: [read], refuse: { service: 0x64, status: 0x08 }",
+        "    on_deny: refuse",
+    ));
+    let mut c = session(&mut dp, 46600);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    rewritten(&frame, &d.frame_out, &[(SERVICE, 0x64)]);
+    let a = reply(0x80 | 0x64, 0x08);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, 0x08)],
+    );
+    // A code an object may implement is not a neutral one; status 0 would be success.
+    for bad in [
+        "refuse: { service: 0x4D }",
+        "refuse: { service: 0x80 }",
+        "refuse: { status: 0 }",
+        "refuse: { code: 1 }",
+    ] {
+        let yaml = policy(&format!("services: [read], {bad}"), "");
+        assert!(!compiles(&yaml), "{bad}");
+    }
+}
