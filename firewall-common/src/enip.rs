@@ -217,16 +217,16 @@ pub struct PendingOpen {
 
 /// Refused CIP requests of one flow awaiting their answer (`on_deny: refuse`). Past this bound
 /// the connection is reset (`enip_refusals_full`): explicit messaging clients wait for each
-/// reply (or pipeline a few), so a client with more refused requests in flight is not one otfw
-/// keeps alive. The table lives in map memory (`EnipFlow::refusals`, copied to
+/// reply (or pipeline a few), so a client with more refused requests in flight (also in one
+/// Multiple Service Packet) is not one otfw keeps alive. The table lives in map memory (`EnipFlow::refusals`, copied to
 /// `EnipScratch::refusals` while a segment is framed), never on the stack.
 pub const ENIP_REFUSALS_MAX: usize = 4;
 /// Byte rewrites per segment: one per refused request, two per restored answer.
 pub const ENIP_REWRITES_MAX: usize = 2 * ENIP_REFUSALS_MAX;
 
 /// A refused SendRRData request: its answer is the SendRRData reply number `ordinal` of the
-/// connection (targets answer explicit requests of a connection in order), and it must echo
-/// the request's sender context.
+/// connection (targets answer explicit requests of a connection in order; clients such as
+/// pycomm3 send one sender context for all), and it must echo the request's sender context.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnipRefusal {
@@ -237,8 +237,13 @@ pub struct EnipRefusal {
     pub service: u8,
     pub neutral: u8,
     pub status: u8,
-    pub _pad: u8,
+    /// The request's position in the top-level Multiple Service Packet it is in (its reply is
+    /// that entry of the packet's reply), `WHOLE_REPLY` for a top-level request.
+    pub index: u8,
 }
+
+/// `EnipRefusal::index` of a top-level request: its reply is the whole CIP reply.
+pub const WHOLE_REPLY: u8 = 0xFF;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -410,6 +415,8 @@ pub struct EnipScratch {
     pub frame_off: [u16; MAX_FRAMES],
     pub frame_len: [u16; MAX_FRAMES],
     pub frame_depth: [u8; MAX_FRAMES],
+    /// Position in its Multiple Service Packet (`WHOLE_REPLY` if not in one).
+    pub frame_index: [u8; MAX_FRAMES],
     /// Frame offset and length of the payload; next payload byte to frame.
     pub payload: u32,
     pub len: u32,
@@ -466,8 +473,10 @@ pub struct EnipScratch {
     pub fail: u8,
     /// The reason of the first request refused in this segment.
     pub refused_reason: u8,
-    /// The trace record of the CIP request being checked.
+    /// The trace record of the CIP request being checked, and its `frame_index`.
     pub cip_record: u32,
+    pub cip_index: u8,
+    pub _pad4: [u8; 3],
     /// The trace records of the requests refused in this segment (`refused` of them): their
     /// events are sent once the segment passes.
     pub refused_records: [u8; ENIP_REFUSALS_MAX],

@@ -244,8 +244,8 @@ fn other_denials_fall_back_to_drop() {
     let mut dp = refusing();
     let rows = [
         (
-            "nested in a Multiple Service Packet",
-            rr(SESSION, &msp(&[read_tag("A"), write_tag("A")])),
+            "nested in an Unconnected Send",
+            rr(SESSION, &unconnected_send(&write_tag("A"))),
             Reason::CipServiceDenied,
         ),
         (
@@ -303,4 +303,87 @@ fn the_policy_sets_the_codes() {
         let yaml = policy(&format!("services: [read], {bad}"), "");
         assert!(!compiles(&yaml), "{bad}");
     }
+}
+
+/// A Multiple Service Packet reply (general status 0x1E, embedded service error) of `replies`.
+fn msp_reply(replies: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![0x8A, 0, 0x1E, 0];
+    v.extend(msp_data(replies));
+    rr(SESSION, &v)
+}
+
+/// Where entry `k` of the Multiple Service Packet whose count is at `data` starts in `msg`
+/// (offsets count from the count).
+fn msp_entry(msg: &[u8], data: usize, k: usize) -> usize {
+    data + u16::from_le_bytes([msg[data + 2 + 2 * k], msg[data + 3 + 2 * k]]) as usize
+}
+
+/// The count of a request built by `msp` (service, a 2-word path) and of a reply (service,
+/// reserved, general status, no additional status).
+const MSP_REQUEST: usize = SERVICE + 6;
+const MSP_REPLY: usize = SERVICE + 4;
+
+#[test]
+fn requests_inside_a_multiple_service_packet() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46700);
+    let msg = rr(
+        SESSION,
+        &msp(&[read_tag("A"), write_tag("B"), read_tag("C"), write_tag("D")]),
+    );
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE),
+        "{d:?}"
+    );
+    let verdicts: Vec<&str> = d.cip.iter().map(|r| r.verdict).collect();
+    assert_eq!(
+        verdicts,
+        ["pass", "pass", "pass", "refuse", "pass", "refuse"]
+    );
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[
+            (msp_entry(&msg, MSP_REQUEST, 1), REFUSE_SERVICE),
+            (msp_entry(&msg, MSP_REQUEST, 3), REFUSE_SERVICE),
+        ],
+    );
+    let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
+    let neutral = vec![0x80 | REFUSE_SERVICE, 0, 0x08, 0];
+    let a = msp_reply(&[read.clone(), neutral.clone(), read.clone(), neutral.clone()]);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = |k: usize| msp_entry(&a, MSP_REPLY, k);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[
+            (at(1), 0x80 | WRITE_TAG),
+            (at(1) + 2, REFUSE_STATUS),
+            (at(3), 0x80 | WRITE_TAG),
+            (at(3) + 2, REFUSE_STATUS),
+        ],
+    );
+    // The session goes on.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+
+    // The entry of the refused request must be the neutral service's error.
+    let mut c = session(&mut dp, 46701);
+    let msg = rr(SESSION, &msp(&[read_tag("A"), write_tag("B")]));
+    send(&mut dp, &mut c, &msg);
+    let (_, d) = answer(&mut dp, &mut c, &msp_reply(&[read.clone(), read.clone()]));
+    expect_reset(&d, Reason::EnipRefusedAnswer);
+    // More refused requests in one packet than a flow keeps.
+    let mut c = session(&mut dp, 46702);
+    let writes: Vec<Vec<u8>> = (0..=ENIP_REFUSALS_MAX).map(|_| write_tag("B")).collect();
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &msp(&writes)));
+    expect_reset(&d, Reason::EnipRefusalsFull);
 }

@@ -25,6 +25,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
     s.frame_off[0] = packed as u16;
     s.frame_len[0] = (packed >> 16) as u16;
     s.frame_depth[0] = 0;
+    s.frame_index[0] = WHOLE_REPLY;
     s.frames = 1;
     for _ in 0..MAX_REQUESTS {
         let n = s.frames;
@@ -35,6 +36,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
         s.frames = n - 1;
         let arg =
             s.frame_off[i] as u64 | (s.frame_len[i] as u64) << 16 | (s.frame_depth[i] as u64) << 32;
+        s.cip_index = s.frame_index[i];
         let r = otfw_enip_request(arg);
         if r != 0 {
             return r;
@@ -48,7 +50,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
 
 /// Pushes a nested request onto the work stack.
 #[inline(always)]
-fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32) -> bool {
+fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32, index: u8) -> bool {
     let n = s.frames;
     if n as usize >= MAX_FRAMES || depth >= MAX_DEPTH {
         return false;
@@ -57,6 +59,7 @@ fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32) -> bool {
     s.frame_off[i] = off as u16;
     s.frame_len[i] = len as u16;
     s.frame_depth[i] = depth as u8;
+    s.frame_index[i] = index;
     s.frames = n + 1;
     true
 }
@@ -154,8 +157,8 @@ fn refusal(off: u32, depth: u32, reason: Reason) -> u64 {
 }
 
 /// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record
-/// is `s.cip_record`). Under `on_deny: refuse` a top-level request of SendRRData is neutralised
-/// in place and passes (nothing nested in it reaches an object that acts on it): the rewrite of
+/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData, top-level or inside a
+/// top-level Multiple Service Packet, is neutralised in place and passes (nothing nested in it reaches an object that acts on it): the rewrite of
 /// its service byte to the neutral code is queued and what its answer must be is recorded.
 /// Returns 0 (refused in-band), or the reason it is denied: its own when it cannot be refused
 /// in-band, else the reason the connection is reset for (`s.fail`).
@@ -168,7 +171,12 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
     };
     let off = a as u32 & 0x7ff;
     let depth = (a >> 16) as u8;
-    if s.refuse == 0 || depth != 0 || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
+    // A top-level request of SendRRData, or one of the requests of a top-level Multiple
+    // Service Packet (the unconnected data item's CIP request is at 40: `cpf` checked the
+    // null address item before it).
+    let index = if depth == 0 { WHOLE_REPLY } else { s.cip_index };
+    let in_msp = depth == 1 && b8(s, 40) == SVC_MSP as u32 && index != WHOLE_REPLY;
+    if s.refuse == 0 || !(depth == 0 || in_msp) || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
         return reason as u64;
     }
     let Some(rule) = ENIP_RULES.get(s.rule_index) else {
@@ -204,6 +212,7 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
             e.service = service;
             e.neutral = codes as u8;
             e.status = (codes >> 8) as u8;
+            e.index = index;
             s.refusals.used |= 1 << slot;
             0
         } else {
@@ -262,7 +271,7 @@ fn msp(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
         if o >= next_start || (first && o != 2 + 2 * count) || (!first && o < 2 + 2 * count) {
             return bad;
         }
-        if !push(s, data + o, next_start - o, depth + 1) {
+        if !push(s, data + o, next_start - o, depth + 1, i as u8) {
             return Reason::CipTooDeep as u8;
         }
         next_start = o;
@@ -291,7 +300,7 @@ fn unconnected_send(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8
     if otfw_enip_route((data + after + 2) as u64 | (route as u64) << 16) != 0 {
         return Reason::CipBadPath as u8;
     }
-    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1) {
+    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1, WHOLE_REPLY) {
         return Reason::CipTooDeep as u8;
     }
     R_NONE
