@@ -476,7 +476,10 @@ pub struct EnipScratch {
     /// The trace record of the CIP request being checked, and its `frame_index`.
     pub cip_record: u32,
     pub cip_index: u8,
-    pub _pad4: [u8; 3],
+    /// The segment re-sends bytes that passed (`Commit::Recheck`): it is neutralised and
+    /// restored again, but its refusals and messages were recorded when it first passed.
+    pub recheck: u8,
+    pub _pad4: [u8; 2],
     /// The trace records of the requests refused in this segment (`refused` of them): their
     /// events are sent once the segment passes.
     pub refused_records: [u8; ENIP_REFUSALS_MAX],

@@ -387,3 +387,38 @@ fn requests_inside_a_multiple_service_packet() {
     let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &msp(&writes)));
     expect_reset(&d, Reason::EnipRefusalsFull);
 }
+
+#[test]
+fn retransmissions_are_neutralised_again_and_recorded_once() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46800);
+    // An allowed request re-sent before it is acknowledged: its reply is still the first.
+    let (frame, _) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    let again = modbus_common::run(&mut dp, &frame);
+    assert_eq!(
+        (again.reason, again.verdict as u32),
+        (Reason::None, VERDICT_PASS)
+    );
+    answer(&mut dp, &mut c, &reply(0xCC, 0));
+    // A refused request re-sent: the same bytes reach the target, one refusal awaits.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
+    let again = modbus_common::run(&mut dp, &frame);
+    assert_eq!(again.verdict as u32, VERDICT_REFUSE, "{again:?}");
+    assert_eq!(again.frame_out, d.frame_out, "neutralised again");
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+    // The next request's reply is not taken for another refusal.
+    send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    assert_eq!(d.frame_out, frame);
+}

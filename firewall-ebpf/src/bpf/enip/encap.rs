@@ -37,6 +37,7 @@ pub(super) fn setup(
     monitor: bool,
     start: u32,
     exact: bool,
+    recheck: bool,
     skip: u32,
     have: u32,
 ) {
@@ -53,6 +54,7 @@ pub(super) fn setup(
     s.request = ic.to_server;
     s.udp = 0;
     s.exact = exact as u8;
+    s.recheck = recheck as u8;
     s.monitor = monitor as u8;
     s.reason = 0;
     s.denied = 0;

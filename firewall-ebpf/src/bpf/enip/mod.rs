@@ -118,7 +118,18 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             stats::record(ctx, &acc);
             return xdp_action::XDP_PASS;
         }
-        setup(s, ic, rule_index, event_verdict, monitor, 0, true, 0, 0);
+        setup(
+            s,
+            ic,
+            rule_index,
+            event_verdict,
+            monitor,
+            0,
+            true,
+            false,
+            0,
+            0,
+        );
         s.udp = 1;
         frame(ctx, s as *mut EnipScratch);
         let (reason, _) = result(s);
@@ -181,6 +192,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             monitor,
             start,
             exact,
+            commit == Commit::Recheck,
             skip,
             have,
         );
@@ -275,7 +287,11 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
                 acc.verdict = VERDICT_REFUSE;
                 otfw_enip_refused_events();
             }
-            flow.refusals = s.refusals;
+            if s.recheck == 0 {
+                // A retransmission is neutralised (and restored) again; its refusals and
+                // messages were recorded when it first passed.
+                flow.refusals = s.refusals;
+            }
             apply(ic, flow, s);
         }
     }
