@@ -89,7 +89,11 @@ pub struct EnipRule {
     /// prefix of `k` bytes.
     pub prefix_lengths: u64,
     pub flags: u32,
-    pub _pad: u32,
+    /// `on_deny: refuse`: the service code a refused request is given on its way to the target
+    /// (one no object implements), and the general status its answer is given for the client.
+    pub refuse_service: u8,
+    pub refuse_status: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Key of map `ENIP_CLASSES`: the services a rule allows on one class (value `[u64; 2]`, a
@@ -211,6 +215,49 @@ pub struct PendingOpen {
     pub _pad: [u8; 2],
 }
 
+/// Refused CIP requests of one flow awaiting their answer (`on_deny: refuse`). Past this bound
+/// the connection is reset (`enip_refusals_full`): explicit messaging clients wait for each
+/// reply (or pipeline a few), so a client with more refused requests in flight (also in one
+/// Multiple Service Packet) is not one otfw keeps alive. The table lives in map memory (`EnipFlow::refusals`, copied to
+/// `EnipScratch::refusals` while a segment is framed), never on the stack.
+pub const ENIP_REFUSALS_MAX: usize = 4;
+/// Byte rewrites per segment: one per refused request, two per restored answer.
+pub const ENIP_REWRITES_MAX: usize = 2 * ENIP_REFUSALS_MAX;
+
+/// A refused SendRRData request: its answer is the SendRRData reply number `ordinal` of the
+/// connection (targets answer explicit requests of a connection in order; clients such as
+/// pycomm3 send one sender context for all), and it must echo the request's sender context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipRefusal {
+    pub context: u64,
+    pub ordinal: u32,
+    /// The client's service code (restored | 0x80 in the answer), the code the target got, and
+    /// the general status the client gets.
+    pub service: u8,
+    pub neutral: u8,
+    pub status: u8,
+    /// The request's position in the top-level Multiple Service Packet it is in (its reply is
+    /// that entry of the packet's reply), `WHOLE_REPLY` for a top-level request.
+    pub index: u8,
+}
+
+/// `EnipRefusal::index` of a top-level request: its reply is the whole CIP reply.
+pub const WHOLE_REPLY: u8 = 0xFF;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipRefusals {
+    /// Bit `i`: `entries[i]` is in use.
+    pub used: u8,
+    pub _pad: [u8; 3],
+    /// SendRRData requests passed to the target and replies seen, from the flow's start.
+    pub requests: u32,
+    pub replies: u32,
+    pub _pad2: u32,
+    pub entries: [EnipRefusal; ENIP_REFUSALS_MAX],
+}
+
 /// Map `ENIP_FLOWS` (LRU, keyed by the flow's initiator-direction `FlowKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -223,6 +270,7 @@ pub struct EnipFlow {
     pub _pad: [u8; 3],
     pub pending: PendingOpen,
     pub conns: [FlowConn; FLOW_CONNS],
+    pub refusals: EnipRefusals,
 }
 
 /// Key of map `ENIP_CONNS`: a connection id between a client and a server (addresses as in
@@ -367,6 +415,8 @@ pub struct EnipScratch {
     pub frame_off: [u16; MAX_FRAMES],
     pub frame_len: [u16; MAX_FRAMES],
     pub frame_depth: [u8; MAX_FRAMES],
+    /// Position in its Multiple Service Packet (`WHOLE_REPLY` if not in one).
+    pub frame_index: [u8; MAX_FRAMES],
     /// Frame offset and length of the payload; next payload byte to frame.
     pub payload: u32,
     pub len: u32,
@@ -408,4 +458,31 @@ pub struct EnipScratch {
     pub closed: FlowConn,
     pub path_class: u32,
     pub path_instance: u32,
+    /// Length of the request message being decided (its first byte is `pos - total` in the
+    /// payload once it is complete).
+    pub total: u32,
+    /// Byte rewrites to apply to the segment if it passes: frame offsets and new values.
+    pub rewrites: u32,
+    pub rewrite_at: [u16; ENIP_REWRITES_MAX],
+    pub rewrite_value: [u8; ENIP_REWRITES_MAX],
+    /// `on_deny: refuse` applies (enforcing, TCP).
+    pub refuse: u8,
+    /// Requests refused (neutralised) in this segment.
+    pub refused: u8,
+    /// A refusal could not be carried out or restored: the reason the connection is reset for.
+    pub fail: u8,
+    /// The reason of the first request refused in this segment.
+    pub refused_reason: u8,
+    /// The trace record of the CIP request being checked, and its `frame_index`.
+    pub cip_record: u32,
+    pub cip_index: u8,
+    /// The segment re-sends bytes that passed (`Commit::Recheck`): it is neutralised and
+    /// restored again, but its refusals and messages were recorded when it first passed.
+    pub recheck: u8,
+    pub _pad4: [u8; 2],
+    /// The trace records of the requests refused in this segment (`refused` of them): their
+    /// events are sent once the segment passes.
+    pub refused_records: [u8; ENIP_REFUSALS_MAX],
+    /// The flow's refusals, updated as the segment is framed (written back if it passes).
+    pub refusals: EnipRefusals,
 }

@@ -161,10 +161,20 @@ pub enum Reason {
     /// A segment of an inspected flow whose inspector state is gone (evicted): framing cannot
     /// be resumed safely in the middle of the stream, so the connection is reset.
     InspectorStateLost = 70,
+    /// A CIP request to refuse (`on_deny: refuse`) whose service code already passed in an
+    /// earlier segment, or an answer to restore whose bytes did: the connection is reset.
+    EnipRefusedSplit = 71,
+    /// The target answered a neutralised CIP request with something other than the "service
+    /// not supported" error it must send (or response framing was lost while one was awaited):
+    /// the connection is reset.
+    EnipRefusedAnswer = 72,
+    /// More refused CIP requests awaiting their answer than a flow keeps
+    /// (`enip::ENIP_REFUSALS_MAX`): the connection is reset.
+    EnipRefusalsFull = 73,
 }
 
 /// Number of reason codes (size of per-reason arrays).
-pub const REASON_COUNT: u32 = 71;
+pub const REASON_COUNT: u32 = 74;
 
 impl Reason {
     /// Stable snake_case names used in metrics, events, replay output and docs.
@@ -240,6 +250,9 @@ impl Reason {
         "modbus_refusals_full",
         "flow_quota",
         "inspector_state_lost",
+        "enip_refused_split",
+        "enip_refused_answer",
+        "enip_refusals_full",
     ];
 
     pub const fn name(self) -> &'static str {

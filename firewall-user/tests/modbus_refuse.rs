@@ -5,6 +5,8 @@
 
 #[path = "common/modbus.rs"]
 mod modbus_common;
+#[path = "common/rewrite.rs"]
+mod rewrite;
 
 use firewall_common::{
     counters::{VERDICT_DROP, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
@@ -12,10 +14,9 @@ use firewall_common::{
     reason::Reason,
 };
 use modbus_common::{adu, datapath, policy, read, run, write_single_register, Conn};
-use otfw::{datapath::Datapath, offload::repair_tcp_checksum};
+use otfw::datapath::Datapath;
+use rewrite::rewritten;
 
-/// Ethernet + IPv4 + TCP without options: where the payload starts in the test frames.
-const PAYLOAD: usize = 14 + 20 + 20;
 const NEUTRAL: u8 = 60;
 
 fn refusing(extra_rule: &str) -> Datapath {
@@ -29,24 +30,6 @@ fn conn(dp: &mut Datapath, sport: u16) -> Conn {
     let mut c = Conn::new(sport, 502);
     c.open(dp);
     c
-}
-
-/// `out` equals `input` except at the payload offsets of `changed` (offset, new byte), and its
-/// TCP checksum is right.
-fn rewritten(input: &[u8], out: &[u8], changed: &[(usize, u8)]) {
-    assert_eq!(input.len(), out.len(), "same length");
-    let mut expected = input.to_vec();
-    for &(at, value) in changed {
-        expected[PAYLOAD + at] = value;
-    }
-    let mut fixed = expected.clone();
-    repair_tcp_checksum(&mut fixed);
-    assert_eq!(out, &fixed[..], "bytes and checksum");
-    let mut check = out.to_vec();
-    assert!(
-        !repair_tcp_checksum(&mut check),
-        "checksum of the output is valid"
-    );
 }
 
 /// A server's exception answer to transaction `tid`: function byte `function`, code `code`.

@@ -172,7 +172,7 @@ pub fn traced_cip_requests(trace: &Trace, recorded: &EnipTrace) -> Vec<CipReques
                 instance: r.instance,
                 tag: super::enip::tag(r),
                 depth: r.depth,
-                verdict: if frame_verdict == "monitor" && r.reason == 0 {
+                verdict: if matches!(frame_verdict, "monitor" | "refuse") && r.reason == 0 {
                     "pass"
                 } else {
                     frame_verdict

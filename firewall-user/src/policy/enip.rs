@@ -16,6 +16,14 @@ pub const DEFAULT_PORT: u16 = 44818;
 /// Class 0/1 implicit I/O.
 pub const IO_PORT: u16 = 2222;
 
+/// The service code a refused request carries to the target (`on_deny: refuse`): 0x7F is in
+/// the range CIP (Vol. 1, Appendix A) reserves (0x64-0x7F), so no object implements it and the
+/// target answers an error (general status 0x08, service not supported) without acting.
+pub const REFUSE_SERVICE: u8 = 0x7F;
+/// The general status the client gets for a refused request: 0x0F, privilege violation (the
+/// request was understood and is not permitted).
+pub const REFUSE_STATUS: u8 = 0x0F;
+
 /// Encapsulation command names.
 pub const COMMANDS: &[(&str, u16)] = &[
     ("nop", 0x0000),
@@ -177,6 +185,10 @@ pub struct EnipRules {
     /// Explicit class -> service codes.
     pub objects: BTreeMap<u16, BTreeSet<u8>>,
     pub io: bool,
+    /// `on_deny: refuse`: the reserved service code a refused request is given, and the general
+    /// status its answer is given for the client.
+    pub refuse_service: u8,
+    pub refuse_status: u8,
 }
 
 impl EnipRules {
@@ -252,8 +264,25 @@ pub fn resolve(doc: &model::Enip, path: &str, diagnostics: &mut Diagnostics) -> 
     let mut rules = EnipRules {
         port: DEFAULT_PORT,
         io: doc.io.unwrap_or(false),
+        refuse_service: REFUSE_SERVICE,
+        refuse_status: REFUSE_STATUS,
         ..EnipRules::default()
     };
+    if let Some(refuse) = &doc.refuse {
+        let path = child(path, "refuse");
+        if let Some(service) = &refuse.service {
+            match reserved_service(service) {
+                Ok(code) => rules.refuse_service = code,
+                Err(e) => report(child(&path, "service"), e),
+            }
+        }
+        if let Some(status) = &refuse.status {
+            match status.number_in("general status", 1, 255) {
+                Ok(code) => rules.refuse_status = code as u8,
+                Err(e) => report(child(&path, "status"), e),
+            }
+        }
+    }
     if let Some(port) = &doc.port {
         match port.number_in("port", 1, 65535) {
             Ok(p) => rules.port = p as u16,
@@ -310,6 +339,18 @@ pub fn resolve(doc: &model::Enip, path: &str, diagnostics: &mut Diagnostics) -> 
         rules.objects.entry(class).or_default().extend(codes);
     }
     ok.then_some(rules)
+}
+
+/// A service code a refused request may be given: one CIP reserves (0x64-0x7F), so no object
+/// implements it.
+fn reserved_service(value: &Scalar) -> Result<u8, String> {
+    let code = value.number_in("CIP service code", 0, 0x7F)? as u8;
+    if code < 0x64 {
+        return Err(format!(
+            "service 0x{code:02X} may be implemented by an object (common, vendor-specific or              class-specific): a refused request must carry a reserved code (0x64-0x7F) no              object acts on, e.g. 0x{REFUSE_SERVICE:02X}"
+        ));
+    }
+    Ok(code)
 }
 
 fn add_command(rules: &mut EnipRules, command: &Scalar) -> Result<(), String> {
@@ -436,6 +477,8 @@ fn set(bits: &mut [u64], n: usize) {
 pub fn to_map(rules: &EnipRules) -> Result<EnipMaps, (String, String)> {
     let mut rule = EnipRule {
         flags: ENIP_RULE_PRESENT,
+        refuse_service: rules.refuse_service,
+        refuse_status: rules.refuse_status,
         ..EnipRule::default()
     };
     for &c in &rules.commands {

@@ -174,6 +174,16 @@ pub struct Enip {
     pub tags: Option<Vec<String>>,
     pub objects: Option<Vec<CipObject>>,
     pub io: Option<bool>,
+    /// Addition to POLICY.md: how `on_deny: refuse` refuses (policies/README.md).
+    pub refuse: Option<EnipRefuse>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EnipRefuse {
+    /// The reserved service code a refused request is given on its way to the target.
+    pub service: Option<Scalar>,
+    /// The general status the client gets.
+    pub status: Option<Scalar>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -378,6 +388,7 @@ fn context(parent: &[Segment]) -> Option<(&'static str, &'static [&'static str])
         (_, Some(".modbus")) => ("modbus rule", fields_of::<Modbus>()),
         (_, Some(".modbus.addresses")) => ("modbus addresses", fields_of::<ModbusAddresses>()),
         (_, Some(".modbus.refuse")) => ("modbus refuse", fields_of::<ModbusRefuse>()),
+        (_, Some(".enip.refuse")) => ("enip refuse", fields_of::<EnipRefuse>()),
         (_, Some(".enip")) => ("enip rule", fields_of::<Enip>()),
         (_, Some(".enip.objects[]")) => ("CIP object", fields_of::<CipObject>()),
         _ => return None,

@@ -177,17 +177,23 @@ pub fn set_attr(class: u8, instance: u8, attr: u8) -> Vec<u8> {
 
 /// Multiple Service Packet to the Message Router carrying `reqs`.
 pub fn msp(reqs: &[Vec<u8>]) -> Vec<u8> {
-    let n = reqs.len();
+    req(0x0A, &cat(&[class8(2), inst8(1)]), &msp_data(reqs))
+}
+
+/// The data of a Multiple Service Packet request or reply: count, offsets from the count,
+/// the entries.
+pub fn msp_data(entries: &[Vec<u8>]) -> Vec<u8> {
+    let n = entries.len();
     let mut data = (n as u16).to_le_bytes().to_vec();
     let mut off = 2 + 2 * n;
-    for r in reqs {
+    for r in entries {
         data.extend_from_slice(&(off as u16).to_le_bytes());
         off += r.len();
     }
-    for r in reqs {
+    for r in entries {
         data.extend_from_slice(r);
     }
-    req(0x0A, &cat(&[class8(2), inst8(1)]), &data)
+    data
 }
 
 /// Unconnected Send to the Connection Manager carrying `inner`, routed to backplane slot 0.

@@ -3,13 +3,13 @@
 //! embedded request of an Unconnected Send (its route path must be port segments),
 //! Forward_Open (remembered until its reply) and Forward_Close.
 
-use firewall_common::{enip::*, modbus::bit, reason::Reason, slot_of};
+use firewall_common::{counters::VERDICT_RESET, enip::*, modbus::bit, reason::Reason, slot_of};
 
 use super::{
     b16, b32, b8, masked,
     path::{copy_tag, otfw_enip_path, otfw_enip_route, otfw_enip_tag},
     scratch,
-    trace::note,
+    trace::{note, refused},
     R_NONE,
 };
 use crate::bpf::maps::{ENIP_CLASSES, ENIP_RULES};
@@ -25,6 +25,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
     s.frame_off[0] = packed as u16;
     s.frame_len[0] = (packed >> 16) as u16;
     s.frame_depth[0] = 0;
+    s.frame_index[0] = WHOLE_REPLY;
     s.frames = 1;
     for _ in 0..MAX_REQUESTS {
         let n = s.frames;
@@ -35,6 +36,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
         s.frames = n - 1;
         let arg =
             s.frame_off[i] as u64 | (s.frame_len[i] as u64) << 16 | (s.frame_depth[i] as u64) << 32;
+        s.cip_index = s.frame_index[i];
         let r = otfw_enip_request(arg);
         if r != 0 {
             return r;
@@ -48,7 +50,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
 
 /// Pushes a nested request onto the work stack.
 #[inline(always)]
-fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32) -> bool {
+fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32, index: u8) -> bool {
     let n = s.frames;
     if n as usize >= MAX_FRAMES || depth >= MAX_DEPTH {
         return false;
@@ -57,6 +59,7 @@ fn push(s: &mut EnipScratch, off: u32, len: u32, depth: u32) -> bool {
     s.frame_off[i] = off as u16;
     s.frame_len[i] = len as u16;
     s.frame_depth[i] = depth as u8;
+    s.frame_index[i] = index;
     s.frames = n + 1;
     true
 }
@@ -93,6 +96,7 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
     let class = (path >> 16) as u16 as u32;
     let instance = (path >> 32) as u32;
     let idx = note(s, cmd, REC_CIP, service, class, instance, depth, flags);
+    s.cip_record = idx;
     if flags & REC_SYMBOLIC != 0 {
         copy_tag(s, idx);
     }
@@ -111,17 +115,17 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
         || bit(&rule.any_class, masked(service, 0x7f))
         || class_allows(s, class, service);
     if !allowed {
-        return Reason::CipServiceDenied as u64;
+        return otfw_enip_refuse(refusal(off, depth, Reason::CipServiceDenied));
     }
     if rule.flags & ENIP_RULE_TAGS != 0 {
         let tag_service = (SVC_TAG_FIRST as u32..=SVC_TAG_LAST as u32).contains(&service);
         if symbolic {
             if otfw_enip_tag(rule.prefix_lengths) == 0 {
-                return Reason::CipTagDenied as u64;
+                return otfw_enip_refuse(refusal(off, depth, Reason::CipTagDenied));
             }
         } else if class == CLASS_SYMBOL as u32 && tag_service {
             // A tag addressed by Symbol instance cannot be matched against names.
-            return Reason::CipTagDenied as u64;
+            return otfw_enip_refuse(refusal(off, depth, Reason::CipTagDenied));
         }
     }
     let data = off + 2 + psize;
@@ -145,6 +149,83 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
         R_NONE
     };
     r as u64
+}
+
+#[inline(always)]
+fn refusal(off: u32, depth: u32, reason: Reason) -> u64 {
+    off as u64 | (depth as u64) << 16 | (reason as u64) << 24
+}
+
+/// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record
+/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData, top-level or inside a
+/// top-level Multiple Service Packet, is neutralised in place and passes (nothing nested in it reaches an object that acts on it): the rewrite of
+/// its service byte to the neutral code is queued and what its answer must be is recorded.
+/// Returns 0 (refused in-band), or the reason it is denied: its own when it cannot be refused
+/// in-band, else the reason the connection is reset for (`s.fail`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
+    let reason = (a >> 24) as u8;
+    let Some(s) = scratch() else {
+        return reason as u64;
+    };
+    let off = a as u32 & 0x7ff;
+    let depth = (a >> 16) as u8;
+    // A top-level request of SendRRData, or one of the requests of a top-level Multiple
+    // Service Packet (the unconnected data item's CIP request is at 40: `cpf` checked the
+    // null address item before it).
+    let index = if depth == 0 { WHOLE_REPLY } else { s.cip_index };
+    let in_msp = depth == 1 && b8(s, 40) == SVC_MSP as u32 && index != WHOLE_REPLY;
+    if s.refuse == 0 || !(depth == 0 || in_msp) || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
+        return reason as u64;
+    }
+    let Some(rule) = ENIP_RULES.get(s.rule_index) else {
+        return reason as u64;
+    };
+    let codes = rule.refuse_service as u64 | (rule.refuse_status as u64) << 8;
+    let idx = s.cip_record;
+    let service = b8(s, off) as u8;
+    let total = s.total;
+    // The service byte's offset in the frame: the message ends at `pos` in the payload.
+    let fail = if s.pos + off < total {
+        Reason::EnipRefusedSplit as u8
+    } else if s.rewrites as usize >= ENIP_REWRITES_MAX {
+        Reason::EnipRefusalsFull as u8
+    } else {
+        let mut slot = ENIP_REFUSALS_MAX;
+        for i in 0..ENIP_REFUSALS_MAX {
+            if s.refusals.used & (1 << i) == 0 {
+                slot = i;
+                break;
+            }
+        }
+        if slot < ENIP_REFUSALS_MAX {
+            let n = masked(s.rewrites, (ENIP_REWRITES_MAX - 1) as u32);
+            s.rewrite_at[n] = (s.payload + s.pos + off - total) as u16;
+            s.rewrite_value[n] = codes as u8;
+            s.rewrites += 1;
+            let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
+            let ordinal = s.refusals.requests;
+            let e = &mut s.refusals.entries[slot & (ENIP_REFUSALS_MAX - 1)];
+            e.context = context;
+            e.ordinal = ordinal;
+            e.service = service;
+            e.neutral = codes as u8;
+            e.status = (codes >> 8) as u8;
+            e.index = index;
+            s.refusals.used |= 1 << slot;
+            0
+        } else {
+            Reason::EnipRefusalsFull as u8
+        }
+    };
+    if fail != 0 {
+        s.fail = fail;
+        s.event_verdict = VERDICT_RESET as u8;
+        return fail as u64;
+    }
+    refused(s, reason, idx);
+    0
 }
 
 #[inline(always)]
@@ -190,7 +271,7 @@ fn msp(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
         if o >= next_start || (first && o != 2 + 2 * count) || (!first && o < 2 + 2 * count) {
             return bad;
         }
-        if !push(s, data + o, next_start - o, depth + 1) {
+        if !push(s, data + o, next_start - o, depth + 1, i as u8) {
             return Reason::CipTooDeep as u8;
         }
         next_start = o;
@@ -219,7 +300,7 @@ fn unconnected_send(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8
     if otfw_enip_route((data + after + 2) as u64 | (route as u64) << 16) != 0 {
         return Reason::CipBadPath as u8;
     }
-    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1) {
+    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1, WHOLE_REPLY) {
         return Reason::CipTooDeep as u8;
     }
     R_NONE

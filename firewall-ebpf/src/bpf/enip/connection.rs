@@ -9,7 +9,7 @@ use firewall_common::{
     conduit::MAX_PROTOCOL_RULES, enip::*, modbus::InspectContext, reason::Reason, slot_of,
 };
 
-use super::{b16, b32, b8, scratch};
+use super::{b16, b32, b8, masked, scratch};
 use crate::bpf::maps::{ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
 
 /// The key of connection `id` between the packet's client and server.
@@ -71,6 +71,9 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     };
     let total = total as u32 & 0x7ff;
     let cmd = b16(s, 0) as u16;
+    if cmd == CMD_SEND_RR_DATA && s.udp == 0 && otfw_enip_answer(total as u64) != 0 {
+        return 0;
+    }
     let status = b32(s, 8);
     if status != 0 || s.udp != 0 {
         return 0;
@@ -123,6 +126,101 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     s.opened = conn;
     s.opened_timeout_ns = timeout;
     s.opened_ok = 1;
+    0
+}
+
+/// `otfw_enip_answer` argument bit: the reply is too long to be read (only its header is).
+pub(super) const ANSWER_UNREAD: u64 = 1 << 16;
+
+/// Counts a SendRRData reply (`a`: its length, `ANSWER_UNREAD`) and, if it answers refused
+/// requests, checks each is the target's error reply to the neutral service (the whole CIP
+/// reply, or its entry in a Multiple Service Packet reply) and queues its restoration:
+/// service = the client's | 0x80, general status = the rule's. Returns 1 when it was such an
+/// answer (or `s.fail` is set: the connection is reset), else 0.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let ordinal = s.refusals.replies;
+    s.refusals.replies = ordinal.wrapping_add(1);
+    if s.refusals.used == 0 {
+        return 0;
+    }
+    let mut answered = 0;
+    for i in 0..ENIP_REFUSALS_MAX {
+        if s.refusals.used & (1 << i) == 0 || s.refusals.entries[i].ordinal != ordinal {
+            continue;
+        }
+        s.refusals.used &= !(1 << i);
+        answered = 1;
+        let fail = restore(s, i, a);
+        if fail != 0 {
+            s.fail = fail;
+            return 1;
+        }
+    }
+    answered
+}
+
+/// Checks the reply in the scratch buffer answers refusal `i` as the target answers the neutral
+/// service, and queues its two rewrites. Returns 0, or the reason the connection is reset for.
+#[inline(always)]
+fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
+    let e = s.refusals.entries[i & (ENIP_REFUSALS_MAX - 1)];
+    let total = a as u32 & 0x7ff;
+    // The reply: encapsulation status 0 and the request's sender context, a null address item
+    // and an unconnected data item holding the CIP reply (its service byte at 40).
+    let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
+    let item = b16(s, 38);
+    let framed = a & ANSWER_UNREAD == 0
+        && total >= 44
+        && b32(s, 8) == 0
+        && context == e.context
+        && b16(s, 30) >= 2
+        && b16(s, 32) as u16 == ITEM_NULL
+        && b16(s, 34) == 0
+        && b16(s, 36) as u16 == ITEM_UNCONNECTED_DATA
+        && item >= 4
+        && 40 + item <= total;
+    if !framed {
+        return Reason::EnipRefusedAnswer as u8;
+    }
+    let end = 40 + item;
+    let mut at = 40;
+    if e.index != WHOLE_REPLY {
+        // A Multiple Service Packet reply: count and offsets (from the count) after the
+        // general and additional status; the refused request's reply is entry `index`.
+        let data = 44 + b8(s, 43) * 2;
+        if b8(s, 40) != (SVC_MSP | 0x80) as u32 || data + 2 > end {
+            return Reason::EnipRefusedAnswer as u8;
+        }
+        let count = b16(s, data);
+        let k = e.index as u32;
+        if k >= count || data + 4 + 2 * k > end {
+            return Reason::EnipRefusedAnswer as u8;
+        }
+        at = data + b16(s, data + 2 + 2 * k);
+    }
+    if at + 4 > end || b8(s, at) != (e.neutral | 0x80) as u32 || b8(s, at + 2) == 0 {
+        return Reason::EnipRefusedAnswer as u8;
+    }
+    if s.pos + at < total {
+        return Reason::EnipRefusedSplit as u8;
+    }
+    let n = s.rewrites;
+    if n as usize + 2 > ENIP_REWRITES_MAX {
+        return Reason::EnipRefusalsFull as u8;
+    }
+    let at = s.payload + s.pos + at - total;
+    let j = masked(n, (ENIP_REWRITES_MAX - 1) as u32);
+    s.rewrite_at[j] = at as u16;
+    s.rewrite_value[j] = e.service | 0x80;
+    let j = masked(n + 1, (ENIP_REWRITES_MAX - 1) as u32);
+    s.rewrite_at[j] = (at + 2) as u16;
+    s.rewrite_value[j] = e.status;
+    s.rewrites = n + 2;
     0
 }
 

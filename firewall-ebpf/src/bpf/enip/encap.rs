@@ -13,7 +13,7 @@ use firewall_common::{
 
 use super::{
     b16, b32,
-    connection::otfw_enip_response,
+    connection::{otfw_enip_answer, otfw_enip_response, ANSWER_UNREAD},
     cpf::cpf,
     masked, scratch,
     trace::{note, refuse},
@@ -37,6 +37,7 @@ pub(super) fn setup(
     monitor: bool,
     start: u32,
     exact: bool,
+    recheck: bool,
     skip: u32,
     have: u32,
 ) {
@@ -53,6 +54,7 @@ pub(super) fn setup(
     s.request = ic.to_server;
     s.udp = 0;
     s.exact = exact as u8;
+    s.recheck = recheck as u8;
     s.monitor = monitor as u8;
     s.reason = 0;
     s.denied = 0;
@@ -65,6 +67,13 @@ pub(super) fn setup(
     s.requests = 0;
     s.opened_ok = 0;
     s.closed_ok = 0;
+    s.total = 0;
+    s.rewrites = 0;
+    s.refuse = 0;
+    s.refused = 0;
+    s.fail = 0;
+    s.refused_reason = 0;
+    s.refusals = EnipRefusals::default();
 }
 
 /// The framing loop: its state lives in the scratch map, its work in global functions.
@@ -208,6 +217,13 @@ pub extern "C" fn otfw_enip_step(take: u64) -> u64 {
             return 1;
         }
         if total > MSG_MAX {
+            if !request && cmd == CMD_SEND_RR_DATA as u32 && s.udp == 0 {
+                // Too long to restore: it must not be the answer to a refused request.
+                otfw_enip_answer(total as u64 | ANSWER_UNREAD);
+                if s.fail != 0 {
+                    return 1;
+                }
+            }
             if request {
                 let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
                 refuse(s, Reason::EnipTooLong as u8, idx);
@@ -236,6 +252,9 @@ pub extern "C" fn otfw_enip_step(take: u64) -> u64 {
         }
     } else {
         otfw_enip_response(total as u64);
+        if s.fail != 0 {
+            return 1;
+        }
     }
     0
 }
@@ -250,7 +269,12 @@ pub extern "C" fn otfw_enip_message(total: u64) -> u64 {
     let total = total as u32 & 0x7ff;
     let cmd = b16(s, 0);
     let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
+    s.total = total;
     let r = message(s, total, cmd);
+    if cmd == CMD_SEND_RR_DATA as u32 && s.udp == 0 && (r == R_NONE || s.monitor != 0) {
+        // It reaches the target, which answers it: the ordinal of its reply.
+        s.refusals.requests = s.refusals.requests.wrapping_add(1);
+    }
     if r != R_NONE {
         // The denied CIP request (the last record) carries its own reason; the command
         // record carries it too.

@@ -25,11 +25,14 @@ mod trace;
 
 pub use io::inspect_io;
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
 
 use firewall_common::{
-    conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_RESET},
-    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_RESET},
+    conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_REFUSE, VERDICT_RESET},
     enip::*,
     modbus::InspectContext,
     reason::Reason,
@@ -43,7 +46,7 @@ use super::{
 };
 use connection::{otfw_enip_close, otfw_enip_open};
 use encap::{frame, result, setup};
-use trace::count_records;
+use trace::{count_records, otfw_enip_refused_events};
 
 const MASK: u32 = MSG_MAX - 1;
 
@@ -115,7 +118,18 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             stats::record(ctx, &acc);
             return xdp_action::XDP_PASS;
         }
-        setup(s, ic, rule_index, event_verdict, monitor, 0, true, 0, 0);
+        setup(
+            s,
+            ic,
+            rule_index,
+            event_verdict,
+            monitor,
+            0,
+            true,
+            false,
+            0,
+            0,
+        );
         s.udp = 1;
         frame(ctx, s as *mut EnipScratch);
         let (reason, _) = result(s);
@@ -178,12 +192,15 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             monitor,
             start,
             exact,
+            commit == Commit::Recheck,
             skip,
             have,
         );
         s.flow_flags = flow_flags;
         s.session = session;
         s.pending = pending;
+        s.refuse = (info.on_deny == ON_DENY_REFUSE && !monitor) as u8;
+        s.refusals = flow.refusals;
         if have != 0 && have <= MSG_MAX {
             s.msg[..MSG_MAX as usize].copy_from_slice(&st.carry);
             if have >= ENCAP_LEN {
@@ -210,7 +227,13 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         }
     }
     acc.records = s.records;
-    if !to_server && reason != R_NONE {
+    let mut fail = s.fail;
+    if !to_server && reason != R_NONE && fail == R_NONE && flow.refusals.used != 0 {
+        // Response framing is lost while a refused request awaits its answer: it cannot be
+        // restored.
+        fail = Reason::EnipRefusedAnswer as u8;
+    }
+    if fail == R_NONE && !to_server && reason != R_NONE {
         // Responses are framed and read, never policed: lost framing resynchronises.
         st.flags &= !(ESTREAM_SYNCED | ESTREAM_BOUNDARY);
         st.have = 0;
@@ -224,7 +247,13 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         committed = true;
     }
     let mut action = xdp_action::XDP_PASS;
-    if reason != R_NONE {
+    if fail != R_NONE {
+        // Fail closed: a refusal that cannot be carried out (or restored) ends the connection.
+        flow.flags |= EFLOW_RESET;
+        acc.reason = fail;
+        acc.verdict = VERDICT_RESET;
+        action = reset::forward(ctx);
+    } else if reason != R_NONE {
         acc.reason = reason;
         if monitor {
             acc.verdict = VERDICT_MONITOR;
@@ -246,11 +275,50 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         }
     }
     if committed && action == xdp_action::XDP_PASS {
-        apply(ic, flow, s);
+        if s.rewrites != 0 && otfw_enip_rewrite(ctx.ctx) == 0 {
+            flow.flags |= EFLOW_RESET;
+            acc.reason = Reason::EnipRefusedSplit as u8;
+            acc.verdict = VERDICT_RESET;
+            action = reset::forward(ctx);
+        } else {
+            if reason == R_NONE && s.refused != 0 {
+                // Refused requests were neutralised; the rest of the segment passes untouched.
+                acc.reason = s.refused_reason;
+                acc.verdict = VERDICT_REFUSE;
+                otfw_enip_refused_events();
+            }
+            if s.recheck == 0 {
+                // A retransmission is neutralised (and restored) again; its refusals and
+                // messages were recorded when it first passed.
+                flow.refusals = s.refusals;
+            }
+            apply(ic, flow, s);
+        }
     }
     count_records(&acc);
     stats::record(ctx, &acc);
     action
+}
+
+/// Applies the byte rewrites framing queued (refused requests neutralised, answers restored).
+/// 0 if one is outside the frame (fail closed). A global function: its loop keeps no state on
+/// the inspector's stack.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_rewrite(ctx: *mut xdp_md) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    for i in 0..ENIP_REWRITES_MAX {
+        if i as u32 >= s.rewrites {
+            break;
+        }
+        let (at, value) = (s.rewrite_at[i], s.rewrite_value[i]);
+        if stream::otfw_rewrite_byte(ctx, at as u64 | (value as u64) << 16) == 0 {
+            return 0;
+        }
+    }
+    1
 }
 
 /// What a passed segment taught: the session handle, a Forward_Open awaiting its reply, a
@@ -343,6 +411,7 @@ impl stream::FollowedFlow for EnipFlow {
         self.guard = TcpGuard::default();
         self.pending = PendingOpen::default();
         self.conns = [FlowConn::default(); FLOW_CONNS];
+        self.refusals = EnipRefusals::default();
         stream::Position::clear(&mut self.streams[1]);
     }
 }

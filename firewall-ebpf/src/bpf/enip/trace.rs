@@ -3,11 +3,11 @@
 //! class and verdict.
 
 use firewall_common::{
-    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS},
+    counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_REFUSE},
     enip::*,
 };
 
-use super::{scratch, R_NONE};
+use super::{masked, scratch, R_NONE};
 use crate::bpf::{
     maps::{ENIP_COUNTS, ENIP_EVENTS, ENIP_STATS, ENIP_TRACE, INSPECT_CTX},
     stats::Accounted,
@@ -28,6 +28,52 @@ pub(super) fn refuse(s: &mut EnipScratch, reason: u8, idx: u32) {
     }
     otfw_enip_event(idx as u64 | (reason as u64) << 32);
 }
+
+/// Records a request refused in-band (`on_deny: refuse`): the record's reason; its event
+/// (verdict `refuse`) is sent by `otfw_enip_refused_events` once the segment passes.
+#[inline(always)]
+pub(super) fn refused(s: &mut EnipScratch, reason: u8, idx: u32) {
+    if s.refused_reason == R_NONE {
+        s.refused_reason = reason;
+    }
+    if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
+        if idx < MAX_RECORDS as u32 {
+            // SAFETY: per-CPU slot, this CPU only; idx < MAX_RECORDS.
+            unsafe { (*t).records[idx as usize].reason = reason };
+        }
+    }
+    let n = s.refused as usize;
+    if n < ENIP_REFUSALS_MAX {
+        s.refused_records[n] = idx as u8;
+    }
+    s.refused += 1;
+}
+
+/// Sends the events of the requests refused in-band in a segment that passed.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_refused_events() -> u64 {
+    let (Some(s), Some(t)) = (scratch(), ENIP_TRACE.get_ptr(0)) else {
+        return 0;
+    };
+    for i in 0..ENIP_REFUSALS_MAX {
+        if i as u32 >= s.refused as u32 {
+            break;
+        }
+        let idx = s.refused_records[i] as u32;
+        let reason = if idx < MAX_RECORDS as u32 {
+            // SAFETY: per-CPU slot, this CPU only; masked below MAX_RECORDS.
+            unsafe { (*t).records[masked(idx, MAX_RECORDS as u32 - 1)].reason }
+        } else {
+            s.refused_reason
+        };
+        otfw_enip_event(idx as u64 | (reason as u64) << 32 | EVENT_REFUSED);
+    }
+    0
+}
+
+/// `otfw_enip_event` argument bit: the request was refused in-band.
+const EVENT_REFUSED: u64 = 1 << 41;
 
 /// Appends a record; returns its index (MAX_RECORDS when the trace is full).
 #[allow(clippy::too_many_arguments)]
@@ -77,6 +123,8 @@ pub extern "C" fn otfw_enip_event(a: u64) -> u64 {
     let io = a >> 40 & 1 != 0;
     let (idx, verdict) = if io {
         (0, a as u8)
+    } else if a & EVENT_REFUSED != 0 {
+        (a as u32, VERDICT_REFUSE as u8)
     } else {
         let v = scratch().map_or(VERDICT_DROP as u8, |s| s.event_verdict);
         (a as u32, v)
@@ -139,7 +187,8 @@ pub extern "C" fn otfw_enip_count_all(packed: u64, records: u64) -> u64 {
         }
         // SAFETY: per-CPU slot, this CPU only.
         let r = unsafe { &(*t).records[i] };
-        let v = if verdict == VERDICT_MONITOR as u8 && r.reason == R_NONE {
+        let lenient = verdict == VERDICT_MONITOR as u8 || verdict == VERDICT_REFUSE as u8;
+        let v = if lenient && r.reason == R_NONE {
             VERDICT_PASS as u8
         } else {
             verdict

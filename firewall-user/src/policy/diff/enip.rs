@@ -215,7 +215,23 @@ fn changes(
         tags: _,
         objects: _,
         io,
+        refuse_service,
+        refuse_status,
     } = new;
+    // How `on_deny: refuse` answers changes what a client sees, not what passes.
+    let neutral = Some(Effect::Neutral);
+    report.value(
+        scope.field(&["refuse", "service"], "refuse service"),
+        format!("0x{:02X}", old.refuse_service),
+        format!("0x{refuse_service:02X}"),
+        neutral,
+    );
+    report.value(
+        scope.field(&["refuse", "status"], "refuse status"),
+        format!("0x{:02X}", old.refuse_status),
+        format!("0x{refuse_status:02X}"),
+        neutral,
+    );
     let gained = Some(fallback.granted());
     let lost = gained.map(Effect::opposite);
     report.set(

@@ -1,0 +1,424 @@
+//! `on_deny: refuse` for EtherNet/IP in the datapath (root): a refused CIP request of
+//! SendRRData reaches the target neutralised in place (its service code replaced by a reserved
+//! one), the target's "service not supported" error is restored for the client as its own
+//! service's error with the rule's general status, and the session lives on. Every rewrite is
+//! checked byte for byte against the frame that went in, with the TCP checksum recomputed here.
+
+#[path = "common/enip.rs"]
+mod enip_common;
+#[path = "common/modbus.rs"]
+mod modbus_common;
+#[path = "common/rewrite.rs"]
+mod rewrite;
+
+use enip_common::*;
+use firewall_common::{
+    counters::{VERDICT_DROP, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
+    enip::ENIP_REFUSALS_MAX,
+    reason::Reason,
+};
+use modbus_common::{datapath, Conn};
+use otfw::{
+    datapath::{Datapath, Decision},
+    policy::enip::{REFUSE_SERVICE, REFUSE_STATUS},
+};
+use rewrite::rewritten;
+
+/// The CIP service byte of a SendRRData message (null address item first), and the general
+/// status of a reply.
+const SERVICE: usize = 40;
+const STATUS: usize = 42;
+const WRITE_TAG: u8 = 0x4D;
+
+fn refusing() -> Datapath {
+    datapath(&policy("services: [read]", "    on_deny: refuse"))
+}
+
+fn session(dp: &mut Datapath, sport: u16) -> Conn {
+    let mut c = Conn::new(sport, 44818);
+    c.open(dp);
+    let d = c.send(dp, &register_session());
+    assert!(d.passed() && d.reason == Reason::None, "{d:?}");
+    let d = c.reply(dp, &register_reply(SESSION));
+    assert!(d.passed() && d.reason == Reason::None, "{d:?}");
+    c
+}
+
+/// The target's reply to a SendRRData request: a CIP reply with this service byte and general
+/// status, no additional status.
+fn reply(service: u8, status: u8) -> Vec<u8> {
+    rr(SESSION, &[service, 0, status, 0])
+}
+
+/// The target's error for the neutral service.
+fn unsupported() -> Vec<u8> {
+    reply(0x80 | REFUSE_SERVICE, 0x08)
+}
+
+fn send(dp: &mut Datapath, c: &mut Conn, payload: &[u8]) -> (Vec<u8>, Decision) {
+    let frame = c.client_frame(c.cseq, "PA", payload);
+    (frame, c.send(dp, payload))
+}
+
+fn answer(dp: &mut Datapath, c: &mut Conn, payload: &[u8]) -> (Vec<u8>, Decision) {
+    let frame = c.server_frame(c.sseq, "PA", payload);
+    (frame, c.reply(dp, payload))
+}
+
+fn expect_reset(d: &Decision, reason: Reason) {
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (reason, VERDICT_RESET),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_refused_request_is_neutralised_and_its_answer_restored() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46000);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("Speed")));
+    assert!(d.passed(), "{d:?}");
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE)
+    );
+    assert_eq!(d.cip[1].verdict, "refuse");
+    assert_eq!(d.cip[1].reason, "cip_service_denied");
+    assert_eq!(d.cip[0].verdict, "pass", "the command itself is allowed");
+    rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
+
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+
+    // The session goes on: a read and its reply pass untouched.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("Speed")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+
+    let traffic = dp.enip_traffic().unwrap();
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t.service == "write_tag" && t.verdict == "refuse" && t.requests == 1),
+        "{traffic:#?}"
+    );
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t.service == "read_tag" && t.verdict == "pass" && t.requests == 1),
+        "{traffic:#?}"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    for position in 0..3 {
+        let mut dp = refusing();
+        let mut c = session(&mut dp, 46100 + position as u16);
+        let mut msgs: Vec<Vec<u8>> = (0..3).map(|_| rr(SESSION, &read_tag("A"))).collect();
+        msgs[position] = rr(SESSION, &write_tag("A"));
+        let at = msgs[..position].iter().map(Vec::len).sum::<usize>();
+        let (frame, d) = send(&mut dp, &mut c, &msgs.concat());
+        assert_eq!(
+            d.verdict as u32, VERDICT_REFUSE,
+            "position {position}: {d:?}"
+        );
+        rewritten(&frame, &d.frame_out, &[(at + SERVICE, REFUSE_SERVICE)]);
+        // The replies, in one segment, in order: only the refused one's is restored.
+        let mut replies: Vec<Vec<u8>> = (0..3).map(|_| reply(0xCC, 0)).collect();
+        replies[position] = unsupported();
+        let (frame, d) = answer(&mut dp, &mut c, &replies.concat());
+        assert_eq!(
+            (d.reason, d.verdict as u32),
+            (Reason::None, VERDICT_PASS),
+            "{d:?}"
+        );
+        let at = replies[..position].iter().map(Vec::len).sum::<usize>();
+        rewritten(
+            &frame,
+            &d.frame_out,
+            &[
+                (at + SERVICE, 0x80 | WRITE_TAG),
+                (at + STATUS, REFUSE_STATUS),
+            ],
+        );
+    }
+}
+
+#[test]
+fn answers_that_cannot_be_restored_reset_the_connection() {
+    let mut ctx = unsupported();
+    ctx[12] ^= 1;
+    let rows = [
+        ("the write executed", reply(0x80 | WRITE_TAG, 0)),
+        (
+            "success for the neutral service",
+            reply(0x80 | REFUSE_SERVICE, 0),
+        ),
+        ("another service", reply(0xCC, 0x08)),
+        ("another sender context", ctx),
+    ];
+    for (i, (what, bad)) in rows.into_iter().enumerate() {
+        let mut dp = refusing();
+        let mut c = session(&mut dp, 46200 + i as u16);
+        let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+        assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{what}");
+        let (_, d) = answer(&mut dp, &mut c, &bad);
+        assert!(
+            d.passed(),
+            "{what}: the reply becomes a reset to the client: {d:?}"
+        );
+        expect_reset(&d, Reason::EnipRefusedAnswer);
+    }
+    // A reply too long to be read while a refused request awaits its answer.
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46210);
+    send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    let (_, d) = answer(&mut dp, &mut c, &rr(SESSION, &vec![0xCC; 1100]));
+    expect_reset(&d, Reason::EnipRefusedAnswer);
+}
+
+#[test]
+fn split_requests_and_answers() {
+    let msg = rr(SESSION, &write_tag("A"));
+    // Split after the service byte: it passed in the first segment, the refusal fails closed.
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46300);
+    let (_, d) = send(&mut dp, &mut c, &msg[..SERVICE + 1]);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let (_, d) = send(&mut dp, &mut c, &msg[SERVICE + 1..]);
+    expect_reset(&d, Reason::EnipRefusedSplit);
+    // Split before it: the second segment carries it and is neutralised.
+    let mut c = session(&mut dp, 46301);
+    send(&mut dp, &mut c, &msg[..SERVICE]);
+    let (frame, d) = send(&mut dp, &mut c, &msg[SERVICE..]);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    rewritten(&frame, &d.frame_out, &[(0, REFUSE_SERVICE)]);
+    // The answer split the same way: restoring it needs its service byte.
+    let a = unsupported();
+    let (_, d) = answer(&mut dp, &mut c, &a[..SERVICE + 1]);
+    assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    let (_, d) = answer(&mut dp, &mut c, &a[SERVICE + 1..]);
+    expect_reset(&d, Reason::EnipRefusedSplit);
+}
+
+#[test]
+fn refusals_awaiting_answers_are_bounded() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46400);
+    for i in 0..ENIP_REFUSALS_MAX {
+        let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+        assert_eq!(d.verdict as u32, VERDICT_REFUSE, "refusal {i}: {d:?}");
+    }
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    expect_reset(&d, Reason::EnipRefusalsFull);
+    // Answered, the table frees its entries.
+    let mut c = session(&mut dp, 46401);
+    for _ in 0..2 * ENIP_REFUSALS_MAX {
+        let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+        assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+        let (_, d) = answer(&mut dp, &mut c, &unsupported());
+        assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    }
+}
+
+#[test]
+fn other_denials_fall_back_to_drop() {
+    let mut dp = refusing();
+    let rows = [
+        (
+            "nested in an Unconnected Send",
+            rr(SESSION, &unconnected_send(&write_tag("A"))),
+            Reason::CipServiceDenied,
+        ),
+        (
+            "an encapsulation command",
+            cancel(),
+            Reason::EnipCommandDenied,
+        ),
+        (
+            "a malformed request",
+            rr(SESSION, &[0x4C, 9]),
+            Reason::CipMalformed,
+        ),
+    ];
+    for (i, (what, msg, reason)) in rows.into_iter().enumerate() {
+        let mut c = session(&mut dp, 46500 + i as u16);
+        let (_, d) = send(&mut dp, &mut c, &msg);
+        assert_eq!(
+            (d.reason, d.verdict as u32),
+            (reason, VERDICT_DROP),
+            "{what}: {d:?}"
+        );
+        assert!(d.dropped(), "{what}");
+    }
+}
+
+/// An encapsulation command the rule does not allow (Cancel, 0x73).
+fn cancel() -> Vec<u8> {
+    encap(0x73, SESSION, &[])
+}
+
+#[test]
+fn the_policy_sets_the_codes() {
+    let mut dp = datapath(&policy(
+        "services: [read], refuse: { service: 0x64, status: 0x08 }",
+        "    on_deny: refuse",
+    ));
+    let mut c = session(&mut dp, 46600);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    rewritten(&frame, &d.frame_out, &[(SERVICE, 0x64)]);
+    let a = reply(0x80 | 0x64, 0x08);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, 0x08)],
+    );
+    // A code an object may implement is not a neutral one; status 0 would be success.
+    for bad in [
+        "refuse: { service: 0x4D }",
+        "refuse: { service: 0x80 }",
+        "refuse: { status: 0 }",
+        "refuse: { code: 1 }",
+    ] {
+        let yaml = policy(&format!("services: [read], {bad}"), "");
+        assert!(!compiles(&yaml), "{bad}");
+    }
+}
+
+/// A Multiple Service Packet reply (general status 0x1E, embedded service error) of `replies`.
+fn msp_reply(replies: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = vec![0x8A, 0, 0x1E, 0];
+    v.extend(msp_data(replies));
+    rr(SESSION, &v)
+}
+
+/// Where entry `k` of the Multiple Service Packet whose count is at `data` starts in `msg`
+/// (offsets count from the count).
+fn msp_entry(msg: &[u8], data: usize, k: usize) -> usize {
+    data + u16::from_le_bytes([msg[data + 2 + 2 * k], msg[data + 3 + 2 * k]]) as usize
+}
+
+/// The count of a request built by `msp` (service, a 2-word path) and of a reply (service,
+/// reserved, general status, no additional status).
+const MSP_REQUEST: usize = SERVICE + 6;
+const MSP_REPLY: usize = SERVICE + 4;
+
+#[test]
+fn requests_inside_a_multiple_service_packet() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46700);
+    let msg = rr(
+        SESSION,
+        &msp(&[read_tag("A"), write_tag("B"), read_tag("C"), write_tag("D")]),
+    );
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE),
+        "{d:?}"
+    );
+    let verdicts: Vec<&str> = d.cip.iter().map(|r| r.verdict).collect();
+    assert_eq!(
+        verdicts,
+        ["pass", "pass", "pass", "refuse", "pass", "refuse"]
+    );
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[
+            (msp_entry(&msg, MSP_REQUEST, 1), REFUSE_SERVICE),
+            (msp_entry(&msg, MSP_REQUEST, 3), REFUSE_SERVICE),
+        ],
+    );
+    let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
+    let neutral = vec![0x80 | REFUSE_SERVICE, 0, 0x08, 0];
+    let a = msp_reply(&[read.clone(), neutral.clone(), read.clone(), neutral.clone()]);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = |k: usize| msp_entry(&a, MSP_REPLY, k);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[
+            (at(1), 0x80 | WRITE_TAG),
+            (at(1) + 2, REFUSE_STATUS),
+            (at(3), 0x80 | WRITE_TAG),
+            (at(3) + 2, REFUSE_STATUS),
+        ],
+    );
+    // The session goes on.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+
+    // The entry of the refused request must be the neutral service's error.
+    let mut c = session(&mut dp, 46701);
+    let msg = rr(SESSION, &msp(&[read_tag("A"), write_tag("B")]));
+    send(&mut dp, &mut c, &msg);
+    let (_, d) = answer(&mut dp, &mut c, &msp_reply(&[read.clone(), read.clone()]));
+    expect_reset(&d, Reason::EnipRefusedAnswer);
+    // More refused requests in one packet than a flow keeps.
+    let mut c = session(&mut dp, 46702);
+    let writes: Vec<Vec<u8>> = (0..=ENIP_REFUSALS_MAX).map(|_| write_tag("B")).collect();
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &msp(&writes)));
+    expect_reset(&d, Reason::EnipRefusalsFull);
+}
+
+#[test]
+fn retransmissions_are_neutralised_again_and_recorded_once() {
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46800);
+    // An allowed request re-sent before it is acknowledged: its reply is still the first.
+    let (frame, _) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    let again = modbus_common::run(&mut dp, &frame);
+    assert_eq!(
+        (again.reason, again.verdict as u32),
+        (Reason::None, VERDICT_PASS)
+    );
+    answer(&mut dp, &mut c, &reply(0xCC, 0));
+    // A refused request re-sent: the same bytes reach the target, one refusal awaits.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
+    let again = modbus_common::run(&mut dp, &frame);
+    assert_eq!(again.verdict as u32, VERDICT_REFUSE, "{again:?}");
+    assert_eq!(again.frame_out, d.frame_out, "neutralised again");
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+    // The next request's reply is not taken for another refusal.
+    send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    assert_eq!(d.frame_out, frame);
+}
