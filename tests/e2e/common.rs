@@ -361,3 +361,37 @@ pub fn poll_tally(results: &[serde_json::Value]) -> (usize, usize, Vec<&serde_js
     let failed: Vec<&serde_json::Value> = results.iter().filter(|r| r["result"] != "ok").collect();
     (results.len(), results.len() - failed.len(), failed)
 }
+
+/// `modbus_client.py` from `host` against `plc` with raw operation arguments (e.g.
+/// `read_device_identification:0:3`, which `ModbusOp` does not model): its result lines, which
+/// must number one per operation.
+pub fn modbus_client_results(
+    lab: &Lab,
+    host: &str,
+    plc: IpAddr,
+    ops: &[&str],
+) -> Vec<serde_json::Value> {
+    let client = otfw_tests::repo_root()
+        .join("tests")
+        .join("peers")
+        .join("modbus_client.py");
+    let mut args = vec![
+        otfw_tests::venv_python()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .display()
+            .to_string(),
+        client.display().to_string(),
+        "--host".into(),
+        plc.to_string(),
+    ];
+    args.extend(ops.iter().map(|op| op.to_string()));
+    let out = lab.exec(host, &args).unwrap_or_else(|e| panic!("{e:#}"));
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ops.len(), "{}", out.stdout);
+    lines
+}

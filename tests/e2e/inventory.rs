@@ -10,7 +10,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use otfw_tests::{
     free_loopback_addr, require_enip_peers, require_modbus_peers, scrape, target_binary,
-    venv_python, EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
+    EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 use serde_json::Value;
 
@@ -77,28 +77,16 @@ fn inventory_and_learned_policy_from_real_peers() {
     let mut identification = Value::Null;
     record(&lab, &capture, || {
         // pymodbus: a read, then the PLC's extended device identification.
-        let client = repo_script("modbus_client.py");
-        let out = lab
-            .exec(
-                "client",
-                &[
-                    venv_python().unwrap().to_string_lossy().into_owned(),
-                    client,
-                    "--host".into(),
-                    modbus.addr.ip().to_string(),
-                    "read_holding_registers:0:4".into(),
-                    "read_device_identification:0:3".into(),
-                ],
-            )
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let lines: Vec<Value> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2, "{}", out.stdout);
-        assert_eq!(lines[1]["result"], "ok", "{}", out.stdout);
+        let lines = common::modbus_client_results(
+            &lab,
+            "client",
+            modbus.addr.ip(),
+            &[
+                "read_holding_registers:0:4",
+                "read_device_identification:0:3",
+            ],
+        );
+        assert_eq!(lines[1]["result"], "ok", "{lines:?}");
         identification = lines[1]["objects"].clone();
         // cpppo: ListIdentity and a tag read from the engineering host.
         let results = lab
@@ -240,12 +228,4 @@ fn inventory_and_learned_policy_from_real_peers() {
         "three lab hosts in {zone}:\n{body}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn repo_script(name: &str) -> String {
-    otfw_tests::repo_root()
-        .join("tests/peers")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
 }

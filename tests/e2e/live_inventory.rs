@@ -15,8 +15,8 @@ use std::{
 };
 
 use otfw_tests::{
-    free_loopback_addr, repo_root, require_enip_peers, require_modbus_peers, scrape, target_binary,
-    venv_python, EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
+    free_loopback_addr, require_enip_peers, require_modbus_peers, scrape, target_binary,
+    EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
 };
 use serde_json::Value;
 
@@ -64,30 +64,18 @@ impl Drop for Cleanup {
 /// The client's Modbus polling: reads, the PLC's device identification and one write, with
 /// pymodbus. Returns the identification objects the client received.
 fn poll_modbus(lab: &Lab) -> Value {
-    let client = repo_root().join("tests/peers/modbus_client.py");
-    let out = lab
-        .exec(
-            "client",
-            &[
-                venv_python().unwrap().to_string_lossy().into_owned(),
-                client.to_string_lossy().into_owned(),
-                "--host".into(),
-                lab.host("plc").ipv4_addr().to_string(),
-                "read_holding_registers:0:4".into(),
-                "read_input_registers:0:2".into(),
-                "read_device_identification:0:3".into(),
-                "write_register:10:7".into(),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 4, "{}", out.stdout);
-    assert!(lines.iter().all(|l| l["result"] == "ok"), "{}", out.stdout);
+    let lines = common::modbus_client_results(
+        lab,
+        "client",
+        lab.host("plc").ipv4_addr().into(),
+        &[
+            "read_holding_registers:0:4",
+            "read_input_registers:0:2",
+            "read_device_identification:0:3",
+            "write_register:10:7",
+        ],
+    );
+    assert!(lines.iter().all(|l| l["result"] == "ok"), "{lines:?}");
     lines[2]["objects"].clone()
 }
 
@@ -317,33 +305,26 @@ fn inventory_and_learning_from_the_live_datapath() {
             "{map} was not pinned at the restart"
         );
     }
-    let results = lab
-        .modbus(
+    let client_to_plc = |ops: &[ModbusOp]| {
+        lab.modbus(
             ModbusClient::Pymodbus,
             "client",
             common::v4(&lab, "plc", 502),
             1,
             TIMEOUT,
-            &[
-                ModbusOp::Read(Table::HoldingRegisters, 0, 4),
-                ModbusOp::WriteRegister(10, 8),
-            ],
+            ops,
         )
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let results = client_to_plc(&[
+        ModbusOp::Read(Table::HoldingRegisters, 0, 4),
+        ModbusOp::WriteRegister(10, 8),
+    ]);
     assert!(
         results.iter().all(|r| matches!(r, ModbusResult::Ok(_))),
         "learned reads and write: {results:?}"
     );
-    let results = lab
-        .modbus(
-            ModbusClient::Pymodbus,
-            "client",
-            common::v4(&lab, "plc", 502),
-            1,
-            TIMEOUT,
-            &[ModbusOp::WriteCoil(0, true)],
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let results = client_to_plc(&[ModbusOp::WriteCoil(0, true)]);
     assert!(
         !matches!(results[0], ModbusResult::Ok(_)),
         "write_coil (5) was never seen while learning: {results:?}"
