@@ -3,7 +3,7 @@
 //! accounting keys, trace records and event records. The hand-off from the main program is the
 //! shared `modbus::InspectContext`.
 
-use crate::{flow::FlowKey, stream::TcpGuard};
+use crate::{flow::FlowKey, observed::UseSet, stream::TcpGuard};
 
 /// Encapsulation header length.
 pub const ENCAP_LEN: u32 = 24;
@@ -271,7 +271,27 @@ pub struct EnipFlow {
     pub pending: PendingOpen,
     pub conns: [FlowConn; FLOW_CONNS],
     pub refusals: EnipRefusals,
+    /// What the client has used on this connection, for the inventory: encapsulation commands
+    /// (`UseSet`, commands above 255 are not kept) and CIP requests (`EnipUses`).
+    pub commands: UseSet,
+    pub services: EnipUses,
 }
+
+/// The (service, class) pairs of CIP requests a connection has used, the first
+/// `ENIP_USES_MAX` of them: a pair new to the table makes its segment an inventory copy
+/// (`observed::OBSERVED_USE`); once the table is full, further pairs of the connection are
+/// not reported (its copies may still show them). An entry is service | class << 8 |
+/// `USE_SYMBOLIC` | `USE_PRESENT`; 0 is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipUses {
+    pub pairs: [u32; ENIP_USES_MAX],
+}
+
+pub const ENIP_USES_MAX: usize = 16;
+/// `EnipUses` entry: the request addressed a tag (a symbolic path; its class bits are 0).
+pub const USE_SYMBOLIC: u32 = 1 << 24;
+pub const USE_PRESENT: u32 = 1 << 25;
 
 /// Key of map `ENIP_CONNS`: a connection id between a client and a server (addresses as in
 /// `FlowKey`). Both ids of a Forward_Open reply are recorded.
@@ -485,4 +505,15 @@ pub struct EnipScratch {
     pub refused_records: [u8; ENIP_REFUSALS_MAX],
     /// The flow's refusals, updated as the segment is framed (written back if it passes).
     pub refusals: EnipRefusals,
+    /// A request message of the segment was its connection's first use of a command or a
+    /// (service, class) pair: the sets below changed, and `news_at` is the payload offset of
+    /// the first such message.
+    pub news: u8,
+    pub _pad5: u8,
+    pub news_at: u16,
+    pub _pad6: u32,
+    /// The flow's `commands` and `services`, updated as requests are decided (written back
+    /// when `news`).
+    pub commands: UseSet,
+    pub services: EnipUses,
 }

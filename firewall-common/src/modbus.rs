@@ -1,7 +1,7 @@
 //! Modbus/TCP inspection: the compiled rules of a `modbus:` item, the per-flow framing state,
 //! the hand-off from the main program to the inspector, accounting keys, and event records.
 
-use crate::{flow::FlowKey, stream::TcpGuard};
+use crate::{flow::FlowKey, observed::UseSet, stream::TcpGuard};
 
 /// MBAP header: transaction id, protocol id, length, unit id.
 pub const MBAP_LEN: usize = 7;
@@ -166,7 +166,11 @@ pub struct ModbusFlow {
     pub flags: u8,
     pub _pad: u8,
     pub refusals: Refusals,
-    pub _pad2: [u8; 2],
+    pub _pad2: [u8; 6],
+    /// What the client has used on this connection, for the inventory (`observed::UseSet`,
+    /// codes of `observed::modbus_use`, and unit ids).
+    pub functions: UseSet,
+    pub units: UseSet,
 }
 
 /// Kinds of `MODBUS_STATS` entries: the first four are the request's verdict (`VERDICT_*`).
@@ -298,6 +302,16 @@ pub struct ModbusScratch {
     /// combination of keys through the loop.
     pub count_key: [u32; 2],
     pub count_run: u32,
+    /// A request of the segment was its connection's first use of a function or unit: the
+    /// sets below changed, and `news_at` is the payload offset of the first such ADU.
+    pub news: u8,
+    pub _pad3: u8,
+    pub news_at: u16,
+    pub _pad4: u32,
+    /// The flow's `functions` and `units`, updated as requests are framed (written back when
+    /// `news`).
+    pub functions: UseSet,
+    pub units: UseSet,
 }
 
 /// Byte rewrites per segment: two per restored answer, one per refused request.

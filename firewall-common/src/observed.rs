@@ -1,12 +1,20 @@
 //! Frames the datapath copies for the controller's inventory and for `otfw learn --live`.
 //!
-//! Two ring buffers carry the same record, an [`ObservedFrame`]:
+//! Three ring buffers carry the same record, an [`ObservedFrame`]:
 //!
 //! - `OBSERVED`, always on and cheap: the answer that establishes a flow (the SYN-ACK, the
 //!   first UDP reply, the echo reply: once per flow, when it moves from `EMBRYOS` to `FLOWS`)
 //!   and identity answers (Modbus Read Device Identification, 43/14, from port 502; EtherNet/IP
 //!   ListIdentity replies from port 44818). Rate-limited per CPU by its own token bucket
 //!   (`OBSERVED_BUCKET`, the scheme of `EVENT_BUCKET`), counted in `OBSERVED_STATS`.
+//! - `OBSERVED_USES`, always on: a client's request segment of an inspected connection when one
+//!   of its requests is the connection's first use of something the inventory lists per pair of
+//!   hosts: a Modbus function (with its sub-function for 8 and 43) or unit id, an EtherNet/IP
+//!   command or a CIP service at its class. The inspectors keep what each connection has used in
+//!   their flow state ([`UseSet`]s, `enip::EnipUses`): one bit test per request, a copy only
+//!   when something is new. Its own token bucket (`USES_BUCKET`, same rate) and counters
+//!   (`USES_STATS`, indexes as `OBSERVED_STATS`), so that a plant starting up, when every
+//!   connection's first requests are news, does not starve `OBSERVED`.
 //! - `LEARN_FRAMES`, only while learning: while the CLOCK_MONOTONIC deadline in `LEARN_UNTIL`
 //!   (ns, 0 = off) lies ahead, every frame to or from port 502, 44818 or 2222 and every frame of
 //!   no established flow (those that open flows, and those decided without one). No token
@@ -19,6 +27,10 @@ pub const OBSERVED_FLOW_ANSWERED: u8 = 1;
 pub const OBSERVED_IDENTITY: u8 = 2;
 /// `ObservedHeader::kind`: a frame copied while learning (`LEARN_FRAMES`).
 pub const OBSERVED_LEARN: u8 = 3;
+/// `ObservedHeader::kind`: a client's request segment with the connection's first use of a
+/// function, unit, command or service (`UseSet`); `ObservedHeader::message` says where in the
+/// TCP payload the first message with a new use starts.
+pub const OBSERVED_USE: u8 = 4;
 
 /// The most of a frame that is copied: a full Ethernet frame without FCS (1500-byte MTU).
 pub const OBSERVED_MAX_COPY: u32 = 1514;
@@ -39,7 +51,11 @@ pub struct ObservedHeader {
     pub copied: u16,
     /// `OBSERVED_*`.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// `OBSERVED_USE`: the payload offset of the message with the first new use (messages
+    /// before it in the segment may have started in an earlier one).
+    pub message: u16,
+    pub _pad2: [u8; 4],
 }
 
 /// One record of `OBSERVED` or `LEARN_FRAMES`: the header, then the first `copied` bytes of
@@ -85,3 +101,41 @@ pub const MODBUS_MEI_FUNCTION: u8 = 0x2B;
 pub const MODBUS_MEI_READ_DEVICE_ID: u8 = 0x0E;
 /// EtherNet/IP encapsulation command ListIdentity (little-endian on the wire).
 pub const ENIP_LIST_IDENTITY: u16 = 0x0063;
+
+/// A set of 256 codes (bits), kept per inspected connection: what it has used so far. The
+/// inspectors map what they decide onto codes (`USE_*`); a code new to the set makes the
+/// request's segment an `OBSERVED_USE` copy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UseSet {
+    pub bits: [u64; 4],
+}
+
+impl UseSet {
+    /// Adds `code`; true if it was not in the set yet.
+    #[inline(always)]
+    pub fn insert(&mut self, code: u8) -> bool {
+        let word = &mut self.bits[(code >> 6) as usize & 3];
+        let bit = 1u64 << (code & 63);
+        let new = *word & bit == 0;
+        *word |= bit;
+        new
+    }
+}
+
+/// Modbus function codes of `UseSet`: the function (0-127) itself; diagnostics (8) with a
+/// sub-function below 64 at `USE_MODBUS_DIAGNOSTIC + sub`, Encapsulated Interface Transport
+/// (43) with an MEI type below 64 at `USE_MODBUS_MEI + type` (the inventory lists them as
+/// `8/sub` and `43/type`). Larger sub-functions share their function's code.
+pub const USE_MODBUS_DIAGNOSTIC: u8 = 128;
+pub const USE_MODBUS_MEI: u8 = 192;
+
+/// The `UseSet` code of a Modbus request.
+#[inline(always)]
+pub fn modbus_use(function: u8, sub: u16) -> u8 {
+    match function {
+        8 if sub < 64 => USE_MODBUS_DIAGNOSTIC + sub as u8,
+        43 if sub < 64 => USE_MODBUS_MEI + sub as u8,
+        f => f & 0x7f,
+    }
+}

@@ -225,6 +225,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
     // Flow answers and identity answers copied by the datapath, kept as the instance's
     // inventory (`inventory::live`).
     let mut observed = watch_fd(datapath.take_observed())?;
+    // The inspectors' first-use copies: what each connection's client uses.
+    let mut observed_uses = watch_fd(datapath.take_observed_uses())?;
     let mut live_inventory = observer.inventory_path().map(LiveInventory::open);
     if let Some(live) = &live_inventory {
         log::info!(
@@ -273,17 +275,8 @@ pub async fn run(opts: RunOptions, load: PolicyLoader) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            ready = readable(&mut observed) => {
-                let mut guard = ready?;
-                let ring = guard.get_inner_mut();
-                let clock = inventory::live::Clock::now();
-                while let Some(record) = ring.next() {
-                    if let Some(live) = live_inventory.as_mut() {
-                        live.record(&record, &clock);
-                    }
-                }
-                guard.clear_ready();
-            }
+            ready = readable(&mut observed) => feed_inventory(ready?, &mut live_inventory),
+            ready = readable(&mut observed_uses) => feed_inventory(ready?, &mut live_inventory),
             _ = inventory_save.tick() => save_inventory(&mut live_inventory),
             ready = readable(&mut datapath_events) => {
                 let mut guard = ready?;
@@ -631,6 +624,21 @@ async fn readable<T: std::os::fd::AsRawFd>(
         Some(fd) => fd.readable_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// Adds every frame waiting in a copying ring buffer to the live inventory (if it is kept).
+fn feed_inventory(
+    mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>,
+    live_inventory: &mut Option<LiveInventory>,
+) {
+    let ring = guard.get_inner_mut();
+    let clock = inventory::live::Clock::now();
+    while let Some(record) = ring.next() {
+        if let Some(live) = live_inventory.as_mut() {
+            live.record(&record, &clock);
+        }
+    }
+    guard.clear_ready();
 }
 
 /// Emits an event for every record waiting in an inspector's ring buffer.

@@ -71,6 +71,7 @@ pub struct Metrics {
     events: IntCounterVec,
     events_lost: IntCounterVec,
     observed_frames: IntCounterVec,
+    observed_uses: IntCounterVec,
     /// Conduit traffic of retired generations, folded per conduit name.
     pub totals: ConduitTotals,
     /// The inventory's assets (`otfw run --inventory`).
@@ -312,6 +313,18 @@ impl Metrics {
         for result in OBSERVED_STAT_NAMES {
             observed_frames.with_label_values(&[result]);
         }
+        let observed_uses = family!(
+            IntCounterVec,
+            "otfw_observed_uses_total",
+            "Request segments the inspectors copied for the live inventory because a request \
+             was its connection's first use of a Modbus function or unit, an EtherNet/IP \
+             command or a CIP service at a class, by result: sent, rate_limited (its token \
+             bucket), ring_full (controller too slow).",
+            ["result"]
+        );
+        for result in OBSERVED_STAT_NAMES {
+            observed_uses.with_label_values(&[result]);
+        }
         let build_info = family!(
             IntGaugeVec,
             "otfw_build_info",
@@ -366,6 +379,7 @@ impl Metrics {
             events,
             events_lost,
             observed_frames,
+            observed_uses,
             totals: ConduitTotals::default(),
             assets,
             requests_retired: RequestCounts::new(),
@@ -557,6 +571,9 @@ impl Metrics {
         );
         for (result, n) in OBSERVED_STAT_NAMES.iter().zip(datapath.observed_stats()?) {
             raise(&self.observed_frames.with_label_values(&[result]), n);
+        }
+        for (result, n) in OBSERVED_STAT_NAMES.iter().zip(datapath.uses_stats()?) {
+            raise(&self.observed_uses.with_label_values(&[result]), n);
         }
         let written = crate::events::written();
         for (event, n) in &written.by_event {

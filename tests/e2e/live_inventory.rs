@@ -9,14 +9,15 @@
 //! before the restart is still there.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use otfw_tests::{
     free_loopback_addr, require_enip_peers, require_modbus_peers, scrape, target_binary,
-    EnipClient, EnipOp, EnipResult, Lab, ModbusClient, ModbusOp, ModbusResult, Table,
+    EnipClient, EnipOp, EnipResult, EnipServer, Lab, ModbusClient, ModbusOp, ModbusResult,
+    ModbusServer, Table,
 };
 use serde_json::Value;
 
@@ -26,37 +27,64 @@ use crate::common::{self, otfw, otfw_logged, Firewall, PolicyFile};
 const INSTANCE: &str = "otfwt-live";
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A policy for the plant's client, engineering station and PLC: `$defaults` added to the
+/// defaults, then the lines of the client's conduits to the PLC and to the station after their
+/// `to:`.
+macro_rules! plant_policy {
+    ($defaults:literal, $plc:literal, $eng:literal) => {
+        concat!(
+            "version: 1\n",
+            "gateway: { interfaces: [otfwt-client, otfwt-eng, otfwt-plc] }\n",
+            "defaults: { action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp]",
+            $defaults,
+            " }\n",
+            "zones:\n",
+            "  enterprise: { networks: [198.51.100.0/26], hosts: { client: 198.51.100.10 } }\n",
+            "  engineering: { networks: [198.51.100.64/26], hosts: { eng: 198.51.100.70 } }\n",
+            "  cell: { networks: [198.51.100.128/26], hosts: { plc: 198.51.100.130 } }\n",
+            "conduits:\n",
+            "  - name: client-to-plc\n",
+            "    from: enterprise/client\n",
+            "    to: cell/plc\n",
+            $plc,
+            "  - name: client-to-eng\n",
+            "    from: enterprise/client\n",
+            "    to: engineering/eng\n",
+            $eng,
+        )
+    };
+}
+
 /// Everything the peers do is allowed, and the default is monitor: the controller only
 /// watches. The conduits make the datapath track the flows (a flow's answer is copied when it
 /// establishes the flow).
-const MONITOR: &str = "\
-version: 1
-gateway: { interfaces: [otfwt-client, otfwt-eng, otfwt-plc] }
-defaults: { action: deny, intra_zone: allow, unzoned: deny, non_ip: [arp], mode: monitor }
-zones:
-  enterprise: { networks: [198.51.100.0/26], hosts: { client: 198.51.100.10 } }
-  engineering: { networks: [198.51.100.64/26], hosts: { eng: 198.51.100.70 } }
-  cell: { networks: [198.51.100.128/26], hosts: { plc: 198.51.100.130 } }
-conduits:
-  - name: client-to-plc
-    from: enterprise/client
-    to: cell/plc
-    allow: [{ tcp: { ports: [502] } }]
-  - name: client-to-eng
-    from: enterprise/client
-    to: engineering/eng
-    allow: [{ tcp: { ports: [44818] } }, { udp: { ports: [44818] } }]
-";
+const MONITOR: &str = plant_policy!(
+    ", mode: monitor",
+    "    allow: [{ tcp: { ports: [502] } }]\n",
+    "    allow: [{ tcp: { ports: [44818] } }, { udp: { ports: [44818] } }]\n"
+);
+
+/// The instance of the first-uses test.
+const USES_INSTANCE: &str = "otfwt-uses";
+
+/// Inspected conduits, enforcing: the inspectors copy each connection's first use of a
+/// function, unit, command or service for the inventory, with no learning. The PLC's conduit
+/// refuses what it does not allow (an exception, the connection lives on).
+const INSPECTED: &str = plant_policy!(
+    "",
+    "    on_deny: refuse\n    allow: [{ modbus: { functions: [read, \"43/14\"] } }]\n",
+    "    allow: [{ enip: { services: [read] } }, { udp: { ports: [44818] } }]\n"
+);
 
 /// Removes the instance's pins and inventory when the test ends, passed or failed. Declared
 /// before the lab, so it runs after the lab has ended the controller.
-struct Cleanup;
+struct Cleanup(&'static str);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        common::remove_inventory(INSTANCE);
-        if Path::new("/sys/fs/bpf/otfw").join(INSTANCE).exists() {
-            let _ = otfw(&["stop", "--instance", INSTANCE]);
+        common::remove_inventory(self.0);
+        if Path::new("/sys/fs/bpf/otfw").join(self.0).exists() {
+            let _ = otfw(&["stop", "--instance", self.0]);
         }
     }
 }
@@ -97,10 +125,10 @@ fn poll_enip(lab: &Lab) {
 }
 
 /// `otfw inventory --instance INSTANCE --json` once it shows what `done` wants, within `within`.
-fn inventory_until(within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+fn inventory_until(instance: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let out = otfw(&["inventory", "--instance", INSTANCE, "--json"]);
+        let out = otfw(&["inventory", "--instance", instance, "--json"]);
         let doc: Value = if out.status.success() {
             serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
         } else {
@@ -141,21 +169,141 @@ fn asset<'a>(doc: &'a Value, ip: &str) -> Option<&'a Value> {
     doc["assets"].as_array()?.iter().find(|a| a["ip"] == ip)
 }
 
-#[test]
-fn inventory_and_learning_from_the_live_datapath() {
+/// The lab of the plant with the PLC's pymodbus server and the engineering station's cpppo
+/// simulator running, and a scratch directory, for `instance` (whose inventory is removed
+/// first). Called after the instance's `Cleanup` is made, so that it runs after the lab ends.
+fn plant(instance: &str) -> (Lab, (ModbusServer, EnipServer), PathBuf) {
     require_modbus_peers().unwrap_or_else(|e| panic!("{e:#}"));
     require_enip_peers().unwrap_or_else(|e| panic!("{e:#}"));
-    let _cleanup = Cleanup;
-    common::remove_inventory(INSTANCE);
+    common::remove_inventory(instance);
     let lab = common::lab(&common::plant_hosts());
-    let _modbus = lab
+    let modbus = lab
         .modbus_server("plc", 502)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let _enip = lab
+    let enip = lab
         .enip_server("eng", 44818)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let dir = std::env::temp_dir().join(format!("otfwt-live-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("{instance}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    (lab, (modbus, enip), dir)
+}
+
+/// The conversation from `client` to `service` (`tcp/502`) of `server`.
+fn conversation<'a>(
+    doc: &'a Value,
+    client: &str,
+    server: &str,
+    service: &str,
+) -> Option<&'a Value> {
+    doc["conversations"]
+        .as_array()?
+        .iter()
+        .find(|c| c["client"] == client && c["server"] == server && c["service"] == service)
+}
+
+/// The strings of a JSON array (none if it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn first_uses_in_the_live_inventory() {
+    let _cleanup = Cleanup(USES_INSTANCE);
+    let (lab, _servers, dir) = plant(USES_INSTANCE);
+    let metrics = free_loopback_addr().unwrap();
+    let _fw = Firewall::start_file(
+        &lab,
+        policy_file(&dir, "inspected.yaml", INSPECTED),
+        &[
+            "--metrics",
+            &metrics.to_string(),
+            "--instance",
+            USES_INSTANCE,
+        ],
+    );
+    let (client_ip, plc_ip, eng_ip) = (
+        lab.host("client").ipv4_addr().to_string(),
+        lab.host("plc").ipv4_addr().to_string(),
+        lab.host("eng").ipv4_addr().to_string(),
+    );
+
+    // Reads, the device identification, a write the conduit refuses, a read after it: one
+    // connection, polled twice (the second poll is no news).
+    let ops = [
+        "read_holding_registers:0:4",
+        "read_input_registers:0:2",
+        "read_device_identification:0:3",
+        "write_register:10:7",
+        "read_holding_registers:0:1",
+    ];
+    for _ in 0..2 {
+        let lines = common::modbus_client_results(&lab, "client", plc_ip.parse().unwrap(), &ops);
+        let results: Vec<&str> = lines
+            .iter()
+            .map(|l| l["result"].as_str().unwrap())
+            .collect();
+        assert_eq!(results, ["ok", "ok", "ok", "exception", "ok"], "{lines:?}");
+        assert_eq!(lines[3]["code"], 1, "illegal function: {lines:?}");
+    }
+    poll_enip(&lab);
+
+    let doc = inventory_until(USES_INSTANCE, Duration::from_secs(20), |doc| {
+        conversation(doc, &client_ip, &plc_ip, "tcp/502")
+            .is_some_and(|c| strings(&c["modbus"]["functions"]).len() >= 4)
+            && conversation(doc, &client_ip, &eng_ip, "tcp/44818")
+                .is_some_and(|c| !strings(&c["enip"]["services"]).is_empty())
+    });
+    let plc = conversation(&doc, &client_ip, &plc_ip, "tcp/502").unwrap();
+    let functions = strings(&plc["modbus"]["functions"]);
+    for code in ["(3)", "(4)", "(43/14)", "(6)"] {
+        assert!(
+            functions.iter().any(|f| f.ends_with(code)),
+            "function {code} (the refused write too) missing: {plc:#}"
+        );
+    }
+    assert_eq!(functions.len(), 4, "nothing else: {plc:#}");
+    assert!(
+        plc["modbus"]["units"]
+            .as_array()
+            .is_some_and(|u| u.len() == 1),
+        "{plc:#}"
+    );
+    assert_eq!(plc["undecoded"], 0, "{plc:#}");
+    let eng = conversation(&doc, &client_ip, &eng_ip, "tcp/44818").unwrap();
+    let commands = strings(&eng["enip"]["commands"]);
+    assert!(
+        commands.contains(&"register_session") && commands.contains(&"send_rr_data"),
+        "{eng:#}"
+    );
+    assert!(
+        strings(&eng["enip"]["services"]).contains(&"0x4c@tag"),
+        "Read Tag: {eng:#}"
+    );
+
+    // One copy per connection and news: the first poll's requests (4 functions), the second
+    // poll's connection (4 again), the EtherNet/IP session's few; none lost.
+    let body = scrape(metrics).unwrap_or_else(|e| panic!("{e:#}"));
+    let counter = |result: &str| -> u64 {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    r#"otfw_observed_uses_total{{result="{result}"}} "#
+                ))
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no otfw_observed_uses_total{{result={result}}} in\n{body}"))
+    };
+    let sent = counter("sent");
+    assert!((9..=16).contains(&sent), "{sent} copies:\n{body}");
+    assert_eq!(counter("rate_limited") + counter("ring_full"), 0, "{body}");
+}
+
+#[test]
+fn inventory_and_learning_from_the_live_datapath() {
+    let _cleanup = Cleanup(INSTANCE);
+    let (lab, _servers, dir) = plant(INSTANCE);
     let zones = PolicyFile(dir.join("monitor.yaml"));
     std::fs::write(&zones.0, MONITOR).unwrap();
     let metrics = free_loopback_addr().unwrap();
@@ -173,7 +321,7 @@ fn inventory_and_learning_from_the_live_datapath() {
         lab.host("plc").ipv4_addr().to_string(),
         lab.host("eng").ipv4_addr().to_string(),
     );
-    let doc = inventory_until(Duration::from_secs(20), |doc| {
+    let doc = inventory_until(INSTANCE, Duration::from_secs(20), |doc| {
         asset(doc, &plc_ip).is_some_and(|a| !a["modbus"].is_null())
             && asset(doc, &eng_ip).is_some_and(|a| !a["enip"].is_null())
     });
@@ -331,7 +479,7 @@ fn inventory_and_learning_from_the_live_datapath() {
     );
     poll_enip(&lab);
     // What the first controller kept is still there after the restart.
-    let doc = inventory_until(Duration::from_secs(1), |doc| {
+    let doc = inventory_until(INSTANCE, Duration::from_secs(1), |doc| {
         asset(doc, &plc_ip).is_some_and(|a| !a["modbus"].is_null())
     });
     assert!(asset(&doc, &eng_ip).is_some_and(|a| !a["enip"].is_null()));

@@ -173,6 +173,18 @@ pub static OBSERVED_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_ent
 #[map]
 pub static OBSERVED_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OBSERVED_STATS_LEN, 0);
 
+/// The inspectors' first-use copies (`firewall_common::observed::OBSERVED_USE`), in a ring,
+/// bucket and counters of their own: a plant starting up makes many, and they must not starve
+/// the flow and identity answers of `OBSERVED`.
+#[map]
+pub static OBSERVED_USES: RingBuf = RingBuf::with_byte_size(OBSERVED_RING_BYTES, 0);
+
+#[map]
+pub static USES_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static USES_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(OBSERVED_STATS_LEN, 0);
+
 /// The end of learning (CLOCK_MONOTONIC ns, index 0; 0 = not learning), set by `otfw learn
 /// --live`.
 #[map]

@@ -5,7 +5,10 @@
 //! and accounts the packet's final decision. docs/ARCHITECTURE.md states the framing rules.
 
 use aya_ebpf::{
-    bindings::xdp_action, cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext,
+    bindings::{xdp_action, xdp_md},
+    cty::c_void,
+    helpers::bpf_xdp_load_bytes,
+    programs::XdpContext,
 };
 
 use firewall_common::{
@@ -20,6 +23,7 @@ use firewall_common::{
         STREAM_SYNCED, TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS,
         TABLE_INPUT_REGISTERS,
     },
+    observed::{modbus_use, UseSet},
     reason::Reason,
     stream::TcpGuard,
 };
@@ -85,6 +89,10 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
+    if let Some(s) = MODBUS_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, this CPU only.
+        unsafe { (*s).news = 0 };
+    }
     let flow = match stream::followed(
         ctx,
         &mut acc,
@@ -141,12 +149,15 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         stream,
         &mut flow.outstanding,
         &mut flow.refusals,
+        (&flow.functions, &flow.units),
         rule_index,
         event_verdict,
         monitor,
         refuse,
     );
     acc.adus = run.adus;
+    // Before any rewrite: the inventory records what the client sent.
+    otfw_modbus_news(ctx.ctx);
 
     let mut action = xdp_action::XDP_PASS;
     if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)) {
@@ -189,6 +200,25 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     count_adus(&acc, run.adus);
     stats::record(ctx, &acc);
     action
+}
+
+/// After framing: a request that was its connection's first use of a function or unit
+/// (`ModbusScratch::news`) updates the flow's sets and has the segment copied for the inventory
+/// (`stream::record_news`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_news(ctx: *mut xdp_md) -> u64 {
+    let Some(s) = MODBUS_SCRATCH.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch, this CPU only, only read.
+    let s = unsafe { &*s };
+    let news_at = (s.news != 0).then_some(s.news_at);
+    stream::record_news(ctx, &MODBUS_FLOWS, news_at, |flow: &mut ModbusFlow| {
+        flow.functions = s.functions;
+        flow.units = s.units;
+    });
+    0
 }
 
 /// Applies the byte rewrites framing queued in the scratch (refused requests neutralised,
@@ -263,6 +293,7 @@ fn segment(
     st: &mut ModbusStream,
     outstanding: &mut u16,
     refusals: &mut Refusals,
+    uses: (&UseSet, &UseSet),
     rule_index: u32,
     event_verdict: u32,
     monitor: bool,
@@ -315,6 +346,8 @@ fn segment(
         (*scratch).refuse_function = refuse.function;
         (*scratch).refuse_exception = refuse.exception;
         (*scratch).refusals = *refusals;
+        (*scratch).functions = *uses.0;
+        (*scratch).units = *uses.1;
     }
     let run = frame(
         ctx,
@@ -622,6 +655,16 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
         } else {
             reason
         };
+        // A request that is the protocol (whatever the policy says of it), whose header is in
+        // this segment: the inventory can decode it from a copy of the segment.
+        if !sanity && c == 0 {
+            let new_function = s.functions.insert(modbus_use(function, sub));
+            let new_unit = s.units.insert(unit);
+            if (new_function || new_unit) && s.news == 0 {
+                s.news = 1;
+                s.news_at = s.pos as u16;
+            }
+        }
         let refusing = reason != Reason::None as u8
             && !unframed
             && s.refuse != 0

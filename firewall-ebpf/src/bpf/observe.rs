@@ -7,6 +7,10 @@
 //! segment with payload from those ports, or while learning, a call of the global function
 //! `otfw_observe`: those segments read two payload bytes; only promotions, identity answers and
 //! (while learning) learned frames take a clock reading, a bucket's credit or a ring record.
+//!
+//! The inspectors call `otfw_observe_use` (through [`first_use`]) for a request segment with its
+//! connection's first use of a function, unit, command or service: their per-request cost is a
+//! bit test in the flow state they already hold.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
@@ -19,12 +23,13 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
+    event::EventBucket,
     flow::FlowKeys,
     observed::{
         ObservedFrame, ENIP_LIST_IDENTITY, LEARN_COPIED, LEARN_PORTS, LEARN_RING_FULL,
         MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID, OBSERVED_BURST, OBSERVED_FLOW_ANSWERED,
         OBSERVED_IDENTITY, OBSERVED_LEARN, OBSERVED_MAX_COPY, OBSERVED_RATE, OBSERVED_RATE_LIMITED,
-        OBSERVED_RING_FULL, OBSERVED_SENT,
+        OBSERVED_RING_FULL, OBSERVED_SENT, OBSERVED_USE,
     },
 };
 
@@ -34,7 +39,7 @@ use super::{
     l4::{IPPROTO_TCP, IPPROTO_UDP, L4},
     maps::{
         FLOW_KEYS, LEARN_FRAMES, LEARN_STATS, LEARN_UNTIL, OBSERVED, OBSERVED_BUCKET,
-        OBSERVED_STATS,
+        OBSERVED_STATS, OBSERVED_USES, USES_BUCKET, USES_STATS,
     },
     packet::frame_len,
 };
@@ -65,7 +70,25 @@ pub fn frame(ctx: &XdpContext, l4: &L4) {
             return;
         }
     }
-    // Packed scalars, as global functions require.
+    otfw_observe(
+        ctx.ctx,
+        sizes(ctx, l4.payload as u32, l4.payload_len as u32),
+    );
+}
+
+/// A client's request segment with its connection's first use of something (`UseSet`), found
+/// by an inspector: `message` is the payload offset of the first message with a new use. Called
+/// before the inspector rewrites the segment, so that the copy holds what the client sent.
+#[inline(always)]
+pub fn first_use(ctx: *mut xdp_md, payload: u32, payload_len: u32, message: u32) {
+    let sizes = sizes(&XdpContext::new(ctx), payload, payload_len);
+    otfw_observe_use(ctx, sizes, message as u64);
+}
+
+/// Packed scalars, as global functions require: `payload offset | payload length << 16 |
+/// bytes to copy << 32 | frame length << 48`.
+#[inline(always)]
+fn sizes(ctx: &XdpContext, payload: u32, payload_len: u32) -> u64 {
     let len = frame_len(ctx);
     let copied = if len > OBSERVED_MAX_COPY as usize {
         OBSERVED_MAX_COPY as u64
@@ -77,18 +100,11 @@ pub fn frame(ctx: &XdpContext, l4: &L4) {
     } else {
         len as u64
     };
-    otfw_observe(
-        ctx.ctx,
-        (l4.payload as u64 & 0xffff)
-            | (l4.payload_len as u64 & 0xffff) << 16
-            | copied << 32
-            | len << 48,
-    );
+    (payload as u64 & 0xffff) | (payload_len as u64 & 0xffff) << 16 | copied << 32 | len << 48
 }
 
 /// The work of [`frame`], a global function: the verifier checks it once, not once for every
-/// path through the decision before it. `sizes`: `payload offset | payload length << 16 |
-/// bytes to copy << 32 | frame length << 48`. Its frame must stay within 32 bytes (with the main program's 472,
+/// path through the decision before it. `sizes`: see [`sizes`]. Its frame must stay within 32 bytes (with the main program's 472,
 /// rounded up to 480, the limit of 512): values are read again from `keys` and `sizes` rather
 /// than kept, and nothing is built on the stack.
 #[no_mangle]
@@ -107,17 +123,17 @@ pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
         0
     };
     if kind != 0 {
-        let index = if !take_credit(&OBSERVED_BUCKET, COST_NS, BURST_NS) {
-            OBSERVED_RATE_LIMITED
-        } else if copy(ctx, sizes, &OBSERVED, kind) {
-            OBSERVED_SENT
-        } else {
-            OBSERVED_RING_FULL
-        };
-        count(&OBSERVED_STATS, index);
+        offer(
+            ctx,
+            sizes,
+            &OBSERVED,
+            (&OBSERVED_BUCKET, &OBSERVED_STATS),
+            kind,
+            0,
+        );
     }
     if learning() && learned(keys) {
-        let index = if copy(ctx, sizes, &LEARN_FRAMES, OBSERVED_LEARN) {
+        let index = if copy(ctx, sizes, &LEARN_FRAMES, OBSERVED_LEARN, 0) {
             LEARN_COPIED
         } else {
             LEARN_RING_FULL
@@ -125,6 +141,41 @@ pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
         count(&LEARN_STATS, index);
     }
     0
+}
+
+/// The work of [`first_use`], a global function (called from the inspectors' programs).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_observe_use(ctx: *mut xdp_md, sizes: u64, message: u64) -> u64 {
+    offer(
+        ctx,
+        sizes,
+        &OBSERVED_USES,
+        (&USES_BUCKET, &USES_STATS),
+        OBSERVED_USE,
+        message as u16,
+    );
+    0
+}
+
+/// A copy into `ring`, if the token bucket has a credit for it; counted either way.
+#[inline(always)]
+fn offer(
+    ctx: *mut xdp_md,
+    sizes: u64,
+    ring: &RingBuf,
+    (bucket, stats): (&PerCpuArray<EventBucket>, &PerCpuArray<u64>),
+    kind: u8,
+    message: u16,
+) {
+    let index = if !take_credit(bucket, COST_NS, BURST_NS) {
+        OBSERVED_RATE_LIMITED
+    } else if copy(ctx, sizes, ring, kind, message) {
+        OBSERVED_SENT
+    } else {
+        OBSERVED_RING_FULL
+    };
+    count(stats, index);
 }
 
 /// Whether `otfw learn --live` is learning now. A deadline found past is cleared (unless a
@@ -213,7 +264,7 @@ fn is_identity(ctx: *mut xdp_md, keys: &FlowKeys, sizes: u64) -> bool {
 /// Copies the frame (up to `OBSERVED_MAX_COPY` bytes) into a record of `ring`; false if the
 /// ring is full (or the copy failed).
 #[inline(always)]
-fn copy(ctx: *mut xdp_md, sizes: u64, ring: &RingBuf, kind: u8) -> bool {
+fn copy(ctx: *mut xdp_md, sizes: u64, ring: &RingBuf, kind: u8, message: u16) -> bool {
     let Some(mut entry) = ring.reserve::<ObservedFrame>(0) else {
         return false;
     };
@@ -233,7 +284,9 @@ fn copy(ctx: *mut xdp_md, sizes: u64, ring: &RingBuf, kind: u8) -> bool {
         (*header).frame_len = (sizes >> 48) as u16;
         (*header).copied = copied as u16;
         (*header).kind = kind;
-        (*header)._pad = [0; 7];
+        (*header)._pad = 0;
+        (*header).message = message;
+        (*header)._pad2 = [0; 4];
         if copied == 0
             || bpf_xdp_load_bytes(
                 ctx,

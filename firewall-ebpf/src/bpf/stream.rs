@@ -3,8 +3,9 @@
 //! payload is framed (`track`: the delivery checks with the per-connection `TcpGuard`, SYN and
 //! acknowledgement tracking, flows already refused), where a data segment falls in its stream
 //! (`place`: in order, out of order, retransmitted, discarded) and moving past it (`advance`),
-//! and the in-place rewrite of a payload byte with its checksum (`otfw_rewrite_byte`). The
-//! inspector frames the payload in between. Everything but the byte rewrite (a global function,
+//! and the in-place rewrite of a payload byte with its checksum (`otfw_rewrite_byte`), and after
+//! framing, the connection's first uses for the inventory (`record_news`). The inspector frames
+//! the payload in between. Everything but the byte rewrite (a global function,
 //! verified once) is `#[inline(always)]` and generic over the inspector's flow and stream state,
 //! so each inspector is compiled (and verified) as its own code.
 
@@ -27,6 +28,7 @@ use super::{
     delivery, flow,
     l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     maps::{EMBRYOS, FLOWS, FLOW_KEYS, INSPECT_CTX},
+    observe,
     packet::ptr_at_mut,
     reset,
     stats::{self, Accounted},
@@ -618,4 +620,30 @@ fn rewrite_byte(ctx: &XdpContext, ic: &InspectContext, at: u32, value: u8) -> bo
         *check = (!(sum as u16)).to_be_bytes();
     }
     true
+}
+
+/// After framing: when a request was its connection's first use of something the inventory
+/// lists (the inspector's scratch says so, `news_at` being the payload offset of the first such
+/// message), `store` writes the inspector's updated use sets into the flow, looked up again by
+/// the packet's key, and the segment is copied for the inventory (`observe::first_use`),
+/// whatever the segment's fate: it was seen. Called from a global function of each inspector,
+/// whatever there is to do, so that the verifier does not walk the rest of the decision once
+/// for each outcome.
+#[inline(always)]
+pub fn record_news<F>(
+    ctx: *mut xdp_md,
+    flows: &LruHashMap<FlowKey, F>,
+    news_at: Option<u16>,
+    store: impl FnOnce(&mut F),
+) {
+    let (Some(at), Some(ic)) = (news_at, INSPECT_CTX.get_ptr(0)) else {
+        return;
+    };
+    // SAFETY: the per-CPU context of the packet in hand, only read.
+    let ic = unsafe { &*ic };
+    if let Some(flow) = flows.get_ptr_mut(&ic.key) {
+        // SAFETY: LRU values stay valid for the program's run (see `followed`).
+        store(unsafe { &mut *flow });
+    }
+    observe::first_use(ctx, ic.payload, ic.payload_len, at as u32);
 }

@@ -40,6 +40,19 @@ pub(crate) fn sum(map: &PerCpuArray<MapData, u64>, index: u32, name: &str) -> Re
     Ok(per_cpu.iter().sum())
 }
 
+/// The counters of a copying ring (`firewall_common::observed::OBSERVED_STAT_NAMES`), summed
+/// over the CPUs.
+fn stats_of(
+    map: &PerCpuArray<MapData, u64>,
+    name: &str,
+) -> Result<[u64; OBSERVED_STATS_LEN as usize]> {
+    let mut out = [0u64; OBSERVED_STATS_LEN as usize];
+    for (i, cell) in out.iter_mut().enumerate() {
+        *cell = sum(map, i as u32, name)?;
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_counters(
     reason_stats: &PerCpuArray<MapData, u64>,
     flow_stats: &PerCpuArray<MapData, u64>,
@@ -169,16 +182,22 @@ impl Datapath {
     /// Frames copied for the inventory: sent, rate-limited, lost to a full ring
     /// (`firewall_common::observed`).
     pub fn observed_stats(&self) -> Result<[u64; OBSERVED_STATS_LEN as usize]> {
-        let mut out = [0u64; OBSERVED_STATS_LEN as usize];
-        for (i, cell) in out.iter_mut().enumerate() {
-            *cell = sum(&self.maps.observed_stats, i as u32, "OBSERVED_STATS")?;
-        }
-        Ok(out)
+        stats_of(&self.maps.observed_stats, "OBSERVED_STATS")
     }
 
     /// The ring buffer of frames for the inventory, for the controller (taken once).
     pub fn take_observed(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.maps.observed.take()
+    }
+
+    /// The inspectors' first-use copies, counted as `observed_stats` counts.
+    pub fn uses_stats(&self) -> Result<[u64; OBSERVED_STATS_LEN as usize]> {
+        stats_of(&self.maps.uses_stats, "USES_STATS")
+    }
+
+    /// The ring buffer of first-use copies for the inventory, for the controller (taken once).
+    pub fn take_observed_uses(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.maps.observed_uses.take()
     }
 
     /// Sets the end of learning (CLOCK_MONOTONIC ns, 0 = off), as `otfw learn --live` does on

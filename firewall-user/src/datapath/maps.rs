@@ -60,6 +60,9 @@ pub struct Maps {
     /// Frames for the inventory, until the controller takes the ring buffer.
     pub observed: Option<RingBuf<MapData>>,
     pub observed_stats: PerCpuArray<MapData, u64>,
+    /// The inspectors' first-use copies for the inventory, until the controller takes them.
+    pub observed_uses: Option<RingBuf<MapData>>,
+    pub uses_stats: PerCpuArray<MapData, u64>,
     /// Learning (`otfw learn --live` opens the pinned maps itself; these serve tests).
     pub learn_until: Array<MapData, u64>,
     pub learn_frames: Option<RingBuf<MapData>>,
@@ -126,6 +129,8 @@ impl Maps {
             event_stats: typed!(ebpf, "EVENT_STATS"),
             observed: Some(typed!(ebpf, "OBSERVED")),
             observed_stats: typed!(ebpf, "OBSERVED_STATS"),
+            observed_uses: Some(typed!(ebpf, "OBSERVED_USES")),
+            uses_stats: typed!(ebpf, "USES_STATS"),
             learn_until: typed!(ebpf, "LEARN_UNTIL"),
             learn_frames: Some(typed!(ebpf, "LEARN_FRAMES")),
             learn_stats: typed!(ebpf, "LEARN_STATS"),

@@ -1,5 +1,5 @@
-//! The inventory from the live datapath: records of the ring buffers `OBSERVED` (flow answers
-//! and identity answers, always on) and `LEARN_FRAMES` (`otfw learn --live`) decoded into
+//! The inventory from the live datapath: records of the ring buffers `OBSERVED` (flow answers,
+//! identity answers and the inspectors' first uses, always on) and `LEARN_FRAMES` (`otfw learn --live`) decoded into
 //! frames for an [`Observer`], and the controller's inventory state file, kept across restarts.
 //!
 //! The state file accumulates: every save reads it, adds what was observed since the last save
@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Result;
 use firewall_common::observed::{
-    ObservedHeader, OBSERVED_FLOW_ANSWERED, OBSERVED_IDENTITY, OBSERVED_LEARN,
+    ObservedHeader, OBSERVED_FLOW_ANSWERED, OBSERVED_IDENTITY, OBSERVED_LEARN, OBSERVED_USE,
 };
 
 use super::{observe::Observer, Inventory, Time};
@@ -41,6 +41,8 @@ pub struct ObservedRecord<'a> {
     /// frame was longer than `OBSERVED_MAX_COPY`).
     pub frame_len: u16,
     pub frame: &'a [u8],
+    /// `OBSERVED_USE`: the TCP payload offset of the first request with a new use.
+    pub message: u16,
 }
 
 impl ObservedRecord<'_> {
@@ -49,6 +51,7 @@ impl ObservedRecord<'_> {
             OBSERVED_FLOW_ANSWERED => "flow_answered",
             OBSERVED_IDENTITY => "identity",
             OBSERVED_LEARN => "learn",
+            OBSERVED_USE => "first_use",
             _ => "unknown",
         }
     }
@@ -60,7 +63,7 @@ pub fn decode(bytes: &[u8]) -> Option<ObservedRecord<'_>> {
     let header: ObservedHeader = crate::datapath::read_record(bytes)?;
     if !matches!(
         header.kind,
-        OBSERVED_FLOW_ANSWERED | OBSERVED_IDENTITY | OBSERVED_LEARN
+        OBSERVED_FLOW_ANSWERED | OBSERVED_IDENTITY | OBSERVED_LEARN | OBSERVED_USE
     ) {
         return None;
     }
@@ -72,6 +75,7 @@ pub fn decode(bytes: &[u8]) -> Option<ObservedRecord<'_>> {
         ktime_ns: header.ktime_ns,
         frame_len: header.frame_len,
         frame,
+        message: header.message,
     })
 }
 
@@ -114,13 +118,14 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Feeds a copied frame to `observer`: a flow's answer as an answer (its receiver is the
-/// client), anything else as a frame of a capture.
+/// client), a first use as a client's requests from the message it names, anything else as a
+/// frame of a capture.
 pub fn observe(observer: &mut Observer, record: &ObservedRecord, clock: &Clock) {
     let at = clock.at(record.ktime_ns);
-    if record.kind == OBSERVED_FLOW_ANSWERED {
-        observer.answer(record.frame, at);
-    } else {
-        observer.frame(record.frame, at);
+    match record.kind {
+        OBSERVED_FLOW_ANSWERED => observer.answer(record.frame, at),
+        OBSERVED_USE => observer.requests(record.frame, usize::from(record.message), at),
+        _ => observer.frame(record.frame, at),
     }
 }
 
@@ -220,7 +225,9 @@ mod tests {
             frame_len,
             copied: frame.len() as u16,
             kind,
-            _pad: [0; 7],
+            _pad: 0,
+            message: 3,
+            _pad2: [0; 4],
         };
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&header.ktime_ns.to_ne_bytes());
@@ -228,7 +235,9 @@ mod tests {
         bytes.extend_from_slice(&header.frame_len.to_ne_bytes());
         bytes.extend_from_slice(&header.copied.to_ne_bytes());
         bytes.push(header.kind);
-        bytes.extend_from_slice(&[0; 7]);
+        bytes.push(0);
+        bytes.extend_from_slice(&header.message.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 4]);
         assert_eq!(bytes.len(), std::mem::size_of::<ObservedHeader>());
         bytes.extend_from_slice(frame);
         // The ring's record is always the whole struct; bytes past the copy are undefined.
@@ -247,6 +256,13 @@ mod tests {
         assert_eq!(r.ktime_ns, 5_000_000_000);
         assert_eq!(r.frame_len, 60);
         assert_eq!(r.frame, &frame[..]);
+        assert_eq!(r.message, 3);
+        assert_eq!(
+            decode(&record(OBSERVED_USE, &frame, 60))
+                .unwrap()
+                .kind_name(),
+            "first_use"
+        );
     }
 
     #[test]
@@ -328,6 +344,66 @@ mod tests {
         let mut o = Observer::default();
         o.frame(&answer(Transport::Udp, 161, 40000), clock.at(0));
         assert_eq!(conversation(&o), (server, client, Transport::Udp, 40000));
+    }
+
+    /// A client's Modbus request segment: `lead` bytes of an ADU that started in an earlier
+    /// segment, then whole ADUs (transaction, unit, PDU).
+    fn requests(lead: usize, adus: &[(u16, u8, &[u8])]) -> Vec<u8> {
+        let mut payload = vec![0x5a; lead];
+        for (transaction, unit, pdu) in adus {
+            payload.extend_from_slice(&transaction.to_be_bytes());
+            payload.extend_from_slice(&[0, 0]);
+            payload.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
+            payload.push(*unit);
+            payload.extend_from_slice(pdu);
+        }
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 3])
+            .ipv4(CLIENT, SERVER, 64)
+            .tcp(40000, 502, 1001, 64240)
+            .ack(9001)
+            .write(&mut out, &payload)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_first_use_is_decoded_from_its_message_on_and_joins_the_connection() {
+        let clock = Clock::now();
+        let mut o = Observer::default();
+        let answered = record(
+            OBSERVED_FLOW_ANSWERED,
+            &answer(Transport::Tcp, 502, 40000),
+            0,
+        );
+        observe(&mut o, &decode(&answered).unwrap(), &clock);
+        // The segment starts with the tail of an ADU decided in an earlier segment; the copy
+        // says where the first new request starts.
+        let read = [3u8, 0, 10, 0, 2];
+        let diagnostic = [8u8, 0, 4, 0, 0];
+        let frame = requests(5, &[(7, 1, &read), (8, 9, &diagnostic)]);
+        let mut bytes = record(OBSERVED_USE, &frame, frame.len() as u16);
+        bytes[18..20].copy_from_slice(&5u16.to_ne_bytes());
+        observe(&mut o, &decode(&bytes).unwrap(), &clock);
+        // A later copy of the same connection, not contiguous with the first.
+        let write = [16u8, 0, 20, 0, 1, 2, 0, 7];
+        let frame = requests(0, &[(9, 1, &write)]);
+        let bytes = record(OBSERVED_USE, &frame, frame.len() as u16);
+        let mut r = decode(&bytes).unwrap();
+        r.message = 0;
+        observe(&mut o, &r, &clock);
+
+        let key = conversation(&o);
+        assert_eq!(key, (CLIENT.into(), SERVER.into(), Transport::Tcp, 502));
+        let c = &o.inventory.conversations[&key];
+        assert_eq!(c.flows, 1, "the copies belong to the answered connection");
+        assert_eq!(c.undecoded, 0);
+        let m = c.modbus.as_ref().expect("Modbus requests recorded");
+        assert_eq!(
+            m.functions.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["16", "3", "8/4"]
+        );
+        assert_eq!(m.units.keys().copied().collect::<Vec<_>>(), [1, 9]);
     }
 
     #[test]

@@ -81,6 +81,17 @@ impl Flow {
     }
 }
 
+/// What a frame given to [`Observer::observe`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A frame of a capture, or of `otfw learn --live`: one of a contiguous sequence.
+    Capture,
+    /// The answer that established its flow.
+    Answer,
+    /// A client's requests, from this payload offset.
+    Requests(usize),
+}
+
 /// Feeds frames into an [`Inventory`].
 #[derive(Default)]
 pub struct Observer {
@@ -130,17 +141,26 @@ impl Observer {
 
     /// Observes one Ethernet frame captured at `at`.
     pub fn frame(&mut self, frame: &[u8], at: Time) {
-        self.observe(frame, at, false);
+        self.observe(frame, at, Origin::Capture);
     }
 
     /// Observes the answer that established a flow, seen without the frame that opened it (the
     /// datapath's `flow_answered` copies): its receiver is the client. A SYN-ACK says so
     /// itself; a UDP reply or an ICMP echo reply would otherwise make its sender the client.
     pub fn answer(&mut self, frame: &[u8], at: Time) {
-        self.observe(frame, at, true);
+        self.observe(frame, at, Origin::Answer);
     }
 
-    fn observe(&mut self, frame: &[u8], at: Time, answer: bool) {
+    /// Observes a client's request segment copied for its connection's first use of a function,
+    /// unit, command or service (the datapath's `first_use` copies): the requests from payload
+    /// offset `message` on are decoded on their own, outside the connection's reassembly (the
+    /// copies of one connection are not contiguous). Its sender is the client.
+    pub fn requests(&mut self, frame: &[u8], message: usize, at: Time) {
+        self.observe(frame, at, Origin::Requests(message));
+    }
+
+    fn observe(&mut self, frame: &[u8], at: Time, origin: Origin) {
+        let answer = origin == Origin::Answer;
         let Ok(p) = SlicedPacket::from_ethernet(frame) else {
             return;
         };
@@ -167,8 +187,28 @@ impl Observer {
         if is_unicast(dst) {
             self.asset(dst, at, None);
         }
-        match &p.transport {
-            Some(TransportSlice::Tcp(t)) => {
+        match (&p.transport, origin) {
+            (Some(TransportSlice::Tcp(t)), Origin::Requests(message)) => {
+                let forward = (
+                    src,
+                    t.source_port(),
+                    dst,
+                    t.destination_port(),
+                    Transport::Tcp,
+                );
+                // A connection seen first by a request (the controller started after its
+                // handshake) is a connection, counted as such.
+                let opens = (!self.flows.contains_key(&forward)).then_some(true);
+                let key = self.flow(
+                    (src, t.source_port()),
+                    (dst, t.destination_port()),
+                    Transport::Tcp,
+                    at,
+                    opens,
+                );
+                self.client_requests(key, t.payload().get(message..).unwrap_or(&[]), at);
+            }
+            (Some(TransportSlice::Tcp(t)), _) => {
                 let (syn, ack) = (t.syn(), t.ack());
                 let key = self.flow(
                     (src, t.source_port()),
@@ -186,7 +226,7 @@ impl Observer {
                     at,
                 );
             }
-            Some(TransportSlice::Udp(u)) => {
+            (Some(TransportSlice::Udp(u)), _) => {
                 let key = self.flow(
                     (src, u.source_port()),
                     (dst, u.destination_port()),
@@ -204,14 +244,14 @@ impl Observer {
                 );
             }
             // An echo reply standing for its flow: the request it answers.
-            Some(TransportSlice::Icmpv4(i)) if answer && i.type_u8() == 0 => {
+            (Some(TransportSlice::Icmpv4(i)), _) if answer && i.type_u8() == 0 => {
                 self.icmp(dst, src, 8, at, &[])
             }
-            Some(TransportSlice::Icmpv6(i)) if answer && i.type_u8() == 129 => {
+            (Some(TransportSlice::Icmpv6(i)), _) if answer && i.type_u8() == 129 => {
                 self.icmp(dst, src, 128, at, &[])
             }
-            Some(TransportSlice::Icmpv4(i)) => self.icmp(src, dst, i.type_u8(), at, &[0, 14]),
-            Some(TransportSlice::Icmpv6(i)) => self.icmp(src, dst, i.type_u8(), at, &[129]),
+            (Some(TransportSlice::Icmpv4(i)), _) => self.icmp(src, dst, i.type_u8(), at, &[0, 14]),
+            (Some(TransportSlice::Icmpv6(i)), _) => self.icmp(src, dst, i.type_u8(), at, &[129]),
             _ => {}
         }
     }
@@ -417,6 +457,29 @@ impl Observer {
             if c.decode_error.is_none() {
                 c.decode_error = Some(e.to_string());
             }
+        }
+    }
+
+    /// The complete requests at the start of `payload`, from the client of `key`; a message cut
+    /// off by the end of the copy is left out.
+    fn client_requests(&mut self, key: FlowKey, payload: &[u8], at: Time) {
+        let mut application = self.conversation(&key).application;
+        if application == Application::Other {
+            application = sniff_application(payload);
+            if application != Application::Other {
+                self.conversation(&key).application = application;
+            }
+        }
+        // Errors are not the client's to answer for: the copy may start or end inside a
+        // message the datapath framed across segments.
+        match application {
+            Application::Modbus => {
+                self.modbus_stream(&key, payload, true, at);
+            }
+            Application::Enip => {
+                self.enip_stream(&key, payload, true, key.2, at);
+            }
+            Application::CipIo | Application::Other => {}
         }
     }
 

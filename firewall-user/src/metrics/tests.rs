@@ -41,6 +41,7 @@ fn families_follow_prometheus_conventions() {
         "otfw_port_attached",
         "otfw_events_lost_total",
         "otfw_observed_frames_total",
+        "otfw_observed_uses_total",
         "otfw_build_info",
     ] {
         assert!(

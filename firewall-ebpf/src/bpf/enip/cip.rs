@@ -9,7 +9,7 @@ use super::{
     b16, b32, b8, masked,
     path::{copy_tag, otfw_enip_path, otfw_enip_route, otfw_enip_tag},
     scratch,
-    trace::{note, refused},
+    trace::{note, otfw_enip_use, refused},
     R_NONE,
 };
 use crate::bpf::maps::{ENIP_CLASSES, ENIP_RULES};
@@ -102,6 +102,12 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
     }
     if reason != R_NONE {
         return reason as u64;
+    }
+    // What the inventory lists per pair of hosts, whatever the rule says of it.
+    if flags & REC_SYMBOLIC != 0 {
+        otfw_enip_use(service as u64 | USE_SYMBOLIC as u64 | USE_PRESENT as u64);
+    } else if flags & REC_CLASS != 0 {
+        otfw_enip_use(service as u64 | (class as u64) << 8 | USE_PRESENT as u64);
     }
     let symbolic = flags & REC_SYMBOLIC != 0;
     if !symbolic && flags & REC_CLASS == 0 {

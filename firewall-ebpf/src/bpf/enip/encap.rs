@@ -16,7 +16,7 @@ use super::{
     connection::{otfw_enip_answer, otfw_enip_response, ANSWER_UNREAD},
     cpf::cpf,
     masked, scratch,
-    trace::{note, refuse},
+    trace::{note, otfw_enip_use, refuse, USE_COMMAND},
     MASK, R_NONE,
 };
 use crate::bpf::{
@@ -52,6 +52,7 @@ pub(super) fn setup(
     s.conduit = ic.conduit;
     s.rule = ic.rule;
     s.request = ic.to_server;
+    s.news = 0;
     s.udp = 0;
     s.exact = exact as u8;
     s.recheck = recheck as u8;
@@ -270,6 +271,7 @@ pub extern "C" fn otfw_enip_message(total: u64) -> u64 {
     let cmd = b16(s, 0);
     let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
     s.total = total;
+    otfw_enip_use(cmd as u64 | USE_COMMAND);
     let r = message(s, total, cmd);
     if cmd == CMD_SEND_RR_DATA as u32 && s.udp == 0 && (r == R_NONE || s.monitor != 0) {
         // It reaches the target, which answers it: the ordinal of its reply.

@@ -201,6 +201,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         s.pending = pending;
         s.refuse = (info.on_deny == ON_DENY_REFUSE && !monitor) as u8;
         s.refusals = flow.refusals;
+        s.commands = flow.commands;
+        s.services = flow.services;
         if have != 0 && have <= MSG_MAX {
             s.msg[..MSG_MAX as usize].copy_from_slice(&st.carry);
             if have >= ENCAP_LEN {
@@ -208,6 +210,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             }
         }
         frame(ctx, s as *mut EnipScratch);
+        // Before any rewrite: the inventory records what the client sent.
+        otfw_enip_news(ctx.ctx);
         let (r, framed) = result(s);
         reason = r;
         denied = s.denied != 0;
@@ -298,6 +302,23 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     count_records(&acc);
     stats::record(ctx, &acc);
     action
+}
+
+/// After framing: a request message that was its connection's first use of a command or a
+/// (service, class) pair (`EnipScratch::news`) updates the flow's sets and has the segment
+/// copied for the inventory (`stream::record_news`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_news(ctx: *mut xdp_md) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let news_at = (s.news != 0).then_some(s.news_at);
+    stream::record_news(ctx, &ENIP_FLOWS, news_at, |flow: &mut EnipFlow| {
+        flow.commands = s.commands;
+        flow.services = s.services;
+    });
+    0
 }
 
 /// Applies the byte rewrites framing queued (refused requests neutralised, answers restored).
@@ -412,6 +433,8 @@ impl stream::FollowedFlow for EnipFlow {
         self.pending = PendingOpen::default();
         self.conns = [FlowConn::default(); FLOW_CONNS];
         self.refusals = EnipRefusals::default();
+        self.commands = Default::default();
+        self.services = EnipUses::default();
         stream::Position::clear(&mut self.streams[1]);
     }
 }

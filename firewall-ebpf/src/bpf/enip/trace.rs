@@ -13,6 +13,51 @@ use crate::bpf::{
     stats::Accounted,
 };
 
+/// `otfw_enip_use` argument: an encapsulation command rather than a (service, class) pair.
+pub(super) const USE_COMMAND: u64 = 1 << 32;
+
+/// Marks a use of the request message being decided: an encapsulation command (`code`'s low
+/// 16 bits with `USE_COMMAND`) or a (service, class) pair (an `EnipUses` entry). New to the
+/// flow's sets, it marks the segment for an inventory copy (`otfw_enip_news`) from the
+/// message's payload offset, if the message lies whole in this segment (one carried from an
+/// earlier segment ends before `total` payload bytes) of a TCP connection. A global function:
+/// verified once, whatever calls it.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_use(code: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    if s.udp != 0 || s.pos < s.total {
+        return 0;
+    }
+    let new = if code & USE_COMMAND != 0 {
+        code & 0xffff <= 0xff && s.commands.insert(code as u8)
+    } else {
+        insert_pair(&mut s.services, code as u32)
+    };
+    if new && s.news == 0 {
+        s.news = 1;
+        s.news_at = (s.pos - s.total) as u16;
+    }
+    0
+}
+
+/// Adds `pair` to the flow's table; true if it was not there and a free entry took it.
+#[inline(always)]
+fn insert_pair(uses: &mut EnipUses, pair: u32) -> bool {
+    for entry in uses.pairs.iter_mut() {
+        if *entry == pair {
+            return false;
+        }
+        if *entry == 0 {
+            *entry = pair;
+            return true;
+        }
+    }
+    false
+}
+
 /// Records a refusal: the first reason of the segment, the record's reason, an event.
 #[inline(always)]
 pub(super) fn refuse(s: &mut EnipScratch, reason: u8, idx: u32) {
