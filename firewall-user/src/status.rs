@@ -125,26 +125,19 @@ impl InstanceLock {
     pub fn take(instance: &str) -> Result<InstanceLock> {
         const NEEDS: &str = "otfw run and otfw stop need root (CAP_BPF, CAP_NET_ADMIN, \
                              CAP_PERFMON, and write access to /run/otfw)";
-        private::dir(Path::new(STATE_DIR)).context(NEEDS)?;
         let path = Path::new(STATE_DIR).join(format!("{instance}.lock"));
-        let file =
-            private::open(&path).with_context(|| format!("opening {}; {NEEDS}", path.display()))?;
-        // An exclusive flock(2), released by the kernel when the process ends.
-        match file.try_lock() {
-            Ok(()) => Ok(InstanceLock { _file: file, path }),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("locking {}", path.display()))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match try_lock(&path, NEEDS)? {
+            Some(file) => Ok(InstanceLock { _file: file, path }),
+            None => {
                 let pid = State::previous(instance).map_or_else(
                     || "another process".to_string(),
                     |s| format!("process {}", s.pid),
                 );
                 bail!(
-                "otfw instance `{instance}` is already running ({pid} holds {}): one controller \
-                 per instance and port",
-                path.display()
-            );
+                    "otfw instance `{instance}` is already running ({pid} holds {}): one \
+                     controller per instance and port",
+                    path.display()
+                );
             }
         }
     }
@@ -153,6 +146,22 @@ impl InstanceLock {
     /// that failed with nothing enforced).
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An exclusive flock(2) on `path` (created root-only in /run/otfw), released by the kernel
+/// when the process ends; `None` if another process holds it. `needs` says what opening it
+/// takes.
+pub fn try_lock(path: &Path, needs: &str) -> Result<Option<std::fs::File>> {
+    private::dir(Path::new(STATE_DIR)).context(needs.to_owned())?;
+    let file =
+        private::open(path).with_context(|| format!("opening {}; {needs}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
     }
 }
 

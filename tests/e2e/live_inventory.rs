@@ -368,6 +368,13 @@ fn inventory_and_learning_from_the_live_datapath() {
         .arg(&learned);
     let learning = lab.spawn_command(learn).expect("spawn otfw learn");
     wait_for_learning(&learning);
+    // A second learner would take part of the frames: refused while the first runs.
+    let second = otfw(&["learn", "--live", "1s", "--instance", INSTANCE]);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && said.contains("another `otfw learn --live` is learning"),
+        "a second learner was not refused: {said}"
+    );
     poll_modbus(&lab);
     poll_enip(&lab);
     let out = learning

@@ -5,7 +5,10 @@
 //! running instance's datapath, which copies the frames learning needs while the deadline this
 //! command sets lies ahead (`firewall_common::observed`).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -21,7 +24,7 @@ use crate::{
         zones::Zones,
         Inventory,
     },
-    policy,
+    policy, status,
 };
 
 #[derive(Debug, Args)]
@@ -122,6 +125,16 @@ const POLL: Duration = Duration::from_millis(20);
 /// Has the instance's datapath copy the frames learning needs for `duration` (or until
 /// Ctrl-C), and observes them.
 fn learn_live(instance: &str, duration: Duration) -> anyhow::Result<Inventory> {
+    // The datapath's learned frames go to whichever reader takes them first: two learners
+    // would each see part of the traffic and write a policy missing the rest.
+    let lock = Path::new(status::STATE_DIR).join(format!("{instance}.learn.lock"));
+    let Some(_learning) = status::try_lock(&lock, "otfw learn --live needs root")? else {
+        bail!(
+            "another `otfw learn --live` is learning from instance `{instance}` (it holds {}): \
+             the frames the datapath copies go to one reader; wait for it to end, or end it",
+            lock.display()
+        );
+    };
     let mut maps = LearnMaps::open(&pin_dir(instance))?;
     let (copied_before, lost_before) = maps.counts()?;
     // Left over from an earlier run that was killed: not ours to read.
