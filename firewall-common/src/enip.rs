@@ -237,13 +237,28 @@ pub struct EnipRefusal {
     pub service: u8,
     pub neutral: u8,
     pub status: u8,
-    /// The request's position in the top-level Multiple Service Packet it is in (its reply is
-    /// that entry of the packet's reply), `WHOLE_REPLY` for a top-level request.
+    /// The request's position in the Multiple Service Packet whose reply holds its reply (that
+    /// entry of the packet's reply), `WHOLE_REPLY` when its reply is the whole CIP reply.
     pub index: u8,
+    /// The request reached its target through an Unconnected Send: the router's own error
+    /// (`SVC_UNCONNECTED_SEND | 0x80`) may answer instead of the target's.
+    pub routed: u8,
+    pub _pad: [u8; 7],
 }
 
-/// `EnipRefusal::index` of a top-level request: its reply is the whole CIP reply.
+/// `EnipRefusal::index` of a request whose reply is the whole CIP reply.
 pub const WHOLE_REPLY: u8 = 0xFF;
+
+/// `EnipScratch::frame_index`: the request's reply is entry `index & FRAME_POSITION` of a
+/// Multiple Service Packet reply, or (`FRAME_WHOLE`) the whole CIP reply. An Unconnected Send
+/// is transparent: its reply is the embedded request's (or the router's error). A reply inside
+/// an entry of a reply inside an entry (a packet in a packet) is `FRAME_UNLOCATED`: such a
+/// request cannot be refused in-band.
+pub const FRAME_POSITION: u8 = 0x1F;
+pub const FRAME_WHOLE: u8 = 0x1F;
+pub const FRAME_UNLOCATED: u8 = 0x20;
+/// The request travels through an Unconnected Send.
+pub const FRAME_ROUTED: u8 = 0x40;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -435,7 +450,9 @@ pub struct EnipScratch {
     pub frame_off: [u16; MAX_FRAMES],
     pub frame_len: [u16; MAX_FRAMES],
     pub frame_depth: [u8; MAX_FRAMES],
-    /// Position in its Multiple Service Packet (`WHOLE_REPLY` if not in one).
+    /// Where the request's reply will be (`FRAME_*`): its position in the Multiple Service
+    /// Packet reply it is an entry of, or the whole reply; whether it travels through an
+    /// Unconnected Send.
     pub frame_index: [u8; MAX_FRAMES],
     /// Frame offset and length of the payload; next payload byte to frame.
     pub payload: u32,

@@ -244,8 +244,8 @@ fn other_denials_fall_back_to_drop() {
     let mut dp = refusing();
     let rows = [
         (
-            "nested in an Unconnected Send",
-            rr(SESSION, &unconnected_send(&write_tag("A"))),
+            "a packet's entry inside a packet (its reply cannot be located)",
+            rr(SESSION, &msp(&[read_tag("A"), msp(&[write_tag("A")])])),
             Reason::CipServiceDenied,
         ),
         (
@@ -421,4 +421,131 @@ fn retransmissions_are_neutralised_again_and_recorded_once() {
         "{d:?}"
     );
     assert_eq!(d.frame_out, frame);
+}
+
+/// The router's error for an Unconnected Send (general status 0x01, extended status 0x0204:
+/// connection request timed out).
+fn routing_error() -> Vec<u8> {
+    rr(SESSION, &[0xD2, 0, 0x01, 1, 0x04, 0x02])
+}
+
+#[test]
+fn requests_routed_by_an_unconnected_send() {
+    // A write routed by an Unconnected Send: the embedded service byte is neutralised; the
+    // target's error comes back as the Unconnected Send's reply and is restored.
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46800);
+    let msg = rr(SESSION, &unconnected_send(&write_tag("A")));
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE),
+        "{d:?}"
+    );
+    let verdicts: Vec<&str> = d.cip.iter().map(|r| r.verdict).collect();
+    assert_eq!(verdicts, ["pass", "pass", "refuse"]);
+    // The embedded request follows the Unconnected Send's service, path (2 words), priority,
+    // timeout ticks and its own size.
+    let embedded = SERVICE + 2 + 4 + 4;
+    assert_eq!(msg[embedded], WRITE_TAG);
+    rewritten(&frame, &d.frame_out, &[(embedded, REFUSE_SERVICE)]);
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+    // The session goes on.
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+    answer(&mut dp, &mut c, &reply(0xCC, 0));
+
+    // The router may answer instead, with its own error: that passes as it is, and the
+    // refusal is settled.
+    let (_, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let (frame, d) = answer(&mut dp, &mut c, &routing_error());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    assert_eq!(d.frame_out, frame);
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    assert!(d.passed(), "{d:?}");
+    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
+    assert_eq!(d.frame_out, frame, "nothing left to restore: {d:?}");
+
+    // A router's error where no Unconnected Send was refused is not an answer to the neutral
+    // service: the connection is reset.
+    let mut c = session(&mut dp, 46801);
+    send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    let (_, d) = answer(&mut dp, &mut c, &routing_error());
+    expect_reset(&d, Reason::EnipRefusedAnswer);
+}
+
+#[test]
+fn unconnected_sends_and_multiple_service_packets_nest_both_ways() {
+    let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
+    let neutral = vec![0x80 | REFUSE_SERVICE, 0, 0x08, 0];
+
+    // An Unconnected Send inside a packet: its entry of the packet's reply is the target's.
+    let mut dp = refusing();
+    let mut c = session(&mut dp, 46900);
+    let msg = rr(
+        SESSION,
+        &msp(&[read_tag("A"), unconnected_send(&write_tag("B"))]),
+    );
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let embedded = msp_entry(&msg, MSP_REQUEST, 1) + 2 + 4 + 4;
+    assert_eq!(msg[embedded], WRITE_TAG);
+    rewritten(&frame, &d.frame_out, &[(embedded, REFUSE_SERVICE)]);
+    let a = msp_reply(&[read.clone(), neutral.clone()]);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = msp_entry(&a, MSP_REPLY, 1);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
+    );
+
+    // A packet inside an Unconnected Send: the Unconnected Send's reply is the packet's.
+    let mut c = session(&mut dp, 46901);
+    let msg = rr(
+        SESSION,
+        &unconnected_send(&msp(&[write_tag("B"), read_tag("A")])),
+    );
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let packet = SERVICE + 2 + 4 + 4;
+    assert_eq!(msg[packet], 0x0A);
+    let count = packet + 6;
+    let write = msp_entry(&msg, count, 0);
+    assert_eq!(msg[write], WRITE_TAG);
+    rewritten(&frame, &d.frame_out, &[(write, REFUSE_SERVICE)]);
+    let a = msp_reply(&[neutral.clone(), read.clone()]);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = msp_entry(&a, MSP_REPLY, 0);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
+    );
 }

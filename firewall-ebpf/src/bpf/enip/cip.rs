@@ -25,7 +25,7 @@ pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
     s.frame_off[0] = packed as u16;
     s.frame_len[0] = (packed >> 16) as u16;
     s.frame_depth[0] = 0;
-    s.frame_index[0] = WHOLE_REPLY;
+    s.frame_index[0] = FRAME_WHOLE;
     s.frames = 1;
     for _ in 0..MAX_REQUESTS {
         let n = s.frames;
@@ -163,9 +163,11 @@ fn refusal(off: u32, depth: u32, reason: Reason) -> u64 {
 }
 
 /// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record
-/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData, top-level or inside a
-/// top-level Multiple Service Packet, is neutralised in place and passes (nothing nested in it reaches an object that acts on it): the rewrite of
-/// its service byte to the neutral code is queued and what its answer must be is recorded.
+/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData whose reply can be
+/// located (top-level, an entry of a Multiple Service Packet that is not itself an entry of
+/// one, either through Unconnected Sends at any depth) is neutralised in place and passes
+/// (nothing nested in it reaches an object that acts on it): the rewrite of its service byte to
+/// the neutral code is queued and what its answer must be is recorded.
 /// Returns 0 (refused in-band), or the reason it is denied: its own when it cannot be refused
 /// in-band, else the reason the connection is reset for (`s.fail`).
 #[no_mangle]
@@ -177,14 +179,17 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
     };
     let off = a as u32 & 0x7ff;
     let depth = (a >> 16) as u8;
-    // A top-level request of SendRRData, or one of the requests of a top-level Multiple
-    // Service Packet (the unconnected data item's CIP request is at 40: `cpf` checked the
-    // null address item before it).
-    let index = if depth == 0 { WHOLE_REPLY } else { s.cip_index };
-    let in_msp = depth == 1 && b8(s, 40) == SVC_MSP as u32 && index != WHOLE_REPLY;
-    if s.refuse == 0 || !(depth == 0 || in_msp) || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
+    // A request of SendRRData whose reply can be found in the reply: the whole CIP reply or
+    // one entry of a Multiple Service Packet reply, through any Unconnected Sends.
+    let frame = s.cip_index;
+    if s.refuse == 0 || frame & FRAME_UNLOCATED != 0 || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
         return reason as u64;
     }
+    let index = if frame & FRAME_POSITION == FRAME_WHOLE {
+        WHOLE_REPLY
+    } else {
+        frame & FRAME_POSITION
+    };
     let Some(rule) = ENIP_RULES.get(s.rule_index) else {
         return reason as u64;
     };
@@ -219,6 +224,7 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
             e.neutral = codes as u8;
             e.status = (codes >> 8) as u8;
             e.index = index;
+            e.routed = (frame & FRAME_ROUTED != 0) as u8;
             s.refusals.used |= 1 << slot;
             0
         } else {
@@ -264,6 +270,13 @@ fn msp(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
     if depth + 1 >= MAX_DEPTH {
         return Reason::CipTooDeep as u8;
     }
+    // Where the entries' replies are: in this packet's reply, if that is a whole reply.
+    let parent = s.cip_index;
+    let entry = if parent & (FRAME_POSITION | FRAME_UNLOCATED) == FRAME_WHOLE {
+        parent & FRAME_ROUTED
+    } else {
+        parent | FRAME_UNLOCATED
+    } & !FRAME_POSITION;
     // Offsets are pushed last-first so that the requests are checked in order.
     let mut next_start = dlen;
     let mut k = 0;
@@ -277,7 +290,7 @@ fn msp(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8 {
         if o >= next_start || (first && o != 2 + 2 * count) || (!first && o < 2 + 2 * count) {
             return bad;
         }
-        if !push(s, data + o, next_start - o, depth + 1, i as u8) {
+        if !push(s, data + o, next_start - o, depth + 1, entry | i as u8) {
             return Reason::CipTooDeep as u8;
         }
         next_start = o;
@@ -306,7 +319,9 @@ fn unconnected_send(s: &mut EnipScratch, data: u32, dlen: u32, depth: u32) -> u8
     if otfw_enip_route((data + after + 2) as u64 | (route as u64) << 16) != 0 {
         return Reason::CipBadPath as u8;
     }
-    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1, WHOLE_REPLY) {
+    // The embedded request's reply is the Unconnected Send's, where that is.
+    let routed = s.cip_index | FRAME_ROUTED;
+    if depth + 1 >= MAX_DEPTH || !push(s, data + 4, size, depth + 1, routed) {
         return Reason::CipTooDeep as u8;
     }
     R_NONE

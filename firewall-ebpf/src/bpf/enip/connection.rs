@@ -135,7 +135,8 @@ pub(super) const ANSWER_UNREAD: u64 = 1 << 16;
 /// Counts a SendRRData reply (`a`: its length, `ANSWER_UNREAD`) and, if it answers refused
 /// requests, checks each is the target's error reply to the neutral service (the whole CIP
 /// reply, or its entry in a Multiple Service Packet reply) and queues its restoration:
-/// service = the client's | 0x80, general status = the rule's. Returns 1 when it was such an
+/// service = the client's | 0x80, general status = the rule's. A refused request routed by an
+/// Unconnected Send may be answered by the router's error instead, which passes as it is. Returns 1 when it was such an
 /// answer (or `s.fail` is set: the connection is reset), else 0.
 #[no_mangle]
 #[inline(never)]
@@ -203,7 +204,16 @@ fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
         }
         at = data + b16(s, data + 2 + 2 * k);
     }
-    if at + 4 > end || b8(s, at) != (e.neutral | 0x80) as u32 || b8(s, at + 2) == 0 {
+    if at + 4 > end || b8(s, at + 2) == 0 {
+        return Reason::EnipRefusedAnswer as u8;
+    }
+    let service = b8(s, at);
+    if e.routed != 0 && service == (SVC_UNCONNECTED_SEND | 0x80) as u32 {
+        // The router's error for the Unconnected Send the client sent: the neutralised request
+        // never reached its target, and the client gets the router's answer as it is.
+        return 0;
+    }
+    if service != (e.neutral | 0x80) as u32 {
         return Reason::EnipRefusedAnswer as u8;
     }
     if s.pos + at < total {
