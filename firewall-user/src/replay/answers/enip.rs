@@ -461,6 +461,20 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_with_another_sender_context_is_not_the_answer() {
+        // The capture lacks the target's reply: its next one answers a later request.
+        let mut live = LiveAnswers::default();
+        let write = send_rr_data(7, &write_tag(0x4D));
+        let mut neutral = write.clone();
+        neutralise(&mut neutral, CIP);
+        send(&mut live, 1000, &write, &neutral);
+        let mut frame = tcp(false, 5000, 2000, &send_rr_data(8, &READ_REPLY));
+        let before = frame.clone();
+        assert_eq!(live.before_judging(&mut frame), Rewrite::default());
+        assert_eq!(frame, before);
+    }
+
+    #[test]
     fn an_encapsulation_error_or_a_retransmitted_request_changes_nothing() {
         let mut live = LiveAnswers::default();
         let write = send_rr_data(6, &write_tag(0x4D));

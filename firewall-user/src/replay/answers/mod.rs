@@ -152,6 +152,9 @@ impl LiveAnswers {
                 .iter()
                 .any(|a| a.direction == "request" && a.reason != "none");
         let enip = d.cip.iter().any(|r| r.kind == "command");
+        if !modbus && !enip && self.connections.is_empty() {
+            return;
+        }
         let Some(s) = segment(judged) else {
             return;
         };
