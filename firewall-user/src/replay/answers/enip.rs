@@ -460,46 +460,50 @@ mod tests {
         assert_eq!(payload(&frame), expected);
     }
 
-    #[test]
-    fn a_reply_with_another_sender_context_is_not_the_answer() {
-        // The capture lacks the target's reply: its next one answers a later request.
-        let mut live = LiveAnswers::default();
-        let write = send_rr_data(7, &write_tag(0x4D));
+    /// Sends a top-level Write Tag with sender context `context` (client seq 1000) that the
+    /// datapath neutralised; returns the request.
+    fn refused_write(live: &mut LiveAnswers, context: u8) -> Vec<u8> {
+        let write = send_rr_data(context, &write_tag(0x4D));
         let mut neutral = write.clone();
         neutralise(&mut neutral, CIP);
-        send(&mut live, 1000, &write, &neutral);
-        let mut frame = tcp(false, 5000, 2000, &send_rr_data(8, &READ_REPLY));
+        send(live, 1000, &write, &neutral);
+        write
+    }
+
+    /// Passes `payload` from the server (seq `seq`) through `live`: it must be left as it is.
+    fn left(live: &mut LiveAnswers, seq: u32, payload: &[u8]) {
+        let mut frame = tcp(false, seq, 2000, payload);
         let before = frame.clone();
         assert_eq!(live.before_judging(&mut frame), Rewrite::default());
         assert_eq!(frame, before);
     }
 
     #[test]
+    fn a_reply_with_another_sender_context_is_not_the_answer() {
+        // The capture lacks the target's reply: its next one answers a later request.
+        let mut live = LiveAnswers::default();
+        refused_write(&mut live, 7);
+        left(&mut live, 5000, &send_rr_data(8, &READ_REPLY));
+    }
+
+    #[test]
     fn an_encapsulation_error_or_a_retransmitted_request_changes_nothing() {
         let mut live = LiveAnswers::default();
-        let write = send_rr_data(6, &write_tag(0x4D));
+        let write = refused_write(&mut live, 6);
+        // The retransmission is neutralised again but counted once.
         let mut neutral = write.clone();
         neutralise(&mut neutral, CIP);
         send(&mut live, 1000, &write, &neutral);
-        // The retransmission is neutralised again but counted once.
-        send(&mut live, 1000, &write, &neutral);
         let mut error = send_rr_data(6, &WRITE_REPLY);
         error[8] = 1; // encapsulation status: invalid command
-        let mut frame = tcp(false, 5000, 2000, &error);
-        let before = frame.clone();
-        assert_eq!(live.before_judging(&mut frame), Rewrite::default());
-        assert_eq!(frame, before);
+        left(&mut live, 5000, &error);
         // The next reply answers the next request, not the refused one.
         let read = send_rr_data(6, &READ_TAG);
         send(&mut live, 1000 + write.len() as u32, &read, &read);
-        let mut frame = tcp(
-            false,
+        left(
+            &mut live,
             5000 + error.len() as u32,
-            2000,
             &send_rr_data(6, &READ_REPLY),
         );
-        let before = frame.clone();
-        assert_eq!(live.before_judging(&mut frame), Rewrite::default());
-        assert_eq!(frame, before);
     }
 }
