@@ -3,9 +3,9 @@
 //! on a live bridge. One JSON object per frame, then a summary. Captures of other link types
 //! than Ethernet are judged as if their packets had arrived on an Ethernet port (`capture`).
 //! With a `write` path, the frames the gateway would forward are written there as it would
-//! forward them (refused Modbus requests neutralised, answers restored), dropped ones left out.
-//! The captured answer to a refused request is replaced, before judging, by the exception the
-//! live server sends to the neutralised request ([`answers`]).
+//! forward them (refused Modbus and CIP requests neutralised, answers restored), dropped ones
+//! left out. The captured answer to a refused request is replaced, before judging, by the error
+//! the live server sends to the neutralised request ([`answers`]).
 //!
 //! What a capture cannot tell: the bridge port a frame arrived on (anti-spoofing is not checked:
 //! every frame counts as arriving on a permitted port), and real time (flows do not expire
@@ -40,7 +40,7 @@ struct FrameRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     link: Option<&'static str>,
     /// `pass`, `drop` or `refuse`: what happened to the frame (`refuse`: forwarded with its
-    /// refused Modbus requests neutralised, `on_deny: refuse`).
+    /// refused Modbus or CIP requests neutralised, `on_deny: refuse`).
     verdict: &'static str,
     /// The accounting verdict: `pass`, `drop`, `monitor` (passed, would be dropped in enforce
     /// mode), `reset` (dropped and answered with a TCP reset) or `refuse`.
@@ -54,7 +54,7 @@ struct FrameRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     checksum: Option<&'static str>,
     /// `substituted` when the frame carries the answer to a refused request: the captured
-    /// answer was replaced by the exception the live server sends to the neutralised request
+    /// answer was replaced by the error the live server sends to the neutralised request
     /// (what the frame's verdict is about), not judged itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     answer: Option<&'static str>,
@@ -88,7 +88,7 @@ pub struct Summary {
     /// TCP checksums recomputed before judging (`Checksums::Repair`).
     pub checksums_repaired: usize,
     /// Frames whose captured answer to a refused request was replaced by the live server's
-    /// exception (counted by verdict as well).
+    /// error (counted by verdict as well).
     pub answers_substituted: usize,
     /// Frames whose sequence or acknowledgement number followed a substituted answer.
     pub sequence_shifted: usize,

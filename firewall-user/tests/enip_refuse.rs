@@ -549,3 +549,135 @@ fn unconnected_sends_and_multiple_service_packets_nest_both_ways() {
         &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
     );
 }
+
+/// `otfw replay` of a capture in which the target executed two writes the policy refuses (one
+/// top-level, one inside a Multiple Service Packet): their captured replies are replaced by the
+/// target's error for the neutral service, which the datapath restores, and the session goes
+/// on with the rest of the server's sequence numbers moved.
+#[test]
+fn replay_answers_refused_requests_as_the_target_would() {
+    let mut c = Conn::new(46800, 44818);
+    let mut frames = Vec::new();
+    let client = |c: &mut Conn, payload: &[u8], frames: &mut Vec<Vec<u8>>| {
+        frames.push(c.client_frame(c.cseq, "PA", payload));
+        c.cseq = c.cseq.wrapping_add(payload.len() as u32);
+    };
+    let server = |c: &mut Conn, payload: &[u8], frames: &mut Vec<Vec<u8>>| {
+        frames.push(c.server_frame(c.sseq, "PA", payload));
+        c.sseq = c.sseq.wrapping_add(payload.len() as u32);
+    };
+    frames.push(c.client_frame(c.cseq.wrapping_sub(1), "S", &[]));
+    frames.push(c.server_frame(c.sseq.wrapping_sub(1), "SA", &[]));
+    client(&mut c, &register_session(), &mut frames);
+    server(&mut c, &register_reply(SESSION), &mut frames);
+    // The write succeeded, with 1 word of additional status: 2 bytes longer than the error.
+    client(&mut c, &rr(SESSION, &write_tag("B")), &mut frames);
+    server(
+        &mut c,
+        &rr(SESSION, &[0xCD, 0, 0, 1, 0x11, 0x22]),
+        &mut frames,
+    );
+    let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
+    client(
+        &mut c,
+        &rr(SESSION, &msp(&[read_tag("A"), write_tag("B")])),
+        &mut frames,
+    );
+    let mut msp_ok = vec![0x8A, 0, 0, 0];
+    msp_ok.extend(msp_data(&[read.clone(), vec![0xCD, 0, 0, 0]]));
+    server(&mut c, &rr(SESSION, &msp_ok), &mut frames);
+    client(&mut c, &rr(SESSION, &read_tag("A")), &mut frames);
+    server(&mut c, &rr(SESSION, &read), &mut frames);
+    frames.push(c.client_frame(c.cseq, "A", &[]));
+
+    let dir = std::env::temp_dir();
+    let (captured, written) = (
+        dir.join(format!("otfw-enip-replay-{}.pcap", std::process::id())),
+        dir.join(format!("otfw-enip-replay-{}-out.pcap", std::process::id())),
+    );
+    let mut w = otfw::capture::Writer::create(&captured).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        w.write(std::time::Duration::from_millis(i as u64), f)
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let (loaded, diagnostics) =
+        otfw::policy::check_str("p.yaml", &policy("services: [read]", "    on_deny: refuse"));
+    let compiled = loaded
+        .unwrap_or_else(|| panic!("{diagnostics:#?}"))
+        .compiled;
+    let mut out = Vec::new();
+    let summary = otfw::replay::replay(
+        &compiled,
+        std::slice::from_ref(&captured),
+        otfw::offload::Checksums::Repair,
+        Some(&written),
+        &mut out,
+    )
+    .unwrap();
+    let forwarded = otfw::capture::frames(&written).unwrap();
+    let _ = (
+        std::fs::remove_file(&captured),
+        std::fs::remove_file(&written),
+    );
+    let records: Vec<serde_json::Value> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let field = |i: usize, f: &str| records[i][f].as_str().unwrap_or("").to_owned();
+    let verdicts: Vec<String> = (0..frames.len()).map(|i| field(i, "verdict")).collect();
+    assert_eq!(
+        verdicts,
+        [
+            "pass", "pass", "pass", "pass", "refuse", "pass", "refuse", "pass", "pass", "pass",
+            "pass"
+        ],
+        "{records:#?}"
+    );
+    let answers: Vec<String> = (0..frames.len()).map(|i| field(i, "answer")).collect();
+    assert_eq!(
+        answers,
+        [
+            "",
+            "",
+            "",
+            "",
+            "",
+            "substituted",
+            "",
+            "substituted",
+            "",
+            "",
+            ""
+        ]
+    );
+    let shifted: Vec<String> = (0..frames.len()).map(|i| field(i, "sequence")).collect();
+    assert_eq!(
+        shifted,
+        ["", "", "", "", "", "", "shifted", "shifted", "shifted", "shifted", "shifted"]
+    );
+    assert_eq!((summary.answers_substituted, summary.dropped), (2, 0));
+
+    // What the client gets: its own service's error with the rule's status, the packet's
+    // other entry as the target sent it.
+    let payload = |frame: &[u8]| match etherparse::SlicedPacket::from_ethernet(frame)
+        .unwrap()
+        .transport
+    {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.payload().to_vec(),
+        _ => panic!("not TCP"),
+    };
+    let restored = payload(&forwarded[5]);
+    assert_eq!(
+        restored,
+        rr(SESSION, &[0x80 | WRITE_TAG, 0, REFUSE_STATUS, 0])
+    );
+    let mut msp_refused = vec![0x8A, 0, 0x1E, 0];
+    msp_refused.extend(msp_data(&[
+        read.clone(),
+        vec![0x80 | WRITE_TAG, 0, REFUSE_STATUS, 0],
+    ]));
+    assert_eq!(payload(&forwarded[7]), rr(SESSION, &msp_refused));
+    assert_eq!(payload(&forwarded[9]), rr(SESSION, &read));
+}
