@@ -224,9 +224,12 @@ pub const ENIP_REFUSALS_MAX: usize = 4;
 /// Byte rewrites per segment: one per refused request, two per restored answer.
 pub const ENIP_REWRITES_MAX: usize = 2 * ENIP_REFUSALS_MAX;
 
-/// A refused SendRRData request: its answer is the SendRRData reply number `ordinal` of the
+/// A refused request. Of SendRRData: its answer is the SendRRData reply number `ordinal` of the
 /// connection (targets answer explicit requests of a connection in order; clients such as
-/// pycomm3 send one sender context for all), and it must echo the request's sender context.
+/// pycomm3 send one sender context for all), and it must echo the request's sender context
+/// (`context`). Of SendUnitData (`connected`, connected explicit messaging): its answer is the
+/// SendUnitData reply echoing the request's sequence count (`context`), as the transport
+/// requires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnipRefusal {
@@ -243,7 +246,8 @@ pub struct EnipRefusal {
     /// The request reached its target through an Unconnected Send: the router's own error
     /// (`SVC_UNCONNECTED_SEND | 0x80`) may answer instead of the target's.
     pub routed: u8,
-    pub _pad: [u8; 7],
+    pub connected: u8,
+    pub _pad: [u8; 6],
 }
 
 /// `EnipRefusal::index` of a request whose reply is the whole CIP reply.

@@ -681,3 +681,116 @@ fn replay_answers_refused_requests_as_the_target_would() {
     assert_eq!(payload(&forwarded[7]), rr(SESSION, &msp_refused));
     assert_eq!(payload(&forwarded[9]), rr(SESSION, &read));
 }
+
+/// Connected explicit messaging: the CIP request of a SendUnitData message follows the
+/// connected address item and the connected data item's sequence count.
+const UNIT_SERVICE: usize = 46;
+const UNIT_STATUS: usize = 48;
+
+/// A session with a class 3 connection opened by Forward_Open (O->T id `O2T`).
+fn connection(dp: &mut Datapath, sport: u16) -> Conn {
+    let mut c = session(dp, sport);
+    let (_, d) = send(dp, &mut c, &rr(SESSION, &forward_open(7, 3, false)));
+    assert!(d.passed() && d.reason == Reason::None, "{d:?}");
+    let (_, d) = answer(dp, &mut c, &forward_open_reply(SESSION, 7, O2T, T2O));
+    assert!(d.passed() && d.reason == Reason::None, "{d:?}");
+    c
+}
+const O2T: u32 = 0x5500_0007;
+const T2O: u32 = 0x7700_0007;
+
+#[test]
+fn connected_requests_are_answered_by_their_sequence_count() {
+    let mut dp = refusing();
+    let mut c = connection(&mut dp, 47000);
+    // A read, a refused write and a read pipelined on the connection.
+    let msgs = [
+        unit(SESSION, O2T, 10, &read_tag("A")),
+        unit(SESSION, O2T, 11, &write_tag("A")),
+        unit(SESSION, O2T, 12, &read_tag("B")),
+    ];
+    let (frame, d) = send(&mut dp, &mut c, &msgs.concat());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE),
+        "{d:?}"
+    );
+    let write = msgs[0].len() + UNIT_SERVICE;
+    rewritten(&frame, &d.frame_out, &[(write, REFUSE_SERVICE)]);
+
+    // The replies echo the sequence counts on the T->O connection: the one echoing 11 is the
+    // refused write's, and only it is restored.
+    let replies = [
+        unit(SESSION, T2O, 10, &[0xCC, 0, 0, 0, 0xC3, 0, 1, 0]),
+        unit(SESSION, T2O, 11, &[0x80 | REFUSE_SERVICE, 0, 0x08, 0]),
+        unit(SESSION, T2O, 12, &[0xCC, 0, 0, 0, 0xC3, 0, 2, 0]),
+    ];
+    let (frame, d) = answer(&mut dp, &mut c, &replies.concat());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = replies[0].len();
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[
+            (at + UNIT_SERVICE, 0x80 | WRITE_TAG),
+            (at + UNIT_STATUS, REFUSE_STATUS),
+        ],
+    );
+    // SendRRData on the same session keeps its own order: a refused write there is matched to
+    // the next SendRRData reply, whatever connected replies come between.
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("C")));
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let (_, d) = send(&mut dp, &mut c, &unit(SESSION, O2T, 13, &read_tag("A")));
+    assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    let (frame, d) = answer(
+        &mut dp,
+        &mut c,
+        &unit(SESSION, T2O, 13, &[0xCC, 0, 0, 0, 0xC3, 0, 1, 0]),
+    );
+    assert_eq!(d.frame_out, frame, "{d:?}");
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+
+    // A write inside a packet on the connection: its entry of the packet's reply.
+    let msg = unit(SESSION, O2T, 14, &msp(&[read_tag("A"), write_tag("B")]));
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let count = UNIT_SERVICE + 6;
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(msp_entry(&msg, count, 1), REFUSE_SERVICE)],
+    );
+    let mut packet = vec![0x8A, 0, 0x1E, 0];
+    packet.extend(msp_data(&[
+        vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0],
+        vec![0x80 | REFUSE_SERVICE, 0, 0x08, 0],
+    ]));
+    let a = unit(SESSION, T2O, 14, &packet);
+    let (frame, d) = answer(&mut dp, &mut c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let entry = msp_entry(&a, UNIT_SERVICE + 4, 1);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(entry, 0x80 | WRITE_TAG), (entry + 2, REFUSE_STATUS)],
+    );
+
+    // The reply echoing a refused write's sequence count must be the neutral service's error.
+    let (_, d) = send(&mut dp, &mut c, &unit(SESSION, O2T, 15, &write_tag("A")));
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let (_, d) = answer(&mut dp, &mut c, &unit(SESSION, T2O, 15, &[0xCD, 0, 0, 0]));
+    expect_reset(&d, Reason::EnipRefusedAnswer);
+}

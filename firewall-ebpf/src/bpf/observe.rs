@@ -58,8 +58,7 @@ pub fn frame(ctx: &XdpContext, l4: &L4) {
     // What can make the frame news, checked here without a call: a learning deadline set, a
     // segment with payload from an identity port, the answer that promoted a flow. The packet
     // of an established flow of other ports (nearly every packet) stops here.
-    // SAFETY: array values are copied out at once.
-    let learning = unsafe { LEARN_UNTIL.get(0) }.is_some_and(|until| *until != 0);
+    let learning = LEARN_UNTIL.get(0).is_some_and(|until| *until != 0);
     let identity_port = l4.payload_len != 0 && (l4.sport == MODBUS_PORT || l4.sport == ENIP_PORT);
     if !learning && !identity_port {
         let Some(keys) = FLOW_KEYS.get_ptr(0) else {

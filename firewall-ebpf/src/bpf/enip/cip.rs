@@ -163,8 +163,8 @@ fn refusal(off: u32, depth: u32, reason: Reason) -> u64 {
 }
 
 /// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record
-/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData whose reply can be
-/// located (top-level, an entry of a Multiple Service Packet that is not itself an entry of
+/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData or SendUnitData
+/// (connected explicit messaging) whose reply can be located (top-level, an entry of a Multiple Service Packet that is not itself an entry of
 /// one, either through Unconnected Sends at any depth) is neutralised in place and passes
 /// (nothing nested in it reaches an object that acts on it): the rewrite of its service byte to
 /// the neutral code is queued and what its answer must be is recorded.
@@ -177,28 +177,28 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
     let Some(s) = scratch() else {
         return reason as u64;
     };
-    let off = a as u32 & 0x7ff;
-    let depth = (a >> 16) as u8;
-    // A request of SendRRData whose reply can be found in the reply: the whole CIP reply or
-    // one entry of a Multiple Service Packet reply, through any Unconnected Sends.
-    let frame = s.cip_index;
-    if s.refuse == 0 || frame & FRAME_UNLOCATED != 0 || b16(s, 0) != CMD_SEND_RR_DATA as u32 {
+    if s.refuse == 0 {
         return reason as u64;
     }
-    let index = if frame & FRAME_POSITION == FRAME_WHOLE {
-        WHOLE_REPLY
-    } else {
-        frame & FRAME_POSITION
-    };
+    // The rule first: few values live across the lookup keeps this frame small enough for the
+    // deepest call chain.
     let Some(rule) = ENIP_RULES.get(s.rule_index) else {
         return reason as u64;
     };
     let codes = rule.refuse_service as u64 | (rule.refuse_status as u64) << 8;
-    let idx = s.cip_record;
-    let service = b8(s, off) as u8;
-    let total = s.total;
+    let off = a as u32 & 0x7ff;
+    // A request of SendRRData or SendUnitData whose reply can be found in the reply: the whole
+    // CIP reply or one entry of a Multiple Service Packet reply, through any Unconnected Sends.
+    // (Values are read from the scratch where they are needed, not kept: the frame must stay
+    // small for the deepest call chain, inspect -> ... -> request -> refuse -> event.)
+    let cmd = b16(s, 0);
+    if s.cip_index & FRAME_UNLOCATED != 0
+        || !(cmd == CMD_SEND_UNIT_DATA as u32 || cmd == CMD_SEND_RR_DATA as u32)
+    {
+        return reason as u64;
+    }
     // The service byte's offset in the frame: the message ends at `pos` in the payload.
-    let fail = if s.pos + off < total {
+    let fail = if s.pos + off < s.total {
         Reason::EnipRefusedSplit as u8
     } else if s.rewrites as usize >= ENIP_REWRITES_MAX {
         Reason::EnipRefusalsFull as u8
@@ -212,20 +212,10 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
         }
         if slot < ENIP_REFUSALS_MAX {
             let n = masked(s.rewrites, (ENIP_REWRITES_MAX - 1) as u32);
-            s.rewrite_at[n] = (s.payload + s.pos + off - total) as u16;
+            s.rewrite_at[n] = (s.payload + s.pos + off - s.total) as u16;
             s.rewrite_value[n] = codes as u8;
             s.rewrites += 1;
-            let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
-            let ordinal = s.refusals.requests;
-            let e = &mut s.refusals.entries[slot & (ENIP_REFUSALS_MAX - 1)];
-            e.context = context;
-            e.ordinal = ordinal;
-            e.service = service;
-            e.neutral = codes as u8;
-            e.status = (codes >> 8) as u8;
-            e.index = index;
-            e.routed = (frame & FRAME_ROUTED != 0) as u8;
-            s.refusals.used |= 1 << slot;
+            record(s, slot, off, codes);
             0
         } else {
             Reason::EnipRefusalsFull as u8
@@ -236,8 +226,41 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
         s.event_verdict = VERDICT_RESET as u8;
         return fail as u64;
     }
+    let idx = s.cip_record;
     refused(s, reason, idx);
     0
+}
+
+/// Records in entry `slot` what the answer to the refused request (service byte at `off`,
+/// neutralised to `codes`' low byte; general status for the client in its next byte) must be.
+#[inline(always)]
+fn record(s: &mut EnipScratch, slot: usize, off: u32, codes: u64) {
+    let connected = b16(s, 0) == CMD_SEND_UNIT_DATA as u32;
+    // SendUnitData: the sequence count of the connected data item (`cpf` checked the connected
+    // address item before it), which the reply echoes. SendRRData: the sender context, and the
+    // request's place among the connection's.
+    let context = if connected {
+        b16(s, 44) as u64
+    } else {
+        b32(s, 12) as u64 | (b32(s, 16) as u64) << 32
+    };
+    let service = b8(s, off) as u8;
+    let frame = s.cip_index;
+    let ordinal = s.refusals.requests;
+    let e = &mut s.refusals.entries[slot & (ENIP_REFUSALS_MAX - 1)];
+    e.context = context;
+    e.ordinal = ordinal;
+    e.service = service;
+    e.neutral = codes as u8;
+    e.status = (codes >> 8) as u8;
+    e.index = if frame & FRAME_POSITION == FRAME_WHOLE {
+        WHOLE_REPLY
+    } else {
+        frame & FRAME_POSITION
+    };
+    e.routed = (frame & FRAME_ROUTED != 0) as u8;
+    e.connected = connected as u8;
+    s.refusals.used |= 1 << slot;
 }
 
 #[inline(always)]

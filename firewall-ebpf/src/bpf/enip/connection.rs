@@ -71,8 +71,15 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     };
     let total = total as u32 & 0x7ff;
     let cmd = b16(s, 0) as u16;
-    if cmd == CMD_SEND_RR_DATA && s.udp == 0 && otfw_enip_answer(total as u64) != 0 {
-        return 0;
+    if s.udp == 0 {
+        let answer = match cmd {
+            CMD_SEND_RR_DATA => otfw_enip_answer(total as u64),
+            CMD_SEND_UNIT_DATA => otfw_enip_answer(total as u64 | ANSWER_CONNECTED),
+            _ => 0,
+        };
+        if answer != 0 {
+            return 0;
+        }
     }
     let status = b32(s, 8);
     if status != 0 || s.udp != 0 {
@@ -131,27 +138,51 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
 
 /// `otfw_enip_answer` argument bit: the reply is too long to be read (only its header is).
 pub(super) const ANSWER_UNREAD: u64 = 1 << 16;
+/// `otfw_enip_answer` argument bit: a SendUnitData reply (connected explicit messaging).
+pub(super) const ANSWER_CONNECTED: u64 = 1 << 17;
 
-/// Counts a SendRRData reply (`a`: its length, `ANSWER_UNREAD`) and, if it answers refused
-/// requests, checks each is the target's error reply to the neutral service (the whole CIP
-/// reply, or its entry in a Multiple Service Packet reply) and queues its restoration:
-/// service = the client's | 0x80, general status = the rule's. A refused request routed by an
-/// Unconnected Send may be answered by the router's error instead, which passes as it is. Returns 1 when it was such an
-/// answer (or `s.fail` is set: the connection is reset), else 0.
+/// The sequence count of a SendUnitData reply: the connected data item follows the connected
+/// address item (4 bytes) that starts the items.
+const CONNECTED_SEQUENCE: u32 = 44;
+
+/// Counts a SendRRData reply (`a`: its length, `ANSWER_UNREAD`, `ANSWER_CONNECTED` for a
+/// SendUnitData reply) and, if it answers refused requests (SendRRData: the reply of the same
+/// rank; SendUnitData: the reply echoing the request's sequence count), checks each is the
+/// target's error reply to the neutral service (the whole CIP reply, or its entry in a Multiple
+/// Service Packet reply) and queues its restoration: service = the client's | 0x80, general
+/// status = the rule's. A refused request routed by an Unconnected Send may be answered by the
+/// router's error instead, which passes as it is. Returns 1 when it was such an answer (or
+/// `s.fail` is set: the connection is reset), else 0.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
     let Some(s) = scratch() else {
         return 0;
     };
-    let ordinal = s.refusals.replies;
-    s.refusals.replies = ordinal.wrapping_add(1);
+    let connected = a & ANSWER_CONNECTED != 0;
+    let key = if connected {
+        // A reply too long to read is not the error a neutral request gets, whatever it answers.
+        if a & ANSWER_UNREAD != 0 || (a as u32 & 0x7ff) < CONNECTED_SEQUENCE + 2 {
+            return 0;
+        }
+        b16(s, CONNECTED_SEQUENCE) as u64
+    } else {
+        let ordinal = s.refusals.replies;
+        s.refusals.replies = ordinal.wrapping_add(1);
+        ordinal as u64
+    };
     if s.refusals.used == 0 {
         return 0;
     }
     let mut answered = 0;
     for i in 0..ENIP_REFUSALS_MAX {
-        if s.refusals.used & (1 << i) == 0 || s.refusals.entries[i].ordinal != ordinal {
+        let e = &s.refusals.entries[i];
+        let matches = if connected {
+            e.connected != 0 && e.context == key
+        } else {
+            e.connected == 0 && e.ordinal as u64 == key
+        };
+        if s.refusals.used & (1 << i) == 0 || !matches {
             continue;
         }
         s.refusals.used &= !(1 << i);
@@ -171,30 +202,43 @@ pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
 fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
     let e = s.refusals.entries[i & (ENIP_REFUSALS_MAX - 1)];
     let total = a as u32 & 0x7ff;
-    // The reply: encapsulation status 0 and the request's sender context, a null address item
-    // and an unconnected data item holding the CIP reply (its service byte at 40).
-    let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
-    let item = b16(s, 38);
-    let framed = a & ANSWER_UNREAD == 0
-        && total >= 44
-        && b32(s, 8) == 0
-        && context == e.context
-        && b16(s, 30) >= 2
-        && b16(s, 32) as u16 == ITEM_NULL
-        && b16(s, 34) == 0
-        && b16(s, 36) as u16 == ITEM_UNCONNECTED_DATA
-        && item >= 4
-        && 40 + item <= total;
+    let read = a & ANSWER_UNREAD == 0 && b32(s, 8) == 0 && b16(s, 30) >= 2;
+    // Where the CIP reply starts and ends. SendUnitData: the connected address item, then the
+    // connected data item: the sequence count, the CIP reply. SendRRData: encapsulation status
+    // 0 and the request's sender context, a null address item and an unconnected data item
+    // holding the CIP reply.
+    let (framed, cip, end) = if e.connected != 0 {
+        let item = b16(s, 42);
+        let framed = read
+            && total >= 50
+            && b16(s, 32) as u16 == ITEM_CONNECTED_ADDRESS
+            && b16(s, 34) == 4
+            && b16(s, 40) as u16 == ITEM_CONNECTED_DATA
+            && item >= 6
+            && 44 + item <= total;
+        (framed, 46, 44 + item)
+    } else {
+        let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
+        let item = b16(s, 38);
+        let framed = read
+            && total >= 44
+            && context == e.context
+            && b16(s, 32) as u16 == ITEM_NULL
+            && b16(s, 34) == 0
+            && b16(s, 36) as u16 == ITEM_UNCONNECTED_DATA
+            && item >= 4
+            && 40 + item <= total;
+        (framed, 40, 40 + item)
+    };
     if !framed {
         return Reason::EnipRefusedAnswer as u8;
     }
-    let end = 40 + item;
-    let mut at = 40;
+    let mut at = cip;
     if e.index != WHOLE_REPLY {
         // A Multiple Service Packet reply: count and offsets (from the count) after the
         // general and additional status; the refused request's reply is entry `index`.
-        let data = 44 + b8(s, 43) * 2;
-        if b8(s, 40) != (SVC_MSP | 0x80) as u32 || data + 2 > end {
+        let data = cip + 4 + b8(s, cip + 3) * 2;
+        if b8(s, cip) != (SVC_MSP | 0x80) as u32 || data + 2 > end {
             return Reason::EnipRefusedAnswer as u8;
         }
         let count = b16(s, data);

@@ -11,14 +11,17 @@
 //! stream is framed to count the SendRRData requests that passed and to find, from the service
 //! bytes the datapath neutralised, which request of which message was refused; the server's
 //! stream to count the replies; the reply must echo the request's sender context (else the
-//! capture lacks the target's reply and nothing is replaced). Not followed: a refused request whose encapsulation header was
+//! capture lacks the target's reply and nothing is replaced). A request routed by Unconnected
+//! Sends is located through them, as the datapath does; a router's own error (0xD2) answering
+//! it stays as captured (the request never reached its target). Not followed: a refused request whose encapsulation header was
 //! in an earlier segment, and a reply whose part up to the entry to replace (headers, items,
 //! the Multiple Service Packet's offsets) is not in the segment it starts in.
 
 use std::collections::HashMap;
 
 use firewall_common::enip::{
-    CMD_SEND_RR_DATA, ENCAP_LEN, ITEM_NULL, ITEM_UNCONNECTED_DATA, SVC_MSP, WHOLE_REPLY,
+    CMD_SEND_RR_DATA, ENCAP_LEN, ITEM_NULL, ITEM_UNCONNECTED_DATA, MAX_DEPTH, SVC_MSP,
+    SVC_UNCONNECTED_SEND, WHOLE_REPLY,
 };
 
 use super::{
@@ -31,6 +34,8 @@ use super::{
 const CIP: usize = 40;
 /// The general status a target answers an unsupported service with.
 const SERVICE_NOT_SUPPORTED: u8 = 0x08;
+/// The reply service of a router's own error for an Unconnected Send.
+const ROUTER_ERROR: u8 = SVC_UNCONNECTED_SEND | 0x80;
 /// The general status of a Multiple Service Packet reply with an error among its entries.
 const EMBEDDED_SERVICE_ERROR: u8 = 0x1E;
 
@@ -150,21 +155,45 @@ impl Refusals {
     }
 }
 
-/// The position of the CIP request whose service byte is at `at` in a SendRRData `message`:
-/// `WHOLE_REPLY` for the top-level one, else its position in the top-level Multiple Service
-/// Packet (found through the packet's offsets).
+/// The position of the CIP request whose service byte is at `at` in a SendRRData `message`,
+/// as the datapath locates its reply: `WHOLE_REPLY` when its reply is the whole CIP reply,
+/// else its position in the Multiple Service Packet whose reply holds it. An Unconnected Send
+/// is transparent (its reply is the one of the request it carries); an entry of a packet that
+/// is itself an entry of one has no position (the datapath does not refuse it in-band).
 fn position(message: &[u8], at: usize) -> Option<u8> {
-    if at == CIP {
-        return Some(WHOLE_REPLY);
+    locate(message, CIP, at, Some(WHOLE_REPLY), 0)
+}
+
+/// `position`, from the request at `request` whose reply is at `here` (`None`: not locatable),
+/// `depth` levels down (the datapath follows `MAX_DEPTH` of them).
+fn locate(m: &[u8], request: usize, at: usize, here: Option<u8>, depth: u32) -> Option<u8> {
+    if request == at {
+        return here;
     }
-    if *message.get(CIP)? != SVC_MSP {
+    if depth + 1 >= MAX_DEPTH {
         return None;
     }
-    let data = CIP + 2 + 2 * *message.get(CIP + 1)? as usize;
-    let count = le16(message, data)? as usize;
-    (0..count)
-        .find(|&k| le16(message, data + 2 + 2 * k).map(|o| data + o as usize) == Some(at))
-        .map(|k| k as u8)
+    let data = request + 2 + 2 * *m.get(request + 1)? as usize;
+    match *m.get(request)? {
+        SVC_MSP => {
+            // The entry `at` falls in: the last one starting at or before it.
+            let count = le16(m, data)? as usize;
+            let start = |k: usize| Some(data + le16(m, data + 2 + 2 * k)? as usize);
+            let k = (0..count)
+                .rev()
+                .find(|&k| start(k).is_some_and(|s| s <= at))?;
+            let inner = (here == Some(WHOLE_REPLY)).then_some(k as u8);
+            locate(m, start(k)?, at, inner, depth + 1)
+        }
+        SVC_UNCONNECTED_SEND => {
+            let size = le16(m, data + 2)? as usize;
+            let start = data + 4;
+            (start..start + size)
+                .contains(&at)
+                .then(|| locate(m, start, at, here, depth + 1))?
+        }
+        _ => None,
+    }
 }
 
 /// The edits (offset in the message, captured length, live bytes; in order) that make the
@@ -192,8 +221,12 @@ fn live_reply(
     let mut body = Vec::new();
     let mut grown: i64 = 0;
     if refused.positions.contains(&WHOLE_REPLY) {
-        body.push((CIP, item, error));
-        grown = 4 - item as i64;
+        // A router's error for an Unconnected Send: the request never reached its target, live
+        // or captured; the reply stays.
+        if reply[CIP] != ROUTER_ERROR {
+            body.push((CIP, item, error));
+            grown = 4 - item as i64;
+        }
     } else {
         if reply[CIP] != SVC_MSP | 0x80 {
             return None;
@@ -215,7 +248,7 @@ fn live_reply(
             }
             let live = (entry - data) as i64 + grown;
             live_table.extend_from_slice(&u16::try_from(live).ok()?.to_le_bytes());
-            if refused.positions.contains(&(k as u8)) {
+            if refused.positions.contains(&(k as u8)) && reply.get(entry) != Some(&ROUTER_ERROR) {
                 body.push((entry, next - entry, error.clone()));
                 grown += 4 - (next - entry) as i64;
             }
@@ -298,6 +331,52 @@ mod tests {
         }
         m
     }
+    /// An Unconnected Send to the Connection Manager carrying `inner`, routed to slot 0.
+    fn unconnected_send(inner: &[u8]) -> Vec<u8> {
+        let mut m = vec![0x52, 2, 0x20, 0x06, 0x24, 0x01, 0x0A, 0x05];
+        m.extend((inner.len() as u16).to_le_bytes());
+        m.extend(inner);
+        if inner.len() % 2 == 1 {
+            m.push(0);
+        }
+        m.extend([1, 0, 0x01, 0x00]);
+        m
+    }
+
+    #[test]
+    fn requests_are_located_as_the_datapath_does() {
+        let write = write_tag(0x4D);
+        let at = |cip: &[u8], needle: &[u8]| -> usize {
+            let m = send_rr_data(1, cip);
+            let from = CIP + 1;
+            from + m[from..]
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
+        let cases: [(Vec<u8>, Option<u8>); 5] = [
+            (write.clone(), Some(WHOLE_REPLY)),
+            (unconnected_send(&write), Some(WHOLE_REPLY)),
+            (
+                msp(&MSP_REQUEST, &[&READ_TAG, &unconnected_send(&write)]),
+                Some(1),
+            ),
+            (
+                unconnected_send(&msp(&MSP_REQUEST, &[&write, &READ_TAG])),
+                Some(0),
+            ),
+            (
+                msp(&MSP_REQUEST, &[&READ_TAG, &msp(&MSP_REQUEST, &[&write])]),
+                None,
+            ),
+        ];
+        for (i, (cip, expected)) in cases.into_iter().enumerate() {
+            let m = send_rr_data(1, &cip);
+            let p = if i == 0 { CIP } else { at(&cip, &write) };
+            assert_eq!(position(&m, p), expected, "case {i}");
+        }
+    }
+
     const MSP_REQUEST: [u8; 6] = [0x0A, 2, 0x20, 0x02, 0x24, 0x01];
     const MSP_REPLY: [u8; 4] = [0x8A, 0, 0, 0];
     const MSP_REPLY_ERROR: [u8; 4] = [0x8A, 0, 0x1E, 0];
