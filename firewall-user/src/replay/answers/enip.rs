@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 
 use firewall_common::enip::{
-    CMD_SEND_RR_DATA, ENCAP_LEN, ITEM_NULL, ITEM_UNCONNECTED_DATA, MAX_DEPTH, SVC_MSP,
-    SVC_UNCONNECTED_SEND, WHOLE_REPLY,
+    CMD_SEND_RR_DATA, CMD_SEND_UNIT_DATA, ENCAP_LEN, ITEM_CONNECTED_ADDRESS, ITEM_CONNECTED_DATA,
+    ITEM_NULL, ITEM_UNCONNECTED_DATA, MAX_DEPTH, SVC_MSP, SVC_UNCONNECTED_SEND, WHOLE_REPLY,
 };
 
 use super::{
@@ -67,7 +67,7 @@ fn le32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// What one connection's replay knows of its SendRRData requests and replies.
+/// What one connection's replay knows of its SendRRData and SendUnitData requests and replies.
 #[derive(Default)]
 pub(super) struct Refusals {
     /// Framing of the client's stream.
@@ -75,17 +75,56 @@ pub(super) struct Refusals {
     /// SendRRData requests that reached the server, replies framed in the server's stream.
     sent: u32,
     replies: u32,
-    /// Refused requests by the ordinal of the SendRRData request carrying them.
-    refused: HashMap<u32, Refused>,
+    /// Refused requests by the message carrying them.
+    refused: HashMap<Answer, Refused>,
 }
 
+/// How a request's reply is found: SendRRData replies come in the order of the requests
+/// (the ordinal); a SendUnitData reply echoes its request's sequence count.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Answer {
+    Ordinal(u32),
+    Sequence(u16),
+}
+
+/// The encapsulation layout of a message carrying a CIP request or reply.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// SendUnitData: no sender context to echo, items of a connection.
+    connected: bool,
+    /// Where the CIP request or reply starts.
+    cip: usize,
+    /// Where the length of the item holding it is, and how many bytes of it precede the CIP
+    /// request or reply (SendUnitData: the sequence count).
+    item_length: usize,
+    item_before: usize,
+}
+
+/// SendRRData: a null address item, an unconnected data item.
+const UNCONNECTED: Layout = Layout {
+    connected: false,
+    cip: CIP,
+    item_length: 38,
+    item_before: 0,
+};
+/// SendUnitData: a connected address item (the connection id), a connected data item (the
+/// sequence count, then the CIP request or reply).
+const CONNECTED: Layout = Layout {
+    connected: true,
+    cip: 46,
+    item_length: 42,
+    item_before: 2,
+};
+/// Where a SendUnitData message's sequence count is.
+const SEQUENCE: usize = 44;
+
 struct Refused {
-    /// The request's sender context, which the target's reply echoes.
+    /// The request's sender context, which the target's SendRRData reply echoes.
     context: u64,
     /// The service code the target got.
     neutral: u8,
-    /// `WHOLE_REPLY` for the message's top-level request, else the positions of the refused
-    /// requests in its Multiple Service Packet.
+    /// `WHOLE_REPLY` for a request whose reply is the whole CIP reply, else the positions of
+    /// the refused requests in the Multiple Service Packet whose reply holds theirs.
     positions: Vec<u8>,
 }
 
@@ -95,13 +134,17 @@ impl Refusals {
     /// as it left, when the datapath refused some) are learnt.
     pub(super) fn sent(&mut self, seq: u32, sent: &[u8], forwarded: Option<&[u8]>) {
         let messages = self.requests.messages::<Messages>(seq, sent);
-        let ordinals: Vec<Option<u32>> = messages
+        let answers: Vec<Option<(Answer, Layout)>> = messages
             .iter()
-            .map(|&(at, _)| {
-                (le16(sent, at) == Some(CMD_SEND_RR_DATA)).then(|| {
+            .map(|&(at, _)| match le16(sent, at)? {
+                CMD_SEND_RR_DATA => {
                     self.sent = self.sent.wrapping_add(1);
-                    self.sent.wrapping_sub(1)
-                })
+                    Some((Answer::Ordinal(self.sent.wrapping_sub(1)), UNCONNECTED))
+                }
+                CMD_SEND_UNIT_DATA => {
+                    Some((Answer::Sequence(le16(sent, at + SEQUENCE)?), CONNECTED))
+                }
+                _ => None,
             })
             .collect();
         let Some(forwarded) = forwarded else {
@@ -114,14 +157,14 @@ impl Refusals {
             else {
                 continue;
             };
-            let (Some(ordinal), (at, _)) = (ordinals[i], messages[i]) else {
+            let (Some((answer, layout)), (at, _)) = (answers[i], messages[i]) else {
                 continue;
             };
-            let Some(position) = position(&sent[at..], p - at) else {
+            let Some(position) = position(&sent[at..], layout.cip, p - at) else {
                 continue;
             };
             self.refused
-                .entry(ordinal)
+                .entry(answer)
                 .or_insert_with(|| Refused {
                     context: context(&sent[at..]).unwrap_or_default(),
                     neutral: forwarded[p],
@@ -136,32 +179,39 @@ impl Refusals {
     /// it and after it is in the segment): if it is the SendRRData reply to refused requests,
     /// the edits that make it the live target's.
     pub(super) fn answer(&mut self, start: u32, reply: &[u8], total: usize, edits: &mut Edits) {
-        if le16(reply, 0) != Some(CMD_SEND_RR_DATA) {
-            return;
-        }
-        let ordinal = self.replies;
-        self.replies = ordinal.wrapping_add(1);
-        let Some(refused) = self.refused.remove(&ordinal) else {
+        let (answer, layout) = match le16(reply, 0) {
+            Some(CMD_SEND_RR_DATA) => {
+                let ordinal = self.replies;
+                self.replies = ordinal.wrapping_add(1);
+                (Answer::Ordinal(ordinal), UNCONNECTED)
+            }
+            Some(CMD_SEND_UNIT_DATA) => match le16(reply, SEQUENCE) {
+                Some(sequence) => (Answer::Sequence(sequence), CONNECTED),
+                None => return,
+            },
+            _ => return,
+        };
+        let Some(refused) = self.refused.remove(&answer) else {
             return;
         };
-        if context(reply) != Some(refused.context) {
+        if !layout.connected && context(reply) != Some(refused.context) {
             // Not the target's reply to the refused request: the capture lacks it (a capture
             // that starts with one direction of the connection only, or lost segments).
             return;
         }
-        for (at, len, with) in live_reply(reply, total, &refused).unwrap_or_default() {
+        for (at, len, with) in live_reply(reply, total, layout, &refused).unwrap_or_default() {
             edits.push(start, start.wrapping_add(at as u32), len, with);
         }
     }
 }
 
-/// The position of the CIP request whose service byte is at `at` in a SendRRData `message`,
-/// as the datapath locates its reply: `WHOLE_REPLY` when its reply is the whole CIP reply,
+/// The position of the CIP request whose service byte is at `at` in a `message` whose CIP
+/// request starts at `cip`, as the datapath locates its reply: `WHOLE_REPLY` when its reply is the whole CIP reply,
 /// else its position in the Multiple Service Packet whose reply holds it. An Unconnected Send
 /// is transparent (its reply is the one of the request it carries); an entry of a packet that
 /// is itself an entry of one has no position (the datapath does not refuse it in-band).
-fn position(message: &[u8], at: usize) -> Option<u8> {
-    locate(message, CIP, at, Some(WHOLE_REPLY), 0)
+fn position(message: &[u8], cip: usize, at: usize) -> Option<u8> {
+    locate(message, cip, at, Some(WHOLE_REPLY), 0)
 }
 
 /// `position`, from the request at `request` whose reply is at `here` (`None`: not locatable),
@@ -197,24 +247,31 @@ fn locate(m: &[u8], request: usize, at: usize, here: Option<u8>, depth: u32) -> 
 }
 
 /// The edits (offset in the message, captured length, live bytes; in order) that make the
-/// captured SendRRData `reply` (`total` bytes, the start of it in `reply`) what the target
-/// answers when the `refused` requests carry the neutral service. `None` when the reply is
-/// not one a target sends to such a request (encapsulation error, other items, not a CIP reply,
-/// not a Multiple Service Packet reply with the refused positions) or the part of it to read
-/// is not at hand.
+/// captured SendRRData or SendUnitData `reply` (of `layout`; `total` bytes, the start of it in
+/// `reply`) what the target answers when the `refused` requests carry the neutral service.
+/// `None` when the reply is not one a target sends to such a request (encapsulation error,
+/// other items, not a CIP reply, not a Multiple Service Packet reply with the refused
+/// positions) or the part of it to read is not at hand.
 fn live_reply(
     reply: &[u8],
     total: usize,
+    layout: Layout,
     refused: &Refused,
 ) -> Option<Vec<(usize, usize, Vec<u8>)>> {
-    let framed = le32(reply, 8)? == 0
-        && le16(reply, 30)? >= 2
-        && le16(reply, 32)? == ITEM_NULL
-        && le16(reply, 34)? == 0
-        && le16(reply, 36)? == ITEM_UNCONNECTED_DATA;
-    let item = le16(reply, 38)? as usize;
-    let end = CIP + item;
-    if !framed || item < 4 || end > total || reply.get(CIP)? & 0x80 == 0 {
+    let items = if !layout.connected {
+        le16(reply, 32)? == ITEM_NULL
+            && le16(reply, 34)? == 0
+            && le16(reply, 36)? == ITEM_UNCONNECTED_DATA
+    } else {
+        le16(reply, 32)? == ITEM_CONNECTED_ADDRESS
+            && le16(reply, 34)? == 4
+            && le16(reply, 40)? == ITEM_CONNECTED_DATA
+    };
+    let framed = le32(reply, 8)? == 0 && le16(reply, 30)? >= 2 && items;
+    let item = (le16(reply, layout.item_length)? as usize).checked_sub(layout.item_before)?;
+    let cip = layout.cip;
+    let end = cip + item;
+    if !framed || item < 4 || end > total || reply.get(cip)? & 0x80 == 0 {
         return None;
     }
     let error = vec![refused.neutral | 0x80, 0, SERVICE_NOT_SUPPORTED, 0];
@@ -223,15 +280,15 @@ fn live_reply(
     if refused.positions.contains(&WHOLE_REPLY) {
         // A router's error for an Unconnected Send: the request never reached its target, live
         // or captured; the reply stays.
-        if reply[CIP] != ROUTER_ERROR {
-            body.push((CIP, item, error));
+        if reply[cip] != ROUTER_ERROR {
+            body.push((cip, item, error));
             grown = 4 - item as i64;
         }
     } else {
-        if reply[CIP] != SVC_MSP | 0x80 {
+        if reply[cip] != SVC_MSP | 0x80 {
             return None;
         }
-        let data = CIP + 4 + 2 * *reply.get(CIP + 3)? as usize;
+        let data = cip + 4 + 2 * *reply.get(cip + 3)? as usize;
         let count = le16(reply, data)? as usize;
         let table = data + 2;
         if table + 2 * count > end {
@@ -257,8 +314,8 @@ fn live_reply(
             return None;
         }
         let mut head = Vec::new();
-        if reply[CIP + 2] == 0 && reply[CIP + 3] == 0 {
-            head.push((CIP + 2, 1, vec![EMBEDDED_SERVICE_ERROR]));
+        if reply[cip + 2] == 0 && reply[cip + 3] == 0 {
+            head.push((cip + 2, 1, vec![EMBEDDED_SERVICE_ERROR]));
         }
         head.push((table, 2 * count, live_table));
         body.splice(0..0, head);
@@ -267,7 +324,7 @@ fn live_reply(
         let live = u16::try_from(le16(reply, at)? as i64 + grown).ok()?;
         Some((at, 2, live.to_le_bytes().to_vec()))
     };
-    let mut edits = vec![length(2)?, length(38)?];
+    let mut edits = vec![length(2)?, length(layout.item_length)?];
     edits.extend(body);
     // Bytes the target sends as captured need no edit.
     edits.retain(|(at, len, with)| reply.get(*at..at + len) != Some(with.as_slice()));
@@ -373,7 +430,7 @@ mod tests {
         for (i, (cip, expected)) in cases.into_iter().enumerate() {
             let m = send_rr_data(1, &cip);
             let p = if i == 0 { CIP } else { at(&cip, &write) };
-            assert_eq!(position(&m, p), expected, "case {i}");
+            assert_eq!(position(&m, CIP, p), expected, "case {i}");
         }
     }
 
@@ -419,6 +476,48 @@ mod tests {
 
     fn neutralise(message: &mut [u8], at: usize) {
         message[at] = NEUTRAL;
+    }
+
+    /// A SendUnitData message on connection `id` with sequence count `sequence` carrying `cip`.
+    fn send_unit_data(id: u32, sequence: u16, cip: &[u8]) -> Vec<u8> {
+        let mut m = vec![0x70, 0];
+        m.extend(((22 + cip.len()) as u16).to_le_bytes());
+        m.extend([1, 0, 0, 0]); // session
+        m.extend([0; 4]); // status
+        m.extend([0; 8]); // sender context
+        m.extend([0; 4]); // options
+        m.extend([0, 0, 0, 0, 0, 0]); // interface handle, timeout
+        m.extend([2, 0, 0xA1, 0, 4, 0]);
+        m.extend(id.to_le_bytes());
+        m.extend([0xB1, 0]);
+        m.extend(((2 + cip.len()) as u16).to_le_bytes());
+        m.extend(sequence.to_le_bytes());
+        m.extend(cip);
+        m
+    }
+
+    #[test]
+    fn a_connected_reply_is_found_by_its_sequence_count() {
+        let mut live = LiveAnswers::default();
+        // A refused write (sequence 8) and a read (sequence 9) in one segment.
+        let write = send_unit_data(0x55, 8, &write_tag(0x4D));
+        let read = send_unit_data(0x55, 9, &READ_TAG);
+        let sent = [write.clone(), read.clone()].concat();
+        let mut forwarded = sent.clone();
+        assert_eq!(forwarded[CONNECTED.cip], 0x4D);
+        neutralise(&mut forwarded, CONNECTED.cip);
+        send(&mut live, 1000, &sent, &forwarded);
+
+        // The replies on the T->O connection, the read's first: only the write's changes.
+        let read_reply = send_unit_data(0x77, 9, &READ_REPLY);
+        let mut frame = tcp(false, 5000, 2000, &read_reply);
+        assert_eq!(live.before_judging(&mut frame), Rewrite::default());
+        let captured = send_unit_data(0x77, 8, &WRITE_REPLY);
+        let at = 5000 + read_reply.len() as u32;
+        let mut frame = tcp(false, at, 2000, &captured);
+        assert_eq!(live.before_judging(&mut frame).substituted, 1);
+        assert_eq!(payload(&frame), send_unit_data(0x77, 8, &ERROR));
+        assert_consistent(&frame);
     }
 
     #[test]
