@@ -73,6 +73,28 @@ fn expect_reset(d: &Decision, reason: Reason) {
     );
 }
 
+/// The target's error for the neutral service answers the refused top-level write: it is
+/// restored for the client. Then the session goes on: a read and its reply pass untouched.
+fn restored_then_a_read_passes(dp: &mut Datapath, c: &mut Conn) {
+    let (frame, d) = answer(dp, c, &unsupported());
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
+    );
+    let (frame, d) = send(dp, c, &rr(SESSION, &read_tag("Speed")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+    let (frame, d) = answer(dp, c, &reply(0xCC, 0));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+}
+
 #[test]
 fn a_refused_request_is_neutralised_and_its_answer_restored() {
     let mut dp = refusing();
@@ -88,25 +110,7 @@ fn a_refused_request_is_neutralised_and_its_answer_restored() {
     assert_eq!(d.cip[0].verdict, "pass", "the command itself is allowed");
     rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
 
-    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
-    assert_eq!(
-        (d.reason, d.verdict as u32),
-        (Reason::None, VERDICT_PASS),
-        "{d:?}"
-    );
-    rewritten(
-        &frame,
-        &d.frame_out,
-        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
-    );
-
-    // The session goes on: a read and its reply pass untouched.
-    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("Speed")));
-    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
-    assert_eq!(d.frame_out, frame);
-    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
-    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
-    assert_eq!(d.frame_out, frame);
+    restored_then_a_read_passes(&mut dp, &mut c);
 
     let traffic = dp.enip_traffic().unwrap();
     assert!(
@@ -449,22 +453,7 @@ fn requests_routed_by_an_unconnected_send() {
     let embedded = SERVICE + 2 + 4 + 4;
     assert_eq!(msg[embedded], WRITE_TAG);
     rewritten(&frame, &d.frame_out, &[(embedded, REFUSE_SERVICE)]);
-    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
-    assert_eq!(
-        (d.reason, d.verdict as u32),
-        (Reason::None, VERDICT_PASS),
-        "{d:?}"
-    );
-    rewritten(
-        &frame,
-        &d.frame_out,
-        &[(SERVICE, 0x80 | WRITE_TAG), (STATUS, REFUSE_STATUS)],
-    );
-    // The session goes on.
-    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
-    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
-    assert_eq!(d.frame_out, frame);
-    answer(&mut dp, &mut c, &reply(0xCC, 0));
+    restored_then_a_read_passes(&mut dp, &mut c);
 
     // The router may answer instead, with its own error: that passes as it is, and the
     // refusal is settled.

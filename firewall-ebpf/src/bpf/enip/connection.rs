@@ -202,34 +202,29 @@ pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
 fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
     let e = s.refusals.entries[i & (ENIP_REFUSALS_MAX - 1)];
     let total = a as u32 & 0x7ff;
-    let read = a & ANSWER_UNREAD == 0 && b32(s, 8) == 0 && b16(s, 30) >= 2;
-    // Where the CIP reply starts and ends. SendUnitData: the connected address item, then the
-    // connected data item: the sequence count, the CIP reply. SendRRData: encapsulation status
-    // 0 and the request's sender context, a null address item and an unconnected data item
-    // holding the CIP reply.
-    let (framed, cip, end) = if e.connected != 0 {
-        let item = b16(s, 42);
-        let framed = read
-            && total >= 50
-            && b16(s, 32) as u16 == ITEM_CONNECTED_ADDRESS
-            && b16(s, 34) == 4
-            && b16(s, 40) as u16 == ITEM_CONNECTED_DATA
-            && item >= 6
-            && 44 + item <= total;
-        (framed, 46, 44 + item)
+    // Where the CIP reply starts and ends: after the CPF item count, an address item and the
+    // data item's header. SendRRData: a null address item and an unconnected data item (the
+    // CIP reply), and the request's sender context echoed. SendUnitData: the connected address
+    // item (the connection id) and the connected data item (the sequence count, the CIP reply).
+    let (address, address_len, data, before) = if e.connected != 0 {
+        (ITEM_CONNECTED_ADDRESS, 4, ITEM_CONNECTED_DATA, 2)
     } else {
-        let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
-        let item = b16(s, 38);
-        let framed = read
-            && total >= 44
-            && context == e.context
-            && b16(s, 32) as u16 == ITEM_NULL
-            && b16(s, 34) == 0
-            && b16(s, 36) as u16 == ITEM_UNCONNECTED_DATA
-            && item >= 4
-            && 40 + item <= total;
-        (framed, 40, 40 + item)
+        (ITEM_NULL, 0, ITEM_UNCONNECTED_DATA, 0)
     };
+    let item_at = 36 + address_len;
+    let item = b16(s, item_at + 2);
+    let cip = item_at + 4 + before;
+    let end = item_at + 4 + item;
+    let context = b32(s, 12) as u64 | (b32(s, 16) as u64) << 32;
+    let framed = a & ANSWER_UNREAD == 0
+        && b32(s, 8) == 0
+        && b16(s, 30) >= 2
+        && b16(s, 32) as u16 == address
+        && b16(s, 34) == address_len
+        && b16(s, item_at) as u16 == data
+        && item >= 4 + before
+        && end <= total
+        && (e.connected != 0 || context == e.context);
     if !framed {
         return Reason::EnipRefusedAnswer as u8;
     }
