@@ -783,3 +783,37 @@ fn connected_requests_are_answered_by_their_sequence_count() {
     let (_, d) = answer(&mut dp, &mut c, &unit(SESSION, T2O, 15, &[0xCD, 0, 0, 0]));
     expect_reset(&d, Reason::EnipRefusedAnswer);
 }
+
+#[test]
+fn a_forward_open_the_rule_does_not_allow_is_refused_in_band() {
+    // Reads by tag only: no connections may be opened.
+    let mut dp = datapath(&policy("services: [read_tag]", "    on_deny: refuse"));
+    let mut c = session(&mut dp, 47100);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &forward_open(9, 3, false)));
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::CipServiceDenied, VERDICT_REFUSE),
+        "{d:?}"
+    );
+    rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
+    // The target's error comes back as the Forward_Open's, privilege violation.
+    let (frame, d) = answer(&mut dp, &mut c, &unsupported());
+    assert_eq!(d.verdict as u32, VERDICT_PASS, "{d:?}");
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(SERVICE, 0x80 | 0x54), (STATUS, REFUSE_STATUS)],
+    );
+    // No connection was opened: connected traffic on the ids a reply would have given is not
+    // known, and the session goes on.
+    let (_, d) = send(
+        &mut dp,
+        &mut c,
+        &unit(SESSION, 0x5500_0009, 1, &read_tag("A")),
+    );
+    assert_eq!(d.reason, Reason::EnipUnknownConnection, "{d:?}");
+    let mut c = session(&mut dp, 47101);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+}
