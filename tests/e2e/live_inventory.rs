@@ -255,6 +255,15 @@ fn first_uses_in_the_live_inventory() {
             && conversation(doc, &client_ip, &eng_ip, "tcp/44818")
                 .is_some_and(|c| !strings(&c["enip"]["services"]).is_empty())
     });
+    // Each asset on the bridge port its frames came in on.
+    for (ip, port) in [
+        (&client_ip, "otfwt-client"),
+        (&plc_ip, "otfwt-plc"),
+        (&eng_ip, "otfwt-eng"),
+    ] {
+        let a = asset(&doc, ip).unwrap_or_else(|| panic!("no asset {ip}: {doc:#}"));
+        assert_eq!(strings(&a["ports"]), [port], "{a:#}");
+    }
     let plc = conversation(&doc, &client_ip, &plc_ip, "tcp/502").unwrap();
     let functions = strings(&plc["modbus"]["functions"]);
     for code in ["(3)", "(4)", "(43/14)", "(6)"] {

@@ -195,6 +195,7 @@ mod tests {
             ip: std::net::IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]),
             macs: vec![],
             mac_vendors: vec![],
+            ports: vec![],
             first_seen: "2024-01-01T00:00:00.000000Z".into(),
             last_seen: format!("2024-01-01T00:{:02}:{:02}.000000Z", i / 60 % 60, i % 60),
             packets: 1,

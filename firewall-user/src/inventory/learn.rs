@@ -1059,6 +1059,7 @@ mod tests {
         let mut asset = Asset {
             ip: c.server,
             macs: Default::default(),
+            ports: Default::default(),
             seen: c.packets,
             serves: Default::default(),
             uses: Default::default(),

@@ -117,11 +117,27 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The name of the bridge port with index `ifindex` (in this network namespace), or
+/// `ifindex N` when it is gone.
+pub fn port_name(ifindex: u32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname(3) may write.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return format!("ifindex {ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Feeds a copied frame to `observer`: a flow's answer as an answer (its receiver is the
 /// client), a first use as a client's requests from the message it names, anything else as a
 /// frame of a capture.
 pub fn observe(observer: &mut Observer, record: &ObservedRecord, clock: &Clock) {
     let at = clock.at(record.ktime_ns);
+    observer.arriving_on(Some(port_name(record.ifindex)));
     match record.kind {
         OBSERVED_FLOW_ANSWERED => observer.answer(record.frame, at),
         OBSERVED_USE => observer.requests(record.frame, usize::from(record.message), at),
@@ -404,6 +420,19 @@ mod tests {
             ["16", "3", "8/4"]
         );
         assert_eq!(m.units.keys().copied().collect::<Vec<_>>(), [1, 9]);
+        // The records say the frames came in on ifindex 7, which is the port of their senders
+        // (named by the index when no interface has it).
+        let expected = port_name(7);
+        for (ip, ports) in [(CLIENT, vec![expected.clone()]), (SERVER, vec![expected])] {
+            let a = &o.inventory.assets[&IpAddr::from(ip)];
+            assert_eq!(a.ports.iter().cloned().collect::<Vec<_>>(), ports, "{ip:?}");
+        }
+    }
+
+    #[test]
+    fn ports_are_named() {
+        assert_eq!(port_name(1), "lo");
+        assert_eq!(port_name(u32::MAX), format!("ifindex {}", u32::MAX));
     }
 
     #[test]

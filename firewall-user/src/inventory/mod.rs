@@ -189,6 +189,10 @@ pub struct Asset {
     pub macs: BTreeSet<String>,
     /// Packets it sent or received.
     pub seen: Seen,
+    /// The gateway's bridge ports its frames arrived on (the live inventory knows them;
+    /// captures do not say).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub ports: BTreeSet<String>,
     /// Ports it answered on.
     #[serde(default)]
     pub serves: BTreeSet<Service>,
@@ -359,6 +363,7 @@ impl Inventory {
             match self.assets.get_mut(ip) {
                 Some(mine) => {
                     mine.macs.extend(theirs.macs.iter().cloned());
+                    mine.ports.extend(theirs.ports.iter().cloned());
                     mine.seen.merge(&theirs.seen);
                     mine.serves.extend(theirs.serves.iter().copied());
                     mine.uses.extend(theirs.uses.iter().copied());

@@ -97,6 +97,8 @@ enum Origin {
 pub struct Observer {
     pub inventory: Inventory,
     flows: HashMap<FlowKey, Flow>,
+    /// The bridge port the frames now being observed arrived on, when known.
+    port: Option<String>,
 }
 
 /// (client, client port, server, server port, transport).
@@ -129,7 +131,14 @@ impl Observer {
         Observer {
             inventory,
             flows: HashMap::new(),
+            port: None,
         }
+    }
+
+    /// The bridge port the next frames arrived on (`None`: not known), recorded on their
+    /// senders.
+    pub fn arriving_on(&mut self, port: Option<String>) {
+        self.port = port;
     }
 
     /// Observes every frame of a capture.
@@ -184,6 +193,10 @@ impl Observer {
         }
         .filter(|m| *m != SYNTHETIC_SOURCE && *m != SYNTHETIC_DESTINATION);
         self.asset(src, at, mac);
+        // The port the frame came in on is the sender's side of the gateway.
+        if let (Some(port), Some(a)) = (&self.port, self.inventory.assets.get_mut(&src)) {
+            a.ports.insert(port.clone());
+        }
         if is_unicast(dst) {
             self.asset(dst, at, None);
         }
@@ -290,6 +303,7 @@ impl Observer {
                 first: at,
                 last: at,
             },
+            ports: Default::default(),
             serves: Default::default(),
             uses: Default::default(),
             identity: Default::default(),

@@ -26,6 +26,8 @@ pub struct AssetRecord {
     pub macs: Vec<String>,
     /// The organisations the MAC addresses were assigned to (IEEE registries).
     pub mac_vendors: Vec<String>,
+    /// The gateway's bridge ports its frames arrived on (the live inventory; not captures).
+    pub ports: Vec<String>,
     pub first_seen: String,
     pub last_seen: String,
     pub packets: u64,
@@ -106,6 +108,7 @@ fn record(a: &Asset, zone: Option<String>, zones: &Zones, macs: &MacVendors) -> 
         host: zones.host_name(a.ip).map(str::to_owned),
         ip: a.ip,
         macs: a.macs.iter().cloned().collect(),
+        ports: a.ports.iter().cloned().collect(),
         mac_vendors,
         first_seen: a.seen.first.to_string(),
         last_seen: a.seen.last.to_string(),
@@ -274,7 +277,7 @@ pub fn write_json(
     Ok(())
 }
 
-const CSV_HEADER: [&str; 20] = [
+const CSV_HEADER: [&str; 21] = [
     "zone",
     "host",
     "ip",
@@ -295,6 +298,7 @@ const CSV_HEADER: [&str; 20] = [
     "modbus_vendor_name",
     "modbus_product_code",
     "modbus_revision",
+    "ports",
 ];
 
 /// One row per asset; lists are joined with spaces.
@@ -326,6 +330,7 @@ pub fn write_csv(records: &[AssetRecord], out: &mut impl Write) -> Result<()> {
             opt(m.and_then(|m| m.vendor_name.as_ref())),
             opt(m.and_then(|m| m.product_code.as_ref())),
             opt(m.and_then(|m| m.revision.as_ref())),
+            r.ports.join(" "),
         ])?;
     }
     w.flush()?;
@@ -351,9 +356,14 @@ pub fn write_text(
             .unwrap_or_default();
         writeln!(
             out,
-            "  {}{name}  {}  last seen {}  serves [{}]  uses [{}]  {}",
+            "  {}{name}  {}{}  last seen {}  serves [{}]  uses [{}]  {}",
             r.ip,
             r.macs.first().map_or("-", String::as_str),
+            if r.ports.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", r.ports.join(" "))
+            },
             r.last_seen,
             r.serves.join(" "),
             r.uses.join(" "),
