@@ -479,6 +479,23 @@ fn requests_routed_by_an_unconnected_send() {
     expect_reset(&d, Reason::EnipRefusedAnswer);
 }
 
+/// The Multiple Service Packet reply `a` passes with its entry `k`, the target's error for the
+/// neutral service, restored as the refused write's.
+fn entry_restored(dp: &mut Datapath, c: &mut Conn, a: &[u8], k: usize) {
+    let (frame, d) = answer(dp, c, a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let at = msp_entry(a, MSP_REPLY, k);
+    rewritten(
+        &frame,
+        &d.frame_out,
+        &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
+    );
+}
+
 #[test]
 fn unconnected_sends_and_multiple_service_packets_nest_both_ways() {
     let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
@@ -497,18 +514,7 @@ fn unconnected_sends_and_multiple_service_packets_nest_both_ways() {
     assert_eq!(msg[embedded], WRITE_TAG);
     rewritten(&frame, &d.frame_out, &[(embedded, REFUSE_SERVICE)]);
     let a = msp_reply(&[read.clone(), neutral.clone()]);
-    let (frame, d) = answer(&mut dp, &mut c, &a);
-    assert_eq!(
-        (d.reason, d.verdict as u32),
-        (Reason::None, VERDICT_PASS),
-        "{d:?}"
-    );
-    let at = msp_entry(&a, MSP_REPLY, 1);
-    rewritten(
-        &frame,
-        &d.frame_out,
-        &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
-    );
+    entry_restored(&mut dp, &mut c, &a, 1);
 
     // A packet inside an Unconnected Send: the Unconnected Send's reply is the packet's.
     let mut c = session(&mut dp, 46901);
@@ -525,18 +531,7 @@ fn unconnected_sends_and_multiple_service_packets_nest_both_ways() {
     assert_eq!(msg[write], WRITE_TAG);
     rewritten(&frame, &d.frame_out, &[(write, REFUSE_SERVICE)]);
     let a = msp_reply(&[neutral.clone(), read.clone()]);
-    let (frame, d) = answer(&mut dp, &mut c, &a);
-    assert_eq!(
-        (d.reason, d.verdict as u32),
-        (Reason::None, VERDICT_PASS),
-        "{d:?}"
-    );
-    let at = msp_entry(&a, MSP_REPLY, 0);
-    rewritten(
-        &frame,
-        &d.frame_out,
-        &[(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)],
-    );
+    entry_restored(&mut dp, &mut c, &a, 0);
 }
 
 /// `otfw replay` of a capture in which the target executed two writes the policy refuses (one

@@ -1311,22 +1311,7 @@ impl stream::Position for ModbusStream {
     const SYNCED: u8 = STREAM_SYNCED;
     const ACKED: u8 = STREAM_ACKED;
     const BOUNDARY: u8 = STREAM_BOUNDARY;
-    #[inline(always)]
-    fn flags(&mut self) -> &mut u8 {
-        &mut self.flags
-    }
-    #[inline(always)]
-    fn next_seq(&mut self) -> &mut u32 {
-        &mut self.next_seq
-    }
-    #[inline(always)]
-    fn boundary_seq(&mut self) -> &mut u32 {
-        &mut self.boundary_seq
-    }
-    #[inline(always)]
-    fn acked(&mut self) -> &mut u32 {
-        &mut self.acked
-    }
+    stream::position_fields!();
     #[inline(always)]
     fn pending(&self) -> bool {
         self.skip != 0 || self.carry_len != 0

@@ -54,6 +54,31 @@ pub trait Position {
     fn clear(&mut self);
 }
 
+/// The field accessors of [`Position`] for a stream state whose fields carry its names
+/// (`flags`, `next_seq`, `boundary_seq`, `acked`), as both inspectors' do: their `impl`s only
+/// add the flag bits, `pending` and `clear`.
+macro_rules! position_fields {
+    () => {
+        #[inline(always)]
+        fn flags(&mut self) -> &mut u8 {
+            &mut self.flags
+        }
+        #[inline(always)]
+        fn next_seq(&mut self) -> &mut u32 {
+            &mut self.next_seq
+        }
+        #[inline(always)]
+        fn boundary_seq(&mut self) -> &mut u32 {
+            &mut self.boundary_seq
+        }
+        #[inline(always)]
+        fn acked(&mut self) -> &mut u32 {
+            &mut self.acked
+        }
+    };
+}
+pub(crate) use position_fields;
+
 /// Remembers the highest acknowledgement of `stream`, never beyond what was passed.
 #[inline(always)]
 fn note_ack<S: Position>(stream: &mut S, ack: u32) {

@@ -456,22 +456,7 @@ impl stream::Position for EnipStream {
     const SYNCED: u8 = ESTREAM_SYNCED;
     const ACKED: u8 = ESTREAM_ACKED;
     const BOUNDARY: u8 = ESTREAM_BOUNDARY;
-    #[inline(always)]
-    fn flags(&mut self) -> &mut u8 {
-        &mut self.flags
-    }
-    #[inline(always)]
-    fn next_seq(&mut self) -> &mut u32 {
-        &mut self.next_seq
-    }
-    #[inline(always)]
-    fn boundary_seq(&mut self) -> &mut u32 {
-        &mut self.boundary_seq
-    }
-    #[inline(always)]
-    fn acked(&mut self) -> &mut u32 {
-        &mut self.acked
-    }
+    stream::position_fields!();
     #[inline(always)]
     fn pending(&self) -> bool {
         self.skip != 0 || self.have != 0
