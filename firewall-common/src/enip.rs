@@ -18,8 +18,14 @@ pub const MSG_BUF: usize = 2 * MSG_MAX as usize;
 pub const MAX_MESSAGES: u32 = 16;
 /// CIP requests checked per encapsulation message (containers and embedded requests).
 pub const MAX_REQUESTS: u32 = 32;
-/// Requests inside one Multiple Service Packet.
-pub const MAX_MSP_COUNT: u32 = 16;
+/// CIP requests checked per segment or datagram, over all its messages: bounds a packet's work
+/// (a Logix client pipelines several full Multiple Service Packets in one segment: 73 requests
+/// in the corpus).
+pub const MAX_SEGMENT_REQUESTS: u32 = 96;
+/// Requests inside one Multiple Service Packet. Logix clients pack as many reads as fit in
+/// one message (30 short Read Tags in the corpus); 31 keeps every position a bit of
+/// `EnipRefusal::positions` beside `POSITION_WHOLE`.
+pub const MAX_MSP_COUNT: u32 = 31;
 /// Nesting: top-level request = depth 0; a request inside MSP or Unconnected Send is one deeper.
 pub const MAX_DEPTH: u32 = 3;
 /// Entries of the explicit work stack of the nesting walk.
@@ -29,8 +35,9 @@ pub const MAX_SEGMENTS: u32 = 16;
 /// A tag name (symbolic segments joined with `.`) longer than this is refused
 /// (`cip_tag_too_long`). Logix names are at most 40 characters per segment.
 pub const TAG_MAX: u32 = 64;
-/// Records kept per frame for replay and tests.
-pub const MAX_RECORDS: usize = 32;
+/// Records kept per frame for replay, tests and the per-request counters (one per request and
+/// per message: `MAX_SEGMENT_REQUESTS` requests and their messages fit). A power of two.
+pub const MAX_RECORDS: usize = 128;
 /// Bytes of a tag name kept in a record or event.
 pub const TAG_KEEP: usize = 40;
 /// Recorded connections per flow (for Forward_Close).
@@ -215,44 +222,87 @@ pub struct PendingOpen {
     pub _pad: [u8; 2],
 }
 
-/// Refused CIP requests of one flow awaiting their answer (`on_deny: refuse`). Past this bound
-/// the connection is reset (`enip_refusals_full`): explicit messaging clients wait for each
-/// reply (or pipeline a few), so a client with more refused requests in flight (also in one
-/// Multiple Service Packet) is not one otfw keeps alive. The table lives in map memory
+/// Refusals of one flow awaiting their answer (`on_deny: refuse`): one entry per reply message
+/// and refused service, however many requests of that service the message carries (a Logix
+/// client packs thirty reads of a class the rule does not allow into one Multiple Service
+/// Packet). Past this bound the connection is reset (`enip_refusals_full`): explicit messaging
+/// clients wait for each reply or pipeline a few, so a client with more messages holding
+/// refused requests in flight is not one otfw keeps alive. The table lives in map memory
 /// (`EnipFlow::refusals`, copied to `EnipScratch::refusals` while a segment is framed), never
-/// on the stack; its walks are unrolled, so each entry costs verifier instructions (8: about
-/// 600k for `otfw_enip`, against 545k with 4).
+/// on the stack.
 pub const ENIP_REFUSALS_MAX: usize = 8;
-/// Byte rewrites per segment: one per refused request, two per restored answer.
-pub const ENIP_REWRITES_MAX: usize = 2 * ENIP_REFUSALS_MAX;
+/// Byte rewrites per segment: one per refused request, two per restored answer (a full segment
+/// of Multiple Service Packet replies to refused reads needs about 120). Past it the connection
+/// is reset (`enip_refusals_full`).
+pub const ENIP_REWRITES_MAX: usize = 256;
+/// Events of refused requests sent per segment; the counters count every one.
+pub const ENIP_REFUSED_EVENTS_MAX: usize = 8;
 
-/// A refused request. Of SendRRData: its answer is the SendRRData reply number `ordinal` of the
-/// connection (targets answer explicit requests of a connection in order; clients such as
-/// pycomm3 send one sender context for all), and it must echo the request's sender context
-/// (`context`). Of SendUnitData (`connected`, connected explicit messaging): its answer is the
-/// SendUnitData reply echoing the request's sequence count (`context`), as the transport
-/// requires.
+/// Refused requests of one reply message and one service. Of SendRRData: its answer is the
+/// SendRRData reply number `ordinal` of the connection (targets answer explicit requests of a
+/// connection in order; clients such as pycomm3 send one sender context for all), and it must
+/// echo the request's sender context (`context`). Of SendUnitData (`connected`, connected
+/// explicit messaging): its answer is the SendUnitData reply echoing the request's sequence
+/// count (`context`), as the transport requires.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EnipRefusal {
     pub context: u64,
-    pub ordinal: u32,
-    /// The client's service code (restored | 0x80 in the answer), the code the target got, and
-    /// the general status the client gets.
-    pub service: u8,
-    pub neutral: u8,
-    pub status: u8,
-    /// The request's position in the Multiple Service Packet whose reply holds its reply (that
-    /// entry of the packet's reply), `WHOLE_REPLY` when its reply is the whole CIP reply.
-    pub index: u8,
-    /// The request reached its target through an Unconnected Send: the router's own error
-    /// (`SVC_UNCONNECTED_SEND | 0x80`) may answer instead of the target's.
-    pub routed: u8,
-    pub connected: u8,
-    pub _pad: [u8; 6],
+    /// The rest of what an entry is matched by, packed so that a match is two compares
+    /// (`EnipRefusal::key`): the ordinal, the client's service code (restored | 0x80 in the
+    /// answer), the code the target got, the general status the client gets, whether the
+    /// requests reached their target through an Unconnected Send (the router's own error,
+    /// `SVC_UNCONNECTED_SEND | 0x80`, may answer instead of the target's), and whether they are
+    /// of SendUnitData.
+    pub key: u64,
+    /// Where in the reply the refused requests' replies are: bit `k`, entry `k` of a Multiple
+    /// Service Packet reply; `POSITION_WHOLE`, the whole CIP reply.
+    pub positions: u32,
+    pub _pad: u32,
 }
 
-/// `EnipRefusal::index` of a request whose reply is the whole CIP reply.
+impl EnipRefusal {
+    pub const fn key(
+        ordinal: u32,
+        service: u8,
+        neutral: u8,
+        status: u8,
+        routed: bool,
+        connected: bool,
+    ) -> u64 {
+        ordinal as u64
+            | (service as u64) << 32
+            | (neutral as u64) << 40
+            | (status as u64) << 48
+            | (routed as u64) << 56
+            | (connected as u64) << 57
+    }
+    pub const fn ordinal(&self) -> u32 {
+        self.key as u32
+    }
+    pub const fn service(&self) -> u8 {
+        (self.key >> 32) as u8
+    }
+    pub const fn neutral(&self) -> u8 {
+        (self.key >> 40) as u8
+    }
+    pub const fn status(&self) -> u8 {
+        (self.key >> 48) as u8
+    }
+    pub const fn routed(&self) -> bool {
+        self.key & 1 << 56 != 0
+    }
+    pub const fn connected(&self) -> bool {
+        self.key & 1 << 57 != 0
+    }
+}
+
+/// `EnipRefusal::positions` of a request whose reply is the whole CIP reply
+/// (`1 << FRAME_WHOLE`).
+pub const POSITION_WHOLE: u32 = 1 << FRAME_WHOLE;
+
+/// A reply position meaning the whole CIP reply, not an entry of a Multiple Service Packet
+/// reply (replay's model of the datapath's positions).
 pub const WHOLE_REPLY: u8 = 0xFF;
 
 /// `EnipScratch::frame_index`: the request's reply is entry `index & FRAME_POSITION` of a
@@ -472,7 +522,9 @@ pub struct EnipScratch {
     pub epoch: u32,
     pub session: u32,
     pub frames: u32,
+    /// CIP requests checked in the current message, and in the segment.
     pub requests: u32,
+    pub segment_requests: u32,
     pub records: u32,
     pub name_len: u32,
     pub conduit: u16,
@@ -525,7 +577,7 @@ pub struct EnipScratch {
     pub _pad4: [u8; 2],
     /// The trace records of the requests refused in this segment (`refused` of them): their
     /// events are sent once the segment passes.
-    pub refused_records: [u8; ENIP_REFUSALS_MAX],
+    pub refused_records: [u8; ENIP_REFUSED_EVENTS_MAX],
     /// The flow's refusals, updated as the segment is framed (written back if it passes).
     pub refusals: EnipRefusals,
     /// A request message of the segment was its connection's first use of a command or a

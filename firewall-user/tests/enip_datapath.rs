@@ -711,6 +711,14 @@ fn split_and_pipelined() {
     let mut c = session(&mut dp, 9103);
     let big = rr(SESSION, &req(0x4C, &tag_path("A"), &vec![0; 1100]));
     expect(&c.send(&mut dp, &big), Reason::EnipTooLong, "too long");
+    // Requests are bounded per message (32) and per segment (96): pipelined packets of 20
+    // reads (21 requests each) pass while the segment holds at most 96 requests.
+    let reads = rr(SESSION, &msp(&vec![read_tag("A"); 20]));
+    for (n, want) in [(4, Reason::None), (5, Reason::CipTooDeep)] {
+        let mut c = session(&mut dp, 9104 + n);
+        let segment = reads.repeat(n as usize);
+        expect(&c.send(&mut dp, &segment), want, &format!("{n} packets"));
+    }
 }
 
 /// Opens a connection with Forward_Open (class `class`), returns the session connection.

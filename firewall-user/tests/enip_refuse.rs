@@ -14,7 +14,7 @@ mod rewrite;
 use enip_common::*;
 use firewall_common::{
     counters::{VERDICT_DROP, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
-    enip::ENIP_REFUSALS_MAX,
+    enip::{ENIP_REFUSALS_MAX, MAX_MSP_COUNT},
     reason::Reason,
 };
 use modbus_common::{datapath, Conn};
@@ -244,6 +244,28 @@ fn refusals_awaiting_answers_are_bounded() {
 }
 
 #[test]
+fn replies_are_ranked_from_the_first_request_seen() {
+    let mut dp = refusing();
+    // Adopted mid-stream (no handshake seen): the first frame is the reply to a request sent
+    // before the firewall followed the connection. It answers nothing refused here, and the
+    // next reply is still the first request's.
+    let mut c = Conn::new(46450, 44818);
+    let (frame, d) = answer(&mut dp, &mut c, &reply(0xCC, 0));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    rewritten(&frame, &d.frame_out, &[(SERVICE, REFUSE_SERVICE)]);
+    restored_then_a_read_passes(&mut dp, &mut c);
+    // An unsolicited reply on a followed connection shifts nothing either.
+    let mut c = session(&mut dp, 46451);
+    answer(&mut dp, &mut c, &reply(0xCC, 0));
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &write_tag("A")));
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    restored_then_a_read_passes(&mut dp, &mut c);
+}
+
+#[test]
 fn other_denials_fall_back_to_drop() {
     let mut dp = refusing();
     let rows = [
@@ -327,6 +349,30 @@ fn msp_entry(msg: &[u8], data: usize, k: usize) -> usize {
 const MSP_REQUEST: usize = SERVICE + 6;
 const MSP_REPLY: usize = SERVICE + 4;
 
+/// The Multiple Service Packet reply of `entries` answers the refused writes at positions
+/// `refused` (their entries the neutral service's error): each is restored, nothing else
+/// changes. Then the session goes on: a read passes untouched.
+fn msp_restored(dp: &mut Datapath, c: &mut Conn, entries: &[Vec<u8>], refused: &[usize]) {
+    let a = msp_reply(entries);
+    let (frame, d) = answer(dp, c, &a);
+    assert_eq!(
+        (d.reason, d.verdict as u32),
+        (Reason::None, VERDICT_PASS),
+        "{d:?}"
+    );
+    let restored: Vec<(usize, u8)> = refused
+        .iter()
+        .flat_map(|&k| {
+            let at = msp_entry(&a, MSP_REPLY, k);
+            [(at, 0x80 | WRITE_TAG), (at + 2, REFUSE_STATUS)]
+        })
+        .collect();
+    rewritten(&frame, &d.frame_out, &restored);
+    let (frame, d) = send(dp, c, &rr(SESSION, &read_tag("A")));
+    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
+    assert_eq!(d.frame_out, frame);
+}
+
 #[test]
 fn requests_inside_a_multiple_service_packet() {
     let mut dp = refusing();
@@ -356,28 +402,12 @@ fn requests_inside_a_multiple_service_packet() {
     );
     let read = vec![0xCC, 0, 0, 0, 0xC3, 0, 1, 0];
     let neutral = vec![0x80 | REFUSE_SERVICE, 0, 0x08, 0];
-    let a = msp_reply(&[read.clone(), neutral.clone(), read.clone(), neutral.clone()]);
-    let (frame, d) = answer(&mut dp, &mut c, &a);
-    assert_eq!(
-        (d.reason, d.verdict as u32),
-        (Reason::None, VERDICT_PASS),
-        "{d:?}"
+    msp_restored(
+        &mut dp,
+        &mut c,
+        &[read.clone(), neutral.clone(), read.clone(), neutral.clone()],
+        &[1, 3],
     );
-    let at = |k: usize| msp_entry(&a, MSP_REPLY, k);
-    rewritten(
-        &frame,
-        &d.frame_out,
-        &[
-            (at(1), 0x80 | WRITE_TAG),
-            (at(1) + 2, REFUSE_STATUS),
-            (at(3), 0x80 | WRITE_TAG),
-            (at(3) + 2, REFUSE_STATUS),
-        ],
-    );
-    // The session goes on.
-    let (frame, d) = send(&mut dp, &mut c, &rr(SESSION, &read_tag("A")));
-    assert_eq!((d.reason, d.verdict as u32), (Reason::None, VERDICT_PASS));
-    assert_eq!(d.frame_out, frame);
 
     // The entry of the refused request must be the neutral service's error.
     let mut c = session(&mut dp, 46701);
@@ -385,10 +415,38 @@ fn requests_inside_a_multiple_service_packet() {
     send(&mut dp, &mut c, &msg);
     let (_, d) = answer(&mut dp, &mut c, &msp_reply(&[read.clone(), read.clone()]));
     expect_reset(&d, Reason::EnipRefusedAnswer);
-    // More refused requests in one packet than a flow keeps.
+
+    // A packet as full of refused writes as a packet can be (more than a flow keeps entries):
+    // one entry holds every position of the same reply and service, restored at each.
     let mut c = session(&mut dp, 46702);
-    let writes: Vec<Vec<u8>> = (0..=ENIP_REFUSALS_MAX).map(|_| write_tag("B")).collect();
-    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &msp(&writes)));
+    let n = MAX_MSP_COUNT as usize;
+    let msg = rr(SESSION, &msp(&vec![write_tag("B"); n]));
+    let (frame, d) = send(&mut dp, &mut c, &msg);
+    assert_eq!(d.verdict as u32, VERDICT_REFUSE, "{d:?}");
+    let neutralised: Vec<(usize, u8)> = (0..n)
+        .map(|k| (msp_entry(&msg, MSP_REQUEST, k), REFUSE_SERVICE))
+        .collect();
+    rewritten(&frame, &d.frame_out, &neutralised);
+    let all: Vec<usize> = (0..n).collect();
+    msp_restored(&mut dp, &mut c, &vec![neutral.clone(); n], &all);
+    // A packet one entry longer is malformed.
+    let mut c = session(&mut dp, 46703);
+    let (_, d) = send(
+        &mut dp,
+        &mut c,
+        &rr(SESSION, &msp(&vec![write_tag("B"); n + 1])),
+    );
+    assert_eq!(d.reason, Reason::CipBadMsp, "{d:?}");
+
+    // Refused requests of more services in one packet than a flow keeps entries.
+    let mut c = session(&mut dp, 46704);
+    let services = [0x02, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x10, 0x15];
+    assert!(services.len() > ENIP_REFUSALS_MAX);
+    let requests: Vec<Vec<u8>> = services
+        .iter()
+        .map(|&service| req(service, &cat(&[class8(0x64), inst8(1)]), &[]))
+        .collect();
+    let (_, d) = send(&mut dp, &mut c, &rr(SESSION, &msp(&requests)));
     expect_reset(&d, Reason::EnipRefusalsFull);
 }
 

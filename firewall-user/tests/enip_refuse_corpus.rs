@@ -4,9 +4,12 @@
 //! request carries the reserved service 0x7F; the captured reply to it is replaced by the
 //! target's error for that service. Prints the per-capture tally.
 //!
-//! Refused in-band are CIP requests of SendRRData, top-level or in a top-level Multiple Service
-//! Packet; a denied request of SendUnitData (connected messaging) or inside an Unconnected Send
-//! falls back to drop and ends its connection (`enip_blocked` after it), which the tally names.
+//! Refused in-band are CIP requests of SendRRData and SendUnitData whose reply can be located:
+//! top-level or in a Multiple Service Packet, through Unconnected Sends. A denied request that
+//! cannot be refused so (a packet's entry inside a packet's entry) falls back to drop and ends
+//! its connection (`enip_blocked` after it), and so does a refusal past the bounds of
+//! `ENIP_REFUSALS_MAX` (a one-sided capture whose client pipelines more refused messages than
+//! that without a reply); the tally names those causes.
 
 #[path = "common/corpus.rs"]
 #[allow(dead_code)] // the policy builder and the capture list are used here
@@ -43,8 +46,10 @@ fn decoded(path: &Path) -> HashMap<usize, Requests> {
         .collect()
 }
 
-/// Whether the frame was denied for a CIP request `refuse` answers in-band: one of SendRRData,
-/// top-level or in a top-level Multiple Service Packet, denied by its service or tag.
+/// Whether the frame was denied for a CIP request `refuse` answers in-band: one of SendRRData
+/// or SendUnitData, top-level or in a top-level Multiple Service Packet, denied by its service
+/// or tag. (Requests routed by an Unconnected Send are refused too; the table tests of
+/// enip_refuse.rs cover them, a record's depth does not tell them from a packet in a packet.)
 fn refusable(record: &Value) -> bool {
     let Some(cip) = record["cip"].as_array() else {
         return false;
@@ -55,7 +60,10 @@ fn refusable(record: &Value) -> bool {
         .map(|q| q["service"].clone());
     cip.iter().any(|q| {
         q["kind"] == "cip"
-            && q["command"] == "send_rr_data"
+            && matches!(
+                q["command"].as_str(),
+                Some("send_rr_data" | "send_unit_data")
+            )
             && matches!(
                 q["reason"].as_str(),
                 Some("cip_service_denied" | "cip_tag_denied")

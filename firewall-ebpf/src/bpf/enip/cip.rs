@@ -76,7 +76,8 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
     let depth = (arg >> 32) as u8 as u32;
     let cmd = b16(s, 0);
     s.requests += 1;
-    if s.requests > MAX_REQUESTS {
+    s.segment_requests += 1;
+    if s.requests > MAX_REQUESTS || s.segment_requests > MAX_SEGMENT_REQUESTS {
         return Reason::CipTooDeep as u64;
     }
     if len < 2 {
@@ -202,24 +203,14 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
         Reason::EnipRefusedSplit as u8
     } else if s.rewrites as usize >= ENIP_REWRITES_MAX {
         Reason::EnipRefusalsFull as u8
+    } else if otfw_enip_record(off as u64 | codes << 16) != 0 {
+        Reason::EnipRefusalsFull as u8
     } else {
-        let mut slot = ENIP_REFUSALS_MAX;
-        for i in 0..ENIP_REFUSALS_MAX {
-            if s.refusals.used & (1 << i) == 0 {
-                slot = i;
-                break;
-            }
-        }
-        if slot < ENIP_REFUSALS_MAX {
-            let n = masked(s.rewrites, (ENIP_REWRITES_MAX - 1) as u32);
-            s.rewrite_at[n] = (s.payload + s.pos + off - s.total) as u16;
-            s.rewrite_value[n] = codes as u8;
-            s.rewrites += 1;
-            record(s, slot, off, codes);
-            0
-        } else {
-            Reason::EnipRefusalsFull as u8
-        }
+        let n = masked(s.rewrites, (ENIP_REWRITES_MAX - 1) as u32);
+        s.rewrite_at[n] = (s.payload + s.pos + off - s.total) as u16;
+        s.rewrite_value[n] = codes as u8;
+        s.rewrites += 1;
+        0
     };
     if fail != 0 {
         s.fail = fail;
@@ -231,10 +222,18 @@ pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
     0
 }
 
-/// Records in entry `slot` what the answer to the refused request (service byte at `off`,
-/// neutralised to `codes`' low byte; general status for the client in its next byte) must be.
-#[inline(always)]
-fn record(s: &mut EnipScratch, slot: usize, off: u32, codes: u64) {
+/// Records what the answer to the refused request (service byte at `off`, bits 0..16;
+/// neutralised to the code in bits 16..24, the general status for the client in bits 24..32)
+/// must be: its position joins the entry of the same reply and service, else a free entry is
+/// taken. Returns 0, or 1 when the table is full. A global function: its walk of the table is
+/// checked once, and it keeps nothing on the refusing chain's stack.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_record(a: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 1;
+    };
+    let off = a as u32 & 0x7ff;
     let connected = b16(s, 0) == CMD_SEND_UNIT_DATA as u32;
     // SendUnitData: the sequence count of the connected data item (`cpf` checked the connected
     // address item before it), which the reply echoes. SendRRData: the sender context, and the
@@ -244,23 +243,44 @@ fn record(s: &mut EnipScratch, slot: usize, off: u32, codes: u64) {
     } else {
         b32(s, 12) as u64 | (b32(s, 16) as u64) << 32
     };
-    let service = b8(s, off) as u8;
     let frame = s.cip_index;
-    let ordinal = s.refusals.requests;
+    let key = EnipRefusal::key(
+        s.refusals.requests,
+        b8(s, off) as u8,
+        (a >> 16) as u8,
+        (a >> 24) as u8,
+        frame & FRAME_ROUTED != 0,
+        connected,
+    );
+    let position = 1u32 << (frame & FRAME_POSITION);
+    // A request joins the entry of the same reply, service and codes, at a position of a
+    // Multiple Service Packet reply the entry does not hold yet.
+    let taken = if position == POSITION_WHOLE {
+        u32::MAX
+    } else {
+        position | POSITION_WHOLE
+    };
+    let mut slot = ENIP_REFUSALS_MAX;
+    for i in 0..ENIP_REFUSALS_MAX {
+        let e = &mut s.refusals.entries[i];
+        if s.refusals.used & (1 << i) == 0 {
+            if slot == ENIP_REFUSALS_MAX {
+                slot = i;
+            }
+        } else if e.context == context && e.key == key && e.positions & taken == 0 {
+            e.positions |= position;
+            return 0;
+        }
+    }
+    if slot == ENIP_REFUSALS_MAX {
+        return 1;
+    }
     let e = &mut s.refusals.entries[slot & (ENIP_REFUSALS_MAX - 1)];
     e.context = context;
-    e.ordinal = ordinal;
-    e.service = service;
-    e.neutral = codes as u8;
-    e.status = (codes >> 8) as u8;
-    e.index = if frame & FRAME_POSITION == FRAME_WHOLE {
-        WHOLE_REPLY
-    } else {
-        frame & FRAME_POSITION
-    };
-    e.routed = (frame & FRAME_ROUTED != 0) as u8;
-    e.connected = connected as u8;
+    e.key = key;
+    e.positions = position;
     s.refusals.used |= 1 << slot;
+    0
 }
 
 #[inline(always)]

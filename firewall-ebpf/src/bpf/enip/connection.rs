@@ -168,6 +168,12 @@ pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
         b16(s, CONNECTED_SEQUENCE) as u64
     } else {
         let ordinal = s.refusals.replies;
+        if ordinal == s.refusals.requests {
+            // A reply beyond the requests that reached the target: it answers one sent before
+            // otfw followed the connection (adopted mid-stream), or none; either way it is no
+            // refused request's, and counting it would shift every later reply's rank.
+            return 0;
+        }
         s.refusals.replies = ordinal.wrapping_add(1);
         ordinal as u64
     };
@@ -178,35 +184,41 @@ pub extern "C" fn otfw_enip_answer(a: u64) -> u64 {
     for i in 0..ENIP_REFUSALS_MAX {
         let e = &s.refusals.entries[i];
         let matches = if connected {
-            e.connected != 0 && e.context == key
+            e.connected() && e.context == key
         } else {
-            e.connected == 0 && e.ordinal as u64 == key
+            !e.connected() && e.ordinal() as u64 == key
         };
         if s.refusals.used & (1 << i) == 0 || !matches {
             continue;
         }
         s.refusals.used &= !(1 << i);
         answered = 1;
-        let fail = restore(s, i, a);
+        let fail = otfw_enip_restore(a | (i as u64) << 32);
         if fail != 0 {
-            s.fail = fail;
+            s.fail = fail as u8;
             return 1;
         }
     }
     answered
 }
 
-/// Checks the reply in the scratch buffer answers refusal `i` as the target answers the neutral
-/// service, and queues its two rewrites. Returns 0, or the reason the connection is reset for.
-#[inline(always)]
-fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
-    let e = s.refusals.entries[i & (ENIP_REFUSALS_MAX - 1)];
+/// Checks the reply in the scratch buffer answers refusal entry `a >> 32` (`a`'s low bits as
+/// `otfw_enip_answer`'s) as the target answers the neutral service, at each of the entry's
+/// positions, and queues two rewrites per position. Returns 0, or the reason the connection is
+/// reset for. A global function: its walk of the positions is checked once.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_restore(a: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::EnipRefusedAnswer as u64;
+    };
+    let e = s.refusals.entries[(a >> 32) as usize & (ENIP_REFUSALS_MAX - 1)];
     let total = a as u32 & 0x7ff;
     // Where the CIP reply starts and ends: after the CPF item count, an address item and the
     // data item's header. SendRRData: a null address item and an unconnected data item (the
     // CIP reply), and the request's sender context echoed. SendUnitData: the connected address
     // item (the connection id) and the connected data item (the sequence count, the CIP reply).
-    let (address, address_len, data, before) = if e.connected != 0 {
+    let (address, address_len, data, before) = if e.connected() {
         (ITEM_CONNECTED_ADDRESS, 4, ITEM_CONNECTED_DATA, 2)
     } else {
         (ITEM_NULL, 0, ITEM_UNCONNECTED_DATA, 0)
@@ -224,51 +236,79 @@ fn restore(s: &mut EnipScratch, i: usize, a: u64) -> u8 {
         && b16(s, item_at) as u16 == data
         && item >= 4 + before
         && end <= total
-        && (e.connected != 0 || context == e.context);
+        && (e.connected() || context == e.context);
     if !framed {
-        return Reason::EnipRefusedAnswer as u8;
+        return Reason::EnipRefusedAnswer as u64;
     }
-    let mut at = cip;
-    if e.index != WHOLE_REPLY {
-        // A Multiple Service Packet reply: count and offsets (from the count) after the
-        // general and additional status; the refused request's reply is entry `index`.
-        let data = cip + 4 + b8(s, cip + 3) * 2;
-        if b8(s, cip) != (SVC_MSP | 0x80) as u32 || data + 2 > end {
-            return Reason::EnipRefusedAnswer as u8;
+    let place = |at: u32| a & 0x7ff | (at as u64) << 16 | (end as u64) << 32 | (a >> 32) << 48;
+    if e.positions == POSITION_WHOLE {
+        return otfw_enip_restore_at(place(cip));
+    }
+    // A Multiple Service Packet reply: count and offsets (from the count) after the general
+    // and additional status; each refused request's reply is the entry at its position.
+    let data = cip + 4 + b8(s, cip + 3) * 2;
+    if b8(s, cip) != (SVC_MSP | 0x80) as u32 || data + 2 > end {
+        return Reason::EnipRefusedAnswer as u64;
+    }
+    let count = b16(s, data);
+    for k in 0..MAX_MSP_COUNT {
+        if e.positions & (1 << k) == 0 {
+            continue;
         }
-        let count = b16(s, data);
-        let k = e.index as u32;
         if k >= count || data + 4 + 2 * k > end {
-            return Reason::EnipRefusedAnswer as u8;
+            return Reason::EnipRefusedAnswer as u64;
         }
-        at = data + b16(s, data + 2 + 2 * k);
+        let fail = otfw_enip_restore_at(place(data + b16(s, data + 2 + 2 * k)));
+        if fail != 0 {
+            return fail;
+        }
     }
+    0
+}
+
+/// Checks the reply at `at` (`a`: the message's length, bits 0..11; `at`, bits 16..27; where
+/// the CIP reply ends, bits 32..43; the refusal entry, bits 48..51) is the target's error for
+/// the neutral service and queues its restoration: service = the client's | 0x80, general
+/// status = the rule's. A routed request's router error passes as it is. Returns 0, or the
+/// reason the connection is reset for. A global function: checked once, not once per position
+/// of a Multiple Service Packet reply.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_restore_at(a: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::EnipRefusedAnswer as u64;
+    };
+    let total = a as u32 & 0x7ff;
+    let at = (a >> 16) as u32 & 0x7ff;
+    let end = (a >> 32) as u32 & 0x7ff;
+    let e = s.refusals.entries[(a >> 48) as usize & (ENIP_REFUSALS_MAX - 1)];
+    let fail = Reason::EnipRefusedAnswer as u64;
     if at + 4 > end || b8(s, at + 2) == 0 {
-        return Reason::EnipRefusedAnswer as u8;
+        return fail;
     }
     let service = b8(s, at);
-    if e.routed != 0 && service == (SVC_UNCONNECTED_SEND | 0x80) as u32 {
+    if e.routed() && service == (SVC_UNCONNECTED_SEND | 0x80) as u32 {
         // The router's error for the Unconnected Send the client sent: the neutralised request
         // never reached its target, and the client gets the router's answer as it is.
         return 0;
     }
-    if service != (e.neutral | 0x80) as u32 {
-        return Reason::EnipRefusedAnswer as u8;
+    if service != (e.neutral() | 0x80) as u32 {
+        return fail;
     }
     if s.pos + at < total {
-        return Reason::EnipRefusedSplit as u8;
+        return Reason::EnipRefusedSplit as u64;
     }
     let n = s.rewrites;
     if n as usize + 2 > ENIP_REWRITES_MAX {
-        return Reason::EnipRefusalsFull as u8;
+        return Reason::EnipRefusalsFull as u64;
     }
     let at = s.payload + s.pos + at - total;
     let j = masked(n, (ENIP_REWRITES_MAX - 1) as u32);
     s.rewrite_at[j] = at as u16;
-    s.rewrite_value[j] = e.service | 0x80;
+    s.rewrite_value[j] = e.service() | 0x80;
     let j = masked(n + 1, (ENIP_REWRITES_MAX - 1) as u32);
     s.rewrite_at[j] = (at + 2) as u16;
-    s.rewrite_value[j] = e.status;
+    s.rewrite_value[j] = e.status();
     s.rewrites = n + 2;
     0
 }

@@ -66,6 +66,7 @@ pub(super) fn setup(
     s.messages = 0;
     s.records = 0;
     s.requests = 0;
+    s.segment_requests = 0;
     s.opened_ok = 0;
     s.closed_ok = 0;
     s.total = 0;
@@ -271,6 +272,7 @@ pub extern "C" fn otfw_enip_message(total: u64) -> u64 {
     let cmd = b16(s, 0);
     let idx = note(s, cmd, REC_COMMAND, 0, 0, 0, 0, 0);
     s.total = total;
+    s.requests = 0;
     otfw_enip_use(cmd as u64 | USE_COMMAND);
     let r = message(s, total, cmd);
     if cmd == CMD_SEND_RR_DATA as u32 && s.udp == 0 && (r == R_NONE || s.monitor != 0) {

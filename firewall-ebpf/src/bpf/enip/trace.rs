@@ -88,20 +88,21 @@ pub(super) fn refused(s: &mut EnipScratch, reason: u8, idx: u32) {
         }
     }
     let n = s.refused as usize;
-    if n < ENIP_REFUSALS_MAX {
+    if n < ENIP_REFUSED_EVENTS_MAX {
         s.refused_records[n] = idx as u8;
     }
-    s.refused += 1;
+    s.refused = s.refused.saturating_add(1);
 }
 
-/// Sends the events of the requests refused in-band in a segment that passed.
+/// Sends the events of the requests refused in-band in a segment that passed (the first
+/// `ENIP_REFUSED_EVENTS_MAX`; the counters count them all).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_refused_events() -> u64 {
     let (Some(s), Some(t)) = (scratch(), ENIP_TRACE.get_ptr(0)) else {
         return 0;
     };
-    for i in 0..ENIP_REFUSALS_MAX {
+    for i in 0..ENIP_REFUSED_EVENTS_MAX {
         if i as u32 >= s.refused as u32 {
             break;
         }
