@@ -224,6 +224,17 @@ conduits:
     )
 }
 
+/// SIGUSR1 to `otfw run`, then the `stats` event it answers with.
+pub fn stats(otfw: &mut LabProcess) -> serde_json::Value {
+    let pid = libc::pid_t::try_from(otfw.pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let line = otfw
+        .wait_for_line(|l| l.contains(r#""event":"stats""#), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("no stats event: {e:#}"));
+    serde_json::from_str(&line).unwrap()
+}
+
 /// Removes the inventory `otfw run --instance INSTANCE` keeps of the live datapath
 /// (`/var/lib/otfw/INSTANCE.inventory.json`), which outlives the instance by design.
 pub fn remove_inventory(instance: &str) {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use otfw_tests::{HoldSummary, Lab, LabProcess, TcpOutcome};
+use otfw_tests::{HoldSummary, Lab, TcpOutcome};
 use serde_json::Value;
 
 use crate::common::{self, v4, Firewall};
@@ -43,17 +43,6 @@ fn is_event(line: &str, name: &str) -> bool {
     event(line)["event"] == name
 }
 
-/// SIGUSR1, then the `stats` event it answers with.
-fn request_stats(otfw: &mut LabProcess) -> Value {
-    let pid = libc::pid_t::try_from(otfw.pid()).unwrap();
-    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    let line = otfw
-        .wait_for_line(|line| is_event(line, "stats"), Duration::from_secs(5))
-        .unwrap();
-    event(&line)
-}
-
 #[test]
 fn sigusr1_reports_counters_by_reason_and_conduit() {
     let (lab, fw) = start();
@@ -71,7 +60,7 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
         TcpOutcome::TimedOut
     );
 
-    let stats = request_stats(&mut otfw);
+    let stats = common::stats(&mut otfw);
     assert_eq!(stats["epoch"], 1, "{stats}");
     let passed = &stats["conduits"]["left-to-right"]["pass"];
     assert!(passed["packets"].as_u64().unwrap_or(0) >= 4, "{stats}");
@@ -95,7 +84,7 @@ fn sigusr1_reports_counters_by_reason_and_conduit() {
     }
 
     // Counters only grow.
-    let again = request_stats(&mut otfw);
+    let again = common::stats(&mut otfw);
     assert!(
         again["conduits"]["left-to-right"]["pass"]["packets"].as_u64()
             >= passed["packets"].as_u64()

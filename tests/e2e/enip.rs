@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use otfw_tests::{
-    enip_initial as initial, require_enip_peers, EnipClient, EnipOp, EnipResult, EnipServer, Lab,
+    enip_initial as initial, require_enip_peers, CipReply, EnipClient, EnipOp, EnipResult,
+    EnipServer, Lab,
 };
 use serde_json::{json, Value};
 
@@ -22,7 +23,24 @@ const PORT: u16 = 44818;
 
 const READ_ONLY: &str = "{ services: [read] }";
 
+/// The CIP service a refused write asks for, and the general status `on_deny: refuse` answers
+/// it with by default (privilege violation).
+const WRITE_TAG: u8 = 0x4D;
+const PRIVILEGE_VIOLATION: u8 = 0x0F;
+/// A refused request is answered within one round trip: far sooner than the client's timeout
+/// (a round trip in the lab takes milliseconds).
+const ROUND_TRIP: Duration = Duration::from_secs(1);
+
 fn setup(on_deny: &str, client_rule: &str) -> (Lab, Firewall, EnipServer) {
+    setup_with(on_deny, client_rule, &[])
+}
+
+/// As [`setup`], the simulator started with `server_options` (`enip_server.py`'s).
+fn setup_with(
+    on_deny: &str,
+    client_rule: &str,
+    server_options: &[&str],
+) -> (Lab, Firewall, EnipServer) {
     require_enip_peers().unwrap_or_else(|e| panic!("{e:#}"));
     let lab = common::lab(&common::plant_hosts());
     let fw = Firewall::start(
@@ -30,7 +48,7 @@ fn setup(on_deny: &str, client_rule: &str) -> (Lab, Firewall, EnipServer) {
         &common::plant_policy("enip", on_deny, client_rule, "{ services: [read, write] }"),
     );
     let server = lab
-        .enip_server("plc", PORT)
+        .enip_server_with("plc", PORT, server_options)
         .unwrap_or_else(|e| panic!("{e:#}"));
     (lab, fw, server)
 }
@@ -268,4 +286,143 @@ fn tags_allowlist_allows_listed_tags_only() {
         }
     }
     assert_eq!(server.tags().unwrap(), EnipServer::initial_tags());
+}
+
+/// The four shapes of a write followed by a read of its tag on the same session, in the order
+/// of [`writes`] (so [`write_events`] applies): each with the replies the refused write gets
+/// (a Multiple Service Packet's: its read of `Line1_Speed` served, the write refused) and the
+/// value the read returns, the tag's initial one. `status`: the general status the client
+/// gets for a refused request.
+fn writes_then_reads(value: i64, status: u8) -> [(EnipOp, Vec<CipReply>, i64); 4] {
+    let refused = CipReply::error(WRITE_TAG, status);
+    [
+        (
+            EnipOp::WriteRead(tag("Line1_Speed"), value),
+            vec![refused.clone()],
+            initial::LINE1_SPEED,
+        ),
+        (
+            EnipOp::WriteUcsRead(tag("Recipe_Setpoint"), value),
+            vec![refused.clone()],
+            initial::RECIPE_SETPOINT,
+        ),
+        (
+            EnipOp::WriteConnectedRead(tag("Line1_Speed"), value),
+            vec![refused.clone()],
+            initial::LINE1_SPEED,
+        ),
+        (
+            EnipOp::WriteMspRead(tag("Recipe_Setpoint"), value),
+            vec![CipReply::read([initial::LINE1_SPEED]), refused],
+            initial::RECIPE_SETPOINT,
+        ),
+    ]
+}
+
+/// With `on_deny: refuse`, every shape of write on the read-only conduit (plain SendRRData,
+/// inside an Unconnected Send, connected, inside a Multiple Service Packet with a read) gets,
+/// within one round trip, a CIP error for its own service (Write Tag | 0x80) with general
+/// status 0x0F, privilege violation: otfw sent the simulator the request with a reserved
+/// service code, and restored the simulator's "service not supported" for the client. The
+/// read that follows on the same session (and the same connection, for the connected write)
+/// is served with the tag's unchanged value, and the simulator's memory holds the initial
+/// values. Both clients; each refusal is an `enip_denied` event with verdict `refuse`.
+#[test]
+fn read_only_conduit_refuses_writes_in_band() {
+    writes_are_refused_in_band(READ_ONLY, PRIVILEGE_VIOLATION);
+}
+
+/// The rule's `refuse` codes: the refused request goes to the simulator with another reserved
+/// service code (0x64, which it answers "service not supported" too), and the client gets the
+/// rule's general status (0x10, device state conflict) for its own service.
+#[test]
+fn refusal_codes_are_the_rules() {
+    writes_are_refused_in_band(
+        "{ services: [read], refuse: { service: 0x64, status: 0x10 } }",
+        0x10,
+    );
+}
+
+/// Every shape of write on the conduit of `rule` (reads only, `on_deny: refuse`) is refused
+/// with general `status` and the session goes on: see
+/// [`read_only_conduit_refuses_writes_in_band`].
+fn writes_are_refused_in_band(rule: &str, status: u8) {
+    let (lab, mut fw, mut server) = setup("refuse", rule);
+    let plc = server.addr;
+    for client in EnipClient::ALL {
+        let name = client.name();
+        let cases = writes_then_reads(-7, status);
+        let ops: Vec<EnipOp> = cases.iter().map(|(op, ..)| op.clone()).collect();
+        let results = run(&lab, client, "client", plc, &ops);
+        for ((op, refused, value), result) in cases.iter().zip(results) {
+            let EnipResult::Session(steps) = result else {
+                panic!("{name} {op}: not a session: {result:?}");
+            };
+            let seen: Vec<&EnipResult> = steps.iter().map(|step| &step.result).collect();
+            assert_eq!(
+                seen,
+                [
+                    &EnipResult::Replies(refused.clone()),
+                    &EnipResult::Replies(vec![CipReply::read([*value])]),
+                ],
+                "{name} {op}: the write refused for its own service, then the read served"
+            );
+            let (write, read) = (&steps[0], &steps[1]);
+            assert!(
+                write.session.is_some() && write.port.is_some(),
+                "{name} {op}: {write:?}"
+            );
+            assert_eq!(
+                (read.session, read.port),
+                (write.session, write.port),
+                "{name} {op}: the read went on the write's session and TCP connection"
+            );
+            for step in &steps {
+                assert!(
+                    step.elapsed < ROUND_TRIP,
+                    "{name} {op}: a reply took {:?}",
+                    step.elapsed
+                );
+            }
+        }
+        write_events(&mut fw, client, "refuse");
+        assert_eq!(
+            server.tags().unwrap(),
+            EnipServer::initial_tags(),
+            "{name}: the refused writes changed the simulator's tags"
+        );
+    }
+}
+
+/// A target that cannot answer the reserved service code with a CIP error gets the connection
+/// reset (fail closed, `enip_refused_answer`): cpppo's simulator as shipped answers the
+/// neutralised write with an encapsulation error and no CIP reply. The write is still refused
+/// (the simulator's tags are unchanged) and reported as such; the client sees its connection
+/// reset instead of a reply.
+#[test]
+fn refusal_resets_a_connection_whose_target_cannot_answer_it() {
+    let (lab, mut fw, mut server) = setup_with("refuse", READ_ONLY, &["--as-shipped"]);
+    let plc = server.addr;
+    for client in EnipClient::ALL {
+        let name = client.name();
+        let op = EnipOp::WriteRead(tag("Line1_Speed"), -7);
+        let result = one(&lab, client, "client", plc, op);
+        let EnipResult::Session(steps) = result else {
+            panic!("{name}: not a session: {result:?}");
+        };
+        let seen: Vec<&EnipResult> = steps.iter().map(|step| &step.result).collect();
+        assert_eq!(seen, [&EnipResult::Reset], "{name}: {steps:?}");
+        let event = denied_event(&mut fw);
+        assert_eq!(event["reason"], "cip_service_denied", "{name}: {event}");
+        assert_eq!(event["verdict"], "refuse", "{name}: {event}");
+        assert_eq!(server.tags().unwrap(), EnipServer::initial_tags(), "{name}");
+    }
+    let stats = common::stats(&mut fw.process);
+    let resets = stats["reasons"]["enip_refused_answer"]["reset"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        resets >= 2,
+        "a connection reset per client for the simulator's answer: {stats}"
+    );
 }

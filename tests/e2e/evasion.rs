@@ -11,7 +11,7 @@ use std::time::Duration;
 use otfw_tests::{
     modbus_initial as initial, require_enip_peers, require_modbus_peers, venv_python,
 };
-use otfw_tests::{repo_root, Lab, LabProcess};
+use otfw_tests::{repo_root, Lab};
 use serde_json::Value;
 
 use crate::common::{self, Firewall};
@@ -65,17 +65,6 @@ fn attack(lab: &Lab, protocol: &str, port: u16) -> Vec<Value> {
     lines
 }
 
-/// SIGUSR1, then the `stats` event `otfw run` answers with.
-fn stats(otfw: &mut LabProcess) -> Value {
-    let pid = libc::pid_t::try_from(otfw.pid()).unwrap();
-    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    let line = otfw
-        .wait_for_line(|l| l.contains(r#""event":"stats""#), Duration::from_secs(5))
-        .unwrap();
-    serde_json::from_str(&line).unwrap()
-}
-
 /// Every case's reason counted, nothing framed as a refused request (`denied` reasons), and
 /// the connection usable after the cases that keep it, reading `expected`.
 fn check(lines: &[Value], stats: &Value, denied: &[&str], expected: Value) {
@@ -119,7 +108,7 @@ fn modbus_server_never_sees_what_the_firewall_could_not_frame() {
         .modbus_server("plc", 502)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let lines = attack(&lab, "modbus", 502);
-    let stats = stats(&mut fw.process);
+    let stats = common::stats(&mut fw.process);
     check(
         &lines,
         &stats,
@@ -151,7 +140,7 @@ fn enip_server_never_sees_what_the_firewall_could_not_frame() {
         .enip_server("plc", 44818)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let lines = attack(&lab, "enip", 44818);
-    let stats = stats(&mut fw.process);
+    let stats = common::stats(&mut fw.process);
     let initial = otfw_tests::EnipServer::initial_tags();
     check(
         &lines,

@@ -22,6 +22,17 @@ Each OP runs on a connection of its own (TCP connect, RegisterSession, the reque
                               Read Tag of Line1_Speed, in SendRRData; pycomm3: LogixDriver's
                               write of TAG and Line1_Count, connected)
 
+A session op sends a write and then a read of the same tag on one session (one TCP
+connection, one RegisterSession; the connected one on one Forward Open connection), each in
+the op's shape, to see what a refused write leaves of the session:
+
+    write_read:TAG:VALUE           write, then read, in SendRRData to the Message Router
+    write_ucs_read:TAG:VALUE       write, then read, each inside an Unconnected Send
+    write_connected_read:TAG:VALUE Forward Open, then write and read in SendUnitData
+    write_msp_read:TAG:VALUE       a Multiple Service Packet of a Read Tag of Line1_Speed and
+                                   the write (cpppo: SendRRData; pycomm3: connected), then
+                                   the read alone (the same transport)
+
 TAG is a name of `enip_tags.py` (its type comes from there), optionally with an element
 (`Secret[2]`); reading an array tag without an element reads all its elements.
 
@@ -35,6 +46,19 @@ Each op prints one JSON line:
     {"op": ..., "result": "closed"}                the peer closed the connection
     {"op": ..., "result": "connect_failed"}        no connection (refused or timed out)
     {"op": ..., "result": "error", "detail": ...}
+
+A session op prints one line with a step per request sent, in order; a step that got no
+reply ends the session:
+
+    {"op": ..., "result": "session", "steps": [STEP, ...]}
+    STEP: {"result": "replies", "replies": [REPLY, ...], "session": S, "port": P, "ms": T}
+          or the fields of a failure above ({"result": "timeout", ...}), with "ms"
+    REPLY: {"service": N, "status": N} and, for a Read Tag answered with status 0,
+           "values": [...]; one per request (a Multiple Service Packet's: one per entry)
+
+S is the session handle and P the client's TCP port the request went out on, T how long it
+took in milliseconds, N the CIP reply's service code and general status as the client decoded
+them.
 
 The exit status is 0 when every line was printed, whatever the results. After a failure the
 connection is aborted (RST) instead of closed: a firewall that drops the rest of a refused
@@ -56,6 +80,7 @@ TYPE_CODES = {code: fmt for code, fmt in CIP_TYPES.values()}
 
 READS = {"read", "read_ucs", "read_connected", "multi_read"}
 WRITES = {"write", "write_ucs", "write_connected", "write_msp"}
+SESSIONS = {"write_read", "write_ucs_read", "write_connected_read", "write_msp_read"}
 OTHERS = {"list_identity", "list_identity_udp"}
 
 
@@ -98,7 +123,7 @@ def parse_op(text):
     if name in READS:
         tag_type(rest)
         return name, rest, None
-    if name in WRITES:
+    if name in WRITES or name in SESSIONS:
         tag, _, value = rest.partition(":")
         tag_type(tag)
         try:
@@ -130,6 +155,41 @@ def classify(error):
             return {"result": "connect_failed"}
         seen = seen.__cause__ or seen.__context__
     return {"result": "error", "detail": f"{type(error).__name__}: {error}"}
+
+
+def step(request, where):
+    """Runs one request of a session op: its STEP fields (see the module's docstring)."""
+    begun = time.monotonic()
+    try:
+        replies = request()
+        fields = {"result": "replies", "replies": replies, **where()}
+    except Exception as error:  # every failure is a result
+        fields = classify(error)
+    fields["ms"] = round((time.monotonic() - begun) * 1000.0, 1)
+    return fields
+
+
+def steps(requests, where):
+    """The STEPs of `requests` sent one after the other, up to the first that got no reply."""
+    done = []
+    for request in requests:
+        done.append(step(request, where))
+        if done[-1]["result"] != "replies":
+            break
+    return done
+
+
+def ended_early(done):
+    """Whether a session op's last STEP got no reply: its connection is aborted, not closed."""
+    return done[-1]["result"] != "replies"
+
+
+def values(data):
+    """The values of a Read Tag reply's data: the type code, then the elements."""
+    code, = struct.unpack_from("<H", data)
+    fmt = TYPE_CODES[code][1]
+    count = (len(data) - 2) // struct.calcsize("<" + fmt)
+    return list(struct.unpack_from("<" + fmt * count, data, 2))
 
 
 def abort(sock):
@@ -193,40 +253,45 @@ class Cpppo:
         route = {} if routed else {"route_path": [], "send_path": ""}
         return list(self.client.parse_operations([text], **route))[0]
 
-    def transact(self, operations, connected=False, multiple=False):
-        """Sends the operations on a new connection; returns one value per operation."""
+    def harvest(self, connection, operations, multiple=False):
+        """Sends the operations on an open connection (in one Multiple Service Packet if
+        `multiple`); returns cpppo's (reply, status, value) for each."""
+        begun = time.monotonic()
+        self.reset = False
+        results = []
+        try:
+            harvest = connection.synchronous(
+                operations=operations,
+                multiple=500 if multiple else 0,
+                timeout=self.timeout,
+            )
+            for _, _, _, reply, status, value in harvest:
+                results.append((reply, status, value))
+        except AssertionError as error:
+            if "No Reply" in str(error):
+                raise Timeout(str(error)) from error
+            raise
+        if len(results) != len(operations):
+            # cpppo's harvest ends early when the connection is reset or closed, and when no
+            # reply comes in time.
+            if self.reset:
+                raise ConnectionResetError("the connection was reset")
+            if time.monotonic() - begun >= self.timeout * 0.9:
+                raise Timeout("no reply in time")
+            raise Closed("the connection ended before every reply")
+        return results
+
+    def on_connection(self, connected, action, broken=lambda result: False):
+        """Runs `action(connection)` on a new connection; closes it cleanly if that returns a
+        result that is not `broken`, aborts it otherwise."""
         connection = self.connect(connected)
         sock = connection.conn
         clean = False
-        begun = time.monotonic()
-        self.reset = False
         try:
-            results = []
-            try:
-                with connection:
-                    harvest = connection.synchronous(
-                        operations=operations,
-                        multiple=500 if multiple else 0,
-                        timeout=self.timeout,
-                    )
-                    for _, _, _, _, status, value in harvest:
-                        if status not in (0, None):
-                            raise Status(status)
-                        results.append(value)
-            except AssertionError as error:
-                if "No Reply" in str(error):
-                    raise Timeout(str(error)) from error
-                raise
-            if len(results) != len(operations):
-                # cpppo's harvest ends early when the connection is reset or closed, and
-                # when no reply comes in time.
-                if self.reset:
-                    raise ConnectionResetError("the connection was reset")
-                if time.monotonic() - begun >= self.timeout * 0.9:
-                    raise Timeout("no reply in time")
-                raise Closed("the connection ended before every reply")
-            clean = True
-            return results
+            with connection:
+                result = action(connection)
+            clean = not broken(result)
+            return result
         finally:
             if clean:
                 connection.close()
@@ -234,6 +299,43 @@ class Cpppo:
                 abort(sock)
                 # Nothing more to send on it (no Forward Close when collected).
                 connection.conn = None
+
+    def transact(self, operations, connected=False, multiple=False):
+        """Sends the operations on a new connection; returns one value per operation."""
+
+        def action(connection):
+            results = []
+            for _, status, value in self.harvest(connection, operations, multiple):
+                if status not in (0, None):
+                    raise Status(status)
+                results.append(value)
+            return results
+
+        return self.on_connection(connected, action)
+
+    def write_then_read(self, name, tag, value):
+        """A session op (see the module's docstring): its STEPs."""
+        routed = name == "write_ucs_read"
+        write = self.operation(tag, value, routed=routed)
+        first = [self.operation("Line1_Speed"), write] if name == "write_msp_read" else [write]
+        then = [self.operation(tag, routed=routed)]
+
+        def action(connection):
+            def send(operations):
+                replies = []
+                for reply, _, value in self.harvest(connection, operations, len(operations) > 1):
+                    fields = {"service": reply.service, "status": reply.status}
+                    if reply.status == 0 and isinstance(value, list):
+                        fields["values"] = value
+                    replies.append(fields)
+                return replies
+
+            def where():
+                return {"session": connection.session, "port": connection.conn.getsockname()[1]}
+
+            return steps([lambda: send(first), lambda: send(then)], where)
+
+        return self.on_connection(name == "write_connected_read", action, ended_early)
 
     def list_identity(self, udp=False):
         if udp:
@@ -275,6 +377,8 @@ class Cpppo:
             operations = [self.operation("Line1_Speed"), self.operation(tag, value)]
             self.transact(operations, multiple=True)
             return []
+        if name in SESSIONS:
+            return self.write_then_read(name, tag, value)
         raise ValueError(f"cpppo: `{name}` is not supported")
 
 
@@ -291,6 +395,8 @@ class Pycomm3:
         from pycomm3.cip import PADDED_EPATH
         from pycomm3.cip_driver import with_forward_open
         from pycomm3.packets import GenericConnectedRequestPacket, GenericUnconnectedRequestPacket
+        from pycomm3.packets import MultiServiceRequestPacket, ReadTagRequestPacket
+        from pycomm3.packets import WriteTagRequestPacket
         from pycomm3.packets.ethernetip import SendRRDataRequestPacket, SendUnitDataRequestPacket
         from pycomm3.packets.util import tag_request_path, wrap_unconnected_send
 
@@ -334,6 +440,9 @@ class Pycomm3:
 
         self.SymbolicRequest = SymbolicRequest
         self.SymbolicConnectedRequest = SymbolicConnectedRequest
+        self.MultiServiceRequestPacket = MultiServiceRequestPacket
+        self.ReadTagRequestPacket = ReadTagRequestPacket
+        self.WriteTagRequestPacket = WriteTagRequestPacket
         self.with_forward_open = with_forward_open
 
     def path(self):
@@ -363,7 +472,9 @@ class Pycomm3:
         driver.socket_timeout = self.timeout
         return driver
 
-    def session(self, logix, action):
+    def session(self, logix, action, broken=lambda result: False):
+        """Runs `action(driver)` on a new session; closes it cleanly if that returns a result
+        that is not `broken`, aborts its connection otherwise."""
         driver = self.driver(logix)
         clean = False
         try:
@@ -373,7 +484,7 @@ class Pycomm3:
                 # Symbolic paths: the hand-made tags have no instance ids.
                 driver._cfg["use_instance_ids"] = False
             result = action(driver)
-            clean = True
+            clean = not broken(result)
             return result
         finally:
             if clean:
@@ -396,6 +507,85 @@ class Pycomm3:
                 raise Status(status)
             raise Closed(f"no valid reply: {response.error}")
         return response.data
+
+    def sent(self, driver, request, at):
+        """Sends a request and returns its response packet; `at`: where the CIP reply starts
+        in the message (after the encapsulation header and the items' headers)."""
+        response = driver.send(request)
+        if response.raw is None:
+            raise Closed(f"no reply: {response.error}")
+        if response.command_status != 0:
+            raise Closed(f"encapsulation status {response.command_status}")
+        if len(response.raw) < at + 4:
+            raise Closed(f"a reply of {len(response.raw)} bytes")
+        return response
+
+    def reply(self, response, service_at):
+        """REPLY fields of a response packet whose CIP reply's service code is at `service_at`
+        of its raw message (pycomm3 decodes the general status and finds the data)."""
+        fields = {"service": response.raw[service_at], "status": response.service_status}
+        if fields["service"] == 0xCC and response.service_status == 0:
+            fields["values"] = values(response.data)
+        return fields
+
+    def write_then_read(self, name, tag, value):
+        """A session op (see the module's docstring): its STEPs. Single requests go as in the
+        other ops (symbolic paths); the Multiple Service Packet is LogixDriver's packet of a
+        ReadTagRequestPacket and a WriteTagRequestPacket, on its connection."""
+        kind, _, _ = tag_type(tag)
+        code, fmt = CIP_TYPES[kind]
+        write_data = struct.pack("<HH", code, 1) + struct.pack(fmt, value)
+        read_data = struct.pack("<H", element_count(tag))
+        connected = name in ("write_connected_read", "write_msp_read")
+        # The CIP reply starts after the header (24), the interface handle and timeout (6),
+        # the item count (2), the address item (4, + 4 for a connection id), the data item's
+        # header (4) and, connected, the sequence count (2).
+        at = 46 if connected else 40
+
+        def action(driver):
+            if connected:
+                self.with_forward_open(lambda _: None)(driver)
+
+            def single(service, data):
+                if connected:
+                    request = self.SymbolicConnectedRequest(
+                        tag, sequence=driver._sequence, service=service, request_data=data
+                    )
+                else:
+                    request = self.SymbolicRequest(
+                        tag,
+                        service=service,
+                        request_data=data,
+                        route_path=self.route_path if name == "write_ucs_read" else b"",
+                        unconnected_send=name == "write_ucs_read",
+                    )
+                return [self.reply(self.sent(driver, request, at), at)]
+
+            def multiple():
+                read = self.ReadTagRequestPacket(
+                    driver._sequence, "Line1_Speed", 1, driver._tags["Line1_Speed"], 0, False
+                )
+                write = self.WriteTagRequestPacket(
+                    driver._sequence, tag, 1, driver._tags[base_name(tag)], 1, False,
+                    struct.pack(fmt, value),
+                )
+                for request in (read, write):
+                    request.build_message()
+                packet = self.MultiServiceRequestPacket(driver._sequence, [read, write])
+                response = self.sent(driver, packet, at)
+                if response.raw[at] != 0x8A or response.service_status not in (0, 0x1E):
+                    return [{"service": response.raw[at], "status": response.service_status}]
+                # pycomm3 pads each entry's reply so that its service code is where a
+                # connected reply's is.
+                return [self.reply(entry, 46) for entry in response.responses]
+
+            def where():
+                return {"session": driver._session, "port": driver._sock.sock.getsockname()[1]}
+
+            first = multiple if name == "write_msp_read" else lambda: single(0x4D, write_data)
+            return steps([first, lambda: single(0x4C, read_data)], where)
+
+        return self.session(connected, action, ended_early)
 
     def check(self, tags):
         for tag in tags if isinstance(tags, list) else [tags]:
@@ -421,9 +611,7 @@ class Pycomm3:
                 data = self.unconnected(
                     driver, 0x4C, tag, struct.pack("<H", count), name == "read_ucs"
                 )
-                code, = struct.unpack_from("<H", data)
-                fmt = TYPE_CODES[code]
-                return list(struct.unpack_from("<" + fmt[1] * count, data, 2))
+                return values(data)
 
             return self.session(False, action)
         if name in ("write", "write_ucs"):
@@ -479,6 +667,8 @@ class Pycomm3:
                 return []
 
             return self.session(True, action)
+        if name in SESSIONS:
+            return self.write_then_read(name, tag, value)
         raise ValueError(f"pycomm3: `{name}` is not supported")
 
 
@@ -500,7 +690,11 @@ def main():
         if tag is not None:
             line["tag"] = tag
         try:
-            fields = {"result": "ok", "values": impl.run(name, tag, value)}
+            result = impl.run(name, tag, value)
+            if name in SESSIONS:
+                fields = {"result": "session", "steps": result}
+            else:
+                fields = {"result": "ok", "values": result}
         except Exception as error:  # every failure is a result line
             fields = classify(error)
         print(json.dumps({**line, **fields}), flush=True)

@@ -58,9 +58,30 @@ pub enum EnipOp {
     WriteConnected(String, i64),
     /// A Multiple Service Packet holding a Write Tag.
     WriteMsp(String, i64),
+    /// One session: Write Tag, then Read Tag of the same tag, in SendRRData.
+    WriteRead(String, i64),
+    /// One session: Write Tag, then Read Tag, each inside an Unconnected Send.
+    WriteUcsRead(String, i64),
+    /// One session and one Forward Open connection: Write Tag, then Read Tag, in SendUnitData.
+    WriteConnectedRead(String, i64),
+    /// One session: a Multiple Service Packet of a Read Tag of `Line1_Speed` and the Write Tag
+    /// (cpppo: SendRRData; pycomm3: connected), then the Read Tag alone.
+    WriteMspRead(String, i64),
 }
 
 impl EnipOp {
+    /// How many exchanges bounded by the client's timeout the op may wait for: the connection,
+    /// RegisterSession, and the request (session ops: a Forward Open and two requests).
+    fn exchanges(&self) -> u32 {
+        match self {
+            EnipOp::WriteRead(..)
+            | EnipOp::WriteUcsRead(..)
+            | EnipOp::WriteConnectedRead(..)
+            | EnipOp::WriteMspRead(..) => 5,
+            _ => 3,
+        }
+    }
+
     fn arg(&self) -> String {
         match self {
             EnipOp::ListIdentity => "list_identity".into(),
@@ -73,6 +94,12 @@ impl EnipOp {
             EnipOp::WriteUcs(tag, value) => format!("write_ucs:{tag}:{value}"),
             EnipOp::WriteConnected(tag, value) => format!("write_connected:{tag}:{value}"),
             EnipOp::WriteMsp(tag, value) => format!("write_msp:{tag}:{value}"),
+            EnipOp::WriteRead(tag, value) => format!("write_read:{tag}:{value}"),
+            EnipOp::WriteUcsRead(tag, value) => format!("write_ucs_read:{tag}:{value}"),
+            EnipOp::WriteConnectedRead(tag, value) => {
+                format!("write_connected_read:{tag}:{value}")
+            }
+            EnipOp::WriteMspRead(tag, value) => format!("write_msp_read:{tag}:{value}"),
         }
     }
 }
@@ -99,6 +126,54 @@ pub enum EnipResult {
     /// No connection could be made.
     ConnectFailed,
     Error(String),
+    /// The CIP replies to one request (a Multiple Service Packet's: one per entry), as the
+    /// client decoded them: one step of a session op.
+    Replies(Vec<CipReply>),
+    /// A session op: its requests in order, up to the first that got no reply.
+    Session(Vec<EnipStep>),
+}
+
+/// A CIP reply (or a Multiple Service Packet reply's entry) as the client decoded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CipReply {
+    /// The reply's service code (the request's | 0x80).
+    pub service: u8,
+    /// Its general status.
+    pub status: u8,
+    /// The values of a Read Tag answered with status 0.
+    pub values: Option<Vec<i64>>,
+}
+
+impl CipReply {
+    /// A successful Read Tag reply carrying `values`.
+    pub fn read(values: impl IntoIterator<Item = i64>) -> Self {
+        CipReply {
+            service: 0x80 | 0x4C,
+            status: 0,
+            values: Some(values.into_iter().collect()),
+        }
+    }
+
+    /// An error reply to `service` with general `status`.
+    pub fn error(service: u8, status: u8) -> Self {
+        CipReply {
+            service: 0x80 | service,
+            status,
+            values: None,
+        }
+    }
+}
+
+/// One request of a session op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnipStep {
+    /// `Replies`, or what came instead (`Timeout`, `Reset`, ...).
+    pub result: EnipResult,
+    /// The session handle and the client's TCP port the request went out on (with replies).
+    pub session: Option<u64>,
+    pub port: Option<u64>,
+    /// How long the request took, as the client measured it.
+    pub elapsed: Duration,
 }
 
 impl EnipResult {
@@ -202,11 +277,17 @@ fn parse_tags(line: &str) -> Result<BTreeMap<String, Value>> {
 
 impl Lab {
     /// cpppo's Logix simulator (`tests/peers/enip_server.py`) in `host`, bound to the host's
-    /// IPv4 address and `port` (TCP and UDP), listening when this returns.
+    /// IPv4 address and `port` (TCP and UDP), listening when this returns. It answers a service
+    /// it does not implement with a CIP error, as a controller does.
     pub fn enip_server(&self, host: &str, port: u16) -> Result<EnipServer> {
+        self.enip_server_with(host, port, &[])
+    }
+
+    /// As [`Lab::enip_server`], with more of `enip_server.py`'s options (`--as-shipped`).
+    pub fn enip_server_with(&self, host: &str, port: u16, options: &[&str]) -> Result<EnipServer> {
         let python = venv_python()?;
         let address = self.host(host).ipv4_addr();
-        let args = [
+        let mut args = vec![
             python.to_string_lossy().into_owned(),
             peer_script("enip_server.py").to_string_lossy().into_owned(),
             "--host".into(),
@@ -216,6 +297,7 @@ impl Lab {
             "--lifetime".into(),
             SERVER_LIFETIME.as_secs().to_string(),
         ];
+        args.extend(options.iter().map(|option| option.to_string()));
         let mut process = self.spawn(host, &args)?;
         process
             .wait_for_line(|l| l.contains(r#""event": "ready""#), SERVER_READY)
@@ -249,8 +331,9 @@ impl Lab {
             format!("{:.3}", timeout.as_secs_f64()),
         ];
         args.extend(ops.iter().map(EnipOp::arg));
-        // Each op may wait for its connection, its session and its answer.
-        let limit = timeout * 3 * u32::try_from(ops.len()).unwrap_or(u32::MAX) + MARGIN;
+        // Each op may wait for its connection, its session and its answers.
+        let exchanges = ops.iter().map(EnipOp::exchanges).sum::<u32>();
+        let limit = timeout * exchanges + MARGIN;
         let output = self.exec_timeout(from, &args, limit)?;
         let results: Vec<EnipResult> = output
             .stdout
@@ -273,6 +356,11 @@ impl Lab {
 
 fn parse_json_result(line: &str) -> Result<EnipResult> {
     let value: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+    parse_result(&value)
+}
+
+/// A result line's (or a session step's) fields.
+fn parse_result(value: &Value) -> Result<EnipResult> {
     Ok(match value["result"].as_str().unwrap_or_default() {
         "ok" => EnipResult::Ok(value["values"].clone()),
         "status" => EnipResult::Status(value["status"].as_u64().unwrap_or(0)),
@@ -280,7 +368,61 @@ fn parse_json_result(line: &str) -> Result<EnipResult> {
         "reset" => EnipResult::Reset,
         "closed" => EnipResult::Closed,
         "connect_failed" => EnipResult::ConnectFailed,
-        _ => EnipResult::Error(line.to_string()),
+        "replies" => EnipResult::Replies(
+            array(value, "replies")?
+                .iter()
+                .map(parse_reply)
+                .collect::<Result<_>>()?,
+        ),
+        "session" => EnipResult::Session(
+            array(value, "steps")?
+                .iter()
+                .map(parse_step)
+                .collect::<Result<_>>()?,
+        ),
+        _ => EnipResult::Error(value.to_string()),
+    })
+}
+
+fn array<'a>(value: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
+    value[key]
+        .as_array()
+        .with_context(|| format!("no `{key}` list in {value}"))
+}
+
+fn byte(value: &Value, key: &str) -> Result<u8> {
+    value[key]
+        .as_u64()
+        .and_then(|n| u8::try_from(n).ok())
+        .with_context(|| format!("no byte `{key}` in {value}"))
+}
+
+fn parse_reply(value: &Value) -> Result<CipReply> {
+    let values = match value.get("values") {
+        None => None,
+        Some(list) => Some(
+            list.as_array()
+                .and_then(|list| list.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
+                .with_context(|| format!("`values` are not numbers in {value}"))?,
+        ),
+    };
+    Ok(CipReply {
+        service: byte(value, "service")?,
+        status: byte(value, "status")?,
+        values,
+    })
+}
+
+fn parse_step(value: &Value) -> Result<EnipStep> {
+    let ms = value["ms"]
+        .as_f64()
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .with_context(|| format!("no `ms` in {value}"))?;
+    Ok(EnipStep {
+        result: parse_result(value)?,
+        session: value["session"].as_u64(),
+        port: value["port"].as_u64(),
+        elapsed: Duration::from_secs_f64(ms / 1000.0),
     })
 }
 
@@ -302,6 +444,10 @@ mod tests {
             EnipOp::WriteMsp("Line1_Speed".into(), -5).to_string(),
             "write_msp:Line1_Speed:-5"
         );
+        assert_eq!(
+            EnipOp::WriteConnectedRead("Line1_Speed".into(), 3).to_string(),
+            "write_connected_read:Line1_Speed:3"
+        );
     }
 
     #[test]
@@ -317,6 +463,33 @@ mod tests {
         assert_eq!(
             parse_json_result(r#"{"result": "timeout"}"#).unwrap(),
             EnipResult::Timeout
+        );
+        let session = parse_json_result(
+            r#"{"op": "write_msp_read", "result": "session", "steps": [
+                {"result": "replies", "replies": [{"service": 204, "status": 0, "values": [1500]},
+                 {"service": 205, "status": 15}], "session": 7, "port": 40000, "ms": 2.5},
+                {"result": "timeout", "ms": 2000.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            session,
+            EnipResult::Session(vec![
+                EnipStep {
+                    result: EnipResult::Replies(vec![
+                        CipReply::read([1500]),
+                        CipReply::error(0x4D, 0x0F)
+                    ]),
+                    session: Some(7),
+                    port: Some(40000),
+                    elapsed: Duration::from_micros(2500),
+                },
+                EnipStep {
+                    result: EnipResult::Timeout,
+                    session: None,
+                    port: None,
+                    elapsed: Duration::from_secs(2),
+                },
+            ])
         );
         let tags = parse_tags(
             r#"{"event": "tags", "tags": {"Line1_Speed": 1500, "Line1_Count": 70000, "Recipe_Setpoint": 250000, "Secret": [11, 22, 33, 44]}}"#,

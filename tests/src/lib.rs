@@ -28,7 +28,8 @@ mod prometheus;
 pub use address::Cidr;
 pub use binaries::{repo_root, target_binary, venv_python};
 pub use enip::{
-    initial as enip_initial, require_enip_peers, EnipClient, EnipOp, EnipResult, EnipServer,
+    initial as enip_initial, require_enip_peers, CipReply, EnipClient, EnipOp, EnipResult,
+    EnipServer, EnipStep,
 };
 pub use lab::{HostSpec, Lab, LabHost, LabOptions};
 pub use modbus::{
