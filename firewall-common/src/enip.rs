@@ -580,6 +580,14 @@ pub struct EnipScratch {
     pub refused_records: [u8; ENIP_REFUSED_EVENTS_MAX],
     /// The flow's refusals, updated as the segment is framed (written back if it passes).
     pub refusals: EnipRefusals,
+    /// The counter the run of records being counted adds to (`EnipStatKey` packed: slot,
+    /// service, verdict, kind, conduit, class; and the command), and the run's length: a run
+    /// of records with the same counter (the requests of a Multiple Service Packet of reads) is
+    /// one map update. In the scratch, not in registers: the verifier's walk of the counting
+    /// loop then prunes.
+    pub count_key: [u32; 2],
+    pub count_command: u32,
+    pub count_run: u32,
     /// A request message of the segment was its connection's first use of a command or a
     /// (service, class) pair: the sets below changed, and `news_at` is the payload offset of
     /// the first such message.

@@ -871,6 +871,42 @@ fn monitor_and_reset() {
     );
 }
 
+/// Requests are counted one by one, also where the datapath batches a run of records with the
+/// same counter into one update (the reads of a Multiple Service Packet).
+#[test]
+fn requests_are_counted_one_by_one() {
+    let mut dp = datapath(&policy("services: [read]", "    on_deny: refuse"));
+    let mut c = session(&mut dp, 12100);
+    let d = c.send(&mut dp, &rr(SESSION, &msp(&vec![read_tag("A"); 10])));
+    assert!(d.passed() && d.reason == Reason::None, "{d:?}");
+    // Runs broken by a refused write, and a read of another kind of path between reads.
+    let mut mixed = vec![read_tag("A"); 3];
+    mixed.push(write_tag("B"));
+    mixed.extend(vec![read_tag("A"); 2]);
+    mixed.push(get_attr(1, 1, 7));
+    mixed.push(read_tag("C"));
+    let d = c.send(&mut dp, &rr(SESSION, &msp(&mixed)));
+    assert_eq!(d.reason, Reason::CipServiceDenied, "{d:?}");
+    let traffic = dp.enip_traffic().unwrap();
+    let count = |command: &str, service: &str, verdict: &str| -> u64 {
+        traffic
+            .iter()
+            .filter(|t| t.command == command && t.service == service && t.verdict == verdict)
+            .map(|t| t.requests)
+            .sum()
+    };
+    let rr = "send_rr_data";
+    assert_eq!(count(rr, "read_tag", "pass"), 16, "{traffic:#?}");
+    assert_eq!(count(rr, "write_tag", "refuse"), 1, "{traffic:#?}");
+    assert_eq!(
+        count(rr, "multiple_service_packet", "pass"),
+        2,
+        "{traffic:#?}"
+    );
+    assert_eq!(count(rr, "", "pass"), 2, "{traffic:#?}");
+    assert_eq!(count("register_session", "", "pass"), 1, "{traffic:#?}");
+}
+
 /// The TCP delivery checks of the shared stream layer (`tcp_delivery.rs` for Modbus) refuse the
 /// same segments on EtherNet/IP, always as a drop.
 #[test]

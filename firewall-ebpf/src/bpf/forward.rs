@@ -5,7 +5,7 @@
 //! this port, a port not forwarding, a frame too big for the egress port, a stale mirror) is
 //! passed to the bridge, which stays the slow path and the source of truth.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 
 use firewall_common::{
     conduit::FORWARD_SLOT,
@@ -48,8 +48,10 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: values are copied out at once, never held across a map update.
     unsafe { FAST_PORTS.get(&ingress) }?;
-    // SAFETY: reading the monotonic clock has no preconditions.
-    if unsafe { bpf_ktime_get_ns() } > valid_until {
+    // The coarse monotonic clock (the last tick's time, a load instead of a hardware clock
+    // read per frame): the mirror is valid for a second, a tick is a few milliseconds.
+    // SAFETY: reading the clock has no preconditions.
+    if unsafe { bpf_ktime_get_coarse_ns() } > valid_until {
         return None;
     }
     let macs: [u8; 14] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
