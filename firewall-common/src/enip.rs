@@ -329,6 +329,26 @@ pub struct EnipRefusals {
     pub entries: [EnipRefusal; ENIP_REFUSALS_MAX],
 }
 
+impl EnipRefusals {
+    /// `*self = *src` on the datapath, where it is done for every segment: the counters, and
+    /// the entries only while one is in use (unused entries are never read), field by field
+    /// (`crate::mem`).
+    #[inline(always)]
+    pub fn copy_from(&mut self, src: &EnipRefusals) {
+        self.used = src.used;
+        self.requests = src.requests;
+        self.replies = src.replies;
+        if src.used != 0 {
+            for i in 0..ENIP_REFUSALS_MAX {
+                let (d, s) = (&mut self.entries[i], &src.entries[i]);
+                d.context = s.context;
+                d.key = s.key;
+                d.positions = s.positions;
+            }
+        }
+    }
+}
+
 /// Map `ENIP_FLOWS` (LRU, keyed by the flow's initiator-direction `FlowKey`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

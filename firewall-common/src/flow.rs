@@ -7,6 +7,8 @@
 //! never fills and its LRU never evicts: a zone that opens connections as fast as it can
 //! exhausts its own share, never another zone's flows.
 
+use crate::mem::{copy_each, zero_bytes};
+
 /// Entries of `FLOWS`: established flows (answered, or adopted mid-stream).
 pub const MAX_FLOWS: u32 = 262144;
 /// Entries of `EMBRYOS`: flows waiting for their first answer (a TCP SYN, a UDP datagram or
@@ -38,14 +40,32 @@ pub struct FlowKey {
 impl FlowKey {
     #[inline(always)]
     pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        let mut out = FlowKey::default();
+        self.reversed_into(&mut out);
+        out
+    }
+
+    /// A copy of the key written into `out` (map memory to map memory: a plain assignment is a
+    /// `memmove`, see `crate::mem`).
+    #[inline(always)]
+    pub fn copy_into(&self, out: &mut FlowKey) {
+        copy_each(&mut out.src, &self.src);
+        copy_each(&mut out.dst, &self.dst);
+        out.sport = self.sport;
+        out.dport = self.dport;
+        out.proto = self.proto;
+        copy_each(&mut out._pad, &self._pad);
+    }
+
+    /// `reversed`, written into `out` (in map memory, as `canonical_into`).
+    #[inline(always)]
+    pub fn reversed_into(&self, out: &mut FlowKey) {
+        copy_each(&mut out.src, &self.dst);
+        copy_each(&mut out.dst, &self.src);
+        out.sport = self.dport;
+        out.dport = self.sport;
+        out.proto = self.proto;
+        zero_bytes(&mut out._pad);
     }
 
     /// The direction-independent form of this key: the lower endpoint (address, then port)
@@ -75,7 +95,7 @@ impl FlowKey {
             out.dport = self.sport;
         }
         out.proto = self.proto;
-        out._pad = [0; 3];
+        zero_bytes(&mut out._pad);
         if low {
             SIDE_LOW
         } else {

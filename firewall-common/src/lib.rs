@@ -11,6 +11,7 @@ pub mod enip;
 pub mod event;
 pub mod fastpath;
 pub mod flow;
+pub mod mem;
 pub mod modbus;
 pub mod observed;
 pub mod reason;

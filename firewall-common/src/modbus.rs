@@ -147,6 +147,18 @@ pub struct Refusals {
     pub entries: [Refusal; REFUSALS_MAX],
 }
 
+impl Refusals {
+    /// `*self = *src` on the datapath, where it is done for every segment: the entries only
+    /// while one is in use (unused entries are never read), element by element (`crate::mem`).
+    #[inline(always)]
+    pub fn copy_from(&mut self, src: &Refusals) {
+        self.used = src.used;
+        if src.used != 0 {
+            crate::mem::copy_each(&mut self.entries, &src.entries);
+        }
+    }
+}
+
 /// `ModbusFlow::flags`: a request was denied under `on_deny: drop`: every later segment from
 /// the client is dropped.
 pub const MODBUS_BLOCKED: u8 = 1 << 0;

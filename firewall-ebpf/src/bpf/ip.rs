@@ -28,11 +28,11 @@ pub struct Ip {
     pub l4_len: usize,
 }
 
+/// The IPv4-mapped IPv6 address of `v4`. Built as one number: an array literal's run of zeros
+/// is a `memset`, which on BPF is an out-of-line byte loop (`firewall_common::mem`).
 #[inline(always)]
 fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+    (0xffff_0000_0000u128 | u32::from_be_bytes(v4) as u128).to_be_bytes()
 }
 
 impl Ip {

@@ -345,7 +345,7 @@ fn segment(
         (*scratch).refuse = refuse.on as u8;
         (*scratch).refuse_function = refuse.function;
         (*scratch).refuse_exception = refuse.exception;
-        (*scratch).refusals = *refusals;
+        (*scratch).refusals.copy_from(refusals);
         (*scratch).functions = *uses.0;
         (*scratch).units = *uses.1;
     }
@@ -384,7 +384,7 @@ fn segment(
     let mut run = run;
     run.committed = true;
     // SAFETY: as above.
-    *refusals = unsafe { (*scratch).refusals };
+    unsafe { refusals.copy_from(&(*scratch).refusals) };
     match commit {
         Commit::Recheck => {}
         Commit::Sync | Commit::Advance => {

@@ -183,11 +183,11 @@ fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
     // SAFETY: per-CPU slots, used by this CPU only for the duration of this program run (and
     // the inspector it tail calls).
     let (ic, keys) = unsafe { (&mut *ic, &*keys) };
-    ic.key = if outcome.to_server {
-        keys.forward
+    if outcome.to_server {
+        keys.forward.copy_into(&mut ic.key);
     } else {
-        keys.forward.reversed()
-    };
+        keys.forward.reversed_into(&mut ic.key);
+    }
     ic.seq = l4.seq;
     ic.ack = l4.ack;
     ic.epoch = epoch;

@@ -75,7 +75,10 @@ pub(super) fn setup(
     s.refused = 0;
     s.fail = 0;
     s.refused_reason = 0;
-    s.refusals = EnipRefusals::default();
+    // The counters: entries are only read where `used` says so (`EnipRefusals::copy_from`).
+    s.refusals.used = 0;
+    s.refusals.requests = 0;
+    s.refusals.replies = 0;
 }
 
 /// The framing loop: its state lives in the scratch map, its work in global functions.

@@ -34,6 +34,7 @@ use firewall_common::{
     conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_REFUSE, VERDICT_RESET},
     enip::*,
+    mem::copy_each,
     modbus::InspectContext,
     reason::Reason,
     stream::TcpGuard,
@@ -200,9 +201,9 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         s.session = session;
         s.pending = pending;
         s.refuse = (info.on_deny == ON_DENY_REFUSE && !monitor) as u8;
-        s.refusals = flow.refusals;
-        s.commands = flow.commands;
-        s.services = flow.services;
+        s.refusals.copy_from(&flow.refusals);
+        copy_each(&mut s.commands.bits, &flow.commands.bits);
+        copy_each(&mut s.services.pairs, &flow.services.pairs);
         if have != 0 && have <= MSG_MAX {
             s.msg[..MSG_MAX as usize].copy_from_slice(&st.carry);
             if have >= ENCAP_LEN {
@@ -294,7 +295,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             if s.recheck == 0 {
                 // A retransmission is neutralised (and restored) again; its refusals and
                 // messages were recorded when it first passed.
-                flow.refusals = s.refusals;
+                flow.refusals.copy_from(&s.refusals);
             }
             apply(ic, flow, s);
         }
