@@ -1,6 +1,8 @@
 //! Class 1 implicit I/O (UDP 2222, program `otfw_enip_io`): each datagram must name a live
 //! connection opened with `io` on its conduit between the same endpoints.
 
+use core::{mem::MaybeUninit, ptr::write_volatile};
+
 use aya_ebpf::{
     bindings::xdp_action,
     cty::c_void,
@@ -38,7 +40,9 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
-    let mut head = [0u8; 18];
+    // Not zeroed first: the helper fills it (a zeroing would be an out-of-line `memset` on BPF,
+    // `firewall_common::mem`), and it is read only if the helper succeeded.
+    let mut head = MaybeUninit::<[u8; 18]>::uninit();
     let mut reason = Reason::EnipIoMalformed as u8;
     let mut id = 0u32;
     if ic.payload_len >= 18 && ic.payload_len <= 1500 {
@@ -46,26 +50,35 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
         let ok = unsafe {
             bpf_xdp_load_bytes(ctx.ctx, ic.payload, head.as_mut_ptr() as *mut c_void, 18) == 0
         };
-        let w = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
-        if ok
-            && w(0) == 2
-            && w(2) == ITEM_SEQUENCED_ADDRESS
-            && w(4) == 8
-            && w(14) == ITEM_CONNECTED_DATA
-            && 18 + w(16) as u32 == ic.payload_len
-        {
-            id = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
-            reason = otfw_enip_io_check(id as u64) as u8;
+        if ok {
+            // SAFETY: the helper wrote all 18 bytes.
+            let head = unsafe { head.assume_init_ref() };
+            let w = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
+            if w(0) == 2
+                && w(2) == ITEM_SEQUENCED_ADDRESS
+                && w(4) == 8
+                && w(14) == ITEM_CONNECTED_DATA
+                && 18 + w(16) as u32 == ic.payload_len
+            {
+                id = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
+                reason = otfw_enip_io_check(id as u64) as u8;
+            }
         }
     }
     if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe {
+            // Field by field: a whole record written from a default is a `memset`.
             let r = &mut (*t).records[0];
-            *r = EnipRecord::default();
-            r.kind = REC_IO;
-            r.instance = id;
-            r.reason = reason;
+            write_volatile(&mut r.command, 0);
+            write_volatile(&mut r.class, 0);
+            write_volatile(&mut r.instance, id);
+            write_volatile(&mut r.kind, REC_IO);
+            write_volatile(&mut r.service, 0);
+            write_volatile(&mut r.depth, 0);
+            write_volatile(&mut r.reason, reason);
+            write_volatile(&mut r.flags, 0);
+            write_volatile(&mut r.tag_len, 0);
             (*t).count = 1;
         }
         acc.records = 1;

@@ -142,17 +142,19 @@ pub(super) fn note(
     }
     if let Some(t) = ENIP_TRACE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, this CPU only; n < MAX_RECORDS.
+        // Volatile stores: a record of constants (a message's) would otherwise be one `memset`,
+        // an out-of-line byte loop on BPF (`firewall_common::mem`).
         unsafe {
             let r = &mut (*t).records[n as usize];
-            r.command = command as u16;
-            r.class = class as u16;
-            r.instance = instance;
-            r.kind = kind;
-            r.service = service as u8;
-            r.depth = depth as u8;
-            r.reason = 0;
-            r.flags = flags;
-            r.tag_len = 0;
+            write_volatile(&mut r.command, command as u16);
+            write_volatile(&mut r.class, class as u16);
+            write_volatile(&mut r.instance, instance);
+            write_volatile(&mut r.kind, kind);
+            write_volatile(&mut r.service, service as u8);
+            write_volatile(&mut r.depth, depth as u8);
+            write_volatile(&mut r.reason, 0);
+            write_volatile(&mut r.flags, flags);
+            write_volatile(&mut r.tag_len, 0);
             (*t).count = n + 1;
         }
     }
