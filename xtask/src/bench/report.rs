@@ -1060,8 +1060,11 @@ impl Parts {
                  the rest: framing and session state (a second LRU lookup), the message copied \
                  into per-CPU scratch, and per embedded request the path parse, the class and \
                  service lookups and the tag hash (Read Tag {:.0} ns, Multiple Service Packet \
-                 of ten {:.0} ns, I/O {:.0} ns). *Next:* the inspector state in the flow entry, \
-                 and one counter update per message rather than per request.",
+                 of ten {:.0} ns, I/O {:.0} ns; requests with the same counter in a row share \
+                 one counter update). *Next:* the inspector state in the flow entry (one lookup \
+                 instead of two); the per-request trace record written only where something \
+                 reads it (replay, tests, events), the counters kept from a compact per-request \
+                 summary.",
                 ns("enip_read_tag"),
                 ns("enip_msp"),
                 ns("enip_io")
