@@ -995,12 +995,7 @@ pub extern "C" fn otfw_modbus_count(packed: u64, n: u64) -> u64 {
         conduit: (packed >> 32) as u16,
         _pad: 0,
     };
-    if let Some(count) = MODBUS_STATS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, this CPU only.
-        unsafe { *count += n };
-    } else {
-        let _ = MODBUS_STATS.insert(&key, &n, 0);
-    }
+    stats::add(&MODBUS_STATS, &key, n);
     0
 }
 

@@ -2,7 +2,7 @@
 //! packet is accounted exactly once: by the main program, or by the inspector it handed the
 //! packet to.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{maps::PerCpuHashMap, programs::XdpContext};
 
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo},
@@ -121,5 +121,17 @@ pub fn path_event(index: u32) {
     if let Some(n) = PATH_STATS.get_ptr_mut(index) {
         // SAFETY: as above.
         unsafe { *n += 1 };
+    }
+}
+
+/// Adds `n` to the per-CPU counter `key` of an inspector's request counters (`MODBUS_STATS`,
+/// `ENIP_STATS`), creating it at its first use.
+#[inline(always)]
+pub fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, n: u64) {
+    if let Some(count) = map.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+        unsafe { *count += n };
+    } else {
+        let _ = map.insert(key, &n, 0);
     }
 }

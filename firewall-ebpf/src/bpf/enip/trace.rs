@@ -12,7 +12,7 @@ use firewall_common::{
 use super::{masked, scratch, R_NONE};
 use crate::bpf::{
     maps::{ENIP_COUNTS, ENIP_EVENTS, ENIP_STATS, ENIP_TRACE, INSPECT_CTX},
-    stats::Accounted,
+    stats::{self, Accounted},
 };
 
 /// `otfw_enip_use` argument: an encapsulation command rather than a (service, class) pair.
@@ -304,12 +304,6 @@ pub extern "C" fn otfw_enip_count(a: u64, b: u64) -> u64 {
         command: b as u16,
         _pad: 0,
     };
-    let n = b >> 16;
-    if let Some(count) = ENIP_STATS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value, this CPU only.
-        unsafe { *count += n };
-    } else {
-        let _ = ENIP_STATS.insert(&key, &n, 0);
-    }
+    stats::add(&ENIP_STATS, &key, b >> 16);
     0
 }
