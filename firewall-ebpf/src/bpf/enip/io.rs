@@ -4,10 +4,7 @@
 use core::{mem::MaybeUninit, ptr::write_volatile};
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
-    programs::XdpContext,
+    bindings::xdp_action, cty::c_void, helpers::bpf_xdp_load_bytes, programs::XdpContext,
 };
 
 use firewall_common::{
@@ -18,7 +15,7 @@ use firewall_common::{
 };
 
 use super::{
-    connection::connection_key,
+    connection::{clock, connection_key, live},
     trace::{count_records, otfw_enip_event},
     R_NONE,
 };
@@ -109,19 +106,15 @@ pub extern "C" fn otfw_enip_io_check(id: u64) -> u64 {
     // SAFETY: per-CPU context for this packet.
     let ic = unsafe { &*ic };
     let key = connection_key(ic, id as u32);
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = clock();
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
         // SAFETY: LRU value, valid for this run.
         let c = unsafe { &mut *c };
-        if c.flags & CONN_IO != 0
-            && c.conduit == ic.conduit
-            && now.wrapping_sub(c.last_ns) <= c.timeout_ns
-        {
+        if c.flags & CONN_IO != 0 && c.conduit == ic.conduit && live(c, now) {
             c.last_ns = now;
             return 0;
         }
-        if now.wrapping_sub(c.last_ns) > c.timeout_ns {
+        if !live(c, now) {
             let _ = ENIP_CONNS.remove(&key);
         }
     }
