@@ -4,7 +4,7 @@
 
 /// Entries of the forwarding database mirror (`FDB`).
 pub const MAX_FDB: u32 = 65536;
-/// Bridge ports the fast path may forward between (`FAST_PORTS`, `FAST_TX`).
+/// Bridge ports the fast path may forward between (`FAST_TX`).
 pub const MAX_FAST_PORTS: u32 = 256;
 
 /// Key of map `FDB`: a unicast MAC address.
@@ -15,27 +15,23 @@ pub struct MacKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of map `FDB`: where the bridge has learnt (or was told) the address is.
+/// Value of map `FDB`: where the bridge has learnt (or was told) the address is. The mirror
+/// holds learnt addresses only of ports the fast path may use (forwarding, not isolated or
+/// locked, otfw attached), and each entry carries what the datapath needs of its port, so a
+/// frame costs two lookups (its source and its destination), not four.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FdbEntry {
     pub ifindex: u32,
     /// `FDB_*` flags.
     pub flags: u32,
-}
-
-/// The address is the bridge's own (or one of its ports'): frames to it are for the gateway.
-pub const FDB_LOCAL: u32 = 1 << 0;
-
-/// Value of map `FAST_PORTS`, keyed by ifindex: a port present here is in the forwarding state
-/// and may send and receive redirected frames.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FastPort {
     /// The largest frame the port transmits: its MTU plus the Ethernet header.
     pub max_frame: u32,
     pub _pad: u32,
 }
+
+/// The address is the bridge's own (or one of its ports'): frames to it are for the gateway.
+pub const FDB_LOCAL: u32 = 1 << 0;
 
 /// Map `FAST_PATH` (array, one entry): the mirror is trusted until `valid_until_ns`
 /// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC). The controller renews it on every synchronisation;

@@ -32,7 +32,6 @@ pod!(
     HostKey,
     MacKey,
     FdbEntry,
-    FastPort,
     FastPathState,
     Traffic,
     Trace,

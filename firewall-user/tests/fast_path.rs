@@ -184,6 +184,20 @@ fn fast_path_takes_exactly_what_the_bridge_would_forward_to_a_known_port() {
             "state {state}"
         );
     }
+    // Nor is a frame arriving on a port that is not forwarding ever redirected: the mirror
+    // holds no address of that port, so the bridge sees the frame (and drops it).
+    for state in [0, 1, 2, 4] {
+        let mut ingress_not_forwarding = view(lo, port.ifindex, 3, 1500);
+        ingress_not_forwarding.ports[0].state = state;
+        lab.sync(Some(&ingress_not_forwarding));
+        assert_eq!(
+            lab.action(&allowed),
+            (XDP_PASS, Reason::None),
+            "ingress state {state}"
+        );
+    }
+    lab.sync(Some(&view(lo, port.ifindex, 3, 1500)));
+    assert_eq!(lab.action(&allowed), (XDP_REDIRECT, Reason::None));
     // A frame bigger than the egress port's MTU allows is the bridge's to drop.
     lab.sync(Some(&view(lo, port.ifindex, 3, 100)));
     let big = c.tcp(40000, 502, "PA", 1001, 1, &[0u8; 100]);

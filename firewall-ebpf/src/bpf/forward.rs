@@ -14,7 +14,7 @@ use firewall_common::{
 };
 
 use super::{
-    maps::{FAST_PATH, FAST_PORTS, FAST_TX, FDB, FLOW_KEYS, INSPECTORS},
+    maps::{FAST_PATH, FAST_TX, FDB, FLOW_KEYS, INSPECTORS},
     packet::{frame_len, load},
     stats,
 };
@@ -44,10 +44,6 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     if valid_until == 0 {
         return None;
     }
-    // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: values are copied out at once, never held across a map update.
-    unsafe { FAST_PORTS.get(&ingress) }?;
     // The coarse monotonic clock (the last tick's time, a load instead of a hardware clock
     // read per frame): the mirror is valid for a second, a tick is a few milliseconds.
     // SAFETY: reading the clock has no preconditions.
@@ -70,12 +66,18 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     let [dst, src] = unsafe { &mut (*keys).macs };
     dst.mac = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
     src.mac = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+    // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // The bridge learns from what it sees: a source it has not learnt on this port (new, or
     // moved here) must go through it. A moved address's old entry is dropped from the mirror
-    // at once, so frames to it stop going to the port it left.
-    // SAFETY: as above.
+    // at once, so frames to it stop going to the port it left. The mirror holds learnt
+    // addresses only of the ports the fast path may use, so a source found on the ingress
+    // port also says that this port is one (forwarding, not isolated or locked); a local
+    // address as the source is the bridge's to judge.
+    // SAFETY: values are copied out at once, never held across a map update.
     match unsafe { FDB.get(&*src) } {
-        Some(e) if e.ifindex == ingress => {}
+        Some(e) if e.ifindex == ingress && e.flags & FDB_LOCAL == 0 => {}
+        Some(e) if e.ifindex == ingress => return None,
         Some(_) => {
             let _ = FDB.remove(&*src);
             stats::path_event(PATH_FDB_MOVED);
@@ -87,14 +89,15 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
             return None;
         }
     }
+    // A learnt destination is on a port the fast path may use (an egress port that is
+    // blocking, learning or disabled has no entries in the mirror), with that port's MTU.
     // SAFETY: as above.
-    let (egress, flags) = unsafe { FDB.get(dst) }.map(|e| (e.ifindex, e.flags))?;
+    let (egress, flags, max_frame) =
+        unsafe { FDB.get(dst) }.map(|e| (e.ifindex, e.flags, e.max_frame))?;
     // For the gateway itself, or back out of the port it came in on: the bridge decides.
     if flags & FDB_LOCAL != 0 || egress == ingress {
         return None;
     }
-    // SAFETY: as above.
-    let max_frame = unsafe { FAST_PORTS.get(&egress) }?.max_frame;
     if frame_len(ctx) > max_frame as usize {
         return None;
     }

@@ -22,7 +22,7 @@ use firewall_common::{
         EnipTagKey, EnipTrace, ECOUNTS_LEN,
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
-    fastpath::{FastPathState, FastPort, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
+    fastpath::{FastPathState, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
     flow::{
         Denial, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, MAX_DENIALS, MAX_EMBRYOS,
         MAX_FLOWS,
@@ -246,11 +246,7 @@ pub static ZERO_FLOW: Array<EnipFlow> = Array::with_max_entries(1, 0);
 #[map]
 pub static FAST_PATH: Array<FastPathState> = Array::with_max_entries(1, 0);
 
-/// Ports that may send and receive redirected frames, by ifindex.
-#[map]
-pub static FAST_PORTS: HashMap<u32, FastPort> = HashMap::with_max_entries(MAX_FAST_PORTS, 0);
-
-/// The redirect targets: the same ports, by ifindex.
+/// The redirect targets, by ifindex: the ports that may send and receive redirected frames.
 #[map]
 pub static FAST_TX: DevMapHash = DevMapHash::with_max_entries(MAX_FAST_PORTS, 0);
 

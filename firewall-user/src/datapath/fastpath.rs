@@ -1,7 +1,6 @@
 //! The fast path's mirror of the bridge: which ports forward, their MTUs, and the forwarding
 //! database, read from the bridge's sysfs files (`brforward` is the kernel's binary FDB dump,
-//! the same records `brctl showmacs` reads) and written into `FAST_PORTS`, `FAST_TX`, `FDB` and
-//! `FAST_PATH`. The controller synchronises every `SYNC_INTERVAL`; the datapath trusts the
+//! the same records `brctl showmacs` reads) and written into `FAST_TX`, `FDB` and `FAST_PATH`. The controller synchronises every `SYNC_INTERVAL`; the datapath trusts the
 //! mirror for `VALIDITY` after each synchronisation, so a controller that stops leaves every
 //! frame to the bridge (still filtered) within that time.
 
@@ -15,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use firewall_common::{
     counters::PATH_FDB_MOVED,
-    fastpath::{FastPathState, FastPort, FdbEntry, MacKey, FDB_LOCAL, MAX_FDB},
+    fastpath::{FastPathState, FdbEntry, MacKey, FDB_LOCAL, MAX_FDB},
 };
 
 use super::Datapath;
@@ -260,7 +259,8 @@ impl fmt::Display for FastPathStatus {
 /// The controller's side of the mirror: what it last wrote.
 #[derive(Default)]
 pub struct Mirror {
-    ports: HashMap<u32, FastPort>,
+    /// The ports in `FAST_TX`, by ifindex, with the largest frame each transmits.
+    ports: HashMap<u32, u32>,
     fdb: HashMap<MacKey, FdbEntry>,
     syncs: u32,
     /// `PATH_FDB_MOVED` when last written: the datapath drops entries of addresses that moved,
@@ -304,13 +304,7 @@ impl Datapath {
         let mut names = Vec::new();
         for p in &view.ports {
             if attached.contains(&p.ifindex) && p.state == BR_STATE_FORWARDING && !p.restricted {
-                ports.insert(
-                    p.ifindex,
-                    FastPort {
-                        max_frame: p.mtu + ETH_HLEN,
-                        _pad: 0,
-                    },
-                );
+                ports.insert(p.ifindex, p.mtu + ETH_HLEN);
                 names.push(p.name.clone());
             }
         }
@@ -320,8 +314,10 @@ impl Datapath {
                 continue;
             };
             // Local addresses are kept whatever the port, so frames to the gateway are known
-            // as such; others only on ports the fast path may use.
-            if !learnt.local && !ports.contains_key(&port.ifindex) {
+            // as such; others only on ports the fast path may use: the datapath takes a source
+            // or destination found in the mirror as being on such a port.
+            let max_frame = ports.get(&port.ifindex).copied();
+            if !learnt.local && max_frame.is_none() {
                 continue;
             }
             if fdb.len() >= MAX_FDB as usize {
@@ -334,6 +330,8 @@ impl Datapath {
             let entry = FdbEntry {
                 ifindex: port.ifindex,
                 flags: if learnt.local { FDB_LOCAL } else { 0 },
+                max_frame: max_frame.unwrap_or(0),
+                _pad: 0,
             };
             // A MAC the bridge lists twice (local on one port, learnt on another) is local.
             fdb.entry(key)
@@ -350,29 +348,39 @@ impl Datapath {
             for key in self.maps.fdb.keys().filter_map(Result::ok) {
                 mirror.fdb.insert(key, FdbEntry::default());
             }
-            for ifindex in self.maps.fast_ports.keys().filter_map(Result::ok) {
-                mirror.ports.insert(ifindex, FastPort::default());
+            for ifindex in self.maps.fast_tx.keys().filter_map(Result::ok) {
+                mirror.ports.insert(ifindex, 0);
             }
         }
         let moved = self.path_stats()?[PATH_FDB_MOVED as usize];
         let full = mirror.syncs.is_multiple_of(FULL_WRITE_EVERY) || moved != mirror.moved;
         mirror.syncs = mirror.syncs.wrapping_add(1);
         mirror.moved = moved;
-        // Ports first when they go away (no redirect to a port that left), last when they
-        // come (no redirect to a port whose addresses are not yet known).
-        for ifindex in mirror.ports.keys().copied().collect::<Vec<_>>() {
-            if !ports.contains_key(&ifindex) {
-                let _ = self.maps.fast_ports.remove(&ifindex);
-                let _ = self.maps.fast_tx.remove(ifindex);
-                mirror.ports.remove(&ifindex);
-            }
-        }
+        // The addresses decide which ports frames are redirected to: those that go away (or
+        // whose port stopped forwarding) leave first, before their port leaves `FAST_TX`;
+        // ports come before the addresses learnt on them.
         for key in mirror.fdb.keys().copied().collect::<Vec<_>>() {
             if !fdb.contains_key(&key) {
                 let _ = self.maps.fdb.remove(&key);
                 mirror.fdb.remove(&key);
             }
         }
+        for ifindex in mirror.ports.keys().copied().collect::<Vec<_>>() {
+            if !ports.contains_key(&ifindex) {
+                let _ = self.maps.fast_tx.remove(ifindex);
+                mirror.ports.remove(&ifindex);
+            }
+        }
+        for (ifindex, max_frame) in &ports {
+            if full || !mirror.ports.contains_key(ifindex) {
+                self.maps
+                    .fast_tx
+                    .insert(*ifindex, *ifindex, None, 0)
+                    .context("writing FAST_TX")?;
+            }
+            mirror.ports.insert(*ifindex, *max_frame);
+        }
+        // An entry whose port changed state or MTU differs from what was written: rewritten.
         for (key, entry) in &fdb {
             if full || mirror.fdb.get(key) != Some(entry) {
                 self.maps
@@ -380,19 +388,6 @@ impl Datapath {
                     .insert(key, entry, 0)
                     .context("writing the fast path's FDB")?;
                 mirror.fdb.insert(*key, *entry);
-            }
-        }
-        for (ifindex, port) in &ports {
-            if full || mirror.ports.get(ifindex) != Some(port) {
-                self.maps
-                    .fast_tx
-                    .insert(*ifindex, *ifindex, None, 0)
-                    .context("writing FAST_TX")?;
-                self.maps
-                    .fast_ports
-                    .insert(ifindex, port, 0)
-                    .context("writing FAST_PORTS")?;
-                mirror.ports.insert(*ifindex, *port);
             }
         }
         let state = FastPathState {
@@ -415,12 +410,11 @@ impl Datapath {
             .fast_path
             .set(0, FastPathState::default(), 0)
             .context("switching the fast path off")?;
-        for ifindex in mirror.ports.keys() {
-            let _ = self.maps.fast_ports.remove(ifindex);
-            let _ = self.maps.fast_tx.remove(*ifindex);
-        }
         for key in mirror.fdb.keys() {
             let _ = self.maps.fdb.remove(key);
+        }
+        for ifindex in mirror.ports.keys() {
+            let _ = self.maps.fast_tx.remove(*ifindex);
         }
         *mirror = Mirror::default();
         Ok(())
