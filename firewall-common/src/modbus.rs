@@ -216,6 +216,24 @@ pub struct ModbusStatKey {
     pub _pad: u16,
 }
 
+/// Entries per CPU of map `MODBUS_COUNT_MEMO` (a power of two).
+pub const COUNT_MEMO_SLOTS: u32 = 16;
+
+/// Value of map `MODBUS_COUNT_MEMO` (per-CPU array): ADUs counted on this CPU for `key` of
+/// generation `epoch` and not yet added to `MODBUS_STATS`. A segment's count goes here when its
+/// counter is the one the entry holds (a poll repeats its function), into `MODBUS_STATS` only
+/// when another counter takes the entry: the hash map's lookup was the largest single share of
+/// an inspected Modbus segment's cost. What `MODBUS_STATS` says of the generation in force is
+/// its entries plus the entries here of that epoch (`count` 0: empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountMemo {
+    pub key: ModbusStatKey,
+    pub epoch: u32,
+    pub _pad: u32,
+    pub count: u64,
+}
+
 /// Map `MODBUS_COUNTS` (per-CPU u64) indexes.
 pub const COUNT_EVENTS_LOST: u32 = 0;
 pub const COUNT_RESPONSES_UNFRAMED: u32 = 1;

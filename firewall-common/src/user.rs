@@ -42,6 +42,7 @@ pod!(
     ModbusFlow,
     TcpGuard,
     ModbusStatKey,
+    CountMemo,
     AduRecord,
     AduTrace,
     ModbusScratch,

@@ -693,6 +693,100 @@ fn denied_requests_are_counted_and_reported() {
     assert!(events.next().is_none(), "one event per denied request");
 }
 
+/// The ADU counters are exact while the datapath holds counts back per CPU (`CountMemo`):
+/// many counters competing for the memo's entries (every count lands once, whichever entry it
+/// passed through), and across policy swaps (a new generation starts at zero, and the counts
+/// of the generation two swaps back, which used the same slot, never reappear in it).
+#[test]
+fn adu_counters_are_exact_across_swaps_and_memo_evictions() {
+    let yaml = policy("functions: [read]", "");
+    let (loaded, _) = otfw::policy::check_str("test.yaml", &yaml);
+    let compiled = loaded.expect("the policy").compiled;
+    let mut dp = datapath(&yaml);
+    let count = |dp: &otfw::datapath::Datapath, kind: &str, function: u8| {
+        dp.modbus_traffic()
+            .unwrap()
+            .iter()
+            .filter(|t| t.kind == kind && t.function == function && t.conduit == "plc")
+            .map(|t| t.adus)
+            .sum::<u64>()
+    };
+    let mut c = conn(&mut dp, 36000);
+    // Generation 1: eight request counters (four allowed reads, four denied writes) and the
+    // answers' counter, interleaved, each a different number of times.
+    let reads = [1u8, 2, 3, 4];
+    let writes = [5u8, 6, 15, 16];
+    for round in 0..6u16 {
+        for (i, &f) in reads.iter().enumerate() {
+            if round as usize <= i + 1 {
+                expect(&c.send(&mut dp, &read(f, 0, 1)), Reason::None, "read");
+            }
+        }
+        expect(
+            &c.reply(&mut dp, &adu(1, 3, &[2, 0, 7])),
+            Reason::None,
+            "answer",
+        );
+    }
+    let write = |f: u8| match f {
+        5 => write_single_coil(0, 0xff00),
+        6 => write_single_register(0, 1),
+        15 => write_coils(0, 8),
+        _ => write_registers(0, 1),
+    };
+    let mut port = 36100;
+    for (i, &f) in writes.iter().enumerate() {
+        for _ in 0..=i {
+            // A denied write blocks its connection: one connection per write.
+            let mut w = conn(&mut dp, port);
+            port += 1;
+            expect(
+                &w.send(&mut dp, &write(f)),
+                Reason::ModbusFunctionDenied,
+                "write",
+            );
+        }
+    }
+    for (i, &f) in reads.iter().enumerate() {
+        assert_eq!(count(&dp, "pass", f), i as u64 + 2, "read {f}");
+    }
+    for (i, &f) in writes.iter().enumerate() {
+        assert_eq!(count(&dp, "drop", f), i as u64 + 1, "write {f}");
+    }
+    assert_eq!(count(&dp, "response", 3), 6);
+
+    // Generation 2 (the other slot): starts at zero.
+    dp.install(&compiled).expect("second generation");
+    dp.enable_trace().expect("tracing");
+    assert_eq!(count(&dp, "pass", 3), 0);
+    let mut c2 = conn(&mut dp, 37000);
+    for _ in 0..3 {
+        expect(&c2.send(&mut dp, &read(3, 0, 1)), Reason::None, "read");
+    }
+    assert_eq!(count(&dp, "pass", 3), 3);
+
+    // Generation 3 (the first one's slot again): nothing of generation 1 comes back, not even
+    // what the memo still held of it when a count of generation 3 took its entry.
+    dp.install(&compiled).expect("third generation");
+    dp.enable_trace().expect("tracing");
+    let mut c3 = conn(&mut dp, 38000);
+    for &f in &reads {
+        expect(&c3.send(&mut dp, &read(f, 0, 1)), Reason::None, "read");
+    }
+    expect(
+        &c3.reply(&mut dp, &adu(1, 3, &[2, 0, 7])),
+        Reason::None,
+        "answer",
+    );
+    for &f in &reads {
+        assert_eq!(count(&dp, "pass", f), 1, "read {f} in generation 3");
+    }
+    assert_eq!(count(&dp, "response", 3), 1);
+    for &f in &writes {
+        assert_eq!(count(&dp, "drop", f), 0, "write {f} in generation 3");
+    }
+}
+
 #[test]
 fn on_deny_reset_closes_both_ends() {
     let mut dp = datapath(&policy("functions: [read]", "    on_deny: reset"));

@@ -28,7 +28,8 @@ use firewall_common::{
         MAX_FLOWS,
     },
     modbus::{
-        AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
+        AduTrace, CountMemo, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey,
+        COUNTS_LEN, COUNT_MEMO_SLOTS,
     },
     observed::{LEARN_RING_BYTES, LEARN_STATS_LEN, OBSERVED_RING_BYTES, OBSERVED_STATS_LEN},
     zone::{
@@ -136,6 +137,11 @@ pub static MODBUS_FLOWS: LruHashMap<FlowKey, ModbusFlow> =
 #[map]
 pub static MODBUS_STATS: PerCpuHashMap<ModbusStatKey, u64> =
     PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// This CPU's ADU counts not yet in `MODBUS_STATS` (`CountMemo`).
+#[map]
+pub static MODBUS_COUNT_MEMO: PerCpuArray<CountMemo> =
+    PerCpuArray::with_max_entries(COUNT_MEMO_SLOTS, 0);
 
 /// Inspector event counters (`COUNT_*`).
 #[map]

@@ -17,7 +17,7 @@ use firewall_common::{
     },
     fastpath::{FastPathState, FdbEntry, MacKey},
     flow::{Denial, DenyKey, FlowKey, FlowState, ZoneFlows},
-    modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
+    modbus::{AduTrace, CountMemo, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
 };
 
@@ -50,6 +50,8 @@ pub struct Maps {
     pub modbus_rules: Array<MapData, ModbusRule>,
     pub modbus_flows: HashMap<MapData, FlowKey, ModbusFlow>,
     pub modbus_stats: PerCpuHashMap<MapData, ModbusStatKey, u64>,
+    /// Counts of `modbus_stats` held back per CPU (`CountMemo`): read after it.
+    pub modbus_count_memo: PerCpuArray<MapData, CountMemo>,
     pub modbus_counts: PerCpuArray<MapData, u64>,
     pub modbus_adus: PerCpuArray<MapData, AduTrace>,
     /// Denied-request events, until the controller takes the ring buffer.
@@ -120,6 +122,7 @@ impl Maps {
             modbus_rules: typed!(ebpf, "MODBUS_RULES"),
             modbus_flows: typed!(ebpf, "MODBUS_FLOWS"),
             modbus_stats: typed!(ebpf, "MODBUS_STATS"),
+            modbus_count_memo: typed!(ebpf, "MODBUS_COUNT_MEMO"),
             modbus_counts: typed!(ebpf, "MODBUS_COUNTS"),
             modbus_adus: typed!(ebpf, "MODBUS_ADUS"),
             modbus_events: Some(typed!(ebpf, "MODBUS_EVENTS")),

@@ -1,13 +1,16 @@
 //! The Modbus inspector seen from user space: per-function counters, denied-request events.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use firewall_common::{
     counters::VERDICT_NAMES,
     flow::FlowKey,
-    modbus::{ModbusEvent, COUNT_EVENTS_LOST, COUNT_RESPONSES_UNFRAMED, KIND_NAMES},
+    modbus::{
+        ModbusEvent, ModbusStatKey, COUNT_EVENTS_LOST, COUNT_MEMO_SLOTS, COUNT_RESPONSES_UNFRAMED,
+        KIND_NAMES,
+    },
     reason::Reason,
 };
 use serde::Serialize;
@@ -87,23 +90,43 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let slot = generation.slot() as u8;
-        let mut out = Vec::new();
+        // The hash map first, then the counts the CPUs hold back for the generation: a count
+        // the datapath moves from the memo to the hash map meanwhile is missed for this once,
+        // never counted twice (the counters only ever rise).
+        let mut counts: BTreeMap<(u16, u8, u8, u8), u64> = BTreeMap::new();
+        let mut add = |key: &ModbusStatKey, n: u64| {
+            if key.slot == slot {
+                *counts
+                    .entry((key.conduit, key.function, key.kind, key.detail))
+                    .or_default() += n;
+            }
+        };
         for entry in self.maps.modbus_stats.iter() {
             let (key, per_cpu) = entry.context("reading MODBUS_STATS")?;
-            if key.slot != slot {
-                continue;
-            }
-            out.push(ModbusTraffic {
-                conduit: generation.names.conduit_label(key.conduit),
-                function: key.function,
-                kind: KIND_NAMES
-                    .get(key.kind as usize)
-                    .copied()
-                    .unwrap_or("unknown"),
-                detail: key.detail,
-                adus: per_cpu.iter().sum(),
-            });
+            add(&key, per_cpu.iter().sum());
         }
+        for index in 0..COUNT_MEMO_SLOTS {
+            let per_cpu = self
+                .maps
+                .modbus_count_memo
+                .get(&index, 0)
+                .context("reading MODBUS_COUNT_MEMO")?;
+            for memo in per_cpu.iter() {
+                if memo.count != 0 && memo.epoch == generation.epoch {
+                    add(&memo.key, memo.count);
+                }
+            }
+        }
+        let mut out: Vec<ModbusTraffic> = counts
+            .into_iter()
+            .map(|((conduit, function, kind, detail), adus)| ModbusTraffic {
+                conduit: generation.names.conduit_label(conduit),
+                function,
+                kind: KIND_NAMES.get(kind as usize).copied().unwrap_or("unknown"),
+                detail,
+                adus,
+            })
+            .collect();
         out.sort_by(|a, b| (&a.conduit, a.function, a.kind).cmp(&(&b.conduit, b.function, b.kind)));
         Ok(out)
     }
