@@ -103,3 +103,31 @@ pub struct Trace {
     /// EtherNet/IP records in `ENIP_TRACE` for this frame (0 when that inspector did not run).
     pub records: u32,
 }
+
+/// Entries per CPU of the inspectors' count memos (`MODBUS_COUNT_MEMO`, `ENIP_COUNT_MEMO`; a
+/// power of two).
+pub const COUNT_MEMO_SLOTS: u32 = 16;
+
+/// Value of an inspector's count memo (per-CPU array): requests counted on this CPU for one
+/// counter of its per-CPU hash map (`MODBUS_STATS`, `ENIP_STATS`) in generation `epoch`, not
+/// yet added there. A count goes to the memo when its counter is the one the entry holds (a
+/// poll repeats its request), into the hash map only when another counter takes the entry:
+/// the hash map's lookup was the largest single share of an inspected segment's cost. What the
+/// hash map says of the generation in force is its entries plus the memo entries of that
+/// epoch (`count` 0: empty). The key is the counter's key packed into words, as the
+/// inspector's counting function takes it (`ModbusStatKey::packed`, `EnipStatKey::packed`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountMemo {
+    pub key: [u64; 2],
+    pub epoch: u32,
+    pub _pad: u32,
+    pub count: u64,
+}
+
+/// The memo entry of counter `key`: the top bits of a multiplicative hash.
+#[inline(always)]
+pub const fn memo_index(key: [u64; 2]) -> u32 {
+    let mixed = (key[0] ^ key[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> (64 - COUNT_MEMO_SLOTS.trailing_zeros())) as u32
+}

@@ -496,6 +496,38 @@ pub struct EnipStatKey {
     pub _pad: u16,
 }
 
+impl EnipStatKey {
+    /// The key as two words: slot, service, verdict, kind, conduit and class in the first,
+    /// the command in the second (the datapath's counting functions pass it so).
+    #[inline(always)]
+    pub const fn packed(&self) -> [u64; 2] {
+        [
+            self.slot as u64
+                | (self.service as u64) << 8
+                | (self.verdict as u64) << 16
+                | (self.kind as u64) << 24
+                | (self.conduit as u64) << 32
+                | (self.class as u64) << 48,
+            self.command as u64,
+        ]
+    }
+
+    #[inline(always)]
+    pub const fn unpacked(packed: [u64; 2]) -> EnipStatKey {
+        let a = packed[0];
+        EnipStatKey {
+            slot: a as u8,
+            service: (a >> 8) as u8,
+            verdict: (a >> 16) as u8,
+            kind: (a >> 24) as u8,
+            conduit: (a >> 32) as u16,
+            class: (a >> 48) as u16,
+            command: packed[1] as u16,
+            _pad: 0,
+        }
+    }
+}
+
 /// Map `ENIP_COUNTS` indexes.
 pub const ECOUNT_EVENTS_LOST: u32 = 0;
 pub const ECOUNT_RESPONSES_UNFRAMED: u32 = 1;

@@ -216,22 +216,28 @@ pub struct ModbusStatKey {
     pub _pad: u16,
 }
 
-/// Entries per CPU of map `MODBUS_COUNT_MEMO` (a power of two).
-pub const COUNT_MEMO_SLOTS: u32 = 16;
+impl ModbusStatKey {
+    /// The key as one word (the datapath's counting functions pass it so).
+    #[inline(always)]
+    pub const fn packed(&self) -> u64 {
+        self.slot as u64
+            | (self.function as u64) << 8
+            | (self.kind as u64) << 16
+            | (self.detail as u64) << 24
+            | (self.conduit as u64) << 32
+    }
 
-/// Value of map `MODBUS_COUNT_MEMO` (per-CPU array): ADUs counted on this CPU for `key` of
-/// generation `epoch` and not yet added to `MODBUS_STATS`. A segment's count goes here when its
-/// counter is the one the entry holds (a poll repeats its function), into `MODBUS_STATS` only
-/// when another counter takes the entry: the hash map's lookup was the largest single share of
-/// an inspected Modbus segment's cost. What `MODBUS_STATS` says of the generation in force is
-/// its entries plus the entries here of that epoch (`count` 0: empty).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CountMemo {
-    pub key: ModbusStatKey,
-    pub epoch: u32,
-    pub _pad: u32,
-    pub count: u64,
+    #[inline(always)]
+    pub const fn unpacked(packed: u64) -> ModbusStatKey {
+        ModbusStatKey {
+            slot: packed as u8,
+            function: (packed >> 8) as u8,
+            kind: (packed >> 16) as u8,
+            detail: (packed >> 24) as u8,
+            conduit: (packed >> 32) as u16,
+            _pad: 0,
+        }
+    }
 }
 
 /// Map `MODBUS_COUNTS` (per-CPU u64) indexes.

@@ -10,7 +10,7 @@ mod modbus_common;
 
 use enip_common::*;
 use firewall_common::reason::Reason;
-use modbus_common::{datapath, run, Conn, CLIENT, SERVER};
+use modbus_common::{datapath, run, swap, Conn, CLIENT, SERVER};
 use otfw::datapath::{Datapath, Decision};
 
 #[test]
@@ -942,4 +942,53 @@ fn undeliverable_segments_are_refused() {
     let c = Conn::new(43001, 44818);
     let syn = c.client_frame(c.cseq.wrapping_sub(1), "S", &register_session());
     dropped(&run(&mut dp, &syn), Reason::TcpDataOnSyn, "SYN with data");
+}
+
+/// The request counters are exact while the datapath holds counts back per CPU (`CountMemo`):
+/// a new generation starts at zero, and what the generation two swaps back counted (in the
+/// same slot) never reappears in it.
+#[test]
+fn request_counters_are_exact_across_swaps() {
+    let yaml = policy("services: [read]", "    on_deny: refuse");
+    let mut dp = datapath(&yaml);
+    let count = |dp: &Datapath, service: &str, verdict: &str| -> u64 {
+        dp.enip_traffic()
+            .unwrap()
+            .iter()
+            .filter(|t| t.service == service && t.verdict == verdict)
+            .map(|t| t.requests)
+            .sum()
+    };
+    let mut c = session(&mut dp, 12200);
+    for _ in 0..5 {
+        expect(
+            &c.send(&mut dp, &rr(SESSION, &read_tag("A"))),
+            Reason::None,
+            "read",
+        );
+    }
+    let d = c.send(&mut dp, &rr(SESSION, &write_tag("B")));
+    assert_eq!(d.reason, Reason::CipServiceDenied, "{d:?}");
+    assert_eq!(count(&dp, "read_tag", "pass"), 5);
+    assert_eq!(count(&dp, "write_tag", "refuse"), 1);
+    swap(&mut dp, &yaml);
+    assert_eq!(count(&dp, "read_tag", "pass"), 0);
+    let mut c2 = session(&mut dp, 12201);
+    for _ in 0..2 {
+        expect(
+            &c2.send(&mut dp, &rr(SESSION, &read_tag("A"))),
+            Reason::None,
+            "read",
+        );
+    }
+    assert_eq!(count(&dp, "read_tag", "pass"), 2);
+    swap(&mut dp, &yaml);
+    let mut c3 = session(&mut dp, 12202);
+    expect(
+        &c3.send(&mut dp, &rr(SESSION, &read_tag("A"))),
+        Reason::None,
+        "read",
+    );
+    assert_eq!(count(&dp, "read_tag", "pass"), 1, "generation 3");
+    assert_eq!(count(&dp, "write_tag", "refuse"), 0, "generation 3");
 }

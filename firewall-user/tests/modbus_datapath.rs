@@ -700,8 +700,6 @@ fn denied_requests_are_counted_and_reported() {
 #[test]
 fn adu_counters_are_exact_across_swaps_and_memo_evictions() {
     let yaml = policy("functions: [read]", "");
-    let (loaded, _) = otfw::policy::check_str("test.yaml", &yaml);
-    let compiled = loaded.expect("the policy").compiled;
     let mut dp = datapath(&yaml);
     let count = |dp: &otfw::datapath::Datapath, kind: &str, function: u8| {
         dp.modbus_traffic()
@@ -756,8 +754,7 @@ fn adu_counters_are_exact_across_swaps_and_memo_evictions() {
     assert_eq!(count(&dp, "response", 3), 6);
 
     // Generation 2 (the other slot): starts at zero.
-    dp.install(&compiled).expect("second generation");
-    dp.enable_trace().expect("tracing");
+    swap(&mut dp, &yaml);
     assert_eq!(count(&dp, "pass", 3), 0);
     let mut c2 = conn(&mut dp, 37000);
     for _ in 0..3 {
@@ -767,8 +764,7 @@ fn adu_counters_are_exact_across_swaps_and_memo_evictions() {
 
     // Generation 3 (the first one's slot again): nothing of generation 1 comes back, not even
     // what the memo still held of it when a count of generation 3 took its entry.
-    dp.install(&compiled).expect("third generation");
-    dp.enable_trace().expect("tracing");
+    swap(&mut dp, &yaml);
     let mut c3 = conn(&mut dp, 38000);
     for &f in &reads {
         expect(&c3.send(&mut dp, &read(f, 0, 1)), Reason::None, "read");

@@ -15,7 +15,8 @@ use firewall_common::{
     },
     config::Config,
     counters::{
-        Trace, Traffic, CONDUIT_STATS_LEN, FLOW_STATS_LEN, PATH_STATS_LEN, REASON_STATS_LEN,
+        CountMemo, Trace, Traffic, CONDUIT_STATS_LEN, COUNT_MEMO_SLOTS, FLOW_STATS_LEN,
+        PATH_STATS_LEN, REASON_STATS_LEN,
     },
     enip::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipScratch, EnipStatKey,
@@ -28,8 +29,7 @@ use firewall_common::{
         MAX_FLOWS,
     },
     modbus::{
-        AduTrace, CountMemo, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey,
-        COUNTS_LEN, COUNT_MEMO_SLOTS,
+        AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
     },
     observed::{LEARN_RING_BYTES, LEARN_STATS_LEN, OBSERVED_RING_BYTES, OBSERVED_STATS_LEN},
     zone::{
@@ -227,6 +227,11 @@ pub static ENIP_CONNS: LruHashMap<EnipConnKey, EnipConn> = LruHashMap::with_max_
 #[map]
 pub static ENIP_STATS: PerCpuHashMap<EnipStatKey, u64> =
     PerCpuHashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// This CPU's request counts not yet in `ENIP_STATS` (`CountMemo`).
+#[map]
+pub static ENIP_COUNT_MEMO: PerCpuArray<CountMemo> =
+    PerCpuArray::with_max_entries(COUNT_MEMO_SLOTS, 0);
 
 /// Inspector event counters (`ECOUNT_*`).
 #[map]

@@ -13,16 +13,15 @@ use aya_ebpf::{
 
 use firewall_common::{
     conduit::{MAX_PROTOCOL_RULES, MODE_MONITOR, ON_DENY_REFUSE, ON_DENY_RESET},
-    config::ACTIVE_INDEX,
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_REFUSE, VERDICT_RESET},
     modbus::{
         bit, AduRecord, InspectContext, ModbusEvent, ModbusFlow, ModbusRule, ModbusScratch,
         ModbusStatKey, ModbusStream, Refusal, Refusals, ADU_REQUEST, CARRY_MAX, COUNT_EVENTS_LOST,
-        COUNT_MEMO_SLOTS, COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_REFUSE, KIND_RESPONSE,
-        KIND_UNSOLICITED, MAX_ADUS, MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX,
-        REFUSALS_MAX, REWRITES_MAX, RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED,
-        STREAM_ACKED, STREAM_BOUNDARY, STREAM_SYNCED, TABLE_COILS, TABLE_DISCRETE_INPUTS,
-        TABLE_HOLDING_REGISTERS, TABLE_INPUT_REGISTERS,
+        COUNT_RESPONSES_UNFRAMED, KIND_EXCEPTION, KIND_REFUSE, KIND_RESPONSE, KIND_UNSOLICITED,
+        MAX_ADUS, MAX_RANGES, MODBUS_BLOCKED, MODBUS_RESET, PREFIX_MAX, REFUSALS_MAX, REWRITES_MAX,
+        RULE_DIAG_OTHERS, RULE_PRESENT, RULE_TABLE_LIMITED, STREAM_ACKED, STREAM_BOUNDARY,
+        STREAM_SYNCED, TABLE_COILS, TABLE_DISCRETE_INPUTS, TABLE_HOLDING_REGISTERS,
+        TABLE_INPUT_REGISTERS,
     },
     observed::{modbus_use, UseSet},
     reason::Reason,
@@ -31,8 +30,8 @@ use firewall_common::{
 
 use super::{
     maps::{
-        ACTIVE, INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_COUNT_MEMO, MODBUS_EVENTS,
-        MODBUS_FLOWS, MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
+        INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_COUNT_MEMO, MODBUS_EVENTS, MODBUS_FLOWS,
+        MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
     },
     reset,
     stats::{self, Accounted},
@@ -984,45 +983,23 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
     0
 }
 
-/// Adds `n` to one `MODBUS_STATS` counter of the packet's generation; the key is packed as
-/// `ModbusStatKey` is laid out. The count goes to this CPU's memo entry for the counter
-/// (`CountMemo`); what the entry held for another counter moves to `MODBUS_STATS` if it is of
-/// the generation in force, and is dropped if it is of an older one (whose counters were read
-/// when it retired, and whose slot the hash map may already hold a newer generation in).
+/// Adds `n` to one `MODBUS_STATS` counter of the packet's generation (through this CPU's memo,
+/// `stats::add_memoized`); the key is packed as `ModbusStatKey::packed` packs it.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_modbus_count(packed: u64, n: u64) -> u64 {
-    let key = ModbusStatKey {
-        slot: packed as u8,
-        function: (packed >> 8) as u8,
-        kind: (packed >> 16) as u8,
-        detail: (packed >> 24) as u8,
-        conduit: (packed >> 32) as u16,
-        _pad: 0,
-    };
-    // The entry: a multiplicative hash of the counter, its top bits.
-    let index = (packed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as u32 & (COUNT_MEMO_SLOTS - 1);
-    let (Some(ic), Some(memo)) = (INSPECT_CTX.get_ptr(0), MODBUS_COUNT_MEMO.get_ptr_mut(index))
-    else {
-        stats::add(&MODBUS_STATS, &key, n);
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
         return 0;
     };
-    // SAFETY: the packet's per-CPU context, only read; a per-CPU memo entry, only touched by
-    // this CPU while the program runs.
-    let (epoch, memo) = unsafe { ((*ic).epoch, &mut *memo) };
-    if memo.count != 0 && memo.epoch == epoch && memo.key == key {
-        memo.count += n;
-        return 0;
-    }
-    let (held, held_epoch, held_count) = (memo.key, memo.epoch, memo.count);
-    // Taken over before the held count moves: a reader sums the hash map first, then the
-    // memo, so a count in motion is missed for a moment, never counted twice.
-    memo.key = key;
-    memo.epoch = epoch;
-    memo.count = n;
-    if held_count != 0 && ACTIVE.get(ACTIVE_INDEX).copied() == Some(held_epoch) {
-        stats::add(&MODBUS_STATS, &held, held_count);
-    }
+    // SAFETY: the packet's per-CPU context, only read.
+    let epoch = unsafe { (*ic).epoch };
+    stats::add_memoized(
+        (&MODBUS_COUNT_MEMO, &MODBUS_STATS),
+        [packed, 0],
+        epoch,
+        n,
+        |key| ModbusStatKey::unpacked(key[0]),
+    );
     0
 }
 

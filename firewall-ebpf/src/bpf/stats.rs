@@ -2,11 +2,15 @@
 //! packet is accounted exactly once: by the main program, or by the inspector it handed the
 //! packet to.
 
-use aya_ebpf::{maps::PerCpuHashMap, programs::XdpContext};
+use aya_ebpf::{
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::XdpContext,
+};
 
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo},
-    counters::{conduit_stats_index, reason_index, Trace, VERDICT_PASS},
+    config::ACTIVE_INDEX,
+    counters::{conduit_stats_index, memo_index, reason_index, CountMemo, Trace, VERDICT_PASS},
     modbus::InspectContext,
     reason::Reason,
     slot_of,
@@ -14,7 +18,7 @@ use firewall_common::{
 
 use super::{
     events,
-    maps::{CONDUITS, CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
+    maps::{ACTIVE, CONDUITS, CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
 };
@@ -133,5 +137,39 @@ pub fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K, n: u64) {
         unsafe { *count += n };
     } else {
         let _ = map.insert(key, &n, 0);
+    }
+}
+
+/// Adds `n` to the counter packed as `key` (`unpack` makes the map's key of it) of generation
+/// `epoch`, through this CPU's entry of the counter's memo (`CountMemo`): no hash lookup while
+/// the entry holds this counter. What the entry held for another counter moves to `map` if it
+/// is of the generation in force, and is dropped if it is older (its counters were read when it
+/// retired, and its slot may already hold a newer generation's).
+#[inline(always)]
+pub fn add_memoized<K>(
+    (memos, map): (&PerCpuArray<CountMemo>, &PerCpuHashMap<K, u64>),
+    key: [u64; 2],
+    epoch: u32,
+    n: u64,
+    unpack: impl Fn([u64; 2]) -> K,
+) {
+    let Some(memo) = memos.get_ptr_mut(memo_index(key)) else {
+        add(map, &unpack(key), n);
+        return;
+    };
+    // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+    let memo = unsafe { &mut *memo };
+    if memo.count != 0 && memo.epoch == epoch && memo.key[0] == key[0] && memo.key[1] == key[1] {
+        memo.count += n;
+        return;
+    }
+    let (held, held_epoch, held_count) = (memo.key, memo.epoch, memo.count);
+    // Taken over before the held count moves: a reader sums the hash map first, then the
+    // memo, so a count in motion is missed for a moment, never counted twice.
+    memo.key = key;
+    memo.epoch = epoch;
+    memo.count = n;
+    if held_count != 0 && ACTIVE.get(ACTIVE_INDEX).copied() == Some(held_epoch) {
+        add(map, &unpack(held), held_count);
     }
 }

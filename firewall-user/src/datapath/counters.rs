@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use firewall_common::{
     counters::{
-        conduit_stats_index, reason_index, Traffic, FLOW_STATS_LEN, PATH_STATS_LEN, VERDICT_COUNT,
+        conduit_stats_index, reason_index, CountMemo, Traffic, COUNT_MEMO_SLOTS, FLOW_STATS_LEN,
+        PATH_STATS_LEN, VERDICT_COUNT,
     },
     event::EVENT_STATS_LEN,
     flow::{FlowKey, FlowState},
@@ -228,4 +229,28 @@ impl Datapath {
             sum(&self.maps.learn_stats, LEARN_RING_FULL, "LEARN_STATS")?,
         ))
     }
+}
+
+/// The counts the CPUs hold back in an inspector's count memo (`CountMemo`) for generation
+/// `epoch`, by packed key. Read after the counters' hash map: a count the datapath moves from
+/// the memo to the hash map meanwhile is missed for this once, never counted twice (the
+/// counters only ever rise).
+pub(super) fn held_back(
+    memos: &PerCpuArray<MapData, CountMemo>,
+    name: &str,
+    epoch: u32,
+) -> Result<Vec<([u64; 2], u64)>> {
+    let mut out = Vec::new();
+    for index in 0..COUNT_MEMO_SLOTS {
+        let per_cpu = memos
+            .get(&index, 0)
+            .with_context(|| format!("reading {name}"))?;
+        out.extend(
+            per_cpu
+                .iter()
+                .filter(|m| m.count != 0 && m.epoch == epoch)
+                .map(|m| (m.key, m.count)),
+        );
+    }
+    Ok(out)
 }

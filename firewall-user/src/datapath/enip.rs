@@ -1,20 +1,22 @@
 //! The EtherNet/IP inspector seen from user space: request counters, denied-request events,
 //! and the names used to print CIP requests.
 
+use std::collections::HashMap;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use firewall_common::{
     counters::VERDICT_NAMES,
     enip::{
-        EnipEvent, EnipRecord, ECOUNT_CONNECTIONS, ECOUNT_EVENTS_LOST, ECOUNT_RESPONSES_UNFRAMED,
-        REC_CIP, REC_COMMAND, REC_SYMBOLIC,
+        EnipEvent, EnipRecord, EnipStatKey, ECOUNT_CONNECTIONS, ECOUNT_EVENTS_LOST,
+        ECOUNT_RESPONSES_UNFRAMED, REC_CIP, REC_COMMAND, REC_SYMBOLIC,
     },
     flow::FlowKey,
     reason::Reason,
 };
 use serde::Serialize;
 
-use super::{modbus::address, Datapath};
+use super::{counters::held_back, modbus::address, Datapath};
 use crate::policy::{
     compiled::Names,
     enip::{CipTarget, COMMANDS, SERVICES, SYMBOL_CLASS},
@@ -113,9 +115,18 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let slot = generation.slot() as u8;
-        let mut out = Vec::new();
+        // The hash map first, then what the CPUs hold back (`held_back`).
+        let mut counts: HashMap<EnipStatKey, u64> = HashMap::new();
         for entry in self.maps.enip_stats.iter() {
             let (key, per_cpu) = entry.context("reading ENIP_STATS")?;
+            *counts.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        let memo = &self.maps.enip_count_memo;
+        for (key, n) in held_back(memo, "ENIP_COUNT_MEMO", generation.epoch)? {
+            *counts.entry(EnipStatKey::unpacked(key)).or_default() += n;
+        }
+        let mut out = Vec::new();
+        for (key, requests) in counts {
             if key.slot != slot {
                 continue;
             }
@@ -136,7 +147,7 @@ impl Datapath {
                     .get(key.verdict as usize)
                     .copied()
                     .unwrap_or("unknown"),
-                requests: per_cpu.iter().sum(),
+                requests,
             });
         }
         out.sort_by(|a, b| {

@@ -11,13 +11,13 @@ use aya::{
 use firewall_common::{
     conduit::{ConduitInfo, ConduitKey, RuleSet},
     config::{Config, ACTIVE_INDEX},
-    counters::{Trace, Traffic},
+    counters::{CountMemo, Trace, Traffic},
     enip::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipStatKey, EnipTagKey, EnipTrace,
     },
     fastpath::{FastPathState, FdbEntry, MacKey},
     flow::{Denial, DenyKey, FlowKey, FlowState, ZoneFlows},
-    modbus::{AduTrace, CountMemo, ModbusFlow, ModbusRule, ModbusStatKey},
+    modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
 };
 
@@ -74,6 +74,8 @@ pub struct Maps {
     pub enip_flows: HashMap<MapData, FlowKey, EnipFlow>,
     pub enip_conns: HashMap<MapData, EnipConnKey, EnipConn>,
     pub enip_stats: PerCpuHashMap<MapData, EnipStatKey, u64>,
+    /// Counts of `enip_stats` held back per CPU (`CountMemo`): read after it.
+    pub enip_count_memo: PerCpuArray<MapData, CountMemo>,
     pub enip_counts: PerCpuArray<MapData, u64>,
     pub enip_trace: PerCpuArray<MapData, EnipTrace>,
     /// Denied EtherNet/IP requests, until the controller takes the ring buffer.
@@ -141,6 +143,7 @@ impl Maps {
             enip_flows: typed!(ebpf, "ENIP_FLOWS"),
             enip_conns: typed!(ebpf, "ENIP_CONNS"),
             enip_stats: typed!(ebpf, "ENIP_STATS"),
+            enip_count_memo: typed!(ebpf, "ENIP_COUNT_MEMO"),
             enip_counts: typed!(ebpf, "ENIP_COUNTS"),
             enip_trace: typed!(ebpf, "ENIP_TRACE"),
             enip_events: Some(typed!(ebpf, "ENIP_EVENTS")),

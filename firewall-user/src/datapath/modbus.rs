@@ -1,21 +1,18 @@
 //! The Modbus inspector seen from user space: per-function counters, denied-request events.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use firewall_common::{
     counters::VERDICT_NAMES,
     flow::FlowKey,
-    modbus::{
-        ModbusEvent, ModbusStatKey, COUNT_EVENTS_LOST, COUNT_MEMO_SLOTS, COUNT_RESPONSES_UNFRAMED,
-        KIND_NAMES,
-    },
+    modbus::{ModbusEvent, ModbusStatKey, COUNT_EVENTS_LOST, COUNT_RESPONSES_UNFRAMED, KIND_NAMES},
     reason::Reason,
 };
 use serde::Serialize;
 
-use super::Datapath;
+use super::{counters::held_back, Datapath};
 use crate::policy::compiled::Names;
 
 /// ADUs of one conduit, function and verdict (requests) or response kind, summed over CPUs.
@@ -90,40 +87,27 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let slot = generation.slot() as u8;
-        // The hash map first, then the counts the CPUs hold back for the generation: a count
-        // the datapath moves from the memo to the hash map meanwhile is missed for this once,
-        // never counted twice (the counters only ever rise).
-        let mut counts: BTreeMap<(u16, u8, u8, u8), u64> = BTreeMap::new();
-        let mut add = |key: &ModbusStatKey, n: u64| {
-            if key.slot == slot {
-                *counts
-                    .entry((key.conduit, key.function, key.kind, key.detail))
-                    .or_default() += n;
-            }
-        };
+        // The hash map first, then what the CPUs hold back (`held_back`).
+        let mut counts: HashMap<ModbusStatKey, u64> = HashMap::new();
         for entry in self.maps.modbus_stats.iter() {
             let (key, per_cpu) = entry.context("reading MODBUS_STATS")?;
-            add(&key, per_cpu.iter().sum());
+            *counts.entry(key).or_default() += per_cpu.iter().sum::<u64>();
         }
-        for index in 0..COUNT_MEMO_SLOTS {
-            let per_cpu = self
-                .maps
-                .modbus_count_memo
-                .get(&index, 0)
-                .context("reading MODBUS_COUNT_MEMO")?;
-            for memo in per_cpu.iter() {
-                if memo.count != 0 && memo.epoch == generation.epoch {
-                    add(&memo.key, memo.count);
-                }
-            }
+        let memo = &self.maps.modbus_count_memo;
+        for (key, n) in held_back(memo, "MODBUS_COUNT_MEMO", generation.epoch)? {
+            *counts.entry(ModbusStatKey::unpacked(key[0])).or_default() += n;
         }
         let mut out: Vec<ModbusTraffic> = counts
             .into_iter()
-            .map(|((conduit, function, kind, detail), adus)| ModbusTraffic {
-                conduit: generation.names.conduit_label(conduit),
-                function,
-                kind: KIND_NAMES.get(kind as usize).copied().unwrap_or("unknown"),
-                detail,
+            .filter(|(key, _)| key.slot == slot)
+            .map(|(key, adus)| ModbusTraffic {
+                conduit: generation.names.conduit_label(key.conduit),
+                function: key.function,
+                kind: KIND_NAMES
+                    .get(key.kind as usize)
+                    .copied()
+                    .unwrap_or("unknown"),
+                detail: key.detail,
                 adus,
             })
             .collect();

@@ -52,6 +52,16 @@ pub fn datapath(yaml: &str) -> Datapath {
     dp
 }
 
+/// Installs `yaml` on `dp` as a new generation (a policy swap), tracing on again.
+pub fn swap(dp: &mut Datapath, yaml: &str) {
+    let (loaded, diagnostics) = check_str("test.yaml", yaml);
+    let Some(loaded) = loaded else {
+        panic!("policy rejected: {diagnostics:#?}\n{yaml}");
+    };
+    dp.install(&loaded.compiled).expect("installing the policy");
+    dp.enable_trace().expect("enabling the trace");
+}
+
 /// A request ADU: MBAP header (transaction id 1, protocol 0, length from the PDU) + PDU.
 pub fn adu(unit: u8, function: u8, data: &[u8]) -> Vec<u8> {
     let len = (2 + data.len()) as u16;

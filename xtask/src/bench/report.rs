@@ -1041,11 +1041,13 @@ impl Parts {
             "modbus_read" | "modbus_pipelined" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it; the inspector adds \
                  {:.0} ns for a one-ADU segment (tail call, framing state in `MODBUS_FLOWS`, a \
-                 second LRU lookup by the initiator key, per-CPU scratch, rule, per-ADU \
-                 accounting) and about {:.0} ns per further ADU of a pipelined segment. \
+                 second LRU lookup by the initiator key, the connection's first-use sets copied \
+                 into per-CPU scratch, rule, the segment's ADUs counted: in the CPU's count \
+                 memo while the counter repeats, a hash-map update when it changes) and about \
+                 {:.0} ns per further ADU of a pipelined segment. \
                  {}*Next:* keep the framing state in the flow entry (one lookup instead of \
-                 two); account a segment's ADUs with one counter update per function; and the \
-                 tracked-flow items above, which every inspected frame pays too.",
+                 two); test the first-use sets in place instead of copying them per segment; \
+                 and the tracked-flow items above, which every inspected frame pays too.",
                 modbus - tracked,
                 (pipelined - modbus) / 7.0,
                 if tracked >= budget {
@@ -1061,10 +1063,10 @@ impl Parts {
                  into per-CPU scratch, and per embedded request the path parse, the class and \
                  service lookups and the tag hash (Read Tag {:.0} ns, Multiple Service Packet \
                  of ten {:.0} ns, I/O {:.0} ns; requests with the same counter in a row share \
-                 one counter update). *Next:* the inspector state in the flow entry (one lookup \
-                 instead of two); the per-request trace record written only where something \
-                 reads it (replay, tests, events), the counters kept from a compact per-request \
-                 summary.",
+                 one counter update, kept in the CPU's count memo while it repeats). *Next:* the \
+                 inspector state in the flow entry (one lookup instead of two); the \
+                 per-request trace record written only where something reads it (replay, \
+                 tests, events).",
                 ns("enip_read_tag"),
                 ns("enip_msp"),
                 ns("enip_io")

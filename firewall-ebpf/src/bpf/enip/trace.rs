@@ -11,7 +11,7 @@ use firewall_common::{
 
 use super::{masked, scratch, R_NONE};
 use crate::bpf::{
-    maps::{ENIP_COUNTS, ENIP_EVENTS, ENIP_STATS, ENIP_TRACE, INSPECT_CTX},
+    maps::{ENIP_COUNTS, ENIP_COUNT_MEMO, ENIP_EVENTS, ENIP_STATS, ENIP_TRACE, INSPECT_CTX},
     stats::{self, Accounted},
 };
 
@@ -289,21 +289,23 @@ pub extern "C" fn otfw_enip_count_all(packed: u64, records: u64) -> u64 {
     0
 }
 
-/// Adds `b >> 16` to one `ENIP_STATS` counter: `a` holds the key's slot, service, verdict,
-/// kind, conduit and class as `otfw_enip_count_all` packs them, `b`'s low 16 bits its command.
+/// Adds `b >> 16` to one `ENIP_STATS` counter of the packet's generation (through this CPU's
+/// memo, `stats::add_memoized`): `a` and `b`'s low 16 bits are the key as
+/// `EnipStatKey::packed` packs it.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_count(a: u64, b: u64) -> u64 {
-    let key = EnipStatKey {
-        slot: a as u8,
-        service: (a >> 8) as u8,
-        verdict: (a >> 16) as u8,
-        kind: (a >> 24) as u8,
-        conduit: (a >> 32) as u16,
-        class: (a >> 48) as u16,
-        command: b as u16,
-        _pad: 0,
+    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+        return 0;
     };
-    stats::add(&ENIP_STATS, &key, b >> 16);
+    // SAFETY: the packet's per-CPU context, only read.
+    let epoch = unsafe { (*ic).epoch };
+    stats::add_memoized(
+        (&ENIP_COUNT_MEMO, &ENIP_STATS),
+        [a, b & 0xffff],
+        epoch,
+        b >> 16,
+        EnipStatKey::unpacked,
+    );
     0
 }
