@@ -1032,7 +1032,8 @@ impl Parts {
                  last-seen and port bookkeeping written back, and the per-CPU counters \
                  (reason, conduit, path) updated in three maps. *Next:* one per-CPU counter \
                  block per packet instead of three map updates; write the flow entry only when \
-                 something changed (a coarse last-seen instead of every packet's clock); look \
+                 something changed (the last-seen time comes from the coarse clock, so most \
+                 packets of a busy flow would write nothing); look \
                  at what `non_ip` spends beyond the baseline's parse (entry checks, the tracing \
                  flag, the fast-path state read).",
                 non_ip / base.max(1.0),
