@@ -3,7 +3,7 @@
 //! opens.
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use firewall_common::{
     counters::{
         conduit_stats_index, reason_index, CountMemo, Traffic, COUNT_MEMO_SLOTS, FLOW_STATS_LEN,
@@ -231,26 +231,30 @@ impl Datapath {
     }
 }
 
-/// The counts the CPUs hold back in an inspector's count memo (`CountMemo`) for generation
-/// `epoch`, by packed key. Read after the counters' hash map: a count the datapath moves from
+/// An inspector's request counters (`MODBUS_STATS`, `ENIP_STATS`) of generation `epoch`, summed
+/// over CPUs, with what the CPUs hold back in the counters' memo (`CountMemo`; `unpack` makes
+/// a counter's key of a memo entry's packed key). Entries of other slots are left to the
+/// caller's filter. The hash map is read first, then the memo: a count the datapath moves from
 /// the memo to the hash map meanwhile is missed for this once, never counted twice (the
 /// counters only ever rise).
-pub(super) fn held_back(
-    memos: &PerCpuArray<MapData, CountMemo>,
-    name: &str,
+pub(super) fn inspector_counts<K: aya::Pod + Eq + std::hash::Hash>(
+    (map, name): (&PerCpuHashMap<MapData, K, u64>, &str),
+    (memos, memo_name): (&PerCpuArray<MapData, CountMemo>, &str),
     epoch: u32,
-) -> Result<Vec<([u64; 2], u64)>> {
-    let mut out = Vec::new();
+    unpack: impl Fn([u64; 2]) -> K,
+) -> Result<std::collections::HashMap<K, u64>> {
+    let mut counts = std::collections::HashMap::new();
+    for entry in map.iter() {
+        let (key, per_cpu) = entry.with_context(|| format!("reading {name}"))?;
+        *counts.entry(key).or_default() += per_cpu.iter().sum::<u64>();
+    }
     for index in 0..COUNT_MEMO_SLOTS {
         let per_cpu = memos
             .get(&index, 0)
-            .with_context(|| format!("reading {name}"))?;
-        out.extend(
-            per_cpu
-                .iter()
-                .filter(|m| m.count != 0 && m.epoch == epoch)
-                .map(|m| (m.key, m.count)),
-        );
+            .with_context(|| format!("reading {memo_name}"))?;
+        for memo in per_cpu.iter().filter(|m| m.count != 0 && m.epoch == epoch) {
+            *counts.entry(unpack(memo.key)).or_default() += memo.count;
+        }
     }
-    Ok(out)
+    Ok(counts)
 }

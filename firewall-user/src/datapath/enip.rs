@@ -1,8 +1,6 @@
 //! The EtherNet/IP inspector seen from user space: request counters, denied-request events,
 //! and the names used to print CIP requests.
 
-use std::collections::HashMap;
-
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use firewall_common::{
@@ -16,7 +14,7 @@ use firewall_common::{
 };
 use serde::Serialize;
 
-use super::{counters::held_back, modbus::address, Datapath};
+use super::{counters::inspector_counts, modbus::address, Datapath};
 use crate::policy::{
     compiled::Names,
     enip::{CipTarget, COMMANDS, SERVICES, SYMBOL_CLASS},
@@ -115,16 +113,12 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let slot = generation.slot() as u8;
-        // The hash map first, then what the CPUs hold back (`held_back`).
-        let mut counts: HashMap<EnipStatKey, u64> = HashMap::new();
-        for entry in self.maps.enip_stats.iter() {
-            let (key, per_cpu) = entry.context("reading ENIP_STATS")?;
-            *counts.entry(key).or_default() += per_cpu.iter().sum::<u64>();
-        }
-        let memo = &self.maps.enip_count_memo;
-        for (key, n) in held_back(memo, "ENIP_COUNT_MEMO", generation.epoch)? {
-            *counts.entry(EnipStatKey::unpacked(key)).or_default() += n;
-        }
+        let counts = inspector_counts(
+            (&self.maps.enip_stats, "ENIP_STATS"),
+            (&self.maps.enip_count_memo, "ENIP_COUNT_MEMO"),
+            generation.epoch,
+            EnipStatKey::unpacked,
+        )?;
         let mut out = Vec::new();
         for (key, requests) in counts {
             if key.slot != slot {

@@ -1,6 +1,6 @@
 //! The Modbus inspector seen from user space: per-function counters, denied-request events.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -12,7 +12,7 @@ use firewall_common::{
 };
 use serde::Serialize;
 
-use super::{counters::held_back, Datapath};
+use super::{counters::inspector_counts, Datapath};
 use crate::policy::compiled::Names;
 
 /// ADUs of one conduit, function and verdict (requests) or response kind, summed over CPUs.
@@ -87,16 +87,12 @@ impl Datapath {
             return Ok(Vec::new());
         };
         let slot = generation.slot() as u8;
-        // The hash map first, then what the CPUs hold back (`held_back`).
-        let mut counts: HashMap<ModbusStatKey, u64> = HashMap::new();
-        for entry in self.maps.modbus_stats.iter() {
-            let (key, per_cpu) = entry.context("reading MODBUS_STATS")?;
-            *counts.entry(key).or_default() += per_cpu.iter().sum::<u64>();
-        }
-        let memo = &self.maps.modbus_count_memo;
-        for (key, n) in held_back(memo, "MODBUS_COUNT_MEMO", generation.epoch)? {
-            *counts.entry(ModbusStatKey::unpacked(key[0])).or_default() += n;
-        }
+        let counts = inspector_counts(
+            (&self.maps.modbus_stats, "MODBUS_STATS"),
+            (&self.maps.modbus_count_memo, "MODBUS_COUNT_MEMO"),
+            generation.epoch,
+            |key| ModbusStatKey::unpacked(key[0]),
+        )?;
         let mut out: Vec<ModbusTraffic> = counts
             .into_iter()
             .filter(|(key, _)| key.slot == slot)
