@@ -221,7 +221,9 @@ fn enforcement_survives_sigkill_and_a_restart_takes_it_over() {
     // The restart took the links over and kept the counters: every denied datagram, before
     // and after the SIGKILL, is counted.
     let mut restarted = restarted;
-    let stderr = restarted.process.stderr();
+    let stderr = restarted
+        .process
+        .stderr_with("took over otfwt-a", Duration::from_secs(5));
     assert!(stderr.contains("took over otfwt-a"), "{stderr}");
     let pid = libc::pid_t::try_from(restarted.process.pid()).unwrap();
     // SAFETY: signalling the otfw process this test started, by its PID.
@@ -464,7 +466,9 @@ fn an_incompatible_map_layout_is_replaced_without_an_unprotected_moment() {
         policy_file,
         &["--metrics", "off", "--instance", INSTANCE],
     );
-    let stderr = restarted.process.stderr();
+    let stderr = restarted
+        .process
+        .stderr_with("took over otfwt-a", Duration::from_secs(5));
     assert!(stderr.contains("took over otfwt-a"), "{stderr}");
     assert!(!stderr.contains("replaced the pinned maps"), "{stderr}");
     let _denied_server = lab.udp_echo_server("a", 5354).unwrap();

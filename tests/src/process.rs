@@ -146,6 +146,20 @@ impl LabProcess {
             .clone()
     }
 
+    /// What the process wrote to stderr, once it contains `wanted` or `timeout` has passed:
+    /// stderr is read by a thread of its own, so a line the process logged before a line on
+    /// stdout may not have been collected yet when the test reads that stdout line.
+    pub fn stderr_with(&self, wanted: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = self.stderr();
+            if text.contains(wanted) || std::time::Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The next line of standard output, or `None` if none came within `timeout` or the
     /// process closed its output.
     pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
