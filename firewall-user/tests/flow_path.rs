@@ -17,7 +17,8 @@ use firewall_common::{
     counters::{PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN},
     flow::MAX_DENIALS,
     reason::Reason::{
-        FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, Spoofed, Unzoned,
+        FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, ReverseSyn, Spoofed,
+        Unzoned,
     },
 };
 use otfw::datapath::Datapath;
@@ -271,6 +272,49 @@ fn decision_cache() {
     assert!(
         after <= MAX_DENIALS as usize && after > MAX_DENIALS as usize / 2,
         "decision cache holds {after} entries after {flood} distinct denials (size {MAX_DENIALS})"
+    );
+}
+
+/// A bare SYN asks the decision cache before the flow table (a SYN flood against a denied
+/// service costs one lookup). What a remembered denial can say about a tracked flow's tuple is
+/// what the flow's own check would: the responder's SYN is denied either way, by the cache with
+/// its reason; the initiator's SYNs (never denied on that tuple) still reach the flow.
+#[test]
+fn decision_cache_before_the_flow_table() {
+    let p = it_ot();
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let (_, [_, stored, cached]) = run_counting(vec![
+        case(
+            "the responder's SYN on a tracked flow, nothing remembered",
+            &p,
+            vec![
+                frame(c.syn(40000, 502), pass("modbus").creates()),
+                frame(s.syn_ack(502, 40000), pass("modbus")),
+                frame(s.syn(502, 40000), drop(ReverseSyn, "modbus")),
+                // The initiator's SYN on its own tuple is the flow's.
+                frame(c.syn(40000, 502), pass("modbus")),
+            ],
+        ),
+        case(
+            "the responder's SYN on a tracked flow, a denial of its kind remembered",
+            &p,
+            vec![
+                frame(c.syn(40001, 502), pass("modbus").creates()),
+                frame(s.syn_ack(502, 40001), pass("modbus")),
+                // Any source port: the cache's key leaves it out for a bare SYN.
+                frame(s.syn(9999, 40001), drop(NoConduit, NONE)),
+                frame(s.syn(502, 40001), drop(NoConduit, NONE)),
+                // The flow itself is untouched.
+                frame(c.ack(40001, 502), pass("modbus")),
+                frame(s.ack(502, 40001), pass("modbus")),
+                frame(c.syn(40001, 502), pass("modbus")),
+            ],
+        ),
+    ]);
+    assert_eq!(
+        (stored, cached),
+        (1, 1),
+        "(denials stored, decided from the cache)"
     );
 }
 

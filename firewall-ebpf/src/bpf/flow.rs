@@ -151,23 +151,26 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             keys.canonical.mark_echo(initiator);
         }
         // Established flows first: their packets are the traffic. On a miss, the table of
-        // flows not answered yet. A bare SYN asks the decision cache before that table: a SYN
-        // flood against a denied service is answered without the second lookup. (Only a bare
-        // SYN: it never answers anything, so a remembered denial of its key cannot stand for
-        // the answer to a flow someone else opened, which a SYN-ACK or a datagram could.)
+        // flows not answered yet. A bare SYN asks the decision cache before either: a SYN
+        // flood against a denied service is answered with that one lookup. (Only a bare SYN:
+        // it never answers anything, so a remembered denial of its key cannot stand for the
+        // answer to a flow someone else opened, which a SYN-ACK or a datagram could; and a
+        // denial is remembered only for what zones and conduits decide, which a bare SYN of a
+        // tracked flow would be denied by as well: a new connection on that tuple by the
+        // initiator was denied the same way, and the responder's SYN is a reverse SYN.)
         let flags = pkt.l4.tcp_flags;
+        if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+            if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+                return decided;
+            }
+            cache_checked = true;
+        }
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
                 keys.table = TABLE_FLOWS;
                 Some(state)
             }
             None => {
-                if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-                    if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
-                        return decided;
-                    }
-                    cache_checked = true;
-                }
                 keys.table = TABLE_EMBRYOS;
                 EMBRYOS.get_ptr_mut(&keys.canonical)
             }

@@ -185,7 +185,7 @@ pub fn cases() -> Vec<Case> {
             "l4_deny",
             "L4 denied, one tuple repeated (TCP SYN, no conduit)",
             true,
-            "parse, flow miss, decision cache hit",
+            "parse, decision cache hit (a bare SYN asks it before the flow table)",
             XDP_DROP,
             vec![],
             tcp(40100, DENIED_PORT, true, &[]),
@@ -196,8 +196,9 @@ pub fn cases() -> Vec<Case> {
                 "l4_deny_flood",
                 "L4 denied, every frame a new tuple (randomised flood)",
                 true,
-                "parse, flow miss, cache miss, zone lookups (host hash or trie), four \
-                 conduit-key lookups and the rule scan, the denial remembered",
+                "parse, cache miss, flow misses (established, then unanswered), zone lookups \
+                 (host hash or trie), four conduit-key lookups and the rule scan, the denial \
+                 remembered",
                 XDP_DROP,
                 vec![],
                 tcp(40100, DENIED_PORT, true, &[]),

@@ -883,8 +883,8 @@ fn not_inspected(dp: &Datapath) -> String {
 /// Why the missed targets are missed and what would close the gap, from this run's numbers.
 /// The per-packet path is split into its parts by differences of measured cases: a non-IP
 /// frame is parse and entry; a tracked segment adds the one flow lookup; a repeated denial adds
-/// the flow miss and a decision-cache hit; a fresh denial adds zone and conduit resolution and
-/// the cache insert on top.
+/// a decision-cache hit (a bare SYN asks the cache before the flow table); a fresh denial adds
+/// the flow misses, zone and conduit resolution and the cache insert on top.
 fn gap_notes(r: &Report) -> String {
     let dp = r.dp;
     let mut md =
@@ -907,11 +907,12 @@ fn gap_notes(r: &Report) -> String {
         "The datapath decides flow first: one lookup of the canonical flow key, and on a hit \
          (same side, same port, same epoch) no zone lookup at all; a packet of no flow asks the \
          decision cache (`DENIALS`) before it resolves zones (host hash, then the LPM trie) and \
-         conduits. Measured shares of a frame (test-run loop, medians): baseline program \
-         {base:.0} ns; a non-IP frame through otfw {:.0} ns (entry and parse); the flow hit of \
-         a tracked segment {:+.0} ns on top of that; a repeated denial (flow miss, cache hit) \
-         {:+.0} ns; a denial of a new tuple (flow miss, cache miss, zones, conduits, the denial \
-         stored) {:+.0} ns more than the repeated one.\n",
+         conduits (a bare SYN asks the cache first). Measured shares of a frame (test-run \
+         loop, medians): baseline program {base:.0} ns; a non-IP frame through otfw {:.0} ns \
+         (entry and parse); the flow hit of a tracked segment {:+.0} ns on top of that; a \
+         repeated denial (cache hit) {:+.0} ns; the randomised flood (each frame timed alone, \
+         cache hits and the first frame of each source paying flow misses, zones, conduits and \
+         the denial stored) {:+.0} ns more than the repeated one.\n",
         parts.non_ip,
         parts.tracked - parts.non_ip,
         parts.deny - parts.non_ip,
@@ -1073,25 +1074,30 @@ impl Parts {
                 ns("enip_io")
             ),
             "l4_deny" => format!(
-                "Entry and parse {non_ip:.0} ns; then the flow miss and the decision-cache hit \
-                 cost {:.0} ns: two LRU-hash lookups with 40-byte-class keys (`FLOWS`, then \
-                 `DENIALS`), the deny counters and the event token bucket. *Next:* one table \
-                 for both (a denial stored as a flow-table entry marked denied, so an \
-                 untracked repeat costs the one lookup every packet makes anyway), and the \
-                 counter and event items of the tracked case.",
+                "Entry and parse {non_ip:.0} ns; then the decision-cache hit costs {:.0} ns: \
+                 the tuple put in canonical and cache form (two 40-byte keys written), one \
+                 LRU-hash lookup with a 48-byte key (`DENIALS`, asked before the flow table \
+                 by a bare SYN), the deny counters and the event token bucket. *Next:* a \
+                 per-CPU memo of the last denials in front of the cache (an array slot and a \
+                 key compare instead of a hash lookup), building only the cache's key for a \
+                 bare SYN (the canonical key is needed only on a miss), and the counter and \
+                 event items of the tracked case.",
                 deny - non_ip
             ),
             "l4_deny_flood" => format!(
-                "A new tuple misses the flow table and the decision cache ({:.0} ns as in the \
-                 repeated denial), then pays zone resolution (host hash, else trie walk, per \
-                 end), up to four conduit-key hash lookups with the rule scan, the LRU insert \
-                 of the denial (a bucket lock, an eviction once the cache is full, for an \
-                 entry a flood never hits again) and the deny accounting: {:.0} ns more. \
-                 *Next:* key the decision cache on what the decision depends on, which \
-                 excludes the source port (conduits match the destination port), so a flood \
-                 that varies source ports hits it; store a denial only when its key repeats \
-                 (a small per-CPU filter in front), sparing the insert for one-off tuples; \
-                 resolve an unzoned or spoofed source before the destination.",
+                "Every frame is timed alone (one test run each, so the maps' cache lines are \
+                 as cold as a flood's would be), with a new source address (126 of them) and \
+                 source port. A bare SYN's cache key leaves the source port out (conduits match \
+                 the destination port), so after the first 126 frames of a run the flood hits \
+                 the cache; the first of each address misses it and the flow tables, then pays \
+                 zone resolution (host hash, else trie walk, per end), up to four conduit-key \
+                 hash lookups with the rule scan and the LRU insert of the denial. Over the \
+                 repeated denial ({:.0} ns over parse) this costs {:.0} ns more. *Next:* \
+                 the cold cache lines are most of it (the same lookups cost far less warm): \
+                 fewer and smaller maps touched per denial (one per-CPU counter block, the \
+                 event bucket in it); store a denial only when its key repeats (a small \
+                 per-CPU filter in front), sparing the insert for one-off tuples; resolve an \
+                 unzoned or spoofed source before the destination.",
                 deny - non_ip,
                 flood - deny
             ),
