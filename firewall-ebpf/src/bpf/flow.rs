@@ -25,7 +25,7 @@ use firewall_common::{
         FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
         TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
-    mem::{copy_each, zero_bytes},
+    mem::zero_bytes,
     reason::Reason,
     zone::{zone_index, HostKey, ZoneMatch},
 };
@@ -120,9 +120,9 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     };
     // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
     let keys = unsafe { &mut *keys };
-    // Byte by byte: plain assignments are out-of-line `memmove`/`memset` calls (`firewall_common::mem`).
-    copy_each(&mut keys.forward.src, &pkt.ip.src);
-    copy_each(&mut keys.forward.dst, &pkt.ip.dst);
+    // Field by field: plain assignments are out-of-line `memmove`/`memset` calls (`firewall_common::mem`).
+    // SAFETY: `Ip` holds its addresses 8-aligned (`repr(C, align(8))`, offsets 0 and 16).
+    unsafe { keys.forward.set_addrs(&pkt.ip.src, &pkt.ip.dst) };
     keys.forward.sport = pkt.l4.sport;
     keys.forward.dport = pkt.l4.dport;
     keys.forward.proto = proto;

@@ -14,10 +14,13 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers skipped before giving up: more than this in one packet is refused.
 const MAX_EXT_HEADERS: usize = 4;
 
+/// `repr(C, align(8))` with the addresses first: they are 8-aligned, so a flow key takes them
+/// word by word (`FlowKey::set_addrs`).
+#[repr(C, align(8))]
 pub struct Ip {
-    pub v6: bool,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    pub v6: bool,
     /// The upper-layer protocol after any extension headers.
     pub proto: u8,
     pub hop_limit: u8,
