@@ -426,8 +426,9 @@ pub const REC_CLASS: u8 = 1 << 1;
 pub const REC_INSTANCE: u8 = 1 << 2;
 
 /// One request seen in a frame (map `ENIP_TRACE`, for replay and tests; also the body of
-/// `EnipEvent`).
-#[repr(C)]
+/// `EnipEvent`). 8-aligned (no padding added: 56 bytes either way), so that the tag's start
+/// (offset 16) is copied in words, not byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnipRecord {
     pub command: u16,
@@ -443,6 +444,14 @@ pub struct EnipRecord {
     pub _pad: [u8; 2],
     pub tag: [u8; TAG_KEEP],
 }
+
+// The record's tag and the scratch's name are copied into each other in words (`copy_words`).
+const _: () = assert!(
+    core::mem::offset_of!(EnipRecord, tag) % 8 == 0
+        && core::mem::offset_of!(EnipScratch, name) % 8 == 0
+        && core::mem::align_of::<EnipScratch>() == 8
+        && TAG_KEEP % 8 == 0
+);
 
 impl Default for EnipRecord {
     fn default() -> Self {

@@ -7,7 +7,7 @@
 //! never fills and its LRU never evicts: a zone that opens connections as fast as it can
 //! exhausts its own share, never another zone's flows.
 
-use crate::mem::{copy_each, zero_bytes};
+use crate::mem::{copy_each, copy_words, zero_bytes};
 
 /// Entries of `FLOWS`: established flows (answered, or adopted mid-stream).
 pub const MAX_FLOWS: u32 = 262144;
@@ -82,9 +82,8 @@ impl FlowKey {
         // SAFETY: the caller's promise for `src` and `dst`; `self`'s addresses are at offsets
         // 0 and 16 of an 8-aligned struct.
         unsafe {
-            let (s, d) = (load_words(src), load_words(dst));
-            store_words(&mut self.src, s);
-            store_words(&mut self.dst, d);
+            copy_words(&mut self.src, src);
+            copy_words(&mut self.dst, dst);
         }
     }
 
@@ -159,21 +158,6 @@ unsafe fn load_words(a: &[u8; 16]) -> [u64; 2] {
     let p = a.as_ptr() as *const u64;
     // SAFETY: the caller's promise; both words lie inside `a`.
     unsafe { [p.read(), p.add(1).read()] }
-}
-
-/// Stores two words (as `load_words` gave them) at `a`, volatile for the reason
-/// `crate::mem` gives.
-///
-/// # Safety
-/// `a` must be 8-aligned.
-#[inline(always)]
-unsafe fn store_words(a: &mut [u8; 16], w: [u64; 2]) {
-    let p = a.as_mut_ptr() as *mut u64;
-    // SAFETY: the caller's promise; both words lie inside `a`.
-    unsafe {
-        core::ptr::write_volatile(p, w[0]);
-        core::ptr::write_volatile(p.add(1), w[1]);
-    }
 }
 
 /// Per-CPU scratch space for the keys of the packet in hand (map `FLOW_KEYS`): they would take

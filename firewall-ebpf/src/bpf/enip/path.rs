@@ -5,6 +5,7 @@
 use firewall_common::{enip::*, reason::Reason, slot_of};
 
 use super::{b16, b32, b8, scratch, R_NONE};
+use firewall_common::mem::copy_words;
 use crate::bpf::maps::{ENIP_TAGS, ENIP_TRACE};
 
 /// Parses a request path (`off | len << 16`). Returns reason | flags << 8 | class << 16 |
@@ -223,7 +224,9 @@ pub(super) fn copy_tag(s: &EnipScratch, idx: u32) {
         // SAFETY: per-CPU slot, this CPU only; idx < MAX_RECORDS.
         unsafe {
             let r = &mut (*t).records[idx as usize];
-            r.tag.copy_from_slice(&s.name[..TAG_KEEP]);
+            // In words: both arrays are 8-aligned (asserted where `EnipRecord` is defined).
+            let start = &*(s.name.as_ptr() as *const [u8; TAG_KEEP]);
+            copy_words(&mut r.tag, start);
             r.tag_len = if s.name_len > TAG_KEEP as u32 {
                 TAG_KEEP as u8
             } else {
