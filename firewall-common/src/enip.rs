@@ -447,10 +447,10 @@ pub struct EnipRecord {
 
 // The record's tag and the scratch's name are copied into each other in words (`copy_words`).
 const _: () = assert!(
-    core::mem::offset_of!(EnipRecord, tag) % 8 == 0
-        && core::mem::offset_of!(EnipScratch, name) % 8 == 0
+    core::mem::offset_of!(EnipRecord, tag).is_multiple_of(8)
+        && core::mem::offset_of!(EnipScratch, name).is_multiple_of(8)
         && core::mem::align_of::<EnipScratch>() == 8
-        && TAG_KEEP % 8 == 0
+        && TAG_KEEP.is_multiple_of(8)
 );
 
 impl Default for EnipRecord {

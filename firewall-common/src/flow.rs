@@ -306,6 +306,36 @@ pub struct Denial {
     pub flags: u8,
 }
 
+/// Entries of each CPU's memo of recent denials (map `DENIAL_MEMO`), asked before `DENIALS`: a
+/// flood repeating a few denied tuples is answered by an array slot and a key compare instead of
+/// a hash lookup.
+pub const DENIAL_MEMO_SLOTS: u32 = 8;
+
+/// Value of map `DENIAL_MEMO`: a denial `DENIALS` holds (or just got) under `key`. Exact for the
+/// same reason the cache is: the key names the epoch, and a remembered decision never changes
+/// while its epoch is in force. An entry of zeros matches nothing (epoch 0 is never active).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenialMemo {
+    pub key: DenyKey,
+    pub denial: Denial,
+    pub _pad: [u8; 4],
+}
+
+impl DenyKey {
+    /// The memo slot of this key: a mix of the words that vary between flooding sources.
+    #[inline(always)]
+    pub fn memo_index(&self) -> u32 {
+        let t = &self.tuple;
+        let mix = u32::from_ne_bytes([t.src[12], t.src[13], t.src[14], t.src[15]])
+            ^ u32::from_ne_bytes([t.dst[12], t.dst[13], t.dst[14], t.dst[15]])
+            ^ (t.dport as u32) << 16
+            ^ t.sport as u32
+            ^ self.ifindex;
+        (mix ^ mix >> 11 ^ mix >> 22) % DENIAL_MEMO_SLOTS
+    }
+}
+
 /// The denial was made before any conduit was consulted (a spoofed source): it is never
 /// answered with a reset.
 pub const DENIAL_NO_RESET: u8 = 1 << 0;

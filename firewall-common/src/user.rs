@@ -29,6 +29,7 @@ pod!(
     ZoneFlows,
     DenyKey,
     Denial,
+    DenialMemo,
     HostKey,
     MacKey,
     FdbEntry,

@@ -15,13 +15,14 @@ use common::{
 };
 use firewall_common::{
     counters::{PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN},
-    flow::MAX_DENIALS,
+    flow::{DenyKey, DENY_TCP_SYN, MAX_DENIALS},
     reason::Reason::{
-        FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, ReverseSyn, Spoofed,
-        Unzoned,
+        self, FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, ReverseSyn,
+        Spoofed, Unzoned,
     },
 };
 use otfw::datapath::Datapath;
+use std::collections::{HashMap, HashSet};
 
 const IT4: &str = "10.0.2.10";
 const OT4: &str = "10.0.1.20";
@@ -316,6 +317,73 @@ fn decision_cache_before_the_flow_table() {
         (1, 1),
         "(denials stored, decided from the cache)"
     );
+}
+
+/// Each CPU's memo of recent denials answers a repeated denial before the cache's hash lookup.
+/// Its slots are shared: twenty denied tuples of two reasons take eight slots, so tuples of
+/// different reasons share one (checked below), and every repeat must still get its own
+/// denial, counted as decided from the cache.
+#[test]
+fn denial_memo_keeps_each_tuples_own_denial() {
+    let lo = otfw::datapath::ifindex("lo").expect("ifindex of lo");
+    let p = it_ot();
+    let tuples: Vec<(String, u16, Reason)> = (0..10)
+        .flat_map(|i| {
+            [
+                // Unzoned source.
+                (format!("192.0.2.{}", 1 + i), 502, Unzoned),
+                // A zone to another with no conduit for the port.
+                (IT4.to_string(), 600 + i as u16, NoConduit),
+            ]
+        })
+        .collect();
+    // The slots the memo gives these keys (a bare SYN's key leaves the source port out).
+    let slot_reasons: HashMap<u32, HashSet<u8>> =
+        tuples
+            .iter()
+            .fold(HashMap::new(), |mut slots, (src, dport, reason)| {
+                let mut key = DenyKey {
+                    ifindex: lo,
+                    ..DenyKey::default()
+                };
+                key.tuple.src = mapped(src);
+                key.tuple.dst = mapped(OT4);
+                key.tuple.dport = *dport;
+                key.tuple.proto = 6;
+                key.tuple._pad[0] = DENY_TCP_SYN;
+                slots
+                    .entry(key.memo_index())
+                    .or_default()
+                    .insert(*reason as u8);
+                slots
+            });
+    assert!(
+        slot_reasons.values().any(|r| r.len() == 2),
+        "no memo slot is shared by tuples of both reasons: the test proves nothing ({slot_reasons:?})"
+    );
+    let mut steps = Vec::new();
+    for round in 0..3 {
+        for (src, dport, reason) in &tuples {
+            let sport = 40000 + round;
+            steps.push(frame_on(
+                lo,
+                ip(src, OT4).syn(sport, *dport),
+                drop(*reason, NONE),
+            ));
+        }
+    }
+    let (_, [_, stored, cached]) =
+        run_counting(vec![case("twenty tuples, three rounds", &p, steps)]);
+    assert_eq!(
+        (stored, cached),
+        (20, 40),
+        "(denials stored, decided from the cache)"
+    );
+}
+
+fn mapped(v4: &str) -> [u8; 16] {
+    let a: std::net::Ipv4Addr = v4.parse().expect("an IPv4 address");
+    a.to_ipv6_mapped().octets()
 }
 
 #[test]

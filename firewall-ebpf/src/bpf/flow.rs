@@ -20,9 +20,9 @@ use firewall_common::{
         FLOW_REVALIDATED, FLOW_REVOKED, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT,
     },
     flow::{
-        Denial, FlowKeys, FlowState, ZoneFlows, DENIAL_NO_RESET, DENY_TCP_OTHER, DENY_TCP_RST,
-        DENY_TCP_SYN, FLOW_ADOPTED as ADOPTED, FLOW_CHARGED, FLOW_INITIATOR_HIGH,
-        FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
+        Denial, DenialMemo, DenyKey, FlowKeys, FlowState, ZoneFlows, DENIAL_NO_RESET,
+        DENY_TCP_OTHER, DENY_TCP_RST, DENY_TCP_SYN, FLOW_ADOPTED as ADOPTED, FLOW_CHARGED,
+        FLOW_INITIATOR_HIGH, FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
         TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     mem::zero_bytes,
@@ -37,7 +37,7 @@ use super::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    maps::{DENIALS, EMBRYOS, FLOWS, FLOW_KEYS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
+    maps::{DENIALS, DENIAL_MEMO, EMBRYOS, FLOWS, FLOW_KEYS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
     stats, zone,
 };
 
@@ -136,6 +136,22 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut cache_checked = false;
     if is_stateful(proto, pkt.l4) {
+        // Established flows first: their packets are the traffic. On a miss, the table of
+        // flows not answered yet. A bare SYN asks the decision cache before either: a SYN
+        // flood against a denied service is answered with that one lookup (or this CPU's memo
+        // of it), before the canonical key is even built. (Only a bare SYN: it never answers
+        // anything, so a remembered denial of its key cannot stand for the answer to a flow
+        // someone else opened, which a SYN-ACK or a datagram could; and a denial is
+        // remembered only for what zones and conduits decide, which a bare SYN of a tracked
+        // flow would be denied by as well: a new connection on that tuple by the initiator was
+        // denied the same way, and the responder's SYN is a reverse SYN.)
+        let flags = pkt.l4.tcp_flags;
+        if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+            if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+                return decided;
+            }
+            cache_checked = true;
+        }
         let side = keys.forward.canonical_into(&mut keys.canonical);
         keys.side = side as u32;
         if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
@@ -149,21 +165,6 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
                 side
             };
             keys.canonical.mark_echo(initiator);
-        }
-        // Established flows first: their packets are the traffic. On a miss, the table of
-        // flows not answered yet. A bare SYN asks the decision cache before either: a SYN
-        // flood against a denied service is answered with that one lookup. (Only a bare SYN:
-        // it never answers anything, so a remembered denial of its key cannot stand for the
-        // answer to a flow someone else opened, which a SYN-ACK or a datagram could; and a
-        // denial is remembered only for what zones and conduits decide, which a bare SYN of a
-        // tracked flow would be denied by as well: a new connection on that tuple by the
-        // initiator was denied the same way, and the responder's SYN is a reverse SYN.)
-        let flags = pkt.l4.tcp_flags;
-        if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-            if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
-                return decided;
-            }
-            cache_checked = true;
         }
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
@@ -322,7 +323,12 @@ fn existing(
     if proto == IPPROTO_TCP && !forward && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
         return Ok(Some(Outcome::deny(flow.conduit, Reason::ReverseSyn)));
     }
-    flow.last_seen_ns = now;
+    // Written only when the coarse clock moved (once a tick): the two directions of a flow are
+    // often handled by two CPUs, and a store per packet would move the entry's cache line
+    // between them on every packet.
+    if flow.last_seen_ns != now {
+        flow.last_seen_ns = now;
+    }
     let conduit = flow.conduit;
     let (inspect, rule) = (flow.inspect, flow.rule);
     if proto == IPPROTO_TCP {
@@ -456,11 +462,56 @@ fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     }
     keys.deny.epoch = epoch;
     keys.deny.ifindex = pkt.ifindex;
+    // This CPU's memo first: a flood repeating a denied tuple stops at an array slot.
+    let memo = DENIAL_MEMO.get_ptr_mut(keys.deny.memo_index());
+    if let Some(m) = memo {
+        // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+        let m = unsafe { &*m };
+        if same_key(&m.key, &keys.deny) {
+            return answer(&m.denial);
+        }
+    }
     // SAFETY: the value is copied out at once, never held across a map update.
-    let Some(d) = (unsafe { DENIALS.get(&keys.deny) }) else {
+    let Some(d) = (unsafe { DENIALS.get(&keys.deny) }).copied() else {
         return 0;
     };
+    if let Some(m) = memo {
+        // SAFETY: as above.
+        note(unsafe { &mut *m }, &keys.deny, &d);
+    }
+    answer(&d)
+}
+
+/// `cached_denial`'s answer for a remembered denial.
+#[inline(always)]
+fn answer(d: &Denial) -> u64 {
     CACHED | (d.conduit as u64) << 16 | (d.reason as u64) << 8 | d.flags as u64
+}
+
+/// Whether two decision-cache keys are equal, compared as the six words they are (`DenyKey` is
+/// 8-aligned and has no padding).
+#[inline(always)]
+fn same_key(a: &DenyKey, b: &DenyKey) -> bool {
+    let (a, b) = (
+        a as *const DenyKey as *const u64,
+        b as *const DenyKey as *const u64,
+    );
+    let mut diff = 0;
+    for i in 0..6 {
+        // SAFETY: both point to 48-byte, 8-aligned keys; word `i` lies inside.
+        diff |= unsafe { a.add(i).read() ^ b.add(i).read() };
+    }
+    diff == 0
+}
+
+/// Writes `denial` of `key` into a memo entry (field by field: a struct assignment between two
+/// map values is a `memmove`, see `firewall_common::mem`).
+#[inline(always)]
+fn note(m: &mut DenialMemo, key: &DenyKey, denial: &Denial) {
+    key.tuple.copy_into(&mut m.key.tuple);
+    m.key.epoch = key.epoch;
+    m.key.ifindex = key.ifindex;
+    m.denial = *denial;
 }
 
 /// The decision a `cached_denial` answer stands for; `None` for none remembered, or an entry
@@ -521,6 +572,10 @@ fn remember(keys: &FlowKeys, conduit: u16, reason: Reason, flags: u8) {
     };
     if DENIALS.insert(&keys.deny, &denial, 0).is_ok() {
         stats::path_event(PATH_DENIAL_STORED);
+        if let Some(m) = DENIAL_MEMO.get_ptr_mut(keys.deny.memo_index()) {
+            // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+            note(unsafe { &mut *m }, &keys.deny, &denial);
+        }
     }
 }
 

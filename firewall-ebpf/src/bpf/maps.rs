@@ -25,8 +25,8 @@ use firewall_common::{
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     fastpath::{FastPathState, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
     flow::{
-        Denial, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, MAX_DENIALS, MAX_EMBRYOS,
-        MAX_FLOWS,
+        Denial, DenialMemo, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, DENIAL_MEMO_SLOTS,
+        MAX_DENIALS, MAX_EMBRYOS, MAX_FLOWS,
     },
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
@@ -95,6 +95,11 @@ pub static ZONE_SWEPT: HashMap<u32, u64> =
 /// The decision cache: denials of untracked packets, by tuple, segment class, epoch and port.
 #[map]
 pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(MAX_DENIALS, 0);
+
+/// Each CPU's memo of recent denials, asked before `DENIALS` (`DenialMemo`).
+#[map]
+pub static DENIAL_MEMO: PerCpuArray<DenialMemo> =
+    PerCpuArray::with_max_entries(DENIAL_MEMO_SLOTS, 0);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);

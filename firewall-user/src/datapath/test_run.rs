@@ -12,7 +12,7 @@ use firewall_common::{
     config::FLAG_TRACE,
     counters::{Trace, VERDICT_NAMES},
     enip::{EnipTrace, REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
-    flow::FlowKey,
+    flow::{DenialMemo, FlowKey, DENIAL_MEMO_SLOTS},
     modbus::{AduTrace, ADU_REQUEST, KIND_NAMES},
     reason::Reason,
 };
@@ -308,6 +308,20 @@ impl Datapath {
         clear(&mut self.maps.enip_flows);
         clear(&mut self.maps.enip_conns);
         clear(&mut self.maps.denials);
+        // And each CPU's memo of them, or a replayed denial would be answered from it.
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting CPUs")?;
+        for slot in 0..DENIAL_MEMO_SLOTS {
+            self.maps
+                .denial_memo
+                .set(
+                    slot,
+                    PerCpuValues::try_from(vec![DenialMemo::default(); cpus])?,
+                    0,
+                )
+                .context("clearing DENIAL_MEMO")?;
+        }
         Ok(())
     }
 }

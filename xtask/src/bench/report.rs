@@ -1031,25 +1031,31 @@ impl Parts {
                  themselves, which parses the same headers), the flow hit {:.0} ns: one LRU \
                  lookup of the canonical key, the clock read for the idle timeout, the \
                  last-seen and port bookkeeping written back, and the per-CPU counters \
-                 (reason, conduit, path) updated in three maps. *Next:* one per-CPU counter \
-                 block per packet instead of three map updates; write the flow entry only when \
-                 something changed (the last-seen time comes from the coarse clock, so most \
-                 packets of a busy flow would write nothing); look \
-                 at what `non_ip` spends beyond the baseline's parse (entry checks, the tracing \
-                 flag, the fast-path state read).",
+                 (reason, conduit, path) updated in three maps. The entry is written only \
+                 when something changed (the last-seen time once a clock tick), which a \
+                 single-CPU test run cannot show but two CPUs sharing a flow's directions do. \
+                 *Next:* one per-CPU counter block per packet instead of three map updates; \
+                 look at what `non_ip` spends beyond the baseline's parse (entry checks, the \
+                 tracing flag, the fast-path state read).",
                 non_ip / base.max(1.0),
                 tracked - non_ip
             ),
             "modbus_read" | "modbus_pipelined" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it; the inspector adds \
-                 {:.0} ns for a one-ADU segment (tail call, framing state in `MODBUS_FLOWS`, a \
-                 second LRU lookup by the initiator key, the connection's first-use sets copied \
-                 into per-CPU scratch, rule, the segment's ADUs counted: in the CPU's count \
-                 memo while the counter repeats, a hash-map update when it changes) and about \
-                 {:.0} ns per further ADU of a pipelined segment. \
-                 {}*Next:* keep the framing state in the flow entry (one lookup instead of \
-                 two); test the first-use sets in place instead of copying them per segment; \
-                 and the tracked-flow items above, which every inspected frame pays too.",
+                 {:.0} ns for a one-ADU segment (tail call; the framing state in \
+                 `MODBUS_FLOWS`, a second LRU lookup by the initiator key, 30-50 ns by \
+                 ablation: the same lookup done twice; the TCP checksum verified, 30-50 ns by \
+                 ablation, which is not its helper calls: one copy and word sums instead of a \
+                 call per block measured the same; the connection's first-use sets, rule, the \
+                 segment's ADUs counted in the CPU's count memo) and about {:.0} ns per \
+                 further ADU of a pipelined segment. \
+                 {}*Next:* the framing state without a hash lookup: the tail call loses the \
+                 main program's pointer to the flow entry, so state kept in the entry costs \
+                 the inspector a lookup all the same, but an index kept in the entry into an \
+                 array of states would not (it needs a slot allocator that never hands out a \
+                 live connection's slot); a cheaper checksum (its fixed cost: the call, the \
+                 pseudo-header, the fold); and the tracked-flow items above, which every \
+                 inspected frame pays too.",
                 modbus - tracked,
                 (pipelined - modbus) / 7.0,
                 if tracked >= budget {
@@ -1065,23 +1071,24 @@ impl Parts {
                  into per-CPU scratch, and per embedded request the path parse, the class and \
                  service lookups and the tag hash (Read Tag {:.0} ns, Multiple Service Packet \
                  of ten {:.0} ns, I/O {:.0} ns; requests with the same counter in a row share \
-                 one counter update, kept in the CPU's count memo while it repeats). *Next:* the \
-                 inspector state in the flow entry (one lookup instead of two); the \
+                 one counter update, kept in the CPU's count memo while it repeats; the TCP \
+                 checksum verified, 50-100 ns by ablation). *Next:* the inspector state without \
+                 a hash lookup (an array index kept in the flow entry, as for Modbus); the \
                  per-request trace record written only where something reads it (replay, \
-                 tests, events).",
+                 tests, events); fewer global-function calls per request (each is a call \
+                 with its own frame, there to keep verification within bounds).",
                 ns("enip_read_tag"),
                 ns("enip_msp"),
                 ns("enip_io")
             ),
             "l4_deny" => format!(
-                "Entry and parse {non_ip:.0} ns; then the decision-cache hit costs {:.0} ns: \
-                 the tuple put in canonical and cache form (two 40-byte keys written), one \
-                 LRU-hash lookup with a 48-byte key (`DENIALS`, asked before the flow table \
-                 by a bare SYN), the deny counters and the event token bucket. *Next:* a \
-                 per-CPU memo of the last denials in front of the cache (an array slot and a \
-                 key compare instead of a hash lookup), building only the cache's key for a \
-                 bare SYN (the canonical key is needed only on a miss), and the counter and \
-                 event items of the tracked case.",
+                "Entry and parse {non_ip:.0} ns; then the decision costs {:.0} ns: the tuple \
+                 and the cache's key written (in words), the per-CPU memo of recent denials \
+                 (an array slot and a six-word compare, asked by a bare SYN before the cache's \
+                 hash lookup, the canonical key and the flow table), the deny counters, the \
+                 conduit's settings and the event token bucket. *Next:* one per-CPU counter \
+                 block for the reason, conduit and path counters, and the event bucket and \
+                 its counter in it.",
                 deny - non_ip
             ),
             "l4_deny_flood" => format!(

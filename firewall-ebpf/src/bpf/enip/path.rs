@@ -5,8 +5,8 @@
 use firewall_common::{enip::*, reason::Reason, slot_of};
 
 use super::{b16, b32, b8, scratch, R_NONE};
-use firewall_common::mem::copy_words;
 use crate::bpf::maps::{ENIP_TAGS, ENIP_TRACE};
+use firewall_common::mem::copy_words;
 
 /// Parses a request path (`off | len << 16`). Returns reason | flags << 8 | class << 16 |
 /// instance << 32; the tag name (symbolic segments joined with `.`) goes to `name`. Each
