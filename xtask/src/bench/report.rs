@@ -1043,12 +1043,14 @@ impl Parts {
             "modbus_read" | "modbus_pipelined" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it; the inspector adds \
                  {:.0} ns for a one-ADU segment (tail call; the framing state in \
-                 `MODBUS_FLOWS`, a second LRU lookup by the initiator key, 30-50 ns by \
-                 ablation: the same lookup done twice; the TCP checksum verified, 30-50 ns by \
-                 ablation, which is not its helper calls: one copy and word sums instead of a \
-                 call per block measured the same; the connection's first-use sets, rule, the \
-                 segment's ADUs counted in the CPU's count memo) and about {:.0} ns per \
-                 further ADU of a pipelined segment. \
+                 `MODBUS_FLOWS`, a second LRU lookup by the initiator key: a build doing that \
+                 lookup twice ran 30-50 ns slower; the TCP checksum verified: a build without \
+                 it ran 30-50 ns faster, but one with a cheaper sum (one copy and word sums \
+                 instead of a helper call per block) ran no faster, so that difference is the \
+                 check's fixed cost or code layout, which moves these cases by as much \
+                 between builds; the connection's first-use sets, rule, the segment's ADUs \
+                 counted in the CPU's count memo) and about {:.0} ns per further ADU of a \
+                 pipelined segment. \
                  {}*Next:* the framing state without a hash lookup: the tail call loses the \
                  main program's pointer to the flow entry, so state kept in the entry costs \
                  the inspector a lookup all the same, but an index kept in the entry into an \
@@ -1065,21 +1067,35 @@ impl Parts {
                     ""
                 }
             ),
-            "enip_read_tag" | "enip_msp" | "enip_io" => format!(
+            "enip_read_tag" | "enip_msp" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it, the EtherNet/IP inspector \
-                 the rest: framing and session state (a second LRU lookup), the message copied \
-                 into per-CPU scratch, and per embedded request the path parse, the class and \
-                 service lookups and the tag hash (Read Tag {:.0} ns, Multiple Service Packet \
-                 of ten {:.0} ns, I/O {:.0} ns; requests with the same counter in a row share \
-                 one counter update, kept in the CPU's count memo while it repeats; the TCP \
-                 checksum verified, 50-100 ns by ablation). *Next:* the inspector state without \
-                 a hash lookup (an array index kept in the flow entry, as for Modbus); the \
-                 per-request trace record written only where something reads it (replay, \
-                 tests, events); fewer global-function calls per request (each is a call \
-                 with its own frame, there to keep verification within bounds).",
+                 the rest: framing and session state (a second LRU lookup), the TCP checksum \
+                 verified (an ablation build without it ran 50-100 ns faster, though the same \
+                 kind of build of the Modbus inspector showed that much of such a difference \
+                 can be code layout), the message copied into per-CPU scratch, and per \
+                 embedded request the path parse, the class and service lookups and the tag \
+                 hash, each step a global function (Read Tag {:.0} ns, Multiple Service \
+                 Packet of ten {:.0} ns: about {:.0} ns per further request; requests with \
+                 the same counter in a row share one counter update, kept in the CPU's count \
+                 memo while it repeats). *Next:* the inspector state without a hash lookup \
+                 (an array index kept in the flow entry, as for Modbus); the per-request \
+                 trace record written only where something reads it (replay, tests, events, \
+                 the counting); fewer global-function calls per request (each is a call with \
+                 its own frame, there to keep verification within bounds).",
                 ns("enip_read_tag"),
                 ns("enip_msp"),
-                ns("enip_io")
+                (ns("enip_msp") - ns("enip_read_tag")) / 9.0
+            ),
+            "enip_io" => format!(
+                "The tracked-flow path (the UDP flow) costs {tracked:.0} ns of it, the I/O \
+                 inspector {:.0} ns: a tail call, the datagram's 18-byte CPF head copied \
+                 out, the connection the Forward_Open opened looked up in `ENIP_CONNS` (an \
+                 LRU hash with a 40-byte key) and its endpoints, conduit and deadline checked \
+                 (the coarse clock), one trace record, the count through the CPU's count memo, \
+                 and the tail call to the forwarder. *Next:* the connection found without a \
+                 hash lookup (its slot kept in the UDP flow's entry, which the main program \
+                 already has), and the tracked-flow items above.",
+                ns("enip_io") - tracked
             ),
             "l4_deny" => format!(
                 "Entry and parse {non_ip:.0} ns; then the decision costs {:.0} ns: the tuple \
