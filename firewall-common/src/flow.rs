@@ -104,10 +104,11 @@ impl FlowKey {
         let low = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
         if low {
             self.copy_into(out);
+            zero_bytes(&mut out._pad);
         } else {
+            // Zeroes the padding itself.
             self.reversed_into(out);
         }
-        zero_bytes(&mut out._pad);
         if low {
             SIDE_LOW
         } else {

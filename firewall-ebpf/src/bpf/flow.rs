@@ -120,7 +120,8 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     };
     // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
     let keys = unsafe { &mut *keys };
-    // Field by field: plain assignments are out-of-line `memmove`/`memset` calls (`firewall_common::mem`).
+    // Field by field: a plain assignment of the key is an out-of-line `memmove`
+    // (`firewall_common::mem`).
     // SAFETY: `Ip` holds its addresses 8-aligned (`repr(C, align(8))`, offsets 0 and 16).
     unsafe { keys.forward.set_addrs(&pkt.ip.src, &pkt.ip.dst) };
     keys.forward.sport = pkt.l4.sport;
@@ -130,28 +131,28 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     keys.side = 0;
     // A packet of no established flow unless one is found below (`observe`).
     keys.flow_flags = OBSERVE_UNTRACKED;
+    // A bare SYN asks the decision cache before anything else: a SYN flood against a denied
+    // service is answered with that one lookup (or this CPU's memo of it), before the clock,
+    // the canonical key or the flow tables. (Only a bare SYN: it never answers anything, so a
+    // remembered denial of its key cannot stand for the answer to a flow someone else opened,
+    // which a SYN-ACK or a datagram could; and a denial is remembered only for what zones and
+    // conduits decide, which a bare SYN of a tracked flow would be denied by as well: a new
+    // connection on that tuple by the initiator was denied the same way, and the responder's
+    // SYN is a reverse SYN.)
+    let flags = pkt.l4.tcp_flags;
+    let cache_checked = proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+    if cache_checked {
+        if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+            return decided;
+        }
+    }
     // The coarse monotonic clock (the time of the last tick): idle timeouts are seconds, and
     // reading it costs a load where the precise clock reads the hardware on every packet.
     // SAFETY: reading the clock has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let mut cache_checked = false;
     if is_stateful(proto, pkt.l4) {
         // Established flows first: their packets are the traffic. On a miss, the table of
-        // flows not answered yet. A bare SYN asks the decision cache before either: a SYN
-        // flood against a denied service is answered with that one lookup (or this CPU's memo
-        // of it), before the canonical key is even built. (Only a bare SYN: it never answers
-        // anything, so a remembered denial of its key cannot stand for the answer to a flow
-        // someone else opened, which a SYN-ACK or a datagram could; and a denial is
-        // remembered only for what zones and conduits decide, which a bare SYN of a tracked
-        // flow would be denied by as well: a new connection on that tuple by the initiator was
-        // denied the same way, and the responder's SYN is a reverse SYN.)
-        let flags = pkt.l4.tcp_flags;
-        if proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-            if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
-                return decided;
-            }
-            cache_checked = true;
-        }
+        // flows not answered yet.
         let side = keys.forward.canonical_into(&mut keys.canonical);
         keys.side = side as u32;
         if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
