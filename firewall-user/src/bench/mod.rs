@@ -43,6 +43,9 @@ pub struct Options {
     pub control_rounds: usize,
     /// Policy files whose map memory to report (e.g. the example policy), by name.
     pub extra_policies: Vec<(String, String)>,
+    /// Only the cases with these ids (all when empty): a profiler pointed at one path sees
+    /// only it.
+    pub only_cases: Vec<String>,
 }
 
 impl Options {
@@ -71,6 +74,7 @@ impl Options {
             control_conduits: 10_000,
             control_rounds: 5,
             extra_policies: Vec::new(),
+            only_cases: Vec::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Options {
             control_conduits: 300,
             control_rounds: 1,
             extra_policies: Vec::new(),
+            only_cases: Vec::new(),
         }
     }
 }
@@ -316,7 +321,19 @@ pub struct Control {
 /// Runs the whole datapath benchmark.
 pub fn run(opts: &Options) -> Result<Report> {
     ensure!(!opts.sizes.is_empty(), "no policy sizes to measure");
-    let cases = cases();
+    let all = cases();
+    for id in &opts.only_cases {
+        ensure!(
+            all.iter().any(|c| c.id == id),
+            "no benchmark case {id}; the cases are {}",
+            all.iter().map(|c| c.id).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let cases: Vec<Case> = all
+        .iter()
+        .filter(|c| opts.only_cases.is_empty() || opts.only_cases.iter().any(|id| id == c.id))
+        .cloned()
+        .collect();
     let baseline = Baseline::load()?;
     let mut datapaths = Vec::new();
     let mut sizes = Vec::new();
@@ -333,7 +350,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
     }
     // The yardstick frame: a TCP segment, so the baseline runs its whole parse.
-    let yardstick = &cases
+    let yardstick = &all
         .iter()
         .find(|c| c.id == "modbus_read")
         .expect("the Modbus case exists")

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// print a `ready` line, and hold it there until killed.
     #[arg(long)]
     pub attach_baseline: bool,
+    /// Only this case (by id, e.g. modbus_read); repeatable. For pointing a profiler at one path.
+    #[arg(long = "case", value_name = "ID")]
+    pub cases: Vec<String>,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
@@ -83,6 +86,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         }
         opts.control_conduits = conduits;
     }
+    opts.only_cases.clone_from(&args.cases);
     for path in &args.policy {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
