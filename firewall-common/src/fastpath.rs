@@ -7,13 +7,28 @@ pub const MAX_FDB: u32 = 65536;
 /// Bridge ports the fast path may forward between (`FAST_TX`).
 pub const MAX_FAST_PORTS: u32 = 256;
 
-/// Key of map `FDB`: a unicast MAC address.
-#[repr(C)]
+/// Key of map `FDB`: a unicast MAC address. 8-aligned, so that the datapath writes it as one
+/// word (`set`); the alignment adds no padding.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MacKey {
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
 }
+
+impl MacKey {
+    /// Sets the address (padding zeroed) with one 64-bit store: the kernel hashes the key in
+    /// 32-bit words, and a word loaded over byte stores still in flight waits for them to
+    /// reach the cache instead of being forwarded (see `FlowKey::set_tail`).
+    #[inline(always)]
+    pub fn set(&mut self, m: [u8; 6]) {
+        let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+        // SAFETY: the key is 8 bytes, 8-aligned.
+        unsafe { core::ptr::write_volatile(self as *mut MacKey as *mut u64, word) };
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 
 /// Value of map `FDB`: where the bridge has learnt (or was told) the address is. The mirror
 /// holds learnt addresses only of ports the fast path may use (forwarding, not isolated or

@@ -7,7 +7,7 @@
 //! never fills and its LRU never evicts: a zone that opens connections as fast as it can
 //! exhausts its own share, never another zone's flows.
 
-use crate::mem::{copy_each, copy_words, zero_bytes};
+use crate::mem::copy_words;
 
 /// Entries of `FLOWS`: established flows (answered, or adopted mid-stream).
 pub const MAX_FLOWS: u32 = 262144;
@@ -41,6 +41,16 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// Offset of `FlowKey`'s tail word: the ports, the protocol and the padding (`set_tail`).
+const TAIL_OFFSET: usize = 32;
+const _: () = {
+    assert!(core::mem::offset_of!(FlowKey, sport) == TAIL_OFFSET);
+    assert!(core::mem::offset_of!(FlowKey, dport) == TAIL_OFFSET + 2);
+    assert!(core::mem::offset_of!(FlowKey, proto) == TAIL_OFFSET + 4);
+    assert!(core::mem::offset_of!(FlowKey, _pad) == TAIL_OFFSET + 5);
+    assert!(core::mem::size_of::<FlowKey>() == TAIL_OFFSET + 8);
+};
+
 impl FlowKey {
     #[inline(always)]
     pub fn reversed(&self) -> FlowKey {
@@ -55,10 +65,7 @@ impl FlowKey {
     pub fn copy_into(&self, out: &mut FlowKey) {
         // SAFETY: both pairs of addresses are a `FlowKey`'s, 8-aligned.
         unsafe { out.set_addrs(&self.src, &self.dst) };
-        out.sport = self.sport;
-        out.dport = self.dport;
-        out.proto = self.proto;
-        copy_each(&mut out._pad, &self._pad);
+        out.set_tail(self.sport, self.dport, self.proto, self._pad);
     }
 
     /// `reversed`, written into `out` (in map memory, as `canonical_into`).
@@ -66,10 +73,24 @@ impl FlowKey {
     pub fn reversed_into(&self, out: &mut FlowKey) {
         // SAFETY: as in `copy_into`.
         unsafe { out.set_addrs(&self.dst, &self.src) };
-        out.sport = self.dport;
-        out.dport = self.sport;
-        out.proto = self.proto;
-        zero_bytes(&mut out._pad);
+        out.set_tail(self.dport, self.sport, self.proto, [0; 3]);
+    }
+
+    /// Sets the ports, the protocol and the padding with one 64-bit store. The kernel hashes a
+    /// key (and the datapath compares one) in whole words: a word loaded over several narrower
+    /// stores still in flight cannot be forwarded from them, and waits until they have reached
+    /// the cache (store-to-load forwarding works for a load inside one store). Built field by
+    /// field, the tail of every key cost that wait twice per lookup.
+    #[inline(always)]
+    pub fn set_tail(&mut self, sport: u16, dport: u16, proto: u8, pad: [u8; 3]) {
+        let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
+        let tail = u64::from_ne_bytes([s[0], s[1], d[0], d[1], proto, pad[0], pad[1], pad[2]]);
+        // SAFETY: the tail (`sport` to the end of `_pad`) is the key's last 8 bytes, at offset
+        // 32 of an 8-aligned struct (`TAIL_OFFSET`); the pointer is derived from the whole key.
+        unsafe {
+            let p = (self as *mut FlowKey as *mut u8).add(TAIL_OFFSET) as *mut u64;
+            core::ptr::write_volatile(p, tail);
+        }
     }
 
     /// Sets both addresses, word by word.
@@ -103,8 +124,9 @@ impl FlowKey {
     pub fn canonical_into(&self, out: &mut FlowKey) -> u8 {
         let low = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
         if low {
-            self.copy_into(out);
-            zero_bytes(&mut out._pad);
+            // SAFETY: as in `copy_into`.
+            unsafe { out.set_addrs(&self.src, &self.dst) };
+            out.set_tail(self.sport, self.dport, self.proto, [0; 3]);
         } else {
             // Zeroes the padding itself.
             self.reversed_into(out);
@@ -121,7 +143,13 @@ impl FlowKey {
     /// travelling the other way is another flow, under another key.
     #[inline(always)]
     pub fn mark_echo(&mut self, initiator: u8) {
-        self._pad[0] = ECHO_MARK | initiator;
+        // The whole tail rewritten (`set_tail`): the ports and protocol were just stored.
+        self.set_tail(
+            self.sport,
+            self.dport,
+            self.proto,
+            [ECHO_MARK | initiator, 0, 0],
+        );
     }
 }
 
@@ -291,6 +319,30 @@ pub struct DenyKey {
     pub ifindex: u32,
 }
 
+impl DenyKey {
+    /// Sets `epoch` and `ifindex` with one 64-bit store (why: `FlowKey::set_tail`).
+    #[inline(always)]
+    pub fn set_scope(&mut self, epoch: u32, ifindex: u32) {
+        let (e, i) = (epoch.to_ne_bytes(), ifindex.to_ne_bytes());
+        let scope = u64::from_ne_bytes([e[0], e[1], e[2], e[3], i[0], i[1], i[2], i[3]]);
+        // SAFETY: `epoch` and `ifindex` are the key's last 8 bytes, at offset 40 of an
+        // 8-aligned struct (checked below); the pointer is derived from the whole key.
+        unsafe {
+            let p = (self as *mut DenyKey as *mut u8).add(SCOPE_OFFSET) as *mut u64;
+            core::ptr::write_volatile(p, scope);
+        }
+    }
+}
+
+/// Offset of `DenyKey`'s scope word: the epoch and the port (`set_scope`).
+const SCOPE_OFFSET: usize = 40;
+const _: () = {
+    assert!(core::mem::offset_of!(DenyKey, epoch) == SCOPE_OFFSET);
+    assert!(core::mem::offset_of!(DenyKey, ifindex) == SCOPE_OFFSET + 4);
+    assert!(core::mem::size_of::<DenyKey>() == SCOPE_OFFSET + 8);
+    assert!(core::mem::align_of::<DenyKey>() == 8);
+};
+
 /// `DenyKey::tuple._pad[0]` for TCP: what kind of segment it is (the admission of an untracked
 /// segment depends on SYN, RST and neither). ICMP uses the message type, UDP 0.
 pub const DENY_TCP_SYN: u8 = 1;
@@ -393,5 +445,41 @@ mod tests {
         by_low.mark_echo(SIDE_LOW);
         by_high.mark_echo(SIDE_HIGH);
         assert_ne!(by_low, by_high);
+        assert_eq!(by_high._pad, [ECHO_MARK | SIDE_HIGH, 0, 0]);
+        assert_eq!((by_high.sport, by_high.dport, by_high.proto), (7, 7, 6));
+    }
+
+    #[test]
+    fn whole_word_stores_write_the_fields_they_name() {
+        // The tail and scope words are stored as one integer each: the fields must read back
+        // as set, whatever the byte order, and a copy must keep the padding (the decision
+        // cache's and the echo keys' class lives there).
+        let mut k = key(1, 0, 2, 0);
+        k.set_tail(0x1234, 0xabcd, 17, [3, 4, 5]);
+        assert_eq!(
+            (k.sport, k.dport, k.proto, k._pad),
+            (0x1234, 0xabcd, 17, [3, 4, 5])
+        );
+        let mut copy = FlowKey::default();
+        k.copy_into(&mut copy);
+        assert_eq!(copy, k);
+        let mut rev = FlowKey::default();
+        k.reversed_into(&mut rev);
+        assert_eq!((rev.src, rev.dst), (k.dst, k.src));
+        assert_eq!(
+            (rev.sport, rev.dport, rev.proto, rev._pad),
+            (0xabcd, 0x1234, 17, [0; 3])
+        );
+        let (c, _) = k.canonical();
+        assert_eq!(c._pad, [0; 3], "a canonical key carries no class");
+        let mut d = DenyKey::default();
+        d.set_scope(0xdead_beef, 7);
+        assert_eq!((d.epoch, d.ifindex), (0xdead_beef, 7));
+        let mut m = crate::fastpath::MacKey {
+            _pad: [9, 9],
+            ..Default::default()
+        };
+        m.set([1, 2, 3, 4, 5, 6]);
+        assert_eq!((m.mac, m._pad), ([1, 2, 3, 4, 5, 6], [0, 0]));
     }
 }

@@ -25,7 +25,6 @@ use firewall_common::{
         FLOW_INITIATOR_HIGH, FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
         TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
-    mem::zero_bytes,
     reason::Reason,
     zone::{zone_index, HostKey, ZoneMatch},
 };
@@ -124,10 +123,8 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     // (`firewall_common::mem`).
     // SAFETY: `Ip` holds its addresses 8-aligned (`repr(C, align(8))`, offsets 0 and 16).
     unsafe { keys.forward.set_addrs(&pkt.ip.src, &pkt.ip.dst) };
-    keys.forward.sport = pkt.l4.sport;
-    keys.forward.dport = pkt.l4.dport;
-    keys.forward.proto = proto;
-    zero_bytes(&mut keys.forward._pad);
+    keys.forward
+        .set_tail(pkt.l4.sport, pkt.l4.dport, proto, [0; 3]);
     keys.side = 0;
     // A packet of no established flow unless one is found below (`observe`).
     keys.flow_flags = OBSERVE_UNTRACKED;
@@ -445,10 +442,9 @@ const CACHED: u64 = 1 << 32;
 fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     let proto = pkt.ip.proto;
     let flags = pkt.l4.tcp_flags;
-    keys.deny.tuple = keys.forward;
     // Everything the decision depends on besides the tuple and the policy: the kind of TCP
     // segment, the ICMP type (the service of ICMP rules), the port (zone bindings).
-    keys.deny.tuple._pad[0] = match proto {
+    let class = match proto {
         IPPROTO_TCP if flags & TCP_RST != 0 => DENY_TCP_RST,
         IPPROTO_TCP if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => DENY_TCP_SYN,
         IPPROTO_TCP => DENY_TCP_OTHER,
@@ -458,11 +454,22 @@ fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     // The source port decides nothing for a packet of no flow except a mid-stream TCP segment
     // (adopted in the other direction, where it is the service): leaving it out lets a flood
     // that varies it (a SYN flood, a UDP spray) hit the cache.
-    if keys.deny.tuple._pad[0] != DENY_TCP_OTHER {
-        keys.deny.tuple.sport = 0;
-    }
-    keys.deny.epoch = epoch;
-    keys.deny.ifindex = pkt.ifindex;
+    let sport = if class == DENY_TCP_OTHER {
+        keys.forward.sport
+    } else {
+        0
+    };
+    // Whole words (`FlowKey::set_tail`): the key is hashed and compared word by word.
+    // SAFETY: both are `FlowKey`s' addresses, 8-aligned.
+    unsafe {
+        keys.deny
+            .tuple
+            .set_addrs(&keys.forward.src, &keys.forward.dst)
+    };
+    keys.deny
+        .tuple
+        .set_tail(sport, keys.forward.dport, proto, [class, 0, 0]);
+    keys.deny.set_scope(epoch, pkt.ifindex);
     // This CPU's memo first: a flood repeating a denied tuple stops at an array slot.
     let memo = DENIAL_MEMO.get_ptr_mut(keys.deny.memo_index());
     if let Some(m) = memo {
@@ -510,8 +517,7 @@ fn same_key(a: &DenyKey, b: &DenyKey) -> bool {
 #[inline(always)]
 fn note(m: &mut DenialMemo, key: &DenyKey, denial: &Denial) {
     key.tuple.copy_into(&mut m.key.tuple);
-    m.key.epoch = key.epoch;
-    m.key.ifindex = key.ifindex;
+    m.key.set_scope(key.epoch, key.ifindex);
     m.denial = *denial;
 }
 

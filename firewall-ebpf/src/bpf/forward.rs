@@ -64,8 +64,8 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     let keys = FLOW_KEYS.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
     let [dst, src] = unsafe { &mut (*keys).macs };
-    dst.mac = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
-    src.mac = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+    dst.set([macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]]);
+    src.set([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
     // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // The bridge learns from what it sees: a source it has not learnt on this port (new, or
