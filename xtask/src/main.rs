@@ -11,6 +11,7 @@ mod demo;
 mod deny;
 mod fuzz;
 mod package;
+mod profile;
 mod setup;
 mod test;
 mod vendors;
@@ -49,6 +50,10 @@ enum Command {
     /// datapath records, Modbus and EtherNet/IP decoders) with libFuzzer, each target for
     /// `--seconds`.
     Fuzz(fuzz::FuzzArgs),
+    /// Profile one benchmark case (`--case ID`) with perf: where its time goes, by function
+    /// (kernel helpers included) and by source line of the eBPF programs; writes
+    /// target/bench/profile-ID.md.
+    Profile(profile::ProfileArgs),
     /// Regenerate the CIP vendor and device type tables of the inventory from tshark.
     Vendors,
     /// Build the Debian package (target/package/otfw_VERSION_ARCH.deb): the binary, the systemd
@@ -69,6 +74,7 @@ fn main() {
         Command::Bench(args) => bench::run(&repo, &args),
         Command::Fuzz(args) => fuzz::run(&repo, &args),
         Command::Package(args) => package::run(&repo, &args),
+        Command::Profile(args) => profile::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
         Command::Vendors => vendors::run(&repo),
     };

@@ -137,7 +137,7 @@ fn require_root() -> Result<()> {
 
 /// Builds `otfw` (release for real numbers; the debug build `cargo xtask test` made for the
 /// smoke run) and returns its path.
-fn build_otfw(repo: &Path, quick: bool) -> Result<PathBuf> {
+pub(crate) fn build_otfw(repo: &Path, quick: bool) -> Result<PathBuf> {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command
         .current_dir(repo)
