@@ -212,8 +212,9 @@ fn record(data: &Path, seconds: u64) -> Result<Samples> {
 fn render(case: &str, lines: usize, programs: &[Program], samples: &Samples) -> String {
     let total = samples.len() as f64;
     let mut by_symbol: HashMap<&str, usize> = HashMap::new();
+    // By name: programs of the same name (the run loads more than one datapath) summed.
     for (sym, _) in samples {
-        *by_symbol.entry(sym.as_str()).or_default() += 1;
+        *by_symbol.entry(short_symbol(sym)).or_default() += 1;
     }
     let mut symbols: Vec<_> = by_symbol.into_iter().collect();
     symbols.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

@@ -912,7 +912,12 @@ fn gap_notes(r: &Report) -> String {
          (entry and parse); the flow hit of a tracked segment {:+.0} ns on top of that; a \
          repeated denial (cache hit) {:+.0} ns; the randomised flood (each frame timed alone, \
          cache hits and the first frame of each source paying flow misses, zones, conduits and \
-         the denial stored) {:+.0} ns more than the repeated one.\n",
+         the denial stored) {:+.0} ns more than the repeated one. The targets are ratios to \
+         the baseline, set on machines where it cost about 30 ns; where it costs less (here \
+         {base:.0} ns: a fast core, and the test-run loop's fixed cost is most of it), the same \
+         nanoseconds make a larger ratio, so each target below is also given in this run's \
+         nanoseconds. `cargo xtask profile --case ID` shows where one case's time goes, by \
+         function and source line.\n",
         parts.non_ip,
         parts.tracked - parts.non_ip,
         parts.deny - parts.non_ip,
@@ -1034,23 +1039,30 @@ impl Parts {
                  (reason, conduit, path) updated in three maps. The entry is written only \
                  when something changed (the last-seen time once a clock tick), which a \
                  single-CPU test run cannot show but two CPUs sharing a flow's directions do. \
-                 *Next:* one per-CPU counter block per packet instead of three map updates; \
-                 look at what `non_ip` spends beyond the baseline's parse (entry checks, the \
-                 tracing flag, the fast-path state read).",
+                 The lookup is most of the hit: `cargo xtask profile --case tcp_tracked` puts \
+                 the kernel's hash of the 40-byte key (`htab_map_hash`, jhash: three rounds \
+                 of dependent arithmetic for ten words) at about a quarter of the busy time \
+                 and the bucket walk and key compare at a tenth more, about 15-20 ns on a \
+                 machine where the whole baseline costs 7. *Next:* a shorter key (IPv4 flows \
+                 in a table of their own, keyed by 16 bytes: one jhash round instead of \
+                 three); one per-CPU counter block per packet instead of three map updates.",
                 non_ip / base.max(1.0),
                 tracked - non_ip
             ),
             "modbus_read" | "modbus_pipelined" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it; the inspector adds \
                  {:.0} ns for a one-ADU segment (tail call; the framing state in \
-                 `MODBUS_FLOWS`, a second LRU lookup by the initiator key: a build doing that \
-                 lookup twice ran 30-50 ns slower; the TCP checksum verified: a build without \
-                 it ran 30-50 ns faster, but one with a cheaper sum (one copy and word sums \
-                 instead of a helper call per block) ran no faster, so that difference is the \
-                 check's fixed cost or code layout, which moves these cases by as much \
-                 between builds; the connection's first-use sets, rule, the segment's ADUs \
+                 `MODBUS_FLOWS`, a second LRU lookup by the 40-byte initiator key; the TCP \
+                 checksum verified; the connection's first-use sets, rule, the segment's ADUs \
                  counted in the CPU's count memo) and about {:.0} ns per further ADU of a \
-                 pipelined segment. \
+                 pipelined segment. Profiled (`cargo xtask profile --case modbus_read`), \
+                 the two hash lookups (the kernel's jhash of a 40-byte key, the bucket walk, \
+                 the compare) take about a quarter of the busy time, the checksum (its \
+                 function and the load, csum_diff and csum_partial helpers) about 6% \
+                 (10-12 ns: earlier ablation builds that moved these cases by 30-50 ns were \
+                 mostly code layout), the per-ADU counting (`otfw_modbus_count_all` and \
+                 `otfw_modbus_count`) another 6%, the inspector's inlined per-CPU array \
+                 lookups (context, scratch, ADU records, counters) about 6%. \
                  {}*Next:* the framing state without a hash lookup: the tail call loses the \
                  main program's pointer to the flow entry, so state kept in the entry costs \
                  the inspector a lookup all the same, but an index kept in the entry into an \
@@ -1069,10 +1081,11 @@ impl Parts {
             ),
             "enip_read_tag" | "enip_msp" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it, the EtherNet/IP inspector \
-                 the rest: framing and session state (a second LRU lookup), the TCP checksum \
-                 verified (an ablation build without it ran 50-100 ns faster, though the same \
-                 kind of build of the Modbus inspector showed that much of such a difference \
-                 can be code layout), the message copied into per-CPU scratch, and per \
+                 the rest: framing and session state (a second LRU lookup, 40-byte key: the \
+                 kernel's hash of it is the largest single item of a profile, `cargo xtask \
+                 profile --case enip_read_tag`, at about an eighth of the busy time), the TCP \
+                 checksum verified (about 5% in the profile), the message copied into \
+                 per-CPU scratch, and per \
                  embedded request the path parse, the class and service lookups and the tag \
                  hash, each step a global function (Read Tag {:.0} ns, Multiple Service \
                  Packet of ten {:.0} ns: about {:.0} ns per further request; requests with \
