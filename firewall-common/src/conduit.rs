@@ -19,7 +19,9 @@ pub const MAX_RULES: usize = 16;
 
 /// Key of map `CONDUIT_RULES`. A zero host means "any address of the zone". The datapath looks
 /// up the most specific key first: (host, host), (host, zone), (zone, host), (zone, zone).
-#[repr(C)]
+///
+/// 4-aligned, so that the datapath writes it as three words (`set`); no padding is added.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConduitKey {
     pub slot: u8,
@@ -31,6 +33,50 @@ pub struct ConduitKey {
     pub to_zone: u16,
     pub to_host: u16,
 }
+
+impl ConduitKey {
+    /// Sets the key with three 32-bit stores (`crate::mem::store_words`).
+    #[inline(always)]
+    pub fn set(&mut self, slot: u8, proto: u8, from: [u16; 2], to: [u16; 2]) {
+        let pair = |a: u16, b: u16| {
+            let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+            u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
+        };
+        let head = u32::from_ne_bytes([slot, proto, 0, 0]);
+        // SAFETY: a struct of integers.
+        unsafe {
+            crate::mem::store_words(self, [head, pair(from[0], from[1]), pair(to[0], to[1])])
+        };
+    }
+}
+
+impl ConduitKey {
+    /// This key as `full` (a key `set` with both hosts) with each host kept or zeroed, each
+    /// of the two changed words with one 32-bit store. Read from `full` in memory rather than
+    /// rebuilt from its parts: the rule scan's loop has no registers to spare for them.
+    #[inline(always)]
+    pub fn set_hosts(&mut self, full: &ConduitKey, from_host: bool, to_host: bool) {
+        // The zone's two bytes of a (zone, host) word, whatever the byte order.
+        let zone_only = u32::from_ne_bytes([0xff, 0xff, 0, 0]);
+        let f = full as *const ConduitKey as *const u32;
+        // SAFETY: `full` is a 4-aligned 12-byte key: words 1 and 2 lie inside it.
+        let (from, to) = unsafe { (f.add(1).read(), f.add(2).read()) };
+        let p = self as *mut ConduitKey as *mut u32;
+        // SAFETY: as above, for `self`; any bits are a valid key.
+        unsafe {
+            core::ptr::write_volatile(p.add(1), if from_host { from } else { from & zone_only });
+            core::ptr::write_volatile(p.add(2), if to_host { to } else { to & zone_only });
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(ConduitKey, from_zone) == 4);
+    assert!(core::mem::offset_of!(ConduitKey, from_host) == 6);
+    assert!(core::mem::offset_of!(ConduitKey, to_zone) == 8);
+    assert!(core::mem::offset_of!(ConduitKey, to_host) == 10);
+    assert!(core::mem::size_of::<ConduitKey>() == 12);
+};
 
 /// What inspects the payload of flows a rule admits.
 pub const INSPECT_NONE: u8 = 0;
@@ -91,4 +137,41 @@ pub struct ConduitInfo {
 #[inline(always)]
 pub const fn conduit_index(slot: u32, conduit: u16) -> u32 {
     slot * MAX_CONDUITS + conduit as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_stores_write_the_fields_they_name() {
+        let mut full = ConduitKey {
+            _pad: [7, 7],
+            ..Default::default()
+        };
+        full.set(1, 6, [0x0102, 0x0304], [0x0506, 0x0708]);
+        let want = ConduitKey {
+            slot: 1,
+            proto: 6,
+            _pad: [0, 0],
+            from_zone: 0x0102,
+            from_host: 0x0304,
+            to_zone: 0x0506,
+            to_host: 0x0708,
+        };
+        assert_eq!(full, want);
+        // The rule scan's four keys, most specific first.
+        let mut key = full;
+        for (from_host, to_host) in [(true, true), (true, false), (false, true), (false, false)] {
+            key.set_hosts(&full, from_host, to_host);
+            assert_eq!(
+                key,
+                ConduitKey {
+                    from_host: if from_host { 0x0304 } else { 0 },
+                    to_host: if to_host { 0x0708 } else { 0 },
+                    ..want
+                }
+            );
+        }
+    }
 }

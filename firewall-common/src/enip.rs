@@ -105,7 +105,9 @@ pub struct EnipRule {
 
 /// Key of map `ENIP_CLASSES`: the services a rule allows on one class (value `[u64; 2]`, a
 /// bitmap of codes 0..127). Symbolic (tag) paths count as the Symbol class 0x6B.
-#[repr(C)]
+///
+/// 8-aligned, so that the datapath writes it as one word (`set`); the alignment adds no padding.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EnipClassKey {
     pub slot: u8,
@@ -114,6 +116,23 @@ pub struct EnipClassKey {
     pub class: u16,
     pub _pad2: u16,
 }
+
+impl EnipClassKey {
+    /// Sets the key with one 64-bit store (`crate::mem::store_words`).
+    #[inline(always)]
+    pub fn set(&mut self, slot: u8, rule: u16, class: u16) {
+        let (r, c) = (rule.to_ne_bytes(), class.to_ne_bytes());
+        let word = u64::from_ne_bytes([slot, 0, r[0], r[1], c[0], c[1], 0, 0]);
+        // SAFETY: a struct of integers.
+        unsafe { crate::mem::store_words(self, [word]) };
+    }
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(EnipClassKey, rule) == 2);
+    assert!(core::mem::offset_of!(EnipClassKey, class) == 4);
+    assert!(core::mem::size_of::<EnipClassKey>() == 8);
+};
 
 /// Key of map `ENIP_TAGS` (value u8, unused): an allowed tag name of a rule. `len` 0 is an
 /// exact name; `len` k > 0 a `prefix*` pattern whose first k bytes hash to `hash`. The hash is
@@ -127,6 +146,24 @@ pub struct EnipTagKey {
     pub rule: u16,
     pub _pad: u32,
 }
+
+impl EnipTagKey {
+    /// Sets the key with two 64-bit stores (`crate::mem::store_words`).
+    #[inline(always)]
+    pub fn set(&mut self, hash: u64, slot: u8, len: u8, rule: u16) {
+        let r = rule.to_ne_bytes();
+        let rest = u64::from_ne_bytes([slot, len, r[0], r[1], 0, 0, 0, 0]);
+        // SAFETY: a struct of integers.
+        unsafe { crate::mem::store_words(self, [hash, rest]) };
+    }
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(EnipTagKey, slot) == 8);
+    assert!(core::mem::offset_of!(EnipTagKey, len) == 9);
+    assert!(core::mem::offset_of!(EnipTagKey, rule) == 10);
+    assert!(core::mem::size_of::<EnipTagKey>() == 16);
+};
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -660,4 +697,44 @@ pub struct EnipScratch {
     /// when `news`).
     pub commands: UseSet,
     pub services: EnipUses,
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn word_stores_write_the_fields_they_name() {
+        let mut class = EnipClassKey {
+            _pad: 9,
+            _pad2: 9,
+            ..Default::default()
+        };
+        class.set(1, 0x0203, 0x6b);
+        assert_eq!(
+            class,
+            EnipClassKey {
+                slot: 1,
+                _pad: 0,
+                rule: 0x0203,
+                class: 0x6b,
+                _pad2: 0
+            }
+        );
+        let mut tag = EnipTagKey {
+            _pad: 9,
+            ..Default::default()
+        };
+        tag.set(0x1122_3344_5566_7788, 1, 5, 0x0203);
+        assert_eq!(
+            tag,
+            EnipTagKey {
+                hash: 0x1122_3344_5566_7788,
+                slot: 1,
+                len: 5,
+                rule: 0x0203,
+                _pad: 0
+            }
+        );
+    }
 }

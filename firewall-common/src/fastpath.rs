@@ -17,14 +17,12 @@ pub struct MacKey {
 }
 
 impl MacKey {
-    /// Sets the address (padding zeroed) with one 64-bit store: the kernel hashes the key in
-    /// 32-bit words, and a word loaded over byte stores still in flight waits for them to
-    /// reach the cache instead of being forwarded (see `FlowKey::set_tail`).
+    /// Sets the address (padding zeroed) with one 64-bit store (`crate::mem::store_words`).
     #[inline(always)]
     pub fn set(&mut self, m: [u8; 6]) {
         let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
-        // SAFETY: the key is 8 bytes, 8-aligned.
-        unsafe { core::ptr::write_volatile(self as *mut MacKey as *mut u64, word) };
+        // SAFETY: a struct of integer arrays.
+        unsafe { crate::mem::store_words(self, [word]) };
     }
 }
 

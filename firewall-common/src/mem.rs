@@ -41,3 +41,27 @@ pub unsafe fn copy_words<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
         unsafe { core::ptr::write_volatile(d.add(i), s.add(i).read()) };
     }
 }
+
+/// Writes all of `*dst` as `N` whole words (`words` in memory order, each built with
+/// `from_ne_bytes` of the fields' bytes), with volatile stores as `copy_each`. For map keys:
+/// the kernel hashes a key in 32-bit words, and a word loaded over several narrower stores
+/// still in flight is not forwarded from them but waits until they reach the cache; field by
+/// field, a key of bytes and half-words cost that wait at every lookup.
+///
+/// # Safety
+/// Every bit pattern must be a valid `T` (a struct of integers and integer arrays).
+#[inline(always)]
+pub unsafe fn store_words<T, W: Copy, const N: usize>(dst: &mut T, words: [W; N]) {
+    const {
+        assert!(core::mem::size_of::<T>() == N * core::mem::size_of::<W>());
+        assert!(core::mem::align_of::<T>() >= core::mem::align_of::<W>());
+    }
+    let p = dst as *mut T as *mut W;
+    // Indexed, not iterated: an array iterator would be a stack object of its own.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..N {
+        // SAFETY: `dst` is aligned for `W` and holds exactly `N` of them (checked above); the
+        // caller's promise makes any bits a valid `T`.
+        unsafe { core::ptr::write_volatile(p.add(i), words[i]) };
+    }
+}

@@ -47,22 +47,22 @@ pub extern "C" fn otfw_find_rule(slot_proto: u64, zones: u64, service: u64) -> u
     let service = service as u16;
     let (src_zone, src_host) = ((zones >> 48) as u16, (zones >> 32) as u16);
     let (dst_zone, dst_host) = ((zones >> 16) as u16, zones as u16);
-    let mut key = ConduitKey {
-        slot: (slot_proto >> 8) as u8,
-        proto: slot_proto as u8,
-        _pad: [0; 2],
-        from_zone: src_zone,
-        from_host: src_host,
-        to_zone: dst_zone,
-        to_host: dst_host,
-    };
+    // Whole words (the key is hashed word by word): `full` once, then each step's key made of
+    // it with the hosts it names.
+    let mut full = ConduitKey::default();
+    full.set(
+        (slot_proto >> 8) as u8,
+        slot_proto as u8,
+        [src_zone, src_host],
+        [dst_zone, dst_host],
+    );
+    let mut key = full;
     for step in 0..4u32 {
         // Skip host-level keys for addresses that are no named host.
         if (step < 2 && src_host == 0) || (step & 1 == 0 && dst_host == 0) {
             continue;
         }
-        key.from_host = if step < 2 { src_host } else { 0 };
-        key.to_host = if step & 1 == 0 { dst_host } else { 0 };
+        key.set_hosts(&full, step < 2, step & 1 == 0);
         // SAFETY: the rule set is read before any other map operation.
         if let Some(set) = unsafe { CONDUIT_RULES.get(&key) } {
             let count = set.count as usize;

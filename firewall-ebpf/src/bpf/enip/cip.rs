@@ -285,13 +285,8 @@ pub extern "C" fn otfw_enip_record(a: u64) -> u64 {
 
 #[inline(always)]
 fn class_allows(s: &EnipScratch, class: u32, service: u32) -> bool {
-    let key = EnipClassKey {
-        slot: slot_of(s.epoch) as u8,
-        _pad: 0,
-        rule: s.rule,
-        class: class as u16,
-        _pad2: 0,
-    };
+    let mut key = EnipClassKey::default();
+    key.set(slot_of(s.epoch) as u8, s.rule, class as u16);
     // SAFETY: a hash map value, read once.
     match unsafe { ENIP_CLASSES.get(&key) } {
         Some(bits) => bit(bits, masked(service, 0x7f)),

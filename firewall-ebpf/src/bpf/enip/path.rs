@@ -185,13 +185,9 @@ pub extern "C" fn otfw_enip_tag(prefix_lengths: u64) -> u64 {
     };
     let n = s.name_len;
     let slot = slot_of(s.epoch) as u8;
-    let mut key = EnipTagKey {
-        hash: FNV_OFFSET,
-        slot,
-        len: 0,
-        rule: s.rule,
-        _pad: 0,
-    };
+    let rule = s.rule;
+    // Written whole before each lookup (`EnipTagKey::set`): the key is hashed word by word.
+    let mut key = EnipTagKey::default();
     let mut h = FNV_OFFSET;
     for i in 0..TAG_MAX as usize {
         if i as u32 >= n {
@@ -200,16 +196,14 @@ pub extern "C" fn otfw_enip_tag(prefix_lengths: u64) -> u64 {
         h = tag_hash_step(h, s.name[i]);
         let k = i + 1;
         if k < 64 && prefix_lengths >> k & 1 != 0 {
-            key.hash = h;
-            key.len = k as u8;
+            key.set(h, slot, k as u8, rule);
             // SAFETY: a hash map value, only tested for presence.
             if unsafe { ENIP_TAGS.get(&key) }.is_some() {
                 return 1;
             }
         }
     }
-    key.hash = h;
-    key.len = 0;
+    key.set(h, slot, 0, rule);
     // SAFETY: as above.
     unsafe { ENIP_TAGS.get(&key) }.is_some() as u64
 }
