@@ -7,6 +7,7 @@
 
 mod bench;
 mod cmd;
+mod compare;
 mod demo;
 mod deny;
 mod fuzz;
@@ -54,6 +55,10 @@ enum Command {
     /// (kernel helpers included) and by source line of the eBPF programs; writes
     /// target/bench/profile-ID.md.
     Profile(profile::ProfileArgs),
+    /// Compare the per-packet cost of this tree (committed or not) with another revision
+    /// (`--base`, default HEAD): both built, their quick test-run benchmarks alternating;
+    /// writes target/bench/compare.md.
+    Compare(compare::CompareArgs),
     /// Regenerate the CIP vendor and device type tables of the inventory from tshark.
     Vendors,
     /// Build the Debian package (target/package/otfw_VERSION_ARCH.deb): the binary, the systemd
@@ -75,6 +80,7 @@ fn main() {
         Command::Fuzz(args) => fuzz::run(&repo, &args),
         Command::Package(args) => package::run(&repo, &args),
         Command::Profile(args) => profile::run(&repo, &args),
+        Command::Compare(args) => compare::run(&repo, &args),
         Command::BenchPeer(args) => bench::peer::run(&args),
         Command::Vendors => vendors::run(&repo),
     };

@@ -20,6 +20,9 @@ pub mod peer;
 mod report;
 mod stats;
 
+pub(crate) use datapath::Raw;
+pub(crate) use stats::Summary;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -138,18 +141,25 @@ fn require_root() -> Result<()> {
 /// Builds `otfw` (release for real numbers; the debug build `cargo xtask test` made for the
 /// smoke run) and returns its path.
 pub(crate) fn build_otfw(repo: &Path, quick: bool) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    build_otfw_in(repo, &target, quick)
+}
+
+/// `build_otfw` of the sources in `src` (another checkout: `cargo xtask compare`) into the
+/// target directory `target`.
+pub(crate) fn build_otfw_in(src: &Path, target: &Path, quick: bool) -> Result<PathBuf> {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command
-        .current_dir(repo)
+        .current_dir(src)
         .args(["build", "--package", "firewall-user", "--bin", "otfw"])
+        .env("CARGO_TARGET_DIR", target)
         .env("PATH", cmd::path_with(&[cmd::cargo_home()?.join("bin")])?);
     if !quick {
         command.arg("--release");
     }
     cmd::run(&mut command).context("building otfw for the benchmark")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
     Ok(target
         .join(if quick { "debug" } else { "release" })
         .join("otfw"))
