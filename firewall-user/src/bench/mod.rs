@@ -7,6 +7,7 @@
 //! after one of the baseline program on the same CPU, and the ratio of the pair is the sample.
 //! Rounds interleave every policy size and case, so slow phases of the machine hit all alike.
 
+mod forwarding;
 pub mod frames;
 pub mod policies;
 
@@ -28,6 +29,7 @@ use policies::Size;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 /// What to measure and how much.
 #[derive(Clone, Debug)]
@@ -116,6 +118,10 @@ pub struct Case {
     /// Every run gets a tuple never seen before (a randomised flood): timed one run per
     /// syscall, the baseline too, instead of `repeat` runs of one frame.
     pub fresh_tuples: bool,
+    /// Timed with the fast path on (`forwarding::ForwardingLab`): the frame's addresses are
+    /// learnt on two ports of the mirror, and an allowed frame is redirected.
+    #[serde(skip)]
+    fast_path: bool,
     #[serde(skip)]
     setup: Vec<Vec<u8>>,
     #[serde(skip)]
@@ -168,6 +174,7 @@ fn case(
         note,
         action,
         fresh_tuples: false,
+        fast_path: false,
         setup,
         frame_len: frame.len(),
         frame,
@@ -269,6 +276,20 @@ pub fn cases() -> Vec<Case> {
                 udp(ENIP_IO_PORT, ENIP_IO_PORT, &enip_io()),
             )
         },
+        Case {
+            fast_path: true,
+            ..case(
+                "modbus_fast_path",
+                "Modbus read request, forwarded by the fast path",
+                MODBUS_INSPECTED,
+                "the Modbus read case, then the forwarder: a tail call, the mirror's validity \
+                 and the clock, source and destination looked up in the FDB mirror, the \
+                 redirect through the devmap",
+                XDP_REDIRECT,
+                open(40107, MODBUS_PORT),
+                tcp(40107, MODBUS_PORT, false, &modbus_read(1, 0)),
+            )
+        },
     ]
 }
 
@@ -335,13 +356,24 @@ pub fn run(opts: &Options) -> Result<Report> {
         .cloned()
         .collect();
     let baseline = Baseline::load()?;
+    let mut lab = if cases.iter().any(|c| c.fast_path) {
+        Some(forwarding::ForwardingLab::new(opts.sizes.len())?)
+    } else {
+        None
+    };
     let mut datapaths = Vec::new();
     let mut sizes = Vec::new();
     for size in &opts.sizes {
         let (compiled, _) = compile(*size)?;
         let (mut datapath, map_bytes) = load_with(&compiled)?;
-        prepare(&mut datapath, &compiled, &cases)
-            .with_context(|| format!("preparing the {} conduit policy", size.conduits))?;
+        prepare(
+            &mut datapath,
+            datapaths.len(),
+            &compiled,
+            &cases,
+            lab.as_mut(),
+        )
+        .with_context(|| format!("preparing the {} conduit policy", size.conduits))?;
         datapaths.push(datapath);
         sizes.push(SizeInfo {
             conduits: size.conduits,
@@ -364,8 +396,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut samples = Vec::new();
     let mut flood = 0u32;
     for round in 0..opts.rounds {
-        for (s, datapath) in datapaths.iter().enumerate() {
+        for (s, datapath) in datapaths.iter_mut().enumerate() {
             for (c, case) in cases.iter().enumerate() {
+                let mut lab = lab.as_mut().filter(|_| case.fast_path);
+                if let Some(lab) = lab.as_deref_mut() {
+                    lab.on(datapath, s)?;
+                }
                 let (base, run) = if case.fresh_tuples {
                     time_fresh(&baseline, datapath, yardstick, opts.repeat, &mut flood)?
                 } else {
@@ -374,6 +410,9 @@ pub fn run(opts: &Options) -> Result<Report> {
                         datapath.time_frame(&case.frame, opts.repeat)?,
                     )
                 };
+                if let Some(lab) = lab {
+                    lab.off(datapath, s)?;
+                }
                 if run.action != case.action {
                     bail!(
                         "case {} returned XDP action {} instead of {} with the {} conduit \
@@ -481,7 +520,13 @@ fn load_with(policy: &CompiledPolicy) -> Result<(Datapath, u64)> {
 
 /// Opens the flows of every case and checks that each frame gets the decision and conduit it
 /// is meant to measure; then switches tracing off, since it is not part of the real path.
-fn prepare(datapath: &mut Datapath, policy: &CompiledPolicy, cases: &[Case]) -> Result<()> {
+fn prepare(
+    datapath: &mut Datapath,
+    index: usize,
+    policy: &CompiledPolicy,
+    cases: &[Case],
+    mut lab: Option<&mut forwarding::ForwardingLab>,
+) -> Result<()> {
     datapath.enable_trace()?;
     let bench = policy
         .names
@@ -499,7 +544,14 @@ fn prepare(datapath: &mut Datapath, policy: &CompiledPolicy, cases: &[Case]) -> 
                 decision.reason
             );
         }
+        let mut lab = lab.as_deref_mut().filter(|_| case.fast_path);
+        if let Some(lab) = lab.as_deref_mut() {
+            lab.on(datapath, index)?;
+        }
         let decision = datapath.run_frame(&case.frame)?;
+        if let Some(lab) = lab {
+            lab.off(datapath, index)?;
+        }
         ensure!(
             decision.action == case.action,
             "case {}: action {} ({:?}), expected {}",

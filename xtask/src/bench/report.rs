@@ -1181,6 +1181,19 @@ fn bridge_gaps(r: &Report, md: &mut String) -> usize {
                 .to_string()
         };
         let rest = kernel - program;
+        // The same frame in the test-run loop, through the forwarder where that case ran.
+        let test_run = |id: &str| r.dp.cell(0, id).map(|c| c.otfw_ns.median);
+        let (same_frame, forwarder) = match (test_run("modbus_fast_path"), test_run("modbus_read"))
+        {
+            (Some(fast), Some(read)) => (
+                fast,
+                format!(
+                    ", of which the forwarder {:.0} ns: the fast-path case minus the Modbus read",
+                    fast - read
+                ),
+            ),
+            (_, read) => (read.unwrap_or(f64::NAN), String::new()),
+        };
         let native_note = if fast == Filter::OtfwNativeFast {
             format!(
                 " In native mode the veth hands the program an XDP buffer, and the receiving \
@@ -1204,8 +1217,9 @@ fn bridge_gaps(r: &Report, md: &mut String) -> usize {
              {none_kernel:.0} ns with no filter; {} faster than no filter needs \
              {budget:.0} ns, {cut}. Of the frame's cost the program \
              itself is {program:.0} ns on the bridge (entry, Modbus inspector and forwarder \
-             together; the test-run loop gives {:.0} ns for the same frame, the difference is \
-             cold caches between frames on a CPU shared with the generator and the receiver).\
+             together; the test-run loop gives {same_frame:.0} ns for the same frame{forwarder}; \
+             the difference is cold caches between frames on a CPU shared with the generator \
+             and the receiver).\
              {native_note} Without the program the rest of this row's frame is {rest:.0} ns \
              (kernel CPU per frame minus the program's time) against {none_kernel:.0} ns for \
              the whole unfiltered frame: even a program that cost nothing would reach about \
@@ -1213,7 +1227,9 @@ fn bridge_gaps(r: &Report, md: &mut String) -> usize {
              receive, FDB lookup and forward) is about what it costs on a veth (the devmap \
              transmit into the peer{}). *Next:* the per-packet items of the tracked-flow and \
              Modbus notes above cut the program's share, which is what moves this row against \
-             nftables; the 1.3x target needs a port where the redirect is cheaper than the \
+             nftables, and so would a forwarder that asks a per-CPU memo of recent (source, \
+             destination, port) answers, valid while the mirror's generation is unchanged, \
+             instead of two FDB lookups per frame; the 1.3x target needs a port where the redirect is cheaper than the \
              bridge, i.e. native XDP on a NIC whose driver runs XDP before it allocates an skb \
              and transmits redirected frames from the XDP buffer: measure there, since on \
              veth the ceiling above is below the target whatever the program costs.\n",
@@ -1224,8 +1240,6 @@ fn bridge_gaps(r: &Report, md: &mut String) -> usize {
             x(over_nft),
             x(TARGET_FAST_NFT),
             x(TARGET_FAST),
-            r.dp.cell(0, "modbus_read")
-                .map_or(f64::NAN, |c| c.otfw_ns.median),
             x(none_kernel / rest.max(1.0)),
             if fast == Filter::OtfwNativeFast {
                 ", which then needs NAPI and an skb on the receiving side"
