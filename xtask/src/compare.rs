@@ -63,9 +63,7 @@ pub fn run(repo: &Path, args: &CompareArgs) -> Result<()> {
     .filter(|s| !s.is_empty())
     .with_context(|| format!("`{}` is not a revision of {}", args.base, repo.display()))?;
     let short = &commit[..12.min(commit.len())];
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
+    let target = bench::target_dir(repo);
     let dir = target.join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 

@@ -75,9 +75,27 @@ impl ForwardingLab {
         })
     }
 
+    /// `measure` on datapath `index`, with its fast path on if `fast_path` (and this lab
+    /// there); off again afterwards, so that the other cases measure the bridge's path.
+    pub fn run<T>(
+        lab: Option<&mut ForwardingLab>,
+        fast_path: bool,
+        datapath: &mut Datapath,
+        index: usize,
+        measure: impl FnOnce(&mut Datapath) -> Result<T>,
+    ) -> Result<T> {
+        let Some(lab) = lab.filter(|_| fast_path) else {
+            return measure(datapath);
+        };
+        lab.on(datapath, index)?;
+        let out = measure(datapath)?;
+        lab.off(datapath, index)?;
+        Ok(out)
+    }
+
     /// Switches the fast path of datapath `index` on (its validity renewed: it lasts a
     /// second).
-    pub fn on(&mut self, datapath: &mut Datapath, index: usize) -> Result<()> {
+    fn on(&mut self, datapath: &mut Datapath, index: usize) -> Result<()> {
         let status =
             datapath.sync_fast_path(&mut self.mirrors[index], Some(&self.view), &self.attached)?;
         ensure!(
@@ -87,8 +105,8 @@ impl ForwardingLab {
         Ok(())
     }
 
-    /// Switches it off again: the other cases measure the bridge's path, as before.
-    pub fn off(&mut self, datapath: &mut Datapath, index: usize) -> Result<()> {
+    /// Switches it off again.
+    fn off(&mut self, datapath: &mut Datapath, index: usize) -> Result<()> {
         datapath.stop_fast_path(&mut self.mirrors[index])
     }
 }

@@ -24,6 +24,7 @@ use crate::{
     datapath::{Baseline, Datapath, TimedRun},
     policy::{check_str, compiled::CompiledPolicy},
 };
+use forwarding::ForwardingLab;
 use frames::*;
 use policies::Size;
 
@@ -357,7 +358,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         .collect();
     let baseline = Baseline::load()?;
     let mut lab = if cases.iter().any(|c| c.fast_path) {
-        Some(forwarding::ForwardingLab::new(opts.sizes.len())?)
+        Some(ForwardingLab::new(opts.sizes.len())?)
     } else {
         None
     };
@@ -398,21 +399,17 @@ pub fn run(opts: &Options) -> Result<Report> {
     for round in 0..opts.rounds {
         for (s, datapath) in datapaths.iter_mut().enumerate() {
             for (c, case) in cases.iter().enumerate() {
-                let mut lab = lab.as_mut().filter(|_| case.fast_path);
-                if let Some(lab) = lab.as_deref_mut() {
-                    lab.on(datapath, s)?;
-                }
-                let (base, run) = if case.fresh_tuples {
-                    time_fresh(&baseline, datapath, yardstick, opts.repeat, &mut flood)?
-                } else {
-                    (
-                        baseline.time_frame(yardstick, opts.repeat)?,
-                        datapath.time_frame(&case.frame, opts.repeat)?,
-                    )
-                };
-                if let Some(lab) = lab {
-                    lab.off(datapath, s)?;
-                }
+                let (base, run) =
+                    ForwardingLab::run(lab.as_mut(), case.fast_path, datapath, s, |datapath| {
+                        if case.fresh_tuples {
+                            time_fresh(&baseline, datapath, yardstick, opts.repeat, &mut flood)
+                        } else {
+                            Ok((
+                                baseline.time_frame(yardstick, opts.repeat)?,
+                                datapath.time_frame(&case.frame, opts.repeat)?,
+                            ))
+                        }
+                    })?;
                 if run.action != case.action {
                     bail!(
                         "case {} returned XDP action {} instead of {} with the {} conduit \
@@ -525,7 +522,7 @@ fn prepare(
     index: usize,
     policy: &CompiledPolicy,
     cases: &[Case],
-    mut lab: Option<&mut forwarding::ForwardingLab>,
+    mut lab: Option<&mut ForwardingLab>,
 ) -> Result<()> {
     datapath.enable_trace()?;
     let bench = policy
@@ -544,14 +541,10 @@ fn prepare(
                 decision.reason
             );
         }
-        let mut lab = lab.as_deref_mut().filter(|_| case.fast_path);
-        if let Some(lab) = lab.as_deref_mut() {
-            lab.on(datapath, index)?;
-        }
-        let decision = datapath.run_frame(&case.frame)?;
-        if let Some(lab) = lab {
-            lab.off(datapath, index)?;
-        }
+        let decision =
+            ForwardingLab::run(lab.as_deref_mut(), case.fast_path, datapath, index, |dp| {
+                dp.run_frame(&case.frame)
+            })?;
         ensure!(
             decision.action == case.action,
             "case {}: action {} ({:?}), expected {}",

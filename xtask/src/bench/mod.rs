@@ -141,10 +141,14 @@ fn require_root() -> Result<()> {
 /// Builds `otfw` (release for real numbers; the debug build `cargo xtask test` made for the
 /// smoke run) and returns its path.
 pub(crate) fn build_otfw(repo: &Path, quick: bool) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    build_otfw_in(repo, &target_dir(repo), quick)
+}
+
+/// Cargo's target directory for the workspace in `repo`.
+pub(crate) fn target_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
-    build_otfw_in(repo, &target, quick)
+        .unwrap_or_else(|| repo.join("target"))
 }
 
 /// `build_otfw` of the sources in `src` (another checkout: `cargo xtask compare`) into the
