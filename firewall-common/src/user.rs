@@ -34,6 +34,7 @@ pod!(
     MacKey,
     FdbEntry,
     FastPathState,
+    ForwardMemo,
     Traffic,
     Trace,
     AddressRange,

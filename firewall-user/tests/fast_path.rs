@@ -19,6 +19,7 @@ use common::{
 };
 use firewall_common::{
     counters::{PATH_BRIDGE_LEARNS, PATH_REDIRECTED},
+    fastpath::{mac_word, ForwardMemo},
     reason::Reason,
 };
 use otfw::datapath::{BridgePort, BridgeView, Datapath, FastPathStatus, Learnt, Mirror, VALIDITY};
@@ -93,6 +94,21 @@ impl Lab {
     fn path(&self, index: u32) -> u64 {
         self.dp.path_stats().expect("reading PATH_STATS")[index as usize]
     }
+
+    /// The forwarder's memo of frames from `src` to `dst` arriving on `lo`, on whichever CPU
+    /// the test ran.
+    fn memo(&self, dst: [u8; 6], src: [u8; 6]) -> Option<ForwardMemo> {
+        let memos = self.dp.forward_memos().expect("reading FORWARD_MEMO");
+        let (dst, src) = (mac_word(dst), mac_word(src));
+        memos
+            .into_iter()
+            .filter(|m| (m.dst, m.src, m.ingress) == (dst, src, self.lo))
+            .max_by_key(|m| m.generation)
+    }
+
+    fn generation(&self) -> u64 {
+        self.dp.fdb_generation().expect("reading FDB_GENERATION")
+    }
 }
 
 #[test]
@@ -131,6 +147,15 @@ fn fast_path_takes_exactly_what_the_bridge_would_forward_to_a_known_port() {
     assert_eq!(lab.action(&allowed), (XDP_REDIRECT, Reason::None));
     assert_eq!(lab.action(&c.ack(40000, 502)), (XDP_REDIRECT, Reason::None));
     assert_eq!(lab.path(PATH_REDIRECTED), redirected + 2);
+    // The forwarder remembers the mirror's answer for the pair, under the mirror's generation.
+    let generation = lab.generation();
+    let memo = lab
+        .memo(MAC_DST, MAC_SRC)
+        .expect("a memo of the pair just forwarded");
+    assert_eq!(
+        (memo.generation, memo.egress, memo.max_frame),
+        (generation, port.ifindex, 1514)
+    );
     // What the policy denies is never forwarded.
     assert_eq!(
         lab.action(&s.syn(40000, 502)),
@@ -169,9 +194,17 @@ fn fast_path_takes_exactly_what_the_bridge_would_forward_to_a_known_port() {
         lab.action(&with_macs(s.ack(502, 40000), MAC_SRC, MAC_DST)),
         (XDP_PASS, Reason::None)
     );
+    // The move made every memo stale (the one forwarding to the old port among them) ...
+    assert!(lab.generation() > generation);
     assert_eq!(lab.action(&allowed), (XDP_PASS, Reason::None));
-    // The next synchronisation copies the bridge's view again.
+    // ... and a synchronisation that changes nothing leaves them valid.
+    let unchanged = lab.generation();
     lab.sync(Some(&view(lo, port.ifindex, 3, 1500)));
+    let rewritten = lab.generation();
+    assert!(rewritten > unchanged, "the mirror was rewritten");
+    lab.sync(Some(&view(lo, port.ifindex, 3, 1500)));
+    assert_eq!(lab.generation(), rewritten, "nothing changed");
+    // The synchronisations copied the bridge's view again.
     assert_eq!(lab.action(&allowed), (XDP_REDIRECT, Reason::None));
 
     // An egress port that is not forwarding (blocking, learning, disabled) never receives a

@@ -3,18 +3,22 @@
 //! Only what the mirror of the bridge's state answers exactly takes it; everything else
 //! (broadcast, multicast, unknown or local destinations, a source the bridge has not learnt on
 //! this port, a port not forwarding, a frame too big for the egress port, a stale mirror) is
-//! passed to the bridge, which stays the slow path and the source of truth.
+//! passed to the bridge, which stays the slow path and the source of truth. A pair of hosts
+//! just forwarded is answered from this CPU's memo of the mirror's answer (`FORWARD_MEMO`),
+//! valid while the mirror's generation has not moved.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 
 use firewall_common::{
     conduit::FORWARD_SLOT,
     counters::{PATH_BRIDGE_LEARNS, PATH_FDB_MOVED, PATH_REDIRECTED},
-    fastpath::FDB_LOCAL,
+    fastpath::{mac_word, ForwardMemo, FDB_LOCAL, GENERATION_CONTROLLER, GENERATION_DATAPATH},
 };
 
 use super::{
-    maps::{FAST_PATH, FAST_TX, FDB, FLOW_KEYS, INSPECTORS},
+    maps::{FAST_PATH, FAST_TX, FDB, FDB_GENERATION, FLOW_KEYS, FORWARD_MEMO, INSPECTORS},
     packet::{frame_len, load},
     stats,
 };
@@ -60,14 +64,61 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     if (macs[12] == 0x81 && macs[13] == 0x00) || (macs[12] == 0x88 && macs[13] == 0xa8) {
         return None;
     }
-    // The keys live in the per-CPU scratch entry: the stack has no room for them.
-    let keys = FLOW_KEYS.get_ptr_mut(0)?;
-    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
-    let [dst, src] = unsafe { &mut (*keys).macs };
-    dst.set([macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]]);
-    src.set([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
+    let (dst, src) = (
+        mac_word([macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]]),
+        mac_word([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]),
+    );
     // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // Read before the mirror is: a change made after this read gives a memo made from it a
+    // generation that is already past.
+    let generation = generation()?;
+    let memo = FORWARD_MEMO.get_ptr_mut(ForwardMemo::slot(dst, src, ingress))?;
+    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
+    let memo = unsafe { &mut *memo };
+    let (egress, max_frame) = if memo.answers(generation, dst, src, ingress) {
+        (memo.egress, memo.max_frame)
+    } else {
+        let (egress, max_frame) = look_up(dst, src, ingress)?;
+        *memo = ForwardMemo {
+            generation,
+            dst,
+            src,
+            ingress,
+            egress,
+            max_frame,
+            _pad: 0,
+        };
+        (egress, max_frame)
+    };
+    if frame_len(ctx) > max_frame as usize {
+        return None;
+    }
+    match FAST_TX.redirect(egress, xdp_action::XDP_PASS as u64) {
+        Ok(action) => {
+            stats::path_event(PATH_REDIRECTED);
+            Some(action)
+        }
+        Err(_) => None,
+    }
+}
+
+/// The mirror's generation: the sum of the controller's and the datapath's counts of changes.
+#[inline(always)]
+fn generation() -> Option<u64> {
+    Some(*FDB_GENERATION.get(GENERATION_CONTROLLER)? + *FDB_GENERATION.get(GENERATION_DATAPATH)?)
+}
+
+/// What the mirror says of a frame from `src` to `dst` arriving on `ingress`: the port to send
+/// it to and the largest frame that port transmits, or `None` if the bridge must see it.
+#[inline(always)]
+fn look_up(dst: u64, src: u64, ingress: u32) -> Option<(u32, u32)> {
+    // The keys live in the per-CPU scratch entry: map keys must be in memory.
+    let keys = FLOW_KEYS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
+    let [dst_key, src_key] = unsafe { &mut (*keys).macs };
+    dst_key.set_word(dst);
+    src_key.set_word(src);
     // The bridge learns from what it sees: a source it has not learnt on this port (new, or
     // moved here) must go through it. A moved address's old entry is dropped from the mirror
     // at once, so frames to it stop going to the port it left. The mirror holds learnt
@@ -75,11 +126,18 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     // port also says that this port is one (forwarding, not isolated or locked); a local
     // address as the source is the bridge's to judge.
     // SAFETY: values are copied out at once, never held across a map update.
-    match unsafe { FDB.get(&*src) } {
+    match unsafe { FDB.get(&*src_key) } {
         Some(e) if e.ifindex == ingress && e.flags & FDB_LOCAL == 0 => {}
         Some(e) if e.ifindex == ingress => return None,
         Some(_) => {
-            let _ = FDB.remove(&*src);
+            let _ = FDB.remove(&*src_key);
+            // The mirror changed: every memo made before is stale (the ones forwarding to
+            // the address's old port among them).
+            if let Some(count) = FDB_GENERATION.get_ptr_mut(GENERATION_DATAPATH) {
+                // SAFETY: an array value stays valid for the program's run; the add is atomic
+                // against other CPUs doing the same.
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
+            }
             stats::path_event(PATH_FDB_MOVED);
             stats::path_event(PATH_BRIDGE_LEARNS);
             return None;
@@ -93,19 +151,10 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     // blocking, learning or disabled has no entries in the mirror), with that port's MTU.
     // SAFETY: as above.
     let (egress, flags, max_frame) =
-        unsafe { FDB.get(dst) }.map(|e| (e.ifindex, e.flags, e.max_frame))?;
+        unsafe { FDB.get(&*dst_key) }.map(|e| (e.ifindex, e.flags, e.max_frame))?;
     // For the gateway itself, or back out of the port it came in on: the bridge decides.
     if flags & FDB_LOCAL != 0 || egress == ingress {
         return None;
     }
-    if frame_len(ctx) > max_frame as usize {
-        return None;
-    }
-    match FAST_TX.redirect(egress, xdp_action::XDP_PASS as u64) {
-        Ok(action) => {
-            stats::path_event(PATH_REDIRECTED);
-            Some(action)
-        }
-        Err(_) => None,
-    }
+    Some((egress, max_frame))
 }

@@ -23,7 +23,10 @@ use firewall_common::{
         EnipTagKey, EnipTrace, ECOUNTS_LEN,
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
-    fastpath::{FastPathState, FdbEntry, MacKey, MAX_FAST_PORTS, MAX_FDB},
+    fastpath::{
+        FastPathState, FdbEntry, ForwardMemo, MacKey, FORWARD_MEMO_SLOTS, GENERATION_ENTRIES,
+        MAX_FAST_PORTS, MAX_FDB,
+    },
     flow::{
         Denial, DenialMemo, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, DENIAL_MEMO_SLOTS,
         MAX_DENIALS, MAX_EMBRYOS, MAX_FLOWS,
@@ -270,3 +273,13 @@ pub static FAST_TX: DevMapHash = DevMapHash::with_max_entries(MAX_FAST_PORTS, 0)
 /// when an address shows up on another port).
 #[map]
 pub static FDB: HashMap<MacKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, BPF_F_NO_PREALLOC);
+
+/// How often the mirror changed: the controller's and the datapath's counts
+/// (`firewall_common::fastpath::GENERATION_*`).
+#[map]
+pub static FDB_GENERATION: Array<u64> = Array::with_max_entries(GENERATION_ENTRIES, 0);
+
+/// The forwarder's recent decisions per CPU (`ForwardMemo`).
+#[map]
+pub static FORWARD_MEMO: PerCpuArray<ForwardMemo> =
+    PerCpuArray::with_max_entries(FORWARD_MEMO_SLOTS, 0);

@@ -284,8 +284,9 @@ pub fn cases() -> Vec<Case> {
                 "Modbus read request, forwarded by the fast path",
                 MODBUS_INSPECTED,
                 "the Modbus read case, then the forwarder: a tail call, the mirror's validity \
-                 and the clock, source and destination looked up in the FDB mirror, the \
-                 redirect through the devmap",
+                 and the clock, the pair of addresses answered from this CPU's memo (the \
+                 timing loop repeats one frame; the first looked them up in the FDB mirror), \
+                 the redirect through the devmap",
                 XDP_REDIRECT,
                 open(40107, MODBUS_PORT),
                 tcp(40107, MODBUS_PORT, false, &modbus_read(1, 0)),

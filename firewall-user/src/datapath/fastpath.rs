@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use firewall_common::{
     counters::PATH_FDB_MOVED,
-    fastpath::{FastPathState, FdbEntry, MacKey, FDB_LOCAL, MAX_FDB},
+    fastpath::{
+        FastPathState, FdbEntry, ForwardMemo, MacKey, FDB_LOCAL, FORWARD_MEMO_SLOTS,
+        GENERATION_CONTROLLER, GENERATION_DATAPATH, MAX_FDB,
+    },
 };
 
 use super::Datapath;
@@ -356,6 +359,7 @@ impl Datapath {
         let full = mirror.syncs.is_multiple_of(FULL_WRITE_EVERY) || moved != mirror.moved;
         mirror.syncs = mirror.syncs.wrapping_add(1);
         mirror.moved = moved;
+        let mut changed = false;
         // The addresses decide which ports frames are redirected to: those that go away (or
         // whose port stopped forwarding) leave first, before their port leaves `FAST_TX`;
         // ports come before the addresses learnt on them.
@@ -363,12 +367,19 @@ impl Datapath {
             if !fdb.contains_key(&key) {
                 let _ = self.maps.fdb.remove(&key);
                 mirror.fdb.remove(&key);
+                changed = true;
             }
+        }
+        // Memos forwarding to addresses just removed end here, not after the writes below.
+        if changed {
+            self.next_fdb_generation()?;
+            changed = false;
         }
         for ifindex in mirror.ports.keys().copied().collect::<Vec<_>>() {
             if !ports.contains_key(&ifindex) {
                 let _ = self.maps.fast_tx.remove(ifindex);
                 mirror.ports.remove(&ifindex);
+                changed = true;
             }
         }
         for (ifindex, max_frame) in &ports {
@@ -377,6 +388,7 @@ impl Datapath {
                     .fast_tx
                     .insert(*ifindex, *ifindex, None, 0)
                     .context("writing FAST_TX")?;
+                changed = true;
             }
             mirror.ports.insert(*ifindex, *max_frame);
         }
@@ -388,7 +400,15 @@ impl Datapath {
                     .insert(key, entry, 0)
                     .context("writing the fast path's FDB")?;
                 mirror.fdb.insert(*key, *entry);
+                changed = true;
             }
+        }
+        // After the writes: a frame that read the generation before them made its memo under
+        // a number this makes stale. (Memos are made of what the mirror answers, so an entry
+        // added or changed only matters to frames that have none yet: a memo of the old
+        // value must not outlive it.)
+        if changed {
+            self.next_fdb_generation()?;
         }
         let state = FastPathState {
             valid_until_ns: monotonic_ns() + VALIDITY.as_nanos() as u64,
@@ -417,7 +437,51 @@ impl Datapath {
             let _ = self.maps.fast_tx.remove(*ifindex);
         }
         *mirror = Mirror::default();
-        Ok(())
+        self.next_fdb_generation()
+    }
+
+    /// The mirror's generation as the datapath sees it (`FDB_GENERATION`'s sum).
+    pub fn fdb_generation(&self) -> Result<u64> {
+        let mut sum = 0u64;
+        for index in [GENERATION_CONTROLLER, GENERATION_DATAPATH] {
+            let count = self
+                .maps
+                .fdb_generation
+                .get(&index, 0)
+                .context("reading FDB_GENERATION")?;
+            sum = sum.wrapping_add(count);
+        }
+        Ok(sum)
+    }
+
+    /// The forwarder's memos on every CPU (`FORWARD_MEMO`), entries never written left out;
+    /// those of another generation than `fdb_generation` are stale (never used).
+    pub fn forward_memos(&self) -> Result<Vec<ForwardMemo>> {
+        let mut memos = Vec::new();
+        for slot in 0..FORWARD_MEMO_SLOTS {
+            let per_cpu = self
+                .maps
+                .forward_memo
+                .get(&slot, 0)
+                .context("reading FORWARD_MEMO")?;
+            memos.extend(per_cpu.iter().filter(|m| m.ingress != 0).copied());
+        }
+        Ok(memos)
+    }
+
+    /// Tells the datapath that the mirror changed, so that the forwarder's memos of its
+    /// earlier answers (`FORWARD_MEMO`) are no longer used. The controller is this entry's
+    /// only writer; the datapath counts its own changes in another.
+    pub fn next_fdb_generation(&mut self) -> Result<()> {
+        let count = self
+            .maps
+            .fdb_generation
+            .get(&GENERATION_CONTROLLER, 0)
+            .context("reading FDB_GENERATION")?;
+        self.maps
+            .fdb_generation
+            .set(GENERATION_CONTROLLER, count.wrapping_add(1), 0)
+            .context("writing FDB_GENERATION")
     }
 }
 

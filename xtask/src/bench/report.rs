@@ -1227,9 +1227,10 @@ fn bridge_gaps(r: &Report, md: &mut String) -> usize {
              receive, FDB lookup and forward) is about what it costs on a veth (the devmap \
              transmit into the peer{}). *Next:* the per-packet items of the tracked-flow and \
              Modbus notes above cut the program's share, which is what moves this row against \
-             nftables, and so would a forwarder that asks a per-CPU memo of recent (source, \
-             destination, port) answers, valid while the mirror's generation is unchanged, \
-             instead of two FDB lookups per frame; the 1.3x target needs a port where the redirect is cheaper than the \
+             nftables (the forwarder already answers a pair of hosts it has just forwarded \
+             from a per-CPU memo, not two FDB lookups; what is left of it is the tail call, the \
+             mirror's validity and the clock, the redirect); the 1.3x target needs a port \
+             where the redirect is cheaper than the \
              bridge, i.e. native XDP on a NIC whose driver runs XDP before it allocates an skb \
              and transmits redirected frames from the XDP buffer: measure there, since on \
              veth the ceiling above is below the target whatever the program costs.\n",
