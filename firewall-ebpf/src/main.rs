@@ -8,6 +8,9 @@
 // The BPF target has no `AtomicU64::fetch_add`; the intrinsic lowers to the BPF atomic add
 // (shared counters of `ZONE_FLOWS`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+// One instruction LLVM will not emit for BPF: a 64-bit load or store at any byte offset
+// (`enip::copy_word`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]

@@ -4,7 +4,7 @@
 
 use firewall_common::{enip::*, reason::Reason, slot_of};
 
-use super::{b16, b32, b8, scratch, R_NONE};
+use super::{b16, b32, b8, copy_word, scratch, MASK, R_NONE};
 use crate::bpf::maps::{ENIP_TAGS, ENIP_TRACE};
 use firewall_common::mem::copy_words;
 
@@ -119,23 +119,31 @@ pub extern "C" fn otfw_enip_segment(arg: u64) -> u64 {
     (p + size) as u64
 }
 
-/// Appends `n` (bits 16..32) name bytes at `off` (bits 0..16) to the tag name.
+/// Appends `n` (bits 16..32) name bytes at `off` (bits 0..16) to the tag name, a word at a
+/// time: the last word may carry bytes past the name into `name`, beyond `name_len`, where
+/// nothing reads them (the hash and the records stop at `name_len`).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_name(arg: u64) -> u64 {
     let Some(s) = scratch() else {
         return 0;
     };
-    let off = arg as u16 as u32 & 0x7ff;
+    let off = arg as u16 as u32;
     let n = (arg >> 16) as u16 as u32;
-    for j in 0..TAG_MAX {
+    let len = s.name_len;
+    for k in 0..(TAG_MAX / 8) {
+        let j = 8 * k;
         if j >= n {
             break;
         }
-        let at = (s.name_len & 127) as usize;
-        s.name[at] = b8(s, off + j) as u8;
-        s.name_len += 1;
+        // Bounds the verifier can see: the message buffer is twice `MSG_MAX` long (a masked
+        // offset plus a word stays inside), and the name is at most `TAG_MAX` of 128 bytes.
+        let from = ((off + j) & MASK) as usize;
+        let to = ((len + j) & (TAG_MAX - 1)) as usize;
+        // SAFETY: both words in bounds (above), in the per-CPU scratch value.
+        unsafe { copy_word(s.msg.as_ptr().add(from), s.name.as_mut_ptr().add(to)) };
     }
+    s.name_len = len + n;
     0
 }
 
