@@ -3,8 +3,12 @@
 //! both builds in the same session, alternating, so that what the machine does meanwhile
 //! (frequency, other load, the host of a virtual machine) falls on both alike.
 //!
-//! The revision is checked out into a temporary git worktree and built into the same target
-//! directory (the dependencies are not built again); each round runs both builds' quick
+//! The revision is checked out into a temporary git worktree and built into a target directory
+//! of its own, kept between comparisons (`target/compare/target`: only the first builds the
+//! dependencies). Not this tree's: Cargo names a workspace member's artifacts by its path
+//! relative to the workspace, so both trees' crates would share files, and the base's build,
+//! newer than this tree's unchanged sources, would be taken as up to date for this tree's next
+//! build. Each round runs both builds' quick
 //! test-run benchmark (`otfw bench-datapath --quick`), in the order base, this, then this,
 //! base, and so on. Per case, the medians of all samples of each build and their 25th-75th
 //! percentile ranges; a change whose ranges overlap is reported as within noise. Differences of
@@ -67,13 +71,12 @@ pub fn run(repo: &Path, args: &CompareArgs) -> Result<()> {
     let dir = target.join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    // This tree first: the base's build below replaces target/release/otfw.
     let this = dir.join("otfw-this");
     copy(&bench::build_otfw(repo, false)?, &this)?;
     let base = dir.join(format!("otfw-{short}"));
     {
         let worktree = Worktree::add(repo, &dir.join(format!("src-{short}")), &commit)?;
-        let built = bench::build_otfw_in(&worktree.path, &target, false)
+        let built = bench::build_otfw_in(&worktree.path, &dir.join("target"), false)
             .with_context(|| format!("building otfw at {short}"))?;
         copy(&built, &base)?;
     }
