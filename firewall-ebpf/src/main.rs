@@ -9,7 +9,7 @@
 // (shared counters of `ZONE_FLOWS`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 // One instruction LLVM will not emit for BPF: a 64-bit load or store at any byte offset
-// (`enip::copy_word`).
+// (`packet::copy_word`).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 

@@ -44,3 +44,28 @@ pub fn frame_len(ctx: &XdpContext) -> usize {
     // SAFETY: a volatile read of a local initialised just above.
     unsafe { core::ptr::read_volatile(&len) }
 }
+
+/// Copies the eight bytes at `from` to `to`, neither aligned: one 64-bit load and one store.
+/// LLVM's BPF backend takes every access as needing its natural alignment and splits an
+/// unaligned word into eight byte loads and eight byte stores (with spills: enough to push the
+/// ENIP inspector's call chain past 512 bytes of stack); the kernel allows unaligned access to
+/// map values and packet data on the architectures that do it efficiently (x86-64, arm64),
+/// which is what the assembly relies on.
+///
+/// # Safety
+/// Both ranges lie inside map values or the packet (the verifier checks them against the
+/// bounds it knows).
+#[inline(always)]
+pub unsafe fn copy_word(from: *const u8, to: *mut u8) {
+    // SAFETY: the caller's promise; the instructions touch only those sixteen bytes.
+    unsafe {
+        core::arch::asm!(
+            "{w} = *(u64 *)({from} + 0)",
+            "*(u64 *)({to} + 0) = {w}",
+            from = in(reg) from,
+            to = in(reg) to,
+            w = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}

@@ -70,30 +70,6 @@ fn b32(s: &EnipScratch, off: u32) -> u32 {
     u32::from_le_bytes([s.msg[o], s.msg[o + 1], s.msg[o + 2], s.msg[o + 3]])
 }
 
-/// Copies the eight bytes at `from` to `to`, neither aligned: one 64-bit load and one store.
-/// LLVM's BPF backend takes every access as needing its natural alignment and splits an
-/// unaligned word into eight byte loads and eight byte stores (with spills: enough to push the
-/// inspector's call chain past 512 bytes of stack); the kernel allows unaligned access to map
-/// values on the architectures that do it efficiently (x86-64, arm64), which is what the
-/// assembly relies on.
-///
-/// # Safety
-/// Both ranges lie inside map values (the verifier checks them against the values' bounds).
-#[inline(always)]
-unsafe fn copy_word(from: *const u8, to: *mut u8) {
-    // SAFETY: the caller's promise; the instructions touch only those sixteen bytes.
-    unsafe {
-        core::arch::asm!(
-            "{w} = *(u64 *)({from} + 0)",
-            "*(u64 *)({to} + 0) = {w}",
-            from = in(reg) from,
-            to = in(reg) to,
-            w = out(reg) _,
-            options(nostack, preserves_flags),
-        );
-    }
-}
-
 /// `v & mask`, computed on a laundered copy: LLVM otherwise merges the mask with earlier range
 /// checks on another register, and the verifier loses the bound.
 #[inline(always)]

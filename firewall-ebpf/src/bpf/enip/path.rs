@@ -4,8 +4,9 @@
 
 use firewall_common::{enip::*, reason::Reason, slot_of};
 
-use super::{b16, b32, b8, copy_word, scratch, MASK, R_NONE};
+use super::{b16, b32, b8, scratch, MASK, R_NONE};
 use crate::bpf::maps::{ENIP_TAGS, ENIP_TRACE};
+use crate::bpf::packet::copy_word;
 use firewall_common::mem::copy_words;
 
 /// Parses a request path (`off | len << 16`). Returns reason | flags << 8 | class << 16 |
