@@ -874,7 +874,7 @@ fn load_prefix(
     // hence the bound on the offset, far above any Ethernet frame.)
     if len >= 8 && offset <= 0x3fff {
         let tail = (len - 8) & 15;
-        let word = |at: u32| ptr_at::<[u8; 8]>(ctx, (at & 0x3fff) as usize);
+        let word = |from: u32| ptr_at::<[u8; 8]>(ctx, (from & 0x3fff) as usize);
         if let (Ok(head), Ok(last)) = (word(offset), word(offset + tail)) {
             // SAFETY: each source word was checked to be inside the packet; `at + tail + 8`
             // <= 16 + 15 + 8, inside the 64-byte scratch buffer.
