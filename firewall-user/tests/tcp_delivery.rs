@@ -232,8 +232,10 @@ fn never_answered_with_a_reset() {
     );
 }
 
-#[test]
-fn ipv6_checksums_are_verified() {
+/// A datapath allowing Modbus reads from `fd00:1::/64` to `fd00:2::/64`, with one connection
+/// from port `sport` opened (client stream at 100, server stream at 500); returns the client's
+/// direction.
+fn ipv6_connection(sport: u16) -> (Datapath, frames::Ip) {
     let yaml = "version: 1
 gateway: { bridge: br-test }
 defaults: { action: deny, midstream: adopt }
@@ -251,11 +253,18 @@ conduits:
     let fwd = frames::ip("fd00:1::10", "fd00:2::20");
     let back = fwd.reply();
     let ok = |d: Decision, what: &str| expect(&d, Reason::None, what);
-    ok(run(&mut dp, &fwd.tcp(41900, 502, "S", 99, 0, &[])), "SYN");
+    ok(run(&mut dp, &fwd.tcp(sport, 502, "S", 99, 0, &[])), "SYN");
     ok(
-        run(&mut dp, &back.tcp(502, 41900, "SA", 499, 100, &[])),
+        run(&mut dp, &back.tcp(502, sport, "SA", 499, 100, &[])),
         "SYN-ACK",
     );
+    (dp, fwd)
+}
+
+#[test]
+fn ipv6_checksums_are_verified() {
+    let (mut dp, fwd) = ipv6_connection(41900);
+    let ok = |d: Decision, what: &str| expect(&d, Reason::None, what);
     ok(
         run(&mut dp, &fwd.tcp(41900, 502, "A", 100, 500, &[])),
         "ACK",
@@ -289,4 +298,53 @@ fn long_segments_are_verified() {
     let bad = bad_checksum(c.client_frame(c.cseq, "PA", &many));
     expect(&run(&mut dp, &bad), Reason::TcpBadChecksum, "bad checksum");
     expect(&c.send(&mut dp, &many), Reason::None, "valid checksum");
+}
+
+/// Every way the sum of a segment can be split into the checksum's blocks (whole 512-byte
+/// chunks, then 256, 128, 64, 32, 16, 8 and 4 bytes, then one to three bytes) is exercised by
+/// some payload length here, IPv4 and IPv6: a valid segment is never taken for a bad one, and a
+/// single flipped bit anywhere in its payload always is.
+#[test]
+fn checksums_are_verified_at_every_length() {
+    let mut dp = datapath(&policy("functions: [read]", ""));
+    let c = conn(&mut dp, 42100);
+    // Ethernet 14, IPv4 20, TCP 20.
+    every_length(&mut dp, "IPv4", 14 + 20 + 20, |payload| {
+        c.client_frame(c.cseq, "PA", payload)
+    });
+    let (mut dp, fwd) = ipv6_connection(41901);
+    // Ethernet 14, IPv6 40, TCP 20.
+    every_length(&mut dp, "IPv6", 14 + 40 + 20, |payload| {
+        fwd.tcp(41901, 502, "PA", 100, 500, payload)
+    });
+}
+
+/// Sends `frame(payload)` for payloads of every length the checksum's blocks need, valid and
+/// with one bit flipped at the payload's start, middle and end (`payload_at`: the payload's
+/// offset in the frame).
+fn every_length(
+    dp: &mut Datapath,
+    family: &str,
+    payload_at: usize,
+    frame: impl Fn(&[u8]) -> Vec<u8>,
+) {
+    for len in (1..=300usize).chain(500..=530).chain([1023, 1024, 1460]) {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let good = frame(&payload);
+        let d = run(dp, &good);
+        assert_ne!(
+            d.reason,
+            Reason::TcpBadChecksum,
+            "{family}, {len} bytes: {d:?}"
+        );
+        for at in [0, len / 2, len - 1] {
+            let mut bad = good.clone();
+            bad[payload_at + at] ^= 0x10;
+            expect(
+                &run(dp, &bad),
+                Reason::TcpBadChecksum,
+                &format!("{family}, {len} bytes, byte {at} flipped"),
+            );
+        }
+    }
 }
