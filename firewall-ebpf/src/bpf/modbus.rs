@@ -33,7 +33,7 @@ use super::{
         INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_COUNT_MEMO, MODBUS_EVENTS, MODBUS_FLOWS,
         MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
     },
-    packet::{copy_word, ptr_at},
+    packet::copy_short,
     reset,
     stats::{self, Accounted},
     stream::{self, Commit, Placement},
@@ -866,31 +866,10 @@ fn load_prefix(
     // SAFETY: `at` <= CARRY_MAX: the buffer's address plus at most 16.
     let dst = unsafe { (*scratch).buf.as_mut_ptr().add(at as usize) };
     // A prefix of 8 bytes or more (every ADU's but a segment's last few bytes) is copied straight
-    // from the packet in words: one at its start, one ending at its end and, past 16 bytes, one
-    // at 8; the words overlap where the prefix is shorter. The helper's call, its own bounds walk
-    // and its `memcpy` cost about 5 ns per ADU. Each word's packet range is checked on its own
-    // pointer: the verifier forgets a checked range once a variable is added to the pointer.
-    // (It marks a checked range only where the offset's bound and the range stay within 0xffff:
-    // hence the bound on the offset, far above any Ethernet frame.)
-    if len >= 8 && offset <= 0x3fff {
-        let tail = (len - 8) & 15;
-        let word = |from: u32| ptr_at::<[u8; 8]>(ctx, (from & 0x3fff) as usize);
-        if let (Ok(head), Ok(last)) = (word(offset), word(offset + tail)) {
-            // SAFETY: each source word was checked to be inside the packet; `at + tail + 8`
-            // <= 16 + 15 + 8, inside the 64-byte scratch buffer.
-            unsafe {
-                copy_word(head as *const u8, dst);
-                copy_word(last as *const u8, dst.add(tail as usize));
-            }
-            if len <= 16 {
-                return true;
-            }
-            if let Ok(middle) = word(offset + 8) {
-                // SAFETY: as above; `at + 16` <= 32.
-                unsafe { copy_word(middle as *const u8, dst.add(8)) };
-                return true;
-            }
-        }
+    // from the packet.
+    // SAFETY: `at + len` <= CARRY_MAX + PREFIX_MAX, inside the 64-byte scratch buffer.
+    if unsafe { copy_short(ctx, offset, dst, len) } {
+        return true;
     }
     // SAFETY: `at + len` <= CARRY_MAX + PREFIX_MAX, inside the 64-byte scratch buffer; the
     // helper checks the packet side.

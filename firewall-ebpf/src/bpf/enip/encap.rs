@@ -21,6 +21,7 @@ use super::{
 };
 use crate::bpf::{
     maps::{ENIP_RULES, ENIP_TRACE},
+    packet::copy_short,
     stream,
 };
 
@@ -155,7 +156,10 @@ fn load(ctx: &XdpContext, offset: u32, s: *mut EnipScratch, at: u32, len: u32) -
     // SAFETY: `at + len` <= 2 * MSG_MAX = MSG_BUF; the helper checks the packet side.
     unsafe {
         let dst = (*s).msg.as_mut_ptr().add(at as usize);
-        bpf_xdp_load_bytes(ctx.ctx, offset, dst as *mut c_void, len) == 0
+        // The encapsulation header (24 bytes, every message's first load) and short bodies
+        // straight from the packet (`packet::copy_short`).
+        (len <= 24 && copy_short(ctx, offset, dst, len))
+            || bpf_xdp_load_bytes(ctx.ctx, offset, dst as *mut c_void, len) == 0
     }
 }
 

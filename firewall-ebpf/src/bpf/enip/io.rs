@@ -21,6 +21,7 @@ use super::{
 };
 use crate::bpf::{
     maps::{ENIP_CONNS, ENIP_TRACE, INSPECT_CTX},
+    packet::ptr_at,
     stats,
 };
 
@@ -43,13 +44,26 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
     let mut reason = Reason::EnipIoMalformed as u8;
     let mut id = 0u32;
     if ic.payload_len >= 18 && ic.payload_len <= 1500 {
-        // SAFETY: 18 bytes into an 18-byte stack buffer; the helper checks the packet side.
-        let ok = unsafe {
-            bpf_xdp_load_bytes(ctx.ctx, ic.payload, head.as_mut_ptr() as *mut c_void, 18) == 0
+        // Read in place where the datagram is in the packet's linear data (always, short of a
+        // multi-buffer frame): the helper's call and copy cost more than the checks below.
+        // (The mask gives the verifier a bound; the check keeps it from moving the offset.)
+        let direct = if ic.payload <= 0x3f00 {
+            ptr_at::<[u8; 18]>(ctx, (ic.payload & 0x3fff) as usize)
+        } else {
+            Err(())
         };
+        // SAFETY: 18 bytes into an 18-byte stack buffer; the helper checks the packet side.
+        let ok = direct.is_ok()
+            || unsafe {
+                bpf_xdp_load_bytes(ctx.ctx, ic.payload, head.as_mut_ptr() as *mut c_void, 18) == 0
+            };
         if ok {
-            // SAFETY: the helper wrote all 18 bytes.
-            let head = unsafe { head.assume_init_ref() };
+            let head = match direct {
+                // SAFETY: `ptr_at` checked that the 18 bytes lie inside the packet.
+                Ok(p) => unsafe { &*p },
+                // SAFETY: the helper wrote all 18 bytes.
+                Err(()) => unsafe { head.assume_init_ref() },
+            };
             let w = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]);
             if w(0) == 2
                 && w(2) == ITEM_SEQUENCED_ADDRESS
