@@ -1057,10 +1057,10 @@ impl Parts {
                  counted in the CPU's count memo) and about {:.0} ns per further ADU of a \
                  pipelined segment. Profiled (`cargo xtask profile --case modbus_read`), \
                  the two hash lookups (the kernel's jhash of a 40-byte key, the bucket walk, \
-                 the compare) take about a quarter of the busy time, the checksum (its \
-                 function and the load, csum_diff and csum_partial helpers) about 6% \
-                 (10-12 ns: earlier ablation builds that moved these cases by 30-50 ns were \
-                 mostly code layout), the per-ADU counting (`otfw_modbus_count_all` and \
+                 the compare) take about a quarter of the busy time, the checksum about 3% \
+                 (the pseudo-header from the key's four address words and a segment under \
+                 128 bytes summed by word loads, no helper call: that took the read request \
+                 from 335 to 309 ns), the per-ADU counting (`otfw_modbus_count_all` and \
                  `otfw_modbus_count`) another 6%, the inspector's inlined per-CPU array \
                  lookups (context, scratch, ADU records, counters) about 6%. Each ADU's \
                  prefix is read straight from the packet a word at a time (through the load \
@@ -1069,8 +1069,7 @@ impl Parts {
                  main program's pointer to the flow entry, so state kept in the entry costs \
                  the inspector a lookup all the same, but an index kept in the entry into an \
                  array of states would not (it needs a slot allocator that never hands out a \
-                 live connection's slot); a cheaper checksum (its fixed cost: the call, the \
-                 pseudo-header, the fold); and the tracked-flow items above, which every \
+                 live connection's slot); and the tracked-flow items above, which every \
                  inspected frame pays too.",
                 modbus - tracked,
                 (pipelined - modbus) / 7.0,
@@ -1086,8 +1085,9 @@ impl Parts {
                  the rest: framing and session state (a second LRU lookup, 40-byte key: the \
                  kernel's hash of it is the largest single item of a profile, `cargo xtask \
                  profile --case enip_read_tag`, at about an eighth of the busy time), the TCP \
-                 checksum verified (about 5% in the profile), the message copied into \
-                 per-CPU scratch, and per \
+                 checksum verified (by word loads below 128 bytes), the message copied into \
+                 per-CPU scratch (the encapsulation header a word at a time, a longer body \
+                 by the load helper), and per \
                  embedded request the path parse, the class and service lookups and the tag \
                  hash, each step a global function (Read Tag {:.0} ns, Multiple Service \
                  Packet of ten {:.0} ns: about {:.0} ns per further request; requests with \
@@ -1103,8 +1103,8 @@ impl Parts {
             ),
             "enip_io" => format!(
                 "The tracked-flow path (the UDP flow) costs {tracked:.0} ns of it, the I/O \
-                 inspector {:.0} ns: a tail call, the datagram's 18-byte CPF head copied \
-                 out, the connection the Forward_Open opened looked up in `ENIP_CONNS` (an \
+                 inspector {:.0} ns: a tail call, the datagram's 18-byte CPF head read in \
+                 place, the connection the Forward_Open opened looked up in `ENIP_CONNS` (an \
                  LRU hash with a 40-byte key) and its endpoints, conduit and deadline checked \
                  (the coarse clock), one trace record, the count through the CPU's count memo, \
                  and the tail call to the forwarder. *Next:* the connection found without a \
