@@ -841,6 +841,71 @@ fn implicit_io() {
     );
 }
 
+/// A policy change re-decides the connections Forward_Open opened, as it re-decides flows: a
+/// change that only renumbers the conduit (one added above it) keeps implicit I/O and connected
+/// messaging running, and one that no longer allows what opened them ends them.
+#[test]
+fn connections_are_re_decided_after_a_swap() {
+    let io = |id| udp(CLIENT, SERVER, 2222, 2222, &io_datagram(id, 1, &[0; 8]));
+    // One more conduit above the EtherNet/IP one: every conduit id after it moves by one.
+    let renumbered = |enip: &str| {
+        policy(enip, "").replace(
+            "conduits:\n",
+            "conduits:\n  - name: first\n    from: cell\n    to: ctl\n    allow:\n      \
+             - tcp: { ports: [9] }\n",
+        )
+    };
+    let mut dp = datapath(&policy("services: [read], io: true", ""));
+    let mut explicit = open(&mut dp, 12000, 41, 3);
+    let mut class1 = open(&mut dp, 12001, 42, 1);
+    let (explicit_id, io_id) = (0x5500_0000 + 41, 0x5500_0000 + 42);
+    let read = |c: &mut Conn, dp: &mut Datapath, seq| {
+        c.send(dp, &unit(SESSION, explicit_id, seq, &read_tag("A")))
+    };
+    expect(
+        &read(&mut explicit, &mut dp, 1),
+        Reason::None,
+        "connected read",
+    );
+    expect(&run(&mut dp, &io(io_id)), Reason::None, "I/O");
+
+    swap(&mut dp, &renumbered("services: [read], io: true"));
+    expect(
+        &read(&mut explicit, &mut dp, 2),
+        Reason::None,
+        "connected read, conduit renumbered",
+    );
+    expect(
+        &run(&mut dp, &io(io_id)),
+        Reason::None,
+        "I/O, conduit renumbered",
+    );
+    // (On the other session: a denial blocks the session it arrives on.)
+    expect(
+        &class1.send(&mut dp, &unit(SESSION, explicit_id, 3, &write_tag("A"))),
+        Reason::CipServiceDenied,
+        "connected write, still checked",
+    );
+    // And back: renumbered again, still running.
+    swap(&mut dp, &policy("services: [read], io: true", ""));
+    expect(
+        &read(&mut explicit, &mut dp, 4),
+        Reason::None,
+        "connected read, back",
+    );
+    expect(&run(&mut dp, &io(io_id)), Reason::None, "I/O, back");
+
+    // A rule that no longer allows Forward_Open no longer honours what it opened.
+    swap(&mut dp, &renumbered("services: [read_tag]"));
+    expect(
+        &read(&mut explicit, &mut dp, 5),
+        Reason::EnipUnknownConnection,
+        "connected read, Forward_Open no longer allowed",
+    );
+    let d = run(&mut dp, &io(io_id));
+    assert!(d.dropped(), "I/O without `io: true`: {d:?}");
+}
+
 #[test]
 fn monitor_and_reset() {
     let mut dp = datapath(&policy("services: [read]", "    mode: monitor"));

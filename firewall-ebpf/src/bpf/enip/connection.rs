@@ -6,11 +6,15 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 
 use firewall_common::{
-    conduit::MAX_PROTOCOL_RULES, enip::*, modbus::InspectContext, reason::Reason, slot_of,
+    conduit::MAX_PROTOCOL_RULES,
+    enip::*,
+    modbus::{bit, InspectContext},
+    reason::Reason,
+    slot_of,
 };
 
 use super::{b16, b32, b8, masked, scratch};
-use crate::bpf::maps::{ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
+use crate::bpf::maps::{ENIP_CLASSES, ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
 
 /// Slack for the coarse clock: one jiffy at the lowest common tick rate (100 Hz). A connection
 /// may outlive its timeout by this much, never be timed out early.
@@ -29,6 +33,47 @@ pub(super) fn clock() -> u64 {
 #[inline(always)]
 pub(super) fn live(c: &EnipConn, now: u64) -> bool {
     now.wrapping_sub(c.last_ns) <= c.timeout_ns.saturating_add(CLOCK_SLACK_NS)
+}
+
+/// Whether the packet's flow (`ic`) may use connection `c`, which was opened under policy
+/// epoch `c.epoch`. Under the epoch in force, it belongs to the conduit that opened it. One
+/// opened under an older policy is re-decided once, as flows are (a swap renumbers conduits by
+/// file order, so the id it holds may name another conduit now, or none): it follows the
+/// conduit and rule the main program has just re-decided the flow under, if that rule allows
+/// the Forward_Open that opens connections, and keeps implicit I/O only if the rule allows I/O.
+/// Without this, a policy change adding a conduit above an EtherNet/IP one would cut every
+/// running I/O and connected-messaging connection through it.
+#[inline(always)]
+pub(super) fn bound(c: &mut EnipConn, ic: &InspectContext) -> bool {
+    if c.epoch == ic.epoch {
+        return c.conduit == ic.conduit;
+    }
+    let slot = slot_of(ic.epoch);
+    let Some(rule) = ENIP_RULES.get(slot * MAX_PROTOCOL_RULES + ic.rule as u32) else {
+        return false;
+    };
+    let opens = rule.flags & ENIP_RULE_ALL_SERVICES != 0
+        || bit(&rule.any_class, SVC_FORWARD_OPEN as usize)
+        || bit(&rule.any_class, SVC_LARGE_FORWARD_OPEN as usize)
+        || {
+            let mut key = EnipClassKey::default();
+            key.set(slot as u8, ic.rule, CLASS_CONNECTION_MANAGER);
+            // SAFETY: a hash map value, read once.
+            unsafe { ENIP_CLASSES.get(&key) }.is_some_and(|services| {
+                bit(services, SVC_FORWARD_OPEN as usize)
+                    || bit(services, SVC_LARGE_FORWARD_OPEN as usize)
+            })
+        };
+    if !opens {
+        return false;
+    }
+    if rule.flags & ENIP_RULE_IO == 0 {
+        c.flags &= !CONN_IO;
+    }
+    c.epoch = ic.epoch;
+    c.conduit = ic.conduit;
+    c.rule = ic.rule;
+    true
 }
 
 /// The key of connection `id` between the packet's client and server.
@@ -57,7 +102,7 @@ pub extern "C" fn otfw_enip_connected(id: u64) -> u64 {
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
         // SAFETY: LRU value, valid for this run.
         let c = unsafe { &mut *c };
-        if c.conduit == ic.conduit && live(c, now) {
+        if live(c, now) && bound(c, ic) {
             c.last_ns = now;
             return 0;
         }

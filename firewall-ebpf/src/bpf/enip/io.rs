@@ -15,7 +15,7 @@ use firewall_common::{
 };
 
 use super::{
-    connection::{clock, connection_key, live},
+    connection::{bound, clock, connection_key, live},
     trace::{count_records, otfw_enip_event},
     R_NONE,
 };
@@ -124,7 +124,7 @@ pub extern "C" fn otfw_enip_io_check(id: u64) -> u64 {
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
         // SAFETY: LRU value, valid for this run.
         let c = unsafe { &mut *c };
-        if c.flags & CONN_IO != 0 && c.conduit == ic.conduit && live(c, now) {
+        if live(c, now) && bound(c, ic) && c.flags & CONN_IO != 0 {
             c.last_ns = now;
             return 0;
         }
