@@ -358,31 +358,31 @@ pub fn run(opts: &Options) -> Result<Report> {
         .cloned()
         .collect();
     let baseline = Baseline::load()?;
-    let mut lab = if cases.iter().any(|c| c.fast_path) {
-        Some(ForwardingLab::new(opts.sizes.len())?)
-    } else {
-        None
-    };
-    let mut datapaths = Vec::new();
+    let mut policies = Vec::new();
     let mut sizes = Vec::new();
     for size in &opts.sizes {
         let (compiled, _) = compile(*size)?;
-        let (mut datapath, map_bytes) = load_with(&compiled)?;
-        prepare(
-            &mut datapath,
-            datapaths.len(),
-            &compiled,
-            &cases,
-            lab.as_mut(),
-        )
-        .with_context(|| format!("preparing the {} conduit policy", size.conduits))?;
-        datapaths.push(datapath);
+        // The map memory of each size, on an object of its own (dropped at once).
+        let (_, map_bytes) = load_with(&compiled)?;
+        policies.push(compiled);
         sizes.push(SizeInfo {
             conduits: size.conduits,
             prefixes: size.actual_prefixes(),
             map_bytes,
         });
     }
+    // Every size is timed on one object, its policy swapped in before each size's turn:
+    // objects loaded side by side differ among themselves by a few percent (where their maps
+    // and programs land, fixed for as long as they are loaded), which timed one object per size
+    // read as a cost of the policy's size.
+    let mut lab = if cases.iter().any(|c| c.fast_path) {
+        Some(ForwardingLab::new(1)?)
+    } else {
+        None
+    };
+    let (mut datapath, _) = load_with(&policies[0])?;
+    prepare(&mut datapath, &policies[0], &cases, lab.as_mut())
+        .with_context(|| format!("preparing the {} conduit policy", sizes[0].conduits))?;
     // The yardstick frame: a TCP segment, so the baseline runs its whole parse.
     let yardstick = &all
         .iter()
@@ -397,11 +397,23 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let mut samples = Vec::new();
     let mut flood = 0u32;
+    let mut installed = 0;
     for round in 0..opts.rounds {
-        for (s, datapath) in datapaths.iter_mut().enumerate() {
+        for (s, policy) in policies.iter().enumerate() {
+            if s != installed {
+                datapath
+                    .install(policy)
+                    .context("installing a benchmark policy")?;
+                installed = s;
+                // Each flow re-decided once under the policy now in force, before the timing.
+                check_cases(&mut datapath, policy, &cases, lab.as_mut()).with_context(|| {
+                    format!("swapping in the {} conduit policy", sizes[s].conduits)
+                })?;
+            }
+            let datapath = &mut datapath;
             for (c, case) in cases.iter().enumerate() {
                 let (base, run) =
-                    ForwardingLab::run(lab.as_mut(), case.fast_path, datapath, s, |datapath| {
+                    ForwardingLab::run(lab.as_mut(), case.fast_path, datapath, 0, |datapath| {
                         if case.fresh_tuples {
                             time_fresh(&baseline, datapath, yardstick, opts.repeat, &mut flood)
                         } else {
@@ -431,8 +443,8 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
         }
     }
-    let verified_instructions = datapaths[0].verified_instructions();
-    drop(datapaths);
+    let verified_instructions = datapath.verified_instructions();
+    drop(datapath);
     let control = control(opts)?;
     Ok(Report {
         repeat: opts.repeat,
@@ -517,10 +529,32 @@ fn load_with(policy: &CompiledPolicy) -> Result<(Datapath, u64)> {
 }
 
 /// Opens the flows of every case and checks that each frame gets the decision and conduit it
-/// is meant to measure; then switches tracing off, since it is not part of the real path.
+/// is meant to measure (`check_cases`).
 fn prepare(
     datapath: &mut Datapath,
-    index: usize,
+    policy: &CompiledPolicy,
+    cases: &[Case],
+    lab: Option<&mut ForwardingLab>,
+) -> Result<()> {
+    datapath.enable_trace()?;
+    for case in cases {
+        for frame in &case.setup {
+            let decision = datapath.run_frame(frame)?;
+            ensure!(
+                decision.passed(),
+                "opening the flow of case {} was refused ({:?})",
+                case.id,
+                decision.reason
+            );
+        }
+    }
+    check_cases(datapath, policy, cases, lab)
+}
+
+/// Checks that each case's frame gets the decision and conduit it is meant to measure under
+/// `policy` (the datapath's); then switches tracing off, since it is not part of the real path.
+fn check_cases(
+    datapath: &mut Datapath,
     policy: &CompiledPolicy,
     cases: &[Case],
     mut lab: Option<&mut ForwardingLab>,
@@ -533,19 +567,9 @@ fn prepare(
         .position(|n| n == policies::BENCH_CONDUIT)
         .context("the benchmark conduit is missing")? as u16;
     for case in cases {
-        for frame in &case.setup {
-            let decision = datapath.run_frame(frame)?;
-            ensure!(
-                decision.passed(),
-                "opening the flow of case {} was refused ({:?})",
-                case.id,
-                decision.reason
-            );
-        }
-        let decision =
-            ForwardingLab::run(lab.as_deref_mut(), case.fast_path, datapath, index, |dp| {
-                dp.run_frame(&case.frame)
-            })?;
+        let decision = ForwardingLab::run(lab.as_deref_mut(), case.fast_path, datapath, 0, |dp| {
+            dp.run_frame(&case.frame)
+        })?;
         ensure!(
             decision.action == case.action,
             "case {}: action {} ({:?}), expected {}",

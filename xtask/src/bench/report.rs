@@ -451,9 +451,14 @@ impl<'a> Report<'a> {
              and TCP and bumps one per-CPU counter; it is timed on the Modbus request frame. \
              Tracing is off. Tracked-flow cases open their flow first (SYN, or the first \
              datagram) and every case's decision is checked before it is timed.\n- Policy sizes \
-             are separate programs loaded side by side, each with its policy installed, measured \
-             interleaved within every round. The frames' conduit sits in the middle of the \
-             conduit list; its key holds three port rules with the plain TCP one last.\n- \
+             are measured on one loaded program, each size's policy swapped in before its turn \
+             in every round (and every case's decision checked again, which re-decides its flow \
+             under the new policy once): programs loaded side by side differ among themselves \
+             by a few percent (where their maps and code land), which would read as a cost of \
+             the policy's size. The flood case's frames all go into that program's decision \
+             cache, which a long flood keeps full, as a real one would. The frames' conduit \
+             sits in the middle of the conduit list; its key holds three port rules with the \
+             plain TCP one last.\n- \
              Bridge: lab namespaces `bench-a` and `bench-b` on bridge `br-bench` (veth ports). \
              trafgen (one worker) sends {} Modbus read requests per burst as data segments of \
              one connection; a burst's rate is frames counted on `bench-b`'s eth0 over the \
