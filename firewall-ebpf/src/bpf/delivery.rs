@@ -12,7 +12,7 @@ use firewall_common::{modbus::InspectContext, reason::Reason};
 use super::{
     l4::{IPPROTO_TCP, TCP_SYN},
     maps::INSPECT_CTX,
-    packet::{load, ptr_at},
+    packet::{load, load_half, load_word, ptr_at},
 };
 
 const TCP_URG: u8 = 0x20;
@@ -184,44 +184,6 @@ fn pseudo_header(ic: &InspectContext, len: u32) -> u64 {
 #[inline(always)]
 fn halves(w: u64) -> u64 {
     (w & 0xffff_ffff) + (w >> 32)
-}
-
-/// The eight bytes at `p`, unaligned, as one 64-bit load (why assembly: `packet::copy_word`).
-///
-/// # Safety
-/// The eight bytes lie inside the packet, checked on `p`'s own range.
-#[inline(always)]
-unsafe fn load_word(p: *const u8) -> u64 {
-    let w: u64;
-    // SAFETY: the caller's promise; only those eight bytes are read.
-    unsafe {
-        core::arch::asm!(
-            "{w} = *(u64 *)({p} + 0)",
-            p = in(reg) p,
-            w = out(reg) w,
-            options(nostack, preserves_flags, readonly),
-        );
-    }
-    w
-}
-
-/// The four bytes at `p`, unaligned, as one 32-bit load (as `load_word`).
-///
-/// # Safety
-/// As `load_word`, for four bytes.
-#[inline(always)]
-unsafe fn load_half(p: *const u8) -> u32 {
-    let w: u64;
-    // SAFETY: the caller's promise; only those four bytes are read.
-    unsafe {
-        core::arch::asm!(
-            "{w} = *(u32 *)({p} + 0)",
-            p = in(reg) p,
-            w = out(reg) w,
-            options(nostack, preserves_flags, readonly),
-        );
-    }
-    w as u32
 }
 
 #[inline(always)]

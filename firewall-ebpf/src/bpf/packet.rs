@@ -70,6 +70,44 @@ pub unsafe fn copy_word(from: *const u8, to: *mut u8) {
     }
 }
 
+/// The eight bytes at `p`, unaligned, as one 64-bit load (why assembly: `copy_word`).
+///
+/// # Safety
+/// The eight bytes lie inside the packet, checked on `p`'s own range.
+#[inline(always)]
+pub unsafe fn load_word(p: *const u8) -> u64 {
+    let w: u64;
+    // SAFETY: the caller's promise; only those eight bytes are read.
+    unsafe {
+        core::arch::asm!(
+            "{w} = *(u64 *)({p} + 0)",
+            p = in(reg) p,
+            w = out(reg) w,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    w
+}
+
+/// The four bytes at `p`, unaligned, as one 32-bit load (as `load_word`).
+///
+/// # Safety
+/// As `load_word`, for four bytes.
+#[inline(always)]
+pub unsafe fn load_half(p: *const u8) -> u32 {
+    let w: u64;
+    // SAFETY: the caller's promise; only those four bytes are read.
+    unsafe {
+        core::arch::asm!(
+            "{w} = *(u32 *)({p} + 0)",
+            p = in(reg) p,
+            w = out(reg) w,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    w as u32
+}
+
 /// Copies `len` (8 to 24) packet bytes at frame offset `offset` to `dst` straight from the
 /// packet, in words: one at the start, one ending at the end and, past 16 bytes, one at 8; the
 /// words overlap where the range is shorter, so exactly `len` bytes are written. Returns false
