@@ -389,6 +389,67 @@ impl DenyKey {
     }
 }
 
+/// Entries of each CPU's memo of the flows it passed packets of in the current clock tick (map
+/// `FLOW_MEMO`, direct-mapped by `FlowMemo::slot`). A busy flow sends many packets per tick:
+/// after the first has been decided through `FLOWS` (and wrote the tick into the entry's
+/// `last_seen_ns`), the others of the same tick are answered by an array slot and a key
+/// compare instead of the hash lookup.
+pub const FLOW_MEMO_SLOTS: u32 = 256;
+
+/// Value of map `FLOW_MEMO`: what a packet from `side` of the flow `key`, arriving on
+/// `ifindex`, was decided under `epoch` in the coarse clock tick `tick`, with `FLOW_GENERATION`'s
+/// sum at `generation`. Only the middle of a flow is memoised (TCP segments without SYN, FIN or
+/// RST, UDP datagrams) and only once the flow's entry cannot change but by a removal: in
+/// `FLOWS`, its side's port checked under `epoch`, its inspector's state marked. Exact because
+/// every condition a hit skips is pinned: the policy by `epoch`, the zones and port bindings by
+/// `ifindex` and `side`, expiry by `tick` (`last_seen_ns` equals it, so no idle timeout can have
+/// passed), a removal by the generation (every removal from `FLOWS` counts in it). An entry of
+/// zeros matches nothing (epoch 0 is never active). An entry whose epoch is 0 but whose key is
+/// set is a lookup in progress: the generation read before it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMemo {
+    /// The canonical key (`FLOWS`'s).
+    pub key: FlowKey,
+    pub tick: u64,
+    pub generation: u64,
+    pub epoch: u32,
+    pub ifindex: u32,
+    pub conduit: u16,
+    pub rule: u16,
+    pub inspect: u8,
+    /// `FlowState::flags` of the entry.
+    pub flow_flags: u8,
+    /// The packet's side of `key` (`SIDE_LOW`, `SIDE_HIGH`), and whether it travels from the
+    /// initiator.
+    pub side: u8,
+    pub to_server: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowMemo>() == 72);
+
+impl FlowMemo {
+    /// The memo slot of a packet: a mix of the canonical key's words that differ between
+    /// flows (the addresses' last four bytes, the ports), its side and its port. Both
+    /// directions of a flow handled by one CPU take different slots.
+    #[inline(always)]
+    pub fn slot(key: &FlowKey, side: u8, ifindex: u32) -> u32 {
+        let mix = u32::from_ne_bytes([key.src[12], key.src[13], key.src[14], key.src[15]])
+            ^ u32::from_ne_bytes([key.dst[12], key.dst[13], key.dst[14], key.dst[15]])
+            ^ ((key.sport as u32) << 16 | key.dport as u32)
+            ^ ifindex
+            ^ side as u32;
+        (mix ^ mix >> 8 ^ mix >> 16 ^ mix >> 24) & (FLOW_MEMO_SLOTS - 1)
+    }
+}
+
+/// Map `FLOW_GENERATION` (array of u64, `GENERATION_ENTRIES`): removals from `FLOWS`, counted
+/// by the controller (entry `GENERATION_CONTROLLER`: a sweep that removed flows, a test that
+/// cleared the table) and by the datapath (`GENERATION_DATAPATH`, atomic adds: a flow closed,
+/// expired, revoked). One writer per entry, both only grow, so their sum changes with every
+/// removal and a `FlowMemo` made under one sum is stale under any other.
+pub const FLOW_GENERATION_ENTRIES: u32 = crate::fastpath::GENERATION_ENTRIES;
+
 /// The denial was made before any conduit was consulted (a spoofed source): it is never
 /// answered with a reset.
 pub const DENIAL_NO_RESET: u8 = 1 << 0;

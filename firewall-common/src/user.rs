@@ -30,6 +30,7 @@ pod!(
     DenyKey,
     Denial,
     DenialMemo,
+    FlowMemo,
     HostKey,
     MacKey,
     FdbEntry,

@@ -21,6 +21,7 @@ mod bpf {
     pub mod eth;
     pub mod events;
     pub mod flow;
+    pub mod flow_memo;
     pub mod forward;
     pub mod ip;
     pub mod l4;

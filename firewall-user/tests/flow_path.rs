@@ -141,6 +141,47 @@ fn flow_entry() {
 }
 
 #[test]
+fn flow_memo_never_outlives_its_flow() {
+    // Each CPU remembers the flows it passed in the current clock tick and answers their next
+    // packets of the tick without the flow lookup (counted as flow hits). A flow ended in that
+    // tick must not be recalled: the packet after a RST is decided as one of no flow (adopted
+    // mid-stream, which the table counts), from either side. Several rounds, so that most run
+    // inside one tick.
+    let p = it_ot();
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let cases = (0..4u16)
+        .map(|round| {
+            let port = 40100 + round;
+            case(
+                "a flow reset in the middle of a tick",
+                &p,
+                vec![
+                    frame(c.syn(port, 502), pass("modbus").creates()),
+                    frame(s.syn_ack(502, port), pass("modbus")),
+                    frame(c.ack(port, 502), pass("modbus")),
+                    frame(c.ack(port, 502), pass("modbus")),
+                    frame(s.ack(502, port), pass("modbus")),
+                    frame(s.ack(502, port), pass("modbus")),
+                    frame(c.tcp(port, 502, "R", 1001, 0, &[]), pass("modbus").closes()),
+                    frame(s.ack(502, port), pass("modbus").adopts()),
+                    frame(c.tcp(port, 502, "R", 1001, 0, &[]), pass("modbus").closes()),
+                    frame(c.ack(port, 502), pass("modbus").adopts()),
+                    frame(c.ack(port, 502), pass("modbus")),
+                ],
+            )
+        })
+        .collect();
+    let (_, [hits, ..]) = run_counting(cases);
+    // Per round: the client's ACKs and RST, the server's ACKs (their ports were checked at the
+    // SYN and the SYN-ACK), and the client's last ACK (its port checked at the adoption).
+    assert_eq!(
+        hits,
+        4 * 6,
+        "packets answered by the flow entry or the memo"
+    );
+}
+
+#[test]
 fn flow_entry_and_ports() {
     // A zone bound to ports: the entry remembers the port each side arrived on, and a packet
     // of the same flow arriving elsewhere is checked again, and refused.

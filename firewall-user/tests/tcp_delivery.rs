@@ -12,7 +12,10 @@ mod mangle;
 #[path = "common/modbus.rs"]
 mod modbus_common;
 
-use firewall_common::{counters::VERDICT_DROP, counters::VERDICT_MONITOR, reason::Reason};
+use firewall_common::{
+    counters::{FLOW_ADOPTED, FLOW_CLOSED, VERDICT_DROP, VERDICT_MONITOR},
+    reason::Reason,
+};
 use mangle::{bad_checksum, urgent, with_ttl};
 use modbus_common::{datapath, policy, read, run, write_single_register, Conn};
 use otfw::datapath::{Datapath, Decision};
@@ -204,6 +207,35 @@ fn data_after_a_rst_is_refused_until_a_new_connection() {
         Reason::None,
         "new connection",
     );
+}
+
+#[test]
+fn a_flow_its_inspector_reset_is_gone_for_the_next_segment() {
+    // The packets of a busy flow are answered from each CPU's memo of the flows it passed in
+    // the current clock tick. A RST the inspector accepts ends the flow in that tick: the next
+    // segment must be decided as one of no flow (adopted mid-stream, counted), not recalled as
+    // the flow that was. Several rounds, so that most run inside one tick.
+    let mut dp = datapath(&policy("functions: [read]", ""));
+    for round in 0..4u16 {
+        let mut c = conn(&mut dp, 41700 + round);
+        for _ in 0..3 {
+            expect(&c.send(&mut dp, &read(3, 0, 1)), Reason::None, "read");
+        }
+        let before = dp.counters().expect("reading the counters").flows;
+        let rst = c.client_frame(c.cseq, "R", &[]);
+        expect(&run(&mut dp, &rst), Reason::None, "RST");
+        let d = run(&mut dp, &c.client_frame(c.cseq, "PA", &read(3, 0, 1)));
+        expect(&d, Reason::TcpDataAfterRst, "data after the RST");
+        let after = dp.counters().expect("reading the counters").flows;
+        assert_eq!(
+            (
+                after[FLOW_CLOSED as usize] - before[FLOW_CLOSED as usize],
+                after[FLOW_ADOPTED as usize] - before[FLOW_ADOPTED as usize],
+            ),
+            (1, 1),
+            "round {round}: the RST closes the flow and the next segment finds none"
+        );
+    }
 }
 
 #[test]

@@ -22,15 +22,15 @@ use firewall_common::{
     flow::{
         Denial, DenialMemo, DenyKey, FlowKeys, FlowState, ZoneFlows, DENIAL_NO_RESET,
         DENY_TCP_OTHER, DENY_TCP_RST, DENY_TCP_SYN, FLOW_ADOPTED as ADOPTED, FLOW_CHARGED,
-        FLOW_INITIATOR_HIGH, FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS, TABLE_FLOWS, TCP_CLOSING,
-        TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
+        FLOW_INITIATOR_HIGH, FLOW_INSPECTED, FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS,
+        TABLE_FLOWS, TCP_CLOSING, TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     reason::Reason,
     zone::{zone_index, HostKey, ZoneMatch},
 };
 
 use super::{
-    conduit, events,
+    conduit, events, flow_memo,
     ip::Ip,
     l4::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -164,6 +164,18 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             };
             keys.canonical.mark_echo(initiator);
         }
+        // A busy flow's packet after the first of this tick: this CPU's memo answers.
+        if flow_memo::applies(proto, flags) {
+            if let Some(r) = flow_memo::recalled(flow_memo::recall(keys, epoch, pkt.ifindex, now)) {
+                stats::path_event(PATH_FLOW_HIT);
+                return Ok(Outcome::inspected(
+                    r.conduit,
+                    r.inspect,
+                    r.rule,
+                    r.to_server,
+                ));
+            }
+        }
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
                 keys.table = TABLE_FLOWS;
@@ -264,7 +276,7 @@ fn existing(
         cfg.tcp_idle_secs
     };
     if now.saturating_sub(flow.last_seen_ns) > idle as u64 * NS_PER_SEC {
-        forget(keys);
+        end(keys);
         stats::flow_event(FLOW_EXPIRED);
         return Ok(None);
     }
@@ -301,12 +313,12 @@ fn existing(
                 }
                 // Now decided by a default: no longer a tracked flow of any conduit.
                 Ok(rule) => {
-                    forget(keys);
+                    end(keys);
                     stats::flow_event(FLOW_CLOSED);
                     return Ok(Some(Outcome::pass(rule.conduit)));
                 }
                 Err(_) => {
-                    forget(keys);
+                    end(keys);
                     stats::flow_event(FLOW_REVOKED);
                     return Ok(Some(Outcome::deny(CONDUIT_NONE, Reason::PolicyRevoked)));
                 }
@@ -329,13 +341,25 @@ fn existing(
     }
     let conduit = flow.conduit;
     let (inspect, rule) = (flow.inspect, flow.rule);
+    // Whether this packet's decision may stand for the next ones of this tick (`flow_memo`):
+    // an established flow whose entry only a removal can change (epoch and port checked
+    // above; an inspected flow once its inspector keeps state, which `stream::missing`
+    // reads from these flags).
+    let memoised = keys.table == TABLE_FLOWS
+        && flow_memo::applies(proto, flags)
+        && (inspect == INSPECT_NONE || flow.flags & FLOW_INSPECTED != 0);
     if proto == IPPROTO_TCP {
         // An inspected flow's RST is the inspector's to judge (`stream::note_delivery`): one
         // its receiver would discard must not end tracking.
         if flags & TCP_RST != 0 && inspect == INSPECT_NONE {
-            forget(keys);
+            end(keys);
             stats::flow_event(FLOW_CLOSED);
             return Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)));
+        } else if flags & TCP_RST != 0 {
+            // The inspector may end the flow: the memos are counted stale now, before it
+            // does (a removal counted early only costs a few memo misses). Counting it there
+            // would cost the inspector more verifier states than it can afford.
+            flow_memo::flow_removed();
         } else if flags & TCP_FIN != 0 {
             flow.tcp_state = TCP_CLOSING;
         } else if !forward && flags & TCP_SYN != 0 {
@@ -348,6 +372,9 @@ fn existing(
         if let Err(reason) = promote(keys, flow) {
             return Ok(Some(Outcome::deny(conduit, reason)));
         }
+    }
+    if memoised {
+        flow_memo::note(keys, epoch, pkt.ifindex, now, flow, forward);
     }
     Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)))
 }
@@ -406,6 +433,16 @@ fn count(charge: u32, closed: bool) {
             &raw mut (*z).opened
         };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1);
+    }
+}
+
+/// `forget`, from the main program: a flow removed from `FLOWS` is counted for each CPU's memo
+/// (`flow_memo`). (An inspector that ends a flow calls `forget` alone: the main program counted
+/// the removal before the tail call, see `existing`.)
+#[inline(always)]
+fn end(keys: &FlowKeys) {
+    if forget(keys) && keys.table == TABLE_FLOWS {
+        flow_memo::flow_removed();
     }
 }
 
@@ -475,7 +512,7 @@ fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     if let Some(m) = memo {
         // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
         let m = unsafe { &*m };
-        if same_key(&m.key, &keys.deny) {
+        if flow_memo::same_words(&m.key, &keys.deny) {
             return answer(&m.denial);
         }
     }
@@ -494,22 +531,6 @@ fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
 #[inline(always)]
 fn answer(d: &Denial) -> u64 {
     CACHED | (d.conduit as u64) << 16 | (d.reason as u64) << 8 | d.flags as u64
-}
-
-/// Whether two decision-cache keys are equal, compared as the six words they are (`DenyKey` is
-/// 8-aligned and has no padding).
-#[inline(always)]
-fn same_key(a: &DenyKey, b: &DenyKey) -> bool {
-    let (a, b) = (
-        a as *const DenyKey as *const u64,
-        b as *const DenyKey as *const u64,
-    );
-    let mut diff = 0;
-    for i in 0..6 {
-        // SAFETY: both point to 48-byte, 8-aligned keys; word `i` lies inside.
-        diff |= unsafe { a.add(i).read() ^ b.add(i).read() };
-    }
-    diff == 0
 }
 
 /// Writes `denial` of `key` into a memo entry (field by field: a struct assignment between two

@@ -28,8 +28,9 @@ use firewall_common::{
         MAX_FAST_PORTS, MAX_FDB,
     },
     flow::{
-        Denial, DenialMemo, DenyKey, FlowKey, FlowKeys, FlowState, ZoneFlows, DENIAL_MEMO_SLOTS,
-        MAX_DENIALS, MAX_EMBRYOS, MAX_FLOWS,
+        Denial, DenialMemo, DenyKey, FlowKey, FlowKeys, FlowMemo, FlowState, ZoneFlows,
+        DENIAL_MEMO_SLOTS, FLOW_GENERATION_ENTRIES, FLOW_MEMO_SLOTS, MAX_DENIALS, MAX_EMBRYOS,
+        MAX_FLOWS,
     },
     modbus::{
         AduTrace, InspectContext, ModbusFlow, ModbusRule, ModbusScratch, ModbusStatKey, COUNTS_LEN,
@@ -103,6 +104,14 @@ pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(M
 #[map]
 pub static DENIAL_MEMO: PerCpuArray<DenialMemo> =
     PerCpuArray::with_max_entries(DENIAL_MEMO_SLOTS, 0);
+
+/// Each CPU's memo of the flows it passed packets of in the current clock tick (`FlowMemo`).
+#[map]
+pub static FLOW_MEMO: PerCpuArray<FlowMemo> = PerCpuArray::with_max_entries(FLOW_MEMO_SLOTS, 0);
+
+/// Removals from `FLOWS`, by the controller and by the datapath (`FLOW_GENERATION_ENTRIES`).
+#[map]
+pub static FLOW_GENERATION: Array<u64> = Array::with_max_entries(FLOW_GENERATION_ENTRIES, 0);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_STATS_LEN, 0);

@@ -20,7 +20,7 @@ use firewall_common::{
     },
 };
 
-use super::Datapath;
+use super::{maps::next_generation, Datapath};
 
 /// How often the controller copies the bridge's state into the mirror.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -473,15 +473,7 @@ impl Datapath {
     /// earlier answers (`FORWARD_MEMO`) are no longer used. The controller is this entry's
     /// only writer; the datapath counts its own changes in another.
     pub fn next_fdb_generation(&mut self) -> Result<()> {
-        let count = self
-            .maps
-            .fdb_generation
-            .get(&GENERATION_CONTROLLER, 0)
-            .context("reading FDB_GENERATION")?;
-        self.maps
-            .fdb_generation
-            .set(GENERATION_CONTROLLER, count.wrapping_add(1), 0)
-            .context("writing FDB_GENERATION")
+        next_generation(&mut self.maps.fdb_generation, "FDB_GENERATION")
     }
 }
 

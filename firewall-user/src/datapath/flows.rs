@@ -17,7 +17,7 @@ use firewall_common::{
     zone::{zone_charge, UNZONED_CHARGE},
 };
 
-use super::{fastpath::monotonic_ns, Datapath};
+use super::{fastpath::monotonic_ns, maps::next_generation, Datapath};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const IPPROTO_TCP: u8 = 6;
@@ -106,8 +106,18 @@ impl Datapath {
                 };
             }
         }
+        if sweep.swept > 0 {
+            self.next_flow_generation()?;
+        }
         sweep.embryonic = self.maps.embryos.keys().filter(Result::is_ok).count() as u64;
         Ok(sweep)
+    }
+
+    /// Tells the datapath that flows left `FLOWS` (the controller removed them), so that no
+    /// CPU's memo of a flow (`FLOW_MEMO`) answers for one of them. The controller is this
+    /// entry's only writer; the datapath counts its own removals in another.
+    pub fn next_flow_generation(&mut self) -> Result<()> {
+        next_generation(&mut self.maps.flow_generation, "FLOW_GENERATION")
     }
 
     /// Each zone of the policy in force (and hosts in no zone) with the flows it holds in

@@ -15,7 +15,7 @@ use firewall_common::{
     enip::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipStatKey, EnipTagKey, EnipTrace,
     },
-    fastpath::{FastPathState, FdbEntry, ForwardMemo, MacKey},
+    fastpath::{FastPathState, FdbEntry, ForwardMemo, MacKey, GENERATION_CONTROLLER},
     flow::{Denial, DenialMemo, DenyKey, FlowKey, FlowState, ZoneFlows},
     modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
@@ -37,6 +37,8 @@ pub struct Maps {
     pub zone_swept: HashMap<MapData, u32, u64>,
     pub denials: HashMap<MapData, DenyKey, Denial>,
     pub denial_memo: PerCpuArray<MapData, DenialMemo>,
+    /// Removals from `flows` the controller made (`next_flow_generation`).
+    pub flow_generation: Array<MapData, u64>,
     pub path_stats: PerCpuArray<MapData, u64>,
     pub fast_path: Array<MapData, FastPathState>,
     pub fast_tx: DevMapHash<MapData>,
@@ -116,6 +118,7 @@ impl Maps {
             zone_swept: typed!(ebpf, "ZONE_SWEPT"),
             denials: typed!(ebpf, "DENIALS"),
             denial_memo: typed!(ebpf, "DENIAL_MEMO"),
+            flow_generation: typed!(ebpf, "FLOW_GENERATION"),
             path_stats: typed!(ebpf, "PATH_STATS"),
             fast_path: typed!(ebpf, "FAST_PATH"),
             fast_tx: typed!(ebpf, "FAST_TX"),
@@ -161,4 +164,16 @@ impl Maps {
             .get(&ACTIVE_INDEX, 0)
             .context("reading the active policy epoch")
     }
+}
+
+/// Counts one change made by the controller in a generation map (`FDB_GENERATION`,
+/// `FLOW_GENERATION`: entry `GENERATION_CONTROLLER`, whose only writer it is; the datapath
+/// counts its own changes in the other entry), so that every memo the datapath made under the
+/// earlier sum is no longer used.
+pub(crate) fn next_generation(map: &mut Array<MapData, u64>, name: &str) -> Result<()> {
+    let count = map
+        .get(&GENERATION_CONTROLLER, 0)
+        .with_context(|| format!("reading {name}"))?;
+    map.set(GENERATION_CONTROLLER, count.wrapping_add(1), 0)
+        .with_context(|| format!("writing {name}"))
 }

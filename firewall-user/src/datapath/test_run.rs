@@ -295,7 +295,8 @@ impl Datapath {
         // With the flows gone, so is every zone's use of its share.
         clear(&mut self.maps.zone_flows);
         clear(&mut self.maps.zone_swept);
-        Ok(())
+        // And each CPU's memo of them.
+        self.next_flow_generation()
     }
 
     /// Forgets every connection the program knows: tracked flows, the inspectors' stream state

@@ -1,0 +1,150 @@
+//! Each CPU's memo of busy flows (`FLOW_MEMO`): after the first packet of a flow in a clock
+//! tick has been decided through `FLOWS`, the flow's other packets of that tick (from the same
+//! side, on the same port) are answered by an array slot and a key compare instead of the hash
+//! lookup, the idle check and the port check. A flow sending few packets pays a slot compare
+//! and two stores per packet; one sending many saves the lookup on all but the first of each
+//! tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use firewall_common::{
+    fastpath::{GENERATION_CONTROLLER, GENERATION_DATAPATH},
+    flow::{FlowKeys, FlowMemo, FlowState, TABLE_FLOWS},
+};
+
+use super::{
+    l4::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{FLOW_GENERATION, FLOW_MEMO},
+};
+
+/// `recall` found the packet's flow (the other bits: to_server, inspect, rule, conduit).
+const HIT: u64 = 1 << 63;
+
+/// A hit's decision, unpacked.
+pub struct Recalled {
+    pub conduit: u16,
+    pub rule: u16,
+    pub inspect: u8,
+    pub to_server: bool,
+}
+
+/// Whether a packet is of the kind memoised: the middle of a TCP flow (a SYN, FIN or RST
+/// changes the flow's entry, and is decided through it) or a UDP datagram.
+#[inline(always)]
+pub fn applies(proto: u8, tcp_flags: u8) -> bool {
+    proto == IPPROTO_UDP || (proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0)
+}
+
+/// `FLOW_GENERATION`'s sum: changes whenever a flow leaves `FLOWS`.
+#[inline(always)]
+fn generation() -> Option<u64> {
+    Some(*FLOW_GENERATION.get(GENERATION_CONTROLLER)? + *FLOW_GENERATION.get(GENERATION_DATAPATH)?)
+}
+
+/// Counts a removal from `FLOWS` by the datapath: every memo made before it is stale.
+#[inline(always)]
+pub fn flow_removed() {
+    if let Some(count) = FLOW_GENERATION.get_ptr_mut(GENERATION_DATAPATH) {
+        // SAFETY: an array value stays valid for the program's run; the add is atomic against
+        // other CPUs doing the same.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
+    }
+}
+
+/// Looks the packet in hand (its canonical key, side and `ifindex`; `applies` holds) up in this
+/// CPU's memo. On a hit, sets `keys.table` and `keys.flow_flags` as the `FLOWS` lookup would
+/// and returns the decision, packed with `HIT`; on a miss returns 0 and leaves the slot as a
+/// lookup in progress (no epoch, the generation read now, before the lookup), for `note`.
+/// Out of line, and its answer one register, as `flow::cached_denial` is.
+#[inline(never)]
+pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, now: u64) -> u64 {
+    let side = keys.side as u8;
+    let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+    let m = unsafe { &mut *m };
+    let Some(generation) = generation() else {
+        m.epoch = 0;
+        return 0;
+    };
+    if m.epoch == epoch
+        && m.tick == now
+        && m.generation == generation
+        && m.ifindex == ifindex
+        && m.side == side
+        && same_words(&m.key, &keys.canonical)
+    {
+        keys.table = TABLE_FLOWS;
+        keys.flow_flags = m.flow_flags as u32;
+        return HIT
+            | (m.to_server as u64) << 40
+            | (m.inspect as u64) << 32
+            | (m.rule as u64) << 16
+            | m.conduit as u64;
+    }
+    // Whatever the slot held is not this packet's: it is unusable from here on (a later
+    // `note` completes it; without one it matches nothing).
+    m.epoch = 0;
+    m.generation = generation;
+    0
+}
+
+/// The decision a `recall` answer stands for, `None` for a miss.
+#[inline(always)]
+pub fn recalled(answer: u64) -> Option<Recalled> {
+    if answer & HIT == 0 {
+        return None;
+    }
+    Some(Recalled {
+        conduit: answer as u16,
+        rule: (answer >> 16) as u16,
+        inspect: (answer >> 32) as u8,
+        to_server: (answer >> 40) & 1 != 0,
+    })
+}
+
+/// Memoises the decision just made through `flow`'s entry in `FLOWS` for the packet in hand,
+/// which `recall` missed in this program run (so the slot holds the generation read before the
+/// lookup). The caller has checked that the entry is the one a hit may stand for: in `FLOWS`,
+/// decided under `epoch`, the packet's side checked on `ifindex`, its inspector's state marked
+/// if it has an inspector, and `last_seen_ns` at `now`.
+#[inline(always)]
+pub fn note(
+    keys: &FlowKeys,
+    epoch: u32,
+    ifindex: u32,
+    now: u64,
+    flow: &FlowState,
+    to_server: bool,
+) {
+    let side = keys.side as u8;
+    let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
+        return;
+    };
+    // SAFETY: as in `recall`.
+    let m = unsafe { &mut *m };
+    keys.canonical.copy_into(&mut m.key);
+    m.tick = now;
+    m.ifindex = ifindex;
+    m.side = side;
+    m.conduit = flow.conduit;
+    m.rule = flow.rule;
+    m.inspect = flow.inspect;
+    m.flow_flags = flow.flags;
+    m.to_server = to_server as u8;
+    m.epoch = epoch;
+}
+
+/// Whether two memo keys (`FlowKey`, `DenyKey`) are equal, compared as the 8-byte words they
+/// are: both are 8-aligned, a multiple of 8 long, and have no padding.
+#[inline(always)]
+pub fn same_words<T>(a: &T, b: &T) -> bool {
+    let (a, b) = (a as *const T as *const u64, b as *const T as *const u64);
+    let mut diff = 0;
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: both point to 8-aligned values of `T`; word `i` lies inside.
+        diff |= unsafe { a.add(i).read() ^ b.add(i).read() };
+    }
+    diff == 0
+}
