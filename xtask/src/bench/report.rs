@@ -1038,31 +1038,37 @@ impl Parts {
         match id {
             "tcp_tracked" => format!(
                 "Entry and parse take {non_ip:.0} ns of it ({:.1}x the baseline by \
-                 themselves, which parses the same headers), the flow hit {:.0} ns: one LRU \
-                 lookup of the canonical key, the clock read for the idle timeout, the \
-                 last-seen and port bookkeeping written back, and the per-CPU counters \
-                 (reason, conduit, path) updated in three maps. The entry is written only \
-                 when something changed (the last-seen time once a clock tick), which a \
-                 single-CPU test run cannot show but two CPUs sharing a flow's directions do. \
-                 The lookup is most of the hit: `cargo xtask profile --case tcp_tracked` puts \
-                 the kernel's hash of the 40-byte key (`htab_map_hash`, jhash: three rounds \
-                 of dependent arithmetic for ten words) at about a quarter of the busy time \
-                 and the bucket walk and key compare at a tenth more, about 15-20 ns on a \
-                 machine where the whole baseline costs 7. *Next:* a shorter key (IPv4 flows \
-                 in a table of their own, keyed by 16 bytes: one jhash round instead of \
-                 three); one per-CPU counter block per packet instead of three map updates.",
+                 themselves, which parses the same headers), the flow hit {:.0} ns. A busy \
+                 flow's packets after the first of each clock tick are answered by this CPU's \
+                 flow memo (`FLOW_MEMO`: an array slot, a five-word key compare, the tick, \
+                 the epoch and the two words of the removal count), not by the `FLOWS` lookup, \
+                 whose hash of the 40-byte key (`htab_map_hash`, jhash: three rounds of \
+                 dependent arithmetic for ten words) and bucket walk were about a third of the \
+                 hit (the memo took the case from 116 to 102 ns in the same-run comparison of \
+                 the change); the timing loop repeats one frame, so it measures the memo. \
+                 What is left, profiled (`cargo xtask profile --case tcp_tracked`): about a \
+                 dozen inlined array and per-CPU array lookups (policy epoch and settings, \
+                 scratch keys, memo, removal count, the reason, conduit and path counters, \
+                 the learning switch), together about a quarter of the program's time; the \
+                 coarse clock read, about a twelfth; the parse. *Next:* one per-CPU block \
+                 for the packet's counters and scratch (one lookup instead of five); for \
+                 flows that send one packet a tick, which still pay the hash, a shorter key \
+                 (IPv4 flows in a table of their own, keyed by 16 bytes: one jhash round \
+                 instead of three).",
                 non_ip / base.max(1.0),
                 tracked - non_ip
             ),
             "modbus_read" | "modbus_pipelined" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it; the inspector adds \
                  {:.0} ns for a one-ADU segment (tail call; the framing state in \
-                 `MODBUS_FLOWS`, a second LRU lookup by the 40-byte initiator key; the TCP \
+                 `MODBUS_FLOWS`, an LRU lookup by the 40-byte initiator key; the TCP \
                  checksum verified; the connection's first-use sets, rule, the segment's ADUs \
                  counted in the CPU's count memo) and about {:.0} ns per further ADU of a \
                  pipelined segment. Profiled (`cargo xtask profile --case modbus_read`), \
-                 the two hash lookups (the kernel's jhash of a 40-byte key, the bucket walk, \
-                 the compare) take about a quarter of the busy time, the checksum about 3% \
+                 the framing state's hash lookup (the kernel's jhash of a 40-byte key, the \
+                 bucket walk, the compare) takes about a twelfth of the program's time (the \
+                 flow's own lookup is answered by the flow memo, see above), the checksum \
+                 about 3% of the busy time \
                  (the pseudo-header from the key's four address words and a segment under \
                  128 bytes summed by word loads, no helper call: that took the read request \
                  from 335 to 309 ns), the per-ADU counting (`otfw_modbus_count_all` and \
@@ -1087,9 +1093,9 @@ impl Parts {
             ),
             "enip_read_tag" | "enip_msp" => format!(
                 "The tracked-flow path costs {tracked:.0} ns of it, the EtherNet/IP inspector \
-                 the rest: framing and session state (a second LRU lookup, 40-byte key: the \
-                 kernel's hash of it is the largest single item of a profile, `cargo xtask \
-                 profile --case enip_read_tag`, at about an eighth of the busy time), the TCP \
+                 the rest: framing and session state (an LRU lookup, 40-byte key: the \
+                 kernel's hash of it is a large single item of a profile, `cargo xtask \
+                 profile --case enip_read_tag`), the TCP \
                  checksum verified (by word loads below 128 bytes), the message copied into \
                  per-CPU scratch (the encapsulation header a word at a time, a longer body \
                  by the load helper), and per \
