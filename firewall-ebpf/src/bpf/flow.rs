@@ -143,13 +143,8 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             return decided;
         }
     }
-    // The coarse monotonic clock (the time of the last tick): idle timeouts are seconds, and
-    // reading it costs a load where the precise clock reads the hardware on every packet.
-    // SAFETY: reading the clock has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if is_stateful(proto, pkt.l4) {
-        // Established flows first: their packets are the traffic. On a miss, the table of
-        // flows not answered yet.
+    let stateful = is_stateful(proto, pkt.l4);
+    if stateful {
         let side = keys.forward.canonical_into(&mut keys.canonical);
         keys.side = side as u32;
         if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
@@ -164,9 +159,10 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
             };
             keys.canonical.mark_echo(initiator);
         }
-        // A busy flow's packet after the first of this tick: this CPU's memo answers.
+        // A busy flow's packet after the first of this tick: this CPU's memo answers, before
+        // the clock is read.
         if flow_memo::applies(proto, flags) {
-            if let Some(r) = flow_memo::recalled(flow_memo::recall(keys, epoch, pkt.ifindex, now)) {
+            if let Some(r) = flow_memo::recalled(flow_memo::recall(keys, epoch, pkt.ifindex)) {
                 stats::path_event(PATH_FLOW_HIT);
                 return Ok(Outcome::inspected(
                     r.conduit,
@@ -176,6 +172,14 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
                 ));
             }
         }
+    }
+    // The coarse monotonic clock (the time of the last tick): idle timeouts are seconds, and
+    // reading it costs a load where the precise clock reads the hardware on every packet.
+    // SAFETY: reading the clock has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if stateful {
+        // Established flows first: their packets are the traffic. On a miss, the table of
+        // flows not answered yet.
         let found = match FLOWS.get_ptr_mut(&keys.canonical) {
             Some(state) => {
                 keys.table = TABLE_FLOWS;
@@ -374,7 +378,7 @@ fn existing(
         }
     }
     if memoised {
-        flow_memo::note(keys, epoch, pkt.ifindex, now, flow, forward);
+        flow_memo::note(keys, epoch, pkt.ifindex, flow, forward);
     }
     Ok(Some(Outcome::inspected(conduit, inspect, rule, forward)))
 }

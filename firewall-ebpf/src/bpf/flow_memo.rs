@@ -1,11 +1,19 @@
 //! Each CPU's memo of busy flows (`FLOW_MEMO`): after the first packet of a flow in a clock
 //! tick has been decided through `FLOWS`, the flow's other packets of that tick (from the same
-//! side, on the same port) are answered by an array slot and a key compare instead of the hash
-//! lookup, the idle check and the port check. A flow sending few packets pays a slot compare
-//! and two stores per packet; one sending many saves the lookup on all but the first of each
-//! tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
+//! side, on the same port) are answered by an array slot and a key compare instead of the
+//! clock read, the hash lookup, the idle check and the port check. A flow sending few packets
+//! pays a slot compare and a few stores per packet; one sending many saves the lookup on all
+//! but the first of each tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
+//!
+//! The tick is the kernel's jiffies counter, whose read the verifier inlines as one load (the
+//! coarse clock is a helper call). The flow table's times stay coarse nanoseconds: the clock
+//! advances on the same timer tick, a moment after the counter, so a flow's `last_seen_ns`
+//! written in the tick a memo was made in is at most one tick behind when the memo answers,
+//! which no idle timeout (whole seconds) can notice.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::helpers::bpf_jiffies64;
 
 use firewall_common::{
     fastpath::{GENERATION_CONTROLLER, GENERATION_DATAPATH},
@@ -54,10 +62,11 @@ pub fn flow_removed() {
 /// Looks the packet in hand (its canonical key, side and `ifindex`; `applies` holds) up in this
 /// CPU's memo. On a hit, sets `keys.table` and `keys.flow_flags` as the `FLOWS` lookup would
 /// and returns the decision, packed with `HIT`; on a miss returns 0 and leaves the slot as a
-/// lookup in progress (no epoch, the generation read now, before the lookup), for `note`.
+/// lookup in progress (no epoch; the tick and the generation read now, before the lookup),
+/// for `note`.
 /// Out of line, and its answer one register, as `flow::cached_denial` is.
 #[inline(never)]
-pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, now: u64) -> u64 {
+pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32) -> u64 {
     let side = keys.side as u8;
     let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
         return 0;
@@ -68,6 +77,8 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, now: u64) -> u64 {
         m.epoch = 0;
         return 0;
     };
+    // SAFETY: reading the counter has no preconditions.
+    let now = unsafe { bpf_jiffies64() };
     if m.epoch == epoch
         && m.tick == now
         && m.generation == generation
@@ -87,6 +98,7 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, now: u64) -> u64 {
     // `note` completes it; without one it matches nothing).
     m.epoch = 0;
     m.generation = generation;
+    m.tick = now;
     0
 }
 
@@ -105,19 +117,12 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
 }
 
 /// Memoises the decision just made through `flow`'s entry in `FLOWS` for the packet in hand,
-/// which `recall` missed in this program run (so the slot holds the generation read before the
-/// lookup). The caller has checked that the entry is the one a hit may stand for: in `FLOWS`,
-/// decided under `epoch`, the packet's side checked on `ifindex`, its inspector's state marked
-/// if it has an inspector, and `last_seen_ns` at `now`.
+/// which `recall` missed in this program run (so the slot holds the tick and the generation
+/// read before the lookup). The caller has checked that the entry is the one a hit may stand
+/// for: in `FLOWS`, decided under `epoch`, the packet's side checked on `ifindex`, its
+/// inspector's state marked if it has an inspector, and `last_seen_ns` at the clock's now.
 #[inline(always)]
-pub fn note(
-    keys: &FlowKeys,
-    epoch: u32,
-    ifindex: u32,
-    now: u64,
-    flow: &FlowState,
-    to_server: bool,
-) {
+pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_server: bool) {
     let side = keys.side as u8;
     let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
         return;
@@ -125,7 +130,6 @@ pub fn note(
     // SAFETY: as in `recall`.
     let m = unsafe { &mut *m };
     keys.canonical.copy_into(&mut m.key);
-    m.tick = now;
     m.ifindex = ifindex;
     m.side = side;
     m.conduit = flow.conduit;

@@ -1039,18 +1039,20 @@ impl Parts {
             "tcp_tracked" => format!(
                 "Entry and parse take {non_ip:.0} ns of it ({:.1}x the baseline by \
                  themselves, which parses the same headers), the flow hit {:.0} ns. A busy \
-                 flow's packets after the first of each clock tick are answered by this CPU's \
+                 flow's packets after the first of each timer tick are answered by this CPU's \
                  flow memo (`FLOW_MEMO`: an array slot, a five-word key compare, the tick, \
-                 the epoch and the two words of the removal count), not by the `FLOWS` lookup, \
-                 whose hash of the 40-byte key (`htab_map_hash`, jhash: three rounds of \
-                 dependent arithmetic for ten words) and bucket walk were about a third of the \
-                 hit (the memo took the case from 116 to 102 ns in the same-run comparison of \
-                 the change); the timing loop repeats one frame, so it measures the memo. \
-                 What is left, profiled (`cargo xtask profile --case tcp_tracked`): about a \
-                 dozen inlined array and per-CPU array lookups (policy epoch and settings, \
-                 scratch keys, memo, removal count, the reason, conduit and path counters, \
-                 the learning switch), together about a quarter of the program's time; the \
-                 coarse clock read, about a twelfth; the parse. *Next:* one per-CPU block \
+                 the epoch and the two words of the removal count), before the clock read \
+                 and without the `FLOWS` lookup, whose hash of the 40-byte key \
+                 (`htab_map_hash`, jhash: three rounds of dependent arithmetic for ten words) \
+                 and bucket walk were about a third of the hit (in same-run comparisons the \
+                 memo took the case from 116 to 102 ns, and reading the tick as jiffies, one \
+                 load, instead of the coarse clock's helper call from 91 to 81 ns); the \
+                 timing loop repeats one frame, so it measures the memo. What is left, \
+                 profiled (`cargo xtask profile --case tcp_tracked`): about a dozen inlined \
+                 array and per-CPU array lookups (policy epoch and settings, scratch keys, \
+                 memo, removal count, the reason, conduit and path counters, the learning \
+                 switch), together about a quarter of the program's time; the parse; the \
+                 canonical key. *Next:* one per-CPU block \
                  for the packet's counters and scratch (one lookup instead of five); for \
                  flows that send one packet a tick, which still pay the hash, a shorter key \
                  (IPv4 flows in a table of their own, keyed by 16 bytes: one jhash round \
