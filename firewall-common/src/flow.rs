@@ -400,7 +400,7 @@ pub const FLOW_MEMO_SLOTS: u32 = 256;
 /// `ifindex`, was decided under `epoch` in the clock tick `tick` (the kernel's jiffies), with
 /// `FLOW_GENERATION`'s sum at `generation`. Only the middle of a flow is memoised (TCP segments without SYN, FIN or
 /// RST, UDP datagrams) and only once the flow's entry cannot change but by a removal: in
-/// `FLOWS`, its side's port checked under `epoch`, its inspector's state marked. Exact because
+/// `FLOWS`, its side's port checked under `epoch`, a TCP inspector's state marked. Exact because
 /// every condition a hit skips is pinned: the policy by `epoch`, the zones and port bindings by
 /// `ifindex` and `side`, expiry by `tick` (`last_seen_ns` was written in that tick, so no idle
 /// timeout can have passed), a removal by the generation (every removal from `FLOWS` counts in it). An entry of

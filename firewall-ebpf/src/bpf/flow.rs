@@ -347,11 +347,11 @@ fn existing(
     let (inspect, rule) = (flow.inspect, flow.rule);
     // Whether this packet's decision may stand for the next ones of this tick (`flow_memo`):
     // an established flow whose entry only a removal can change (epoch and port checked
-    // above; an inspected flow once its inspector keeps state, which `stream::missing`
-    // reads from these flags).
+    // above; an inspected TCP flow once its inspector keeps stream state, which
+    // `stream::missing` reads from these flags: the inspectors keep none for UDP).
     let memoised = keys.table == TABLE_FLOWS
         && flow_memo::applies(proto, flags)
-        && (inspect == INSPECT_NONE || flow.flags & FLOW_INSPECTED != 0);
+        && (inspect == INSPECT_NONE || proto == IPPROTO_UDP || flow.flags & FLOW_INSPECTED != 0);
     if proto == IPPROTO_TCP {
         // An inspected flow's RST is the inspector's to judge (`stream::note_delivery`): one
         // its receiver would discard must not end tracking.

@@ -120,7 +120,7 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
 /// which `recall` missed in this program run (so the slot holds the tick and the generation
 /// read before the lookup). The caller has checked that the entry is the one a hit may stand
 /// for: in `FLOWS`, decided under `epoch`, the packet's side checked on `ifindex`, its
-/// inspector's state marked if it has an inspector, and `last_seen_ns` at the clock's now.
+/// TCP inspector's state marked if it has one, and `last_seen_ns` at the clock's now.
 #[inline(always)]
 pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_server: bool) {
     let side = keys.side as u8;
