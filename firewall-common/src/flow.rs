@@ -389,23 +389,24 @@ impl DenyKey {
     }
 }
 
-/// Entries of each CPU's memo of the flows it passed packets of in the current clock tick (map
+/// Entries of each CPU's memo of the flows it passed packets of in the current timer tick (map
 /// `FLOW_MEMO`, direct-mapped by `FlowMemo::slot`). A busy flow sends many packets per tick:
-/// after the first has been decided through `FLOWS` (and wrote the tick into the entry's
+/// after the first has been decided through `FLOWS` (and wrote the clock into the entry's
 /// `last_seen_ns`), the others of the same tick are answered by an array slot and a key
 /// compare instead of the hash lookup.
 pub const FLOW_MEMO_SLOTS: u32 = 256;
 
 /// Value of map `FLOW_MEMO`: what a packet from `side` of the flow `key`, arriving on
-/// `ifindex`, was decided under `epoch` in the clock tick `tick` (the kernel's jiffies), with
-/// `FLOW_GENERATION`'s sum at `generation`. Only the middle of a flow is memoised (TCP segments without SYN, FIN or
-/// RST, UDP datagrams) and only once the flow's entry cannot change but by a removal: in
-/// `FLOWS`, its side's port checked under `epoch`, a TCP inspector's state marked. Exact because
-/// every condition a hit skips is pinned: the policy by `epoch`, the zones and port bindings by
-/// `ifindex` and `side`, expiry by `tick` (`last_seen_ns` was written in that tick, so no idle
-/// timeout can have passed), a removal by the generation (every removal from `FLOWS` counts in it). An entry of
-/// zeros matches nothing (epoch 0 is never active). An entry whose epoch is 0 but whose key is
-/// set is a lookup in progress: the generation read before it.
+/// `ifindex`, was decided under `epoch` in the timer tick `tick` (the kernel's jiffies), with
+/// `FLOW_GENERATION`'s sum at `generation`. Only the middle of a flow is memoised (TCP
+/// segments without SYN, FIN or RST, UDP datagrams) and only once the flow's entry cannot
+/// change but by a removal: in `FLOWS`, its side's port checked under `epoch`, a TCP
+/// inspector's state marked. Exact because every condition a hit skips is pinned: the policy
+/// by `epoch`, the zones and port bindings by `ifindex` and `side`, expiry by `tick`
+/// (`last_seen_ns` was written in that tick, so no idle timeout can have passed), a removal by
+/// the generation (every removal from `FLOWS` counts in it). An entry of zeros matches nothing
+/// (epoch 0 is never active). An entry whose epoch is 0 but whose key is set is a lookup in
+/// progress: the tick and the generation read before it.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMemo {
