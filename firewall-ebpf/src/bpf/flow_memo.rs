@@ -64,8 +64,9 @@ pub fn flow_removed() {
 /// and returns the decision, packed with `HIT`; on a miss returns 0 and leaves the slot as a
 /// lookup in progress (no epoch; the tick and the generation read now, before the lookup),
 /// for `note`.
-/// Out of line, and its answer one register, as `flow::cached_denial` is.
-#[inline(never)]
+/// Its answer is one register. Inlined (it has one call site): out of line, its call and return
+/// were about 8 ns of the 85 of a tracked segment.
+#[inline(always)]
 pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32) -> u64 {
     let side = keys.side as u8;
     let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {

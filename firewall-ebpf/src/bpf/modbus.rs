@@ -39,7 +39,7 @@ use super::{
     stream::{self, Commit, Placement},
 };
 
-/// `otfw_modbus_adu` result: the prefix is incomplete, more bytes are needed.
+/// `decide_adu` result: the prefix is incomplete, more bytes are needed.
 const NEED_MORE: u64 = 1 << 8;
 
 /// What framing a segment found.
@@ -157,8 +157,11 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         refuse,
     );
     acc.adus = run.adus;
-    // Before any rewrite: the inventory records what the client sent.
-    otfw_modbus_news(ctx.ctx);
+    // Before any rewrite: the inventory records what the client sent. Only a segment with
+    // news pays the call (and its return).
+    if MODBUS_SCRATCH.get(0).is_some_and(|s| s.news != 0) {
+        otfw_modbus_news(ctx.ctx);
+    }
 
     let mut action = xdp_action::XDP_PASS;
     if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)) {
@@ -587,7 +590,7 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
     let data = u64::from_be_bytes([
         buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
     ]);
-    let r = otfw_modbus_adu(s.rule_index as u64, head, data, buf[16] as u64);
+    let r = decide_adu(s.rule_index as u64, head, data, buf[16] as u64);
     let reason = r as u8;
     let function = buf[7];
     let unit = buf[6];
@@ -972,7 +975,7 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
         unsafe {
             let pending = (*c).count_key[0] as u64 | ((*c).count_key[1] as u64) << 32;
             if (*c).count_run != 0 && key != pending {
-                otfw_modbus_count(pending, (*c).count_run as u64);
+                count(pending, (*c).count_run as u64);
                 (*c).count_run = 0;
             }
             (*c).count_key = [key as u32, (key >> 32) as u32];
@@ -983,17 +986,18 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
     unsafe {
         if (*c).count_run != 0 {
             let pending = (*c).count_key[0] as u64 | ((*c).count_key[1] as u64) << 32;
-            otfw_modbus_count(pending, (*c).count_run as u64);
+            count(pending, (*c).count_run as u64);
         }
     }
     0
 }
 
 /// Adds `n` to one `MODBUS_STATS` counter of the packet's generation (through this CPU's memo,
-/// `stats::add_memoized`); the key is packed as `ModbusStatKey::packed` packs it.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_modbus_count(packed: u64, n: u64) -> u64 {
+/// `stats::add_memoized`); the key is packed as `ModbusStatKey::packed` packs it. Inlined into
+/// `otfw_modbus_count_all`, which is verified once: a call and its return cost more than the
+/// count.
+#[inline(always)]
+fn count(packed: u64, n: u64) -> u64 {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
         return 0;
     };
@@ -1058,14 +1062,14 @@ fn data_prefix(function: u8) -> u32 {
     }
 }
 
-/// Decides one ADU from its prefix, as packed scalars (a global function: verified once).
-/// `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes present
+/// Decides one ADU from its prefix, as packed scalars. Inlined into `otfw_modbus_step` (a
+/// global function, verified once): a call per ADU and its return cost more than passing the
+/// scalars. `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes present
 /// << 8 | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the ninth.
 /// Returns reason | NEED_MORE | address << 16 | quantity << 32 | sub-function << 48. With
 /// NEED_MORE, a non-zero reason says the bytes present already cannot start an ADU.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_modbus_adu(rule_index: u64, head: u64, data: u64, tail: u64) -> u64 {
+#[inline(always)]
+fn decide_adu(rule_index: u64, head: u64, data: u64, tail: u64) -> u64 {
     let protocol = (head >> 48) as u16;
     let mlen = (head >> 32) as u16 as u32;
     let unit = (head >> 24) as u8;

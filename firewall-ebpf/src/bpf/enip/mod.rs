@@ -211,8 +211,13 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             }
         }
         frame(ctx, s as *mut EnipScratch);
-        // Before any rewrite: the inventory records what the client sent.
-        otfw_enip_news(ctx.ctx);
+        // Before any rewrite: the inventory records what the client sent. Only a segment
+        // with news pays the call (and its return).
+        // (Read afresh: the global functions of `frame` set it through their own lookup.)
+        // SAFETY: a field of the per-CPU scratch this CPU holds.
+        if unsafe { core::ptr::read_volatile(&s.news) } != 0 {
+            otfw_enip_news(ctx.ctx);
+        }
         let (r, framed) = result(s);
         reason = r;
         denied = s.denied != 0;
