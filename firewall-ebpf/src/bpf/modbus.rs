@@ -467,9 +467,10 @@ fn frame(
     s.fail = 0;
     s.rewrites = 0;
     let mut stopped = false;
+    // The first ADU's prefix; each step answers where the next one is (one call per ADU).
+    let mut next = otfw_modbus_next();
     // One round more than ADUs decided: the last only finds out whether the segment is done.
     for round in 0..=MAX_ADUS {
-        let next = otfw_modbus_next();
         if next == 0 || round == MAX_ADUS {
             break;
         }
@@ -480,7 +481,8 @@ fn frame(
             stopped = true;
             break;
         }
-        if otfw_modbus_step(take as u64) != 0 {
+        next = otfw_modbus_step(take as u64);
+        if next == STEP_STOP {
             stopped = true;
             break;
         }
@@ -545,7 +547,17 @@ pub extern "C" fn otfw_modbus_next() -> u64 {
         return 0;
     };
     // SAFETY: per-CPU scratch, this CPU only.
-    let s = unsafe { &mut *s };
+    next_prefix(unsafe { &mut *s })
+}
+
+/// `otfw_modbus_step`'s answer when framing of the segment stops. Never a prefix's answer of
+/// `next_prefix`: its offset (the payload's, past Ethernet, IP and TCP headers) is never 1.
+const STEP_STOP: u64 = 1;
+
+/// The work of `otfw_modbus_next`, also done by `otfw_modbus_step` after an ADU: 0 when the
+/// segment is done, else where the next ADU's prefix is.
+#[inline(always)]
+fn next_prefix(s: &mut ModbusScratch) -> u64 {
     let len = s.len;
     let Some(pos) = stream::next_message(len, s.pos, &mut s.skip) else {
         s.pos = len;
@@ -565,8 +577,10 @@ pub extern "C" fn otfw_modbus_next() -> u64 {
 }
 
 /// Decides the ADU whose prefix is in the scratch buffer (`take` bytes were just loaded after
-/// the carried ones) and moves past it. Returns 1 when framing of the segment stops here (a
-/// refusal, or a prefix carried to the next segment), else 0.
+/// the carried ones) and moves past it. Returns `STEP_STOP` (1) when framing of the segment
+/// stops here (a refusal, or a prefix carried to the next segment), else what
+/// `otfw_modbus_next` would answer next: 0 when the segment is done, else where the next ADU's
+/// prefix is (a call per ADU saved).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
@@ -730,7 +744,7 @@ pub extern "C" fn otfw_modbus_step(take: u64) -> u64 {
         s.pos = s.len;
     }
     s.carry = 0;
-    0
+    next_prefix(s)
 }
 
 /// Denials `on_deny: refuse` answers in-band: the rule forbids the request, or its fields

@@ -85,8 +85,9 @@ pub(super) fn setup(
 /// The framing loop: its state lives in the scratch map, its work in global functions.
 #[inline(always)]
 pub(super) fn frame(ctx: &XdpContext, scratch: *mut EnipScratch) {
+    // The first load; each step answers where the next one is (one call per load).
+    let mut next = otfw_enip_next();
     for round in 0..ROUNDS {
-        let next = otfw_enip_next();
         if next == 0 {
             break;
         }
@@ -110,7 +111,8 @@ pub(super) fn frame(ctx: &XdpContext, scratch: *mut EnipScratch) {
             unsafe { (*scratch).reason = Reason::EnipUnframed as u8 };
             break;
         }
-        if otfw_enip_step(take as u64) != 0 {
+        next = otfw_enip_step(take as u64);
+        if next == STEP_STOP {
             break;
         }
     }
@@ -172,6 +174,16 @@ pub extern "C" fn otfw_enip_next() -> u64 {
     let Some(s) = scratch() else {
         return 0;
     };
+    next_load(s)
+}
+
+/// `otfw_enip_step`'s answer when framing of the segment stops. Never an answer of
+/// `next_load`: its offset (the payload's, past Ethernet, IP and TCP or UDP headers) is never 1.
+const STEP_STOP: u64 = 1;
+
+/// The work of `otfw_enip_next`, also done by `otfw_enip_step` when framing goes on.
+#[inline(always)]
+fn next_load(s: &mut EnipScratch) -> u64 {
     let len = s.len;
     let Some(pos) = stream::next_message(len, s.pos, &mut s.skip) else {
         s.pos = len;
@@ -203,14 +215,24 @@ fn known_command(cmd: u32) -> bool {
     )
 }
 
-/// Takes `take` loaded bytes into the current message; decides it when complete. Returns 1
-/// when framing of the segment stops (a refusal, or a message continued in the next segment).
+/// Takes `take` loaded bytes into the current message; decides it when complete. Returns
+/// `STEP_STOP` when framing of the segment stops (a refusal, or a message continued in the next
+/// segment), else what `otfw_enip_next` would answer next (a call per load saved).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_step(take: u64) -> u64 {
     let Some(s) = scratch() else {
-        return 1;
+        return STEP_STOP;
     };
+    if take_loaded(s, take) != 0 {
+        return STEP_STOP;
+    }
+    next_load(s)
+}
+
+/// The work of `otfw_enip_step` before the next load: 1 when framing stops, else 0.
+#[inline(always)]
+fn take_loaded(s: &mut EnipScratch, take: u64) -> u64 {
     s.have += take as u32 & 0x7ff;
     s.pos += take as u32 & 0x7ff;
     let request = s.request != 0;
