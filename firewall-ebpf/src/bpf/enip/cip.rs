@@ -7,9 +7,9 @@ use firewall_common::{counters::VERDICT_RESET, enip::*, modbus::bit, reason::Rea
 
 use super::{
     b16, b32, b8, masked,
-    path::{copy_tag, otfw_enip_path, otfw_enip_route, otfw_enip_tag},
+    path::{copy_tag, otfw_enip_route, otfw_enip_tag, request_path},
     scratch,
-    trace::{note, otfw_enip_use, refused},
+    trace::{mark_use, note, refused},
     R_NONE,
 };
 use crate::bpf::maps::{ENIP_CLASSES, ENIP_RULES};
@@ -91,7 +91,7 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
         note(s, cmd, REC_CIP, service, 0, 0, depth, 0);
         return Reason::CipMalformed as u64;
     }
-    let path = otfw_enip_path((off + 2) as u64 | (psize as u64) << 16);
+    let path = request_path((off + 2) as u64 | (psize as u64) << 16);
     let reason = path as u8;
     let flags = (path >> 8) as u8;
     let class = (path >> 16) as u16 as u32;
@@ -106,9 +106,9 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
     }
     // What the inventory lists per pair of hosts, whatever the rule says of it.
     if flags & REC_SYMBOLIC != 0 {
-        otfw_enip_use(service as u64 | USE_SYMBOLIC as u64 | USE_PRESENT as u64);
+        mark_use(service as u64 | USE_SYMBOLIC as u64 | USE_PRESENT as u64);
     } else if flags & REC_CLASS != 0 {
-        otfw_enip_use(service as u64 | (class as u64) << 8 | USE_PRESENT as u64);
+        mark_use(service as u64 | (class as u64) << 8 | USE_PRESENT as u64);
     }
     let symbolic = flags & REC_SYMBOLIC != 0;
     if !symbolic && flags & REC_CLASS == 0 {

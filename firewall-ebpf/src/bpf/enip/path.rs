@@ -11,10 +11,12 @@ use firewall_common::mem::copy_words;
 
 /// Parses a request path (`off | len << 16`). Returns reason | flags << 8 | class << 16 |
 /// instance << 32; the tag name (symbolic segments joined with `.`) goes to `name`. Each
-/// segment is parsed by `otfw_enip_segment` (verified once).
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_enip_path(arg: u64) -> u64 {
+/// segment is parsed by `otfw_enip_segment` (verified once). Inlined into
+/// `otfw_enip_request`, its one caller (a global function, verified once): a call per request
+/// and its return cost more than the loop. The scratch is looked up here, not taken as a
+/// reference: the segments are parsed into it by a global function behind the compiler's back.
+#[inline(always)]
+pub(super) fn request_path(arg: u64) -> u64 {
     let Some(s) = scratch() else {
         return Reason::CipBadPath as u64;
     };

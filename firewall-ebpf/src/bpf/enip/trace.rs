@@ -23,15 +23,23 @@ pub(super) const USE_COMMAND: u64 = 1 << 32;
 /// flow's sets, it marks the segment for an inventory copy (`otfw_enip_news`) from the
 /// message's payload offset, if the message lies whole in this segment (one carried from an
 /// earlier segment ends before `total` payload bytes) of a TCP connection. A global function:
-/// verified once, whatever calls it.
+/// verified once, whatever calls it (`mark_use` is the same, inlined where a request is decided).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_use(code: u64) -> u64 {
+    mark_use(code);
+    0
+}
+
+/// The work of `otfw_enip_use`, inlined into `otfw_enip_request` (verified once): its call and
+/// return per request cost more than the table's walk.
+#[inline(always)]
+pub(super) fn mark_use(code: u64) {
     let Some(s) = scratch() else {
-        return 0;
+        return;
     };
     if s.udp != 0 || s.pos < s.total {
-        return 0;
+        return;
     }
     let new = if code & USE_COMMAND != 0 {
         code & 0xffff <= 0xff && s.commands.insert(code as u8)
@@ -42,7 +50,6 @@ pub extern "C" fn otfw_enip_use(code: u64) -> u64 {
         s.news = 1;
         s.news_at = (s.pos - s.total) as u16;
     }
-    0
 }
 
 /// Adds `pair` to the flow's table; true if it was not there and a free entry took it.
