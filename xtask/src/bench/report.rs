@@ -1047,16 +1047,22 @@ impl Parts {
                  and bucket walk were about a third of the hit (in same-run comparisons the \
                  memo took the case from 116 to 102 ns, and reading the tick as jiffies, one \
                  load, instead of the coarse clock's helper call from 91 to 81 ns); the \
-                 timing loop repeats one frame, so it measures the memo. What is left, \
-                 profiled (`cargo xtask profile --case tcp_tracked`): about a dozen inlined \
-                 array and per-CPU array lookups (policy epoch and settings, scratch keys, \
-                 memo, removal count, the reason, conduit and path counters, the learning \
-                 switch), together about a quarter of the program's time; the parse; the \
-                 canonical key. *Next:* one per-CPU block \
-                 for the packet's counters and scratch (one lookup instead of five); for \
-                 flows that send one packet a tick, which still pay the hash, a shorter key \
-                 (IPv4 flows in a table of their own, keyed by 16 bytes: one jhash round \
-                 instead of three).",
+                 timing loop repeats one frame, so it measures the memo. What is left is \
+                 instruction count, and calls: with the program cut short at points along \
+                 the path (alternating builds), entry, parse, decision and accounting took \
+                 about 48 ns, the flow keys and the canonical key 10 more, the memo's \
+                 recall 17; taking the accounting, the inventory check and the path counter \
+                 out altogether moved the case by less than the noise, so the counters' \
+                 inlined lookups are not where the time goes. A BPF-to-BPF call and its \
+                 return cost about 8 ns on this lab's CPU (the kernel's return thunk for \
+                 SRSO, \"safe RET\"): inlining the main program's body and the memo's \
+                 recall into the entry took the case from 87 to 77 ns. *Next:* fewer \
+                 instructions on the hit: the memo's removal count in one word (two array \
+                 lookups now), the hit's answer without packing and unpacking it, the flow \
+                 keys written once (forward and canonical are both built today); for flows \
+                 that send one packet a tick, which still pay the hash, a shorter key (IPv4 \
+                 flows in a table of their own, keyed by 16 bytes: one jhash round instead \
+                 of three).",
                 non_ip / base.max(1.0),
                 tracked - non_ip
             ),
@@ -1077,7 +1083,13 @@ impl Parts {
                  `otfw_modbus_count`) another 6%, the inspector's inlined per-CPU array \
                  lookups (context, scratch, ADU records, counters) about 6%. Each ADU's \
                  prefix is read straight from the packet a word at a time (through the load \
-                 helper it was about a tenth of the pipelined case). \
+                 helper it was about a tenth of the pipelined case). Calls are the other \
+                 cost: each BPF-to-BPF call and its return is about 8 ns on this lab's CPU \
+                 (the kernel's return thunk for SRSO), and an indirect tail call goes \
+                 through a retpoline; the main program now tail calls each inspector with a \
+                 constant slot (a direct jump), a framing step answers where the next ADU \
+                 is (one call per ADU, not two), and the ADU decision, the counter update \
+                 and the inventory's no-news case are inline. \
                  {}*Next:* the framing state without a hash lookup: the tail call loses the \
                  main program's pointer to the flow entry, so state kept in the entry costs \
                  the inspector a lookup all the same, but an index kept in the entry into an \
@@ -1105,11 +1117,16 @@ impl Parts {
                  hash, each step a global function (Read Tag {:.0} ns, Multiple Service \
                  Packet of ten {:.0} ns: about {:.0} ns per further request; requests with \
                  the same counter in a row share one counter update, kept in the CPU's count \
-                 memo while it repeats). *Next:* the inspector state without a hash lookup \
-                 (an array index kept in the flow entry, as for Modbus); the per-request \
-                 trace record written only where something reads it (replay, tests, events, \
-                 the counting); fewer global-function calls per request (each is a call with \
-                 its own frame, there to keep verification within bounds).",
+                 memo while it repeats). Each global-function call and its return is about \
+                 8 ns on this lab's CPU (the kernel's return thunk for SRSO): a framing step \
+                 now answers where the next load is (one call per load, not two), and the \
+                 request path's parse and the inventory's use mark are inlined into the \
+                 request's check (two calls per request fewer). *Next:* the inspector state \
+                 without a hash lookup (an array index kept in the flow entry, as for \
+                 Modbus); the per-request trace record written only where something reads \
+                 it (replay, tests, events, the counting); the path segment's parse and the \
+                 tag check inlined as well where the verifier's budget and the eight frames \
+                 allow.",
                 ns("enip_read_tag"),
                 ns("enip_msp"),
                 (ns("enip_msp") - ns("enip_read_tag")) / 9.0
@@ -1130,9 +1147,12 @@ impl Parts {
                  and the cache's key written (in words), the per-CPU memo of recent denials \
                  (an array slot and a six-word compare, asked by a bare SYN before the cache's \
                  hash lookup, the canonical key and the flow table), the deny counters, the \
-                 conduit's settings and the event token bucket. *Next:* one per-CPU counter \
-                 block for the reason, conduit and path counters, and the event bucket and \
-                 its counter in it.",
+                 conduit's settings and the event token bucket. Tried and not kept: the \
+                 bucket answering an empty tick from jiffies instead of the coarse clock \
+                 (within noise; the clock's helper is cheap). *Next:* the cache's check \
+                 inlined (it is out of line because it is asked from two places and the \
+                 stack has no room for two copies: one place would do), fewer instructions \
+                 in the key's writing.",
                 deny - non_ip
             ),
             "l4_deny_flood" => format!(
