@@ -1011,9 +1011,9 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
 /// `otfw_modbus_count_all`, which is verified once: a call and its return cost more than the
 /// count.
 #[inline(always)]
-fn count(packed: u64, n: u64) -> u64 {
+fn count(packed: u64, n: u64) {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
-        return 0;
+        return;
     };
     // SAFETY: the packet's per-CPU context, only read.
     let epoch = unsafe { (*ic).epoch };
@@ -1024,7 +1024,6 @@ fn count(packed: u64, n: u64) -> u64 {
         n,
         |key| ModbusStatKey::unpacked(key[0]),
     );
-    0
 }
 
 /// Sends one denied-request event; counts it as lost when the ring buffer is full.
@@ -1078,8 +1077,8 @@ fn data_prefix(function: u8) -> u32 {
 
 /// Decides one ADU from its prefix, as packed scalars. Inlined into `otfw_modbus_step` (a
 /// global function, verified once): a call per ADU and its return cost more than passing the
-/// scalars. `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes present
-/// << 8 | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the ninth.
+/// scalars. `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 |
+/// bytes present << 8 | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the ninth.
 /// Returns reason | NEED_MORE | address << 16 | quantity << 32 | sub-function << 48. With
 /// NEED_MORE, a non-zero reason says the bytes present already cannot start an ADU.
 #[inline(always)]

@@ -1058,8 +1058,8 @@ impl Parts {
                  SRSO, \"safe RET\"): inlining the main program's body and the memo's \
                  recall into the entry took the case from 87 to 77 ns. *Next:* fewer \
                  instructions on the hit: the memo's removal count in one word (two array \
-                 lookups now), the hit's answer without packing and unpacking it, the flow \
-                 keys written once (forward and canonical are both built today); for flows \
+                 lookups now), the flow keys written once (forward and canonical are both \
+                 built today); for flows \
                  that send one packet a tick, which still pay the hash, a shorter key (IPv4 \
                  flows in a table of their own, keyed by 16 bytes: one jhash round instead \
                  of three).",
