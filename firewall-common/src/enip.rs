@@ -128,6 +128,34 @@ impl EnipClassKey {
     }
 }
 
+/// Entries of each CPU's memo of `ENIP_CLASSES` answers (map `ENIP_CLASS_MEMO`).
+pub const ENIP_CLASS_MEMO_SLOTS: u32 = 8;
+
+/// Value of map `ENIP_CLASS_MEMO`: what `ENIP_CLASSES` answered for rule `rule` and class
+/// `class` of the policy of `epoch` (`present` 0: no entry, no service allowed). Asked before
+/// the hash map, so that the requests of a busy connection (ten in a Multiple Service Packet,
+/// one per Read Tag) cost an array slot and a compare instead of a hash lookup each. Exact
+/// because a policy's maps are written completely before its epoch is published, never change
+/// while it is in force, and a new policy gets a new epoch. An entry of zeros matches nothing
+/// (epoch 0 is never active).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnipClassMemo {
+    pub epoch: u32,
+    pub rule: u16,
+    pub class: u16,
+    pub present: u64,
+    pub services: [u64; 2],
+}
+
+impl EnipClassMemo {
+    /// The entry that may hold `rule` and `class`.
+    #[inline(always)]
+    pub fn slot(rule: u16, class: u16) -> u32 {
+        (class as u32 ^ (rule as u32) << 1) & (ENIP_CLASS_MEMO_SLOTS - 1)
+    }
+}
+
 const _: () = {
     assert!(core::mem::offset_of!(EnipClassKey, rule) == 2);
     assert!(core::mem::offset_of!(EnipClassKey, class) == 4);

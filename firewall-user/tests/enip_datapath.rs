@@ -906,6 +906,59 @@ fn connections_are_re_decided_after_a_swap() {
     assert!(d.dropped(), "I/O without `io: true`: {d:?}");
 }
 
+/// Each CPU remembers what the policy allows per rule and class (`ENIP_CLASS_MEMO`), absence
+/// included; an answer remembered under one policy never decides a request under another, the
+/// one back in the same slot two swaps later included. Each request is sent several times (on
+/// fresh sessions) so that whichever CPU runs the next one has remembered it.
+#[test]
+fn class_answers_follow_the_policy_in_force() {
+    const TIMES: u16 = 4;
+    let read = || read_tag("A");
+    // Execute PCCC: a class-specific code (0x4B), allowed only where an object names it.
+    let pccc = || req(0x4B, &cat(&[class8(0x67), inst8(1)]), &[0]);
+    let mut dp = datapath(&policy("services: [read]", ""));
+    let mut port = 13000;
+    let mut each = |dp: &mut Datapath, cip: &[u8], reason: Reason, what: &str| {
+        for _ in 0..TIMES {
+            check(dp, port, cip, reason, what);
+            port += 1;
+        }
+    };
+    each(&mut dp, &read(), Reason::None, "read, allowed");
+    each(
+        &mut dp,
+        &pccc(),
+        Reason::CipServiceDenied,
+        "PCCC object, no entry",
+    );
+    // Same rule, same class, another answer.
+    swap(&mut dp, &policy("services: [write]", ""));
+    each(
+        &mut dp,
+        &read(),
+        Reason::CipServiceDenied,
+        "read, no longer allowed",
+    );
+    // The first policy's slot again, under a new epoch: nothing remembered from the swap
+    // before it, nor from the first time the slot held this policy.
+    swap(
+        &mut dp,
+        &policy(
+            "services: [read], objects: [{ class: 0x67, services: [execute_pccc] }]",
+            "",
+        ),
+    );
+    each(&mut dp, &read(), Reason::None, "read, allowed again");
+    each(&mut dp, &pccc(), Reason::None, "PCCC object, now allowed");
+    swap(&mut dp, &policy("services: [write]", ""));
+    each(
+        &mut dp,
+        &pccc(),
+        Reason::CipServiceDenied,
+        "PCCC object, no entry again",
+    );
+}
+
 #[test]
 fn monitor_and_reset() {
     let mut dp = datapath(&policy("services: [read]", "    mode: monitor"));

@@ -19,8 +19,8 @@ use firewall_common::{
         PATH_STATS_LEN, REASON_STATS_LEN,
     },
     enip::{
-        EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipScratch, EnipStatKey,
-        EnipTagKey, EnipTrace, ECOUNTS_LEN,
+        EnipClassKey, EnipClassMemo, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipScratch,
+        EnipStatKey, EnipTagKey, EnipTrace, ECOUNTS_LEN, ENIP_CLASS_MEMO_SLOTS,
     },
     event::{EventBucket, EVENT_RING_BYTES, EVENT_STATS_LEN},
     fastpath::{
@@ -227,6 +227,11 @@ pub static ENIP_RULES: Array<EnipRule> = Array::with_max_entries(SLOTS * MAX_PRO
 #[map]
 pub static ENIP_CLASSES: HashMap<EnipClassKey, [u64; 2]> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Each CPU's memo of recent `ENIP_CLASSES` answers (`EnipClassMemo`).
+#[map]
+pub static ENIP_CLASS_MEMO: PerCpuArray<EnipClassMemo> =
+    PerCpuArray::with_max_entries(ENIP_CLASS_MEMO_SLOTS, 0);
 
 /// Allowed tag names (hashes) of rules with `tags`.
 #[map]

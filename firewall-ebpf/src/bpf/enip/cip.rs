@@ -12,7 +12,7 @@ use super::{
     trace::{mark_use, note, refused},
     R_NONE,
 };
-use crate::bpf::maps::{ENIP_CLASSES, ENIP_RULES};
+use crate::bpf::maps::{ENIP_CLASSES, ENIP_CLASS_MEMO, ENIP_RULES};
 
 /// Checks the CIP request at `off` (bits 0..16) of length `len` (bits 16..32) and everything
 /// nested in it, with an explicit bounded work stack. Returns the first refusal.
@@ -283,15 +283,54 @@ pub extern "C" fn otfw_enip_record(a: u64) -> u64 {
     0
 }
 
+/// Whether the rule allows `service` on `class`: this CPU's memo (`EnipClassMemo`) answers
+/// when it holds the rule and class under the epoch in force; otherwise `otfw_enip_class`.
 #[inline(always)]
 fn class_allows(s: &EnipScratch, class: u32, service: u32) -> bool {
-    let mut key = EnipClassKey::default();
-    key.set(slot_of(s.epoch) as u8, s.rule, class as u16);
-    // SAFETY: a hash map value, read once.
-    match unsafe { ENIP_CLASSES.get(&key) } {
-        Some(bits) => bit(bits, masked(service, 0x7f)),
-        None => false,
+    let code = masked(service, 0x7f);
+    if let Some(m) = ENIP_CLASS_MEMO.get_ptr(EnipClassMemo::slot(s.rule, class as u16)) {
+        // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+        let m = unsafe { &*m };
+        if m.epoch == s.epoch && m.rule == s.rule && m.class == class as u16 {
+            return m.present != 0 && bit(&m.services, code);
+        }
     }
+    otfw_enip_class(class as u64 | (code as u64) << 16) != 0
+}
+
+/// `class_allows` when the memo does not hold the rule and class (`packed`: the class in bits
+/// 0..16, the service code in bits 16..23): asks `ENIP_CLASSES` and leaves its answer in the
+/// memo. Out of line: it is the rare path, and inlined its registers spill onto a stack the
+/// inspector's deepest call chain needs every byte of.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_class(packed: u64) -> u64 {
+    let Some(s) = scratch() else {
+        return 0;
+    };
+    let class = packed as u16;
+    let code = (packed >> 16) as usize & 0x7f;
+    let mut key = EnipClassKey::default();
+    key.set(slot_of(s.epoch) as u8, s.rule, class);
+    // SAFETY: a hash map value, read at once.
+    let services = unsafe { ENIP_CLASSES.get(&key) };
+    if let Some(m) = ENIP_CLASS_MEMO.get_ptr_mut(EnipClassMemo::slot(s.rule, class)) {
+        // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
+        let m = unsafe { &mut *m };
+        m.epoch = s.epoch;
+        m.rule = s.rule;
+        m.class = class;
+        // Word by word: a copy of the value would be a `memmove` (`firewall_common::mem`).
+        match services {
+            Some(bits) => {
+                m.present = 1;
+                m.services[0] = bits[0];
+                m.services[1] = bits[1];
+            }
+            None => m.present = 0,
+        }
+    }
+    services.is_some_and(|bits| bit(bits, code)) as u64
 }
 
 /// Multiple Service Packet: count, offsets from the count field, requests in order.
