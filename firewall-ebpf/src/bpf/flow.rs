@@ -139,7 +139,7 @@ pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcom
     let flags = pkt.l4.tcp_flags;
     let cache_checked = proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
     if cache_checked {
-        if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+        if let Some(decided) = cached(ask_denials(keys, pkt, epoch)) {
             return decided;
         }
     }
@@ -481,6 +481,12 @@ const CACHED: u64 = 1 << 32;
 /// program, whose stack has no room for a second inlined copy.
 #[inline(never)]
 fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
+    ask_denials(keys, pkt, epoch)
+}
+
+/// The work of `cached_denial`, inlined where a bare SYN asks.
+#[inline(always)]
+fn ask_denials(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
     let proto = pkt.ip.proto;
     let flags = pkt.l4.tcp_flags;
     // Everything the decision depends on besides the tuple and the policy: the kind of TCP
