@@ -128,6 +128,12 @@ impl Stream {
         frame
     }
 
+    /// The server's next segment, without advancing the stream (the frame a timing loop
+    /// repeats).
+    pub fn peek_reply(&self, payload: &[u8]) -> Vec<u8> {
+        self.segment(false, Flags::PshAck, payload)
+    }
+
     pub fn reply(&mut self, payload: &[u8]) -> Vec<u8> {
         let frame = self.segment(false, Flags::PshAck, payload);
         self.server_seq = self.server_seq.wrapping_add(payload.len() as u32);
@@ -212,6 +218,16 @@ pub fn modbus_read(transaction: u16, address: u16) -> Vec<u8> {
     adu.extend_from_slice(&[0, 0, 0, 6, 1, 3]);
     adu.extend_from_slice(&address.to_be_bytes());
     adu.extend_from_slice(&10u16.to_be_bytes());
+    adu
+}
+
+/// The server's answer to `modbus_read(transaction, _)`: ten register values.
+pub fn modbus_read_response(transaction: u16) -> Vec<u8> {
+    let mut adu = Vec::with_capacity(29);
+    adu.extend_from_slice(&transaction.to_be_bytes());
+    // Unit, function, byte count and 20 data bytes follow the length field.
+    adu.extend_from_slice(&[0, 0, 0, 23, 1, 3, 20]);
+    adu.extend((0..20u8).map(|i| i.wrapping_mul(7)));
     adu
 }
 
@@ -339,6 +355,14 @@ pub fn enip_forward_open_reply() -> Vec<u8> {
     cip.extend_from_slice(&RPI_US.to_le_bytes()); // O->T actual packet interval
     cip.extend_from_slice(&RPI_US.to_le_bytes()); // T->O actual packet interval
     cip.extend_from_slice(&[0, 0]); // application reply size, reserved
+    enip_send_rr_data(&cip)
+}
+
+/// The target's answer to `enip_read_tag`: success, one DINT.
+pub fn enip_read_tag_response() -> Vec<u8> {
+    let mut cip = vec![0xCC, 0, 0, 0];
+    cip.extend_from_slice(&0x00C4u16.to_le_bytes()); // data type: DINT
+    cip.extend_from_slice(&1500i32.to_le_bytes());
     enip_send_rr_data(&cip)
 }
 

@@ -245,6 +245,21 @@ pub fn cases() -> Vec<Case> {
             open(40103, MODBUS_PORT),
             tcp(40103, MODBUS_PORT, false, &modbus_pipelined(8)),
         ),
+        {
+            let mut stream = Stream::new(40108, MODBUS_PORT);
+            let mut setup = stream.handshake();
+            setup.push(stream.send(&modbus_read(1, 0)));
+            case(
+                "modbus_response",
+                "Modbus read response (one ADU)",
+                MODBUS_INSPECTED,
+                "the server's answer to the read case: framing, the transaction matched to \
+                 its request, the inventory's identity check",
+                XDP_PASS,
+                setup,
+                stream.peek_reply(&modbus_read_response(1)),
+            )
+        },
         enip_case(
             "enip_read_tag",
             "ENIP Read Tag (SendRRData)",
@@ -252,6 +267,23 @@ pub fn cases() -> Vec<Case> {
             40104,
             &enip_read_tag(),
         ),
+        {
+            let mut stream = Stream::new(40109, ENIP_PORT);
+            let mut setup = stream.handshake();
+            setup.push(stream.send(&enip_register_session(false)));
+            setup.push(stream.reply(&enip_register_session(true)));
+            setup.push(stream.send(&enip_read_tag()));
+            case(
+                "enip_response",
+                "ENIP Read Tag response (SendRRData)",
+                ENIP_INSPECTED,
+                "the target's answer to the Read Tag case: framing, session, the reply \
+                 matched, the inventory's identity check",
+                XDP_PASS,
+                setup,
+                stream.peek_reply(&enip_read_tag_response()),
+            )
+        },
         enip_case(
             "enip_msp",
             "ENIP Multiple Service Packet, ten requests",
