@@ -85,7 +85,7 @@ pub extern "C" fn otfw_enip_segment(arg: u64) -> u64 {
             s.name[at] = b'.';
             s.name_len += 1;
         }
-        otfw_enip_name((p + 2) as u64 | (n as u64) << 16);
+        append_name(s, p + 2, n);
         return (p + size) as u64;
     }
     if seg & 0xE0 != 0x20 {
@@ -122,17 +122,13 @@ pub extern "C" fn otfw_enip_segment(arg: u64) -> u64 {
     (p + size) as u64
 }
 
-/// Appends `n` (bits 16..32) name bytes at `off` (bits 0..16) to the tag name, a word at a
-/// time: the last word may carry bytes past the name into `name`, beyond `name_len`, where
-/// nothing reads them (the hash and the records stop at `name_len`).
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_enip_name(arg: u64) -> u64 {
-    let Some(s) = scratch() else {
-        return 0;
-    };
-    let off = arg as u16 as u32;
-    let n = (arg >> 16) as u16 as u32;
+/// Appends `n` name bytes at `off` to the tag name, a word at a time: the last word may carry
+/// bytes past the name into `name`, beyond `name_len`, where nothing reads them (the hash and
+/// the records stop at `name_len`). Inlined into `otfw_enip_segment`, its one caller (a global
+/// function, verified once): a call and its return per symbolic segment cost more than the
+/// copy.
+#[inline(always)]
+fn append_name(s: &mut EnipScratch, off: u32, n: u32) {
     let len = s.name_len;
     for k in 0..(TAG_MAX / 8) {
         let j = 8 * k;
@@ -147,7 +143,6 @@ pub extern "C" fn otfw_enip_name(arg: u64) -> u64 {
         unsafe { copy_word(s.msg.as_ptr().add(from), s.name.as_mut_ptr().add(to)) };
     }
     s.name_len = len + n;
-    0
 }
 
 /// Checks a route path (`off | len << 16`): port segments only. Returns 0 when valid.
