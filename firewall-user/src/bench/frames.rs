@@ -410,6 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn responses_answer_their_requests() {
+        // Modbus: same transaction, unit and function; the length field covers the rest, the
+        // byte count the ten registers asked for.
+        let (request, response) = (modbus_read(1, 0), modbus_read_response(1));
+        assert_eq!(response[..2], request[..2]);
+        assert_eq!(
+            u16::from_be_bytes([response[4], response[5]]) as usize,
+            response.len() - 6
+        );
+        assert_eq!(response[6..8], request[6..8]);
+        assert_eq!(response[8] as usize, 2 * 10);
+        // EtherNet/IP: SendRRData in the session, the reply service (0x4C | 0x80) with success.
+        let reply = enip_read_tag_response();
+        let length = u16::from_le_bytes([reply[2], reply[3]]) as usize;
+        assert_eq!(reply.len(), 24 + length);
+        assert_eq!(reply[..2], enip_read_tag()[..2]);
+        assert_eq!(
+            u32::from_le_bytes(reply[4..8].try_into().unwrap()),
+            ENIP_SESSION
+        );
+        assert_eq!(reply[24 + 16..24 + 20], [0xCC, 0, 0, 0]);
+    }
+
+    #[test]
     fn enip_lengths_are_consistent() {
         let packet = enip_multiple_service(10);
         let length = u16::from_le_bytes([packet[2], packet[3]]) as usize;
