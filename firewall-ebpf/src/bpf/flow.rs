@@ -36,7 +36,7 @@ use super::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    maps::{DENIALS, DENIAL_MEMO, EMBRYOS, FLOWS, FLOW_KEYS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
+    maps::{DENIALS, DENIAL_MEMO, EMBRYOS, FLOWS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
     stats, zone,
 };
 
@@ -111,14 +111,14 @@ pub struct Packet<'a> {
 /// Decides the packet as far as flows and conduits go. `Err` is a denial made before any
 /// conduit was consulted (a spoofed source), never answered with a reset.
 #[inline(always)]
-pub fn track(slot: u32, epoch: u32, cfg: &Config, pkt: &Packet) -> Result<Outcome, Reason> {
+pub fn track(
+    slot: u32,
+    epoch: u32,
+    cfg: &Config,
+    pkt: &Packet,
+    keys: &mut FlowKeys,
+) -> Result<Outcome, Reason> {
     let proto = pkt.ip.proto;
-    // The keys live in per-CPU scratch space, not on the 512-byte stack.
-    let Some(keys) = FLOW_KEYS.get_ptr_mut(0) else {
-        return Ok(Outcome::deny(CONDUIT_NONE, Reason::FlowTableFull));
-    };
-    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run.
-    let keys = unsafe { &mut *keys };
     // Field by field: a plain assignment of the key is an out-of-line `memmove`
     // (`firewall_common::mem`).
     // SAFETY: `Ip` holds its addresses 8-aligned (`repr(C, align(8))`, offsets 0 and 16).

@@ -55,20 +55,14 @@ const ENIP_PORT: u16 = 44818;
 /// tracking, whose keys (`FLOW_KEYS`: the packet's tuple, and the `flow::OBSERVE_*` marks)
 /// describe the packet.
 #[inline(always)]
-pub fn frame(ctx: &XdpContext, l4: &L4) {
+pub fn frame(ctx: &XdpContext, l4: &L4, keys: &FlowKeys) {
     // What can make the frame news, checked here without a call: a learning deadline set, a
     // segment with payload from an identity port, the answer that promoted a flow. The packet
     // of an established flow of other ports (nearly every packet) stops here.
     let learning = LEARN_UNTIL.get(0).is_some_and(|until| *until != 0);
     let identity_port = l4.payload_len != 0 && (l4.sport == MODBUS_PORT || l4.sport == ENIP_PORT);
-    if !learning && !identity_port {
-        let Some(keys) = FLOW_KEYS.get_ptr(0) else {
-            return;
-        };
-        // SAFETY: the per-CPU scratch of the packet in hand, only read.
-        if unsafe { (*keys).flow_flags } & OBSERVE_ANSWERED == 0 {
-            return;
-        }
+    if !learning && !identity_port && keys.flow_flags & OBSERVE_ANSWERED == 0 {
+        return;
     }
     otfw_observe(
         ctx.ctx,

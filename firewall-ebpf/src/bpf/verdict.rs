@@ -9,6 +9,7 @@ use firewall_common::{
     conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
     config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
+    flow::FlowKeys,
     reason::Reason,
     slot_of,
 };
@@ -155,14 +156,26 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
         // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
     };
+    // The flow keys live in per-CPU scratch space, not on the 512-byte stack; looked up once
+    // here for flow tracking, the observation and the hand-over (each lookup is a handful of
+    // instructions on every packet's path).
+    let Some(keys) = FLOW_KEYS.get_ptr_mut(0) else {
+        return Ok(Judgement {
+            outcome: Outcome::deny(CONDUIT_NONE, Reason::FlowTableFull),
+            resettable: false,
+        });
+    };
+    // SAFETY: a per-CPU slot is only used by this CPU for the duration of this program run
+    // (and the inspector it tail calls).
+    let keys = unsafe { &mut *keys };
     // Zones are resolved inside, only when the flow entry does not already answer.
-    let mut outcome = flow::track(slot, epoch, cfg, &pkt)?;
+    let mut outcome = flow::track(slot, epoch, cfg, &pkt, keys)?;
     // Before any inspector: a tail call does not come back.
-    observe::frame(ctx, &l4);
+    observe::frame(ctx, &l4, keys);
     if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
         // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
         // UDP hands over seq/ack/flags 0.
-        if !hand_over(&outcome, &l4, epoch, cfg) {
+        if !hand_over(&outcome, &l4, epoch, cfg, keys) {
             outcome.inspect = INSPECT_NONE;
             outcome.reason = Reason::InspectorMissing;
         }
@@ -176,13 +189,13 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
 
 /// Writes what the inspector needs into `INSPECT_CTX`.
 #[inline(always)]
-fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config) -> bool {
-    let (Some(ic), Some(keys)) = (INSPECT_CTX.get_ptr_mut(0), FLOW_KEYS.get_ptr(0)) else {
+fn hand_over(outcome: &Outcome, l4: &L4, epoch: u32, cfg: &Config, keys: &FlowKeys) -> bool {
+    let Some(ic) = INSPECT_CTX.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: per-CPU slots, used by this CPU only for the duration of this program run (and
+    // SAFETY: a per-CPU slot, used by this CPU only for the duration of this program run (and
     // the inspector it tail calls).
-    let (ic, keys) = unsafe { (&mut *ic, &*keys) };
+    let ic = unsafe { &mut *ic };
     if outcome.to_server {
         keys.forward.copy_into(&mut ic.key);
     } else {
