@@ -108,8 +108,9 @@ pub struct Packet<'a> {
     pub ifindex: u32,
 }
 
-/// Decides the packet as far as flows and conduits go. `Err` is a denial made before any
-/// conduit was consulted (a spoofed source), never answered with a reset.
+/// Decides the packet as far as flows and conduits go, writing its keys into `keys` (this CPU's
+/// `FLOW_KEYS` entry: per-CPU scratch space, not the 512-byte stack). `Err` is a denial made
+/// before any conduit was consulted (a spoofed source), never answered with a reset.
 #[inline(always)]
 pub fn track(
     slot: u32,

@@ -52,8 +52,8 @@ const MODBUS_PORT: u16 = 502;
 const ENIP_PORT: u16 = 44818;
 
 /// Copies the frame where it is news for the inventory or for learning. Called after flow
-/// tracking, whose keys (`FLOW_KEYS`: the packet's tuple, and the `flow::OBSERVE_*` marks)
-/// describe the packet.
+/// tracking, whose keys (`keys`, the per-CPU `FLOW_KEYS` entry: the packet's tuple, and the
+/// `flow::OBSERVE_*` marks) describe the packet.
 #[inline(always)]
 pub fn frame(ctx: &XdpContext, l4: &L4, keys: &FlowKeys) {
     // What can make the frame news, checked here without a call: a learning deadline set, a
