@@ -1140,7 +1140,8 @@ impl Parts {
                  global function (Read Tag {:.0} ns, Multiple Service \
                  Packet of ten {:.0} ns: about {:.0} ns per further request; requests with \
                  the same counter in a row share one counter update, kept in the CPU's count \
-                 memo while it repeats). Each global-function call and its return is about \
+                 memo while it repeats; the packet's last update is inline, no call: Read \
+                 Tag 467 to 384.5 ns in a same-run comparison). Each global-function call and its return is about \
                  8 ns on this lab's CPU (the kernel's return thunk for SRSO): a framing step \
                  now answers where the next load is (one call per load, not two), and the \
                  request path's parse and the inventory's use mark are inlined into the \
