@@ -66,7 +66,9 @@ mod entry {
             };
             verdict::inspector_missing(&mut decision);
         }
-        stats::account(&ctx, &decision);
+        if !decision.counted {
+            stats::account(&ctx, &decision);
+        }
         match decision.action {
             verdict::Action::Pass => forward::pass(&ctx),
             verdict::Action::Drop => xdp_action::XDP_DROP,

@@ -15,7 +15,6 @@ use firewall_common::{
     event::EVENT_STAT_NAMES,
     flow::MAX_FLOWS,
     reason::Reason,
-    slot_of,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,7 +284,7 @@ pub fn report(state: State) -> Result<Report> {
         .map(|g| g.conduits.clone())
         .unwrap_or_default();
     let lines: Vec<ConduitLine> = maps
-        .conduit_traffic(slot_of(epoch), &names)?
+        .conduit_traffic(epoch, &names)?
         .into_iter()
         .map(|t| {
             let mut line = ConduitLine {

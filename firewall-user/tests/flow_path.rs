@@ -14,7 +14,10 @@ use common::{
     TestInterface,
 };
 use firewall_common::{
-    counters::{PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN},
+    config::FLAG_TRACE,
+    counters::{
+        PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN, VERDICT_PASS,
+    },
     flow::{DenyKey, DENY_TCP_SYN, MAX_DENIALS},
     reason::Reason::{
         self, FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, ReverseSyn,
@@ -26,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 
 const IT4: &str = "10.0.2.10";
 const OT4: &str = "10.0.1.20";
+const XDP_PASS: u32 = 2;
 
 fn paths(dp: &Datapath) -> [u64; PATH_STATS_LEN as usize] {
     dp.path_stats().expect("reading PATH_STATS")
@@ -178,6 +182,106 @@ fn flow_memo_never_outlives_its_flow() {
         hits,
         4 * 6,
         "packets answered by the flow entry or the memo"
+    );
+}
+
+/// What the readers of the counters see: passes, flow hits, and conduit `conduit`'s passed
+/// packets and bytes in the generation `epoch`.
+fn seen(dp: &Datapath, epoch: u32, conduit: &str) -> [u64; 4] {
+    let reasons = dp.counters().expect("reading the counters").reasons;
+    let generation = dp
+        .generations()
+        .find(|g| g.epoch == epoch)
+        .expect("the generation is installed");
+    let traffic = dp
+        .generation_traffic(generation)
+        .expect("reading the conduit counters")
+        .into_iter()
+        .find(|t| t.conduit == conduit)
+        .expect("the conduit is in the generation")
+        .by_verdict[VERDICT_PASS as usize];
+    [
+        reasons[Reason::None as usize][VERDICT_PASS as usize],
+        paths(dp)[PATH_FLOW_HIT as usize],
+        traffic.packets,
+        traffic.bytes,
+    ]
+}
+
+#[test]
+fn passes_held_back_by_the_flow_memo() {
+    // On a live gateway (no decision trace), a memo hit on a flow without an inspector is
+    // counted in the memo's slot instead of the counter maps: readers add what the slots
+    // hold, and a slot taken for another lookup moves its counts into the maps. Either way each
+    // pass is seen exactly once: as a pass, a flow hit, and its conduit's packet and bytes in
+    // the generation that decided it, never in a later generation's.
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let get = c.udp(5000, 161, b"get");
+    let len = get.len() as u64;
+    const N: u64 = 2000;
+    let mut dp = load();
+    let first = dp.install(&it_ot().compile()).expect("installing").epoch;
+    dp.enable_trace().expect("tracing on");
+    // Opens and establishes the flow; `run_frame` pins this thread to its CPU, whose memo the
+    // runs below all use.
+    for f in [&get, &s.udp(161, 5000, b"response"), &get] {
+        assert!(dp.run_frame(f).expect("test run").passed());
+    }
+    let before = seen(&dp, first, "snmp");
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    let run = dp.time_frame(&get, N as u32).expect("timed test run");
+    assert_eq!(run.action, XDP_PASS);
+    assert!(
+        dp.held_back_passes().expect("reading the memo") > 0,
+        "the memo holds back the passes it answered (all but each tick's first)"
+    );
+    let after = [
+        before[0] + N,
+        before[1] + N,
+        before[2] + N,
+        before[3] + N * len,
+    ];
+    assert_eq!(seen(&dp, first, "snmp"), after, "passes held back are seen");
+
+    // After a swap the flow's next packet misses the memo and moves the slot's counts into
+    // the maps, to the generation that decided them; the packet itself (re-decided) counts in
+    // the new one.
+    let second = dp
+        .install(&it_ot_shifted().compile())
+        .expect("installing")
+        .epoch;
+    dp.enable_trace().expect("tracing on");
+    let d = dp.run_frame(&get).expect("test run");
+    assert!(d.passed());
+    assert_eq!(d.epoch, second);
+    assert_eq!(dp.held_back_passes().expect("reading the memo"), 0);
+    let moved = seen(&dp, first, "snmp");
+    assert_eq!(
+        moved[2..],
+        after[2..],
+        "the first generation's traffic, now in its slot"
+    );
+    assert_eq!(moved[..2], [after[0] + 1, after[1]], "passes and flow hits");
+    assert_eq!(seen(&dp, second, "snmp")[2..], [1, len]);
+
+    // Counts held back under a generation whose slot has since been given to another (two
+    // swaps) are passes and flow hits still, but never that other generation's traffic.
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    dp.time_frame(&get, N as u32).expect("timed test run");
+    assert!(dp.held_back_passes().expect("reading the memo") > 0);
+    let totals = seen(&dp, second, "snmp");
+    dp.install(&it_ot().compile()).expect("installing");
+    let fourth = dp
+        .install(&it_ot_shifted().compile())
+        .expect("installing")
+        .epoch;
+    dp.enable_trace().expect("tracing on");
+    assert!(dp.run_frame(&get).expect("test run").passed());
+    assert_eq!(dp.held_back_passes().expect("reading the memo"), 0);
+    assert_eq!(
+        seen(&dp, fourth, "snmp"),
+        [totals[0] + 1, totals[1], 1, len],
+        "the re-decided packet is the fourth generation's only traffic"
     );
 }
 

@@ -10,11 +10,11 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
-    config::{Config, FLAG_HOST_TABLE, FLAG_MIDSTREAM_ADOPT},
+    config::{Config, FLAG_HOST_TABLE, FLAG_MIDSTREAM_ADOPT, FLAG_TRACE},
     counters::{
         FLOW_ADOPTED, FLOW_CLOSED, FLOW_CREATED, FLOW_EXPIRED, FLOW_INSERT_FAILED, FLOW_PROMOTED,
         FLOW_REVALIDATED, FLOW_REVOKED, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT,
@@ -37,6 +37,7 @@ use super::{
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     maps::{DENIALS, DENIAL_MEMO, EMBRYOS, FLOWS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
+    packet::frame_len,
     stats, zone,
 };
 
@@ -62,6 +63,8 @@ pub struct Outcome {
     pub inspect: u8,
     pub to_server: bool,
     pub rule: u16,
+    /// The pass is already counted (in this CPU's flow memo): the caller accounts nothing.
+    pub counted: bool,
 }
 
 impl Outcome {
@@ -73,6 +76,7 @@ impl Outcome {
             inspect: INSPECT_NONE,
             to_server: false,
             rule: 0,
+            counted: false,
         }
     }
 
@@ -84,6 +88,7 @@ impl Outcome {
             inspect: INSPECT_NONE,
             to_server: false,
             rule: 0,
+            counted: false,
         }
     }
 
@@ -96,6 +101,7 @@ impl Outcome {
             inspect,
             to_server,
             rule,
+            counted: false,
         }
     }
 }
@@ -106,6 +112,7 @@ pub struct Packet<'a> {
     pub l4: &'a L4,
     /// The bridge port it arrived on.
     pub ifindex: u32,
+    pub ctx: &'a XdpContext,
 }
 
 /// Decides the packet as far as flows and conduits go, writing its keys into `keys` (this CPU's
@@ -163,14 +170,17 @@ pub fn track(
         // A busy flow's packet after the first of this tick: this CPU's memo answers, before
         // the clock is read.
         if flow_memo::applies(proto, flags) {
-            if let Some(r) = flow_memo::recalled(flow_memo::recall(keys, epoch, pkt.ifindex)) {
-                stats::path_event(PATH_FLOW_HIT);
-                return Ok(Outcome::inspected(
-                    r.conduit,
-                    r.inspect,
-                    r.rule,
-                    r.to_server,
-                ));
+            // Traced packets are accounted one by one, as `TRACE` records each.
+            let count = cfg.flags & FLAG_TRACE == 0;
+            let len = frame_len(pkt.ctx) as u32;
+            let answer = flow_memo::recall(keys, epoch, pkt.ifindex, len, count);
+            if let Some(r) = flow_memo::recalled(answer) {
+                if !r.counted {
+                    stats::path_event(PATH_FLOW_HIT);
+                }
+                let mut out = Outcome::inspected(r.conduit, r.inspect, r.rule, r.to_server);
+                out.counted = r.counted;
+                return Ok(out);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Each CPU's memo of busy flows (`FLOW_MEMO`): after the first packet of a flow in a clock
+//! Each CPU's memo of busy flows (`BUSY_FLOWS`): after the first packet of a flow in a clock
 //! tick has been decided through `FLOWS`, the flow's other packets of that tick (from the same
 //! side, on the same port) are answered by an array slot and a key compare instead of the
 //! clock read, the hash lookup, the idle check and the port check. A flow sending few packets
@@ -10,23 +10,32 @@
 //! advances on the same timer tick, a moment after the counter, so a flow's `last_seen_ns`
 //! written in the tick a memo was made in is at most one tick behind when the memo answers,
 //! which no idle timeout (whole seconds) can notice.
+//!
+//! A hit on a flow without an inspector is counted in the slot (`FlowMemo::packets`), not in
+//! the three counter maps a pass is accounted in; the slot's counts go there when it is taken
+//! for another lookup (`settle`), and readers add what the slots still hold.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_jiffies64;
 
 use firewall_common::{
+    conduit::INSPECT_NONE,
     fastpath::{GENERATION_CONTROLLER, GENERATION_DATAPATH},
     flow::{FlowKeys, FlowMemo, FlowState, TABLE_FLOWS},
 };
 
 use super::{
     l4::{IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{FLOW_GENERATION, FLOW_MEMO},
+    maps::{BUSY_FLOWS, FLOW_GENERATION},
+    stats,
 };
 
-/// `recall` found the packet's flow (the other bits: to_server, inspect, rule, conduit).
+/// `recall` found the packet's flow (the other bits: counted, to_server, inspect, rule,
+/// conduit).
 const HIT: u64 = 1 << 63;
+/// ... and counted the packet as a pass in the slot: the caller accounts nothing.
+const COUNTED: u64 = 1 << 62;
 
 /// A hit's decision, unpacked.
 pub struct Recalled {
@@ -34,6 +43,8 @@ pub struct Recalled {
     pub rule: u16,
     pub inspect: u8,
     pub to_server: bool,
+    /// The pass is counted (`FlowMemo::packets`).
+    pub counted: bool,
 }
 
 /// Whether a packet is of the kind memoised: the middle of a TCP flow (a SYN, FIN or RST
@@ -61,20 +72,22 @@ pub fn flow_removed() {
 
 /// Looks the packet in hand (its canonical key, side and `ifindex`; `applies` holds) up in this
 /// CPU's memo. On a hit, sets `keys.table` and `keys.flow_flags` as the `FLOWS` lookup would
-/// and returns the decision, packed with `HIT`; on a miss returns 0 and leaves the slot as a
-/// lookup in progress (no epoch; the tick and the generation read now, before the lookup),
-/// for `note`.
+/// and returns the decision, packed with `HIT`; a flow without an inspector has the pass
+/// counted in the slot (`frame_len` bytes) where `count` allows, marked `COUNTED`. On a miss
+/// returns 0 and leaves the slot as a lookup in progress (no epoch; the tick and the
+/// generation read now, before the lookup), for `note`, its counts settled.
 /// Its answer is one register. Inlined (it has one call site): out of line, its call and return
 /// were about 8 ns of the 85 of a tracked segment.
 #[inline(always)]
-pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32) -> u64 {
+pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, frame_len: u32, count: bool) -> u64 {
     let side = keys.side as u8;
-    let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
+    let Some(m) = BUSY_FLOWS.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
         return 0;
     };
     // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
     let m = unsafe { &mut *m };
     let Some(generation) = generation() else {
+        settle(m, epoch);
         m.epoch = 0;
         return 0;
     };
@@ -89,7 +102,14 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32) -> u64 {
     {
         keys.table = TABLE_FLOWS;
         keys.flow_flags = m.flow_flags as u32;
+        // An inspected flow's packet is accounted by its inspector.
+        let counted = count && m.inspect == INSPECT_NONE;
+        if counted {
+            m.packets += 1;
+            m.bytes += frame_len as u64;
+        }
         return HIT
+            | (counted as u64) << 62
             | (m.to_server as u64) << 40
             | (m.inspect as u64) << 32
             | (m.rule as u64) << 16
@@ -97,6 +117,7 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32) -> u64 {
     }
     // Whatever the slot held is not this packet's: it is unusable from here on (a later
     // `note` completes it; without one it matches nothing).
+    settle(m, epoch);
     m.epoch = 0;
     m.generation = generation;
     m.tick = now;
@@ -114,7 +135,19 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
         rule: (answer >> 16) as u16,
         inspect: (answer >> 32) as u8,
         to_server: (answer >> 40) & 1 != 0,
+        counted: answer & COUNTED != 0,
     })
+}
+
+/// Adds the passes slot `m` counted to the counter maps and clears them (the program in force
+/// is under `epoch`).
+#[inline(always)]
+fn settle(m: &mut FlowMemo, epoch: u32) {
+    if m.packets != 0 {
+        stats::settle_passes(m.epoch, epoch, m.conduit, m.packets, m.bytes);
+        m.packets = 0;
+        m.bytes = 0;
+    }
 }
 
 /// Memoises the decision just made through `flow`'s entry in `FLOWS` for the packet in hand,
@@ -125,7 +158,7 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
 #[inline(always)]
 pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_server: bool) {
     let side = keys.side as u8;
-    let Some(m) = FLOW_MEMO.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
+    let Some(m) = BUSY_FLOWS.get_ptr_mut(FlowMemo::slot(&keys.canonical, side, ifindex)) else {
         return;
     };
     // SAFETY: as in `recall`.

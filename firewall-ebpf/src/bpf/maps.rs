@@ -105,9 +105,11 @@ pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(M
 pub static DENIAL_MEMO: PerCpuArray<DenialMemo> =
     PerCpuArray::with_max_entries(DENIAL_MEMO_SLOTS, 0);
 
-/// Each CPU's memo of the flows it passed packets of in the current clock tick (`FlowMemo`).
+/// Each CPU's memo of the flows it passed packets of in the current clock tick, with the
+/// passes it has not counted yet (`FlowMemo`). (Named apart from the earlier `FLOW_MEMO`, whose
+/// entries held no counts: an upgrade takes over without mixing the two.)
 #[map]
-pub static FLOW_MEMO: PerCpuArray<FlowMemo> = PerCpuArray::with_max_entries(FLOW_MEMO_SLOTS, 0);
+pub static BUSY_FLOWS: PerCpuArray<FlowMemo> = PerCpuArray::with_max_entries(FLOW_MEMO_SLOTS, 0);
 
 /// Removals from `FLOWS`, by the controller and by the datapath (`FLOW_GENERATION_ENTRIES`).
 #[map]

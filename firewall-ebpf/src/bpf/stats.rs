@@ -10,7 +10,10 @@ use aya_ebpf::{
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo},
     config::ACTIVE_INDEX,
-    counters::{conduit_stats_index, memo_index, reason_index, CountMemo, Trace, VERDICT_PASS},
+    counters::{
+        conduit_stats_index, memo_index, reason_index, CountMemo, Trace, PATH_FLOW_HIT,
+        VERDICT_PASS,
+    },
     modbus::InspectContext,
     reason::Reason,
     slot_of,
@@ -120,6 +123,34 @@ pub fn flow_event(index: u32) {
 }
 
 /// Counts a shortcut taken (`PATH_*`).
+/// Adds the passes a flow memo slot counted (`flow_memo`) for `conduit`, decided under
+/// `decided`, while the program is under `epoch`: what `record` and `path_event(PATH_FLOW_HIT)`
+/// would have counted for each. A slot's conduit counters are only added to while it holds
+/// `decided`'s generation: the generation in force or the one before it (the controller
+/// reuses a slot for the generation after that, with its counters reset).
+#[inline(never)]
+pub fn settle_passes(decided: u32, epoch: u32, conduit: u16, packets: u64, bytes: u64) {
+    if let Some(n) = PATH_STATS.get_ptr_mut(PATH_FLOW_HIT) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *n += packets };
+    }
+    if let Some(n) = REASON_STATS.get_ptr_mut(reason_index(Reason::None as u8, VERDICT_PASS)) {
+        // SAFETY: as above.
+        unsafe { *n += packets };
+    }
+    if decided != epoch && decided.wrapping_add(1) != epoch {
+        return;
+    }
+    let index = conduit_stats_index(slot_of(decided), conduit, VERDICT_PASS);
+    if let Some(t) = CONDUIT_STATS.get_ptr_mut(index) {
+        // SAFETY: as above.
+        unsafe {
+            (*t).packets += packets;
+            (*t).bytes += bytes;
+        }
+    }
+}
+
 #[inline(always)]
 pub fn path_event(index: u32) {
     if let Some(n) = PATH_STATS.get_ptr_mut(index) {

@@ -41,6 +41,8 @@ pub struct Decision {
     /// A pass handed to this inspector (`INSPECT_*`), whose context is in `INSPECT_CTX`; the
     /// inspector makes and accounts the final decision.
     pub inspect: u8,
+    /// A pass already counted (by the flow memo): not to be accounted again.
+    pub counted: bool,
 }
 
 /// What the policy says before modes are applied.
@@ -68,6 +70,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 // Tracing can be switched on before the first policy (replay, tests).
                 trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
                 inspect: INSPECT_NONE,
+                counted: false,
             };
         }
     };
@@ -83,6 +86,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         conduit,
         reason,
         inspect,
+        counted,
         ..
     } = judgement.outcome;
     if reason == Reason::FlowTableFull {
@@ -102,6 +106,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             epoch,
             trace,
             inspect,
+            counted,
         };
     }
     let info = CONDUITS
@@ -124,6 +129,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         epoch,
         trace,
         inspect: INSPECT_NONE,
+        counted: false,
     }
 }
 
@@ -134,6 +140,7 @@ pub fn inspector_missing(d: &mut Decision) {
     d.verdict = VERDICT_DROP;
     d.reason = Reason::InspectorMissing;
     d.inspect = INSPECT_NONE;
+    d.counted = false;
 }
 
 #[inline(always)]
@@ -155,6 +162,7 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
         l4: &l4,
         // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        ctx,
     };
     // The flow keys live in per-CPU scratch space, not on the 512-byte stack; looked up once
     // here for flow tracking, the observation and the hand-over (each lookup is a handful of

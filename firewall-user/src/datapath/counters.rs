@@ -7,12 +7,12 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use firewall_common::{
     counters::{
         conduit_stats_index, reason_index, CountMemo, Traffic, COUNT_MEMO_SLOTS, FLOW_STATS_LEN,
-        PATH_STATS_LEN, VERDICT_COUNT,
+        PATH_FLOW_HIT, PATH_STATS_LEN, VERDICT_COUNT, VERDICT_PASS,
     },
     event::EVENT_STATS_LEN,
-    flow::{FlowKey, FlowState},
+    flow::{FlowKey, FlowMemo, FlowState, FLOW_MEMO_SLOTS},
     observed::{LEARN_COPIED, LEARN_RING_FULL, OBSERVED_STATS_LEN},
-    reason::REASON_COUNT,
+    reason::{Reason, REASON_COUNT},
     slot_of,
 };
 
@@ -54,9 +54,43 @@ fn stats_of(
     Ok(out)
 }
 
+/// Passes the flow memos hold back from the counters (`FlowMemo::packets`), summed over CPUs.
+#[derive(Debug, Default)]
+pub(crate) struct HeldBack {
+    /// All of them (each a `flow_hit` and a pass with no reason).
+    pub packets: u64,
+    /// By the epoch they were decided under and their conduit.
+    pub by_conduit: std::collections::HashMap<(u32, u16), Traffic>,
+}
+
+/// What the flow memos `memos` hold back; nothing without them (a datapath of an earlier
+/// version, which counts every pass at once). Read after the counter maps: a count the
+/// datapath moves from a memo to its map meanwhile is missed for this once, never counted
+/// twice (the counters only ever rise; the metrics never report one falling).
+pub(crate) fn held_back(memos: Option<&PerCpuArray<MapData, FlowMemo>>) -> Result<HeldBack> {
+    let mut out = HeldBack::default();
+    let Some(memos) = memos else {
+        return Ok(out);
+    };
+    for index in 0..FLOW_MEMO_SLOTS {
+        let per_cpu = memos.get(&index, 0).context("reading BUSY_FLOWS")?;
+        for memo in per_cpu.iter().filter(|m| m.packets != 0) {
+            out.packets += memo.packets;
+            let t = out
+                .by_conduit
+                .entry((memo.epoch, memo.conduit))
+                .or_default();
+            t.packets += memo.packets;
+            t.bytes += memo.bytes;
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_counters(
     reason_stats: &PerCpuArray<MapData, u64>,
     flow_stats: &PerCpuArray<MapData, u64>,
+    memos: Option<&PerCpuArray<MapData, FlowMemo>>,
 ) -> Result<Counters> {
     let mut reasons = vec![[0u64; VERDICT_COUNT as usize]; REASON_COUNT as usize];
     for (reason, row) in reasons.iter_mut().enumerate() {
@@ -65,6 +99,7 @@ pub(crate) fn read_counters(
             *cell = sum(reason_stats, index, "REASON_STATS")?;
         }
     }
+    reasons[Reason::None as usize][VERDICT_PASS as usize] += held_back(memos)?.packets;
     let mut flows = [0u64; FLOW_STATS_LEN as usize];
     for (i, cell) in flows.iter_mut().enumerate() {
         *cell = sum(flow_stats, i as u32, "FLOW_STATS")?;
@@ -72,12 +107,15 @@ pub(crate) fn read_counters(
     Ok(Counters { reasons, flows })
 }
 
-/// Traffic by conduit and verdict in `slot`, for the conduits `names` (indexed by id).
+/// Traffic by conduit and verdict of the generation `epoch` (counted in its slot), for the
+/// conduits `names` (indexed by id).
 pub(crate) fn read_conduit_traffic(
     conduit_stats: &PerCpuArray<MapData, Traffic>,
-    slot: u32,
+    memos: Option<&PerCpuArray<MapData, FlowMemo>>,
+    epoch: u32,
     names: &[String],
 ) -> Result<Vec<ConduitTraffic>> {
+    let slot = slot_of(epoch);
     let mut out = Vec::with_capacity(names.len());
     for (id, name) in names.iter().enumerate() {
         let mut by_verdict = [Traffic::default(); VERDICT_COUNT as usize];
@@ -94,6 +132,13 @@ pub(crate) fn read_conduit_traffic(
             conduit: name.clone(),
             by_verdict,
         });
+    }
+    for ((decided, conduit), t) in held_back(memos)?.by_conduit {
+        if let Some(line) = out.get_mut(conduit as usize).filter(|_| decided == epoch) {
+            let cell = &mut line.by_verdict[VERDICT_PASS as usize];
+            cell.packets += t.packets;
+            cell.bytes += t.bytes;
+        }
     }
     Ok(out)
 }
@@ -115,7 +160,11 @@ pub(crate) fn count_flows(flows: &HashMap<MapData, FlowKey, FlowState>) -> usize
 
 impl Datapath {
     pub fn counters(&self) -> Result<Counters> {
-        read_counters(&self.maps.reason_stats, &self.maps.flow_stats)
+        read_counters(
+            &self.maps.reason_stats,
+            &self.maps.flow_stats,
+            Some(&self.maps.busy_flows),
+        )
     }
 
     /// Per-conduit traffic of the generation in force (pseudo conduits included).
@@ -133,7 +182,8 @@ impl Datapath {
     ) -> Result<Vec<ConduitTraffic>> {
         read_conduit_traffic(
             &self.maps.conduit_stats,
-            generation.slot(),
+            Some(&self.maps.busy_flows),
+            generation.epoch,
             &generation.names.conduits,
         )
     }
@@ -161,7 +211,14 @@ impl Datapath {
         for (i, cell) in out.iter_mut().enumerate() {
             *cell = sum(&self.maps.path_stats, i as u32, "PATH_STATS")?;
         }
+        out[PATH_FLOW_HIT as usize] += held_back(Some(&self.maps.busy_flows))?.packets;
         Ok(out)
+    }
+
+    /// Passes the CPUs' flow memos have counted and not yet added to the counter maps (which
+    /// every reader here adds; for tests).
+    pub fn held_back_passes(&self) -> Result<u64> {
+        Ok(held_back(Some(&self.maps.busy_flows))?.packets)
     }
 
     /// Entries in the decision cache (walks the keys; for tests and status).

@@ -16,7 +16,7 @@ use firewall_common::{
         EnipClassKey, EnipConn, EnipConnKey, EnipFlow, EnipRule, EnipStatKey, EnipTagKey, EnipTrace,
     },
     fastpath::{FastPathState, FdbEntry, ForwardMemo, MacKey, GENERATION_CONTROLLER},
-    flow::{Denial, DenialMemo, DenyKey, FlowKey, FlowState, ZoneFlows},
+    flow::{Denial, DenialMemo, DenyKey, FlowKey, FlowMemo, FlowState, ZoneFlows},
     modbus::{AduTrace, ModbusFlow, ModbusRule, ModbusStatKey},
     zone::{HostKey, ZoneInfo, ZoneKeyV4, ZoneKeyV6, ZoneMatch, ZonePortKey},
 };
@@ -37,6 +37,9 @@ pub struct Maps {
     pub zone_swept: HashMap<MapData, u32, u64>,
     pub denials: HashMap<MapData, DenyKey, Denial>,
     pub denial_memo: PerCpuArray<MapData, DenialMemo>,
+    /// The flow memo, with passes held back from the counters (`FlowMemo::packets`): read
+    /// after them.
+    pub busy_flows: PerCpuArray<MapData, FlowMemo>,
     /// Removals from `flows` the controller made (`next_flow_generation`).
     pub flow_generation: Array<MapData, u64>,
     pub path_stats: PerCpuArray<MapData, u64>,
@@ -118,6 +121,7 @@ impl Maps {
             zone_swept: typed!(ebpf, "ZONE_SWEPT"),
             denials: typed!(ebpf, "DENIALS"),
             denial_memo: typed!(ebpf, "DENIAL_MEMO"),
+            busy_flows: typed!(ebpf, "BUSY_FLOWS"),
             flow_generation: typed!(ebpf, "FLOW_GENERATION"),
             path_stats: typed!(ebpf, "PATH_STATS"),
             fast_path: typed!(ebpf, "FAST_PATH"),

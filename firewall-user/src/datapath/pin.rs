@@ -29,7 +29,7 @@ use firewall_common::{
     config::ACTIVE_INDEX,
     counters::Traffic,
     event::EVENT_STATS_LEN,
-    flow::{FlowKey, FlowState},
+    flow::{FlowKey, FlowMemo, FlowState},
 };
 
 use super::counters::{
@@ -447,6 +447,8 @@ pub struct PinnedMaps {
     flow_stats: PerCpuArray<MapData, u64>,
     flows: HashMap<MapData, FlowKey, FlowState>,
     event_stats: PerCpuArray<MapData, u64>,
+    /// `None` for an instance of a version whose flow memo holds no counts.
+    busy_flows: Option<PerCpuArray<MapData, FlowMemo>>,
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
@@ -466,6 +468,11 @@ impl PinnedMaps {
             flow_stats: open(dir, "FLOW_STATS")?,
             flows: open(dir, "FLOWS")?,
             event_stats: open(dir, "EVENT_STATS")?,
+            busy_flows: if maps_dir(dir).join("BUSY_FLOWS").exists() {
+                Some(open(dir, "BUSY_FLOWS")?)
+            } else {
+                None
+            },
         })
     }
 
@@ -476,11 +483,16 @@ impl PinnedMaps {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        read_counters(&self.reason_stats, &self.flow_stats)
+        read_counters(
+            &self.reason_stats,
+            &self.flow_stats,
+            self.busy_flows.as_ref(),
+        )
     }
 
-    pub fn conduit_traffic(&self, slot: u32, names: &[String]) -> Result<Vec<ConduitTraffic>> {
-        read_conduit_traffic(&self.conduit_stats, slot, names)
+    /// Traffic by conduit of the generation `epoch`.
+    pub fn conduit_traffic(&self, epoch: u32, names: &[String]) -> Result<Vec<ConduitTraffic>> {
+        read_conduit_traffic(&self.conduit_stats, self.busy_flows.as_ref(), epoch, names)
     }
 
     pub fn event_stats(&self) -> Result<[u64; EVENT_STATS_LEN as usize]> {
