@@ -15,6 +15,7 @@
 
 #[cfg(target_arch = "bpf")]
 mod bpf {
+    pub mod clock;
     pub mod conduit;
     pub mod delivery;
     pub mod enip;

@@ -2,7 +2,7 @@
 //! rate-limited per CPU before the ring is touched, with what was sent and lost counted in
 //! `EVENT_STATS`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
 
 use firewall_common::{
     event::{
@@ -13,6 +13,7 @@ use firewall_common::{
 };
 
 use super::{
+    clock,
     maps::{EVENTS, EVENT_BUCKET, EVENT_STATS, FLOW_KEYS},
     verdict::Decision,
 };
@@ -41,7 +42,8 @@ fn admit() -> bool {
 /// Takes `cost_ns` of credit from this CPU's entry of a token bucket map (credit grows with
 /// time up to `burst_ns`); false if there is not enough. The coarse clock (one tick per jiffy)
 /// is enough for rates of at most thousands per second, and a flood of denied frames asks it
-/// for every frame: the precise clock would be a measurable share of a denial's cost.
+/// for every frame: the precise clock would be a measurable share of a denial's cost, and so
+/// was the coarse clock's helper call, hence this CPU's reading of it per tick (`clock`).
 #[inline(always)]
 pub fn take_credit(buckets: &PerCpuArray<EventBucket>, cost_ns: u64, burst_ns: u64) -> bool {
     let Some(bucket) = buckets.get_ptr_mut(0) else {
@@ -49,8 +51,7 @@ pub fn take_credit(buckets: &PerCpuArray<EventBucket>, cost_ns: u64, burst_ns: u
     };
     // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
     let bucket = unsafe { &mut *bucket };
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::coarse_ns();
     let credit = bucket
         .credit_ns
         .saturating_add(now.saturating_sub(bucket.last_ns));

@@ -9,7 +9,7 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use firewall_common::{
     conduit::FORWARD_SLOT,
@@ -18,6 +18,7 @@ use firewall_common::{
 };
 
 use super::{
+    clock,
     maps::{FAST_PATH, FAST_TX, FDB, FDB_GENERATION, FLOW_KEYS, FORWARD_MEMO, INSPECTORS},
     packet::{frame_len, load},
     stats,
@@ -49,9 +50,9 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     // The coarse monotonic clock (the last tick's time, a load instead of a hardware clock
-    // read per frame): the mirror is valid for a second, a tick is a few milliseconds.
-    // SAFETY: reading the clock has no preconditions.
-    if unsafe { bpf_ktime_get_coarse_ns() } > valid_until {
+    // read per frame; this CPU's reading of it per tick, instead of a helper call per frame):
+    // the mirror is valid for a second, a tick is a few milliseconds.
+    if clock::coarse_ns() > valid_until {
         return None;
     }
     let macs: [u8; 14] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;

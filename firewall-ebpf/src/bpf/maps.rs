@@ -43,6 +43,8 @@ use firewall_common::{
     SLOTS,
 };
 
+use super::clock::TickClock;
+
 /// The epoch of the policy in force (index 0).
 #[map]
 pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
@@ -99,6 +101,10 @@ pub static ZONE_SWEPT: HashMap<u32, u64> =
 /// The decision cache: denials of untracked packets, by tuple, segment class, epoch and port.
 #[map]
 pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(MAX_DENIALS, 0);
+
+/// Each CPU's reading of the coarse clock in the current timer tick (`clock`).
+#[map]
+pub static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each CPU's memo of recent denials, asked before `DENIALS` (`DenialMemo`).
 #[map]

@@ -3,8 +3,6 @@
 //! every SendUnitData (and, in `io`, every implicit I/O datagram). Responses are read, never
 //! policed.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-
 use firewall_common::{
     conduit::MAX_PROTOCOL_RULES,
     enip::*,
@@ -16,23 +14,26 @@ use firewall_common::{
 use super::{b16, b32, b8, masked, scratch};
 use crate::bpf::maps::{ENIP_CLASSES, ENIP_CONNS, ENIP_COUNTS, ENIP_RULES, INSPECT_CTX};
 
-/// Slack for the coarse clock: one jiffy at the lowest common tick rate (100 Hz). A connection
+/// Slack for the coarse clock: one jiffy at the lowest common tick rate (100 Hz), which also
+/// covers a CPU's reading of the clock being a tick behind another's (`clock`). A connection
 /// may outlive its timeout by this much, never be timed out early.
 const CLOCK_SLACK_NS: u64 = 10_000_000;
 
 /// The connections' clock: the coarse monotonic clock, read for every SendUnitData and I/O
-/// datagram. The precise clock costs about 25 ns per read on the benchmark machine, more than
-/// a map lookup; CIP timeouts are RPI * 4 and longer, milliseconds at least.
+/// datagram, through this CPU's reading of it in the current tick (a helper call only once a
+/// tick). The precise clock costs about 25 ns per read on the benchmark machine, more than a
+/// map lookup; CIP timeouts are RPI * 4 and longer, milliseconds at least.
 #[inline(always)]
 pub(super) fn clock() -> u64 {
-    // SAFETY: the helper has no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    crate::bpf::clock::coarse_ns()
 }
 
 /// Whether connection `c`, last used at `c.last_ns`, is still live at `now` (of [`clock`]).
+/// A use stamped later than `now` (by a CPU whose reading is a tick ahead of this one's) is a
+/// use just now.
 #[inline(always)]
 pub(super) fn live(c: &EnipConn, now: u64) -> bool {
-    now.wrapping_sub(c.last_ns) <= c.timeout_ns.saturating_add(CLOCK_SLACK_NS)
+    now.saturating_sub(c.last_ns) <= c.timeout_ns.saturating_add(CLOCK_SLACK_NS)
 }
 
 /// Whether the packet's flow (`ic`) may use connection `c`, which was opened under policy
