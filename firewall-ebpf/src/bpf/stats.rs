@@ -78,8 +78,10 @@ pub fn account(ctx: &XdpContext, d: &Decision) {
             records: 0,
         },
     );
-    // Packets the inspectors deny are reported by their own events, with the request.
-    if d.verdict != VERDICT_PASS {
+    // Packets the inspectors deny are reported by their own events, with the request. Marked
+    // unlikely: the event's code (the bucket, the clock's reading) is inlined into the main
+    // program, and laid out as a hot path it cost a tracked segment 2-3 ns in registers.
+    if core::intrinsics::unlikely(d.verdict != VERDICT_PASS) {
         events::denied(ctx, d);
     }
 }
