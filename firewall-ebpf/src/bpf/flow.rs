@@ -146,7 +146,9 @@ pub fn track(
     // SYN is a reverse SYN.)
     let flags = pkt.l4.tcp_flags;
     let cache_checked = proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
-    if cache_checked {
+    // Unlikely for the layout only: the bulk of the traffic is the middle of flows, and with
+    // this (inlined) check laid out as the hot path a tracked segment paid 2 ns in registers.
+    if core::intrinsics::unlikely(cache_checked) {
         if let Some(decided) = cached(ask_denials(keys, pkt, epoch)) {
             return decided;
         }

@@ -89,7 +89,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         counted,
         ..
     } = judgement.outcome;
-    if reason == Reason::FlowTableFull {
+    if core::intrinsics::unlikely(reason == Reason::FlowTableFull) {
         // Rare and operator-relevant: connections are being refused for want of table space.
         warn!(
             ctx,
