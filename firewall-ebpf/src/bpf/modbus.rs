@@ -159,12 +159,17 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     acc.adus = run.adus;
     // Before any rewrite: the inventory records what the client sent. Only a segment with
     // news pays the call (and its return).
-    if MODBUS_SCRATCH.get(0).is_some_and(|s| s.news != 0) {
+    if core::intrinsics::unlikely(MODBUS_SCRATCH.get(0).is_some_and(|s| s.news != 0)) {
         otfw_modbus_news(ctx.ctx);
     }
 
+    // The outcomes other than a plain pass are laid out as unlikely: the bulk of a
+    // connection's segments pass, and with these branches laid out as the hot path a read
+    // request paid about 5 ns more in registers.
     let mut action = xdp_action::XDP_PASS;
-    if run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)) {
+    if core::intrinsics::unlikely(
+        run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)),
+    ) {
         // Fail closed: a refusal that cannot be carried out (or restored) ends the connection.
         flow.flags |= MODBUS_RESET;
         acc.reason = if run.fail {
@@ -174,11 +179,13 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         };
         acc.verdict = VERDICT_RESET;
         action = reset::forward(ctx);
-    } else if run.refused != 0 && run.reason != Reason::None as u8 && !run.denied {
+    } else if core::intrinsics::unlikely(
+        run.refused != 0 && run.reason != Reason::None as u8 && !run.denied,
+    ) {
         // Every refusal in the segment was neutralised; the rest of it passes untouched.
         acc.reason = run.reason;
         acc.verdict = VERDICT_REFUSE;
-    } else if run.reason != Reason::None as u8 {
+    } else if core::intrinsics::unlikely(run.reason != Reason::None as u8) {
         acc.reason = run.reason;
         if monitor {
             acc.verdict = VERDICT_MONITOR;
