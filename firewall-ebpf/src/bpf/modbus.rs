@@ -164,8 +164,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     }
 
     // The outcomes other than a plain pass are laid out as unlikely: the bulk of a
-    // connection's segments pass, and with these branches laid out as the hot path a read
-    // request paid about 5 ns more in registers.
+    // connection's segments pass, and with these branches laid out as the hot path eight
+    // pipelined ADUs paid about 11 ns more in registers.
     let mut action = xdp_action::XDP_PASS;
     if core::intrinsics::unlikely(
         run.fail || (run.rewrites != 0 && !apply_rewrites(ctx, run.rewrites)),
