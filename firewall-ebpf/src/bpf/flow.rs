@@ -112,6 +112,7 @@ pub struct Packet<'a> {
     pub l4: &'a L4,
     /// The bridge port it arrived on.
     pub ifindex: u32,
+    /// Its context (the flow memo counts the frame's length).
     pub ctx: &'a XdpContext,
 }
 

@@ -87,7 +87,7 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, frame_len: u32, cou
     // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
     let m = unsafe { &mut *m };
     let Some(generation) = generation() else {
-        settle(m, epoch);
+        settle(m);
         m.epoch = 0;
         return 0;
     };
@@ -117,7 +117,7 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, frame_len: u32, cou
     }
     // Whatever the slot held is not this packet's: it is unusable from here on (a later
     // `note` completes it; without one it matches nothing).
-    settle(m, epoch);
+    settle(m);
     m.epoch = 0;
     m.generation = generation;
     m.tick = now;
@@ -139,12 +139,11 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
     })
 }
 
-/// Adds the passes slot `m` counted to the counter maps and clears them (the program in force
-/// is under `epoch`).
+/// Adds the passes slot `m` counted to the counter maps and clears them.
 #[inline(always)]
-fn settle(m: &mut FlowMemo, epoch: u32) {
+fn settle(m: &mut FlowMemo) {
     if m.packets != 0 {
-        stats::settle_passes(m.epoch, epoch, m.conduit, m.packets, m.bytes);
+        stats::settle_passes(m.epoch, m.conduit, m.packets, m.bytes);
         m.packets = 0;
         m.bytes = 0;
     }

@@ -21,7 +21,7 @@ use firewall_common::{
 
 use super::{
     events,
-    maps::{ACTIVE, CONDUITS, CONDUIT_STATS, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
+    maps::{ACTIVE, CONDUITS, CONDUIT_STATS, CONFIG, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
 };
@@ -124,14 +124,14 @@ pub fn flow_event(index: u32) {
     }
 }
 
-/// Counts a shortcut taken (`PATH_*`).
 /// Adds the passes a flow memo slot counted (`flow_memo`) for `conduit`, decided under
-/// `decided`, while the program is under `epoch`: what `record` and `path_event(PATH_FLOW_HIT)`
-/// would have counted for each. A slot's conduit counters are only added to while it holds
-/// `decided`'s generation: the generation in force or the one before it (the controller
-/// reuses a slot for the generation after that, with its counters reset).
+/// `decided`: what `record` and `path_event(PATH_FLOW_HIT)` would have counted for each. The
+/// conduit's counters get them only while its slot still holds the generation `decided`
+/// (`Config::epoch`): the controller marks a slot it is about to rewrite (epoch 0) before it
+/// resets the slot's counters for the next generation, which must not receive an older one's
+/// counts.
 #[inline(never)]
-pub fn settle_passes(decided: u32, epoch: u32, conduit: u16, packets: u64, bytes: u64) {
+pub fn settle_passes(decided: u32, conduit: u16, packets: u64, bytes: u64) {
     if let Some(n) = PATH_STATS.get_ptr_mut(PATH_FLOW_HIT) {
         // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
         unsafe { *n += packets };
@@ -140,10 +140,11 @@ pub fn settle_passes(decided: u32, epoch: u32, conduit: u16, packets: u64, bytes
         // SAFETY: as above.
         unsafe { *n += packets };
     }
-    if decided != epoch && decided.wrapping_add(1) != epoch {
+    let slot = slot_of(decided);
+    if !CONFIG.get(slot).is_some_and(|c| c.epoch == decided) {
         return;
     }
-    let index = conduit_stats_index(slot_of(decided), conduit, VERDICT_PASS);
+    let index = conduit_stats_index(slot, conduit, VERDICT_PASS);
     if let Some(t) = CONDUIT_STATS.get_ptr_mut(index) {
         // SAFETY: as above.
         unsafe {
@@ -153,6 +154,7 @@ pub fn settle_passes(decided: u32, epoch: u32, conduit: u16, packets: u64, bytes
     }
 }
 
+/// Counts a shortcut taken (`PATH_*`).
 #[inline(always)]
 pub fn path_event(index: u32) {
     if let Some(n) = PATH_STATS.get_ptr_mut(index) {

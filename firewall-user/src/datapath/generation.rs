@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{lpm_trie::Key, PerCpuValues};
 use firewall_common::{
     conduit::{conduit_index, ConduitInfo, ConduitKey, MAX_PROTOCOL_RULES},
-    config::{ACTIVE_INDEX, FLAG_HOST_TABLE},
+    config::{Config, ACTIVE_INDEX, FLAG_HOST_TABLE},
     counters::{conduit_stats_index, Traffic, VERDICT_COUNT},
     enip::{EnipClassKey, EnipRule, EnipStatKey, EnipTagKey},
     modbus::{ModbusRule, ModbusStatKey},
@@ -51,6 +51,14 @@ impl Datapath {
             .as_ref()
             .map_or((0, 0, 0), |g| (g.zones, g.conduits, g.protocol_rules));
 
+        // The slot holds no generation from here until its new `CONFIG` is written: the flow
+        // memos' passes of the generation leaving it are not added to the counters reset below
+        // (`stats::settle_passes` in the datapath). No packet reads this slot's config: `ACTIVE`
+        // names the other one.
+        self.maps
+            .config
+            .set(slot, Config::default(), 0)
+            .context("writing CONFIG")?;
         purge_slot(&mut self.maps, slot, old_zones, old_conduits, old_rules)?;
         let (zones, conduits, hosts) = fill_slot(&mut self.maps, slot, policy)?;
         let protocol_rules = fill_modbus(&mut self.maps, slot, policy)?;
