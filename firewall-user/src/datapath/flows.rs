@@ -114,7 +114,7 @@ impl Datapath {
     }
 
     /// Tells the datapath that flows left `FLOWS` (the controller removed them), so that no
-    /// CPU's memo of a flow (`FLOW_MEMO`) answers for one of them. The controller is this
+    /// CPU's memo of a flow (`BUSY_FLOWS`) answers for one of them. The controller is this
     /// entry's only writer; the datapath counts its own removals in another.
     pub fn next_flow_generation(&mut self) -> Result<()> {
         next_generation(&mut self.maps.flow_generation, "FLOW_GENERATION")
