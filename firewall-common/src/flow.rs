@@ -359,21 +359,35 @@ pub struct Denial {
     pub flags: u8,
 }
 
-/// Entries of each CPU's memo of recent denials (map `DENIAL_MEMO`), asked before `DENIALS`: a
-/// flood repeating a few denied tuples is answered by an array slot and a key compare instead of
-/// a hash lookup.
+/// Entries of each CPU's memo of recent denials (map `RECENT_DENIALS`), asked before `DENIALS`:
+/// a flood repeating a few denied tuples is answered by an array slot and a key compare instead
+/// of a hash lookup.
 pub const DENIAL_MEMO_SLOTS: u32 = 8;
 
-/// Value of map `DENIAL_MEMO`: a denial `DENIALS` holds (or just got) under `key`. Exact for the
-/// same reason the cache is: the key names the epoch, and a remembered decision never changes
-/// while its epoch is in force. An entry of zeros matches nothing (epoch 0 is never active).
-#[repr(C)]
+/// Value of map `RECENT_DENIALS`: a denial `DENIALS` holds (or just got) under `key`. Exact for
+/// the same reason the cache is: the key names the epoch, and a remembered decision never
+/// changes while its epoch is in force. An entry of zeros matches nothing (epoch 0 is never
+/// active).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenialMemo {
     pub key: DenyKey,
     pub denial: Denial,
     pub _pad: [u8; 4],
+    /// Drops this entry answered (and their bytes) not yet in the counters: a hit on a denial
+    /// whose final verdict is a drop (`DENIAL_DROP`) is counted here instead of in
+    /// `PATH_STATS` (`denial_cached`), `REASON_STATS` (the reason, dropped) and `CONDUIT_STATS`
+    /// (the conduit's drops under `key.epoch`), three lookups saved per packet, and the
+    /// conduit's settings not read. They are added there when the entry is taken for another
+    /// denial; until then readers add them.
+    pub packets: u64,
+    pub bytes: u64,
+    /// The timer tick (jiffies) of the last event offered for this denial: the packets
+    /// counted here offer one per tick.
+    pub offered_tick: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<DenialMemo>() == 80);
 
 impl DenyKey {
     /// The memo slot of this key: a mix of the words that vary between flooding sources.
@@ -461,6 +475,12 @@ pub const FLOW_GENERATION_ENTRIES: u32 = crate::fastpath::GENERATION_ENTRIES;
 /// The denial was made before any conduit was consulted (a spoofed source): it is never
 /// answered with a reset.
 pub const DENIAL_NO_RESET: u8 = 1 << 0;
+/// The denial's final verdict is a drop: its conduit enforces, and does not answer it with a
+/// reset. (Fixed for the key's epoch: a generation's conduit settings never change while it is
+/// in force.) Only these are counted in the memo (`DenialMemo::packets`); a denial made before
+/// any conduit (`DENIAL_NO_RESET`) is never marked, as its packet is also kept from the
+/// inventory, which a counted hit would not know.
+pub const DENIAL_DROP: u8 = 1 << 1;
 
 #[cfg(test)]
 mod tests {

@@ -43,7 +43,7 @@ mod entry {
 
     use firewall_common::conduit::{INSPECT_ENIP, INSPECT_ENIP_IO, INSPECT_MODBUS, INSPECT_NONE};
 
-    use crate::bpf::{enip, forward, maps::INSPECTORS, modbus, reset, stats, verdict};
+    use crate::bpf::{enip, flow, forward, maps::INSPECTORS, modbus, reset, stats, verdict};
 
     #[xdp]
     // Inlined into the program's entry: a call and its return are a measurable share of a
@@ -67,7 +67,8 @@ mod entry {
             };
             verdict::inspector_missing(&mut decision);
         }
-        if !decision.counted {
+        // A quiet drop is counted and reports nothing (`flow::Counted::Quiet`).
+        if decision.counted != flow::Counted::Quiet {
             stats::account(&ctx, &decision);
         }
         match decision.action {
@@ -77,8 +78,8 @@ mod entry {
         }
     }
 
-    /// Tail calls inspector `SLOT`. The empty assembly after the call, distinct per slot, keeps
-    /// LLVM from merging the call sites into one with a variable index.
+    /// Tail calls inspector `SLOT`. The assembly after the call, distinct per slot, keeps LLVM
+    /// from merging the call sites into one with a variable index.
     ///
     /// # Safety
     /// As `ProgramArray::tail_call`: from a program's top-level function, with its context.
@@ -87,7 +88,14 @@ mod entry {
         // SAFETY: the caller's promise.
         unsafe {
             INSPECTORS.tail_call(ctx, SLOT);
-            core::arch::asm!("/* inspector {0} */", const SLOT, options(nomem, nostack, preserves_flags));
+            // One instruction, not an empty statement: an empty one shares its line record's
+            // address with the next instruction, which the kernel refuses as a duplicate.
+            core::arch::asm!(
+                "r0 = {0}",
+                const SLOT,
+                out("r0") _,
+                options(nomem, nostack, preserves_flags)
+            );
         }
     }
 

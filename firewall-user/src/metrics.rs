@@ -298,7 +298,8 @@ impl Metrics {
         let events_lost = family!(
             IntCounterVec,
             "otfw_events_lost_total",
-            "Events lost: rate_limited (datapath token bucket), ring_full, modbus_ring_full and \
+            "Events lost: rate_limited (datapath token bucket; repeats of one dropped denial \
+             within a timer tick offer one event), ring_full, modbus_ring_full and \
              enip_ring_full (controller too slow), write_error (stdout or events file failed).",
             ["cause"]
         );

@@ -16,8 +16,10 @@ use common::{
 use firewall_common::{
     config::FLAG_TRACE,
     counters::{
-        PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN, VERDICT_PASS,
+        Traffic, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT, PATH_STATS_LEN,
+        VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET,
     },
+    event::{EVENTS_RATE_LIMITED, EVENTS_SENT},
     flow::{DenyKey, DENY_TCP_SYN, MAX_DENIALS},
     reason::Reason::{
         self, FlowQuota, MidstreamDenied, NoConduit, NotTracked, PolicyRevoked, ReverseSyn,
@@ -29,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 
 const IT4: &str = "10.0.2.10";
 const OT4: &str = "10.0.1.20";
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn paths(dp: &Datapath) -> [u64; PATH_STATS_LEN as usize] {
@@ -187,19 +190,23 @@ fn flow_memo_never_outlives_its_flow() {
 
 /// What the readers of the counters see: passes, flow hits, and conduit `conduit`'s passed
 /// packets and bytes in the generation `epoch`.
-fn seen(dp: &Datapath, epoch: u32, conduit: &str) -> [u64; 4] {
-    let reasons = dp.counters().expect("reading the counters").reasons;
+/// `conduit`'s traffic of `verdict` in the generation `epoch`, as readers see it.
+fn traffic(dp: &Datapath, epoch: u32, conduit: &str, verdict: u32) -> Traffic {
     let generation = dp
         .generations()
         .find(|g| g.epoch == epoch)
         .expect("the generation is installed");
-    let traffic = dp
-        .generation_traffic(generation)
+    dp.generation_traffic(generation)
         .expect("reading the conduit counters")
         .into_iter()
         .find(|t| t.conduit == conduit)
         .expect("the conduit is in the generation")
-        .by_verdict[VERDICT_PASS as usize];
+        .by_verdict[verdict as usize]
+}
+
+fn seen(dp: &Datapath, epoch: u32, conduit: &str) -> [u64; 4] {
+    let reasons = dp.counters().expect("reading the counters").reasons;
+    let traffic = traffic(dp, epoch, conduit, VERDICT_PASS);
     [
         reasons[Reason::None as usize][VERDICT_PASS as usize],
         paths(dp)[PATH_FLOW_HIT as usize],
@@ -283,6 +290,174 @@ fn passes_held_back_by_the_flow_memo() {
         [totals[0] + 1, totals[1], 1, len],
         "the re-decided packet is the fourth generation's only traffic"
     );
+}
+
+/// What readers see of a denial's drops: [its reason's drops, denials decided from the cache,
+/// `conduit`'s dropped packets and bytes in the generation `epoch`].
+fn dropped(dp: &Datapath, epoch: u32, reason: Reason, conduit: &str) -> [u64; 4] {
+    let reasons = dp.counters().expect("reading the counters").reasons;
+    let traffic = traffic(dp, epoch, conduit, VERDICT_DROP);
+    [
+        reasons[reason as usize][VERDICT_DROP as usize],
+        paths(dp)[PATH_DENIAL_CACHED as usize],
+        traffic.packets,
+        traffic.bytes,
+    ]
+}
+
+/// Events offered to the ring so far (sent or refused by the rate limit).
+fn events_offered(dp: &Datapath) -> u64 {
+    let e = dp.event_stats().expect("reading EVENT_STATS");
+    e[EVENTS_SENT as usize] + e[EVENTS_RATE_LIMITED as usize]
+}
+
+#[test]
+fn drops_held_back_by_the_denial_memo() {
+    // On a live gateway (no decision trace), a repeated denial that this CPU's memo answers
+    // and that is dropped is counted in the memo's slot, not in the counter maps, and offers
+    // one event per timer tick. Readers add what the slots hold; a slot taken for another
+    // denial moves its counts into the maps. Either way each drop is seen exactly once: as its
+    // reason's drop, a denial decided from the cache, and its conduit's packet and bytes in the
+    // generation that decided it.
+    let lo = otfw::datapath::ifindex("lo").expect("ifindex of lo");
+    let s = ip(OT4, IT4);
+    let syn = s.syn(40000, 502);
+    let len = syn.len() as u64;
+    const N: u64 = 2000;
+    let mut dp = load();
+    let first = dp.install(&it_ot().compile()).expect("installing").epoch;
+    dp.enable_trace().expect("tracing on");
+    // Decided through zones and conduits, remembered in the cache and this CPU's memo
+    // (`run_frame` pins this thread to its CPU, whose memo the runs below all use).
+    assert!(dp.run_frame(&syn).expect("test run").dropped());
+    let before = dropped(&dp, first, NoConduit, NONE);
+    let offered = events_offered(&dp);
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    let run = dp.time_frame(&syn, N as u32).expect("timed test run");
+    assert_eq!(run.action, XDP_DROP);
+    assert!(
+        dp.held_back_drops().expect("reading the memo") > 0,
+        "the memo holds back the drops it answered"
+    );
+    let after = [
+        before[0] + N,
+        before[1] + N,
+        before[2] + N,
+        before[3] + N * len,
+    ];
+    assert_eq!(
+        dropped(&dp, first, NoConduit, NONE),
+        after,
+        "drops held back are seen"
+    );
+    // Thousands of repeats within a few timer ticks offer an event per tick, not per drop.
+    let repeats_offered = events_offered(&dp) - offered;
+    assert!(
+        (1..N / 2).contains(&repeats_offered),
+        "{repeats_offered} events offered for {N} repeats of one denial"
+    );
+
+    // Another denial taking the memo's slot moves the slot's counts into the maps.
+    let key = |dport: u16| {
+        let mut key = DenyKey {
+            ifindex: lo,
+            ..DenyKey::default()
+        };
+        key.tuple.src = mapped(OT4);
+        key.tuple.dst = mapped(IT4);
+        key.tuple.dport = dport;
+        key.tuple.proto = 6;
+        key.tuple._pad[0] = DENY_TCP_SYN;
+        key.memo_index()
+    };
+    let rival = (503..u16::MAX)
+        .find(|&dport| key(dport) == key(502))
+        .expect("a denied port whose key shares the memo slot");
+    dp.enable_trace().expect("tracing on");
+    assert!(dp
+        .run_frame(&s.syn(40000, rival))
+        .expect("test run")
+        .dropped());
+    assert_eq!(dp.held_back_drops().expect("reading the memo"), 0);
+    let moved = dropped(&dp, first, NoConduit, NONE);
+    assert_eq!(
+        moved,
+        [after[0] + 1, after[1], after[2] + 1, after[3] + len],
+        "the held-back drops and the rival's own"
+    );
+
+    // After a swap the tuple's next packet is decided afresh, and the counts the memo held
+    // under the first generation go to its slot, never the second's.
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    dp.time_frame(&syn, N as u32).expect("timed test run");
+    assert!(dp.held_back_drops().expect("reading the memo") > 0);
+    let totals = dropped(&dp, first, NoConduit, NONE);
+    let second = dp
+        .install(&it_ot_shifted().compile())
+        .expect("installing")
+        .epoch;
+    dp.enable_trace().expect("tracing on");
+    assert!(dp.run_frame(&syn).expect("test run").dropped());
+    assert_eq!(dp.held_back_drops().expect("reading the memo"), 0);
+    assert_eq!(dropped(&dp, first, NoConduit, NONE)[2..], totals[2..]);
+    assert_eq!(
+        dropped(&dp, second, NoConduit, NONE),
+        [totals[0] + 1, totals[1], 1, len],
+        "the re-decided packet is the second generation's only drop"
+    );
+
+    // Forgetting connections (replays, tests) empties the memo without losing its counts.
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    dp.time_frame(&syn, N as u32).expect("timed test run");
+    let held = dropped(&dp, second, NoConduit, NONE);
+    assert!(dp.held_back_drops().expect("reading the memo") > 0);
+    dp.forget_connections().expect("forgetting connections");
+    assert_eq!(dp.held_back_drops().expect("reading the memo"), 0);
+    assert_eq!(dropped(&dp, second, NoConduit, NONE), held);
+}
+
+#[test]
+fn denial_memo_counts_only_drops() {
+    // A denial whose verdict is not a drop (a reset, a monitored denial) or a traced one is
+    // counted as it is made, never held back.
+    let s = ip(OT4, IT4);
+    let c = ip(IT4, OT4);
+    let watched = Policy::new()
+        .zone("it", &["10.0.2.0/24"])
+        .zone("ot", &["10.0.1.0/24"])
+        .conduit(Conduit::new("modbus", "it", "ot").tcp(502).monitor())
+        .midstream_deny();
+    for (what, policy, frame, verdict) in [
+        ("reset", it_ot().reset(), s.syn(40000, 502), VERDICT_RESET),
+        ("monitored", watched, c.ack(40000, 502), VERDICT_MONITOR),
+        ("traced", it_ot(), s.syn(40000, 502), VERDICT_DROP),
+    ] {
+        let mut dp = load();
+        dp.install(&policy.compile()).expect("installing");
+        dp.enable_trace().expect("tracing on");
+        dp.run_frame(&frame).expect("test run");
+        if what != "traced" {
+            dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+        }
+        // One frame per run: a run repeating a frame hands each repeat what the one before
+        // left in the buffer, and a reset rewrites the frame into its answer.
+        for _ in 0..500 {
+            dp.time_frame(&frame, 1).expect("timed test run");
+        }
+        assert_eq!(
+            dp.held_back_drops().expect("reading the memo"),
+            0,
+            "{what}: nothing held back"
+        );
+        let counted: u64 = dp
+            .counters()
+            .expect("reading the counters")
+            .reasons
+            .iter()
+            .map(|row| row[verdict as usize])
+            .sum();
+        assert_eq!(counted, 501, "{what}: every denial counted at once");
+    }
 }
 
 #[test]

@@ -10,7 +10,11 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
 
 use firewall_common::{
     conduit::{PortRule, CONDUIT_NONE, FIRST_CONDUIT, INSPECT_NONE},
@@ -20,7 +24,7 @@ use firewall_common::{
         FLOW_REVALIDATED, FLOW_REVOKED, PATH_DENIAL_CACHED, PATH_DENIAL_STORED, PATH_FLOW_HIT,
     },
     flow::{
-        Denial, DenialMemo, DenyKey, FlowKeys, FlowState, ZoneFlows, DENIAL_NO_RESET,
+        Denial, DenialMemo, DenyKey, FlowKeys, FlowState, ZoneFlows, DENIAL_DROP, DENIAL_NO_RESET,
         DENY_TCP_OTHER, DENY_TCP_RST, DENY_TCP_SYN, FLOW_ADOPTED as ADOPTED, FLOW_CHARGED,
         FLOW_INITIATOR_HIGH, FLOW_INSPECTED, FLOW_PORT_CHECKED, SIDE_HIGH, TABLE_EMBRYOS,
         TABLE_FLOWS, TCP_CLOSING, TCP_CLOSING_IDLE_SECS, TCP_ESTABLISHED, TCP_SYN_SENT,
@@ -36,9 +40,11 @@ use super::{
         ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    maps::{DENIALS, DENIAL_MEMO, EMBRYOS, FLOWS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
+    maps::{DENIALS, EMBRYOS, FLOWS, RECENT_DENIALS, ZONE_FLOWS, ZONE_INFO, ZONE_SWEPT},
     packet::frame_len,
-    stats, zone,
+    stats,
+    verdict::{self, Action},
+    zone,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -63,8 +69,24 @@ pub struct Outcome {
     pub inspect: u8,
     pub to_server: bool,
     pub rule: u16,
-    /// The pass is already counted (in this CPU's flow memo): the caller accounts nothing.
-    pub counted: bool,
+    /// Whether a memo of this CPU already counted the packet.
+    pub counted: Counted,
+}
+
+/// Whether a memo counted a packet's decision (`Outcome::counted`, `Decision::counted`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Counted {
+    /// Not counted: the main program accounts it.
+    No,
+    /// Counted: a pass in the flow memo, a drop in the memo of recent denials (whose event is
+    /// still offered).
+    Yes,
+    /// A drop counted in the memo of recent denials, which offered an event for the same
+    /// denial in this timer tick already: no event either (the counters have every drop; the
+    /// events are samples, at most `EVENT_RATE` per second per CPU, and repeats within a few
+    /// milliseconds would tell nothing new).
+    Quiet,
 }
 
 impl Outcome {
@@ -76,7 +98,7 @@ impl Outcome {
             inspect: INSPECT_NONE,
             to_server: false,
             rule: 0,
-            counted: false,
+            counted: Counted::No,
         }
     }
 
@@ -88,7 +110,7 @@ impl Outcome {
             inspect: INSPECT_NONE,
             to_server: false,
             rule: 0,
-            counted: false,
+            counted: Counted::No,
         }
     }
 
@@ -101,7 +123,7 @@ impl Outcome {
             inspect,
             to_server,
             rule,
-            counted: false,
+            counted: Counted::No,
         }
     }
 }
@@ -150,7 +172,7 @@ pub fn track(
     // Unlikely for the layout only: the bulk of the traffic is the middle of flows, and with
     // this (inlined) check laid out as the hot path a tracked segment paid 2 ns in registers.
     if core::intrinsics::unlikely(cache_checked) {
-        if let Some(decided) = cached(ask_denials(keys, pkt, epoch)) {
+        if let Some(decided) = cached(ask_denials(keys, pkt, epoch, !traced(cfg))) {
             return decided;
         }
     }
@@ -174,7 +196,7 @@ pub fn track(
         // the clock is read.
         if flow_memo::applies(proto, flags) {
             // Traced packets are accounted one by one, as `TRACE` records each.
-            let count = cfg.flags & FLAG_TRACE == 0;
+            let count = !traced(cfg);
             let len = frame_len(pkt.ctx) as u32;
             let answer = flow_memo::recall(keys, epoch, pkt.ifindex, len, count);
             if let Some(r) = flow_memo::recalled(answer) {
@@ -182,7 +204,9 @@ pub fn track(
                     stats::path_event(PATH_FLOW_HIT);
                 }
                 let mut out = Outcome::inspected(r.conduit, r.inspect, r.rule, r.to_server);
-                out.counted = r.counted;
+                if r.counted {
+                    out.counted = Counted::Yes;
+                }
                 return Ok(out);
             }
         }
@@ -215,7 +239,7 @@ pub fn track(
         }
     }
     if !cache_checked {
-        if let Some(decided) = cached(cached_denial(keys, pkt, epoch)) {
+        if let Some(decided) = cached(cached_denial(keys, pkt, epoch, !traced(cfg))) {
             return decided;
         }
     }
@@ -485,24 +509,36 @@ pub fn forget(keys: &FlowKeys) -> bool {
     removed
 }
 
+/// Whether decisions are traced (`TRACE` records each): then the memos count nothing, every
+/// decision is accounted on its own.
+#[inline(always)]
+fn traced(cfg: &Config) -> bool {
+    cfg.flags & FLAG_TRACE != 0
+}
+
 /// `cached_denial` found a remembered denial (the other bits: conduit, reason, flags).
 const CACHED: u64 = 1 << 32;
+/// ... and counted the packet as a drop in this CPU's memo: the caller accounts nothing.
+const COUNTED_DROP: u64 = 1 << 33;
+/// ... and an event for the same denial was offered in this timer tick already (`Counted::Quiet`).
+const QUIET: u64 = 1 << 34;
 
 /// Looks the packet in hand up in the decision cache (`DENIALS`), writing its key to
 /// `keys.deny`: 0 when no denial is remembered, otherwise `CACHED` with the conduit in bits
-/// 16..32, the reason in bits 8..16 and the denial's flags in bits 0..8 (see `cached`). It is
-/// asked from two places of the main program, whose stack has no room for two inlined copies:
-/// where a bare SYN asks first (a SYN flood's path) it is inlined (`ask_denials`); after the
-/// flow tables it is this call, its answer one register.
+/// 16..32, the reason in bits 8..16 and the denial's flags in bits 0..8 (see `cached`), and
+/// `COUNTED_DROP` where this CPU's memo answered a drop and counted it (`count`: the decision
+/// is not traced). It is asked from two places of the main program, whose stack has no room for
+/// two inlined copies: where a bare SYN asks first (a SYN flood's path) it is inlined
+/// (`ask_denials`); after the flow tables it is this call, its answer one register.
 #[inline(never)]
-fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
-    ask_denials(keys, pkt, epoch)
+fn cached_denial(keys: &mut FlowKeys, pkt: &Packet, epoch: u32, count: bool) -> u64 {
+    ask_denials(keys, pkt, epoch, count)
 }
 
 /// The work of `cached_denial`, inlined where a bare SYN asks: a call and its return were
 /// about 8 of the 86 ns of a repeated denial.
 #[inline(always)]
-fn ask_denials(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
+fn ask_denials(keys: &mut FlowKeys, pkt: &Packet, epoch: u32, count: bool) -> u64 {
     let proto = pkt.ip.proto;
     let flags = pkt.l4.tcp_flags;
     // Everything the decision depends on besides the tuple and the policy: the kind of TCP
@@ -533,12 +569,22 @@ fn ask_denials(keys: &mut FlowKeys, pkt: &Packet, epoch: u32) -> u64 {
         .tuple
         .set_tail(sport, keys.forward.dport, proto, [class, 0, 0]);
     keys.deny.set_scope(epoch, pkt.ifindex);
-    // This CPU's memo first: a flood repeating a denied tuple stops at an array slot.
-    let memo = DENIAL_MEMO.get_ptr_mut(keys.deny.memo_index());
+    // This CPU's memo first: a flood repeating a denied tuple stops at an array slot, and
+    // where the denial is a drop, is counted there.
+    let memo = RECENT_DENIALS.get_ptr_mut(keys.deny.memo_index());
     if let Some(m) = memo {
         // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
-        let m = unsafe { &*m };
+        let m = unsafe { &mut *m };
         if flow_memo::same_words(&m.key, &keys.deny) {
+            if count && m.denial.flags & DENIAL_DROP != 0 {
+                m.bytes += frame_len(pkt.ctx) as u64;
+                m.packets += 1;
+                // SAFETY: reading the counter has no preconditions.
+                let tick = unsafe { bpf_jiffies64() };
+                let quiet = m.offered_tick == tick;
+                m.offered_tick = tick;
+                return answer(&m.denial) | COUNTED_DROP | (quiet as u64) << 34;
+            }
             return answer(&m.denial);
         }
     }
@@ -560,12 +606,17 @@ fn answer(d: &Denial) -> u64 {
 }
 
 /// Writes `denial` of `key` into a memo entry (field by field: a struct assignment between two
-/// map values is a `memmove`, see `firewall_common::mem`).
+/// map values is a `memmove`, see `firewall_common::mem`), after moving the drops it counted for
+/// the denial it held into the counter maps.
 #[inline(always)]
 fn note(m: &mut DenialMemo, key: &DenyKey, denial: &Denial) {
+    if m.packets != 0 {
+        stats::settle_drops(m);
+    }
     key.tuple.copy_into(&mut m.key.tuple);
     m.key.set_scope(key.epoch, key.ifindex);
     m.denial = *denial;
+    m.offered_tick = 0;
 }
 
 /// The decision a `cached_denial` answer stands for; `None` for none remembered, or an entry
@@ -576,11 +627,20 @@ fn cached(hit: u64) -> Option<Result<Outcome, Reason>> {
         return None;
     }
     let reason = Reason::from_u8((hit >> 8) as u8)?;
+    let mut out = Outcome::deny((hit >> 16) as u16, reason);
+    if hit & COUNTED_DROP != 0 {
+        out.counted = if hit & QUIET != 0 {
+            Counted::Quiet
+        } else {
+            Counted::Yes
+        };
+        return Some(Ok(out));
+    }
     stats::path_event(PATH_DENIAL_CACHED);
     if hit as u8 & DENIAL_NO_RESET != 0 {
         return Some(Err(reason));
     }
-    Some(Ok(Outcome::deny((hit >> 16) as u16, reason)))
+    Some(Ok(out))
 }
 
 /// A packet that belongs to no tracked flow and no remembered denial (`cached_denial` was
@@ -609,7 +669,14 @@ fn admit(
         && out.reason != Reason::FlowTableFull
         && out.reason != Reason::FlowQuota
     {
-        remember(keys, out.conduit, out.reason, 0);
+        // Whether the denial will be a drop, as the verdict will find (the conduit's settings
+        // are the epoch's): the memo counts only those.
+        let resettable = verdict::resettable(pkt.ip.proto, pkt.l4.tcp_flags);
+        let flags = match verdict::apply(slot, out.conduit, resettable) {
+            (Action::Drop, _) => DENIAL_DROP,
+            _ => 0,
+        };
+        remember(keys, out.conduit, out.reason, flags);
     }
     Ok(out)
 }
@@ -626,7 +693,7 @@ fn remember(keys: &FlowKeys, conduit: u16, reason: Reason, flags: u8) {
     };
     if DENIALS.insert(&keys.deny, &denial, 0).is_ok() {
         stats::path_event(PATH_DENIAL_STORED);
-        if let Some(m) = DENIAL_MEMO.get_ptr_mut(keys.deny.memo_index()) {
+        if let Some(m) = RECENT_DENIALS.get_ptr_mut(keys.deny.memo_index()) {
             // SAFETY: a per-CPU value, only touched by this CPU while the program runs.
             note(unsafe { &mut *m }, &keys.deny, &denial);
         }

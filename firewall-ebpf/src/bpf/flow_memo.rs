@@ -143,9 +143,7 @@ pub fn recalled(answer: u64) -> Option<Recalled> {
 #[inline(always)]
 fn settle(m: &mut FlowMemo) {
     if m.packets != 0 {
-        stats::settle_passes(m.epoch, m.conduit, m.packets, m.bytes);
-        m.packets = 0;
-        m.bytes = 0;
+        stats::settle_passes(m);
     }
 }
 

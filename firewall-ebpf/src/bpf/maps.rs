@@ -106,9 +106,11 @@ pub static DENIALS: LruHashMap<DenyKey, Denial> = LruHashMap::with_max_entries(M
 #[map]
 pub static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
-/// Each CPU's memo of recent denials, asked before `DENIALS` (`DenialMemo`).
+/// Each CPU's memo of recent denials, asked before `DENIALS`, with the drops it has not counted
+/// yet (`DenialMemo`). (Named apart from the earlier `DENIAL_MEMO`, whose entries held no
+/// counts: an upgrade takes over without mixing the two.)
 #[map]
-pub static DENIAL_MEMO: PerCpuArray<DenialMemo> =
+pub static RECENT_DENIALS: PerCpuArray<DenialMemo> =
     PerCpuArray::with_max_entries(DENIAL_MEMO_SLOTS, 0);
 
 /// Each CPU's memo of the flows it passed packets of in the current clock tick, with the

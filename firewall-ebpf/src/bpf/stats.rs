@@ -11,9 +11,10 @@ use firewall_common::{
     conduit::{conduit_index, ConduitInfo},
     config::ACTIVE_INDEX,
     counters::{
-        conduit_stats_index, memo_index, reason_index, CountMemo, Trace, PATH_FLOW_HIT,
-        VERDICT_PASS,
+        conduit_stats_index, memo_index, reason_index, CountMemo, Trace, PATH_DENIAL_CACHED,
+        PATH_FLOW_HIT, VERDICT_DROP, VERDICT_PASS,
     },
+    flow::{DenialMemo, FlowMemo},
     modbus::InspectContext,
     reason::Reason,
     slot_of,
@@ -21,6 +22,7 @@ use firewall_common::{
 
 use super::{
     events,
+    flow::Counted,
     maps::{ACTIVE, CONDUITS, CONDUIT_STATS, CONFIG, FLOW_STATS, PATH_STATS, REASON_STATS, TRACE},
     packet::frame_len,
     verdict::Decision,
@@ -63,21 +65,25 @@ pub fn inspected(ic: &InspectContext) -> (ConduitInfo, Accounted) {
     (info, acc)
 }
 
+/// Accounts the main program's decision: counts it (unless a memo already has) and reports a
+/// denial.
 #[inline(always)]
 pub fn account(ctx: &XdpContext, d: &Decision) {
-    record(
-        ctx,
-        &Accounted {
-            reason: d.reason as u8,
-            verdict: d.verdict,
-            conduit: d.conduit,
-            slot: d.slot,
-            epoch: d.epoch,
-            trace: d.trace,
-            adus: 0,
-            records: 0,
-        },
-    );
+    if d.counted == Counted::No {
+        record(
+            ctx,
+            &Accounted {
+                reason: d.reason as u8,
+                verdict: d.verdict,
+                conduit: d.conduit,
+                slot: d.slot,
+                epoch: d.epoch,
+                trace: d.trace,
+                adus: 0,
+                records: 0,
+            },
+        );
+    }
     // Packets the inspectors deny are reported by their own events, with the request. Marked
     // unlikely: the event's code (the bucket, the clock's reading) is inlined into the main
     // program, and laid out as a hot path it cost a tracked segment 2-3 ns in registers.
@@ -124,33 +130,83 @@ pub fn flow_event(index: u32) {
     }
 }
 
-/// Adds the passes a flow memo slot counted (`flow_memo`) for `conduit`, decided under
-/// `decided`: what `record` and `path_event(PATH_FLOW_HIT)` would have counted for each. The
-/// conduit's counters get them only while its slot still holds the generation `decided`
+/// Moves the passes a flow memo slot counted (`flow_memo`) into the counter maps: what
+/// `record` and `path_event(PATH_FLOW_HIT)` would have counted for each.
+#[inline(never)]
+pub fn settle_passes(m: &mut FlowMemo) {
+    let reason = reason_index(Reason::None as u8, VERDICT_PASS);
+    let (decided, conduit) = (m.epoch, m.conduit);
+    settle(
+        PATH_FLOW_HIT,
+        reason,
+        VERDICT_PASS,
+        decided,
+        conduit,
+        &mut m.packets,
+        &mut m.bytes,
+    );
+}
+
+/// Moves the drops a slot of the memo of recent denials counted (`flow::ask_denials`) into
+/// the counter maps: what `record` and `path_event(PATH_DENIAL_CACHED)` would have counted for
+/// each.
+#[inline(never)]
+pub fn settle_drops(m: &mut DenialMemo) {
+    let reason = reason_index(m.denial.reason, VERDICT_DROP);
+    let (decided, conduit) = (m.key.epoch, m.denial.conduit);
+    settle(
+        PATH_DENIAL_CACHED,
+        reason,
+        VERDICT_DROP,
+        decided,
+        conduit,
+        &mut m.packets,
+        &mut m.bytes,
+    );
+}
+
+/// Adds a memo slot's `packets` to path counter `path` and reason counter `reason` (an index),
+/// and its traffic to `conduit`'s counters of `verdict` in the generation `decided`, and clears
+/// them. The conduit's counters get them only while its slot still holds that generation
 /// (`Config::epoch`): the controller marks a slot it is about to rewrite (epoch 0) before it
 /// resets the slot's counters for the next generation, which must not receive an older one's
 /// counts.
-#[inline(never)]
-pub fn settle_passes(decided: u32, conduit: u16, packets: u64, bytes: u64) {
-    if let Some(n) = PATH_STATS.get_ptr_mut(PATH_FLOW_HIT) {
-        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
-        unsafe { *n += packets };
+///
+/// The counts are read where they are added (volatile reads) rather than kept across the map
+/// lookups: the callers are deep in the main program's calls, and a value kept would be spilled
+/// to a stack that has no room to spare (the verifier's 512 bytes over all frames).
+#[inline(always)]
+fn settle(
+    path: u32,
+    reason: u32,
+    verdict: u32,
+    decided: u32,
+    conduit: u16,
+    packets: &mut u64,
+    bytes: &mut u64,
+) {
+    // SAFETY (all below): per-CPU slots, only touched by this CPU while the program runs; the
+    // counts are fields of a live map value.
+    if let Some(n) = PATH_STATS.get_ptr_mut(path) {
+        unsafe { *n += core::ptr::read_volatile(packets) };
     }
-    if let Some(n) = REASON_STATS.get_ptr_mut(reason_index(Reason::None as u8, VERDICT_PASS)) {
-        // SAFETY: as above.
-        unsafe { *n += packets };
+    if let Some(n) = REASON_STATS.get_ptr_mut(reason) {
+        unsafe { *n += core::ptr::read_volatile(packets) };
     }
     let slot = slot_of(decided);
-    if !CONFIG.get(slot).is_some_and(|c| c.epoch == decided) {
-        return;
-    }
-    let index = conduit_stats_index(slot, conduit, VERDICT_PASS);
-    if let Some(t) = CONDUIT_STATS.get_ptr_mut(index) {
-        // SAFETY: as above.
-        unsafe {
-            (*t).packets += packets;
-            (*t).bytes += bytes;
+    if CONFIG.get(slot).is_some_and(|c| c.epoch == decided) {
+        let index = conduit_stats_index(slot, conduit, verdict);
+        if let Some(t) = CONDUIT_STATS.get_ptr_mut(index) {
+            unsafe {
+                (*t).packets += core::ptr::read_volatile(packets);
+                (*t).bytes += core::ptr::read_volatile(bytes);
+            }
         }
+    }
+    // One store each: zeroing both at once becomes a `memset` call.
+    unsafe {
+        core::ptr::write_volatile(packets, 0);
+        core::ptr::write_volatile(bytes, 0);
     }
 }
 

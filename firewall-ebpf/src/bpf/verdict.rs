@@ -16,7 +16,7 @@ use firewall_common::{
 
 use super::{
     eth::{Eth, ETH_P_IP, ETH_P_IPV6},
-    flow::{self, Outcome, Packet},
+    flow::{self, Counted, Outcome, Packet},
     ip::Ip,
     l4::{IPPROTO_ICMPV6, IPPROTO_TCP, L4, TCP_RST},
     maps::{ACTIVE, CONDUITS, CONFIG, FLOW_KEYS, INSPECT_CTX},
@@ -41,8 +41,8 @@ pub struct Decision {
     /// A pass handed to this inspector (`INSPECT_*`), whose context is in `INSPECT_CTX`; the
     /// inspector makes and accounts the final decision.
     pub inspect: u8,
-    /// A pass already counted (by the flow memo): not to be accounted again.
-    pub counted: bool,
+    /// Already counted by a memo: not to be counted again.
+    pub counted: Counted,
 }
 
 /// What the policy says before modes are applied.
@@ -70,7 +70,7 @@ pub fn decide(ctx: &XdpContext) -> Decision {
                 // Tracing can be switched on before the first policy (replay, tests).
                 trace: slot_cfg.is_some_and(|c| c.flags & FLAG_TRACE != 0),
                 inspect: INSPECT_NONE,
-                counted: false,
+                counted: Counted::No,
             };
         }
     };
@@ -109,16 +109,12 @@ pub fn decide(ctx: &XdpContext) -> Decision {
             counted,
         };
     }
-    let info = CONDUITS
-        .get(conduit_index(slot, conduit))
-        .copied()
-        .unwrap_or_default();
-    let (action, verdict) = if info.mode == MODE_MONITOR {
-        (Action::Pass, VERDICT_MONITOR)
-    } else if info.on_deny == ON_DENY_RESET && judgement.resettable {
-        (Action::Reset, VERDICT_RESET)
-    } else {
+    // A drop the memo of recent denials counted was settled as one when it was remembered
+    // (`DENIAL_DROP`): the conduit's settings are not read again.
+    let (action, verdict) = if counted != Counted::No {
         (Action::Drop, VERDICT_DROP)
+    } else {
+        apply(slot, conduit, judgement.resettable)
     };
     Decision {
         action,
@@ -129,8 +125,32 @@ pub fn decide(ctx: &XdpContext) -> Decision {
         epoch,
         trace,
         inspect: INSPECT_NONE,
-        counted: false,
+        counted,
     }
+}
+
+/// What a denial by `conduit` of the generation in `slot` becomes under the conduit's mode and
+/// `on_deny`: a pass in monitor mode, a reset where the conduit asks for one and the packet may
+/// be answered with one (`resettable`), otherwise a drop.
+#[inline(always)]
+pub fn apply(slot: u32, conduit: u16, resettable: bool) -> (Action, u32) {
+    let info = CONDUITS
+        .get(conduit_index(slot, conduit))
+        .copied()
+        .unwrap_or_default();
+    if info.mode == MODE_MONITOR {
+        (Action::Pass, VERDICT_MONITOR)
+    } else if info.on_deny == ON_DENY_RESET && resettable {
+        (Action::Reset, VERDICT_RESET)
+    } else {
+        (Action::Drop, VERDICT_DROP)
+    }
+}
+
+/// Whether a TCP segment may be answered with a reset (it is not one itself).
+#[inline(always)]
+pub fn resettable(proto: u8, tcp_flags: u8) -> bool {
+    proto == IPPROTO_TCP && tcp_flags & TCP_RST == 0
 }
 
 /// The decision when the inspector a pass was handed to could not run: fail closed.
@@ -140,7 +160,7 @@ pub fn inspector_missing(d: &mut Decision) {
     d.verdict = VERDICT_DROP;
     d.reason = Reason::InspectorMissing;
     d.inspect = INSPECT_NONE;
-    d.counted = false;
+    d.counted = Counted::No;
 }
 
 #[inline(always)]
@@ -188,10 +208,9 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
             outcome.reason = Reason::InspectorMissing;
         }
     }
-    let resettable = ip.proto == IPPROTO_TCP && l4.tcp_flags & TCP_RST == 0;
     Ok(Judgement {
         outcome,
-        resettable,
+        resettable: resettable(ip.proto, l4.tcp_flags),
     })
 }
 

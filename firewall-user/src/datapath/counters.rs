@@ -7,10 +7,11 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use firewall_common::{
     counters::{
         conduit_stats_index, reason_index, CountMemo, Traffic, COUNT_MEMO_SLOTS, FLOW_STATS_LEN,
-        PATH_FLOW_HIT, PATH_STATS_LEN, VERDICT_COUNT, VERDICT_PASS,
+        PATH_DENIAL_CACHED, PATH_FLOW_HIT, PATH_STATS_LEN, VERDICT_COUNT, VERDICT_DROP,
+        VERDICT_PASS,
     },
     event::EVENT_STATS_LEN,
-    flow::{FlowKey, FlowMemo, FlowState, FLOW_MEMO_SLOTS},
+    flow::{DenialMemo, FlowKey, FlowMemo, FlowState, DENIAL_MEMO_SLOTS, FLOW_MEMO_SLOTS},
     observed::{LEARN_COPIED, LEARN_RING_FULL, OBSERVED_STATS_LEN},
     reason::{Reason, REASON_COUNT},
     slot_of,
@@ -54,34 +55,71 @@ fn stats_of(
     Ok(out)
 }
 
-/// Passes the flow memos hold back from the counters (`FlowMemo::packets`), summed over CPUs.
-#[derive(Debug, Default)]
-pub(crate) struct HeldBack {
-    /// All of them (each a `flow_hit` and a pass with no reason).
-    pub packets: u64,
-    /// By the epoch they were decided under and their conduit.
-    pub by_conduit: std::collections::HashMap<(u32, u16), Traffic>,
+/// The per-CPU memos that count packets before the counter maps do: the flow memo
+/// (`BUSY_FLOWS`, passes) and the memo of recent denials (`RECENT_DENIALS`, drops). Either is
+/// `None` for a datapath of a version whose memo holds no counts (it counts every packet at
+/// once).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Memos<'a> {
+    pub flows: Option<&'a PerCpuArray<MapData, FlowMemo>>,
+    pub denials: Option<&'a PerCpuArray<MapData, DenialMemo>>,
 }
 
-/// What the flow memos `memos` hold back; nothing without them (a datapath of an earlier
-/// version, which counts every pass at once). Read after the counter maps: a count the
-/// datapath moves from a memo to its map meanwhile is missed for this once, never counted
-/// twice (the counters only ever rise; the metrics never report one falling).
-pub(crate) fn held_back(memos: Option<&PerCpuArray<MapData, FlowMemo>>) -> Result<HeldBack> {
+/// What the memos hold back from the counters, summed over CPUs.
+#[derive(Debug, Default)]
+pub(crate) struct HeldBack {
+    /// Passes (each a `flow_hit` and a pass with no reason; `FlowMemo::packets`).
+    pub passes: u64,
+    /// Drops by reason (each also a `denial_cached`; `DenialMemo::packets`).
+    pub drops: std::collections::BTreeMap<u8, u64>,
+    /// By the epoch they were decided under, their conduit and verdict.
+    pub by_conduit: std::collections::HashMap<(u32, u16, u32), Traffic>,
+}
+
+impl HeldBack {
+    fn add(&mut self, epoch: u32, conduit: u16, verdict: u32, packets: u64, bytes: u64) {
+        let t = self
+            .by_conduit
+            .entry((epoch, conduit, verdict))
+            .or_default();
+        t.packets += packets;
+        t.bytes += bytes;
+    }
+}
+
+/// What the memos hold back. Read after the counter maps: a count the datapath moves from a
+/// memo to its map meanwhile is missed for this once, never counted twice (the counters only
+/// ever rise; the metrics never report one falling).
+pub(crate) fn held_back(memos: Memos) -> Result<HeldBack> {
     let mut out = HeldBack::default();
-    let Some(memos) = memos else {
-        return Ok(out);
-    };
-    for index in 0..FLOW_MEMO_SLOTS {
-        let per_cpu = memos.get(&index, 0).context("reading BUSY_FLOWS")?;
-        for memo in per_cpu.iter().filter(|m| m.packets != 0) {
-            out.packets += memo.packets;
-            let t = out
-                .by_conduit
-                .entry((memo.epoch, memo.conduit))
-                .or_default();
-            t.packets += memo.packets;
-            t.bytes += memo.bytes;
+    if let Some(flows) = memos.flows {
+        for index in 0..FLOW_MEMO_SLOTS {
+            let per_cpu = flows.get(&index, 0).context("reading BUSY_FLOWS")?;
+            for memo in per_cpu.iter().filter(|m| m.packets != 0) {
+                out.passes += memo.packets;
+                out.add(
+                    memo.epoch,
+                    memo.conduit,
+                    VERDICT_PASS,
+                    memo.packets,
+                    memo.bytes,
+                );
+            }
+        }
+    }
+    if let Some(denials) = memos.denials {
+        for index in 0..DENIAL_MEMO_SLOTS {
+            let per_cpu = denials.get(&index, 0).context("reading RECENT_DENIALS")?;
+            for memo in per_cpu.iter().filter(|m| m.packets != 0) {
+                *out.drops.entry(memo.denial.reason).or_default() += memo.packets;
+                out.add(
+                    memo.key.epoch,
+                    memo.denial.conduit,
+                    VERDICT_DROP,
+                    memo.packets,
+                    memo.bytes,
+                );
+            }
         }
     }
     Ok(out)
@@ -90,7 +128,7 @@ pub(crate) fn held_back(memos: Option<&PerCpuArray<MapData, FlowMemo>>) -> Resul
 pub(crate) fn read_counters(
     reason_stats: &PerCpuArray<MapData, u64>,
     flow_stats: &PerCpuArray<MapData, u64>,
-    memos: Option<&PerCpuArray<MapData, FlowMemo>>,
+    memos: Memos,
 ) -> Result<Counters> {
     let mut reasons = vec![[0u64; VERDICT_COUNT as usize]; REASON_COUNT as usize];
     for (reason, row) in reasons.iter_mut().enumerate() {
@@ -99,7 +137,13 @@ pub(crate) fn read_counters(
             *cell = sum(reason_stats, index, "REASON_STATS")?;
         }
     }
-    reasons[Reason::None as usize][VERDICT_PASS as usize] += held_back(memos)?.packets;
+    let held = held_back(memos)?;
+    reasons[Reason::None as usize][VERDICT_PASS as usize] += held.passes;
+    for (reason, drops) in held.drops {
+        if let Some(row) = reasons.get_mut(reason as usize) {
+            row[VERDICT_DROP as usize] += drops;
+        }
+    }
     let mut flows = [0u64; FLOW_STATS_LEN as usize];
     for (i, cell) in flows.iter_mut().enumerate() {
         *cell = sum(flow_stats, i as u32, "FLOW_STATS")?;
@@ -111,7 +155,7 @@ pub(crate) fn read_counters(
 /// conduits `names` (indexed by id).
 pub(crate) fn read_conduit_traffic(
     conduit_stats: &PerCpuArray<MapData, Traffic>,
-    memos: Option<&PerCpuArray<MapData, FlowMemo>>,
+    memos: Memos,
     epoch: u32,
     names: &[String],
 ) -> Result<Vec<ConduitTraffic>> {
@@ -133,9 +177,9 @@ pub(crate) fn read_conduit_traffic(
             by_verdict,
         });
     }
-    for ((decided, conduit), t) in held_back(memos)?.by_conduit {
-        if let Some(line) = out.get_mut(conduit as usize).filter(|_| decided == epoch) {
-            let cell = &mut line.by_verdict[VERDICT_PASS as usize];
+    for ((decided, conduit, verdict), t) in held_back(memos)?.by_conduit {
+        let line = out.get_mut(conduit as usize).filter(|_| decided == epoch);
+        if let Some(cell) = line.and_then(|l| l.by_verdict.get_mut(verdict as usize)) {
             cell.packets += t.packets;
             cell.bytes += t.bytes;
         }
@@ -163,7 +207,7 @@ impl Datapath {
         read_counters(
             &self.maps.reason_stats,
             &self.maps.flow_stats,
-            Some(&self.maps.busy_flows),
+            self.maps.memos(),
         )
     }
 
@@ -182,7 +226,7 @@ impl Datapath {
     ) -> Result<Vec<ConduitTraffic>> {
         read_conduit_traffic(
             &self.maps.conduit_stats,
-            Some(&self.maps.busy_flows),
+            self.maps.memos(),
             generation.epoch,
             &generation.names.conduits,
         )
@@ -211,14 +255,22 @@ impl Datapath {
         for (i, cell) in out.iter_mut().enumerate() {
             *cell = sum(&self.maps.path_stats, i as u32, "PATH_STATS")?;
         }
-        out[PATH_FLOW_HIT as usize] += held_back(Some(&self.maps.busy_flows))?.packets;
+        let held = held_back(self.maps.memos())?;
+        out[PATH_FLOW_HIT as usize] += held.passes;
+        out[PATH_DENIAL_CACHED as usize] += held.drops.values().sum::<u64>();
         Ok(out)
     }
 
     /// Passes the CPUs' flow memos have counted and not yet added to the counter maps (which
     /// every reader here adds; for tests).
     pub fn held_back_passes(&self) -> Result<u64> {
-        Ok(held_back(Some(&self.maps.busy_flows))?.packets)
+        Ok(held_back(self.maps.memos())?.passes)
+    }
+
+    /// Drops the CPUs' memos of recent denials have counted and not yet added to the counter
+    /// maps (as `held_back_passes`).
+    pub fn held_back_drops(&self) -> Result<u64> {
+        Ok(held_back(self.maps.memos())?.drops.values().sum())
     }
 
     /// Entries in the decision cache (walks the keys; for tests and status).

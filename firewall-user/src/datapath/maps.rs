@@ -36,7 +36,9 @@ pub struct Maps {
     pub zone_flows: HashMap<MapData, u32, ZoneFlows>,
     pub zone_swept: HashMap<MapData, u32, u64>,
     pub denials: HashMap<MapData, DenyKey, Denial>,
-    pub denial_memo: PerCpuArray<MapData, DenialMemo>,
+    /// The memo of recent denials, with drops held back from the counters
+    /// (`DenialMemo::packets`): read after them.
+    pub recent_denials: PerCpuArray<MapData, DenialMemo>,
     /// The flow memo, with passes held back from the counters (`FlowMemo::packets`): read
     /// after them.
     pub busy_flows: PerCpuArray<MapData, FlowMemo>,
@@ -120,7 +122,7 @@ impl Maps {
             zone_flows: typed!(ebpf, "ZONE_FLOWS"),
             zone_swept: typed!(ebpf, "ZONE_SWEPT"),
             denials: typed!(ebpf, "DENIALS"),
-            denial_memo: typed!(ebpf, "DENIAL_MEMO"),
+            recent_denials: typed!(ebpf, "RECENT_DENIALS"),
             busy_flows: typed!(ebpf, "BUSY_FLOWS"),
             flow_generation: typed!(ebpf, "FLOW_GENERATION"),
             path_stats: typed!(ebpf, "PATH_STATS"),
@@ -161,6 +163,14 @@ impl Maps {
             enip_trace: typed!(ebpf, "ENIP_TRACE"),
             enip_events: Some(typed!(ebpf, "ENIP_EVENTS")),
         })
+    }
+
+    /// The memos holding counts back from the counter maps.
+    pub(crate) fn memos(&self) -> super::counters::Memos<'_> {
+        super::counters::Memos {
+            flows: Some(&self.busy_flows),
+            denials: Some(&self.recent_denials),
+        }
     }
 
     pub fn active_epoch(&self) -> Result<u32> {

@@ -29,11 +29,12 @@ use firewall_common::{
     config::ACTIVE_INDEX,
     counters::Traffic,
     event::EVENT_STATS_LEN,
-    flow::{FlowKey, FlowMemo, FlowState},
+    flow::{DenialMemo, FlowKey, FlowMemo, FlowState},
 };
 
 use super::counters::{
     count_flows, read_conduit_traffic, read_counters, read_event_stats, ConduitTraffic, Counters,
+    Memos,
 };
 
 /// Where bpffs is mounted.
@@ -449,6 +450,20 @@ pub struct PinnedMaps {
     event_stats: PerCpuArray<MapData, u64>,
     /// `None` for an instance of a version whose flow memo holds no counts.
     busy_flows: Option<PerCpuArray<MapData, FlowMemo>>,
+    /// `None` for an instance of a version whose memo of recent denials holds no counts.
+    recent_denials: Option<PerCpuArray<MapData, DenialMemo>>,
+}
+
+/// The pinned map `name`, or `None` where the instance's version has no such map.
+fn open_if_pinned<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>> {
+    if maps_dir(dir).join(name).exists() {
+        open(dir, name).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
@@ -468,12 +483,16 @@ impl PinnedMaps {
             flow_stats: open(dir, "FLOW_STATS")?,
             flows: open(dir, "FLOWS")?,
             event_stats: open(dir, "EVENT_STATS")?,
-            busy_flows: if maps_dir(dir).join("BUSY_FLOWS").exists() {
-                Some(open(dir, "BUSY_FLOWS")?)
-            } else {
-                None
-            },
+            busy_flows: open_if_pinned(dir, "BUSY_FLOWS")?,
+            recent_denials: open_if_pinned(dir, "RECENT_DENIALS")?,
         })
+    }
+
+    fn memos(&self) -> Memos<'_> {
+        Memos {
+            flows: self.busy_flows.as_ref(),
+            denials: self.recent_denials.as_ref(),
+        }
     }
 
     pub fn active_epoch(&self) -> Result<u32> {
@@ -483,16 +502,12 @@ impl PinnedMaps {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        read_counters(
-            &self.reason_stats,
-            &self.flow_stats,
-            self.busy_flows.as_ref(),
-        )
+        read_counters(&self.reason_stats, &self.flow_stats, self.memos())
     }
 
     /// Traffic by conduit of the generation `epoch`.
     pub fn conduit_traffic(&self, epoch: u32, names: &[String]) -> Result<Vec<ConduitTraffic>> {
-        read_conduit_traffic(&self.conduit_stats, self.busy_flows.as_ref(), epoch, names)
+        read_conduit_traffic(&self.conduit_stats, self.memos(), epoch, names)
     }
 
     pub fn event_stats(&self) -> Result<[u64; EVENT_STATS_LEN as usize]> {

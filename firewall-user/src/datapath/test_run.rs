@@ -5,16 +5,19 @@ use anyhow::{Context as _, Result};
 use std::time::Duration;
 
 use aya::{
-    maps::PerCpuValues,
+    maps::{MapData, PerCpuArray, PerCpuValues},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use firewall_common::{
     config::FLAG_TRACE,
-    counters::{Trace, VERDICT_NAMES},
+    counters::{
+        conduit_stats_index, reason_index, Trace, PATH_DENIAL_CACHED, VERDICT_DROP, VERDICT_NAMES,
+    },
     enip::{EnipTrace, REC_CIP, REC_COMMAND, REC_IO, REC_SYMBOLIC},
     flow::{DenialMemo, FlowKey, DENIAL_MEMO_SLOTS},
     modbus::{AduTrace, ADU_REQUEST, KIND_NAMES},
     reason::Reason,
+    slot_of,
 };
 use serde::Serialize;
 
@@ -310,21 +313,69 @@ impl Datapath {
         clear(&mut self.maps.enip_conns);
         clear(&mut self.maps.denials);
         // And each CPU's memo of them, or a replayed denial would be answered from it.
+        self.clear_recent_denials()
+    }
+
+    /// Empties each CPU's memo of recent denials, moving the drops it holds back into the
+    /// counter maps as the datapath does when it takes a slot: the counters stay true. Only
+    /// while nothing runs the program but test runs from this thread (the datapath's own
+    /// additions would race with these).
+    fn clear_recent_denials(&mut self) -> Result<()> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting CPUs")?;
-        for slot in 0..DENIAL_MEMO_SLOTS {
+        for index in 0..DENIAL_MEMO_SLOTS {
+            let held = self
+                .maps
+                .recent_denials
+                .get(&index, 0)
+                .context("reading RECENT_DENIALS")?;
+            for m in held.iter().filter(|m| m.packets != 0) {
+                let packets = m.packets;
+                add_to(&mut self.maps.path_stats, PATH_DENIAL_CACHED, |n| {
+                    *n += packets
+                })?;
+                let reason = reason_index(m.denial.reason, VERDICT_DROP);
+                add_to(&mut self.maps.reason_stats, reason, |n| *n += packets)?;
+                // The conduit's counters only while its generation still holds its slot.
+                let slot = slot_of(m.key.epoch);
+                if self.slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|g| g.epoch == m.key.epoch)
+                {
+                    let index = conduit_stats_index(slot, m.denial.conduit, VERDICT_DROP);
+                    add_to(&mut self.maps.conduit_stats, index, |t| {
+                        t.packets += packets;
+                        t.bytes += m.bytes;
+                    })?;
+                }
+            }
             self.maps
-                .denial_memo
+                .recent_denials
                 .set(
-                    slot,
+                    index,
                     PerCpuValues::try_from(vec![DenialMemo::default(); cpus])?,
                     0,
                 )
-                .context("clearing DENIAL_MEMO")?;
+                .context("clearing RECENT_DENIALS")?;
         }
         Ok(())
     }
+}
+
+/// Changes the first CPU's value of entry `index` of a per-CPU array with `change` (the readers
+/// sum over CPUs).
+fn add_to<T: aya::Pod>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+    change: impl FnOnce(&mut T),
+) -> Result<()> {
+    let mut values: Vec<T> = map.get(&index, 0).context("reading a counter")?.to_vec();
+    if let Some(first) = values.first_mut() {
+        change(first);
+    }
+    map.set(index, PerCpuValues::try_from(values)?, 0)
+        .context("writing a counter")
 }
 
 fn clear<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>) {
