@@ -8,8 +8,8 @@ use super::packet::be16;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
 

@@ -14,13 +14,14 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use firewall_common::{
     conduit::FORWARD_SLOT,
     counters::{PATH_BRIDGE_LEARNS, PATH_FDB_MOVED, PATH_REDIRECTED},
-    fastpath::{mac_word, ForwardMemo, FDB_LOCAL, GENERATION_CONTROLLER, GENERATION_DATAPATH},
+    fastpath::{ForwardMemo, FDB_LOCAL, GENERATION_CONTROLLER, GENERATION_DATAPATH},
 };
 
 use super::{
     clock,
+    eth::{ETH_P_8021AD, ETH_P_8021Q},
     maps::{FAST_PATH, FAST_TX, FDB, FDB_GENERATION, FLOW_KEYS, FORWARD_MEMO, INSPECTORS},
-    packet::{frame_len, load},
+    packet::{frame_len, load_word, ptr_at},
     stats,
 };
 
@@ -55,20 +56,25 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     if clock::coarse_ns() > valid_until {
         return None;
     }
-    let macs: [u8; 14] = load(ctx, 0, firewall_common::reason::Reason::EthTruncated).ok()?;
+    // The Ethernet header as two unaligned word loads, bytes 0..8 and 6..14 (read as bytes, it
+    // was fourteen byte loads and the shifts putting the addresses together): the low six
+    // bytes of each are an address as `mac_word` makes it (native order, little-endian BPF),
+    // the top two of the second the ethertype.
+    let h = ptr_at::<[u8; 14]>(ctx, 0).ok()? as *const u8;
+    // SAFETY: the fourteen bytes at `h` lie inside the frame.
+    let (first, second) = unsafe { (load_word(h), load_word(h.add(6))) };
+    const ADDRESS: u64 = 0xffff_ffff_ffff;
+    let (dst, src) = (first & ADDRESS, second & ADDRESS);
     // Group addresses (broadcast, multicast, STP, LLDP) are the bridge's to flood or consume.
-    if macs[0] & 1 != 0 {
+    if dst & 1 != 0 {
         return None;
     }
     // VLAN-tagged frames stay on the bridge: where a driver strips the tag into metadata, a
     // redirect would not carry it.
-    if (macs[12] == 0x81 && macs[13] == 0x00) || (macs[12] == 0x88 && macs[13] == 0xa8) {
+    let ethertype = ((second >> 48) as u16).swap_bytes();
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         return None;
     }
-    let (dst, src) = (
-        mac_word([macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]]),
-        mac_word([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]),
-    );
     // SAFETY: reading the ingress ifindex from the xdp_md context is always allowed.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // Read before the mirror is: a change made after this read gives a memo made from it a

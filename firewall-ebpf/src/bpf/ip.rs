@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::reason::Reason;
 
-use super::packet::{frame_len, load};
+use super::packet::{frame_len, load, load_half, load_word, ptr_at};
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -31,11 +31,15 @@ pub struct Ip {
     pub l4_len: usize,
 }
 
-/// The IPv4-mapped IPv6 address of `v4`. Built as one number: an array literal's run of zeros
-/// is a `memset`, which on BPF is an out-of-line byte loop (`firewall_common::mem`).
+/// The IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) whose last four bytes are the low four
+/// bytes of `v4` as loaded from the packet (native order: the datapath is little-endian BPF).
+/// Built as two words: an array literal's run of zeros is a `memset`, which on BPF is an
+/// out-of-line byte loop (`firewall_common::mem`).
 #[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    (0xffff_0000_0000u128 | u32::from_be_bytes(v4) as u128).to_be_bytes()
+fn mapped(v4: u64) -> [u8; 16] {
+    let high = (v4 & 0xffff_ffff) << 32 | 0xffff_0000;
+    // SAFETY: two u64 are sixteen bytes, any bit pattern of either is valid.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, high]) }
 }
 
 impl Ip {
@@ -46,17 +50,25 @@ impl Ip {
 
     #[inline(always)]
     pub fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Ip, Reason> {
-        // One load of the fixed header: separate small loads at one base let LLVM merge their
-        // bounds checks in ways the verifier cannot follow.
-        let h: [u8; 20] = load(ctx, l3, Reason::IpTruncated)?;
-        if h[0] >> 4 != 4 {
+        // One bounds check of the fixed header (separate small checks at one base let LLVM
+        // merge them in ways the verifier cannot follow), then three unaligned word loads
+        // (`packet::load_word`): read as bytes, the header was twenty byte loads and the
+        // shifts putting the fields and addresses back together.
+        let h = ptr_at::<[u8; 20]>(ctx, l3).map_err(|_| Reason::IpTruncated)? as *const u8;
+        // SAFETY: the twenty bytes at `h` lie inside the packet; the loads read bytes 0..8,
+        // 8..12 and 12..20.
+        let (head, ttl_proto, addrs) =
+            unsafe { (load_word(h), load_half(h.add(8)), load_word(h.add(12))) };
+        let version_ihl = head as u8;
+        if version_ihl >> 4 != 4 {
             return Err(Reason::IpBadVersion);
         }
-        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        let ihl = ((version_ihl & 0x0f) as usize) * 4;
         if ihl < 20 {
             return Err(Reason::IpBadIhl);
         }
-        let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+        // Bytes 2..4, big-endian.
+        let total = ((head >> 16) as u16).swap_bytes() as usize;
         if total < ihl {
             return Err(Reason::IpBadLength);
         }
@@ -65,16 +77,17 @@ impl Ip {
         }
         // A fragment other than the first has no ports to match, and reassembling is beyond a
         // line-rate bridge; the OT protocols we guard never need fragmentation. Refuse all.
-        let frag = u16::from_be_bytes([h[6], h[7]]);
+        // (Bytes 6..8, big-endian.)
+        let frag = ((head >> 48) as u16).swap_bytes();
         if frag & 0x3fff != 0 {
             return Err(Reason::Fragment);
         }
         Ok(Ip {
             v6: false,
-            src: mapped([h[12], h[13], h[14], h[15]]),
-            dst: mapped([h[16], h[17], h[18], h[19]]),
-            proto: h[9],
-            hop_limit: h[8],
+            src: mapped(addrs),
+            dst: mapped(addrs >> 32),
+            proto: (ttl_proto >> 8) as u8,
+            hop_limit: ttl_proto as u8,
             l4: l3 + ihl,
             l4_len: total - ihl,
         })

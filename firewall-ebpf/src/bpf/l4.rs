@@ -4,7 +4,10 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::reason::Reason;
 
-use super::{ip::Ip, packet::load};
+use super::{
+    ip::Ip,
+    packet::{load_word, ptr_at},
+};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -38,6 +41,15 @@ pub struct L4 {
     pub hop_limit: u8,
 }
 
+/// The eight-byte header (UDP, ICMP) at `at` as one unaligned word load (why: `Ip::parse_v4`);
+/// its big-endian fields are byte-swapped out of the little-endian word.
+#[inline(always)]
+fn header(ctx: &XdpContext, at: usize) -> Result<u64, Reason> {
+    let h = ptr_at::<[u8; 8]>(ctx, at).map_err(|_| Reason::L4Truncated)? as *const u8;
+    // SAFETY: the eight bytes at `h` lie inside the packet.
+    Ok(unsafe { load_word(h) })
+}
+
 impl L4 {
     #[inline(always)]
     pub fn parse(ctx: &XdpContext, ip: &Ip) -> Result<L4, Reason> {
@@ -47,12 +59,17 @@ impl L4 {
                 if ip.l4_len < 20 {
                     return Err(Reason::L4Truncated);
                 }
-                let hdr: [u8; 20] = load(ctx, at, Reason::L4Truncated)?;
-                let doff = ((hdr[12] >> 4) as usize) * 4;
+                // Bytes 0..8 (ports, sequence number) and 8..16 (acknowledgment number, data
+                // offset, flags) as two unaligned word loads, for the reason `Ip::parse_v4`
+                // gives; the bounds check covers the whole fixed header.
+                let h = ptr_at::<[u8; 20]>(ctx, at).map_err(|_| Reason::L4Truncated)? as *const u8;
+                // SAFETY: the twenty bytes at `h` lie inside the packet; the loads read 0..16.
+                let (ports_seq, ack_flags) = unsafe { (load_word(h), load_word(h.add(8))) };
+                let doff = (((ack_flags >> 32) as u8 >> 4) as usize) * 4;
                 if doff < 20 || doff > ip.l4_len {
                     return Err(Reason::TcpBadDataOffset);
                 }
-                let flags = hdr[13];
+                let flags = (ack_flags >> 40) as u8;
                 let syn = flags & TCP_SYN != 0;
                 // No stack sends these; scanners and evasion tools do. After the SYN every
                 // segment carries ACK (RFC 9293), so FIN/PSH/URG without ACK is a probe.
@@ -61,13 +78,14 @@ impl L4 {
                 {
                     return Err(Reason::TcpBadFlags);
                 }
+                // Big-endian fields of little-endian words.
                 Ok(L4 {
-                    sport: u16::from_be_bytes([hdr[0], hdr[1]]),
-                    dport: u16::from_be_bytes([hdr[2], hdr[3]]),
+                    sport: (ports_seq as u16).swap_bytes(),
+                    dport: ((ports_seq >> 16) as u16).swap_bytes(),
                     tcp_flags: flags,
                     icmp_type: 0,
-                    seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
-                    ack: u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
+                    seq: ((ports_seq >> 32) as u32).swap_bytes(),
+                    ack: (ack_flags as u32).swap_bytes(),
                     payload: at + doff,
                     payload_len: ip.l4_len - doff,
                     header_len: doff as u8,
@@ -78,14 +96,14 @@ impl L4 {
                 if ip.l4_len < 8 {
                     return Err(Reason::L4Truncated);
                 }
-                let hdr: [u8; 8] = load(ctx, at, Reason::L4Truncated)?;
-                let len = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+                let hdr = header(ctx, at)?;
+                let len = ((hdr >> 32) as u16).swap_bytes() as usize;
                 if len < 8 || len > ip.l4_len {
                     return Err(Reason::L4Truncated);
                 }
                 Ok(L4 {
-                    sport: u16::from_be_bytes([hdr[0], hdr[1]]),
-                    dport: u16::from_be_bytes([hdr[2], hdr[3]]),
+                    sport: (hdr as u16).swap_bytes(),
+                    dport: ((hdr >> 16) as u16).swap_bytes(),
                     tcp_flags: 0,
                     icmp_type: 0,
                     seq: 0,
@@ -100,12 +118,13 @@ impl L4 {
                 if ip.l4_len < 8 {
                     return Err(Reason::L4Truncated);
                 }
-                let hdr: [u8; 8] = load(ctx, at, Reason::L4Truncated)?;
+                let hdr = header(ctx, at)?;
+                let icmp_type = hdr as u8;
                 // Echo request and reply share the identifier: it stands in for both ports so
                 // that a reply's reversed flow key matches its request's.
-                let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+                let id = ((hdr >> 32) as u16).swap_bytes();
                 let echo = matches!(
-                    (ip.proto, hdr[0]),
+                    (ip.proto, icmp_type),
                     (IPPROTO_ICMP, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY)
                         | (IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY)
                 );
@@ -114,7 +133,7 @@ impl L4 {
                     sport: port,
                     dport: port,
                     tcp_flags: 0,
-                    icmp_type: hdr[0],
+                    icmp_type,
                     seq: 0,
                     ack: 0,
                     payload: at + 8,
