@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::reason::Reason;
 
-use super::packet::be16;
+use super::packet::{be16, load_word, ptr_at};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -23,7 +23,13 @@ pub struct Eth {
 impl Eth {
     #[inline(always)]
     pub fn parse(ctx: &XdpContext) -> Result<Eth, Reason> {
-        let mut ethertype = be16(ctx, 12, Reason::EthTruncated)?;
+        // The ethertype is the top two bytes of one unaligned word load of bytes 6..14 (as a
+        // two-byte array it was two byte loads and a shift; the first header every frame
+        // pays for).
+        let h = ptr_at::<[u8; ETH_HDR_LEN]>(ctx, 0).map_err(|_| Reason::EthTruncated)?;
+        // SAFETY: the fourteen bytes at `h` lie inside the frame; the load reads 6..14.
+        let word = unsafe { load_word((h as *const u8).add(6)) };
+        let mut ethertype = ((word >> 48) as u16).swap_bytes();
         let mut l3 = ETH_HDR_LEN;
         // Unrolled: the outer (S-)tag, then the inner (C-)tag.
         if is_vlan(ethertype) {
