@@ -98,9 +98,9 @@ fn sizes(ctx: &XdpContext, payload: u32, payload_len: u32) -> u64 {
 }
 
 /// The work of [`frame`], a global function: the verifier checks it once, not once for every
-/// path through the decision before it. `sizes`: see [`sizes`]. Its frame must stay within 32 bytes (with the main program's 472,
-/// rounded up to 480, the limit of 512): values are read again from `keys` and `sizes` rather
-/// than kept, and nothing is built on the stack.
+/// path through the decision before it. `sizes`: see [`sizes`]. Its frame must stay within 32
+/// bytes (with the main program's 480, the limit of 512): values are read again from `keys`
+/// and `sizes` rather than kept, and nothing is built on the stack.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
