@@ -59,7 +59,7 @@ fn stats_of(
 /// (`BUSY_FLOWS`, passes) and the memo of recent denials (`RECENT_DENIALS`, drops). Either is
 /// `None` for a datapath of a version whose memo holds no counts (it counts every packet at
 /// once).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(crate) struct Memos<'a> {
     pub flows: Option<&'a PerCpuArray<MapData, FlowMemo>>,
     pub denials: Option<&'a PerCpuArray<MapData, DenialMemo>>,

@@ -247,7 +247,11 @@ impl Datapath {
 
     /// The generation now in force, if any.
     pub fn active(&self) -> Option<&Generation> {
-        let epoch = self.maps.active_epoch().ok()?;
+        self.installed(self.maps.active_epoch().ok()?)
+    }
+
+    /// The generation `epoch`, while its slot still holds it.
+    pub(crate) fn installed(&self, epoch: u32) -> Option<&Generation> {
         self.slots[firewall_common::slot_of(epoch) as usize]
             .as_ref()
             .filter(|g| g.epoch == epoch)

@@ -338,11 +338,8 @@ impl Datapath {
                 let reason = reason_index(m.denial.reason, VERDICT_DROP);
                 add_to(&mut self.maps.reason_stats, reason, |n| *n += packets)?;
                 // The conduit's counters only while its generation still holds its slot.
-                let slot = slot_of(m.key.epoch);
-                if self.slots[slot as usize]
-                    .as_ref()
-                    .is_some_and(|g| g.epoch == m.key.epoch)
-                {
+                if self.installed(m.key.epoch).is_some() {
+                    let slot = slot_of(m.key.epoch);
                     let index = conduit_stats_index(slot, m.denial.conduit, VERDICT_DROP);
                     add_to(&mut self.maps.conduit_stats, index, |t| {
                         t.packets += packets;
