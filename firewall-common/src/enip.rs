@@ -450,8 +450,9 @@ pub const USE_SYMBOLIC: u32 = 1 << 24;
 pub const USE_PRESENT: u32 = 1 << 25;
 
 /// Key of map `ENIP_CONNS`: a connection id between a client and a server (addresses as in
-/// `FlowKey`). Both ids of a Forward_Open reply are recorded.
-#[repr(C)]
+/// `FlowKey`). Both ids of a Forward_Open reply are recorded. 8-aligned, as `FlowKey`, so that
+/// the datapath writes it in words (`new`); the alignment adds no padding (40 bytes either way).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EnipConnKey {
     pub client: [u8; 16],
@@ -459,6 +460,39 @@ pub struct EnipConnKey {
     pub id: u32,
     pub _pad: u32,
 }
+
+impl EnipConnKey {
+    /// The key of connection `id` between `flow`'s source (the client) and destination (the
+    /// server), as five 64-bit words: built field by field, the addresses were two calls of an
+    /// out-of-line byte-wise `memmove` (`crate::mem`), and the kernel's hash of the key, reading
+    /// words, waited on the byte stores.
+    #[inline(always)]
+    pub fn new(flow: &FlowKey, id: u32) -> EnipConnKey {
+        let (src, dst) = (
+            flow.src.as_ptr() as *const u64,
+            flow.dst.as_ptr() as *const u64,
+        );
+        let i = id.to_ne_bytes();
+        let tail = u64::from_ne_bytes([i[0], i[1], i[2], i[3], 0, 0, 0, 0]);
+        // SAFETY: `FlowKey` is 8-aligned with its addresses at offsets 0 and 16, so each
+        // address is two aligned words; five words are the 40 bytes of a struct of integers
+        // (client, server, id, padding in memory order).
+        unsafe {
+            core::mem::transmute::<[u64; 5], EnipConnKey>([
+                src.read(),
+                src.add(1).read(),
+                dst.read(),
+                dst.add(1).read(),
+                tail,
+            ])
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EnipConnKey>() == 40);
+    assert!(core::mem::offset_of!(EnipConnKey, id) == 32);
+};
 
 /// `EnipConn::flags`: implicit I/O on UDP 2222 may use the connection.
 pub const CONN_IO: u8 = 1 << 0;

@@ -831,6 +831,18 @@ fn implicit_io() {
         Reason::EnipIoNoConnection,
         "class 3",
     );
+    // Every datagram counted once, by its verdict (the I/O program counts its one record
+    // inline, not through the request inspector's counting loop).
+    let traffic = dp.enip_traffic().unwrap();
+    let io_count = |verdict: &str| -> u64 {
+        traffic
+            .iter()
+            .filter(|t| t.command == "implicit_io" && t.verdict == verdict)
+            .map(|t| t.requests)
+            .sum()
+    };
+    assert_eq!(io_count("pass"), 2, "{traffic:#?}");
+    assert_eq!(io_count("drop"), 5, "{traffic:#?}");
     // Without `io: true` nothing on 2222 is admitted.
     let mut dp = datapath(&policy("services: [read]", ""));
     let _c = open(&mut dp, 11002, 33, 1);

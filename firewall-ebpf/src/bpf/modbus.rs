@@ -935,24 +935,60 @@ fn note_adu(
     s.adus = n + 1;
 }
 
-/// Counts the recorded ADUs by conduit, function and the verdict their segment got.
+/// Counts the recorded ADUs by conduit, function and the verdict their segment got. A segment
+/// of one ADU (most of a poller's traffic) is counted inline; more go through
+/// `otfw_modbus_count_all`, whose loop is verified once: the call and its return cost about as
+/// much as the count itself.
 #[inline(always)]
 fn count_adus(acc: &Accounted, adus: u32) {
-    if adus != 0 {
-        otfw_modbus_count_all(
-            acc.slot as u64 | (acc.verdict as u64) << 8 | (acc.conduit as u64) << 16,
-            adus as u64,
-        );
+    let packed = acc.slot as u64 | (acc.verdict as u64) << 8 | (acc.conduit as u64) << 16;
+    if adus == 1 {
+        if let Some(t) = MODBUS_ADUS.get_ptr(0) {
+            // SAFETY: per-CPU slot, this CPU only.
+            let a = unsafe { &(*t).adus[0] };
+            count(adu_counter(a, packed), 1);
+        }
+    } else if adus != 0 {
+        otfw_modbus_count_all(packed, adus as u64);
     }
 }
 
-/// `count_adus` as a global function: the loop is verified once.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
+/// The `MODBUS_STATS` counter (packed as `ModbusStatKey::packed` packs it) of ADU `a` of a
+/// segment whose slot, verdict and conduit are packed as `count_adus` packs them.
+#[inline(always)]
+fn adu_counter(a: &AduRecord, packed: u64) -> u64 {
     let slot = packed as u8;
     let verdict = (packed >> 8) as u8;
     let conduit = (packed >> 16) as u16;
+    let (kind, detail) = if a.kind != ADU_REQUEST {
+        (
+            a.kind,
+            if a.kind == KIND_EXCEPTION {
+                a.sub as u8
+            } else {
+                0
+            },
+        )
+    } else if (verdict == VERDICT_MONITOR as u8 || verdict == VERDICT_REFUSE as u8)
+        && a.reason == Reason::None as u8
+    {
+        (VERDICT_PASS as u8, 0)
+    } else if verdict == VERDICT_REFUSE as u8 {
+        (KIND_REFUSE, 0)
+    } else {
+        (verdict, 0)
+    };
+    slot as u64
+        | (a.function as u64) << 8
+        | (kind as u64) << 16
+        | (detail as u64) << 24
+        | (conduit as u64) << 32
+}
+
+/// The loop of `count_adus` as a global function: verified once.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
     let Some(t) = MODBUS_ADUS.get_ptr(0) else {
         return 0;
     };
@@ -966,30 +1002,7 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
             break;
         }
         // SAFETY: per-CPU slot, this CPU only.
-        let a = unsafe { (*t).adus[i] };
-        let (kind, detail) = if a.kind != ADU_REQUEST {
-            (
-                a.kind,
-                if a.kind == KIND_EXCEPTION {
-                    a.sub as u8
-                } else {
-                    0
-                },
-            )
-        } else if (verdict == VERDICT_MONITOR as u8 || verdict == VERDICT_REFUSE as u8)
-            && a.reason == Reason::None as u8
-        {
-            (VERDICT_PASS as u8, 0)
-        } else if verdict == VERDICT_REFUSE as u8 {
-            (KIND_REFUSE, 0)
-        } else {
-            (verdict, 0)
-        };
-        let key = slot as u64
-            | (a.function as u64) << 8
-            | (kind as u64) << 16
-            | (detail as u64) << 24
-            | (conduit as u64) << 32;
+        let key = adu_counter(unsafe { &(*t).adus[i] }, packed);
         // Batched: a run of ADUs with the same counter (pipelined polls of one function) is
         // one map update.
         // SAFETY: as above.
@@ -1014,9 +1027,7 @@ pub extern "C" fn otfw_modbus_count_all(packed: u64, adus: u64) -> u64 {
 }
 
 /// Adds `n` to one `MODBUS_STATS` counter of the packet's generation (through this CPU's memo,
-/// `stats::add_memoized`); the key is packed as `ModbusStatKey::packed` packs it. Inlined into
-/// `otfw_modbus_count_all`, which is verified once: a call and its return cost more than the
-/// count.
+/// `stats::add_memoized`); the key is packed as `ModbusStatKey::packed` packs it.
 #[inline(always)]
 fn count(packed: u64, n: u64) {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {

@@ -80,12 +80,7 @@ pub(super) fn bound(c: &mut EnipConn, ic: &InspectContext) -> bool {
 /// The key of connection `id` between the packet's client and server.
 #[inline(always)]
 pub(super) fn connection_key(ic: &InspectContext, id: u32) -> EnipConnKey {
-    EnipConnKey {
-        client: ic.key.src,
-        server: ic.key.dst,
-        id,
-        _pad: 0,
-    }
+    EnipConnKey::new(&ic.key, id)
 }
 
 /// Whether a SendUnitData connection id was opened by an allowed Forward_Open on this flow's

@@ -16,7 +16,7 @@ use firewall_common::{
 
 use super::{
     connection::{bound, clock, connection_key, live},
-    trace::{count_records, otfw_enip_event},
+    trace::{count_single_record, otfw_enip_event},
     R_NONE,
 };
 use crate::bpf::{
@@ -72,7 +72,7 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
                 && 18 + w(16) as u32 == ic.payload_len
             {
                 id = u32::from_le_bytes([head[6], head[7], head[8], head[9]]);
-                reason = otfw_enip_io_check(id as u64) as u8;
+                reason = io_check(id);
             }
         }
     }
@@ -105,32 +105,33 @@ pub fn inspect_io(ctx: &XdpContext) -> u32 {
         }
         otfw_enip_event((reason as u64) << 32 | acc.verdict as u64 | 1 << 40);
     }
-    count_records(&acc);
+    count_single_record(&acc);
     stats::record(ctx, &acc);
     action
 }
 
-/// Whether connection `id` is a live implicit I/O pinhole between the flow's endpoints.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_enip_io_check(id: u64) -> u64 {
+/// Whether connection `id` is a live implicit I/O pinhole between the flow's endpoints: the
+/// reason to deny the datagram if not, `R_NONE` if so. Inline: the program is small enough for
+/// the verifier to walk it whole, and a call and its return were about 8 ns of a datagram.
+#[inline(always)]
+fn io_check(id: u32) -> u8 {
     let Some(ic) = INSPECT_CTX.get_ptr(0) else {
-        return Reason::EnipIoNoConnection as u64;
+        return Reason::EnipIoNoConnection as u8;
     };
     // SAFETY: per-CPU context for this packet.
     let ic = unsafe { &*ic };
-    let key = connection_key(ic, id as u32);
+    let key = connection_key(ic, id);
     let now = clock();
     if let Some(c) = ENIP_CONNS.get_ptr_mut(&key) {
         // SAFETY: LRU value, valid for this run.
         let c = unsafe { &mut *c };
         if live(c, now) && bound(c, ic) && c.flags & CONN_IO != 0 {
             c.last_ns = now;
-            return 0;
+            return R_NONE;
         }
         if !live(c, now) {
             let _ = ENIP_CONNS.remove(&key);
         }
     }
-    Reason::EnipIoNoConnection as u64
+    Reason::EnipIoNoConnection as u8
 }
