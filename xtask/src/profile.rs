@@ -126,12 +126,34 @@ struct Program {
     functions: Vec<(u64, u32)>,
     /// `(address, line)`: where the code of each source line starts.
     lines: Vec<(u64, String)>,
+    /// The JIT-compiled code: the functions' images in the order of `functions`.
+    code: Vec<u8>,
 }
 
-/// Waits until `otfw bench-datapath` has loaded its XDP programs, and describes the programs
-/// loaded since `before`.
+/// Programs a `bench-datapath` run loads (the main program, its inspectors and forwarder, the
+/// trivial program it is measured against).
+const BENCH_PROGRAMS: [&str; 6] = [
+    "otfw",
+    "otfw_modbus",
+    "otfw_enip",
+    "otfw_enip_io",
+    "otfw_forward",
+    "baseline",
+];
+
+/// How long the set of loaded programs must stay the same before sampling starts: the run
+/// loads a first object only to measure its maps' memory and drops it at once, then the one it
+/// times; the verifier takes seconds for each inspector.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// Waits until `otfw bench-datapath` has loaded the programs it times, and describes the
+/// programs loaded since `before`. Sampling earlier would sample the verifier, and miss the
+/// programs loaded after the description.
 fn wait_for_programs(child: &mut std::process::Child, before: &[u32]) -> Result<Vec<Program>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen: Vec<u32> = Vec::new();
+    let mut since = Instant::now();
+    let mut failure = None;
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("the benchmark ended before it could be sampled ({status})");
@@ -140,27 +162,30 @@ fn wait_for_programs(child: &mut std::process::Child, before: &[u32]) -> Result<
             .into_iter()
             .filter(|id| !before.contains(id))
             .collect();
-        let mut programs = Vec::new();
-        let mut failure = None;
-        for id in new {
-            match describe(id) {
-                Ok(p) => programs.push(p),
-                Err(e) => failure = Some(e),
+        if new != seen {
+            seen = new;
+            since = Instant::now();
+        } else if since.elapsed() >= SETTLED {
+            let mut programs = Vec::new();
+            for &id in &seen {
+                match describe(id) {
+                    Ok(p) => programs.push(p),
+                    Err(e) => failure = Some(e),
+                }
             }
-        }
-        if programs.iter().any(|p| p.name == "otfw") {
-            // The rest of the run's programs (the inspectors it tail-calls, the baseline) are
-            // loaded around it: described once the loop has settled.
-            std::thread::sleep(Duration::from_secs(1));
-            return program_ids()?
-                .into_iter()
-                .filter(|id| !before.contains(id))
-                .map(describe)
-                .collect();
+            if BENCH_PROGRAMS
+                .iter()
+                .all(|name| programs.iter().any(|p| p.name == *name))
+            {
+                return Ok(programs);
+            }
         }
         if Instant::now() >= deadline {
             let why = failure.map_or(String::new(), |e| format!(" (last error: {e:#})"));
-            bail!("otfw bench-datapath loaded no program named otfw within two minutes{why}");
+            bail!(
+                "otfw bench-datapath did not load its programs ({}) within three minutes{why}",
+                BENCH_PROGRAMS.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -281,7 +306,123 @@ fn render(case: &str, lines: usize, programs: &[Program], samples: &Samples) -> 
             line.replace('|', "\\|")
         );
     }
+    r.push_str(&instructions(programs, samples));
     r
+}
+
+/// Share of busy samples from which an instruction is shown in the instruction view.
+const HOT_INSTRUCTION: f64 = 0.001;
+/// Instructions shown before each hot one: a sample usually lands on an instruction after the
+/// one that stalled (a load, a call's return).
+const LEAD_IN: usize = 3;
+
+/// The JIT-compiled code around the instructions with the most samples, per function of the
+/// programs, disassembled by `objdump`: the machine-level view behind the source lines (which
+/// lookup's key waits on a store, which call's return is expensive, what is spilled).
+fn instructions(programs: &[Program], samples: &Samples) -> String {
+    let total = samples.len() as f64;
+    let mut by_address: HashMap<u64, usize> = HashMap::new();
+    for (_, ip) in samples {
+        *by_address.entry(*ip).or_default() += 1;
+    }
+    let mut r = format!(
+        "\n## Hottest instructions\n\nThe JIT-compiled code of each function with at least \
+         1% of the busy samples: every instruction with at least {:.1}% of them, with the {LEAD_IN} \
+         before it (a sample usually lands after the instruction that stalled). Columns: share, \
+         address, disassembly.\n",
+        100.0 * HOT_INSTRUCTION
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "i386:x86-64",
+        "aarch64" => "aarch64",
+        other => other,
+    };
+    let mut functions = Vec::new();
+    for p in programs {
+        let mut offset = 0usize;
+        for &(start, len) in &p.functions {
+            let code = p
+                .code
+                .get(offset..offset + len as usize)
+                .unwrap_or_default();
+            offset += len as usize;
+            let n: usize = (start..start + len as u64)
+                .filter_map(|a| by_address.get(&a))
+                .sum();
+            if n as f64 >= 0.01 * total && !code.is_empty() {
+                functions.push((n, p, start, code));
+            }
+        }
+    }
+    functions.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (n, program, start, code) in functions {
+        let listing = match disassemble(arch, start, code) {
+            Ok(listing) => listing,
+            Err(e) => {
+                let _ = writeln!(r, "\n(no instruction view: {e:#})");
+                return r;
+            }
+        };
+        let function = program
+            .lines
+            .iter()
+            .filter(|(a, _)| *a <= start)
+            .max_by_key(|(a, _)| *a)
+            .map_or("", |(_, l)| l.as_str());
+        let _ = writeln!(
+            r,
+            "\n### {} at {start:#x}, {:.1}% (first line: `{}`)\n\n```",
+            program.name,
+            100.0 * n as f64 / total,
+            function
+        );
+        let hot: Vec<bool> = listing
+            .iter()
+            .map(|(a, _)| by_address.get(a).copied().unwrap_or(0) as f64 >= HOT_INSTRUCTION * total)
+            .collect();
+        let mut last = None;
+        for (i, (address, text)) in listing.iter().enumerate() {
+            if !hot[i..(i + LEAD_IN + 1).min(hot.len())].iter().any(|&h| h) {
+                continue;
+            }
+            if last.is_some_and(|l| l + 1 != i) {
+                r.push_str("   ...\n");
+            }
+            last = Some(i);
+            let share = by_address.get(address).map_or(String::new(), |&c| {
+                format!("{:.2}%", 100.0 * c as f64 / total)
+            });
+            let _ = writeln!(r, "{share:>7} {address:x}  {text}");
+        }
+        r.push_str("```\n");
+    }
+    r
+}
+
+/// `(address, instruction)` of JIT code `code` loaded at `start`, by objdump.
+fn disassemble(arch: &str, start: u64, code: &[u8]) -> Result<Vec<(u64, String)>> {
+    let file = std::env::temp_dir().join(format!("otfw-profile-{}.bin", std::process::id()));
+    std::fs::write(&file, code).with_context(|| format!("writing {}", file.display()))?;
+    let output = Command::new("objdump")
+        .args(["-D", "-b", "binary", "-m", arch, "--no-show-raw-insn"])
+        .arg(format!("--adjust-vma={start:#x}"))
+        .arg(&file)
+        .stderr(Stdio::null())
+        .output();
+    let _ = std::fs::remove_file(&file);
+    let output = output.context("objdump (binutils) is not installed")?;
+    ensure!(
+        output.status.success(),
+        "objdump could not disassemble for {arch}"
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (address, text) = line.split_once(':')?;
+            let address = u64::from_str_radix(address.trim(), 16).ok()?;
+            Some((address, text.trim().replace('\t', " ")))
+        })
+        .collect())
 }
 
 /// `bpf_prog_<tag>_<name>` as `<name>` (the tag changes with every build).
@@ -440,7 +581,10 @@ fn describe(id: u32) -> Result<Program> {
     let mut lens = vec![0u32; counts.nr_jited_func_lens as usize];
     let mut line_info = vec![LineInfo::default(); counts.nr_line_info as usize];
     let mut jited_lines = vec![0u64; counts.nr_jited_line_info as usize];
+    let mut code = vec![0u8; counts.jited_prog_len as usize];
     let mut info = ProgInfo {
+        jited_prog_len: code.len() as u32,
+        jited_prog_insns: code.as_mut_ptr() as u64,
         nr_jited_ksyms: ksyms.len() as u32,
         nr_jited_func_lens: lens.len() as u32,
         jited_ksyms: ksyms.as_mut_ptr() as u64,
@@ -480,6 +624,7 @@ fn describe(id: u32) -> Result<Program> {
         name,
         functions: ksyms.into_iter().zip(lens).collect(),
         lines,
+        code,
     })
 }
 
