@@ -350,12 +350,17 @@ fn instructions(programs: &[Program], samples: &Samples) -> String {
                 .filter_map(|a| by_address.get(&a))
                 .sum();
             if n as f64 >= 0.01 * total && !code.is_empty() {
-                functions.push((n, p, start, code));
+                // The function's name as perf's samples give it (the kernel's symbol).
+                let name = samples
+                    .iter()
+                    .find(|(_, ip)| (start..start + len as u64).contains(ip))
+                    .map_or(p.name.as_str(), |(sym, _)| short_symbol(sym));
+                functions.push((n, p, name, start, code));
             }
         }
     }
     functions.sort_by_key(|f| std::cmp::Reverse(f.0));
-    for (n, program, start, code) in functions {
+    for (n, program, name, start, code) in functions {
         let listing = match disassemble(arch, start, code) {
             Ok(listing) => listing,
             Err(e) => {
@@ -371,7 +376,7 @@ fn instructions(programs: &[Program], samples: &Samples) -> String {
             .map_or("", |(_, l)| l.as_str());
         let _ = writeln!(
             r,
-            "\n### {} at {start:#x}, {:.1}% (first line: `{}`)\n\n```",
+            "\n### {name} (program {}) at {start:#x}, {:.1}% (first line: `{}`)\n\n```",
             program.name,
             100.0 * n as f64 / total,
             function

@@ -1,5 +1,5 @@
 //! The encapsulation layer: frames the encapsulation messages of a segment in the scratch
-//! buffer (`frame`, with `otfw_enip_next` / `otfw_enip_step` as the loop's work) and decides
+//! buffer (`frame`, with `otfw_enip_step` as the loop's work) and decides
 //! each complete request message by its header: command, length, status, session. What a
 //! SendRRData / SendUnitData carries is the `cpf` layer's.
 
@@ -85,8 +85,10 @@ pub(super) fn setup(
 /// The framing loop: its state lives in the scratch map, its work in global functions.
 #[inline(always)]
 pub(super) fn frame(ctx: &XdpContext, scratch: *mut EnipScratch) {
-    // The first load; each step answers where the next one is (one call per load).
-    let mut next = otfw_enip_next();
+    // The first load, found inline (a call and its return cost more than the work); each
+    // step answers where the next one is (one call per load).
+    // SAFETY: the per-CPU scratch, this CPU only; no reference to it is live.
+    let mut next = next_load(unsafe { &mut *scratch });
     for round in 0..ROUNDS {
         if next == 0 {
             break;
@@ -165,23 +167,14 @@ fn load(ctx: &XdpContext, offset: u32, s: *mut EnipScratch, at: u32, len: u32) -
     }
 }
 
-/// Where the next bytes come from. Returns 0 when the segment is done, else
-/// `offset | at << 32 | take << 48`: load `take` bytes at frame offset `offset` into the
-/// message buffer at `at`.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_enip_next() -> u64 {
-    let Some(s) = scratch() else {
-        return 0;
-    };
-    next_load(s)
-}
-
 /// `otfw_enip_step`'s answer when framing of the segment stops. Never an answer of
 /// `next_load`: its offset (the payload's, past Ethernet, IP and TCP or UDP headers) is never 1.
 const STEP_STOP: u64 = 1;
 
-/// The work of `otfw_enip_next`, also done by `otfw_enip_step` when framing goes on.
+/// Where the next bytes come from: 0 when the segment is done, else
+/// `offset | at << 32 | take << 48`: load `take` bytes at frame offset `offset` into the
+/// message buffer at `at`. Inline for the segment's first load, and in `otfw_enip_step` when
+/// framing goes on.
 #[inline(always)]
 fn next_load(s: &mut EnipScratch) -> u64 {
     let len = s.len;
@@ -217,7 +210,7 @@ fn known_command(cmd: u32) -> bool {
 
 /// Takes `take` loaded bytes into the current message; decides it when complete. Returns
 /// `STEP_STOP` when framing of the segment stops (a refusal, or a message continued in the next
-/// segment), else what `otfw_enip_next` would answer next (a call per load saved).
+/// segment), else what `next_load` would answer next (a call per load saved).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_step(take: u64) -> u64 {
