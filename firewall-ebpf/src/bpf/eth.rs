@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::reason::Reason;
 
-use super::packet::{be16, load_word, ptr_at};
+use super::packet::{be16, be16_in_word, load_word, ptr_at};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -29,7 +29,7 @@ impl Eth {
         let h = ptr_at::<[u8; ETH_HDR_LEN]>(ctx, 0).map_err(|_| Reason::EthTruncated)?;
         // SAFETY: the fourteen bytes at `h` lie inside the frame; the load reads 6..14.
         let word = unsafe { load_word((h as *const u8).add(6)) };
-        let mut ethertype = ((word >> 48) as u16).swap_bytes();
+        let mut ethertype = be16_in_word(word, 6);
         let mut l3 = ETH_HDR_LEN;
         // Unrolled: the outer (S-)tag, then the inner (C-)tag.
         if is_vlan(ethertype) {

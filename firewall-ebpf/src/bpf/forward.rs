@@ -21,7 +21,7 @@ use super::{
     clock,
     eth::{ETH_P_8021AD, ETH_P_8021Q},
     maps::{FAST_PATH, FAST_TX, FDB, FDB_GENERATION, FLOW_KEYS, FORWARD_MEMO, INSPECTORS},
-    packet::{frame_len, load_word, ptr_at},
+    packet::{be16_in_word, frame_len, load_word, ptr_at},
     stats,
 };
 
@@ -71,7 +71,7 @@ fn redirect(ctx: &XdpContext) -> Option<u32> {
     }
     // VLAN-tagged frames stay on the bridge: where a driver strips the tag into metadata, a
     // redirect would not carry it.
-    let ethertype = ((second >> 48) as u16).swap_bytes();
+    let ethertype = be16_in_word(second, 6);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         return None;
     }

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 
 use firewall_common::reason::Reason;
 
-use super::packet::{frame_len, load, load_half, load_word, ptr_at};
+use super::packet::{be16_in_word, frame_len, load, load_half, load_word, ptr_at};
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -67,8 +67,7 @@ impl Ip {
         if ihl < 20 {
             return Err(Reason::IpBadIhl);
         }
-        // Bytes 2..4, big-endian.
-        let total = ((head >> 16) as u16).swap_bytes() as usize;
+        let total = be16_in_word(head, 2) as usize;
         if total < ihl {
             return Err(Reason::IpBadLength);
         }
@@ -77,8 +76,7 @@ impl Ip {
         }
         // A fragment other than the first has no ports to match, and reassembling is beyond a
         // line-rate bridge; the OT protocols we guard never need fragmentation. Refuse all.
-        // (Bytes 6..8, big-endian.)
-        let frag = ((head >> 48) as u16).swap_bytes();
+        let frag = be16_in_word(head, 6);
         if frag & 0x3fff != 0 {
             return Err(Reason::Fragment);
         }

@@ -6,7 +6,7 @@ use firewall_common::reason::Reason;
 
 use super::{
     ip::Ip,
-    packet::{load_word, ptr_at},
+    packet::{be16_in_word, be32_in_word, load_word, ptr_at},
 };
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -42,7 +42,7 @@ pub struct L4 {
 }
 
 /// The eight-byte header (UDP, ICMP) at `at` as one unaligned word load (why: `Ip::parse_v4`);
-/// its big-endian fields are byte-swapped out of the little-endian word.
+/// its fields are read out of the word by `be16_in_word`.
 #[inline(always)]
 fn header(ctx: &XdpContext, at: usize) -> Result<u64, Reason> {
     let h = ptr_at::<[u8; 8]>(ctx, at).map_err(|_| Reason::L4Truncated)? as *const u8;
@@ -78,14 +78,13 @@ impl L4 {
                 {
                     return Err(Reason::TcpBadFlags);
                 }
-                // Big-endian fields of little-endian words.
                 Ok(L4 {
-                    sport: (ports_seq as u16).swap_bytes(),
-                    dport: ((ports_seq >> 16) as u16).swap_bytes(),
+                    sport: be16_in_word(ports_seq, 0),
+                    dport: be16_in_word(ports_seq, 2),
                     tcp_flags: flags,
                     icmp_type: 0,
-                    seq: ((ports_seq >> 32) as u32).swap_bytes(),
-                    ack: (ack_flags as u32).swap_bytes(),
+                    seq: be32_in_word(ports_seq, 4),
+                    ack: be32_in_word(ack_flags, 0),
                     payload: at + doff,
                     payload_len: ip.l4_len - doff,
                     header_len: doff as u8,
@@ -97,13 +96,13 @@ impl L4 {
                     return Err(Reason::L4Truncated);
                 }
                 let hdr = header(ctx, at)?;
-                let len = ((hdr >> 32) as u16).swap_bytes() as usize;
+                let len = be16_in_word(hdr, 4) as usize;
                 if len < 8 || len > ip.l4_len {
                     return Err(Reason::L4Truncated);
                 }
                 Ok(L4 {
-                    sport: (hdr as u16).swap_bytes(),
-                    dport: ((hdr >> 16) as u16).swap_bytes(),
+                    sport: be16_in_word(hdr, 0),
+                    dport: be16_in_word(hdr, 2),
                     tcp_flags: 0,
                     icmp_type: 0,
                     seq: 0,
@@ -122,7 +121,7 @@ impl L4 {
                 let icmp_type = hdr as u8;
                 // Echo request and reply share the identifier: it stands in for both ports so
                 // that a reply's reversed flow key matches its request's.
-                let id = ((hdr >> 32) as u16).swap_bytes();
+                let id = be16_in_word(hdr, 4);
                 let echo = matches!(
                     (ip.proto, icmp_type),
                     (IPPROTO_ICMP, ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY)

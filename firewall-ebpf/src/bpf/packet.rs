@@ -89,6 +89,19 @@ pub unsafe fn load_word(p: *const u8) -> u64 {
     w
 }
 
+/// The big-endian (network order) 16-bit field at byte `at` of a word read by `load_word`:
+/// on little-endian BPF, the packet's byte `at` is the word's bits `8 * at` upwards.
+#[inline(always)]
+pub fn be16_in_word(word: u64, at: u32) -> u16 {
+    ((word >> (8 * at)) as u16).swap_bytes()
+}
+
+/// The big-endian 32-bit field at byte `at` of a word read by `load_word` (as `be16_in_word`).
+#[inline(always)]
+pub fn be32_in_word(word: u64, at: u32) -> u32 {
+    ((word >> (8 * at)) as u32).swap_bytes()
+}
+
 /// The four bytes at `p`, unaligned, as one 32-bit load (as `load_word`).
 ///
 /// # Safety
