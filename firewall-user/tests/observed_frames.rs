@@ -111,6 +111,47 @@ fn flow_answers_identities_and_learning() {
     assert_eq!(dp.learn_stats().unwrap(), (2, 0));
 }
 
+/// Identity answers are copied whoever looks at the flow: the Modbus inspector for an inspected
+/// conduit (above), the main program for a conduit that only allows the port. Both while
+/// learning, once each (the inspector's copy is not repeated by the main program's).
+#[test]
+fn identities_of_flows_inspected_or_not() {
+    let plain = policy("functions: [read]", "").replace(
+        "      - modbus: { functions: [read] }",
+        "      - tcp: { ports: [502] }",
+    );
+    assert!(plain.contains("tcp: { ports: [502] }"), "{plain}");
+    let inspected = policy(r#"functions: [read, "43/14"]"#, "");
+    for (name, yaml) in [("plain", &plain), ("inspected", &inspected)] {
+        let mut dp = datapath(yaml);
+        let mut observed = dp.take_observed().expect("the OBSERVED ring");
+        let mut c = Conn::new(40000, 502);
+        c.open(&mut dp);
+        assert_eq!(drain(&mut observed).len(), 1, "{name}: the flow's answer");
+
+        // An ordinary answer is not copied; an identity answer is, once.
+        assert!(c.send(&mut dp, &read(3, 0, 1)).passed(), "{name}");
+        assert!(c.reply(&mut dp, &adu(1, 3, &[2, 0, 7])).passed(), "{name}");
+        assert_eq!(drain(&mut observed), vec![], "{name}");
+        assert!(c.send(&mut dp, &mei(14)).passed(), "{name}");
+        let answer = identification_response();
+        assert!(c.reply(&mut dp, &answer).passed(), "{name}");
+        let got = drain(&mut observed);
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        assert_eq!((got[0].0, got[0].1), (OBSERVED_IDENTITY, 502), "{name}");
+        assert_eq!(got[0].4, answer, "{name}");
+
+        // Learning copies every frame to its own ring; the identity copy is still one.
+        dp.set_learn_until(monotonic_ns() + 60_000_000_000).unwrap();
+        assert!(c.send(&mut dp, &mei(14)).passed(), "{name}");
+        assert!(c.reply(&mut dp, &answer).passed(), "{name}");
+        let got = drain(&mut observed);
+        assert_eq!(got.len(), 1, "{name} while learning: {got:?}");
+        assert_eq!(got[0].0, OBSERVED_IDENTITY, "{name}");
+        assert_eq!(dp.learn_stats().unwrap(), (2, 0), "{name}");
+    }
+}
+
 /// Every first-use record waiting in `ring`: (the record's bytes, the TCP payload from the
 /// message it names), each checked to be a client's request segment.
 fn uses(ring: &mut RingBuf<MapData>) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -33,6 +33,7 @@ use super::{
         INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_COUNT_MEMO, MODBUS_EVENTS, MODBUS_FLOWS,
         MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
     },
+    observe,
     packet::copy_short,
     reset,
     stats::{self, Accounted},
@@ -81,6 +82,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     // SAFETY: the per-CPU context was written by the main program for this very packet; it
     // is only read (by reference: a copy would cost stack the call chain below needs).
     let ic = unsafe { &*ic };
+    // Before anything can drop it: the inventory sees what the device answered.
+    observe::inspected_answer(ctx, ic);
     let (info, mut acc) = stats::inspected(ic);
     let slot = acc.slot;
     let monitor = info.mode == MODE_MONITOR;

@@ -2,11 +2,19 @@
 //! (`LEARN_FRAMES`); the record is `firewall_common::observed::ObservedFrame`.
 //!
 //! Cost per packet that reaches flow tracking, established flows included: two array lookups
-//! (`LEARN_UNTIL`, 0 unless learning; the flow tracker's marks in the per-CPU `FLOW_KEYS`) and
-//! a comparison of the source port with 502 and 44818, inline. Only then, for a promotion, a
-//! segment with payload from those ports, or while learning, a call of the global function
-//! `otfw_observe`: those segments read two payload bytes; only promotions, identity answers and
-//! (while learning) learned frames take a clock reading, a bucket's credit or a ring record.
+//! (`LEARN_UNTIL`, 0 unless learning; the flow tracker's marks in the per-CPU `FLOW_KEYS`) and,
+//! unless the packet goes to the Modbus inspector, a comparison of the source port with 502 and
+//! 44818, inline. Only then, for a promotion, a segment with payload from those ports, or while
+//! learning, a call of the global function `otfw_observe`: those segments read two payload
+//! bytes; only promotions, identity answers and (while learning) learned frames take a clock
+//! reading, a bucket's credit or a ring record.
+//!
+//! The answers of Modbus-inspected flows (every response of a poll) are the Modbus inspector's
+//! to look at ([`inspected_answer`]): it reads the two bytes inline, where the main program
+//! calls `otfw_observe` for each (a Modbus response cost 8% more that way), and the main
+//! program's verification cannot afford the read inline after flow tracking (it went past the
+//! limit). The EtherNet/IP inspector's entry has no stack to spare for it (the combined limit
+//! of its deepest call chain): its answers still go through `otfw_observe`.
 //!
 //! The inspectors call `otfw_observe_use` (through [`first_use`]) for a request segment with its
 //! connection's first use of a function, unit, command or service: their per-request cost is a
@@ -25,6 +33,7 @@ use aya_ebpf::{
 use firewall_common::{
     event::EventBucket,
     flow::FlowKeys,
+    modbus::InspectContext,
     observed::{
         ObservedFrame, ENIP_LIST_IDENTITY, LEARN_COPIED, LEARN_PORTS, LEARN_RING_FULL,
         MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID, OBSERVED_BURST, OBSERVED_FLOW_ANSWERED,
@@ -53,21 +62,41 @@ const ENIP_PORT: u16 = 44818;
 
 /// Copies the frame where it is news for the inventory or for learning. Called after flow
 /// tracking, whose keys (`keys`, the per-CPU `FLOW_KEYS` entry: the packet's tuple, and the
-/// `flow::OBSERVE_*` marks) describe the packet.
+/// `flow::OBSERVE_*` marks) describe the packet. `inspector_looks`: the packet goes to an
+/// inspector that looks for identity answers itself (`inspected_answer`).
 #[inline(always)]
-pub fn frame(ctx: &XdpContext, l4: &L4, keys: &FlowKeys) {
+pub fn frame(ctx: &XdpContext, l4: &L4, keys: &FlowKeys, inspector_looks: bool) {
     // What can make the frame news, checked here without a call: a learning deadline set, a
-    // segment with payload from an identity port, the answer that promoted a flow. The packet
-    // of an established flow of other ports (nearly every packet) stops here.
+    // segment with payload from an identity port (unless its inspector looks at it), the
+    // answer that promoted a flow. The packet of an established flow of other ports (nearly
+    // every packet) stops here.
     let learning = LEARN_UNTIL.get(0).is_some_and(|until| *until != 0);
-    let identity_port = l4.payload_len != 0 && (l4.sport == MODBUS_PORT || l4.sport == ENIP_PORT);
+    let identity_port = !inspector_looks
+        && l4.payload_len != 0
+        && (l4.sport == MODBUS_PORT || l4.sport == ENIP_PORT);
     if !learning && !identity_port && keys.flow_flags & OBSERVE_ANSWERED == 0 {
         return;
     }
     otfw_observe(
         ctx.ctx,
         sizes(ctx, l4.payload as u32, l4.payload_len as u32),
+        !inspector_looks as u64,
     );
+}
+
+/// An inspector's look at the segment it was handed (`ic`): an answer from an identity port
+/// (the server's port is the key's destination) that is an identity answer is copied for the
+/// inventory, as the main program copies those of flows it does not hand over. Inline: two
+/// payload bytes read; the call only for an identity answer.
+#[inline(always)]
+pub fn inspected_answer(ctx: &XdpContext, ic: &InspectContext) {
+    if ic.to_server != 0 {
+        return;
+    }
+    let (payload, payload_len) = (ic.payload as usize, ic.payload_len as usize);
+    if is_identity(ctx, ic.key.proto, ic.key.dport, payload, payload_len) {
+        otfw_observe_identity(ctx.ctx, sizes(ctx, ic.payload, ic.payload_len));
+    }
 }
 
 /// A client's request segment with its connection's first use of something (`UseSet`), found
@@ -100,10 +129,12 @@ fn sizes(ctx: &XdpContext, payload: u32, payload_len: u32) -> u64 {
 /// The work of [`frame`], a global function: the verifier checks it once, not once for every
 /// path through the decision before it. `sizes`: see [`sizes`]. Its frame must stay within 32
 /// bytes (with the main program's 480, the limit of 512): values are read again from `keys`
-/// and `sizes` rather than kept, and nothing is built on the stack.
+/// and `sizes` rather than kept, and nothing is built on the stack. `identity`: whether an
+/// identity answer is this function's to copy (not when the packet goes to an inspector that
+/// copies it itself: `inspected_answer`).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
+pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64, identity: u64) -> u64 {
     let Some(keys) = FLOW_KEYS.get_ptr(0) else {
         return 0;
     };
@@ -111,7 +142,16 @@ pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
     let keys = unsafe { &*keys };
     let kind = if keys.flow_flags & OBSERVE_ANSWERED != 0 {
         OBSERVED_FLOW_ANSWERED
-    } else if is_identity(ctx, keys, sizes) {
+    } else if identity != 0
+        && is_identity(
+            // SAFETY: the context the program was given, passed down unchanged.
+            &XdpContext::new(ctx),
+            keys.forward.proto,
+            keys.forward.sport,
+            (sizes & 0xffff) as usize,
+            ((sizes >> 16) & 0xffff) as usize,
+        )
+    {
         OBSERVED_IDENTITY
     } else {
         0
@@ -134,6 +174,30 @@ pub extern "C" fn otfw_observe(ctx: *mut xdp_md, sizes: u64) -> u64 {
         };
         count(&LEARN_STATS, index);
     }
+    0
+}
+
+/// The copy of an identity answer found by an inspector (`inspected_answer`), unless the main
+/// program copied the frame already as the answer that promoted its flow.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_observe_identity(ctx: *mut xdp_md, sizes: u64) -> u64 {
+    let Some(keys) = FLOW_KEYS.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch of the packet in hand (the main program's, which tail called
+    // this inspector), only read.
+    if unsafe { (*keys).flow_flags } & OBSERVE_ANSWERED != 0 {
+        return 0;
+    }
+    offer(
+        ctx,
+        sizes,
+        &OBSERVED,
+        (&OBSERVED_BUCKET, &OBSERVED_STATS),
+        OBSERVED_IDENTITY,
+        0,
+    );
     0
 }
 
@@ -218,22 +282,25 @@ fn learned(keys: &FlowKeys) -> bool {
     false
 }
 
-/// A Modbus Read Device Identification response (function 0x2B, MEI type 0x0E, after the
-/// 7-byte MBAP header) from port 502, or an EtherNet/IP ListIdentity reply (command 0x0063,
-/// the first two bytes of the encapsulation header, little-endian) from port 44818, over TCP
-/// or UDP.
+/// Whether a segment (`payload_len` bytes at `payload`, from port `sport`) is a Modbus Read
+/// Device Identification response (function 0x2B, MEI type 0x0E, after the 7-byte MBAP
+/// header) from port 502, or an EtherNet/IP ListIdentity reply (command 0x0063, the first two
+/// bytes of the encapsulation header, little-endian) from port 44818, over TCP or UDP.
 #[inline(always)]
-fn is_identity(ctx: *mut xdp_md, keys: &FlowKeys, sizes: u64) -> bool {
-    let key = &keys.forward;
-    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+fn is_identity(
+    ctx: &XdpContext,
+    proto: u8,
+    sport: u16,
+    payload: usize,
+    payload_len: usize,
+) -> bool {
+    let modbus = sport == MODBUS_PORT;
+    if !modbus && sport != ENIP_PORT {
         return false;
     }
-    let modbus = key.sport == MODBUS_PORT;
-    if !modbus && key.sport != ENIP_PORT {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return false;
     }
-    let payload = (sizes & 0xffff) as usize;
-    let payload_len = ((sizes >> 16) & 0xffff) as usize;
     let (at, need) = if modbus {
         (payload + 7, 9)
     } else {
@@ -245,9 +312,7 @@ fn is_identity(ctx: *mut xdp_md, keys: &FlowKeys, sizes: u64) -> bool {
     // Read in place, not by the load helper: the helper's call chain in the kernel was most
     // of the cost of every response from those ports. The offset is masked so that the
     // verifier knows its range (`otfw_tcp_checksum` reads the payload the same way).
-    // SAFETY: the context the program was given, passed down unchanged.
-    let ctx = XdpContext::new(ctx);
-    let Ok(two) = load::<[u8; 2]>(&ctx, at & 0x3fff, Reason::None) else {
+    let Ok(two) = load::<[u8; 2]>(ctx, at & 0x3fff, Reason::None) else {
         return false;
     };
     if modbus {

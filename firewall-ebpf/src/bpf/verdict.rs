@@ -6,7 +6,9 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 
 use firewall_common::{
-    conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
+    conduit::{
+        conduit_index, CONDUIT_NONE, INSPECT_MODBUS, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET,
+    },
     config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     flow::FlowKeys,
@@ -199,8 +201,15 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     // Zones are resolved inside, only when the flow entry does not already answer.
     let mut outcome = flow::track(slot, epoch, cfg, &pkt, keys)?;
     // Before any inspector: a tail call does not come back.
-    observe::frame(ctx, &l4, keys);
-    if outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE {
+    let inspected = outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE;
+    // The Modbus inspector looks for identity answers itself (`observe::inspected_answer`).
+    observe::frame(
+        ctx,
+        &l4,
+        keys,
+        inspected && outcome.inspect == INSPECT_MODBUS,
+    );
+    if inspected {
         // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
         // UDP hands over seq/ack/flags 0.
         if !hand_over(&outcome, &l4, epoch, cfg, keys) {
