@@ -752,7 +752,10 @@ pub struct EnipScratch {
     /// (service, class) pair: the sets below changed, and `news_at` is the payload offset of
     /// the first such message.
     pub news: u8,
-    pub _pad5: u8,
+    /// An answer message of the segment was a ListIdentity reply: the segment is copied for
+    /// the inventory (`observe::identity_answer`). Next to `news`, so that one 16-bit load
+    /// tells whether the segment needs either (what was padding: the layout is unchanged).
+    pub identity: u8,
     pub news_at: u16,
     pub _pad6: u32,
     /// The flow's `commands` and `services`, updated as requests are decided (written back

@@ -152,6 +152,66 @@ fn identities_of_flows_inspected_or_not() {
     }
 }
 
+/// Every record waiting in `ring`, TCP or UDP: (kind, source port, payload).
+fn drain_any(ring: &mut RingBuf<MapData>) -> Vec<(u8, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(record) = ring.next() {
+        let r = decode(&record).expect("a record of the datapath's shape");
+        let p = SlicedPacket::from_ethernet(r.frame).expect("the copy is the frame");
+        let (port, payload) = match p.transport {
+            Some(TransportSlice::Tcp(t)) => (t.source_port(), t.payload().to_vec()),
+            Some(TransportSlice::Udp(u)) => (u.source_port(), u.payload().to_vec()),
+            _ => panic!("neither TCP nor UDP: {:?}", r.frame),
+        };
+        out.push((r.kind, port, payload));
+    }
+    out
+}
+
+/// ListIdentity replies of inspected EtherNet/IP flows: over TCP the inspector finds them among
+/// the answers it frames (and no other answer is copied); over UDP the main program finds them
+/// by their first bytes. One copy each.
+#[test]
+fn enip_identity_answers() {
+    use enip_common::*;
+    let mut dp = datapath(&policy("commands: [list_identity, register_session]", ""));
+    let mut observed = dp.take_observed().expect("the OBSERVED ring");
+    let reply = encap(0x63, 0, &[1, 0, 0x0c, 0, 4, 0, 1, 2, 3, 4]);
+
+    let mut c = Conn::new(40002, 44818);
+    c.open(&mut dp);
+    assert_eq!(drain_any(&mut observed).len(), 1, "the flow's answer");
+    assert!(c.send(&mut dp, &register_session()).passed());
+    assert!(c.reply(&mut dp, &register_reply(SESSION)).passed());
+    assert_eq!(drain_any(&mut observed), vec![], "an ordinary answer");
+    assert!(c.send(&mut dp, &list_identity()).passed());
+    assert!(c.reply(&mut dp, &reply).passed());
+    assert_eq!(
+        drain_any(&mut observed),
+        vec![(OBSERVED_IDENTITY, 44818, reply.clone())],
+        "TCP"
+    );
+
+    // UDP: the first reply is the flow's answer (copied as that); the next is an identity
+    // answer.
+    let ask = udp(CLIENT, SERVER, 2000, 44818, &list_identity());
+    let answer = udp(SERVER, CLIENT, 44818, 2000, &reply);
+    assert!(run(&mut dp, &ask).passed());
+    assert!(run(&mut dp, &answer).passed());
+    assert_eq!(
+        drain_any(&mut observed),
+        vec![(OBSERVED_FLOW_ANSWERED, 44818, reply.clone())],
+        "UDP, the flow's answer"
+    );
+    assert!(run(&mut dp, &ask).passed());
+    assert!(run(&mut dp, &answer).passed());
+    assert_eq!(
+        drain_any(&mut observed),
+        vec![(OBSERVED_IDENTITY, 44818, reply)],
+        "UDP"
+    );
+}
+
 /// Every first-use record waiting in `ring`: (the record's bytes, the TCP payload from the
 /// message it names), each checked to be a client's request segment.
 fn uses(ring: &mut RingBuf<MapData>) -> Vec<(Vec<u8>, Vec<u8>)> {

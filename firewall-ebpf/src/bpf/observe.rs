@@ -3,18 +3,19 @@
 //!
 //! Cost per packet that reaches flow tracking, established flows included: two array lookups
 //! (`LEARN_UNTIL`, 0 unless learning; the flow tracker's marks in the per-CPU `FLOW_KEYS`) and,
-//! unless the packet goes to the Modbus inspector, a comparison of the source port with 502 and
-//! 44818, inline. Only then, for a promotion, a segment with payload from those ports, or while
+//! unless the packet goes to an inspector that looks itself, a comparison of the source port
+//! with 502 and 44818, inline. Only then, for a promotion, a segment with payload from those ports, or while
 //! learning, a call of the global function `otfw_observe`: those segments read two payload
 //! bytes; only promotions, identity answers and (while learning) learned frames take a clock
 //! reading, a bucket's credit or a ring record.
 //!
-//! The answers of Modbus-inspected flows (every response of a poll) are the Modbus inspector's
-//! to look at ([`inspected_answer`]): it reads the two bytes inline, where the main program
-//! calls `otfw_observe` for each (a Modbus response cost 8% more that way), and the main
-//! program's verification cannot afford the read inline after flow tracking (it went past the
-//! limit). The EtherNet/IP inspector's entry has no stack to spare for it (the combined limit
-//! of its deepest call chain): its answers still go through `otfw_observe`.
+//! The answers of inspected flows (every response of a poll) are their inspector's to look at,
+//! where the main program would call `otfw_observe` for each (a response cost about 8% more
+//! that way) and cannot afford the read inline after flow tracking (its verification went past
+//! the limit): the Modbus inspector reads the two bytes inline ([`inspected_answer`]); the
+//! EtherNet/IP inspector, whose entry has no stack to spare (the combined limit of its deepest
+//! call chain), copies the ListIdentity replies its framing finds ([`identity_answer`]), over
+//! TCP; a UDP datagram's answers are still the main program's.
 //!
 //! The inspectors call `otfw_observe_use` (through [`first_use`]) for a request segment with its
 //! connection's first use of a function, unit, command or service: their per-request cost is a
@@ -97,6 +98,14 @@ pub fn inspected_answer(ctx: &XdpContext, ic: &InspectContext) {
     if is_identity(ctx, ic.key.proto, ic.key.dport, payload, payload_len) {
         otfw_observe_identity(ctx.ctx, sizes(ctx, ic.payload, ic.payload_len));
     }
+}
+
+/// An identity answer an inspector framed (`payload_len` bytes at `payload`): copied for the
+/// inventory, as `inspected_answer` copies the ones it finds by their first bytes.
+#[inline(always)]
+pub fn identity_answer(ctx: *mut xdp_md, payload: u32, payload_len: u32) {
+    let sizes = sizes(&XdpContext::new(ctx), payload, payload_len);
+    otfw_observe_identity(ctx, sizes);
 }
 
 /// A client's request segment with its connection's first use of something (`UseSet`), found
@@ -312,13 +321,14 @@ fn is_identity(
     // Read in place, not by the load helper: the helper's call chain in the kernel was most
     // of the cost of every response from those ports. The offset is masked so that the
     // verifier knows its range (`otfw_tcp_checksum` reads the payload the same way).
-    let Ok(two) = load::<[u8; 2]>(ctx, at & 0x3fff, Reason::None) else {
+    // As one u16 in the byte order it was sent in: no array on the stack.
+    let Ok(two) = load::<u16>(ctx, at & 0x3fff, Reason::None) else {
         return false;
     };
-    if modbus {
-        two == [MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID]
+    two == if modbus {
+        u16::from_ne_bytes([MODBUS_MEI_FUNCTION, MODBUS_MEI_READ_DEVICE_ID])
     } else {
-        u16::from_le_bytes(two) == ENIP_LIST_IDENTITY
+        u16::from_ne_bytes(ENIP_LIST_IDENTITY.to_le_bytes())
     }
 }
 

@@ -130,6 +130,11 @@ pub extern "C" fn otfw_enip_response(total: u64) -> u64 {
     };
     let total = total as u32 & 0x7ff;
     let cmd = b16(s, 0) as u16;
+    if cmd == CMD_LIST_IDENTITY {
+        // A device describing itself: the inventory's (`otfw_enip_news`; over TCP; a UDP
+        // datagram's are found by the main program).
+        s.identity = 1;
+    }
     if s.udp == 0 {
         let answer = match cmd {
             CMD_SEND_RR_DATA => otfw_enip_answer(total as u64),

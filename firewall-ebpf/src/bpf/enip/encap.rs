@@ -54,6 +54,7 @@ pub(super) fn setup(
     s.rule = ic.rule;
     s.request = ic.to_server;
     s.news = 0;
+    s.identity = 0;
     s.udp = 0;
     s.exact = exact as u8;
     s.recheck = recheck as u8;

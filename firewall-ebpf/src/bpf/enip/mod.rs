@@ -42,7 +42,7 @@ use firewall_common::{
 
 use super::{
     maps::{ENIP_COUNTS, ENIP_FLOWS, ENIP_SCRATCH, ENIP_TRACE, INSPECT_CTX, ZERO_FLOW},
-    reset, stats,
+    observe, reset, stats,
     stream::{self, Commit, Placement},
 };
 use connection::{otfw_enip_close, otfw_enip_open};
@@ -211,11 +211,13 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
             }
         }
         frame(ctx, s as *mut EnipScratch);
-        // Before any rewrite: the inventory records what the client sent. Only a segment
-        // with news pays the call (and its return).
-        // (Read afresh: the global functions of `frame` set it through their own lookup.)
-        // SAFETY: a field of the per-CPU scratch this CPU holds.
-        if unsafe { core::ptr::read_volatile(&s.news) } != 0 {
+        // Before any rewrite: the inventory records what the client sent, and what a device
+        // answered to ListIdentity. Only a segment with news or an identity answer pays the
+        // call (and its return): `news` and `identity` read as one u16.
+        // (Read afresh: the global functions of `frame` set them through their own lookup.)
+        // SAFETY: two adjacent u8 fields of the per-CPU scratch this CPU holds, `news` at an
+        // even offset (`news_at`, a u16, follows them).
+        if unsafe { core::ptr::read_volatile(&s.news as *const u8 as *const u16) } != 0 {
             otfw_enip_news(ctx.ctx);
         }
         let (r, framed) = result(s);
@@ -312,13 +314,22 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
 
 /// After framing: a request message that was its connection's first use of a command or a
 /// (service, class) pair (`EnipScratch::news`) updates the flow's sets and has the segment
-/// copied for the inventory (`stream::record_news`).
+/// copied for the inventory (`stream::record_news`); a segment of answers with a ListIdentity
+/// reply (`EnipScratch::identity`) is copied as an identity answer.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_news(ctx: *mut xdp_md) -> u64 {
     let Some(s) = scratch() else {
         return 0;
     };
+    if s.identity != 0 {
+        if let Some(ic) = INSPECT_CTX.get_ptr(0) {
+            // SAFETY: the per-CPU context of the packet in hand, only read.
+            let ic = unsafe { &*ic };
+            observe::identity_answer(ctx, ic.payload, ic.payload_len);
+        }
+        return 0;
+    }
     let news_at = (s.news != 0).then_some(s.news_at);
     stream::record_news(ctx, &ENIP_FLOWS, news_at, |flow: &mut EnipFlow| {
         flow.commands = s.commands;
