@@ -4,10 +4,10 @@
 //! Cost per packet that reaches flow tracking, established flows included: two array lookups
 //! (`LEARN_UNTIL`, 0 unless learning; the flow tracker's marks in the per-CPU `FLOW_KEYS`) and,
 //! unless the packet goes to an inspector that looks itself, a comparison of the source port
-//! with 502 and 44818, inline. Only then, for a promotion, a segment with payload from those ports, or while
-//! learning, a call of the global function `otfw_observe`: those segments read two payload
-//! bytes; only promotions, identity answers and (while learning) learned frames take a clock
-//! reading, a bucket's credit or a ring record.
+//! with 502 and 44818, inline. Only then, for a promotion, a segment with payload from those
+//! ports, or while learning, a call of the global function `otfw_observe`: those segments read
+//! two payload bytes; only promotions, identity answers and (while learning) learned frames
+//! take a clock reading, a bucket's credit or a ring record.
 //!
 //! The answers of inspected flows (every response of a poll) are their inspector's to look at,
 //! where the main program would call `otfw_observe` for each (a response cost about 8% more

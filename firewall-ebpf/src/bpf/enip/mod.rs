@@ -328,7 +328,6 @@ pub extern "C" fn otfw_enip_news(ctx: *mut xdp_md) -> u64 {
             let ic = unsafe { &*ic };
             observe::identity_answer(ctx, ic.payload, ic.payload_len);
         }
-        return 0;
     }
     let news_at = (s.news != 0).then_some(s.news_at);
     stream::record_news(ctx, &ENIP_FLOWS, news_at, |flow: &mut EnipFlow| {
