@@ -32,6 +32,7 @@ use aya_ebpf::{
 };
 
 use firewall_common::{
+    conduit::{INSPECT_ENIP, INSPECT_MODBUS},
     event::EventBucket,
     flow::FlowKeys,
     modbus::InspectContext,
@@ -60,6 +61,14 @@ const BURST_NS: u64 = OBSERVED_BURST * COST_NS;
 
 const MODBUS_PORT: u16 = 502;
 const ENIP_PORT: u16 = 44818;
+
+/// Whether the inspector a passed packet goes to (`inspect`, `INSPECT_*`) looks for identity
+/// answers itself, so that `frame` need not: the Modbus inspector ([`inspected_answer`]) and
+/// the EtherNet/IP inspector of a TCP connection (its framing, [`identity_answer`]).
+#[inline(always)]
+pub fn inspector_looks(inspect: u8, proto: u8) -> bool {
+    inspect == INSPECT_MODBUS || (inspect == INSPECT_ENIP && proto == IPPROTO_TCP)
+}
 
 /// Copies the frame where it is news for the inventory or for learning. Called after flow
 /// tracking, whose keys (`keys`, the per-CPU `FLOW_KEYS` entry: the packet's tuple, and the
@@ -96,12 +105,12 @@ pub fn inspected_answer(ctx: &XdpContext, ic: &InspectContext) {
     }
     let (payload, payload_len) = (ic.payload as usize, ic.payload_len as usize);
     if is_identity(ctx, ic.key.proto, ic.key.dport, payload, payload_len) {
-        otfw_observe_identity(ctx.ctx, sizes(ctx, ic.payload, ic.payload_len));
+        identity_answer(ctx.ctx, ic.payload, ic.payload_len);
     }
 }
 
-/// An identity answer an inspector framed (`payload_len` bytes at `payload`): copied for the
-/// inventory, as `inspected_answer` copies the ones it finds by their first bytes.
+/// An identity answer an inspector found (`payload_len` bytes at `payload`: by its first bytes,
+/// `inspected_answer`, or among the messages it framed): copied for the inventory.
 #[inline(always)]
 pub fn identity_answer(ctx: *mut xdp_md, payload: u32, payload_len: u32) {
     let sizes = sizes(&XdpContext::new(ctx), payload, payload_len);

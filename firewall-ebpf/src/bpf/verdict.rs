@@ -6,10 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::warn;
 
 use firewall_common::{
-    conduit::{
-        conduit_index, CONDUIT_NONE, INSPECT_ENIP, INSPECT_MODBUS, INSPECT_NONE, MODE_MONITOR,
-        ON_DENY_RESET,
-    },
+    conduit::{conduit_index, CONDUIT_NONE, INSPECT_NONE, MODE_MONITOR, ON_DENY_RESET},
     config::{Config, ACTIVE_INDEX, FLAG_TRACE, NON_IP_STP},
     counters::{VERDICT_DROP, VERDICT_MONITOR, VERDICT_PASS, VERDICT_RESET},
     flow::FlowKeys,
@@ -203,11 +200,7 @@ fn judge(ctx: &XdpContext, slot: u32, epoch: u32, cfg: &Config) -> Result<Judgem
     let mut outcome = flow::track(slot, epoch, cfg, &pkt, keys)?;
     // Before any inspector: a tail call does not come back.
     let inspected = outcome.reason == Reason::None && outcome.inspect != INSPECT_NONE;
-    // The Modbus inspector and the EtherNet/IP inspector of a TCP connection look for identity
-    // answers themselves (`observe::inspected_answer`, `observe::identity_answer`).
-    let inspector_looks = inspected
-        && (outcome.inspect == INSPECT_MODBUS
-            || (outcome.inspect == INSPECT_ENIP && ip.proto == IPPROTO_TCP));
+    let inspector_looks = inspected && observe::inspector_looks(outcome.inspect, ip.proto);
     observe::frame(ctx, &l4, keys, inspector_looks);
     if inspected {
         // Inspected flows are TCP (Modbus, EtherNet/IP) or UDP (EtherNet/IP, implicit I/O);
