@@ -421,6 +421,15 @@ pub const FLOW_MEMO_SLOTS: u32 = 256;
 /// the generation (every removal from `FLOWS` counts in it). An entry of zeros matches nothing
 /// (epoch 0 is never active). An entry whose epoch is 0 but whose key is set is a lookup in
 /// progress: the tick and the generation read before it.
+///
+/// A UDP flow nobody answers (implicit I/O whose other direction is multicast, syslog, traps)
+/// stays in `EMBRYOS` for as long as it lives; its initiator's datagrams are memoised too
+/// (`MEMO_EMBRYO`). Such an entry changes in two ways the generation does not count, neither of
+/// which a hit can get wrong: the answer that promotes it to `FLOWS` keeps its conduit,
+/// inspector and rule (and is the other side's packet, another slot), and an eviction by the
+/// LRU is a matter of table space, not a decision: the flow's next packets would be admitted
+/// again under the same epoch, zones and port, so the memo only defers the entry's re-creation
+/// to the next tick's first packet.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMemo {
@@ -435,10 +444,10 @@ pub struct FlowMemo {
     pub inspect: u8,
     /// `FlowState::flags` of the entry.
     pub flow_flags: u8,
-    /// The packet's side of `key` (`SIDE_LOW`, `SIDE_HIGH`), and whether it travels from the
-    /// initiator.
+    /// The packet's side of `key` (`SIDE_LOW`, `SIDE_HIGH`).
     pub side: u8,
-    pub to_server: u8,
+    /// `MEMO_TO_SERVER`, `MEMO_EMBRYO`.
+    pub marks: u8,
     /// Packets this entry answered (and their bytes) not yet in the counters: a hit on a flow
     /// without an inspector is counted here instead of in `PATH_STATS` (`flow_hit`),
     /// `REASON_STATS` (a pass) and `CONDUIT_STATS` (the conduit's passes under `epoch`),
@@ -449,6 +458,12 @@ pub struct FlowMemo {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowMemo>() == 88);
+
+/// `FlowMemo::marks`: the packet travels from the flow's initiator.
+pub const MEMO_TO_SERVER: u8 = 1;
+/// `FlowMemo::marks`: the flow's entry is in `EMBRYOS` (a hit sets `FlowKeys::table` to
+/// `TABLE_EMBRYOS`, as the lookup would have).
+pub const MEMO_EMBRYO: u8 = 2;
 
 impl FlowMemo {
     /// The memo slot of a packet: a mix of the canonical key's words that differ between

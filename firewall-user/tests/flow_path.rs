@@ -215,6 +215,29 @@ fn seen(dp: &Datapath, epoch: u32, conduit: &str) -> [u64; 4] {
     ]
 }
 
+/// Runs `frame` (conduit `snmp`'s) `n` times in a timed loop with tracing off, as on a live
+/// gateway: every run must pass, the memo must hold back the passes it answered (all but each
+/// tick's first), and readers must see each pass exactly once, in `epoch`'s traffic. Returns
+/// what they see (as `seen`).
+fn passes_seen_once(dp: &mut Datapath, epoch: u32, frame: &[u8], n: u64) -> [u64; 4] {
+    let before = seen(dp, epoch, "snmp");
+    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
+    let run = dp.time_frame(frame, n as u32).expect("timed test run");
+    assert_eq!(run.action, XDP_PASS);
+    assert!(
+        dp.held_back_passes().expect("reading the memo") > 0,
+        "the memo holds back the passes it answered (all but each tick's first)"
+    );
+    let after = [
+        before[0] + n,
+        before[1] + n,
+        before[2] + n,
+        before[3] + n * frame.len() as u64,
+    ];
+    assert_eq!(seen(dp, epoch, "snmp"), after, "passes held back are seen");
+    after
+}
+
 #[test]
 fn passes_held_back_by_the_flow_memo() {
     // On a live gateway (no decision trace), a memo hit on a flow without an inspector is
@@ -234,21 +257,7 @@ fn passes_held_back_by_the_flow_memo() {
     for f in [&get, &s.udp(161, 5000, b"response"), &get] {
         assert!(dp.run_frame(f).expect("test run").passed());
     }
-    let before = seen(&dp, first, "snmp");
-    dp.set_config_flags(0, FLAG_TRACE).expect("tracing off");
-    let run = dp.time_frame(&get, N as u32).expect("timed test run");
-    assert_eq!(run.action, XDP_PASS);
-    assert!(
-        dp.held_back_passes().expect("reading the memo") > 0,
-        "the memo holds back the passes it answered (all but each tick's first)"
-    );
-    let after = [
-        before[0] + N,
-        before[1] + N,
-        before[2] + N,
-        before[3] + N * len,
-    ];
-    assert_eq!(seen(&dp, first, "snmp"), after, "passes held back are seen");
+    let after = passes_seen_once(&mut dp, first, &get, N);
 
     // After a swap the flow's next packet misses the memo and moves the slot's counts into
     // the maps, to the generation that decided them; the packet itself (re-decided) counts in
@@ -290,6 +299,54 @@ fn passes_held_back_by_the_flow_memo() {
         [totals[0] + 1, totals[1], 1, len],
         "the re-decided packet is the fourth generation's only traffic"
     );
+}
+
+#[test]
+fn unanswered_udp_flows_are_memoised() {
+    // A UDP flow nobody answers (implicit I/O whose other direction is multicast, syslog)
+    // stays unanswered for its life. Its initiator's datagrams are answered by the memo like
+    // an established flow's (held back in the slot), every one counted once, the flow still
+    // one unanswered entry; the answer promotes it as before, and the initiator's datagrams
+    // after that pass through the established entry.
+    let (c, s) = (ip(IT4, OT4), ip(OT4, IT4));
+    let get = c.udp(5001, 161, b"trap");
+    const N: u64 = 2000;
+    let mut dp = load();
+    let epoch = dp.install(&it_ot().compile()).expect("installing").epoch;
+    dp.enable_trace().expect("tracing on");
+    assert!(dp.run_frame(&get).expect("test run").passed());
+    passes_seen_once(&mut dp, epoch, &get, N);
+    let sweep = dp.sweep_flows().expect("sweeping");
+    assert_eq!(
+        (sweep.embryonic, sweep.established),
+        (1, 0),
+        "still one unanswered flow"
+    );
+
+    // The answer promotes the flow; the initiator's next datagrams (in the same tick or not)
+    // are the established flow's.
+    dp.enable_trace().expect("tracing on");
+    assert!(dp
+        .run_frame(&s.udp(161, 5001, b"ack"))
+        .expect("test run")
+        .passed());
+    for _ in 0..3 {
+        let d = dp.run_frame(&get).expect("test run");
+        assert!(d.passed());
+        assert_eq!(d.reason, Reason::None);
+    }
+    let sweep = dp.sweep_flows().expect("sweeping");
+    assert_eq!(
+        (sweep.embryonic, sweep.established),
+        (0, 1),
+        "promoted once"
+    );
+    // A datagram from the responder's side of another port stays decided by the policy: the
+    // memo of the initiator's flow stands for nothing else.
+    assert!(dp
+        .run_frame(&s.udp(161, 5002, b"unasked"))
+        .expect("test run")
+        .dropped());
 }
 
 /// What readers see of a denial's drops: [its reason's drops, denials decided from the cache,

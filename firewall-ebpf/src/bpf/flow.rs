@@ -386,8 +386,10 @@ fn existing(
     // Whether this packet's decision may stand for the next ones of this tick (`flow_memo`):
     // an established flow whose entry only a removal can change (epoch and port checked
     // above; an inspected TCP flow once its inspector keeps stream state, which
-    // `stream::missing` reads from these flags: the inspectors keep none for UDP).
-    let memoised = keys.table == TABLE_FLOWS
+    // `stream::missing` reads from these flags: the inspectors keep none for UDP), or the
+    // initiator's datagram of a UDP flow not answered yet (`FlowMemo` says why that is exact;
+    // the answer that promotes the flow is decided through its entry).
+    let memoised = (keys.table == TABLE_FLOWS || (proto == IPPROTO_UDP && forward))
         && flow_memo::applies(proto, flags)
         && (inspect == INSPECT_NONE || proto == IPPROTO_UDP || flow.flags & FLOW_INSPECTED != 0);
     if proto == IPPROTO_TCP {

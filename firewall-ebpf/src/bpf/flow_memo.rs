@@ -1,7 +1,8 @@
 //! Each CPU's memo of busy flows (`BUSY_FLOWS`): after the first packet of a flow in a clock
-//! tick has been decided through `FLOWS`, the flow's other packets of that tick (from the same
-//! side, on the same port) are answered by an array slot and a key compare instead of the
-//! clock read, the hash lookup, the idle check and the port check. A flow sending few packets
+//! tick has been decided through `FLOWS` (or `EMBRYOS`, for a UDP flow's initiator), the flow's
+//! other packets of that tick (from the same side, on the same port) are answered by an array
+//! slot and a key compare instead of the clock read, the hash lookups, the idle check and the
+//! port check. A flow sending few packets
 //! pays a slot compare and a few stores per packet; one sending many saves the lookup on all
 //! but the first of each tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
 //!
@@ -22,7 +23,9 @@ use aya_ebpf::helpers::bpf_jiffies64;
 use firewall_common::{
     conduit::INSPECT_NONE,
     fastpath::{GENERATION_CONTROLLER, GENERATION_DATAPATH},
-    flow::{FlowKeys, FlowMemo, FlowState, TABLE_FLOWS},
+    flow::{
+        FlowKeys, FlowMemo, FlowState, MEMO_EMBRYO, MEMO_TO_SERVER, TABLE_EMBRYOS, TABLE_FLOWS,
+    },
 };
 
 use super::{
@@ -100,7 +103,11 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, frame_len: u32, cou
         && m.side == side
         && same_words(&m.key, &keys.canonical)
     {
-        keys.table = TABLE_FLOWS;
+        keys.table = if m.marks & MEMO_EMBRYO != 0 {
+            TABLE_EMBRYOS
+        } else {
+            TABLE_FLOWS
+        };
         keys.flow_flags = m.flow_flags as u32;
         // An inspected flow's packet is accounted by its inspector.
         let counted = count && m.inspect == INSPECT_NONE;
@@ -110,7 +117,7 @@ pub fn recall(keys: &mut FlowKeys, epoch: u32, ifindex: u32, frame_len: u32, cou
         }
         return HIT
             | (counted as u64) << 62
-            | (m.to_server as u64) << 40
+            | ((m.marks & MEMO_TO_SERVER) as u64) << 40
             | (m.inspect as u64) << 32
             | (m.rule as u64) << 16
             | m.conduit as u64;
@@ -147,10 +154,11 @@ fn settle(m: &mut FlowMemo) {
     }
 }
 
-/// Memoises the decision just made through `flow`'s entry in `FLOWS` for the packet in hand,
-/// which `recall` missed in this program run (so the slot holds the tick and the generation
-/// read before the lookup). The caller has checked that the entry is the one a hit may stand
-/// for: in `FLOWS`, decided under `epoch`, the packet's side checked on `ifindex`, its
+/// Memoises the decision just made through `flow`'s entry (in the table `keys.table` names) for
+/// the packet in hand, which `recall` missed in this program run (so the slot holds the tick and
+/// the generation read before the lookup). The caller has checked that the entry is the one a
+/// hit may stand for: in `FLOWS` (or in `EMBRYOS`, a UDP datagram from the initiator: see
+/// `FlowMemo`), decided under `epoch`, the packet's side checked on `ifindex`, its
 /// TCP inspector's state marked if it has one, and `last_seen_ns` at the clock's now.
 #[inline(always)]
 pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_server: bool) {
@@ -167,7 +175,12 @@ pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_serv
     m.rule = flow.rule;
     m.inspect = flow.inspect;
     m.flow_flags = flow.flags;
-    m.to_server = to_server as u8;
+    m.marks = to_server as u8 * MEMO_TO_SERVER
+        | if keys.table == TABLE_EMBRYOS {
+            MEMO_EMBRYO
+        } else {
+            0
+        };
     m.epoch = epoch;
 }
 

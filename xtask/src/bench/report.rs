@@ -1163,8 +1163,11 @@ impl Parts {
                 (ns("enip_msp") - ns("enip_read_tag")) / 9.0
             ),
             "enip_io" => format!(
-                "The tracked-flow path (the UDP flow) costs {tracked:.0} ns of it, the I/O \
-                 inspector {:.0} ns: a tail call, the datagram's 18-byte CPF head read in \
+                "The tracked-flow path (the UDP flow) costs {tracked:.0} ns of it: the flow \
+                 memo answers the datagram although the flow is not answered (the case's \
+                 target never sends; before unanswered UDP flows were memoised, each datagram \
+                 paid a `FLOWS` miss, an `EMBRYOS` hit and the clock's call: 259.5 to 168.5 ns \
+                 in a same-run comparison). The I/O inspector costs {:.0} ns: a tail call, the datagram's 18-byte CPF head read in \
                  place, the connection the Forward_Open opened looked up in `ENIP_CONNS` (an \
                  LRU hash with a 40-byte key, written as five words: built field by field it \
                  had been two out-of-line `memmove` calls, and the check and the count were \
