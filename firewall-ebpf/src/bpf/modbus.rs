@@ -93,7 +93,10 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
         // SAFETY: per-CPU slot, this CPU only.
         unsafe { (*t).count = 0 };
     }
-    if let Some(s) = MODBUS_SCRATCH.get_ptr_mut(0) {
+    // Looked up once for the whole segment: framing works in it, and the news are read from
+    // it after framing (the global functions reach the same per-CPU memory).
+    let scratch = MODBUS_SCRATCH.get_ptr_mut(0);
+    if let Some(s) = scratch {
         // SAFETY: per-CPU scratch, this CPU only.
         unsafe { (*s).news = 0 };
     }
@@ -150,6 +153,7 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     let run = segment(
         ctx,
         ic,
+        scratch,
         stream,
         &mut flow.outstanding,
         &mut flow.refusals,
@@ -162,7 +166,8 @@ pub fn inspect(ctx: &XdpContext) -> u32 {
     acc.adus = run.adus;
     // Before any rewrite: the inventory records what the client sent. Only a segment with
     // news pays the call (and its return).
-    if core::intrinsics::unlikely(MODBUS_SCRATCH.get(0).is_some_and(|s| s.news != 0)) {
+    // SAFETY: per-CPU scratch, this CPU only; no reference to it is live.
+    if core::intrinsics::unlikely(scratch.is_some_and(|s| unsafe { (*s).news } != 0)) {
         otfw_modbus_news(ctx.ctx);
     }
 
@@ -304,6 +309,7 @@ impl stream::FollowedFlow for ModbusFlow {
 fn segment(
     ctx: &XdpContext,
     ic: &InspectContext,
+    scratch: Option<*mut ModbusScratch>,
     st: &mut ModbusStream,
     outstanding: &mut u16,
     refusals: &mut Refusals,
@@ -346,7 +352,7 @@ fn segment(
     } else {
         (st.skip as u32, st.carry_len as u32)
     };
-    let Some(scratch) = MODBUS_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = scratch else {
         refused.reason = Reason::ModbusUnframed as u8;
         return refused;
     };
