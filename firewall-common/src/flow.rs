@@ -429,7 +429,9 @@ pub const FLOW_MEMO_SLOTS: u32 = 256;
 /// inspector and rule (and is the other side's packet, another slot), and an eviction by the
 /// LRU is a matter of table space, not a decision: the flow's next packets would be admitted
 /// again under the same epoch, zones and port, so the memo only defers the entry's re-creation
-/// to the next tick's first packet.
+/// to the next tick's first packet. (After the promotion, a hit still names `EMBRYOS` as the
+/// flow's table for the rest of the tick: only the TCP inspectors read the table, and this is
+/// UDP.)
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMemo {

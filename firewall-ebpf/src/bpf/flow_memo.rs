@@ -2,9 +2,8 @@
 //! tick has been decided through `FLOWS` (or `EMBRYOS`, for a UDP flow's initiator), the flow's
 //! other packets of that tick (from the same side, on the same port) are answered by an array
 //! slot and a key compare instead of the clock read, the hash lookups, the idle check and the
-//! port check. A flow sending few packets
-//! pays a slot compare and a few stores per packet; one sending many saves the lookup on all
-//! but the first of each tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
+//! port check. A flow sending few packets pays a slot compare and a few stores per packet; one
+//! sending many saves the lookups on all but the first of each tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
 //!
 //! The tick is the kernel's jiffies counter, whose read the verifier inlines as one load (the
 //! coarse clock is a helper call). The flow table's times stay coarse nanoseconds: the clock
@@ -175,12 +174,13 @@ pub fn note(keys: &FlowKeys, epoch: u32, ifindex: u32, flow: &FlowState, to_serv
     m.rule = flow.rule;
     m.inspect = flow.inspect;
     m.flow_flags = flow.flags;
-    m.marks = to_server as u8 * MEMO_TO_SERVER
-        | if keys.table == TABLE_EMBRYOS {
-            MEMO_EMBRYO
-        } else {
-            0
-        };
+    let direction = if to_server { MEMO_TO_SERVER } else { 0 };
+    let table = if keys.table == TABLE_EMBRYOS {
+        MEMO_EMBRYO
+    } else {
+        0
+    };
+    m.marks = direction | table;
     m.epoch = epoch;
 }
 
