@@ -90,8 +90,16 @@ pub struct InspectContext {
     /// Length of the TCP header (options included), so that the header starts at
     /// `payload - header_len`: for the TCP checksum (`delivery`).
     pub header_len: u8,
-    pub _pad: [u8; 3],
+    /// The segment's checksum as an inspector that sums it early found it (`CHECKSUM_*`),
+    /// written by that inspector for each segment; 0: not summed yet.
+    pub checksum: u8,
+    pub _pad: [u8; 2],
 }
+
+/// `InspectContext::checksum`: the checksum folds to 0xffff...
+pub const CHECKSUM_GOOD: u8 = 1;
+/// ... or not.
+pub const CHECKSUM_BAD: u8 = 2;
 
 /// `ModbusStream::flags`: the position of the next ADU header is known.
 pub const STREAM_SYNCED: u8 = 1 << 0;

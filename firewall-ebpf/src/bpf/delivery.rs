@@ -7,12 +7,15 @@
 
 use aya_ebpf::{bindings::xdp_md, helpers::bpf_csum_diff, programs::XdpContext};
 
-use firewall_common::{modbus::InspectContext, reason::Reason};
+use firewall_common::{
+    modbus::{InspectContext, CHECKSUM_BAD, CHECKSUM_GOOD},
+    reason::Reason,
+};
 
 use super::{
     l4::{IPPROTO_TCP, TCP_SYN},
     maps::INSPECT_CTX,
-    packet::{load, load_half, load_word, ptr_at},
+    packet::{load_half, load_word, ptr_at},
 };
 
 const TCP_URG: u8 = 0x20;
@@ -24,8 +27,10 @@ const CHUNK: usize = 512;
 /// off on ports in generic mode).
 const MAX_CHUNKS: usize = 18;
 
+/// `summed_early`: the inspector summed a short segment's checksum before anything else
+/// (`sum_short_segment`, a constant of the inspector, `FollowedFlow::SUMS_EARLY`).
 #[inline(always)]
-pub fn check(ctx: &XdpContext, ic: &InspectContext) -> Reason {
+pub fn check(ctx: &XdpContext, ic: &InspectContext, summed_early: bool) -> Reason {
     // The urgent pointer can also announce a byte still to come, so the flag alone refuses.
     if ic.tcp_flags & TCP_URG != 0 {
         return Reason::TcpUrgent;
@@ -33,14 +38,51 @@ pub fn check(ctx: &XdpContext, ic: &InspectContext) -> Reason {
     if ic.tcp_flags & TCP_SYN != 0 && ic.payload_len != 0 {
         return Reason::TcpDataOnSyn;
     }
-    if otfw_tcp_checksum(ctx.ctx) == 0 {
+    let good = if summed_early && ic.checksum != 0 {
+        ic.checksum == CHECKSUM_GOOD
+    } else {
+        otfw_tcp_checksum(ctx.ctx) != 0
+    };
+    if !good {
         return Reason::TcpBadChecksum;
     }
     Reason::None
 }
 
+/// Sums the checksum of a short segment (a poll's request or answer) inline and notes the
+/// result in `ic.checksum` for `check` (0 for a longer one, left to `otfw_tcp_checksum`). For
+/// an inspector whose stack has no room for the inline sum where `check` runs: at its start
+/// little else is live, and the global function's call and return cost more than the sum's
+/// word loads.
+#[inline(always)]
+pub fn sum_short_segment(ctx: &XdpContext, ic: &mut InspectContext) {
+    let len = ic.header_len as usize + ic.payload_len as usize;
+    ic.checksum = if len >= INLINE_BELOW {
+        0
+    } else if short_segment_sums(ctx, ic, len) {
+        CHECKSUM_GOOD
+    } else {
+        CHECKSUM_BAD
+    };
+}
+
+/// Segments (TCP header and payload) shorter than this are summed inline by word loads alone.
+const INLINE_BELOW: usize = 128;
+
+/// Whether the checksum of a segment of `len` bytes (below `INLINE_BELOW`) described by `ic`
+/// folds to 0xffff.
+#[inline(always)]
+fn short_segment_sums(ctx: &XdpContext, ic: &InspectContext, len: usize) -> bool {
+    let l4 = (ic.payload as usize).wrapping_sub(ic.header_len as usize) & 0x3fff;
+    let sum = pseudo_header(ic, len as u32);
+    match sum_words(ctx, l4, len & (INLINE_BELOW - 1), sum) {
+        Some(wide) => fold(wide) == 0xffff,
+        None => false,
+    }
+}
+
 /// Whether the TCP checksum of the segment described by `INSPECT_CTX` (pseudo-header, header
-/// and payload) folds to 0xffff: 1 if it does. A global function: the verifier checks its loop
+/// and payload) folds to 0xffff: 1 if it does. For segments of `INLINE_BELOW` bytes and more. A global function: the verifier checks its loop
 /// once, not once per path of the inspector. Sums are kept in the byte order `bpf_csum_diff`
 /// uses (the CPU's): a ones' complement sum is the same whichever order the bytes of every word
 /// are read in, as long as it is one order throughout.
@@ -78,8 +120,8 @@ pub extern "C" fn otfw_tcp_checksum(ctx: *mut xdp_md) -> u64 {
     }
     let rest = len % CHUNK;
     // The remainder below one chunk, in power-of-two blocks: constant sizes for the verifier.
-    // The helper only where it sums more than its call costs; a Modbus or EtherNet/IP segment
-    // (tens of bytes) is summed by word loads alone.
+    // The helper only where it sums more than its call costs (a segment shorter than
+    // `INLINE_BELOW`, summed inline by `sum_short_segment`, never comes here).
     macro_rules! helper_block {
         ($n:literal) => {
             if rest & $n != 0 {
@@ -93,13 +135,21 @@ pub extern "C" fn otfw_tcp_checksum(ctx: *mut xdp_md) -> u64 {
     }
     helper_block!(256);
     helper_block!(128);
+    match sum_words(&ctx, off, rest & 127, sum) {
+        Some(wide) => (fold(wide) == 0xffff) as u64,
+        None => 0,
+    }
+}
+
+/// Adds the `rest` bytes at `off` (below 128) to `sum`, by word loads: power-of-two blocks of
+/// constant size for the verifier, the last one to three bytes padded with zeros to a word as
+/// the checksum defines. Not folded.
+#[inline(always)]
+fn sum_words(ctx: &XdpContext, mut off: usize, rest: usize, mut sum: u64) -> Option<u64> {
     macro_rules! word_block {
         ($n:literal) => {
             if rest & $n != 0 {
-                let Ok(p) = ptr_at::<[u8; $n]>(&ctx, off) else {
-                    return 0;
-                };
-                let p = p as *const u8;
+                let p = ptr_at::<[u8; $n]>(ctx, off).ok()? as *const u8;
                 for w in 0..$n / 8 {
                     // SAFETY: `ptr_at` checked the block's $n bytes; word `w` lies inside them.
                     sum += halves(unsafe { load_word(p.add(w * 8)) });
@@ -113,33 +163,23 @@ pub extern "C" fn otfw_tcp_checksum(ctx: *mut xdp_md) -> u64 {
     word_block!(16);
     word_block!(8);
     if rest & 4 != 0 {
-        let Ok(p) = ptr_at::<[u8; 4]>(&ctx, off) else {
-            return 0;
-        };
+        let p = ptr_at::<[u8; 4]>(ctx, off).ok()?;
         // SAFETY: `ptr_at` checked the four bytes.
         sum += unsafe { load_half(p as *const u8) } as u64;
         off += 4;
     }
-    let mut wide = sum;
     let tail = rest & 3;
     if tail != 0 {
-        // The last one to three bytes, padded with zeros to a word as the checksum defines.
-        let Ok(b) = load::<u8>(&ctx, off, Reason::None) else {
-            return 0;
-        };
-        let b1 = if tail > 1 {
-            load::<u8>(&ctx, off + 1, Reason::None).unwrap_or(0)
-        } else {
-            0
-        };
-        let b2 = if tail > 2 {
-            load::<u8>(&ctx, off + 2, Reason::None).unwrap_or(0)
-        } else {
-            0
-        };
-        wide += u16::from_ne_bytes([b, b1]) as u64 + u16::from_ne_bytes([b2, 0]) as u64;
+        // The last one to three bytes, padded with zeros to a word as the checksum defines:
+        // read as the four bytes ending where they end (the TCP header's twenty come before
+        // them), shifted down to the `tail` last. One load, where reading them byte by byte
+        // was three loads and a pointer check the verifier could not follow when inlined.
+        let p = ptr_at::<[u8; 4]>(ctx, (off + tail).wrapping_sub(4) & 0x3fff).ok()?;
+        // SAFETY: `ptr_at` checked the four bytes.
+        let last = unsafe { load_half(p as *const u8) } >> (8 * (4 - tail));
+        sum += (last & 0xffff) as u64 + (last >> 16) as u64;
     }
-    (fold(wide) == 0xffff) as u64
+    Some(sum)
 }
 
 /// Sums `N` packet bytes at `off` onto `seed`.

@@ -29,6 +29,7 @@ use firewall_common::{
 };
 
 use super::{
+    delivery,
     maps::{
         INSPECT_CTX, MODBUS_ADUS, MODBUS_COUNTS, MODBUS_COUNT_MEMO, MODBUS_EVENTS, MODBUS_FLOWS,
         MODBUS_RULES, MODBUS_SCRATCH, MODBUS_STATS,
@@ -76,11 +77,16 @@ struct Refuse {
 // inspector calls past the verifier's eight frames.
 #[inline(always)]
 pub fn inspect(ctx: &XdpContext) -> u32 {
-    let Some(ic) = INSPECT_CTX.get_ptr(0) else {
+    let Some(ic) = INSPECT_CTX.get_ptr_mut(0) else {
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: the per-CPU context was written by the main program for this very packet; it
-    // is only read (by reference: a copy would cost stack the call chain below needs).
+    // First, while little else is live: a short segment's checksum, summed inline (where
+    // `delivery::check` runs, the stack has no room for it, and a call costs more).
+    // SAFETY: the per-CPU context was written by the main program for this very packet; only
+    // this CPU touches it while the program runs.
+    delivery::sum_short_segment(ctx, unsafe { &mut *ic });
+    // SAFETY: as above; from here on it is only read (by reference: a copy would cost stack
+    // the call chain below needs).
     let ic = unsafe { &*ic };
     // Before anything can drop it: the inventory sees what the device answered.
     observe::inspected_answer(ctx, ic);
@@ -285,6 +291,7 @@ impl stream::FollowedFlow for ModbusFlow {
 
     const RESET: u8 = MODBUS_RESET;
     const BLOCKED: u8 = MODBUS_BLOCKED;
+    const SUMS_EARLY: bool = true;
 
     #[inline(always)]
     fn flow_flags(&mut self) -> &mut u8 {

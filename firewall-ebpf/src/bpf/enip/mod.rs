@@ -426,6 +426,9 @@ impl stream::FollowedFlow for EnipFlow {
 
     const RESET: u8 = EFLOW_RESET;
     const BLOCKED: u8 = EFLOW_BLOCKED;
+    // Its entry frame and deepest call chain have no stack to spare for the sum (tried: the
+    // entry's frame grew by 8 bytes, one past the limit of its deepest chain).
+    const SUMS_EARLY: bool = false;
 
     #[inline(always)]
     fn flow_flags(&mut self) -> &mut u8 {
