@@ -90,8 +90,9 @@ pub struct InspectContext {
     /// Length of the TCP header (options included), so that the header starts at
     /// `payload - header_len`: for the TCP checksum (`delivery`).
     pub header_len: u8,
-    /// The segment's checksum as an inspector that sums it early found it (`CHECKSUM_*`),
-    /// written by that inspector for each segment; 0: not summed yet.
+    /// A short TCP segment's checksum as the inspector found it at its start (`CHECKSUM_*`;
+    /// the main program writes 0: not summed yet, or a longer segment summed where it is
+    /// checked).
     pub checksum: u8,
     pub _pad: [u8; 2],
 }

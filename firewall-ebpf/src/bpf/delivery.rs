@@ -27,10 +27,10 @@ const CHUNK: usize = 512;
 /// off on ports in generic mode).
 const MAX_CHUNKS: usize = 18;
 
-/// `summed_early`: the inspector summed a short segment's checksum before anything else
-/// (`sum_short_segment`, a constant of the inspector, `FollowedFlow::SUMS_EARLY`).
+/// Whether the receiver would deliver the segment `ic` describes as it stands
+/// (`Reason::None`), judged from the segment alone.
 #[inline(always)]
-pub fn check(ctx: &XdpContext, ic: &InspectContext, summed_early: bool) -> Reason {
+pub fn check(ctx: &XdpContext, ic: &InspectContext) -> Reason {
     // The urgent pointer can also announce a byte still to come, so the flag alone refuses.
     if ic.tcp_flags & TCP_URG != 0 {
         return Reason::TcpUrgent;
@@ -38,7 +38,8 @@ pub fn check(ctx: &XdpContext, ic: &InspectContext, summed_early: bool) -> Reaso
     if ic.tcp_flags & TCP_SYN != 0 && ic.payload_len != 0 {
         return Reason::TcpDataOnSyn;
     }
-    let good = if summed_early && ic.checksum != 0 {
+    // A short segment was summed at the inspector's start (`sum_short_segment`).
+    let good = if ic.checksum != 0 {
         ic.checksum == CHECKSUM_GOOD
     } else {
         otfw_tcp_checksum(ctx.ctx) != 0
@@ -50,10 +51,10 @@ pub fn check(ctx: &XdpContext, ic: &InspectContext, summed_early: bool) -> Reaso
 }
 
 /// Sums the checksum of a short segment (a poll's request or answer) inline and notes the
-/// result in `ic.checksum` for `check` (0 for a longer one, left to `otfw_tcp_checksum`). For
-/// an inspector whose stack has no room for the inline sum where `check` runs: at its start
-/// little else is live, and the global function's call and return cost more than the sum's
-/// word loads.
+/// result in `ic.checksum` for `check` (0 for a longer one, left to `otfw_tcp_checksum`).
+/// Called first thing by each TCP inspector: where `check` runs, the inspectors' stack has no
+/// room for the inline sum, at their start little else is live, and the global function's
+/// call and return cost more than the sum's word loads.
 #[inline(always)]
 pub fn sum_short_segment(ctx: &XdpContext, ic: &mut InspectContext) {
     let len = ic.header_len as usize + ic.payload_len as usize;
@@ -82,10 +83,11 @@ fn short_segment_sums(ctx: &XdpContext, ic: &InspectContext, len: usize) -> bool
 }
 
 /// Whether the TCP checksum of the segment described by `INSPECT_CTX` (pseudo-header, header
-/// and payload) folds to 0xffff: 1 if it does. For segments of `INLINE_BELOW` bytes and more. A global function: the verifier checks its loop
-/// once, not once per path of the inspector. Sums are kept in the byte order `bpf_csum_diff`
-/// uses (the CPU's): a ones' complement sum is the same whichever order the bytes of every word
-/// are read in, as long as it is one order throughout.
+/// and payload) folds to 0xffff: 1 if it does. For segments of `INLINE_BELOW` bytes and more.
+/// A global function: the verifier checks its loop once, not once per path of the inspector.
+/// Sums are kept in the byte order `bpf_csum_diff` uses (the CPU's): a ones' complement sum is
+/// the same whichever order the bytes of every word are read in, as long as it is one order
+/// throughout.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_tcp_checksum(ctx: *mut xdp_md) -> u64 {

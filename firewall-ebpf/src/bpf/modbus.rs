@@ -291,7 +291,6 @@ impl stream::FollowedFlow for ModbusFlow {
 
     const RESET: u8 = MODBUS_RESET;
     const BLOCKED: u8 = MODBUS_BLOCKED;
-    const SUMS_EARLY: bool = true;
 
     #[inline(always)]
     fn flow_flags(&mut self) -> &mut u8 {

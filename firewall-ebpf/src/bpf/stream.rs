@@ -135,13 +135,8 @@ fn refusal(ctx: &XdpContext, acc: &mut Accounted, reason: u8, verdict: u32, moni
 /// held to the connection's past: a client SYN that starts a new connection clears the guard
 /// (the inspector's `syn`).
 #[inline(always)]
-pub fn undeliverable(
-    ctx: &XdpContext,
-    guard: &TcpGuard,
-    ic: &InspectContext,
-    summed_early: bool,
-) -> Reason {
-    let stateless = delivery::check(ctx, ic, summed_early);
+pub fn undeliverable(ctx: &XdpContext, guard: &TcpGuard, ic: &InspectContext) -> Reason {
+    let stateless = delivery::check(ctx, ic);
     if stateless != Reason::None {
         return stateless;
     }
@@ -236,9 +231,6 @@ pub trait FollowedFlow {
     const RESET: u8;
     /// Flag: every later client segment is dropped (a denial under `on_deny: drop`).
     const BLOCKED: u8;
-    /// Whether the inspector sums a short segment's checksum at its start
-    /// (`delivery::sum_short_segment`), for `delivery::check` to use.
-    const SUMS_EARLY: bool;
     fn flow_flags(&mut self) -> &mut u8;
     /// The server's SYN-ACK starts the state: the client's stream starts at `ack`, what it
     /// acknowledges.
@@ -577,7 +569,7 @@ fn refuse_undeliverable<F: FollowedFlow>(
     ic: &InspectContext,
     monitor: bool,
 ) -> Option<u32> {
-    let reason = undeliverable(ctx, flow.guard(), ic, F::SUMS_EARLY);
+    let reason = undeliverable(ctx, flow.guard(), ic);
     if reason == Reason::None {
         return None;
     }
