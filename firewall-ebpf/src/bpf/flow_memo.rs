@@ -1,9 +1,10 @@
-//! Each CPU's memo of busy flows (`BUSY_FLOWS`): after the first packet of a flow in a clock
-//! tick has been decided through `FLOWS` (or `EMBRYOS`, for a UDP flow's initiator), the flow's
-//! other packets of that tick (from the same side, on the same port) are answered by an array
-//! slot and a key compare instead of the clock read, the hash lookups, the idle check and the
-//! port check. A flow sending few packets pays a slot compare and a few stores per packet; one
-//! sending many saves the lookups on all but the first of each tick. Why a hit is exact: `firewall_common::flow::FlowMemo`.
+//! Each CPU's memo of busy flows (`BUSY_FLOWS`): after the first packet of a flow in a clock tick
+//! has been decided through `FLOWS` (or `EMBRYOS`, for a UDP flow's initiator), the flow's other
+//! packets of that tick (from the same side, on the same port) are answered by an array slot and a
+//! key compare instead of the clock read, the hash lookups, the idle check and the port check. A
+//! flow sending few packets pays a slot compare and a few stores per packet; one sending many saves
+//! the lookups on all but the first of each tick. Why a hit is exact:
+//! `firewall_common::flow::FlowMemo`.
 //!
 //! The tick is the kernel's jiffies counter, whose read the verifier inlines as one load (the
 //! coarse clock is a helper call). The flow table's times stay coarse nanoseconds: the clock

@@ -121,12 +121,12 @@ pub unsafe fn load_half(p: *const u8) -> u32 {
     w as u32
 }
 
-/// Copies `len` (8 to 24) packet bytes at frame offset `offset` to `dst` straight from the
-/// packet, in words: one at the start, one ending at the end and, past 16 bytes, one at 8; the
-/// words overlap where the range is shorter, so exactly `len` bytes are written. Returns false
-/// for a shorter range, one ending past 0x3fff bytes into the frame, or where a word is not inside the packet's linear data (having copied
-/// part of the range, perhaps): the caller then asks `bpf_xdp_load_bytes`, whose call, bounds
-/// walk and `memcpy` cost about 5 ns more per copy.
+/// Copies `len` (8 to 24) packet bytes at frame offset `offset` to `dst` straight from the packet,
+/// in words: one at the start, one ending at the end and, past 16 bytes, one at 8; the words
+/// overlap where the range is shorter, so exactly `len` bytes are written. Returns false for a
+/// shorter range, one ending past 0x3fff bytes into the frame, or where a word is not inside the
+/// packet's linear data (having copied part of the range, perhaps): the caller then asks
+/// `bpf_xdp_load_bytes`, whose call, bounds walk and `memcpy` cost about 5 ns more per copy.
 ///
 /// Each word is checked against the packet's end on its own pointer, and copied before the next
 /// is checked: the verifier forgets a checked range once a variable is added to a pointer, and

@@ -92,10 +92,10 @@ fn note_ack<S: Position>(stream: &mut S, ack: u32) {
     }
 }
 
-/// A segment (not a RST) of a flow refused earlier: after a reset (`after_reset`) every
-/// segment, either direction, is answered with a RST to its sender (passed in monitor mode);
-/// after a drop (`blocked`) every client segment is dropped. Accounts it as `reason` and returns the
-/// action, or `None` if the segment is not refused this way.
+/// A segment (not a RST) of a flow refused earlier: after a reset (`after_reset`) every segment,
+/// either direction, is answered with a RST to its sender (passed in monitor mode); after a drop
+/// (`blocked`) every client segment is dropped. Accounts it as `reason` and returns the action, or
+/// `None` if the segment is not refused this way.
 #[inline(always)]
 fn refused(
     ctx: &XdpContext,

@@ -163,14 +163,14 @@ fn refusal(off: u32, depth: u32, reason: Reason) -> u64 {
     off as u64 | (depth as u64) << 16 | (reason as u64) << 24
 }
 
-/// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record
-/// is `s.cip_record`). Under `on_deny: refuse` a request of SendRRData or SendUnitData
-/// (connected explicit messaging) whose reply can be located (top-level, an entry of a Multiple Service Packet that is not itself an entry of
-/// one, either through Unconnected Sends at any depth) is neutralised in place and passes
-/// (nothing nested in it reaches an object that acts on it): the rewrite of its service byte to
-/// the neutral code is queued and what its answer must be is recorded.
-/// Returns 0 (refused in-band), or the reason it is denied: its own when it cannot be refused
-/// in-band, else the reason the connection is reset for (`s.fail`).
+/// A request the rule forbids (`a`: its message offset | depth << 16 | reason << 24; its record is
+/// `s.cip_record`). Under `on_deny: refuse` a request of SendRRData or SendUnitData (connected
+/// explicit messaging) whose reply can be located (top-level, an entry of a Multiple Service Packet
+/// that is not itself an entry of one, either through Unconnected Sends at any depth) is
+/// neutralised in place and passes (nothing nested in it reaches an object that acts on it): the
+/// rewrite of its service byte to the neutral code is queued and what its answer must be is
+/// recorded. Returns 0 (refused in-band), or the reason it is denied: its own when it cannot be
+/// refused in-band, else the reason the connection is reset for (`s.fail`).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn otfw_enip_refuse(a: u64) -> u64 {
