@@ -74,24 +74,33 @@ pub extern "C" fn otfw_enip_request(arg: u64) -> u64 {
     let off = arg as u16 as u32 & 0x7ff;
     let len = (arg >> 16) as u16 as u32 & 0x7ff;
     let depth = (arg >> 32) as u8 as u32;
-    let cmd = b16(s, 0);
     s.requests += 1;
     s.segment_requests += 1;
     if s.requests > MAX_REQUESTS || s.segment_requests > MAX_SEGMENT_REQUESTS {
         return Reason::CipTooDeep as u64;
     }
     if len < 2 {
-        let idx = note(s, cmd, REC_CIP, 0, 0, 0, depth, 0);
+        let idx = note(s, b16(s, 0), REC_CIP, 0, 0, 0, depth, 0);
         let _ = idx;
         return Reason::CipMalformed as u64;
     }
     let service = b8(s, off);
     let psize = b8(s, off + 1) * 2;
     if service & 0x80 != 0 || 2 + psize > len {
-        note(s, cmd, REC_CIP, service, 0, 0, depth, 0);
+        note(s, b16(s, 0), REC_CIP, service, 0, 0, depth, 0);
         return Reason::CipMalformed as u64;
     }
     let path = request_path((off + 2) as u64 | (psize as u64) << 16);
+    // Read again rather than kept across the path's parsing: fewer values live there (the
+    // stack of the deepest call chain through this function has no byte to spare).
+    // SAFETY: reading a local.
+    let arg = unsafe { core::ptr::read_volatile(&arg) };
+    let off = arg as u16 as u32 & 0x7ff;
+    let len = (arg >> 16) as u16 as u32 & 0x7ff;
+    let depth = (arg >> 32) as u8 as u32;
+    let cmd = b16(s, 0);
+    let service = b8(s, off);
+    let psize = b8(s, off + 1) * 2;
     let reason = path as u8;
     let flags = (path >> 8) as u8;
     let class = (path >> 16) as u16 as u32;

@@ -10,8 +10,8 @@ use crate::bpf::packet::copy_word;
 use firewall_common::mem::copy_words;
 
 /// Parses a request path (`off | len << 16`). Returns reason | flags << 8 | class << 16 |
-/// instance << 32; the tag name (symbolic segments joined with `.`) goes to `name`. Each
-/// segment is parsed by `otfw_enip_segment` (verified once). Inlined into
+/// instance << 32; the tag name (symbolic segments joined with `.`) goes to `name`. The first
+/// segment is parsed inline, the others by `otfw_enip_segment` (verified once). Inlined into
 /// `otfw_enip_request`, its one caller (a global function, verified once): a call per request
 /// and its return cost more than the loop. The scratch is looked up here, not taken as a
 /// reference: the segments are parsed into it by a global function behind the compiler's back.
@@ -29,11 +29,18 @@ pub(super) fn request_path(arg: u64) -> u64 {
     s.path_instance = 0;
     let mut p = start;
     let mut reason = R_NONE;
-    for _ in 0..MAX_SEGMENTS {
+    for round in 0..MAX_SEGMENTS {
         if p >= end {
             break;
         }
-        let r = otfw_enip_segment(p as u64 | (end as u64) << 16);
+        let arg = p as u64 | (end as u64) << 16;
+        // The first segment inline (a Read Tag's whole path is one): a call and a lookup of
+        // the scratch fewer per request; the others by the global function, verified once.
+        let r = if round == 0 {
+            segment(s, arg)
+        } else {
+            otfw_enip_segment(arg)
+        };
         reason = (r >> 32) as u8;
         if reason != R_NONE {
             break;
@@ -61,6 +68,12 @@ pub extern "C" fn otfw_enip_segment(arg: u64) -> u64 {
     let Some(s) = scratch() else {
         return (Reason::CipBadPath as u64) << 32;
     };
+    segment(s, arg)
+}
+
+/// The work of `otfw_enip_segment`, inline for a path's first segment.
+#[inline(always)]
+fn segment(s: &mut EnipScratch, arg: u64) -> u64 {
     let p = arg as u16 as u32 & 0x7ff;
     let end = (arg >> 16) as u16 as u32 & 0xfff;
     let bad = (Reason::CipBadPath as u64) << 32;
@@ -124,9 +137,8 @@ pub extern "C" fn otfw_enip_segment(arg: u64) -> u64 {
 
 /// Appends `n` name bytes at `off` to the tag name, a word at a time: the last word may carry
 /// bytes past the name into `name`, beyond `name_len`, where nothing reads them (the hash and
-/// the records stop at `name_len`). Inlined into `otfw_enip_segment`, its one caller (a global
-/// function, verified once): a call and its return per symbolic segment cost more than the
-/// copy.
+/// the records stop at `name_len`). Inlined into the segment parser (`segment`): a call and its
+/// return per symbolic segment cost more than the copy.
 #[inline(always)]
 fn append_name(s: &mut EnipScratch, off: u32, n: u32) {
     let len = s.name_len;
