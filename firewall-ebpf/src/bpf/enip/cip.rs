@@ -15,19 +15,40 @@ use super::{
 use crate::bpf::maps::{ENIP_CLASSES, ENIP_CLASS_MEMO, ENIP_RULES};
 
 /// Checks the CIP request at `off` (bits 0..16) of length `len` (bits 16..32) and everything
-/// nested in it, with an explicit bounded work stack. Returns the first refusal.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn otfw_enip_cip(packed: u64) -> u64 {
+/// nested in it. The request itself is checked by a direct call, what it queued (Multiple
+/// Service Packet entries, an Unconnected Send's request) by the work loop `otfw_enip_cip`: most
+/// requests carry nothing nested, and pay no call of the loop.
+#[inline(always)]
+pub(super) fn check(packed: u64) -> u64 {
     let Some(s) = scratch() else {
         return Reason::CipMalformed as u64;
     };
-    s.frame_off[0] = packed as u16;
-    s.frame_len[0] = (packed >> 16) as u16;
-    s.frame_depth[0] = 0;
-    s.frame_index[0] = FRAME_WHOLE;
-    s.frames = 1;
-    for _ in 0..MAX_REQUESTS {
+    s.frames = 0;
+    s.cip_index = FRAME_WHOLE;
+    let r = otfw_enip_request(packed & 0xffff_ffff);
+    if r != 0 {
+        return r;
+    }
+    // Looked up again: the request's call pushed its frames behind the compiler's back.
+    let Some(s) = scratch() else {
+        return Reason::CipMalformed as u64;
+    };
+    if s.frames == 0 {
+        return 0;
+    }
+    otfw_enip_cip()
+}
+
+/// Checks the requests queued on the per-CPU work stack (a bounded loop: the first request of
+/// the message, checked by `check`, counts against `MAX_REQUESTS`) and what they queue in turn.
+/// Returns the first refusal.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn otfw_enip_cip() -> u64 {
+    let Some(s) = scratch() else {
+        return Reason::CipMalformed as u64;
+    };
+    for _ in 1..MAX_REQUESTS {
         let n = s.frames;
         if n == 0 {
             return 0;

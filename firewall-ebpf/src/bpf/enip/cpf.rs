@@ -4,7 +4,7 @@
 
 use firewall_common::{enip::*, reason::Reason};
 
-use super::{b16, b32, cip::otfw_enip_cip, connection::otfw_enip_connected, R_NONE};
+use super::{b16, b32, cip, connection::otfw_enip_connected, R_NONE};
 
 /// The CPF items of SendRRData / SendUnitData, then the CIP request they carry.
 #[inline(always)]
@@ -65,5 +65,5 @@ pub(super) fn cpf(s: &mut EnipScratch, total: u32, connected: bool) -> u8 {
         data_off += 2;
         data_len -= 2;
     }
-    otfw_enip_cip(data_off as u64 | (data_len as u64) << 16) as u8
+    cip::check(data_off as u64 | (data_len as u64) << 16) as u8
 }
