@@ -1100,10 +1100,10 @@ fn data_prefix(function: u8) -> u32 {
 
 /// Decides one ADU from its prefix, as packed scalars. Inlined into `otfw_modbus_step` (a global
 /// function, verified once): a call per ADU and its return cost more than passing the scalars.
-/// `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes present << 8
-/// | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the ninth. Returns
-/// reason | NEED_MORE | address << 16 | quantity << 32 | sub-function << 48. With NEED_MORE, a
-/// non-zero reason says the bytes present already cannot start an ADU.
+/// `head`: protocol id << 48 | MBAP length << 32 | unit << 24 | function << 16 | bytes
+/// present << 8 | request; `data`: the 8 bytes after the function code, big-endian; `tail`: the
+/// ninth. Returns reason | NEED_MORE | address << 16 | quantity << 32 | sub-function << 48. With
+/// NEED_MORE, a non-zero reason says the bytes present already cannot start an ADU.
 #[inline(always)]
 fn decide_adu(rule_index: u64, head: u64, data: u64, tail: u64) -> u64 {
     let protocol = (head >> 48) as u16;
